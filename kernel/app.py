@@ -1,0 +1,257 @@
+"""The Falcon front end: ``create_app(config)`` builds the WSGI application."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+import pluggy
+
+from kernel import context
+from kernel.config import Config
+from kernel.errors import (
+    BastionError, Error, Forbidden, InvalidCall, MethodNotAllowed, NotFound, PayloadTooLarge,
+    RequireSSL, Unauthorized, UnsupportedMediaType,
+)
+from kernel.hosts import parse_domain
+from kernel.runtime import Runtime
+from kernel.static_files import STATIC_CSP, StaticFiles
+
+log = logging.getLogger("bastion.http")
+
+#: Paths whose requests go through the protocol's checks (PROTOCOL.md section 4).
+PROTECTED_PREFIXES = ("/api/", "/auth/")
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+_HTTP_ERRORS: dict[int, type[BastionError]] = {
+    400: InvalidCall, 404: NotFound, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+}
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a response body: compact UTF-8 JSON, no NaN."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+class BastionApp(falcon.App):
+    """A Falcon app that knows its :class:`Runtime`."""
+
+    runtime: Runtime
+
+
+def create_app(config: Config | None = None, plugin_manager: pluggy.PluginManager | None = None, *,
+               clock: Callable[[], float] | None = None) -> BastionApp:
+    """Build the WSGI application: kernel routes, plugin routes, static files, one error handler."""
+    runtime = Runtime(config, plugin_manager, clock)
+    app = BastionApp(middleware=[KernelMiddleware(runtime)])
+    app.runtime = runtime
+    app.req_options.auto_parse_form_urlencoded = False
+    app.resp_options.secure_cookies_by_default = True
+    app.add_route("/api/{service}", ApiResource(runtime))
+    app.add_route("/healthz", HealthResource(runtime))
+    runtime.hook.bastion_routes(app=app, config=runtime.config, runtime=runtime)
+    mounts = [("/", str(runtime.static_dir))] if runtime.static_dir else []
+    for pairs in runtime.hook.bastion_static():
+        mounts.extend(pairs or [])
+    if mounts:
+        app.add_sink(StaticFiles(mounts), "/")
+    app.add_error_handler((Exception, falcon.HTTPError, BastionError), ErrorHandler(runtime))
+    runtime.start()
+    return app
+
+
+class KernelMiddleware:
+    """Binds each request to its tenant and applies the checks and headers of PROTOCOL.md."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Steps 1 to 5 of PROTOCOL.md section 4, then make the request current."""
+        rt = self.runtime
+        origin, scheme = rt.origins.resolve(req.env)
+        request = context.Request(runtime=rt, domain="", origin=origin, scheme=scheme, method=req.method,
+                                  path=req.path, headers=req.headers)
+        req.context.request = request
+        req.context.token = context.set_current(request)
+        request.domain = parse_domain(req.env.get("HTTP_HOST"))
+        if not rt.hosts.allows(request.domain):
+            raise _invalid_host(request.domain)
+        if not req.path.startswith(PROTECTED_PREFIXES):
+            return
+        if not rt.development and scheme != "https":
+            raise RequireSSL("this server only accepts HTTPS")
+        rt.hook.bastion_admit(request=request)
+        if req.method == "POST":
+            request.body = self._read_body(req)
+
+    def _read_body(self, req: falcon.Request) -> bytes:
+        limit = self.runtime.max_body
+        length = req.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunked = length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+        body = b""
+        if chunked:
+            body = req.stream.read(limit + 1)
+            if len(body) > limit:
+                raise PayloadTooLarge(f"request body over {limit} bytes")
+        if (length or body) and not _is_json(req.content_type):
+            raise UnsupportedMediaType("the request body must be application/json")
+        if req.query_string:
+            raise InvalidCall("a query string is not accepted here")
+        if length:
+            body = req.bounded_stream.read(length)
+        return body
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        """Add the security headers, sign the answer if the call was verified, release the request."""
+        request: context.Request | None = getattr(req.context, "request", None)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("X-Frame-Options", "DENY")
+        resp.set_header("Referrer-Policy", "no-referrer")
+        if not self.runtime.development:
+            resp.set_header("Strict-Transport-Security", HSTS)
+        if getattr(req.context, "static", False):
+            resp.set_header("Content-Security-Policy", STATIC_CSP)
+        else:
+            resp.set_header("Cache-Control", "no-store")
+            resp.set_header("Content-Security-Policy", API_CSP)
+        if request is not None and request.signer is not None and isinstance(resp.data, bytes):
+            for name, value in request.signer(resp.status_code, resp.data).items():
+                resp.set_header(name, value)
+        token = getattr(req.context, "token", None)
+        if token is not None:
+            context.reset(token)
+            req.context.token = None
+
+
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _invalid_host(domain: str):
+    from kernel.errors import InvalidHost
+
+    return InvalidHost(f"host {domain!r} is not served here")
+
+
+class ApiResource:
+    """``POST /api/{service}``: authenticate, authorize, bind, run (steps 6 to 14)."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, service: str) -> None:
+        """Run a service for an authenticated caller."""
+        rt = self.runtime
+        request: context.Request = req.context.request
+        session = rt.hook.bastion_authenticate(request=request, service=service)
+        if session is None:
+            raise Unauthorized("no authenticator is installed")
+        request.session = session
+        if any(allowed is False for allowed in rt.hook.bastion_has_permission(session=session, service=service)):
+            raise Forbidden(f"you may not call {service}")
+        svc = rt.services.get(service)
+        if svc is None:
+            raise NotFound(f"no such service: {service}")
+        args, kwargs = parse_call(request.body)
+        result = svc(args, kwargs)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps({"result": result})
+
+
+def parse_call(body: bytes) -> tuple[list, dict]:
+    """Parse ``{"args": [...], "kwargs": {...}}``; raise InvalidCall on any other shape."""
+    if not body.strip():
+        return [], {}
+    try:
+        payload = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCall(f"malformed JSON body: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidCall("the body must be a JSON object")
+    extra = set(payload) - {"args", "kwargs"}
+    if extra:
+        raise InvalidCall(f"unexpected key in body: {', '.join(sorted(extra))}")
+    args = payload.get("args", [])
+    kwargs = payload.get("kwargs", {})
+    if not isinstance(args, list):
+        raise InvalidCall("'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise InvalidCall("'kwargs' must be a JSON object")
+    return args, kwargs
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+class HealthResource:
+    """``GET /healthz``: 200 when the storage answers, 503 otherwise."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Ping the storage."""
+        self.runtime.ping()
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps({"status": "ok"})
+
+
+class ErrorHandler:
+    """The one place where failures become PROTOCOL.md section 2 answers."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+        error = self.translate(ex)
+        body = error.body()
+        if isinstance(error, Error) and self.runtime.development:
+            body["trace"] = "".join(traceback.format_exception(ex))
+        request = getattr(req.context, "request", None)
+        if request is not None and req.path.startswith(PROTECTED_PREFIXES) and not isinstance(error, Error):
+            try:
+                self.runtime.hook.bastion_refused(request=request, error=error)
+            except Exception:
+                log.exception("bastion_refused failed")
+        resp.status = error.status
+        for name, value in error.headers.items():
+            resp.set_header(name, value)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(body)
+
+    def translate(self, ex: Exception) -> BastionError:
+        """Map any exception to a protocol error; log the unexpected ones under a log id."""
+        if isinstance(ex, BastionError):
+            return ex
+        if isinstance(ex, falcon.HTTPMethodNotAllowed):
+            allow = (ex.headers or {}).get("Allow", "")
+            return MethodNotAllowed([m.strip() for m in allow.split(",") if m.strip()])
+        if isinstance(ex, falcon.HTTPError):
+            cls = _HTTP_ERRORS.get(ex.status_code, InvalidCall if ex.status_code < 500 else Error)
+            if cls is Error:
+                return self._unexpected(ex)
+            return cls(*(filter(None, [ex.title, ex.description])))
+        return self._unexpected(ex)
+
+    def _unexpected(self, ex: Exception) -> Error:
+        log_id = uuid.uuid4().hex[:12]
+        log.error("unexpected error, log id %s", log_id, exc_info=ex)
+        return Error(f"internal error; log id {log_id}")

@@ -1,0 +1,109 @@
+"""The ``bastion`` command line.
+
+The kernel brings ``plugins``, ``check`` and ``hash-password``; plugins add
+their own commands through the ``bastion_cli`` hook (the auth plugin adds
+``adduser``, ``passwd``, ``deluser`` and ``users``; the SQL plugin ``initdb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from kernel.config import load_config
+from kernel.errors import BastionError, ConfigError
+from kernel.plugins import describe, get_plugin_manager
+
+
+def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
+    """Read a password from stdin (``--password-stdin``) or prompt twice on the terminal."""
+    if getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("bastion: the passwords do not match")
+    if not password:
+        raise SystemExit("bastion: empty password")
+    return password
+
+
+def password_context(config=None):
+    """Return the passlib CryptContext of the ``[auth]`` settings, or argon2id defaults."""
+    from passlib.context import CryptContext
+
+    return CryptContext(schemes=["argon2"], argon2__type="ID", argon2__memory_cost=19456,
+                        argon2__rounds=2, argon2__parallelism=1)
+
+
+def _cmd_plugins(args, pm, runtime_factory) -> int:
+    for row in describe(pm):
+        print(f"{row['name']}  {row['distribution']} {row['version']}")
+        for hook in row["hooks"]:
+            print(f"    {hook}")
+    return 0
+
+
+def _cmd_check(args, pm, runtime_factory) -> int:
+    runtime = runtime_factory()
+    try:
+        runtime.ping()
+    finally:
+        runtime.close()
+    print(f"ok: {runtime.config.label}: storage {runtime.config.bastion.storage} answers; "
+          f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
+    return 0
+
+
+def _cmd_hash_password(args, pm, runtime_factory) -> int:
+    password = read_password(args)
+    print(password_context().hash(password))
+    return 0
+
+
+def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
+    """Build the argument parser, with the plugins' sub-commands."""
+    parser = argparse.ArgumentParser(prog="bastion", description="Manage a Bastion server.")
+    parser.add_argument("--config", help="INI file (default: $BASTION_CONFIG, else ./bastion.ini)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
+    p.set_defaults(func=lambda a: _cmd_plugins(a, pm, runtime_factory))
+    p = sub.add_parser("check", help="load configuration and plugins, open the storage")
+    p.set_defaults(func=lambda a: _cmd_check(a, pm, runtime_factory))
+    p = sub.add_parser("hash-password", help="print an argon2id hash for the [users] section")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=lambda a: _cmd_hash_password(a, pm, runtime_factory))
+    pm.hook.bastion_cli(subparsers=sub, runtime_factory=runtime_factory)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bastion`` command; return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        config_path = argv[i + 1] if i + 1 < len(argv) else None
+    try:
+        pm = get_plugin_manager()
+
+        def runtime_factory():
+            from kernel.runtime import Runtime
+
+            return Runtime(load_config(config_path), pm)
+
+        parser = build_parser(pm, runtime_factory)
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except (ConfigError, BastionError, RuntimeError) as exc:
+        print(f"bastion: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

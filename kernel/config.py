@@ -1,0 +1,337 @@
+"""INI configuration: ``BASTION_CONFIG``, else ``./bastion.ini``, else defaults.
+
+Every section is claimed by its reader with a schema (``config.section``):
+values are typed and checked there, and a bad value, an unknown key or an
+unclaimed section stops the start with one line naming the file, section, key
+and what is accepted. ``${NAME}`` in a value is replaced by the environment
+variable ``NAME`` (an unset one is an error).
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernel.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key of a section: how to parse it, its default, what it accepts."""
+
+    parse: Callable[[str], Any]
+    default: Any
+    accepted: str
+    help: str = ""
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def Bool(default: bool, help: str = "") -> Option:
+    """A boolean: true/false, yes/no, on/off, 1/0."""
+    return Option(_bool, default, "true or false", help)
+
+
+def Int(default: int, help: str = "", min: int | None = None, max: int | None = None) -> Option:
+    """An integer, optionally bounded."""
+
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if (min is not None and value < min) or (max is not None and value > max):
+            raise ValueError(text)
+        return value
+
+    bounds = f" from {min}" if min is not None else ""
+    bounds += f" to {max}" if max is not None else ""
+    return Option(parse, default, f"an integer{bounds}", help)
+
+
+def Float(default: float, help: str = "", min: float | None = None) -> Option:
+    """A number, optionally bounded below."""
+
+    def parse(text: str) -> float:
+        value = float(text.strip())
+        if value != value or (min is not None and value < min):
+            raise ValueError(text)
+        return value
+
+    return Option(parse, default, "a number" + (f" of at least {min}" if min is not None else ""), help)
+
+
+def Str(default: str, help: str = "", pattern: str | None = None, accepted: str = "a string") -> Option:
+    """A string, optionally matching a regular expression."""
+
+    def parse(text: str) -> str:
+        value = text.strip()
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise ValueError(text)
+        return value
+
+    return Option(parse, default, accepted, help)
+
+
+def Choice(default: str, choices: tuple[str, ...], help: str = "") -> Option:
+    """One of a fixed set of words."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(text)
+        return value
+
+    return Option(parse, default, "one of " + ", ".join(choices), help)
+
+
+def List(default: tuple[str, ...] = (), help: str = "", item: Callable[[str], Any] | None = None,
+         accepted: str = "a comma- or newline-separated list") -> Option:
+    """A list separated by commas or new lines; ``item`` checks each entry."""
+
+    def parse(text: str) -> tuple:
+        items = [part.strip() for part in re.split(r"[,\n]", text) if part.strip()]
+        return tuple(item(i) if item else i for i in items)
+
+    return Option(parse, tuple(default), accepted, help)
+
+
+def Size(default: int, help: str = "") -> Option:
+    """A size in bytes, with an optional unit: 1048576, 1024KiB, 1MiB."""
+
+    def parse(text: str) -> int:
+        match = _SIZE.match(text)
+        if not match:
+            raise ValueError(text)
+        value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+        if value < 1:
+            raise ValueError(text)
+        return value
+
+    return Option(parse, default, "a size in bytes, such as 1048576 or 1MiB", help)
+
+
+def _network(text: str):
+    return ipaddress.ip_network(text, strict=False)
+
+
+def Networks(help: str = "") -> Option:
+    """A list of IP addresses or CIDR networks."""
+    return List((), help, item=_network, accepted="a list of IP addresses or networks such as 10.0.0.0/8")
+
+
+class Settings(Mapping[str, Any]):
+    """The typed values of one section; keys read as attributes too."""
+
+    def __init__(self, name: str, values: dict[str, Any]):
+        self._name = name
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"[{self._name}] has no key {key!r}") from None
+
+    def __repr__(self) -> str:
+        return f"Settings({self._name!r}, {self._values!r})"
+
+
+class Config:
+    """A parsed INI file whose sections are claimed and typed by their readers."""
+
+    def __init__(self, parser: configparser.ConfigParser, path: str | None, environ: Mapping[str, str] | None = None):
+        self.parser = parser
+        self.path = path
+        self.label = path or "<defaults>"
+        self.environ = os.environ if environ is None else environ
+        self._claimed: dict[str, Settings | dict[str, str]] = {}
+
+    # -- construction -----------------------------------------------------
+
+    @classmethod
+    def from_string(cls, text: str, path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+        """Parse INI text; ``path`` is only used in messages and for relative paths."""
+        parser = _new_parser()
+        try:
+            parser.read_string(text, source=path or "<string>")
+        except configparser.Error as exc:
+            raise ConfigError(f"{path or '<string>'}: {_one_line(exc)}") from None
+        return cls(parser, path, environ)
+
+    @classmethod
+    def from_dict(cls, sections: Mapping[str, Mapping[str, Any]], environ: Mapping[str, str] | None = None) -> Config:
+        """Build a configuration from ``{section: {key: value}}`` (values are stringified)."""
+        parser = _new_parser()
+        for name, values in sections.items():
+            parser.add_section(name)
+            for key, value in values.items():
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                elif isinstance(value, (list, tuple)):
+                    value = ", ".join(str(v) for v in value)
+                parser.set(name, key, str(value))
+        return cls(parser, None, environ)
+
+    # -- access -----------------------------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths are resolved from: the file's, or the working one."""
+        return Path(self.path).resolve().parent if self.path else Path.cwd()
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path from the file relative to the file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def has_section(self, name: str) -> bool:
+        """Whether the file has the section."""
+        return self.parser.has_section(name)
+
+    def section(self, name: str, schema: Mapping[str, Option]) -> Settings:
+        """Claim a section and return its typed values, defaults filled in.
+
+        Raises ConfigError on an unknown key or a bad value.
+        """
+        if name in self._claimed and isinstance(self._claimed[name], Settings):
+            return self._claimed[name]  # type: ignore[return-value]
+        values = {key: option.default for key, option in schema.items()}
+        for key, raw in self._items(name):
+            option = schema.get(key)
+            if option is None:
+                known = ", ".join(sorted(schema)) or "none"
+                raise ConfigError(f"{self.label}: [{name}] {key}: unknown key; accepted keys: {known}")
+            try:
+                values[key] = option.parse(raw)
+            except (ValueError, TypeError):
+                raise ConfigError(f"{self.label}: [{name}] {key} = {raw!r}: invalid value; accepted: {option.accepted}") from None
+        settings = Settings(name, values)
+        self._claimed[name] = settings
+        return settings
+
+    def raw_section(self, name: str, check_key: Callable[[str], None] | None = None) -> dict[str, str]:
+        """Claim a free-form section and return its keys and expanded values."""
+        if name not in self._claimed:
+            items = dict(self._items(name))
+            if check_key:
+                for key in items:
+                    try:
+                        check_key(key)
+                    except ValueError as exc:
+                        raise ConfigError(f"{self.label}: [{name}] {key}: {exc}") from None
+            self._claimed[name] = items
+        return dict(self._claimed[name])  # type: ignore[arg-type]
+
+    def check_unclaimed(self) -> None:
+        """Raise ConfigError for a section no kernel part or plugin has read."""
+        for name in self.parser.sections():
+            if name not in self._claimed:
+                known = ", ".join(sorted(self._claimed))
+                raise ConfigError(f"{self.label}: [{name}]: unknown section; no installed plugin reads it (known: {known})")
+
+    def _items(self, name: str):
+        if not self.parser.has_section(name):
+            return []
+        return [(key, self._expand(name, key, raw)) for key, raw in self.parser.items(name, raw=True)]
+
+    def _expand(self, section: str, key: str, raw: str) -> str:
+        def replace(match: re.Match) -> str:
+            var = match.group(1)
+            if var not in self.environ:
+                raise ConfigError(f"{self.label}: [{section}] {key}: environment variable {var} is not set")
+            return self.environ[var]
+
+        return _ENV_REF.sub(replace, raw)
+
+    # -- the kernel's own sections ---------------------------------------
+
+    @property
+    def bastion(self) -> Settings:
+        """The typed ``[bastion]`` section."""
+        return self.section("bastion", BASTION_SCHEMA)
+
+    @property
+    def server(self) -> Settings:
+        """The typed ``[server]`` section."""
+        return self.section("server", SERVER_SCHEMA)
+
+    @property
+    def development(self) -> bool:
+        """Whether development mode is on."""
+        return self.bastion.development
+
+
+def _new_parser() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none", strict=True,
+                                       empty_lines_in_values=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # usernames keep their case
+    return parser
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration: ``path``, else ``$BASTION_CONFIG``, else ``./bastion.ini``, else defaults."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get("BASTION_CONFIG") or None
+        if path is None and Path("bastion.ini").is_file():
+            path = "bastion.ini"
+    if path is None:
+        return Config(_new_parser(), None, env)
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    return Config.from_string(text, path, env)
+
+
+_URL = r"[a-z][a-z0-9+.-]*://.*"
+
+#: The ``[bastion]`` section.
+BASTION_SCHEMA: dict[str, Option] = {
+    "development": Bool(False, "development mode: plain HTTP allowed, tracebacks in 500 bodies, auto-reload"),
+    "storage": Str("mem://", "storage URL of records (and of state unless `state` is set)", _URL, "a URL such as mem:// or sqlite:///var/bastion.sqlite3"),
+    "state": Str("", "storage URL of sessions, nonces and counters; empty means the storage URL", f"(|{_URL})", "a URL, or empty"),
+    "static": Str("", "a directory served at / before the plugins' static files"),
+    "allowed_hosts": List((), "hosts served (`*.example.com` matches every subdomain); development defaults to localhost, *.localhost, 127.0.0.1"),
+    "trusted_proxies": Networks("peers whose X-Forwarded-For and X-Forwarded-Proto are believed"),
+    "max_body": Size(1024 * 1024, "largest request body accepted"),
+    "log_level": Choice("info", ("debug", "info", "warning", "error"), "level of the bastion loggers"),
+}
+
+#: The ``[server]`` section, read by gunicorn.conf.py.
+SERVER_SCHEMA: dict[str, Option] = {
+    "bind": Str("127.0.0.1:9000", "address gunicorn listens on", r"(\S+:\d+|unix:\S+)", "HOST:PORT or unix:PATH"),
+    "workers": Int(2, "worker processes (forced to 1 for mem://)", min=1, max=64),
+    "threads": Int(4, "threads per worker", min=1, max=256),
+    "timeout": Int(30, "seconds before a silent worker is restarted", min=1),
+}

@@ -1,0 +1,91 @@
+"""Builds the plugin manager: built-in defaults, then installed plugins."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from collections.abc import Iterable
+
+import pluggy
+
+from kernel import hookspecs
+
+log = logging.getLogger("bastion.plugins")
+
+#: The entry-point group under which plugins register.
+ENTRY_POINT_GROUP = "bastion"
+
+#: Modules of the kernel that are registered as plugins, like third-party ones.
+DEFAULT_PLUGINS = ("kernel.defaults",)
+
+
+def get_plugin_manager(
+    load_entry_points: bool = True,
+    only: Iterable[str] | None = None,
+    trace: bool | None = None,
+) -> pluggy.PluginManager:
+    """Build a plugin manager with the kernel's hooks and every installed plugin.
+
+    ``only`` restricts the entry points loaded to those names; by default it is
+    read from ``BASTION_LOAD_PLUGINS`` (comma-separated; empty loads none).
+    ``trace`` logs every hook call at DEBUG on ``bastion.plugins``; by default
+    it follows ``BASTION_TRACE_PLUGINS``.
+    """
+    pm = pluggy.PluginManager("bastion")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if load_entry_points:
+        if only is None and "BASTION_LOAD_PLUGINS" in os.environ:
+            only = [n.strip() for n in os.environ["BASTION_LOAD_PLUGINS"].split(",") if n.strip()]
+        load_entry_point_plugins(pm, only)
+    pm.check_pending()
+    if trace is None:
+        trace = os.environ.get("BASTION_TRACE_PLUGINS", "") not in ("", "0", "false", "no")
+    if trace:
+        pm.trace.root.setwriter(lambda message: log.debug("%s", message.rstrip()))
+        pm.enable_tracing()
+    return pm
+
+
+def load_entry_point_plugins(pm: pluggy.PluginManager, only: Iterable[str] | None = None) -> list[str]:
+    """Register every plugin of the ``bastion`` entry-point group; return their names."""
+    wanted = None if only is None else set(only)
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if wanted is not None and ep.name not in wanted:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        pm.register(ep.load(), name=ep.name)
+        loaded.append(ep.name)
+    if wanted is not None:
+        missing = wanted - set(loaded) - {n for n, _ in pm.list_name_plugin()}
+        if missing:
+            raise RuntimeError(f"BASTION_LOAD_PLUGINS names plugins that are not installed: {', '.join(sorted(missing))}")
+    return loaded
+
+
+def describe(pm: pluggy.PluginManager) -> list[dict]:
+    """List each registered plugin: name, distribution, version and hooks it implements."""
+    dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        dist = dists.get(name)
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        rows.append({
+            "name": name,
+            "distribution": dist.metadata["Name"] if dist else "bastion (built in)",
+            "version": dist.version if dist else _kernel_version(),
+            "hooks": hooks,
+        })
+    return rows
+
+
+def _kernel_version() -> str:
+    from kernel import __version__
+
+    return __version__

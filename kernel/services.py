@@ -1,0 +1,144 @@
+"""Services: functions callable as ``POST /api/<name>``.
+
+::
+
+    @service
+    def add(text): ...
+
+    @service("todo.add")          # an explicit name
+    def add_todo(text): ...
+
+Arguments arrive as ``{"args": [...], "kwargs": {...}}`` and bind to the
+function's signature; an argument that does not bind, or whose JSON type does
+not match a simple annotation (``str``, ``int``, ``float``, ``bool``, ``list``,
+``dict``, or one of these ``| None``), is 400 InvalidCall naming it. A JSON
+boolean is never an ``int``. Other annotations are not checked: the service
+validates those values itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kernel.errors import InvalidCall
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+_ATTR = "__bastion_service__"
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,), int: (int,), float: (int, float), bool: (bool,), list: (list,), dict: (dict,),
+}
+
+
+def service(fn: Callable | str | None = None, *, name: str | None = None):
+    """Mark a function as a service, under its own name or an explicit one."""
+    if isinstance(fn, str):
+        return service(name=fn)
+    if fn is None:
+        return lambda f: service(f, name=name)
+    service_name = name or fn.__name__
+    if not _NAME.match(service_name):
+        raise ValueError(f"invalid service name {service_name!r}")
+    setattr(fn, _ATTR, service_name)
+    return fn
+
+
+class Service:
+    """A registered service: its name, function and binding rules."""
+
+    def __init__(self, name: str, fn: Callable):
+        self.name = name
+        self.fn = fn
+        self.signature = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable annotations are simply not checked
+            hints = {}
+        self.checks = {p: _json_check(hints[p]) for p in self.signature.parameters if p in hints}
+        self.checks = {p: c for p, c in self.checks.items() if c is not None}
+
+    def bind(self, args: list, kwargs: dict) -> inspect.BoundArguments:
+        """Bind JSON arguments to the signature; raise InvalidCall naming what does not bind."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidCall(f"{self.name}: {exc}") from None
+        for param, value in bound.arguments.items():
+            check = self.checks.get(param)
+            if check is not None and not check(value):
+                raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({_json_type(value)})")
+        return bound
+
+    def __call__(self, args: list, kwargs: dict) -> Any:
+        bound = self.bind(args, kwargs)
+        return self.fn(*bound.args, **bound.kwargs)
+
+
+class Services:
+    """The registry of services by name."""
+
+    def __init__(self, functions: Iterable[Callable] = ()):
+        self._by_name: dict[str, Service] = {}
+        for fn in functions:
+            self.register(fn)
+
+    def register(self, fn: Callable) -> Service:
+        """Register a function decorated with :func:`service`."""
+        name = getattr(fn, _ATTR, None)
+        if name is None:
+            raise TypeError(f"{fn!r} is not decorated with @service")
+        existing = self._by_name.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ValueError(f"two services are named {name!r}")
+        self._by_name[name] = Service(name, fn)
+        return self._by_name[name]
+
+    def get(self, name: str) -> Service | None:
+        """Return the service, or None."""
+        return self._by_name.get(name)
+
+    def names(self) -> list[str]:
+        """Return every service name, sorted."""
+        return sorted(self._by_name)
+
+
+def _json_check(hint: Any) -> Callable[[Any], bool] | None:
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(members) < len(typing.get_args(hint))
+        if len(members) != 1:
+            return None
+        hint = members[0]
+    base = typing.get_origin(hint) or hint
+    allowed = _JSON_TYPES.get(base)
+    if allowed is None:
+        return None
+
+    def check(value: Any) -> bool:
+        if value is None:
+            return optional
+        if isinstance(value, bool) and base is not bool:
+            return False
+        return isinstance(value, allowed)
+
+    return check
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

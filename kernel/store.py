@@ -1,0 +1,380 @@
+"""The storage API: models, records and the unit of work.
+
+Written the way the Fanery tutorial writes it::
+
+    with storage() as db:
+        record = db.insert(Todo, text="Play with Fanery")
+    Todo.to_dict(record)   # {'id': ..., 'vsn': 1, ...}
+
+Nothing reaches the driver until the block exits without an exception; then
+every inserted or changed record is validated (the model's ``validate``, then
+the ``bastion_validate`` hook) and all changes are committed atomically with
+their versions checked, or none is. A unit of work always works in the current
+request's domain: there is no way to name another one.
+
+A model is a plain class with four optional classmethods:
+
+``initialize(record)``  fill defaults (``record.merge(done=False, text='')``)
+``validate(record)``    return an :class:`Errors` (or a nested dict), empty when valid
+``index(record)``       return ``{field: scalar}`` to filter ``select`` on
+``to_dict(record)``     the JSON form services return
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kernel import context
+from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_scalar
+from kernel.errors import RecordNotFound, ValidationError, VersionConflict
+
+_MISSING = object()
+
+
+class Errors(dict):
+    """A nested, auto-vivifying mapping of validation errors.
+
+    ``errors.text.invalid = "  "`` creates ``{"text": {"invalid": "  "}}``.
+    Empty branches do not count: ``bool(errors)`` is True only when some leaf
+    was set.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __missing__(self, key: str) -> Errors:
+        child = Errors()
+        dict.__setitem__(self, key, child)
+        return child
+
+    def __bool__(self) -> bool:
+        return any(not isinstance(v, Errors) or bool(v) for v in self.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain nested dicts with empty branches pruned."""
+        out = {}
+        for key, value in self.items():
+            if isinstance(value, Errors):
+                if value:
+                    out[key] = value.to_dict()
+            else:
+                out[key] = value
+        return out
+
+    def merge(self, other: Mapping[str, Any] | None) -> None:
+        """Merge another (nested) mapping of errors into this one."""
+        for key, value in (other or {}).items():
+            if isinstance(value, Mapping):
+                self[key].merge(value)
+            else:
+                self[key] = value
+
+
+class Record:
+    """A record of a unit of work: ``_id``, ``_vsn``, ``_model`` and data fields as attributes.
+
+    Assigning a field marks the record changed, and it is saved when the unit
+    of work exits.
+    """
+
+    __slots__ = ("_model", "_id", "_vsn", "_data", "_dirty")
+
+    def __init__(self, model: type, id: str, vsn: int, data: dict[str, Any]):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_id", id)
+        object.__setattr__(self, "_vsn", vsn)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_dirty", False)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"{self._model.__name__} record has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            raise AttributeError(f"{name!r} is not a data field")
+        if self._data.get(name, _MISSING) != value or type(self._data.get(name)) is not type(value):
+            self._data[name] = value
+            object.__setattr__(self, "_dirty", True)
+
+    def __delattr__(self, name: str) -> None:
+        if self._data.pop(name, _MISSING) is not _MISSING:
+            object.__setattr__(self, "_dirty", True)
+
+    def merge(self, **fields: Any) -> Record:
+        """Set several fields at once; return the record."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return self
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Return a field's value, or ``default``."""
+        return self._data.get(name, default)
+
+    def fields(self) -> dict[str, Any]:
+        """Return a copy of the data fields."""
+        return copy.deepcopy(self._data)
+
+    def __repr__(self) -> str:
+        return f"<{self._model.__name__} {self._id} v{self._vsn} {self._data!r}>"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the kernel knows of a registered model."""
+
+    cls: type
+    name: str
+    index_fields: frozenset[str]
+
+    def initialize(self, record: Record) -> None:
+        """Call the model's ``initialize``, if any."""
+        init = getattr(self.cls, "initialize", None)
+        if init is not None:
+            init(record)
+
+    def index(self, record: Record) -> dict[str, Scalar]:
+        """Return the record's index entries."""
+        fn = getattr(self.cls, "index", None)
+        entries = dict(fn(record) or {}) if fn is not None else {}
+        for field, value in entries.items():
+            check_scalar(value, f"{self.name}.index()[{field!r}]")
+        return entries
+
+    def validate(self, record: Record) -> Errors:
+        """Return the model's own validation errors."""
+        errors = Errors()
+        fn = getattr(self.cls, "validate", None)
+        if fn is not None:
+            errors.merge(fn(record))
+        return errors
+
+
+class Models:
+    """The registry of models, by class and by name."""
+
+    def __init__(self, classes: Iterable[type] = ()):
+        self._by_cls: dict[type, ModelInfo] = {}
+        self._by_name: dict[str, ModelInfo] = {}
+        for cls in classes:
+            self.register(cls)
+
+    def register(self, cls: type) -> ModelInfo:
+        """Register a model class under ``cls.__model__`` or its class name."""
+        if not isinstance(cls, type):
+            raise TypeError(f"bastion_models returned {cls!r}, which is not a class")
+        name = getattr(cls, "__model__", cls.__name__)
+        existing = self._by_name.get(name)
+        if existing is not None:
+            if existing.cls is cls:
+                return existing
+            raise ValueError(f"two models are named {name!r}: {existing.cls.__module__} and {cls.__module__}")
+        template = Record(cls, "", 0, {})
+        info = ModelInfo(cls, name, frozenset())
+        info.initialize(template)
+        info = ModelInfo(cls, name, frozenset(info.index(template)))
+        self._by_cls[cls] = info
+        self._by_name[name] = info
+        return info
+
+    def info(self, cls: type) -> ModelInfo:
+        """Return the registration of a model class; raise LookupError if it has none."""
+        try:
+            return self._by_cls[cls]
+        except (KeyError, TypeError):
+            raise LookupError(f"{cls!r} is not a registered model (return it from bastion_models)") from None
+
+    def __iter__(self):
+        return iter(self._by_name.values())
+
+    def __contains__(self, cls: object) -> bool:
+        return cls in self._by_cls
+
+
+Validator = Callable[[type, Record, Errors], None]
+
+
+class UnitOfWork:
+    """A set of reads and writes in one domain, committed atomically at exit."""
+
+    def __init__(self, driver: Driver, domain: str, models: Models, validator: Validator | None = None):
+        self.driver = driver
+        self.domain = domain
+        self.models = models
+        self.validator = validator
+        self._loaded: dict[tuple[str, str], Record] = {}
+        self._read_vsn: dict[tuple[str, str], int] = {}
+        self._inserted: set[tuple[str, str]] = set()
+        self._updated: set[tuple[str, str]] = set()
+        self._deleted: dict[tuple[str, str], int] = {}
+        self._open = False
+
+    # -- context manager --------------------------------------------------
+
+    def __enter__(self) -> UnitOfWork:
+        if self._open:
+            raise RuntimeError("this unit of work is already open")
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._open = False
+        if exc_type is None:
+            self.commit()
+
+    # -- reads ------------------------------------------------------------
+
+    def select(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[Record]:
+        """Return the model's records in creation order, filtered by equality on indexed fields."""
+        info = self.models.info(model)
+        where = dict(where or {})
+        unknown = set(where) - info.index_fields
+        if unknown:
+            raise ValueError(f"{info.name} has no index on {', '.join(sorted(unknown))}; "
+                             f"indexed fields: {', '.join(sorted(info.index_fields)) or 'none'}")
+        for field, value in where.items():
+            check_scalar(value, f"where[{field!r}]")
+        return [self._track(info, stored) for stored in self.driver.select(self.domain, info.name, where)]
+
+    def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
+        """Return one record; RecordNotFound if absent, VersionConflict if ``vsn`` is not its version."""
+        record = self.get(model, id)
+        if record is None:
+            raise RecordNotFound(f"no {self.models.info(model).name} with id {id!r}")
+        if vsn is not None and record._vsn != vsn:
+            raise VersionConflict("record changed")
+        return record
+
+    def get(self, model: type, id: str) -> Record | None:
+        """Return one record, or None if the domain has none with this id."""
+        info = self.models.info(model)
+        if not isinstance(id, str):
+            raise TypeError("a record id is a string")
+        key = (info.name, id)
+        if key in self._deleted:
+            return None
+        if key in self._loaded:
+            return self._loaded[key]
+        stored = self.driver.fetch(self.domain, info.name, id)
+        return None if stored is None else self._track(info, stored)
+
+    # -- writes -----------------------------------------------------------
+
+    def insert(self, model: type, id: str | None = None, **fields: Any) -> Record:
+        """Create a record (id: a random UUID unless named), initialized then given ``fields``."""
+        info = self.models.info(model)
+        if id is None:
+            id = str(uuid.uuid4())
+        elif not isinstance(id, str) or not id:
+            raise TypeError("a record id is a non-empty string")
+        key = (info.name, id)
+        if key in self._loaded and key not in self._deleted:
+            raise VersionConflict(f"{info.name} {id!r} already exists")
+        record = Record(model, id, 1, {})
+        info.initialize(record)
+        record.merge(**fields)
+        self._deleted.pop(key, None)
+        self._loaded[key] = record
+        self._inserted.add(key)
+        return record
+
+    def update(self, record: Record | type, id: str | None = None, vsn: int | None = None, **fields: Any) -> Record:
+        """Save a record at exit: ``update(record)`` or ``update(Model, id, vsn, **fields)``."""
+        if not isinstance(record, Record):
+            record = self.fetch(record, id, vsn)  # type: ignore[arg-type]
+        record.merge(**fields)
+        self._updated.add(self._key_of(record))
+        return record
+
+    def delete(self, record: Record | type, id: str | None = None, vsn: int | None = None) -> None:
+        """Delete a record at exit: ``delete(record)`` or ``delete(Model, id, vsn)``."""
+        if not isinstance(record, Record):
+            record = self.fetch(record, id, vsn)  # type: ignore[arg-type]
+        key = self._key_of(record)
+        if key in self._inserted:
+            self._inserted.discard(key)
+            self._loaded.pop(key, None)
+            return
+        self._updated.discard(key)
+        self._deleted[key] = self._read_vsn[key]
+        self._loaded.pop(key, None)
+
+    # -- commit -----------------------------------------------------------
+
+    def changes(self) -> list[Change]:
+        """Validate and return the pending changes; raise ValidationError on any error."""
+        changes: list[Change] = []
+        errors = Errors()
+        for key, record in self._loaded.items():
+            inserting = key in self._inserted
+            if not (inserting or key in self._updated or record._dirty):
+                continue
+            info = self.models.info(record._model)
+            record_errors = info.validate(record)
+            if self.validator is not None:
+                self.validator(record._model, record, record_errors)
+            if record_errors:
+                errors.merge(record_errors)
+                continue
+            data = record.fields()
+            check_json(data, f"{info.name} {record._id}")
+            if inserting:
+                changes.append(Change("insert", info.name, record._id, 0, data, info.index(record)))
+            else:
+                changes.append(Change("update", info.name, record._id, self._read_vsn[key], data, info.index(record)))
+        if errors:
+            raise ValidationError(errors.to_dict())
+        for (name, id), vsn in self._deleted.items():
+            changes.append(Change("delete", name, id, vsn))
+        return changes
+
+    def commit(self) -> None:
+        """Validate and commit every pending change atomically, then reset."""
+        changes = self.changes()
+        if changes:
+            self.driver.commit(self.domain, changes)
+        for change in changes:
+            key = (change.model, change.id)
+            record = self._loaded.get(key)
+            if record is not None:
+                object.__setattr__(record, "_vsn", change.new_vsn)
+                object.__setattr__(record, "_dirty", False)
+                self._read_vsn[key] = change.new_vsn
+        self._inserted.clear()
+        self._updated.clear()
+        self._deleted.clear()
+
+    # -- internals --------------------------------------------------------
+
+    def _track(self, info: ModelInfo, stored: StoredRecord) -> Record:
+        key = (info.name, stored.id)
+        if key in self._loaded:
+            return self._loaded[key]
+        record = Record(info.cls, stored.id, stored.vsn, copy.deepcopy(stored.data))
+        self._loaded[key] = record
+        self._read_vsn[key] = stored.vsn
+        return record
+
+    def _key_of(self, record: Record) -> tuple[str, str]:
+        key = (self.models.info(record._model).name, record._id)
+        if self._loaded.get(key) is not record:
+            raise ValueError(f"{record!r} does not belong to this unit of work")
+        return key
+
+
+def storage() -> UnitOfWork:
+    """Open a unit of work on the records of the current request's domain."""
+    request = context.current()
+    runtime = request.runtime
+    return UnitOfWork(runtime.records, request.domain, runtime.models, runtime.validate_record)

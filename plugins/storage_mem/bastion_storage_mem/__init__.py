@@ -1,0 +1,195 @@
+"""In-process storage driver for ``mem://``: thread-safe, versions enforced, nothing persisted.
+
+Every worker process has its own memory, so gunicorn runs a single worker
+process for ``mem://`` (threads are fine). Use it for the tutorial and tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kernel import hookimpl
+from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, index_token
+from kernel.errors import VersionConflict
+
+
+class _Row:
+    __slots__ = ("seq", "vsn", "data", "index")
+
+    def __init__(self, seq: int, vsn: int, data: dict, index: dict[str, str]):
+        self.seq, self.vsn, self.data, self.index = seq, vsn, data, index
+
+
+class MemoryDriver:
+    """Records and short-lived state in dictionaries, behind one lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._seq = itertools.count(1)
+        # (domain, model) -> id -> row; dicts keep creation order
+        self._records: dict[tuple[str, str], dict[str, _Row]] = {}
+        # (domain, model, field, token) -> ids
+        self._index: dict[tuple[str, str, str, str], dict[str, None]] = {}
+        # (domain, key) -> (value, expires) or {member: (weight, expires)}
+        self._state: dict[tuple[str, str], Any] = {}
+
+    # -- records ----------------------------------------------------------
+
+    def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
+        with self._lock:
+            row = self._records.get((domain, model), {}).get(id)
+            return None if row is None else StoredRecord(model, id, row.vsn, copy.deepcopy(row.data))
+
+    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
+        with self._lock:
+            rows = self._records.get((domain, model), {})
+            if where:
+                sets = [self._index.get((domain, model, f, index_token(v)), {}) for f, v in where.items()]
+                smallest = min(sets, key=len)
+                ids = [i for i in smallest if all(i in s for s in sets)]
+                picked = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
+            else:
+                picked = list(rows.items())
+            return [StoredRecord(model, i, row.vsn, copy.deepcopy(row.data)) for i, row in picked]
+
+    def commit(self, domain: str, changes: Sequence[Change]) -> None:
+        with self._lock:
+            for change in changes:
+                check_json(change.data, f"{change.model} {change.id}")
+                row = self._records.get((domain, change.model), {}).get(change.id)
+                if change.op == "insert":
+                    if row is not None:
+                        raise VersionConflict(f"{change.model} {change.id!r} already exists")
+                elif row is None or row.vsn != change.vsn:
+                    raise VersionConflict("record changed")
+            for change in changes:
+                table = self._records.setdefault((domain, change.model), {})
+                old = table.get(change.id)
+                if old is not None:
+                    self._unindex(domain, change.model, change.id, old.index)
+                if change.op == "delete":
+                    del table[change.id]
+                    continue
+                tokens = {f: index_token(v) for f, v in (change.index or {}).items()}
+                seq = old.seq if old is not None else next(self._seq)
+                table[change.id] = _Row(seq, change.new_vsn, copy.deepcopy(change.data or {}), tokens)
+                for field, token in tokens.items():
+                    self._index.setdefault((domain, change.model, field, token), {})[change.id] = None
+
+    def domains(self, model: str) -> list[str]:
+        with self._lock:
+            return sorted(d for (d, m), rows in self._records.items() if m == model and rows)
+
+    def _unindex(self, domain: str, model: str, id: str, tokens: dict[str, str]) -> None:
+        for field, token in tokens.items():
+            ids = self._index.get((domain, model, field, token))
+            if ids is not None:
+                ids.pop(id, None)
+                if not ids:
+                    del self._index[(domain, model, field, token)]
+
+    # -- short-lived state ------------------------------------------------
+
+    def _live(self, domain: str, key: str, now: float) -> Any:
+        entry = self._state.get((domain, key))
+        if entry is None:
+            return None
+        if isinstance(entry, dict):
+            for member in [m for m, (_, exp) in entry.items() if exp <= now]:
+                del entry[member]
+            if not entry:
+                del self._state[(domain, key)]
+                return None
+            return entry
+        if entry[1] <= now:
+            del self._state[(domain, key)]
+            return None
+        return entry
+
+    def get(self, domain: str, key: str) -> Any:
+        with self._lock:
+            entry = self._live(domain, key, self.clock())
+            if entry is None or isinstance(entry, dict):
+                return None
+            return copy.deepcopy(entry[0])
+
+    def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
+        check_json(value)
+        with self._lock:
+            self._state[(domain, key)] = (copy.deepcopy(value), self.clock() + ttl)
+
+    def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+        check_json(value)
+        with self._lock:
+            now = self.clock()
+            if self._live(domain, key, now) is not None:
+                return False
+            self._state[(domain, key)] = (copy.deepcopy(value), now + ttl)
+            return True
+
+    def delete(self, domain: str, key: str) -> bool:
+        with self._lock:
+            live = self._live(domain, key, self.clock()) is not None
+            self._state.pop((domain, key), None)
+            return live
+
+    def incr(self, domain: str, key: str, amount: int, ttl: float) -> int:
+        with self._lock:
+            now = self.clock()
+            entry = self._live(domain, key, now)
+            if entry is None or isinstance(entry, dict) or not isinstance(entry[0], int):
+                entry = (0, now + ttl)
+            value = entry[0] + amount
+            self._state[(domain, key)] = (value, entry[1])
+            return value
+
+    def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
+        with self._lock:
+            now = self.clock()
+            entry = self._live(domain, key, now)
+            if not isinstance(entry, dict):
+                entry = {}
+                self._state[(domain, key)] = entry
+            entry[member] = (weight, now + ttl)
+            return self._entries(entry)
+
+    def window_entries(self, domain: str, key: str) -> list[WindowEntry]:
+        with self._lock:
+            entry = self._live(domain, key, self.clock())
+            return self._entries(entry) if isinstance(entry, dict) else []
+
+    def window_discard(self, domain: str, key: str, member: str) -> bool:
+        with self._lock:
+            entry = self._live(domain, key, self.clock())
+            if not isinstance(entry, dict) or member not in entry:
+                return False
+            del entry[member]
+            if not entry:
+                del self._state[(domain, key)]
+            return True
+
+    @staticmethod
+    def _entries(entry: dict) -> list[WindowEntry]:
+        return sorted((WindowEntry(m, w, e) for m, (w, e) in entry.items()), key=lambda x: (x.expires, x.member))
+
+    # -- health -----------------------------------------------------------
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@hookimpl
+def bastion_storage_driver(url: str, clock):
+    """Open a :class:`MemoryDriver` for ``mem://`` URLs."""
+    if url.split(":", 1)[0].lower() == "mem":
+        return MemoryDriver(clock=clock)
+    return None
