@@ -76,7 +76,7 @@ class KernelMiddleware:
         rt = self.runtime
         origin, scheme = rt.origins.resolve(req.env)
         request = context.Request(runtime=rt, domain="", origin=origin, scheme=scheme, method=req.method,
-                                  path=req.path, headers=req.headers)
+                                  path=_request_target(req), headers=req.env)
         req.context.request = request
         req.context.token = context.set_current(request)
         request.domain = parse_domain(req.env.get("HTTP_HOST"))
@@ -129,6 +129,14 @@ class KernelMiddleware:
         if token is not None:
             context.reset(token)
             req.context.token = None
+
+
+def _request_target(req: falcon.Request) -> str:
+    """The path exactly as sent on the request line (the signed one), without a query string."""
+    raw = req.env.get("RAW_URI") or req.env.get("REQUEST_URI")
+    if raw:
+        return raw.split("?", 1)[0]
+    return req.env.get("SCRIPT_NAME", "") + req.env.get("PATH_INFO", "")
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -334,4 +334,5 @@ SERVER_SCHEMA: dict[str, Option] = {
     "workers": Int(2, "worker processes (forced to 1 for mem://)", min=1, max=64),
     "threads": Int(4, "threads per worker", min=1, max=256),
     "timeout": Int(30, "seconds before a silent worker is restarted", min=1),
+    "reload": Choice("auto", ("auto", "on", "off"), "restart workers when code changes; auto: in development mode"),
 }

@@ -28,8 +28,9 @@ class Request:
     """A framework-independent view of one request.
 
     ``domain`` is the tenant (PROTOCOL.md section 1), ``origin`` the client
-    address (section 7), ``scheme`` ``http`` or ``https``. ``headers`` maps
-    upper-case names to values. ``session`` is set once a plugin has
+    address (section 7), ``scheme`` ``http`` or ``https``. ``headers`` is the
+    WSGI environ (or any mapping of ``HTTP_*`` names); read it with
+    :meth:`header`. ``session`` is set once a plugin has
     authenticated the call; ``signer`` once its MAC verified, so that every
     later answer is signed.
     """
@@ -47,7 +48,10 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """Return one header's value by case-insensitive name, or None."""
-        return self.headers.get(name.upper().replace("-", "_"))
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        return self.headers.get(key)
 
     @property
     def user(self) -> str | None:

@@ -57,6 +57,8 @@ class Runtime:
         self.state: Driver = self.records if state_url == settings.storage else self.open_driver(state_url)
         self.models = Models(_flatten(self.hook.bastion_models()))
         self.services = Services(_flatten(self.hook.bastion_services()))
+        #: Objects plugins build for this runtime, by plugin name (never shared between runtimes).
+        self.extras: dict[str, object] = {}
         self._started = False
 
     def open_driver(self, url: str) -> Driver:

@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/todo
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(INSTALLED): $(BIN)/python setup.cfg $(wildcard plugins/*/pyproject.toml)
+	$(BIN)/pip install --quiet -e . $(foreach p,$(wildcard $(PLUGINS)),-e $(p))
+	touch $@
+
+## install: create .venv and install the kernel and every plugin (editable)
+install: $(INSTALLED)
+
+## run: start the server on http://localhost:9000 with ./bastion.ini
+run: install
+	$(BIN)/gunicorn kernel.wsgi:app
+
+$(VENV)/.test-tools: $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[test]' tox ruff
+	touch $@
+
+## test: install the test tools and run every test of the kernel and of every plugin
+test: $(VENV)/.test-tools
+	$(BIN)/python -m pytest tests plugins
+
+## lint: ruff over everything
+lint: $(VENV)/.test-tools
+	$(BIN)/ruff check kernel plugins tests bench
+
+## bench: the full benchmark (under 15 minutes); bench-quick: under 2 minutes
+bench: $(VENV)/.test-tools
+	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.test-tools
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .tox .pytest_cache build dist *.egg-info plugins/*/*.egg-info

@@ -1,0 +1,213 @@
+"""The Python client: login, signed calls with verified answers, logout.
+
+::
+
+    client = Client("http://127.0.0.1:9000", host="alpha.localhost")
+    client.login("alice", "s3cret password")
+    todo = client.call("add", "Play with Fanery")
+    client.logout()
+
+``Client(app=wsgi_app)`` calls a WSGI application in-process instead (tests,
+plugin authors). Failures raise the :mod:`kernel.errors` class named by the
+answer's ``exc``; an answer that should be signed and is not (or whose MAC is
+wrong) raises :class:`InvalidResponseSignature`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kernel import signing
+from kernel.errors import BY_NAME, BastionError, StaleCall
+from kernel.hosts import parse_domain
+
+#: Answers a server gives before it knows the caller holds the key (steps 1 to 8): never signed.
+UNSIGNED = frozenset({"InvalidHost", "RequireSSL", "Abusive", "PayloadTooLarge", "UnsupportedMediaType",
+                      "InvalidCall", "Unauthorized", "UnknownSession", "ExpiredSession", "InvalidSignature",
+                      "ServiceUnavailable"})
+
+
+class InvalidResponseSignature(BastionError):
+    """Client side: an answer to a signed call lacks a valid ``Server-Authorization``."""
+
+    status = 0
+    default_message = "the server's answer is not signed with the session key"
+
+
+class ProtocolError(BastionError):
+    """Client side: an answer that is not a PROTOCOL.md body."""
+
+    status = 0
+    default_message = "unexpected answer from the server"
+
+
+@dataclass
+class Response:
+    """A raw answer: status, headers (lower-case names) and body bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """Decode the body as JSON."""
+        return json.loads(self.body.decode("utf-8"))
+
+
+@dataclass
+class Session:
+    """What login returned: the session id, its key, and who logged in."""
+
+    sid: str
+    key: bytes
+    expires: float
+    user: dict[str, Any]
+
+
+class Client:
+    """A Bastion client over HTTP (``base_url``) or in-process (``app``)."""
+
+    def __init__(self, base_url: str | None = None, host: str | None = None, *, app=None,
+                 clock: Callable[[], float] = time.time, remote_addr: str = "127.0.0.1", timeout: float = 30.0):
+        if (base_url is None) == (app is None):
+            raise ValueError("give either base_url or app")
+        self.app = app
+        self.remote_addr = remote_addr
+        self.timeout = timeout
+        self.clock = clock
+        self.offset = 0.0
+        self.session: Session | None = None
+        if base_url is not None:
+            parts = urllib.parse.urlsplit(base_url)
+            self.scheme, self.netloc = parts.scheme, parts.netloc
+            self.prefix = parts.path.rstrip("/")
+        else:
+            self.scheme, self.netloc, self.prefix = "http", "localhost", ""
+        self.host = host or self.netloc
+        self.domain = parse_domain(self.host)
+
+    # -- public API -------------------------------------------------------
+
+    def login(self, username: str, password: str, force: bool = False) -> dict[str, Any]:
+        """Log in; return the ``user`` object. Raises InvalidCredential, AccountLocked, Abusive, ..."""
+        payload: dict[str, Any] = {"username": username, "password": password}
+        if force:
+            payload["force"] = True
+        answer = self.request("/auth/login", _encode(payload))
+        data = self._result_or_raise(answer, signed=False)
+        self.offset = float(data["server_time"]) - self.clock()
+        self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"])
+        return data["user"]
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a service; return its result."""
+        payload: dict[str, Any] = {}
+        if args:
+            payload["args"] = list(args)
+        if kwargs:
+            payload["kwargs"] = kwargs
+        return self.signed(f"/api/{name}", _encode(payload))["result"]
+
+    def logout(self) -> bool:
+        """End the session."""
+        try:
+            return self.signed("/auth/logout", b"{}")["result"]
+        finally:
+            self.session = None
+
+    def signed(self, path: str, body: bytes) -> dict[str, Any]:
+        """Send a signed call; verify the answer; retry once after a signed StaleCall."""
+        for attempt in (1, 2):
+            response, nonce = self.send_signed(path, body)
+            try:
+                return self._result_or_raise(response, signed=True, nonce=nonce)
+            except StaleCall as exc:
+                self.offset = float(exc.extra.get("server_time", self.clock())) - self.clock()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def send_signed(self, path: str, body: bytes, ts: str | None = None, nonce: str | None = None) -> tuple[Response, str]:
+        """Sign and send a call without interpreting the answer (tests use it to replay)."""
+        if self.session is None:
+            raise RuntimeError("log in first")
+        ts = ts or str(int(self.clock() + self.offset))
+        nonce = nonce or signing.new_nonce()
+        mac = signing.request_mac(self.session.key, ts, nonce, path, self.domain, body)
+        headers = {"Authorization": signing.authorization(self.session.sid, ts, nonce, mac)}
+        return self.request(path, body, headers), nonce
+
+    def request(self, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
+                method: str = "POST") -> Response:
+        """Send one raw request (JSON content type when there is a body)."""
+        all_headers = {"Host": self.host, **(headers or {})}
+        if body and "Content-Type" not in all_headers:
+            all_headers["Content-Type"] = "application/json"
+        if self.app is not None:
+            return self._wsgi(method, path, body, all_headers)
+        return self._http(method, path, body, all_headers)
+
+    # -- answers ----------------------------------------------------------
+
+    def verify(self, response: Response, nonce: str) -> None:
+        """Raise InvalidResponseSignature unless the answer carries the right MAC."""
+        mac = signing.parse_server_authorization(response.headers.get("server-authorization"))
+        expected = signing.response_mac(self.session.key, nonce, response.status, response.body)
+        if mac is None or not signing.macs_equal(mac, expected):
+            raise InvalidResponseSignature()
+
+    def _result_or_raise(self, response: Response, signed: bool, nonce: str | None = None) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError(f"HTTP {response.status}: the body is not JSON") from None
+        exc_name = data.get("exc") if isinstance(data, dict) and response.status >= 400 else None
+        # Answers of steps 1 to 8 cannot be signed: act on their status, trust nothing else in them.
+        unsigned_allowed = exc_name in UNSIGNED and "server-authorization" not in response.headers
+        if signed and not unsigned_allowed:
+            self.verify(response, nonce)
+        if exc_name is not None:
+            if exc_name in ("UnknownSession", "ExpiredSession"):
+                self.session = None
+            raise _error(data)
+        if response.status != 200 or not isinstance(data, dict):
+            raise ProtocolError(f"HTTP {response.status}: not a PROTOCOL.md answer")
+        return data
+
+    # -- transports -------------------------------------------------------
+
+    def _http(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
+        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = cls(self.netloc, timeout=self.timeout)
+        try:
+            conn.request(method, self.prefix + path, body=body or None, headers=headers)
+            raw = conn.getresponse()
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        finally:
+            conn.close()
+
+    def _wsgi(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
+        import falcon.testing
+
+        result = falcon.testing.simulate_request(self.app, method, path, body=body, headers=headers,
+                                                 remote_addr=self.remote_addr, host=self.host.split(":")[0])
+        return Response(result.status_code, {k.lower(): v for k, v in result.headers.items()}, result.content)
+
+
+def _encode(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _error(data: dict[str, Any]) -> BastionError:
+    cls = BY_NAME.get(data.get("exc", ""), ProtocolError)
+    messages = data.get("err") or []
+    extra = {k: v for k, v in data.items() if k not in ("exc", "err")}
+    error = cls.__new__(cls)
+    BastionError.__init__(error, *messages, **extra)
+    return error

@@ -1,0 +1,123 @@
+"""The signed channel of PROTOCOL.md section 4, shared by the server, the Python client and benchmarks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+
+SCHEME = "Bastion-HMAC"
+REQUEST_TAG = "bastion-hmac-v1"
+RESPONSE_TAG = "bastion-hmac-v1-response"
+
+_B64URL = "A-Za-z0-9_-"
+_PARAM_RULES = {
+    "sid": re.compile(rf"[{_B64URL}]{{16,128}}"),
+    "ts": re.compile(r"[0-9]{1,12}"),
+    "nonce": re.compile(rf"[{_B64URL}]{{16,64}}"),
+    "mac": re.compile(rf"[{_B64URL}]{{43}}"),
+}
+_HEADER = re.compile(r"(?i:bastion-hmac) +(.*)", re.DOTALL)
+_PARAM = re.compile(r'([a-z]+)="([^"]*)"')
+_SEPARATOR = re.compile(r" *, *")
+
+
+def b64url(data: bytes) -> str:
+    """Encode bytes as base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url; raise ValueError on anything else."""
+    if not re.fullmatch(rf"[{_B64URL}]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def body_hash(body: bytes) -> str:
+    """Return ``b64url(SHA-256(body))``."""
+    return b64url(hashlib.sha256(body).digest())
+
+
+def string_to_sign(ts: str, nonce: str, path: str, domain: str, body: bytes) -> bytes:
+    """Return the seven lines ``S`` a call's MAC covers."""
+    return "\n".join((REQUEST_TAG, ts, nonce, "POST", path, domain, body_hash(body))).encode("utf-8")
+
+
+def request_mac(key: bytes, ts: str, nonce: str, path: str, domain: str, body: bytes) -> str:
+    """Return the MAC of a call."""
+    return b64url(hmac.new(key, string_to_sign(ts, nonce, path, domain, body), hashlib.sha256).digest())
+
+
+def response_string(nonce: str, status: int, body: bytes) -> bytes:
+    """Return the four lines ``R`` a response's MAC covers."""
+    return "\n".join((RESPONSE_TAG, nonce, str(int(status)), body_hash(body))).encode("utf-8")
+
+
+def response_mac(key: bytes, nonce: str, status: int, body: bytes) -> str:
+    """Return the MAC of a response."""
+    return b64url(hmac.new(key, response_string(nonce, status, body), hashlib.sha256).digest())
+
+
+def macs_equal(a: str, b: str) -> bool:
+    """Compare two MACs in constant time."""
+    return hmac.compare_digest(a.encode("ascii", "replace"), b.encode("ascii", "replace"))
+
+
+def authorization(sid: str, ts: str, nonce: str, mac: str) -> str:
+    """Return the ``Authorization`` header value of a call."""
+    return f'{SCHEME} sid="{sid}", ts="{ts}", nonce="{nonce}", mac="{mac}"'
+
+
+def server_authorization(mac: str) -> str:
+    """Return the ``Server-Authorization`` header value of a response."""
+    return f'{SCHEME} mac="{mac}"'
+
+
+def parse_authorization(value: str | None) -> dict[str, str] | None:
+    """Parse an ``Authorization`` header strictly; return its four parameters or None.
+
+    The scheme is matched case-insensitively; then exactly ``sid``, ``ts``,
+    ``nonce`` and ``mac``, each once, in any order, separated by commas with
+    optional spaces, and nothing else.
+    """
+    if value is None:
+        return None
+    match = _HEADER.fullmatch(value)
+    if not match:
+        return None
+    params: dict[str, str] = {}
+    rest = match.group(1)
+    pos = 0
+    while True:
+        item = _PARAM.match(rest, pos)
+        if not item:
+            return None
+        name, val = item.group(1), item.group(2)
+        rule = _PARAM_RULES.get(name)
+        if rule is None or name in params or not rule.fullmatch(val):
+            return None
+        params[name] = val
+        pos = item.end()
+        if pos == len(rest):
+            break
+        sep = _SEPARATOR.match(rest, pos)
+        if not sep or sep.end() == pos or "," not in sep.group(0):
+            return None
+        pos = sep.end()
+    return params if len(params) == len(_PARAM_RULES) else None
+
+
+def parse_server_authorization(value: str | None) -> str | None:
+    """Return the MAC of a ``Server-Authorization`` header, or None if malformed."""
+    if value is None:
+        return None
+    match = re.fullmatch(r'(?i:bastion-hmac) +mac="([A-Za-z0-9_-]{43})"', value.strip())
+    return match.group(1) if match else None
+
+
+def new_nonce() -> str:
+    """Return a fresh random nonce (16 bytes, 22 characters)."""
+    return b64url(secrets.token_bytes(16))

@@ -1,0 +1,25 @@
+"""The ``[auth]`` section: every number of PROTOCOL.md section 6 and the password policy."""
+
+from __future__ import annotations
+
+from kernel.config import Bool, Float, Int
+
+#: Keys, defaults and what they mean; sources are in docs/security.md.
+AUTH_SCHEMA = {
+    "idle_timeout": Int(1800, "seconds a session lives without calls", min=1),
+    "absolute_timeout": Int(43200, "seconds a session lives at most after login", min=1),
+    "max_active_sessions": Int(0, "live sessions per user; 0 for unlimited", min=0),
+    "skew": Int(60, "seconds a call's ts may differ from the server's clock", min=1),
+    "abuse_window": Int(600, "seconds abuse weight is remembered (sliding)", min=1),
+    "abuse_max": Int(10, "weight at which an origin is banned in a domain; 0 disables bans", min=0),
+    "account_window": Int(900, "seconds failed logins of one account are counted", min=1),
+    "account_max_failures": Int(5, "failed logins that lock an account; 0 disables locks", min=0),
+    "account_lock": Int(300, "seconds an account stays locked", min=1),
+    "argon2_memory_cost": Int(19456, "argon2id memory in KiB (OWASP floor: 19456)", min=8),
+    "argon2_time_cost": Int(2, "argon2id iterations (OWASP floor: 2)", min=1),
+    "argon2_parallelism": Int(1, "argon2id lanes", min=1),
+    "min_password_length": Int(8, "shortest password accepted when setting one", min=1),
+    "max_password_length": Int(1024, "longest password accepted (never truncated)", min=8),
+    "demo_user": Bool(True, "in development mode, create demo@localhost when no user exists"),
+    "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
+}

@@ -1,0 +1,94 @@
+"""Users: one record per (domain, username), stored through the kernel's storage API."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kernel.errors import VersionConflict
+from kernel.store import Errors, storage
+
+USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+
+
+class User:
+    """A user of one domain; the record id is the username (a natural key)."""
+
+    __model__ = "User"
+
+    @classmethod
+    def initialize(cls, record):
+        record.merge(username="", password="", created=0)
+
+    @classmethod
+    def validate(cls, record):
+        errors = Errors()
+        if not isinstance(record.username, str) or not USERNAME.fullmatch(record.username):
+            errors.username.invalid = "1 to 150 letters, digits or _.@+-"
+        if not isinstance(record.password, str) or not record.password.startswith("$"):
+            errors.password.invalid = "not a password hash"
+        return errors
+
+    @classmethod
+    def index(cls, record):
+        return {}
+
+    @classmethod
+    def to_dict(cls, record) -> dict[str, Any]:
+        return {"username": record.username, "created": record.created}
+
+
+def check_username(username: str) -> None:
+    """Raise ValueError for a username that cannot exist."""
+    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+        raise ValueError("a username has 1 to 150 letters, digits or _.@+- characters")
+
+
+def find(username: str):
+    """Return the user record of the current domain, or None."""
+    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+        return None
+    with storage() as db:
+        return db.get(User, username)
+
+
+def create(username: str, password_hash: str, now: float) -> bool:
+    """Create a user in the current domain; return False if the username is taken (even in a race)."""
+    check_username(username)
+    try:
+        with storage() as db:
+            if db.get(User, username) is not None:
+                return False
+            db.insert(User, id=username, username=username, password=password_hash, created=int(now))
+    except VersionConflict:
+        return False
+    return True
+
+
+def set_password(username: str, password_hash: str, expected_hash: str | None = None) -> bool:
+    """Replace a user's hash (only if it still is ``expected_hash``, when given); return whether it changed."""
+    try:
+        with storage() as db:
+            record = db.get(User, username)
+            if record is None or (expected_hash is not None and record.password != expected_hash):
+                return False
+            record.password = password_hash
+    except VersionConflict:
+        return False
+    return True
+
+
+def delete(username: str) -> bool:
+    """Delete a user of the current domain; return whether it existed."""
+    with storage() as db:
+        record = db.get(User, username)
+        if record is None:
+            return False
+        db.delete(record)
+    return True
+
+
+def list_usernames() -> list[str]:
+    """Return the usernames of the current domain, oldest first."""
+    with storage() as db:
+        return [r.username for r in db.select(User)]
