@@ -115,8 +115,9 @@ def bastion_authenticate(request, service):
     section 4, raising the protocol error of the first that fails; sets
     ``request.signer`` as soon as the MAC verified so that every later answer
     is signed. Returns the session (an object with at least ``username``).
-    Stops at the first non-None result. None from every plugin means no
-    authenticator is installed, and the kernel answers 401 Unauthorized.
+    None from every plugin means no authenticator is installed, and the
+    kernel answers 401 Unauthorized.
+    Stops at the first non-None result.
     """
 
 
@@ -154,9 +155,9 @@ def bastion_storage_driver(url, config, clock):
     Called by the kernel at start-up for ``[bastion] storage`` and
     ``[bastion] state`` with the URL string, the :class:`kernel.config.Config`
     and the clock (a callable returning Unix seconds) every time-to-live must
-    follow. Returns an object implementing :class:`kernel.store.Driver`, or
-    None when the scheme is not the plugin's. Stops at the first non-None
-    result.
+    follow. Returns an object implementing :class:`kernel.driver.Driver`, or
+    None when the scheme is not the plugin's.
+    Stops at the first non-None result.
     """
 
 

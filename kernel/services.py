@@ -60,9 +60,16 @@ class Service:
             hints = {}
         self.checks = {p: _json_check(hints[p]) for p in self.signature.parameters if p in hints}
         self.checks = {p: c for p, c in self.checks.items() if c is not None}
+        params = self.signature.parameters.values()
+        self.open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+        self.keywords = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def bind(self, args: list, kwargs: dict) -> inspect.BoundArguments:
         """Bind JSON arguments to the signature; raise InvalidCall naming what does not bind."""
+        if not self.open_kwargs:
+            unknown = sorted(set(kwargs) - self.keywords)
+            if unknown:
+                raise InvalidCall(f"{self.name}: unexpected argument {unknown[0]!r}")
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -75,10 +75,10 @@ class StaticFiles:
         resp.set_header("ETag", etag)
         resp.set_header("Last-Modified", last_modified)
         resp.set_header("Cache-Control", "no-cache")
-        resp.content_type = _TYPES.get(found.suffix.lower()) or mimetypes.guess_type(found.name)[0] or "application/octet-stream"
         if _not_modified(req, etag, stat.st_mtime):
             resp.status = 304
             return
+        resp.content_type = _TYPES.get(found.suffix.lower()) or mimetypes.guess_type(found.name)[0] or "application/octet-stream"
         resp.status = 200
         if req.method == "HEAD":
             resp.content_length = stat.st_size

@@ -1,0 +1,338 @@
+"""The HTTP front end: routes, errors, limits and headers of PROTOCOL.md sections 2, 4, 7, 8 and 9."""
+
+from __future__ import annotations
+
+import falcon.testing
+import pytest
+
+from kernel import hookimpl, service, storage
+from kernel.errors import ValidationError
+
+from .conftest import HeaderAuth
+
+
+def body_of(result):
+    assert result.headers["content-type"].startswith("application/json")
+    return result.json
+
+
+def test_anonymous_api_call_fails_closed_without_auth_plugin(client):
+    result = client.simulate_post("/api/anything", json={})
+    assert result.status_code == 401
+    assert body_of(result)["exc"] == "Unauthorized"
+    assert isinstance(result.json["err"], list) and all(isinstance(m, str) for m in result.json["err"])
+
+
+def test_unknown_route_is_404(client):
+    result = client.simulate_get("/no/such/thing")
+    assert result.status_code == 404
+    assert body_of(result) == {"exc": "NotFound", "err": ["no such resource: /no/such/thing"]}
+
+
+def test_method_not_allowed_lists_allowed_methods(client):
+    result = client.simulate_get("/api/anything")
+    assert result.status_code == 405
+    assert body_of(result)["exc"] == "MethodNotAllowed"
+    assert "POST" in result.headers["allow"]
+    assert client.simulate_delete("/healthz").headers["allow"].startswith("GET")
+
+
+def test_body_over_limit_is_413_from_content_length(client):
+    result = client.simulate_post("/api/x", body=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert result.status_code == 413
+    assert body_of(result)["exc"] == "PayloadTooLarge"
+
+
+def test_chunked_body_over_limit_is_413_without_reading_all(kernel_app):
+    app = kernel_app({"bastion": {"max_body": "1KiB"}})
+    reads = []
+
+    class Stream:
+        def __init__(self):
+            self.sent = 0
+
+        def read(self, size=-1):
+            reads.append(size)
+            chunk = b"x" * (size if size and size > 0 else 1 << 20)
+            self.sent += len(chunk)
+            return chunk
+
+    env = falcon.testing.create_environ("/api/x", method="POST", host="localhost",
+                                        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    env.pop("CONTENT_LENGTH", None)
+    env["wsgi.input"] = Stream()
+    result = falcon.testing.StartResponseMock()
+    body = b"".join(app(env, result))
+    assert result.status.startswith("413")
+    assert b"PayloadTooLarge" in body
+    assert reads == [1025]
+
+
+def test_max_body_is_configurable(kernel_app):
+    client = falcon.testing.TestClient(kernel_app({"bastion": {"max_body": "16"}}), headers={"Host": "localhost"})
+    assert client.simulate_post("/api/x", json={"args": ["long enough"]}).status_code == 413
+
+
+def test_non_json_post_is_415(client):
+    result = client.simulate_post("/api/x", body="hello", headers={"Content-Type": "text/plain"})
+    assert result.status_code == 415
+    assert body_of(result)["exc"] == "UnsupportedMediaType"
+
+
+def test_json_with_charset_is_accepted_and_empty_body_needs_no_type(client):
+    ok = client.simulate_post("/api/x", body="{}", headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.json["exc"] == "Unauthorized"
+    assert client.simulate_post("/api/x").json["exc"] == "Unauthorized"
+
+
+def test_query_string_is_400(client):
+    result = client.simulate_post("/api/x", query_string="a=1", json={})
+    assert result.status_code == 400
+    assert result.json["exc"] == "InvalidCall"
+
+
+@pytest.mark.parametrize("host", ["evil.example", "localhost.evil.example", "127.0.0.2"])
+def test_host_outside_allowed_hosts_is_400(client, host):
+    result = client.simulate_get("/healthz", headers={"Host": host})
+    assert result.status_code == 400
+    assert result.json["exc"] == "InvalidHost"
+
+
+def test_missing_or_double_host_is_400(kernel_app):
+    app = kernel_app()
+    env = falcon.testing.create_environ("/healthz")
+    env.pop("HTTP_HOST", None)
+    start = falcon.testing.StartResponseMock()
+    assert b"InvalidHost" in b"".join(app(env, start)) and start.status.startswith("400")
+    env = falcon.testing.create_environ("/healthz", headers={"Host": "localhost"})
+    env["HTTP_HOST"] = "localhost,localhost"
+    start = falcon.testing.StartResponseMock()
+    assert b"InvalidHost" in b"".join(app(env, start)) and start.status.startswith("400")
+
+
+def test_development_hosts_and_explicit_patterns(kernel_app):
+    dev = falcon.testing.TestClient(kernel_app())
+    for host in ("localhost", "LOCALHOST.:9000", "alpha.localhost", "a.b.localhost", "127.0.0.1:9000"):
+        assert dev.simulate_get("/healthz", headers={"Host": host}).status_code == 200, host
+    app = kernel_app({"bastion": {"allowed_hosts": "*.example.com, api.example.org"}})
+    c = falcon.testing.TestClient(app)
+    assert c.simulate_get("/healthz", headers={"Host": "a.b.example.com"}).status_code == 200
+    assert c.simulate_get("/healthz", headers={"Host": "example.com"}).status_code == 400
+    assert c.simulate_get("/healthz", headers={"Host": "api.example.org"}).status_code == 200
+    assert c.simulate_get("/healthz", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_security_headers_on_every_answer(client):
+    for result in (client.simulate_get("/healthz"), client.simulate_post("/api/x"), client.simulate_get("/nope")):
+        assert result.headers["x-content-type-options"] == "nosniff"
+        assert result.headers["x-frame-options"] == "DENY"
+        assert result.headers["referrer-policy"] == "no-referrer"
+        assert "strict-transport-security" not in result.headers  # development mode
+    api = client.simulate_post("/api/x")
+    assert api.headers["cache-control"] == "no-store"
+    assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_production_requires_https_and_sends_hsts(kernel_app):
+    app = kernel_app({"bastion": {"development": False, "allowed_hosts": "localhost"}})
+    c = falcon.testing.TestClient(app, headers={"Host": "localhost"})
+    result = c.simulate_post("/api/x", json={})
+    assert result.status_code == 403 and result.json["exc"] == "RequireSSL"
+    assert result.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+    assert c.simulate_post("/api/x", json={}, protocol="https").json["exc"] == "Unauthorized"
+    assert c.simulate_get("/healthz").status_code == 200  # only /api and /auth need HTTPS
+
+
+def test_forwarded_proto_believed_only_from_trusted_proxy(kernel_app):
+    sections = {"bastion": {"development": False, "allowed_hosts": "localhost", "trusted_proxies": "10.0.0.0/8"}}
+    c = falcon.testing.TestClient(kernel_app(sections), headers={"Host": "localhost", "X-Forwarded-Proto": "https"})
+    assert c.simulate_post("/api/x", json={}, remote_addr="10.1.2.3").json["exc"] == "Unauthorized"
+    assert c.simulate_post("/api/x", json={}, remote_addr="192.0.2.9").json["exc"] == "RequireSSL"
+
+
+def test_production_needs_allowed_hosts(kernel_app):
+    from kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[bastion\] allowed_hosts"):
+        kernel_app({"bastion": {"development": False}})
+
+
+def test_health(client):
+    result = client.simulate_get("/healthz")
+    assert result.status_code == 200 and result.json == {"status": "ok"}
+
+
+def test_health_is_503_when_storage_is_down(kernel_app):
+    from kernel.errors import ServiceUnavailable
+
+    app = kernel_app()
+
+    def down():
+        raise ServiceUnavailable("storage unavailable")
+
+    app.runtime.records.ping = down
+    result = falcon.testing.TestClient(app, headers={"Host": "localhost"}).simulate_get("/healthz")
+    assert result.status_code == 503
+    assert result.json["exc"] == "ServiceUnavailable" and result.json["retry_after"] >= 1
+    assert int(result.headers["retry-after"]) == result.json["retry_after"]
+
+
+class Note:
+    """A model defined by a test plugin."""
+
+    @classmethod
+    def initialize(cls, record):
+        record.merge(text="")
+
+    @classmethod
+    def validate(cls, record):
+        from kernel.store import Errors
+
+        errors = Errors()
+        if not record.text.strip():
+            errors.text.invalid = record.text
+        return errors
+
+    @classmethod
+    def to_dict(cls, record):
+        return {"id": record._id, "vsn": record._vsn, "text": record.text}
+
+
+@service
+def note(text: str):
+    """Store a note; answer it."""
+    with storage() as db:
+        record = db.insert(Note, text=text)
+    return Note.to_dict(record)
+
+
+@service(name="notes.all")
+def all_notes():
+    """Every note of the domain."""
+    with storage() as db:
+        return [Note.to_dict(r) for r in db.select(Note)]
+
+
+@service
+def explode():
+    """Fail unexpectedly."""
+    raise RuntimeError("secret internals /etc/passwd")
+
+
+class Hello:
+    def on_get(self, req, resp):
+        resp.media = {"hello": req.context.request.domain}
+
+
+class NotesPlugin:
+    @hookimpl
+    def bastion_models(self):
+        return [Note]
+
+    @hookimpl
+    def bastion_services(self):
+        return [note, all_notes, explode]
+
+    @hookimpl
+    def bastion_routes(self, app):
+        app.add_route("/hello", Hello())
+
+
+@pytest.fixture
+def notes_client(kernel_app):
+    def make(sections=None):
+        app = kernel_app(sections, plugins=[HeaderAuth(), NotesPlugin()])
+        return falcon.testing.TestClient(app, headers={"Host": "localhost", "X-Test-User": "alice"})
+
+    return make
+
+
+def test_a_test_plugin_adds_a_service_a_model_and_a_route(notes_client):
+    c = notes_client()
+    first = c.simulate_post("/api/note", json={"args": ["hello"]})
+    assert first.status_code == 200, first.text
+    assert first.json["result"]["text"] == "hello" and first.json["result"]["vsn"] == 1
+    assert c.simulate_post("/api/notes.all", json={}).json["result"] == [first.json["result"]]
+    assert c.simulate_get("/hello").json == {"hello": "localhost"}
+
+
+def test_tenants_do_not_see_each_other(notes_client):
+    c = notes_client()
+    c.simulate_post("/api/note", json={"kwargs": {"text": "alpha's"}}, headers={"Host": "alpha.localhost"})
+    assert c.simulate_post("/api/notes.all", headers={"Host": "beta.localhost"}).json["result"] == []
+    assert len(c.simulate_post("/api/notes.all", headers={"Host": "alpha.localhost"}).json["result"]) == 1
+
+
+def test_validation_error_is_422_with_fields(notes_client):
+    result = notes_client().simulate_post("/api/note", json={"args": ["   "]})
+    assert result.status_code == 422
+    assert result.json == {"exc": "ValidationError", "err": ["invalid data"], "fields": {"text": {"invalid": "   "}}}
+    assert ValidationError.status == 422
+
+
+@pytest.mark.parametrize("body, needle", [
+    (b"{not json", "malformed JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"args": {}}', "'args'"),
+    (b'{"kwargs": []}', "'kwargs'"),
+    (b'{"args": [], "other": 1}', "other"),
+    (b'{"args": ["a", "b"]}', "too many positional"),
+    (b'{"kwargs": {"txt": "a"}}', "txt"),
+    (b'{"args": [5]}', "'text'"),
+    (b'{"args": [NaN]}', "malformed JSON"),
+    (b'{"args": [], "args": ["x"]}', "duplicate"),
+    (b"\xff\xfe", "malformed JSON"),
+])
+def test_arguments_that_do_not_bind_are_400(notes_client, body, needle):
+    result = notes_client().simulate_post("/api/note", body=body, headers={"Content-Type": "application/json"})
+    assert result.status_code == 400, result.text
+    assert result.json["exc"] == "InvalidCall"
+    assert needle in " ".join(result.json["err"])
+
+
+def test_unknown_service_is_404_after_authentication(notes_client):
+    c = notes_client()
+    assert c.simulate_post("/api/nope", json={}).json["exc"] == "NotFound"
+    assert c.simulate_post("/api/nope", json={}, headers={"X-Test-User": ""}).json["exc"] == "Unauthorized"
+
+
+def test_permission_hook_denies(kernel_app):
+    class Deny:
+        @hookimpl
+        def bastion_has_permission(self, session, service):
+            return service != "note"
+
+    app = kernel_app(plugins=[HeaderAuth(), NotesPlugin(), Deny()])
+    c = falcon.testing.TestClient(app, headers={"Host": "localhost", "X-Test-User": "bob"})
+    assert c.simulate_post("/api/note", json={"args": ["x"]}).status_code == 403
+    assert c.simulate_post("/api/notes.all").status_code == 200
+    assert c.simulate_post("/api/unknown").json["exc"] == "NotFound"
+
+
+def test_500_says_nothing_outside_development(notes_client, caplog):
+    result = notes_client({"bastion": {"development": False, "allowed_hosts": "localhost"}}).simulate_post(
+        "/api/explode", protocol="https")
+    assert result.status_code == 500
+    assert set(result.json) == {"exc", "err"} and result.json["exc"] == "Error"
+    assert "secret" not in result.text and "passwd" not in result.text and "Traceback" not in result.text
+    log_id = result.json["err"][0].rsplit(" ", 1)[-1]
+    assert log_id in caplog.text and "secret internals" in caplog.text
+
+
+def test_500_has_a_trace_in_development(notes_client):
+    result = notes_client().simulate_post("/api/explode")
+    assert result.status_code == 500 and "RuntimeError" in result.json["trace"]
+
+
+def test_refused_hook_sees_protocol_errors(kernel_app):
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def bastion_refused(self, request, error):
+            seen.append((request.origin, error.exc))
+
+    c = falcon.testing.TestClient(kernel_app(plugins=[Watch()]), headers={"Host": "localhost"})
+    c.simulate_post("/api/x", remote_addr="192.0.2.7")
+    c.simulate_get("/healthz")
+    assert seen == [("192.0.2.7", "Unauthorized")]

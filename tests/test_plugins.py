@@ -1,0 +1,85 @@
+"""The plugin manager: defaults, entry points, restrictions, tracing, loud failures."""
+
+from __future__ import annotations
+
+import logging
+
+import pluggy
+import pytest
+
+from kernel import hookimpl
+from kernel.plugins import describe, get_plugin_manager
+
+
+def names(pm):
+    return {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+
+
+def test_defaults_then_entry_points():
+    pm = get_plugin_manager()
+    assert {"kernel.defaults", "storage_mem"} <= names(pm)
+
+
+def test_load_plugins_restricts(monkeypatch):
+    monkeypatch.setenv("BASTION_LOAD_PLUGINS", "storage_mem")
+    assert names(get_plugin_manager()) == {"kernel.defaults", "storage_mem"}
+    monkeypatch.setenv("BASTION_LOAD_PLUGINS", "")
+    assert names(get_plugin_manager()) == {"kernel.defaults"}
+
+
+def test_load_plugins_names_a_missing_plugin(monkeypatch):
+    monkeypatch.setenv("BASTION_LOAD_PLUGINS", "storage_mem,no_such_plugin")
+    with pytest.raises(RuntimeError, match="no_such_plugin"):
+        get_plugin_manager()
+
+
+def test_misspelt_hookimpl_fails_loudly():
+    class Typo:
+        @hookimpl
+        def bastion_servics(self):
+            return []
+
+    pm = get_plugin_manager(only=[])
+    pm.register(Typo())
+    with pytest.raises(pluggy.PluginValidationError):
+        pm.check_pending()
+
+
+def test_trace_logs_every_hook_call(caplog):
+    pm = get_plugin_manager(only=["storage_mem"], trace=True)
+    with caplog.at_level(logging.DEBUG, logger="bastion.plugins"):
+        pm.hook.bastion_static()
+    assert "bastion_static" in caplog.text
+
+
+def test_trace_from_environment(monkeypatch, caplog):
+    monkeypatch.setenv("BASTION_TRACE_PLUGINS", "1")
+    pm = get_plugin_manager(only=[])
+    with caplog.at_level(logging.DEBUG, logger="bastion.plugins"):
+        pm.hook.bastion_models()
+    assert "bastion_models" in caplog.text
+
+
+def test_describe_lists_distribution_version_and_hooks():
+    rows = {row["name"]: row for row in describe(get_plugin_manager(only=["storage_mem"]))}
+    mem = rows["storage_mem"]
+    assert mem["distribution"] == "bastion-storage-mem"
+    assert mem["version"]
+    assert "bastion_storage_driver" in mem["hooks"]
+
+
+def test_kernel_imports_no_plugin():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "kernel"
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            for module in modules:
+                assert not module.startswith("bastion_"), f"{path} imports plugin {module}"
