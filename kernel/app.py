@@ -15,8 +15,16 @@ import pluggy
 from kernel import context
 from kernel.config import Config
 from kernel.errors import (
-    BastionError, Error, Forbidden, InvalidCall, MethodNotAllowed, NotFound, PayloadTooLarge,
-    RequireSSL, Unauthorized, UnsupportedMediaType,
+    BastionError,
+    Error,
+    Forbidden,
+    InvalidCall,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequireSSL,
+    Unauthorized,
+    UnsupportedMediaType,
 )
 from kernel.hosts import parse_domain
 from kernel.runtime import Runtime

@@ -319,10 +319,13 @@ _URL = r"[a-z][a-z0-9+.-]*://.*"
 #: The ``[bastion]`` section.
 BASTION_SCHEMA: dict[str, Option] = {
     "development": Bool(False, "development mode: plain HTTP allowed, tracebacks in 500 bodies, auto-reload"),
-    "storage": Str("mem://", "storage URL of records (and of state unless `state` is set)", _URL, "a URL such as mem:// or sqlite:///var/bastion.sqlite3"),
-    "state": Str("", "storage URL of sessions, nonces and counters; empty means the storage URL", f"(|{_URL})", "a URL, or empty"),
+    "storage": Str("mem://", "storage URL of records (and of state unless `state` is set)", _URL,
+                   "a URL such as mem:// or sqlite:///var/bastion.sqlite3"),
+    "state": Str("", "storage URL of sessions, nonces and counters; empty means the storage URL", f"(|{_URL})",
+                 "a URL, or empty"),
     "static": Str("", "a directory served at / before the plugins' static files"),
-    "allowed_hosts": List((), "hosts served (`*.example.com` matches every subdomain); development defaults to localhost, *.localhost, 127.0.0.1"),
+    "allowed_hosts": List((), "hosts served (`*.example.com` matches every subdomain); "
+                          "development defaults to localhost, *.localhost, 127.0.0.1"),
     "trusted_proxies": Networks("peers whose X-Forwarded-For and X-Forwarded-Proto are believed"),
     "max_body": Size(1024 * 1024, "largest request body accepted"),
     "log_level": Choice("info", ("debug", "info", "warning", "error"), "level of the bastion loggers"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernel import hookimpl
+from kernel.config import BASTION_SCHEMA, SERVER_SCHEMA
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -18,8 +19,8 @@ def _check_user_key(key: str) -> None:
 @hookimpl
 def bastion_configure(config):
     """Claim the kernel's sections: ``[bastion]``, ``[server]`` and ``[users]``."""
-    config.bastion
-    config.server
+    config.section("bastion", BASTION_SCHEMA)
+    config.section("server", SERVER_SCHEMA)
     config.raw_section("users", _check_user_key)
 
 

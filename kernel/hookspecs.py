@@ -7,8 +7,6 @@ to a spec in later versions; none is ever removed.
 
 from __future__ import annotations
 
-
-
 import pluggy
 
 hookspec = pluggy.HookspecMarker("bastion")
