@@ -22,6 +22,8 @@ threads = _server.threads
 timeout = _server.timeout
 worker_class = "gthread" if threads > 1 else "sync"
 reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
+# The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
+control_socket_disable = True
 forwarded_allow_ips = ""  # Bastion reads X-Forwarded-* itself, only from [bastion] trusted_proxies
 
 _log = logging.getLogger("gunicorn.error")
