@@ -24,6 +24,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_serving(host: str, port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``GET /healthz`` answers (any status); RuntimeError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", "/healthz", headers={"Host": "localhost"})
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a process that is starting; there is no event to wait on
+    raise RuntimeError(f"the server did not answer within {timeout} s")
+
+
 def write_config(sections: Mapping[str, Mapping[str, object]], directory: str | os.PathLike) -> Path:
     """Write an INI file from ``{section: {key: value}}`` and return its path."""
     lines = []
@@ -81,20 +98,11 @@ class GunicornServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
-                conn.request("GET", "/healthz", headers={"Host": "localhost"})
-                conn.getresponse().read()
-                conn.close()
-                return
-            except OSError:
-                time.sleep(0.05)  # polling a process that is starting; no event to wait on
-        self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {self.startup_timeout} s:\n{self.log()}")
+        try:
+            wait_until_serving(self.host, self.port, self.process, self.startup_timeout)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def log(self) -> str:
         """Return what the server printed so far."""

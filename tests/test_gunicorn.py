@@ -1,0 +1,101 @@
+"""The kernel behind real gunicorn processes: what only a real server and socket can show."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernel.testing.servers import GunicornServer, free_port, wait_until_serving
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server():
+    sections = {"bastion": {"development": True, "storage": "mem://", "max_body": "64KiB"}}
+    with GunicornServer(sections, env={"BASTION_LOAD_PLUGINS": "storage_mem"}) as srv:
+        yield srv
+
+
+def raw(server, data: bytes) -> bytes:
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def post(server, path, body=b"", headers=None):
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn.request("POST", path, body=body, headers={"Host": "localhost", **(headers or {})})
+    response = conn.getresponse()
+    result = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return result
+
+
+def test_health_and_fail_closed(server):
+    status, _, body = post(server, "/api/anything", b"{}", {"Content-Type": "application/json"})
+    assert status == 401 and json.loads(body)["exc"] == "Unauthorized"
+
+
+def test_large_body_refused_by_length(server):
+    status, _, body = post(server, "/api/x", b"x" * (2 * 1024 * 1024), {"Content-Type": "application/json"})
+    assert status == 413 and json.loads(body)["exc"] == "PayloadTooLarge"
+
+
+def test_large_chunked_body_refused(server):
+    chunk = b"x" * 8192
+    request = (b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    request += b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(16)) + b"0\r\n\r\n"
+    answer = raw(server, request)
+    assert answer.startswith(b"HTTP/1.1 413") and b"PayloadTooLarge" in answer
+
+
+def test_small_chunked_body_reaches_authentication(server):
+    body = b'{"args": []}'
+    request = (b"POST /api/x HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    answer = raw(server, request)
+    assert answer.startswith(b"HTTP/1.1 401") and b"Unauthorized" in answer
+
+
+def test_no_host_header_is_refused(server):
+    answer = raw(server, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"400"
+
+
+def test_foreign_host_is_invalid_host(server):
+    status, _, body = post(server, "/api/x", b"", {"Host": "attacker.example"})
+    assert status == 400 and json.loads(body)["exc"] == "InvalidHost"
+
+
+def test_plain_gunicorn_from_the_repository_root_uses_bastion_ini():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "BASTION_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "kernel.wsgi:app", "--bind", f"127.0.0.1:{port}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_until_serving("127.0.0.1", port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/healthz", headers={"Host": "localhost"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    finally:
+        os.killpg(proc.pid, 15)
+        output = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert "running 1 worker" in output  # the shipped bastion.ini uses mem://
