@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import falcon
 import pluggy
@@ -27,6 +25,7 @@ from kernel.errors import (
     UnsupportedMediaType,
 )
 from kernel.hosts import parse_domain
+from kernel.jsonio import dumps, loads
 from kernel.runtime import Runtime
 from kernel.static_files import STATIC_CSP, StaticFiles
 
@@ -39,11 +38,6 @@ HSTS = "max-age=31536000; includeSubDomains"
 _HTTP_ERRORS: dict[int, type[BastionError]] = {
     400: InvalidCall, 404: NotFound, 413: PayloadTooLarge, 415: UnsupportedMediaType,
 }
-
-
-def dumps(value: Any) -> bytes:
-    """Encode a response body: compact UTF-8 JSON, no NaN."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 class BastionApp(falcon.App):
@@ -187,8 +181,8 @@ def parse_call(body: bytes) -> tuple[list, dict]:
     if not body.strip():
         return [], {}
     try:
-        payload = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        payload = loads(body)
+    except ValueError as exc:
         raise InvalidCall(f"malformed JSON body: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidCall("the body must be a JSON object")
@@ -202,19 +196,6 @@ def parse_call(body: bytes) -> tuple[list, dict]:
     if not isinstance(kwargs, dict):
         raise InvalidCall("'kwargs' must be a JSON object")
     return args, kwargs
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 class HealthResource:
