@@ -1,0 +1,41 @@
+"""Redis storage driver for ``redis://``, ``rediss://`` and ``unix://`` URLs.
+
+Records and short-lived state (sessions, nonces, counters, windows) live in
+Redis, shared by every worker and node that uses the same URL. Each domain's
+keys carry one hash tag, ``bastion:{<domain>}:...``, so a unit of work stays
+on one Redis Cluster slot. Settings come from the ``[storage_redis]`` INI
+section (see :data:`bastion_storage_redis.settings.SCHEMA` and
+docs/storage-redis.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bastion_storage_redis.driver import RedisDriver
+from bastion_storage_redis.settings import SCHEMA, SCHEMES, SECTION, scheme_of
+from kernel import hookimpl
+from kernel.config import Config
+from kernel.errors import ConfigError
+
+__all__ = ["RedisDriver", "SCHEMA", "SECTION", "bastion_configure", "bastion_storage_driver"]
+
+
+@hookimpl
+def bastion_configure(config: Config) -> None:
+    """Claim and check the ``[storage_redis]`` section."""
+    config.section(SECTION, SCHEMA)
+
+
+@hookimpl
+def bastion_storage_driver(url: str, config: Config | None, clock: Callable[[], float]) -> RedisDriver | None:
+    """Open a :class:`RedisDriver` for redis://, rediss:// and unix:// URLs; None for any other scheme."""
+    if scheme_of(url) not in SCHEMES:
+        return None
+    options = config.section(SECTION, SCHEMA) if config is not None else None
+    try:
+        return RedisDriver(url, clock=clock, options=options)
+    except ValueError as exc:
+        label = config.label if config is not None else "<configuration>"
+        raise ConfigError(f"{label}: [bastion] {exc}; accepted: redis://[:password@]host:port/db, "
+                          "rediss://..., unix:///path/to/redis.sock?db=0") from None

@@ -1,0 +1,214 @@
+"""The Lua scripts of the driver: each call's whole work in one atomic round trip.
+
+Conventions shared by every script:
+
+* ``now`` (the driver's clock, Unix seconds) always arrives as an ARGV, so
+  expiry follows the injected clock and never Redis's own time;
+* absolute expiry times are computed in Python and stored exactly as sent:
+  Lua's ``tostring`` would round a double to 14 digits;
+* a native TTL in milliseconds, computed from the caller's ``ttl``, lets Redis
+  reclaim memory by itself; logical expiry never depends on it;
+* every key a script touches is derived from its KEYS and shares their hash
+  tag, so each script runs on one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+# Helpers prepended to the state scripts.
+_STATE_HELPERS = """
+local function kind(k)
+  return redis.call('TYPE', k)['ok']
+end
+
+-- Whether the plain key or window k holds something live at now.
+local function live(k, now, now_s)
+  local t = kind(k)
+  if t == 'hash' then
+    local e = redis.call('HGET', k, 'e')
+    return e ~= false and tonumber(e) > now
+  elseif t == 'zset' then
+    return redis.call('ZCOUNT', k, '(' .. now_s, '+inf') > 0
+  end
+  return false
+end
+
+-- Store a plain value, replacing a plain key or window of the same name.
+local function put(k, w, value, expires, ttl_ms)
+  redis.call('DEL', k, w)
+  redis.call('HSET', k, 'v', value, 'e', expires)
+  redis.call('PEXPIRE', k, ttl_ms)
+end
+
+-- Extend a key's native TTL to at least ttl_ms (never shorten it).
+local function keep(k, ttl_ms)
+  local left = redis.call('PTTL', k)
+  if left < tonumber(ttl_ms) then
+    redis.call('PEXPIRE', k, ttl_ms)
+  end
+end
+
+-- The live entries of window z as a flat list: member, expiry, weight, ...
+local function entries(z, w, now_s)
+  local scored = redis.call('ZRANGEBYSCORE', z, '(' .. now_s, '+inf', 'WITHSCORES')
+  local out = {}
+  for i = 1, #scored, 2 do
+    out[#out + 1] = scored[i]
+    out[#out + 1] = scored[i + 1]
+    out[#out + 1] = redis.call('HGET', w, scored[i]) or '1'
+  end
+  return out
+end
+"""
+
+#: KEYS: state key. ARGV: now. Returns the JSON value or nil.
+GET = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return false end
+local r = redis.call('HMGET', KEYS[1], 'v', 'e')
+if not r[2] or tonumber(r[2]) <= tonumber(ARGV[1]) then return false end
+return r[1]
+"""
+
+#: KEYS: state key, weights key. ARGV: value, expires, ttl_ms.
+SET = _STATE_HELPERS + """
+put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+#: KEYS: state key, weights key. ARGV: now, value, expires, ttl_ms. Returns 1 if stored.
+ADD = _STATE_HELPERS + """
+if live(KEYS[1], tonumber(ARGV[1]), ARGV[1]) then return 0 end
+put(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+#: KEYS: state key, weights key. ARGV: now. Returns 1 if something live went.
+DELETE = _STATE_HELPERS + """
+local was = live(KEYS[1], tonumber(ARGV[1]), ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+if was then return 1 end
+return 0
+"""
+
+#: KEYS: state key, weights key. ARGV: now, amount, expires, ttl_ms. Returns the new count.
+#: A live integer keeps its expiry (a fixed window); anything else restarts at amount.
+INCR = _STATE_HELPERS + """
+local k = KEYS[1]
+if kind(k) == 'hash' then
+  local r = redis.call('HMGET', k, 'v', 'e')
+  if r[2] and tonumber(r[2]) > tonumber(ARGV[1]) and r[1] and string.match(r[1], '^%-?%d+$') then
+    return redis.call('HINCRBY', k, 'v', ARGV[2])
+  end
+end
+put(k, KEYS[2], ARGV[2], ARGV[3], ARGV[4])
+return tonumber(ARGV[2])
+"""
+
+#: KEYS: window key, weights key. ARGV: now, member, weight, expires, ttl_ms.
+#: Drops expired members, adds or replaces one, returns the live entries.
+WINDOW_ADD = _STATE_HELPERS + """
+local z, w, now_s = KEYS[1], KEYS[2], ARGV[1]
+if kind(z) ~= 'zset' then
+  redis.call('DEL', z, w)
+end
+local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now_s)
+if #gone > 0 then
+  for _, member in ipairs(gone) do redis.call('HDEL', w, member) end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now_s)
+end
+redis.call('ZADD', z, ARGV[4], ARGV[2])
+redis.call('HSET', w, ARGV[2], ARGV[3])
+keep(z, ARGV[5])
+keep(w, ARGV[5])
+return entries(z, w, now_s)
+"""
+
+#: KEYS: window key, weights key. ARGV: now. Returns the live entries.
+WINDOW_ENTRIES = _STATE_HELPERS + """
+if kind(KEYS[1]) ~= 'zset' then return {} end
+return entries(KEYS[1], KEYS[2], ARGV[1])
+"""
+
+#: KEYS: window key, weights key. ARGV: now, member. Returns 1 if the member was live.
+WINDOW_DISCARD = _STATE_HELPERS + """
+if kind(KEYS[1]) ~= 'zset' then return 0 end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if score and tonumber(score) > tonumber(ARGV[1]) then return 1 end
+return 0
+"""
+
+#: KEYS: the model's order key. ARGV: record key prefix, then index set keys.
+#: Returns a flat list: id, version, JSON data, ... in creation order.
+SELECT = """
+local order, prefix = KEYS[1], ARGV[1]
+local ids
+if #ARGV > 1 then
+  local sets = {}
+  for i = 2, #ARGV do sets[#sets + 1] = ARGV[i] end
+  -- Index sets are intersected; records are never scanned.
+  local found = redis.call('SINTER', unpack(sets))
+  local scored = {}
+  for _, id in ipairs(found) do
+    local seq = redis.call('ZSCORE', order, id)
+    if seq then scored[#scored + 1] = {id, tonumber(seq)} end
+  end
+  table.sort(scored, function(a, b) return a[2] < b[2] end)
+  ids = {}
+  for i, pair in ipairs(scored) do ids[i] = pair[1] end
+else
+  ids = redis.call('ZRANGE', order, 0, -1)
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local r = redis.call('HMGET', prefix .. id, 'v', 'd')
+  if r[1] then
+    out[#out + 1] = id
+    out[#out + 1] = r[1]
+    out[#out + 1] = r[2]
+  end
+end
+return out
+"""
+
+#: Fields of one change in the COMMIT ARGV.
+CHANGE_FIELDS = 8
+
+#: KEYS: the domain's sequence key. ARGV: the domain's key prefix, the number of
+#: changes, then per change: op, record key, order key, id, expected version,
+#: new version, JSON data, JSON list of index keys (relative to the prefix).
+#: Checks every version first and writes only if all hold; returns 0, or the
+#: 1-based position of the first change that conflicts (nothing written).
+COMMIT = """
+local P, n, F = ARGV[1], tonumber(ARGV[2]), @FIELDS@
+for i = 0, n - 1 do
+  local b = 3 + i * F
+  local op, rkey, vsn = ARGV[b], ARGV[b + 1], ARGV[b + 4]
+  local current = redis.call('HGET', rkey, 'v')
+  if op == 'insert' then
+    if current then return i + 1 end
+  elseif current ~= vsn then
+    return i + 1
+  end
+end
+for i = 0, n - 1 do
+  local b = 3 + i * F
+  local op, rkey, okey, id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local old = redis.call('HGET', rkey, 'x')
+  if old then
+    for _, ikey in ipairs(cjson.decode(old)) do redis.call('SREM', P .. ikey, id) end
+  end
+  if op == 'delete' then
+    redis.call('DEL', rkey)
+    redis.call('ZREM', okey, id)
+  else
+    -- A record keeps its place in creation order for life.
+    if not redis.call('ZSCORE', okey, id) then
+      redis.call('ZADD', okey, redis.call('INCR', KEYS[1]), id)
+    end
+    redis.call('HSET', rkey, 'v', ARGV[b + 5], 'd', ARGV[b + 6], 'x', ARGV[b + 7])
+    for _, ikey in ipairs(cjson.decode(ARGV[b + 7])) do redis.call('SADD', P .. ikey, id) end
+  end
+end
+return 0
+""".replace("@FIELDS@", str(CHANGE_FIELDS))
