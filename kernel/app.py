@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -138,7 +139,10 @@ def _request_target(req: falcon.Request) -> str:
     raw = req.env.get("RAW_URI") or req.env.get("REQUEST_URI")
     if raw:
         return raw.split("?", 1)[0]
-    return req.env.get("SCRIPT_NAME", "") + req.env.get("PATH_INFO", "")
+    # A server that keeps no raw target: PATH_INFO is decoded, so encode it back the canonical way
+    # (a client that sent %61 for "a" then fails verification instead of passing as another path).
+    decoded = (req.env.get("SCRIPT_NAME", "") + req.env.get("PATH_INFO", "")).encode("latin-1")
+    return urllib.parse.quote(decoded, safe="/;=,:@!$&'()*+~-._")
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -30,12 +30,29 @@ def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return password
 
 
+#: argon2id parameters (OWASP's floor), overridden by the same keys of ``[auth]`` when the file has them.
+ARGON2_DEFAULTS = {"argon2_memory_cost": 19456, "argon2_time_cost": 2, "argon2_parallelism": 1}
+
+
 def password_context(config=None):
-    """Return the passlib CryptContext of the ``[auth]`` settings, or argon2id defaults."""
+    """Return an argon2id CryptContext with the ``[auth]`` parameters of ``config``, else the defaults.
+
+    The kernel does not own ``[auth]``; it only reads these three numbers so
+    that hashes made here need no upgrade at the first login.
+    """
     from passlib.context import CryptContext
 
-    return CryptContext(schemes=["argon2"], argon2__type="ID", argon2__memory_cost=19456,
-                        argon2__rounds=2, argon2__parallelism=1)
+    params = dict(ARGON2_DEFAULTS)
+    if config is not None and config.has_section("auth"):
+        for key in params:
+            raw = config.parser.get("auth", key, fallback=None)
+            if raw is not None:
+                try:
+                    params[key] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{config.label}: [auth] {key} = {raw!r}: invalid value; accepted: an integer") from None
+    return CryptContext(schemes=["argon2"], argon2__type="ID", argon2__memory_cost=params["argon2_memory_cost"],
+                        argon2__rounds=params["argon2_time_cost"], argon2__parallelism=params["argon2_parallelism"])
 
 
 def _cmd_plugins(args, pm, runtime_factory) -> int:
@@ -59,7 +76,9 @@ def _cmd_check(args, pm, runtime_factory) -> int:
 
 def _cmd_hash_password(args, pm, runtime_factory) -> int:
     password = read_password(args)
-    print(password_context().hash(password))
+    if not 8 <= len(password) <= 1024:
+        raise SystemExit("bastion: a password has 8 to 1024 characters")
+    print(password_context(load_config(args.config)).hash(password))
     return 0
 
 
@@ -98,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(pm, runtime_factory)
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except (ConfigError, BastionError, RuntimeError) as exc:
+    except (ConfigError, BastionError, RuntimeError, ValueError) as exc:
         print(f"bastion: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -71,14 +71,21 @@ class Session:
 
 
 class Client:
-    """A Bastion client over HTTP (``base_url``) or in-process (``app``)."""
+    """A Bastion client over HTTP (``base_url``) or in-process (``app``).
+
+    ``host`` is the tenant's Host header (default: the URL's); ``clock`` the
+    local clock, corrected by the server's; ``remote_addr`` the origin an
+    in-process app sees, ``source_address`` the local address HTTP connects from.
+    """
 
     def __init__(self, base_url: str | None = None, host: str | None = None, *, app=None,
-                 clock: Callable[[], float] = time.time, remote_addr: str = "127.0.0.1", timeout: float = 30.0):
+                 clock: Callable[[], float] = time.time, remote_addr: str = "127.0.0.1", timeout: float = 30.0,
+                 source_address: str | None = None):
         if (base_url is None) == (app is None):
             raise ValueError("give either base_url or app")
         self.app = app
         self.remote_addr = remote_addr
+        self.source_address = source_address
         self.timeout = timeout
         self.clock = clock
         self.offset = 0.0
@@ -184,7 +191,8 @@ class Client:
 
     def _http(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.netloc, timeout=self.timeout)
+        source = (self.source_address, 0) if self.source_address else None
+        conn = cls(self.netloc, timeout=self.timeout, source_address=source)
         try:
             conn.request(method, self.prefix + path, body=body or None, headers=headers)
             raw = conn.getresponse()

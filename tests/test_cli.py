@@ -46,3 +46,21 @@ def test_hash_password_from_stdin(monkeypatch, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([str(Path(sys.executable).with_name("bastion")), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "plugins" in result.stdout
+
+
+def test_hash_password_follows_the_auth_section(tmp_path, monkeypatch, capsys):
+    ini = tmp_path / "b.ini"
+    ini.write_text("[auth]\nargon2_memory_cost = 65536\nargon2_time_cost = 3\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
+    assert main(["--config", str(ini), "hash-password", "--password-stdin"]) == 0
+    assert capsys.readouterr().out.startswith("$argon2id$v=19$m=65536,t=3,p=1$")
+
+
+def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    try:
+        main(["hash-password", "--password-stdin"])
+    except SystemExit as exc:
+        assert "8 to 1024" in str(exc)
+    else:
+        raise AssertionError("a short password was hashed")

@@ -336,3 +336,14 @@ def test_refused_hook_sees_protocol_errors(kernel_app):
     c.simulate_post("/api/x", remote_addr="192.0.2.7")
     c.simulate_get("/healthz")
     assert seen == [("192.0.2.7", "Unauthorized")]
+
+
+def test_signed_path_without_a_raw_target_is_re_encoded():
+    from kernel.app import _request_target
+
+    class Req:
+        env = {"SCRIPT_NAME": "", "PATH_INFO": "/api/a b\xc3\xa9"}
+
+    assert _request_target(Req()) == "/api/a%20b%C3%A9"
+    Req.env = {"RAW_URI": "/api/%61dd?x=1", "PATH_INFO": "/api/add"}
+    assert _request_target(Req()) == "/api/%61dd"

@@ -32,16 +32,20 @@
   var B64URL = /^[A-Za-z0-9_-]*$/;
 
   // Answers of steps 1-8 of section 4, which the server cannot sign: name -> status.
+  // (InvalidCall answers a query string at step 5; ServiceUnavailable a session
+  // store that cannot be reached at step 7.) Only their status is acted upon.
   var UNSIGNED = {
     InvalidHost: 400,
     RequireSSL: 403,
     Abusive: 429,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    InvalidCall: 400,
     Unauthorized: 401,
     UnknownSession: 401,
     ExpiredSession: 401,
-    InvalidSignature: 401
+    InvalidSignature: 401,
+    ServiceUnavailable: 503
   };
   // After these the session is gone for good: forget it.
   var SESSION_ENDED = { UnknownSession: true, ExpiredSession: true };
@@ -333,7 +337,9 @@
             // Unsigned by necessity: act on the status, trust nothing else.
             var error = failure(name, status, payload.err && payload.err[0] ? String(payload.err[0]) : name,
               { unsigned: true });
-            if (name === "Abusive") error.retry_after = retryAfter(answer.response, payload);
+            if (name === "Abusive" || name === "ServiceUnavailable") {
+              error.retry_after = retryAfter(answer.response, payload);
+            }
             if (SESSION_ENDED[name] && state === session) forget();
             throw error;
           }

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import secrets
 
+from bastion_auth.sessions import account_key
 from kernel.driver import StateStore, WindowEntry
 from kernel.errors import (
-    AccountLocked, Abusive, BastionError, ExpiredSession, Forbidden, InvalidCredential, InvalidSignature,
-    ReplayedCall, StaleCall, Unauthorized, UnknownSession,
+    Abusive,
+    AccountLocked,
+    BastionError,
+    ExpiredSession,
+    Forbidden,
+    InvalidCredential,
+    InvalidSignature,
+    ReplayedCall,
+    StaleCall,
+    Unauthorized,
+    UnknownSession,
 )
-
-from bastion_auth.sessions import account_key
 
 #: The weight of each refusal (PROTOCOL.md section 6); others weigh nothing.
 WEIGHTS: dict[type[BastionError], int] = {

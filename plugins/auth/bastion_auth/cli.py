@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kernel.cli import read_password
-
 from bastion_auth import users
+from kernel.cli import read_password
 
 
 def register(subparsers, runtime_factory, get_auth) -> None:
@@ -20,41 +19,46 @@ def register(subparsers, runtime_factory, get_auth) -> None:
         return run
 
     def adduser(args, runtime, auth):
+        domain = _domain(args.domain)
+        _check_username(args.username)
         password = read_password(args)
         try:
             hashed = auth.passwords.hash(password)
         except ValueError as exc:
             raise SystemExit(f"bastion: {exc}") from None
-        with runtime.bind(args.domain.lower()):
+        with runtime.bind(domain):
             if not users.create(args.username, hashed, runtime.clock()):
-                raise SystemExit(f"bastion: user {args.username}@{args.domain} already exists")
-        print(f"created {args.username}@{args.domain}")
+                raise SystemExit(f"bastion: user {args.username}@{domain} already exists")
+        print(f"created {args.username}@{domain}")
         return 0
 
     def passwd(args, runtime, auth):
-        with runtime.bind(args.domain.lower()):
+        domain = _domain(args.domain)
+        with runtime.bind(domain):
             if users.find(args.username) is None:
-                raise SystemExit(f"bastion: no user {args.username}@{args.domain}")
+                raise SystemExit(f"bastion: no user {args.username}@{domain}")
             password = read_password(args, "New password: ")
             try:
                 hashed = auth.passwords.hash(password)
             except ValueError as exc:
                 raise SystemExit(f"bastion: {exc}") from None
             users.set_password(args.username, hashed)
-        print(f"password of {args.username}@{args.domain} changed")
+        # A password is changed because the old one may be known: its sessions go with it.
+        ended = auth.sessions.end_all(domain, args.username)
+        print(f"password of {args.username}@{domain} changed; ended {ended} session(s)")
         return 0
 
     def deluser(args, runtime, auth):
-        domain = args.domain.lower()
+        domain = _domain(args.domain)
         with runtime.bind(domain):
             if not users.delete(args.username):
-                raise SystemExit(f"bastion: no user {args.username}@{args.domain}")
+                raise SystemExit(f"bastion: no user {args.username}@{domain}")
         ended = auth.sessions.end_all(domain, args.username)
-        print(f"deleted {args.username}@{args.domain}; ended {ended} session(s)")
+        print(f"deleted {args.username}@{domain}; ended {ended} session(s)")
         return 0
 
     def list_users(args, runtime, auth):
-        domains = [args.domain.lower()] if args.domain else runtime.records.domains(users.User.__model__)
+        domains = [_domain(args.domain)] if args.domain else runtime.records.domains(users.User.__model__)
         for domain in domains:
             with runtime.bind(domain):
                 for username in users.list_usernames():
@@ -75,3 +79,17 @@ def register(subparsers, runtime_factory, get_auth) -> None:
     p = subparsers.add_parser("users", help="list users")
     p.add_argument("--domain", help="only this domain")
     p.set_defaults(func=with_runtime(list_users))
+
+
+def _domain(text: str) -> str:
+    try:
+        return users.normalize_domain(text)
+    except ValueError as exc:
+        raise SystemExit(f"bastion: --domain: {exc}") from None
+
+
+def _check_username(username: str) -> None:
+    try:
+        users.check_username(username)
+    except ValueError as exc:
+        raise SystemExit(f"bastion: {exc}") from None

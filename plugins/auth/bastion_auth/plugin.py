@@ -7,14 +7,13 @@ import secrets
 import sys
 import threading
 
-from kernel import hookimpl
-from kernel.errors import ConfigError
-
 from bastion_auth import users
 from bastion_auth.core import Auth
 from bastion_auth.passwords import Passwords
 from bastion_auth.resources import LoginResource, LogoutResource
 from bastion_auth.settings import AUTH_SCHEMA
+from kernel import hookimpl
+from kernel.errors import ConfigError
 
 log = logging.getLogger("bastion.auth")
 _lock = threading.Lock()
@@ -43,9 +42,8 @@ def bastion_configure(config):
                           f"({settings.idle_timeout})")
     passwords = Passwords(settings)
     for key, value in config.raw_section("users").items():
-        username = key.rpartition("@")[0]
         try:
-            users.check_username(username)
+            users.split_key(key)
         except ValueError as exc:
             raise ConfigError(f"{config.label}: [users] {key}: {exc}") from None
         if not passwords.identify(value):
@@ -73,8 +71,8 @@ def bastion_startup(runtime, config):
     auth.passwords.warm()
     now = runtime.clock()
     for key, hashed in config.raw_section("users").items():
-        username, _, domain = key.rpartition("@")
-        with runtime.bind(domain.lower()):
+        username, domain = users.split_key(key)
+        with runtime.bind(domain):
             if users.create(username, hashed, now):
                 log.info("created user %s@%s from [users]", username, domain)
     if runtime.development and auth.settings.demo_user and not runtime.records.domains(users.User.__model__):

@@ -44,7 +44,10 @@ class Sessions:
 
     A session is kept ``idle_timeout`` seconds past its end, so that a late
     call learns ExpiredSession rather than UnknownSession; after that the
-    server forgets it.
+    server forgets it. Ending a session leaves a marker (``ended:<sid>``) for
+    as long as the session could have lived, so that a call which loaded the
+    session just before a concurrent logout cannot bring it back when it
+    slides the idle expiry.
     """
 
     def __init__(self, state: StateStore, settings):
@@ -68,10 +71,14 @@ class Sessions:
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
                           key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
                           absolute_expires=now + self.absolute)
-        ttl = self.absolute + self.grace
-        self.state.set(domain, f"session:{session.sid}", session.to_state(), ttl)
-        self.state.window_add(domain, index, session.sid, 0, ttl)
+        self.save(session, now)
+        self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
         return session
+
+    def save(self, session: Session, now: float) -> None:
+        """Store a session until ``idle_timeout`` seconds past its end."""
+        ttl = max(session.expires + self.grace - now, 1)
+        self.state.set(session.domain, f"session:{session.sid}", session.to_state(), ttl)
 
     def load(self, domain: str, sid: str, now: float) -> Session:
         """Return the session; UnknownSession or ExpiredSession otherwise."""
@@ -87,12 +94,16 @@ class Sessions:
     def touch(self, session: Session, now: float) -> None:
         """Slide the idle expiry forward, never past the absolute lifetime."""
         session.idle_expires = min(now + self.idle, session.absolute_expires)
-        remaining = session.absolute_expires + self.grace - now
-        self.state.set(session.domain, f"session:{session.sid}", session.to_state(), max(remaining, 1))
+        self.save(session, now)
+        # A logout (or deluser, or a forced login) may have ended the session
+        # since load(): the state store has no compare-and-set, so the ending
+        # leaves a marker first and the slide undoes itself when it finds one.
+        if self.state.get(session.domain, f"ended:{session.sid}") is not None:
+            self.state.delete(session.domain, f"session:{session.sid}")
 
     def end(self, domain: str, sid: str, username: str) -> None:
         """Forget one session: every later use of its sid is UnknownSession."""
-        self.state.delete(domain, f"session:{sid}")
+        self._forget(domain, sid)
         self.state.window_discard(domain, account_key("user-sessions", username), sid)
 
     def end_all(self, domain: str, username: str) -> int:
@@ -100,9 +111,15 @@ class Sessions:
         index = account_key("user-sessions", username)
         entries = self.state.window_entries(domain, index)
         for entry in entries:
-            self.state.delete(domain, f"session:{entry.member}")
+            self._forget(domain, entry.member)
         self.state.delete(domain, index)
         return len(entries)
+
+    def _forget(self, domain: str, sid: str) -> None:
+        # The marker outlives any session that could still be slid (absolute
+        # lifetime): past it, a late slide could only store an expired session.
+        self.state.set(domain, f"ended:{sid}", 1, self.absolute + self.grace)
+        self.state.delete(domain, f"session:{sid}")
 
     def _is_live(self, domain: str, sid: str, now: float) -> bool:
         value = self.state.get(domain, f"session:{sid}")

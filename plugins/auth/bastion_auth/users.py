@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kernel.errors import VersionConflict
+from kernel.errors import InvalidHost, VersionConflict
+from kernel.hosts import parse_domain
 from kernel.store import Errors, storage
 
 USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
@@ -42,6 +43,23 @@ def check_username(username: str) -> None:
     """Raise ValueError for a username that cannot exist."""
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
         raise ValueError("a username has 1 to 150 letters, digits or _.@+- characters")
+
+
+def normalize_domain(domain: str) -> str:
+    """Return a domain as PROTOCOL.md section 1 defines it; raise ValueError if it cannot be one."""
+    try:
+        return parse_domain(domain)
+    except InvalidHost:
+        raise ValueError(f"{domain!r} is not a host name") from None
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Split a ``[users]`` key ``username@domain`` into a valid username and a normalized domain."""
+    username, at, domain = key.rpartition("@")
+    if not at:
+        raise ValueError("expected username@domain")
+    check_username(username)
+    return username, normalize_domain(domain)
 
 
 def find(username: str):

@@ -1,0 +1,138 @@
+"""End to end over real gunicorn: concurrent replays, and the tutorial's closing scenario."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+
+import pytest
+from auth_helpers import ALICE_HASH, CHEAP_AUTH, PASSWORD
+
+from kernel.client import Client, Response
+from kernel.errors import Abusive, InvalidCredential, UnknownSession
+
+pytestmark = pytest.mark.slow
+
+try:
+    import bastion_todo  # noqa: F401
+except ImportError:  # pragma: no cover
+    bastion_todo = None
+
+
+class SourceClient(Client):
+    """A client whose connections leave from a chosen loopback address (another origin)."""
+
+    def __init__(self, *args, source: str = "127.0.0.1", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def _http(self, method, path, body, headers):
+        conn = http.client.HTTPConnection(self.netloc, timeout=self.timeout, source_address=(self.source, 0))
+        try:
+            conn.request(method, self.prefix + path, body=body or None, headers=headers)
+            raw = conn.getresponse()
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    if bastion_todo is None:
+        pytest.skip("bastion_todo is not installed: the end-to-end tests call its services")
+    from kernel.testing.servers import GunicornServer
+
+    sections = {
+        "bastion": {"development": True, "storage": "mem://"},
+        "auth": dict(CHEAP_AUTH),
+        "users": {"alice@localhost": ALICE_HASH, "alice@replay.localhost": ALICE_HASH},
+    }
+    with GunicornServer(sections, threads=8) as srv:
+        yield srv
+
+
+def test_one_signed_request_sent_50_times_at_once_succeeds_once(server):
+    alice = Client(server.url, host="replay.localhost")
+    alice.login("alice", PASSWORD)
+    body = json.dumps({"args": ["only once"]}).encode()
+    from kernel import signing
+
+    ts, nonce = str(int(alice.clock() + alice.offset)), signing.new_nonce()
+    mac = signing.request_mac(alice.session.key, ts, nonce, "/api/add", "replay.localhost", body)
+    headers = {"Host": "replay.localhost", "Content-Type": "application/json",
+               "Authorization": signing.authorization(alice.session.sid, ts, nonce, mac)}
+    barrier = threading.Barrier(50)
+    results: list = [None] * 50
+
+    def fire(i: int) -> None:
+        # each sender its own origin, so that no ban interferes (3 per replay would ban one origin)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30,
+                                          source_address=(f"127.0.1.{i + 1}", 0))
+        try:
+            conn.connect()
+            barrier.wait()
+            conn.request("POST", "/api/add", body=body, headers=headers)
+            raw = conn.getresponse()
+            results[i] = (raw.status, json.loads(raw.read()), raw.getheader("Server-Authorization"))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted((status, body.get("exc")) for status, body, _ in results)
+    assert statuses == [(200, None)] + [(401, "ReplayedCall")] * 49
+    assert all(sig is not None for _, _, sig in results)  # every answer after step 8 is signed
+    assert [todo["text"] for todo in alice.call("get_all")] == ["only once"]
+
+
+def test_the_tutorial_closing_scenario(server):
+    alice = Client(server.url, host="localhost")
+    assert alice.login("alice", PASSWORD) == {"username": "alice", "domain": "localhost"}
+    todo = alice.call("add", "Play with Fanery")
+    assert todo["vsn"] == 1 and todo["done"] is False
+    assert alice.call("get_all") == [todo]
+    updated = alice.call("update", todo["id"], todo["vsn"], done=True)
+    assert updated["vsn"] == todo["vsn"] + 1 and updated["done"] is True
+    assert alice.call("remove", updated["id"], updated["vsn"]) is True
+    assert alice.call("get_all") == []
+    session = alice.session
+    assert alice.logout() is True
+    alice.session = session
+    with pytest.raises(UnknownSession):
+        alice.call("get_all")
+
+    anonymous = Client(server.url, host="localhost")
+    statuses = []
+    for _ in range(20):
+        answer = anonymous.request("/api/get_all", b"")
+        statuses.append((answer.status, answer.json()["exc"]))
+        if answer.status == 429:
+            assert int(answer.headers["retry-after"]) >= 1
+            break
+    # the UnknownSession after logout weighed 1 already: nine more reach the maximum of 10
+    assert statuses == [(401, "Unauthorized")] * 9 + [(429, "Abusive")]
+    with pytest.raises(Abusive):
+        Client(server.url, host="localhost").login("alice", PASSWORD)
+
+    elsewhere = SourceClient(server.url, host="localhost", source="127.0.0.2")
+    elsewhere.login("alice", PASSWORD)
+    assert elsewhere.call("get_all") == []
+    with pytest.raises(InvalidCredential):
+        SourceClient(server.url, host="beta.localhost", source="127.0.0.2").login("alice", PASSWORD)
+
+
+def test_two_host_headers_over_http_are_refused(server):
+    request = (b"POST /auth/login HTTP/1.1\r\nHost: localhost\r\nHost: beta.localhost\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    with socket.create_connection((server.host, server.port), timeout=30,
+                                  source_address=("127.0.0.3", 0)) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.split(b" ", 2)[1] == b"400"

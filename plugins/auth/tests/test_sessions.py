@@ -1,0 +1,115 @@
+"""Sessions: login answer, logout, sliding idle expiry capped by the absolute lifetime, races with logout."""
+
+from __future__ import annotations
+
+import pytest
+from auth_helpers import PASSWORD, assert_error, auth_of, login_body, send, sign
+
+from kernel.errors import UnknownSession
+from kernel.signing import b64url_decode
+
+
+def test_login_answers_a_fresh_session(app, fake_clock):
+    first = send(app, "/auth/login", login_body()).json
+    second = send(app, "/auth/login", login_body()).json
+    assert first["sid"] != second["sid"] and first["key"] != second["key"]
+    assert 16 <= len(first["sid"]) <= 128
+    assert len(b64url_decode(first["key"])) == 32
+    assert first["expires"] == int(fake_clock()) + 1800
+    assert first["server_time"] == fake_clock()
+
+
+def test_the_session_key_is_not_stored_under_its_sid_alone(app):
+    # the key travels once; nothing in the login answer but the key itself lets anyone sign
+    body = send(app, "/auth/login", login_body()).json
+    assert body["key"] not in body["sid"]
+
+
+def test_logout_ends_the_session(app, alice):
+    session = alice.session
+    assert alice.logout() is True
+    alice.session = session
+    with pytest.raises(UnknownSession):
+        alice.call("echo", "x")
+    assert alice.session is None
+
+
+def test_logout_of_one_session_leaves_the_others(app, alice, client_for):
+    other = client_for()
+    other.login("alice", PASSWORD)
+    alice.logout()
+    assert other.call("echo", "x")["user"] == "alice"
+
+
+def test_calls_slide_the_idle_expiry(app, alice, fake_clock):
+    for _ in range(10):
+        fake_clock.advance(1700)
+        assert alice.call("echo", "x")["x"] == "x"
+    assert fake_clock() - 1_767_222_000 == 17000  # far past one idle timeout
+
+
+def test_refused_calls_do_not_slide_the_idle_expiry(app, alice, fake_clock):
+    fake_clock.advance(1000)
+    headers, _ = sign(alice, "/api/echo", b"", ts=str(int(fake_clock()) - 3600))
+    assert_error(send(app, "/api/echo", b"", headers), 401, "StaleCall")
+    fake_clock.advance(800)
+    headers, _ = sign(alice, "/api/echo", b"")
+    assert_error(send(app, "/api/echo", b"", headers), 401, "ExpiredSession")
+
+
+def test_sliding_never_passes_the_absolute_lifetime(auth_app, client_for, fake_clock):
+    app = auth_app(auth={"idle_timeout": 600, "absolute_timeout": 1000})
+    alice = client_for(target=app)
+    alice.login("alice", PASSWORD)
+    fake_clock.advance(500)
+    alice.call("echo", "x")  # slides to 1100, capped at 1000
+    fake_clock.advance(450)
+    alice.call("echo", "x")
+    fake_clock.advance(49)
+    alice.call("echo", "x")
+    fake_clock.advance(1)
+    headers, _ = sign(alice, "/api/echo", b"")
+    assert_error(send(app, "/api/echo", b"", headers), 401, "ExpiredSession")
+
+
+def test_a_logout_racing_a_call_is_not_undone_by_the_call(app, alice, fake_clock):
+    """A call loads the session, a concurrent logout ends it, then the call slides the expiry."""
+    sessions = auth_of(app).sessions
+    loaded = sessions.load("localhost", alice.session.sid, fake_clock())
+    sessions.end("localhost", loaded.sid, loaded.username)
+    sessions.touch(loaded, fake_clock())
+    with pytest.raises(UnknownSession):
+        sessions.load("localhost", alice.session.sid, fake_clock())
+
+
+def test_ending_all_sessions_races_the_same_way(app, alice, fake_clock):
+    sessions = auth_of(app).sessions
+    loaded = sessions.load("localhost", alice.session.sid, fake_clock())
+    assert sessions.end_all("localhost", "alice") == 1
+    sessions.touch(loaded, fake_clock())
+    with pytest.raises(UnknownSession):
+        alice.call("echo", "x")
+
+
+def test_force_without_a_maximum_ends_the_other_sessions(app, alice, client_for):
+    other = client_for()
+    other.login("alice", PASSWORD, force=True)
+    with pytest.raises(UnknownSession):
+        alice.call("echo", "x")
+    assert other.call("echo", "x")["user"] == "alice"
+
+
+def test_the_caller_is_known_to_services(alice):
+    assert alice.call("echo", "x") == {"x": "x", "n": 1, "user": "alice", "domain": "localhost"}
+
+
+def test_api_responses_carry_the_protocol_headers(app, alice):
+    headers, _ = sign(alice, "/api/echo", b'{"args": ["x"]}')
+    result = send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    assert result.headers["Cache-Control"] == "no-store"
+    assert result.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert result.headers["X-Content-Type-Options"] == "nosniff"
+    assert result.headers["X-Frame-Options"] == "DENY"
+    assert result.headers["Referrer-Policy"] == "no-referrer"
+    login = send(app, "/auth/login", login_body())
+    assert login.headers["Cache-Control"] == "no-store"

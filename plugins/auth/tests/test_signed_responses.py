@@ -1,0 +1,183 @@
+"""Every answer after step 8 is signed; answers of steps 1 to 8 never are; the client checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
+
+from kernel.client import Client, InvalidResponseSignature
+from kernel.errors import Forbidden
+
+
+@pytest.fixture
+def signed_call(app, alice):
+    """Send a signed call; return (result, nonce)."""
+
+    def call(path: str, body: bytes = b"", **sign_args):
+        headers, nonce = sign(alice, path, body, **sign_args)
+        return send(app, path, body, headers), nonce
+
+    return call
+
+
+@pytest.mark.parametrize("path, body, status, exc", [
+    ("/api/echo", b'{"args": ["x"]}', 200, None),
+    ("/api/echo", b'{"kwargs": {"x": "y", "n": "two"}}', 400, "InvalidCall"),
+    ("/api/no_such_service", b"", 404, "NotFound"),
+    ("/api/secret", b"", 403, "Forbidden"),
+    ("/api/boom", b"", 500, "Error"),
+    ("/auth/logout", b"{}", 200, None),
+    ("/auth/logout", b"", 200, None),
+], ids=["success", "args-not-binding", "not-found", "forbidden", "error-500", "logout", "logout-empty-body"])
+def test_answers_after_the_mac_verified_are_signed(alice, signed_call, path, body, status, exc):
+    result, nonce = signed_call(path, body)
+    assert result.status_code == status
+    assert result.json.get("exc") == exc
+    assert is_signed(result, alice.session.key, nonce)
+
+
+def test_stale_call_is_signed(alice, signed_call, fake_clock):
+    result, nonce = signed_call("/api/echo", b"", ts=str(int(fake_clock()) - 3600))
+    assert_error(result, 401, "StaleCall")
+    assert is_signed(result, alice.session.key, nonce)
+
+
+def test_replayed_call_is_signed(app, alice):
+    headers, nonce = sign(alice, "/api/echo", b'{"args": ["x"]}')
+    send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    result = send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    assert_error(result, 401, "ReplayedCall")
+    assert is_signed(result, alice.session.key, nonce)
+
+
+def test_a_500_says_nothing_of_its_cause_in_production(auth_app, fake_clock):
+    from kernel.client import Session
+    from kernel.signing import b64url_decode
+
+    app = auth_app(bastion={"development": False, "allowed_hosts": "localhost"})
+    login = send(app, "/auth/login", login_body(), protocol="https").json
+    alice = Client(app=app, host="localhost", clock=fake_clock)
+    alice.session = Session(login["sid"], b64url_decode(login["key"]), login["expires"], login["user"])
+    headers, nonce = sign(alice, "/api/boom", b"")
+    result = send(app, "/api/boom", b"", headers, protocol="https")
+    body = assert_error(result, 500, "Error")
+    assert set(body) == {"exc", "err"}
+    assert "secret detail" not in result.text and "Traceback" not in result.text
+    assert is_signed(result, alice.session.key, nonce)
+
+
+UNSIGNED_CASES = {
+    "invalid-host": dict(host="evil.example"),
+    "payload-too-large": dict(body=b"x" * (1024 * 1024 + 1)),
+    "unsupported-media-type": dict(headers={"Content-Type": "text/plain"}, body=b"x"),
+    "query-string": dict(query_string="a=1"),
+    "unauthorized": dict(authorization="Bastion-HMAC nonsense"),
+    "unknown-session": dict(sid="dW5rbm93bi1zZXNzaW9uLWlk"),
+    "invalid-signature": dict(domain="other.localhost"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSIGNED_CASES.values()), ids=list(UNSIGNED_CASES))
+def test_answers_of_steps_1_to_8_are_never_signed(app, alice, case):
+    case = dict(case)
+    body = case.pop("body", b"")
+    sign_args = {k: case.pop(k) for k in ("sid", "domain") if k in case}
+    headers, _ = sign(alice, "/api/echo", body, **sign_args)
+    if "authorization" in case:
+        headers = {"Authorization": case.pop("authorization")}
+    headers.update(case.pop("headers", {}))
+    result = send(app, "/api/echo", body, headers, **case)
+    assert result.status_code in (400, 401, 413, 415)
+    assert "Server-Authorization" not in result.headers
+
+
+def test_expired_session_and_abusive_are_never_signed(app, alice, fake_clock):
+    fake_clock.advance(1800)
+    headers, _ = sign(alice, "/api/echo", b"")
+    assert "Server-Authorization" not in send(app, "/api/echo", b"", headers).headers
+    for _ in range(10):
+        send(app, "/api/echo", b"")
+    headers, _ = sign(alice, "/api/echo", b"")
+    result = send(app, "/api/echo", b"", headers)
+    assert_error(result, 429, "Abusive")
+    assert "Server-Authorization" not in result.headers
+
+
+def test_login_answers_are_not_signed(app):
+    assert "Server-Authorization" not in send(app, "/auth/login", login_body()).headers
+    assert "Server-Authorization" not in send(app, "/auth/login", login_body(password="nope")).headers
+
+
+class Tamper:
+    """WSGI middleware that rewrites answers to signed calls, as a man in the middle would."""
+
+    def __init__(self, app, rewrite):
+        self.app = app
+        self.rewrite = rewrite
+        self.active = False
+
+    def __call__(self, environ, start_response):
+        if not self.active or not environ["PATH_INFO"].startswith("/api/"):
+            return self.app(environ, start_response)
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured.update(status=status, headers=headers)
+
+        body = b"".join(self.app(environ, capture))
+        status, headers, body = self.rewrite(captured["status"], captured["headers"], body)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, headers + [("Content-Length", str(len(body)))])
+        return [body]
+
+
+def tampered_client(app, fake_clock, rewrite) -> tuple[Client, Tamper]:
+    proxy = Tamper(app, rewrite)
+    client = Client(app=proxy, host="localhost", clock=fake_clock)
+    client.login("alice", PASSWORD)
+    proxy.active = True
+    return client, proxy
+
+
+def test_the_client_rejects_a_tampered_body(app, fake_clock):
+    def rewrite(status, headers, body):
+        return status, headers, body.replace(b'"alice"', b'"admin"')
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(InvalidResponseSignature):
+        client.call("echo", "hello")
+
+
+def test_the_client_rejects_a_tampered_status(app, fake_clock):
+    def rewrite(status, headers, body):
+        return "201 Created", headers, body
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(InvalidResponseSignature):
+        client.call("echo", "hello")
+
+
+def test_the_client_rejects_a_missing_server_authorization(app, fake_clock):
+    def rewrite(status, headers, body):
+        return status, [(k, v) for k, v in headers if k.lower() != "server-authorization"], body
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(InvalidResponseSignature):
+        client.call("echo", "hello")
+
+
+def test_the_client_rejects_a_forged_unsigned_forbidden(app, fake_clock):
+    def rewrite(status, headers, body):
+        forged = json.dumps({"exc": "Forbidden", "err": ["no"]}).encode()
+        return "403 Forbidden", [(k, v) for k, v in headers if k.lower() != "server-authorization"], forged
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(InvalidResponseSignature):
+        client.call("echo", "hello")
+
+
+def test_the_client_accepts_a_genuine_signed_error(app, alice):
+    with pytest.raises(Forbidden):
+        alice.call("secret")

@@ -1,0 +1,298 @@
+"""Users: password hashing and upgrade, the [users] bootstrap, the demo user, the CLI."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+
+import pytest
+from auth_helpers import (
+    ALICE_HASH,
+    CHEAP_AUTH,
+    PASSWORD,
+    DenyPlugin,
+    ServicesPlugin,
+    SharedDriverPlugin,
+    assert_error,
+    cheap_hash,
+    login_body,
+    send,
+)
+from bastion_auth import users
+from bastion_auth.passwords import Passwords
+from bastion_auth.settings import AUTH_SCHEMA
+
+from kernel.app import create_app
+from kernel.config import Config
+from kernel.errors import ConfigError
+from kernel.plugins import get_plugin_manager
+
+
+def stored_hash(app, username: str, domain: str = "localhost") -> str | None:
+    with app.runtime.bind(domain):
+        record = users.find(username)
+        return None if record is None else record.password
+
+
+def params_of(hashed: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"([mtp])=(\d+)", hashed)}
+
+
+# -- passwords -----------------------------------------------------------------
+
+def test_the_default_policy_is_argon2id_m19456_t2_p1():
+    settings = Config.from_dict({}).section("auth", AUTH_SCHEMA)
+    hashed = Passwords(settings).hash(PASSWORD)
+    assert hashed.startswith("$argon2id$")
+    assert params_of(hashed) == {"m": 19456, "t": 2, "p": 1}
+    assert Passwords(settings).verify(PASSWORD, hashed) == (True, False)
+
+
+def test_a_new_password_follows_the_length_policy():
+    passwords = Passwords(Config.from_dict({"auth": CHEAP_AUTH}).section("auth", AUTH_SCHEMA))
+    with pytest.raises(ValueError):
+        passwords.hash("short")
+    with pytest.raises(ValueError):
+        passwords.hash("x" * 1025)
+    assert passwords.hash("x" * 1024).startswith("$argon2id$")
+
+
+def test_a_weak_hash_is_upgraded_at_login(auth_app, client_for):
+    app = auth_app(auth={"argon2_memory_cost": 128, "argon2_time_cost": 2},
+                   users={"bob@localhost": cheap_hash(PASSWORD, memory_cost=64, rounds=1)})
+    client_for(target=app).login("bob", PASSWORD)
+    upgraded = stored_hash(app, "bob")
+    assert params_of(upgraded) == {"m": 128, "t": 2, "p": 1}
+    client_for(target=app).login("bob", PASSWORD)
+    assert stored_hash(app, "bob") == upgraded
+
+
+def test_a_failed_login_upgrades_nothing(auth_app):
+    weak = cheap_hash(PASSWORD, memory_cost=64, rounds=1)
+    app = auth_app(auth={"argon2_memory_cost": 128}, users={"bob@localhost": weak})
+    send(app, "/auth/login", login_body("bob", "wrong"))
+    assert stored_hash(app, "bob") == weak
+
+
+# -- configuration ---------------------------------------------------------------
+
+@pytest.mark.parametrize("users_section, message", [
+    ({"alice@localhost": "s3cret"}, "not a password hash"),
+    ({"bad name@localhost": ALICE_HASH}, "username"),
+    ({"alice@not a host": ALICE_HASH}, "not a host name"),
+    ({"alice": ALICE_HASH}, "username@domain"),
+])
+def test_bad_users_entries_stop_the_start(make_app, users_section, message):
+    with pytest.raises(ConfigError, match=message):
+        make_app({"users": users_section, "auth": CHEAP_AUTH}, only=["storage_mem", "auth"])
+
+
+@pytest.mark.parametrize("auth, key", [
+    ({"absolute_timeout": 100, "idle_timeout": 200}, "absolute_timeout"),
+    ({"skew": "0"}, "skew"),
+    ({"abuse_max": "-1"}, "abuse_max"),
+    ({"nonsense": "1"}, "nonsense"),
+])
+def test_bad_auth_settings_stop_the_start(make_app, auth, key):
+    with pytest.raises(ConfigError, match=key):
+        make_app({"auth": auth}, only=["storage_mem", "auth"])
+
+
+def test_users_keys_are_normalized_like_hosts(auth_app, client_for):
+    app = auth_app(users={"carol@Alpha.LOCALHOST.": cheap_hash(PASSWORD)})
+    assert client_for(host="alpha.localhost", target=app).login("carol", PASSWORD)["domain"] == "alpha.localhost"
+
+
+# -- the [users] bootstrap -------------------------------------------------------
+
+def shared_app(plugin, users_section, *, development=True, auth=None, clock=None, **bastion):
+    sections = {"bastion": {"development": development, "storage": "shared://", **bastion},
+                "auth": {**CHEAP_AUTH, **(auth or {})}}
+    if users_section:
+        sections["users"] = users_section
+    pm = get_plugin_manager(only=["storage_mem", "auth"], trace=False)
+    for p in (plugin, ServicesPlugin(), DenyPlugin()):
+        pm.register(p)
+    return create_app(Config.from_dict(sections), pm, clock=clock)
+
+
+@pytest.fixture
+def shared(fake_clock):
+    plugin = SharedDriverPlugin(fake_clock)
+    apps = []
+
+    def make(users_section=None, **kwargs):
+        app = shared_app(plugin, users_section, clock=fake_clock, **kwargs)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.runtime.close()
+
+
+def test_the_bootstrap_is_idempotent_and_never_overwrites(shared):
+    first = shared({"alice@localhost": ALICE_HASH})
+    second = shared({"alice@localhost": cheap_hash("another password")})  # a restart with a new hash
+    third = shared({"alice@localhost": ALICE_HASH})
+    for app in (first, second, third):
+        assert stored_hash(app, "alice") == ALICE_HASH
+        with app.runtime.bind("localhost"):
+            assert users.list_usernames() == ["alice"]
+
+
+def test_the_bootstrap_does_not_resurrect_a_changed_password(shared):
+    first = shared({"alice@localhost": ALICE_HASH})
+    new = cheap_hash("changed by the admin")
+    with first.runtime.bind("localhost"):
+        users.set_password("alice", new)
+    shared({"alice@localhost": ALICE_HASH})
+    assert stored_hash(first, "alice") == new
+
+
+def test_runtimes_starting_together_create_each_user_once(fake_clock):
+    plugin = SharedDriverPlugin(fake_clock)
+    section = {"alice@localhost": ALICE_HASH, "bob@beta.localhost": ALICE_HASH}
+    barrier = threading.Barrier(8)
+    apps, errors = [], []
+
+    def start():
+        barrier.wait()
+        try:
+            apps.append(shared_app(plugin, section, clock=fake_clock))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == [] and len(apps) == 8
+        with apps[0].runtime.bind("localhost"):
+            assert users.list_usernames() == ["alice"]
+        with apps[0].runtime.bind("beta.localhost"):
+            assert users.list_usernames() == ["bob"]
+    finally:
+        for app in apps:
+            app.runtime.close()
+
+
+# -- the demo user ---------------------------------------------------------------
+
+DEMO = re.compile(r"as demo / (\S+)")
+
+
+def test_development_creates_a_demo_user_once_and_prints_its_password_once(shared, capsys, fake_clock):
+    app = shared(auth={"argon2_memory_cost": 19456, "argon2_time_cost": 2})
+    err = capsys.readouterr().err
+    passwords = DEMO.findall(err)
+    assert len(passwords) == 1
+    shared()
+    assert DEMO.findall(capsys.readouterr().err) == []
+    from kernel.client import Client
+
+    client = Client(app=app, host="localhost", clock=fake_clock)
+    assert client.login("demo", passwords[0]) == {"username": "demo", "domain": "localhost"}
+    assert params_of(stored_hash(app, "demo")) == {"m": 19456, "t": 2, "p": 1}
+
+
+def test_no_demo_user_when_a_user_exists(shared, capsys):
+    app = shared({"alice@alpha.localhost": ALICE_HASH})
+    assert DEMO.findall(capsys.readouterr().err) == []
+    assert stored_hash(app, "demo") is None
+
+
+def test_never_a_demo_user_in_production(shared, capsys):
+    app = shared(development=False, allowed_hosts="localhost")
+    assert capsys.readouterr().err == ""
+    assert stored_hash(app, "demo") is None
+
+
+def test_demo_user_can_be_turned_off(shared, capsys):
+    app = shared(auth={"demo_user": False})
+    assert capsys.readouterr().err == ""
+    assert stored_hash(app, "demo") is None
+
+
+# -- the command line --------------------------------------------------------------
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, fake_clock):
+    """Run ``bastion`` commands on a shared:// store that an app can also use."""
+    import kernel.cli
+
+    plugin = SharedDriverPlugin(fake_clock)
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = shared://\n\n[auth]\nargon2_memory_cost = 64\n"
+                   "argon2_time_cost = 1\ndemo_user = false\n", encoding="utf-8")
+
+    def plugin_manager(*args, **kwargs):
+        pm = get_plugin_manager(only=["storage_mem", "auth"], trace=False)
+        pm.register(plugin)
+        return pm
+
+    monkeypatch.setattr(kernel.cli, "get_plugin_manager", plugin_manager)
+
+    def run(*argv: str, password: str | None = None) -> int:
+        if password is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        return kernel.cli.main(["--config", str(ini), *argv])
+
+    run.app = lambda: shared_app(plugin, None, clock=fake_clock, auth={"demo_user": False})
+    return run
+
+
+def test_cli_adduser_users_passwd_deluser(cli, capsys, fake_clock):
+    from kernel.client import Client
+    from kernel.errors import UnknownSession
+
+    assert cli("adduser", "bob", "--domain", "Alpha.Localhost", "--password-stdin", password="first password") == 0
+    assert cli("adduser", "eve", "--domain", "localhost", "--password-stdin", password="eve password") == 0
+    assert cli("users") == 0
+    out = capsys.readouterr().out
+    assert "created bob@alpha.localhost" in out
+    assert "bob@alpha.localhost" in out.splitlines() and "eve@localhost" in out.splitlines()
+    assert cli("users", "--domain", "localhost") == 0
+    assert capsys.readouterr().out.splitlines() == ["eve@localhost"]
+
+    app = cli.app()
+    try:
+        bob = Client(app=app, host="alpha.localhost", clock=fake_clock)
+        bob.login("bob", "first password")
+        assert cli("passwd", "bob", "--domain", "alpha.localhost", "--password-stdin", password="second password") == 0
+        assert "ended 1 session(s)" in capsys.readouterr().out
+        with pytest.raises(UnknownSession):
+            bob.call("echo", "x")
+        assert_error(send(app, "/auth/login", login_body("bob", "first password"), host="alpha.localhost"),
+                     401, "InvalidCredential")
+        bob.login("bob", "second password")
+        assert cli("deluser", "bob", "--domain", "alpha.localhost") == 0
+        assert "deleted bob@alpha.localhost; ended 1 session(s)" in capsys.readouterr().out
+        with pytest.raises(UnknownSession):
+            bob.call("echo", "x")
+        assert_error(send(app, "/auth/login", login_body("bob", "second password"), host="alpha.localhost"),
+                     401, "InvalidCredential")
+    finally:
+        app.runtime.close()
+
+
+@pytest.mark.parametrize("argv, password, message", [
+    (("adduser", "bad name", "--domain", "localhost", "--password-stdin"), "long enough", "username"),
+    (("adduser", "bob", "--domain", "not a host", "--password-stdin"), "long enough", "not a host name"),
+    (("adduser", "bob", "--domain", "localhost", "--password-stdin"), "short", "characters"),
+    (("adduser", "bob", "--domain", "localhost", "--password-stdin"), "", "empty password"),
+    (("passwd", "nobody", "--domain", "localhost", "--password-stdin"), "long enough", "no user"),
+    (("deluser", "nobody", "--domain", "localhost"), None, "no user"),
+])
+def test_cli_refuses_bad_input_with_a_message(cli, argv, password, message):
+    with pytest.raises(SystemExit, match=message):
+        cli(*argv, password=password)
+
+
+def test_cli_adduser_never_overwrites(cli, capsys):
+    assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
+    with pytest.raises(SystemExit, match="already exists"):
+        cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="other password")

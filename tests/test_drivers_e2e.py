@@ -1,0 +1,306 @@
+"""Every storage driver behind 4 real gunicorn workers: racing writers, a replayed call, a backend outage.
+
+Configurations: SQLite (a file), PostgreSQL, Redis alone, and PostgreSQL for
+records with Redis for state (sessions, nonces, counters). Each gets its own
+database or Redis DB number, one gunicorn shared by its tests, and one
+PostgreSQL and one Redis server serve the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from kernel.client import Client, Response
+from kernel.errors import VersionConflict
+from kernel.testing.servers import GunicornServer
+from .e2e_support import (DOMAIN, PASSWORD, USERNAME, Deployment, Repeating, freeze_call, in_threads,
+                          poll_until, send_all_at_once, sections, timed)
+
+pytestmark = pytest.mark.slow
+
+CONFIGURATIONS = ["sqlite", "postgresql", "redis", "mixed"]
+#: The configurations with a backend server that can go down (a SQLite file has none).
+WITH_SERVER = ["postgresql", "redis", "mixed"]
+#: Redis DB numbers, so that the Redis-only and the mixed deployment never see each other's keys.
+REDIS_DB = {"redis": 1, "mixed": 2}
+
+WRITERS = 8
+ADDS_EACH = 25
+INCREMENTS_EACH = 10
+REPLAYS = 50
+
+#: Timings and conflict counts per configuration, printed at the end of each deployment (pytest -s).
+REPORT: dict[str, dict[str, object]] = {}
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_postgres() -> Iterator[object]:
+    """One private PostgreSQL server on 127.0.0.1 for the whole run; each deployment has its own database."""
+    from bastion_storage_sql.testing import PostgresServer, PostgresServerError
+
+    try:
+        server = PostgresServer().start()
+    except PostgresServerError as exc:
+        pytest.fail(f"cannot run the PostgreSQL end-to-end tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_redis() -> Iterator[object]:
+    """One redis-server on 127.0.0.1 for the whole run; each deployment uses its own DB number."""
+    from bastion_storage_redis.testing import RedisServer, RedisServerError
+
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisServerError as exc:
+        pytest.fail(f"cannot run the Redis end-to-end tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _redis_url(server, db: int) -> str:
+    return server.url.rsplit("/", 1)[0] + f"/{db}"
+
+
+def _redis_outage(server):
+    """Crash Redis and bring it back with the data it had (it persists nothing by itself)."""
+
+    def stop() -> None:
+        # A crash of a Redis without persistence would also forget every session and record; this
+        # models a Redis that keeps its data across restarts: a snapshot right before the crash.
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.save()
+        finally:
+            client.close()
+        server.kill()
+
+    return stop, server.start
+
+
+@pytest.fixture(scope="module")
+def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
+    """Bastion on 4 gunicorn workers × 4 threads over the storage configuration named by the parameter."""
+    name = request.param
+    stop = start = None
+    if name == "sqlite":
+        folder = tmp_path_factory.mktemp("sqlite")
+        config = sections(f"sqlite:///{folder}/bastion.sqlite3")
+    elif name == "postgresql":
+        postgres = request.getfixturevalue("e2e_postgres")
+        config = sections(postgres.create_database(f"e2e_{uuid.uuid4().hex[:12]}"))
+        stop, start = postgres.stop, postgres.start
+    elif name == "redis":
+        server = request.getfixturevalue("e2e_redis")
+        config = sections(_redis_url(server, REDIS_DB[name]))
+        stop, start = _redis_outage(server)
+    elif name == "mixed":
+        postgres = request.getfixturevalue("e2e_postgres")
+        server = request.getfixturevalue("e2e_redis")
+        config = sections(postgres.create_database(f"e2e_{uuid.uuid4().hex[:12]}"),
+                          state=_redis_url(server, REDIS_DB[name]))
+        stop, start = _redis_outage(server)
+    else:  # pragma: no cover
+        raise ValueError(name)
+    report = REPORT.setdefault(name, {})
+    with timed(report, "gunicorn start s"):
+        gunicorn = GunicornServer(config, workers=4, threads=4)
+        gunicorn.start()
+    try:
+        yield Deployment(name, gunicorn, stop, start, report)
+    finally:
+        gunicorn.close()
+        print(f"\n[{name}] {report}")
+
+
+def each(configurations: list[str]):
+    """Run a test once per configuration, sharing one deployment per configuration across the module."""
+    return pytest.mark.parametrize("deployment", configurations, indirect=True, scope="module")
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+def _body(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def assert_unavailable(answer: Response, what: str) -> None:
+    """A 503 ServiceUnavailable of PROTOCOL.md section 2: retry_after in body and header, no cause."""
+    assert answer.status == 503, f"{what}: HTTP {answer.status} {answer.body[:300]!r}"
+    body = answer.json()
+    assert body["exc"] == "ServiceUnavailable", f"{what}: {body}"
+    assert isinstance(body["retry_after"], int) and body["retry_after"] >= 1, f"{what}: {body}"
+    assert answer.headers.get("retry-after") == str(body["retry_after"]), f"{what}: {answer.headers}"
+    assert set(body) == {"exc", "err", "retry_after"}, f"{what}: {body}"
+
+
+def todo_by_id(todos: list[dict], todo_id: str) -> dict:
+    matches = [todo for todo in todos if todo["id"] == todo_id]
+    assert len(matches) == 1, f"{todo_id}: {len(matches)} stored copies"
+    return matches[0]
+
+
+# -- 1. racing writers ----------------------------------------------------------------------------
+
+
+@each(CONFIGURATIONS)
+def test_racing_writers_lose_no_add_and_no_increment(deployment):
+    report = deployment.notes
+    tag = uuid.uuid4().hex
+    with timed(report, "8 logins s"):
+        clients = in_threads(WRITERS, lambda i: deployment.client())
+
+    def add_many(i: int) -> list[str]:
+        return [clients[i].call("add", f"{tag} writer {i} todo {n}")["id"] for n in range(ADDS_EACH)]
+
+    with timed(report, "200 adds s"):
+        acknowledged = in_threads(WRITERS, add_many)
+
+    stored = clients[0].call("get_all")
+    ours = [todo for todo in stored if todo["text"].startswith(tag)]
+    assert sorted(todo["id"] for todo in ours) == sorted(i for ids in acknowledged for i in ids)
+    assert all(todo["vsn"] == 1 and todo["done"] is False for todo in ours)
+    order = [todo["id"] for todo in ours]
+    for ids in acknowledged:  # each writer's adds were sequential: get_all keeps their order
+        assert [i for i in order if i in set(ids)] == ids
+
+    counter = clients[0].call("add", "0")
+    everyone_has_read = threading.Barrier(WRITERS, timeout=60)
+
+    def increment(i: int) -> int:
+        client, conflicts, done = clients[i], 0, 0
+        while done < INCREMENTS_EACH:
+            todo = todo_by_id(client.call("get_all"), counter["id"])
+            if done == 0 and conflicts == 0:
+                # Every writer holds the same vsn before anyone writes: 7 of 8 must conflict.
+                everyone_has_read.wait()
+            try:
+                result = client.call("update", todo["id"], todo["vsn"], text=str(int(todo["text"]) + 1))
+            except VersionConflict:
+                conflicts += 1
+                continue
+            assert result["vsn"] == todo["vsn"] + 1 and result["text"] == str(int(todo["text"]) + 1)
+            done += 1
+        return conflicts
+
+    with timed(report, "80 increments s"):
+        conflicts = in_threads(WRITERS, increment)
+    report["409s"] = sum(conflicts)
+
+    final = todo_by_id(clients[0].call("get_all"), counter["id"])
+    increments = WRITERS * INCREMENTS_EACH
+    assert final["text"] == str(increments)
+    assert final["vsn"] == increments + 1
+    assert sum(conflicts) >= WRITERS - 1
+    for client in clients:
+        client.logout()
+
+
+# -- 2. one signed call, replayed -----------------------------------------------------------------
+
+
+@each(CONFIGURATIONS)
+def test_a_call_sent_fifty_times_at_once_runs_once(deployment):
+    client = deployment.client()
+    text = f"replayed {uuid.uuid4().hex}"
+    request = freeze_call(client, "add", text)
+
+    with timed(deployment.notes, "50 replays s"):
+        answers = send_all_at_once(deployment.server.host, deployment.server.port, request, REPLAYS)
+
+    assert Counter(answer.status for answer in answers) == {200: 1, 401: REPLAYS - 1}
+    assert {answer.json().get("exc") for answer in answers if answer.status == 401} == {"ReplayedCall"}
+    # The MAC verified for all 50, so every answer, refusals included, is signed (PROTOCOL.md 4).
+    assert all(request.answer_is_signed(answer) for answer in answers)
+    created = next(answer for answer in answers if answer.status == 200).json()["result"]
+    assert [todo for todo in client.call("get_all") if todo["text"] == text] == [created]
+    client.logout()
+
+
+# -- 3. the backend goes down and comes back ------------------------------------------------------
+
+
+@each(WITH_SERVER)
+def test_outage_answers_503_and_heals_without_a_restart(deployment):
+    report = deployment.notes
+    tag = uuid.uuid4().hex
+    clients = in_threads(4, lambda i: deployment.client())
+    in_threads(4, lambda i: clients[i].call("add", f"{tag} before {i}"))
+    counter = clients[0].call("add", "0")
+    before = clients[0].call("get_all")
+    workers = deployment.worker_pids()
+    assert len(workers) == 4
+
+    def attempts(i: int) -> list[tuple[str, Response]]:
+        client = clients[i]
+        fresh = Client(deployment.server.url, host=DOMAIN)
+        return [
+            ("add", client.send_signed("/api/add", _body({"args": [f"{tag} during {i}"]}))[0]),
+            ("update", client.send_signed("/api/update", _body({"args": [counter["id"], 1],
+                                                                "kwargs": {"text": "1"}}))[0]),
+            ("get_all", client.send_signed("/api/get_all", b"")[0]),
+            ("login", fresh.request("/auth/login", _body({"username": USERNAME, "password": PASSWORD}))),
+            ("healthz", deployment.get("/healthz")),
+        ]
+
+    # Readers keep calling through the outage: a query cut off mid-flight must be a 503 too, never a 500.
+    readers = in_threads(4, lambda i: deployment.client())
+
+    def read(i: int) -> int:
+        for what, answer in (("get_all", readers[i].send_signed("/api/get_all", b"")[0]),
+                             ("healthz", deployment.get("/healthz"))):
+            if answer.status != 200:
+                assert_unavailable(answer, f"{what} by reader {i} during the outage")
+        return answer.status
+
+    with Repeating(4, read) as reading:
+        with timed(report, "outage s"):
+            deployment.stop_backend()
+            try:
+                for round_ in range(2):  # several calls per worker: every worker's pool sees the outage
+                    for i, answers in enumerate(in_threads(4, attempts)):
+                        for what, answer in answers:
+                            assert_unavailable(answer, f"{what} by client {i} in round {round_}")
+            finally:
+                deployment.start_backend()
+        with timed(report, "recovery s"):
+            poll_until(lambda: deployment.get("/healthz").status == 200, 30, "/healthz after the restart")
+    report["reader answers"] = dict(reading.seen)
+
+    # Every worker serves again at once, nothing half-applied, and gunicorn was never restarted.
+    for _ in range(2):
+        assert in_threads(4, lambda i: clients[i].call("get_all")) == [before] * 4
+    assert all(deployment.get("/healthz").status == 200 for _ in range(8))
+    after = in_threads(4, lambda i: clients[i].call("add", f"{tag} after {i}"))
+    assert clients[0].call("update", counter["id"], 1, text="1")["vsn"] == 2
+    now = [todo["id"] for todo in clients[1].call("get_all")]
+    assert now[:len(before)] == [todo["id"] for todo in before]
+    assert sorted(now[len(before):]) == sorted(todo["id"] for todo in after)
+
+    # A restart that no call saw: pooled connections died unnoticed, and the next calls still succeed.
+    deployment.stop_backend()
+    deployment.start_backend()
+    assert in_threads(4, lambda i: clients[i].call("get_all")) == [clients[0].call("get_all")] * 4
+    assert all(deployment.get("/healthz").status == 200 for _ in range(8))
+
+    assert deployment.server.process.poll() is None
+    assert deployment.worker_pids() == workers
+    for client in clients + readers:
+        client.logout()
