@@ -1,0 +1,17 @@
+"""The SQL storage driver: records and short-lived state in one SQLAlchemy database."""
+
+from __future__ import annotations
+
+from bastion_storage_sql.records import SqlRecords
+from bastion_storage_sql.state import SqlState
+
+
+class SqlDriver(SqlRecords, SqlState):
+    """A :class:`kernel.driver.Driver` on SQLite or PostgreSQL.
+
+    ``SqlDriver(url, clock=time.time, options=None, schema="upgrade")``:
+    ``options`` are ``[storage_sql]`` values (defaults for the missing ones);
+    ``schema`` is ``"upgrade"`` (create or upgrade the schema, as development
+    mode does), ``"check"`` (raise ConfigError unless it is current, as
+    production does) or ``"none"``.
+    """

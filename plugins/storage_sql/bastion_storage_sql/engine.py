@@ -1,0 +1,118 @@
+"""Storage URLs and SQLAlchemy engines: which URLs are ours, and how each backend is tuned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from kernel.errors import ConfigError
+
+#: URL schemes the plugin serves, and the SQLAlchemy driver each one maps to.
+SCHEMES = {
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+
+#: Execution option that marks a connection whose transaction will write.
+WRITE = "bastion_write"
+
+
+def is_sql_url(url: str) -> bool:
+    """Say whether the plugin serves ``url`` (by its scheme alone)."""
+    return url.split(":", 1)[0].strip().lower() in SCHEMES
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("://", 1)[0] + "://..."
+
+
+def parse_url(url: str) -> URL:
+    """Parse a storage URL and pick the SQLAlchemy driver: psycopg 3 for PostgreSQL, sqlite3 for SQLite.
+
+    Raises ConfigError for a malformed URL or an in-memory SQLite database
+    (each pooled connection would see its own empty database; use ``mem://``).
+    """
+    try:
+        parsed = make_url(url.strip())
+    except ArgumentError:
+        raise ConfigError(f"[bastion] storage URL {redact(url)!r}: not a valid SQL URL; accepted: "
+                          "sqlite:///relative/path, sqlite:////absolute/path, "
+                          "postgresql://user:password@host:port/db") from None
+    drivername = SCHEMES.get(parsed.drivername.lower())
+    if drivername is None:
+        raise ConfigError(f"[bastion] storage URL {redact(url)!r}: not a SQL URL served by bastion-storage-sql")
+    parsed = parsed.set(drivername=drivername)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise ConfigError(f"[bastion] storage URL {url!r}: SQLite needs a file path "
+                              "(sqlite:///var/bastion.sqlite3); use mem:// for memory")
+    return parsed
+
+
+def create_engine(url: str | URL, settings: Mapping[str, Any]) -> Engine:
+    """Build the engine of a storage URL with the ``[storage_sql]`` settings."""
+    parsed = url if isinstance(url, URL) else parse_url(url)
+    pool = {
+        "pool_size": settings["pool_size"],
+        "max_overflow": settings["max_overflow"],
+        "pool_timeout": settings["pool_timeout"],
+        "echo": settings["echo"],
+    }
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, settings, pool)
+    return _postgresql_engine(parsed, settings, pool)
+
+
+def _postgresql_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
+    # pre_ping makes a pooled connection that died with a database restart
+    # invisible to callers: the driver recovers without being reopened.
+    return sa.create_engine(url, pool_pre_ping=True, **pool, connect_args={
+        "connect_timeout": settings["connect_timeout"],
+        "application_name": "bastion",
+    })
+
+
+def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    busy = float(settings["sqlite_busy_timeout"])
+    synchronous = settings["sqlite_synchronous"].upper()
+    engine = sa.create_engine(url, poolclass=sa.QueuePool, **pool,
+                              connect_args={"timeout": busy, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # SQLAlchemy, not the sqlite3 module, decides when transactions begin
+        # (the sqlite3 module would start them lazily and never for DDL).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+            # WAL lets readers run beside the one writer; the mode is stored in the file.
+            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction that
+        # reads and then writes could fail with "database is locked" at once
+        # instead of waiting for the busy timeout.
+        write = connection.get_execution_options().get(WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine

@@ -1,0 +1,56 @@
+"""Backend errors translated into the kernel's: outages become ServiceUnavailable.
+
+Messages never carry the driver's own text, a file path or a password: the
+original error is logged for the operator instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+from kernel.errors import ServiceUnavailable, VersionConflict
+
+log = logging.getLogger("bastion.storage_sql")
+
+#: The one message of every outage.
+UNAVAILABLE = "the SQL database does not answer"
+
+
+def _sqlstate(error: BaseException) -> str:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Say whether ``error`` means the database cannot be used right now."""
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+
+
+def is_transaction_conflict(error: BaseException) -> bool:
+    """Say whether PostgreSQL rolled the transaction back for a deadlock or serialisation failure."""
+    return _sqlstate(error).startswith("40")
+
+
+def unavailable(error: BaseException) -> ServiceUnavailable:
+    """Log ``error`` and return the ServiceUnavailable to raise in its place."""
+    detail = getattr(error, "orig", None) or error
+    log.warning("SQL storage unavailable: %s: %s", type(detail).__name__, " ".join(str(detail).split())[:300])
+    return ServiceUnavailable(UNAVAILABLE)
+
+
+@contextmanager
+def translated(conflicts: bool = False) -> Iterator[None]:
+    """Turn outages into ServiceUnavailable (and, with ``conflicts``, rolled-back transactions into VersionConflict)."""
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as error:
+        if conflicts and is_transaction_conflict(error):
+            raise VersionConflict("record changed") from None
+        if is_outage(error):
+            raise unavailable(error) from None
+        raise

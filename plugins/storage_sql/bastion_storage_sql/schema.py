@@ -1,0 +1,80 @@
+"""The tables of the SQL driver, as SQLAlchemy Core objects.
+
+The Alembic revisions in ``migrations/versions`` create exactly these tables;
+``tests/test_schema.py`` proves that the two never drift apart.
+
+* ``bastion_records`` — one row per record, keyed by (domain, model, id);
+  ``seq`` orders a model's records by creation (updates keep it).
+* ``bastion_index`` — one row per indexed field of a record, holding
+  :func:`kernel.driver.index_token` of its value; its primary key starts with
+  (domain, model, field, token), so an equality filter is an index range scan.
+* ``bastion_state`` — plain short-lived keys; ``n`` holds integer values (so
+  that counters increment in SQL), ``value`` every other JSON value.
+* ``bastion_windows`` — members of windows, each with its own expiry.
+
+Every expiry is an absolute Unix time computed from the driver's clock.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+#: Alembic's version table, named so that it never collides with an application's own.
+VERSION_TABLE = "bastion_sql_version"
+
+#: Index tokens longer than this are stored as a digest (PostgreSQL B-tree rows are bounded).
+MAX_TOKEN = 200
+
+metadata = sa.MetaData()
+
+# SQLite stores the narrow, key-only tables without a rowid: the primary key is the table.
+_WITHOUT_ROWID = {"sqlite_with_rowid": False}
+
+records = sa.Table(
+    "bastion_records", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("model", sa.String, primary_key=True),
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("vsn", sa.Integer, nullable=False),
+    # PostgreSQL numbers rows with an identity column; SQLite writers are
+    # serialised, so the driver computes max + 1 within the write transaction.
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Index("ix_bastion_records_order", "domain", "model", "seq"),
+)
+
+index_entries = sa.Table(
+    "bastion_index", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("model", sa.String, primary_key=True),
+    sa.Column("field", sa.String, primary_key=True),
+    sa.Column("token", sa.String, primary_key=True),
+    sa.Column("id", sa.String, primary_key=True),
+    sa.ForeignKeyConstraint(["domain", "model", "id"], [records.c.domain, records.c.model, records.c.id],
+                            name="fk_bastion_index_record", ondelete="CASCADE"),
+    # Finds a record's entries when it is updated or deleted.
+    sa.Index("ix_bastion_index_record", "domain", "model", "id"),
+    **_WITHOUT_ROWID,
+)
+
+state = sa.Table(
+    "bastion_state", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.Text, nullable=True),
+    sa.Column("n", sa.BigInteger, nullable=True),
+    sa.Column("expires", sa.Double, nullable=False),
+    sa.Index("ix_bastion_state_expires", "expires"),
+    **_WITHOUT_ROWID,
+)
+
+windows = sa.Table(
+    "bastion_windows", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("member", sa.String, primary_key=True),
+    sa.Column("weight", sa.BigInteger, nullable=False),
+    sa.Column("expires", sa.Double, nullable=False),
+    sa.Index("ix_bastion_windows_expires", "expires"),
+    **_WITHOUT_ROWID,
+)

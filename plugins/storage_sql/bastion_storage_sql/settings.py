@@ -1,0 +1,34 @@
+"""The ``[storage_sql]`` INI section: connection pool and SQLite tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kernel.config import Bool, Choice, Config, Float, Int, Option
+
+SECTION = "storage_sql"
+
+#: Every key of ``[storage_sql]`` with its default.
+SCHEMA: dict[str, Option] = {
+    "pool_size": Int(5, "connections each process keeps open (PostgreSQL and SQLite)", min=1, max=1000),
+    "max_overflow": Int(10, "extra connections opened under load beyond pool_size", min=0, max=1000),
+    "pool_timeout": Float(10.0, "seconds a call waits for a free connection before 503", min=0.0),
+    "connect_timeout": Int(5, "seconds to wait for PostgreSQL to accept a connection", min=1, max=3600),
+    "sqlite_busy_timeout": Float(30.0, "seconds a SQLite writer waits for another process's lock", min=0.0),
+    "sqlite_synchronous": Choice("normal", ("normal", "full"),
+                                 "SQLite fsync policy in WAL mode: normal (fast, safe from corruption) or full"),
+    "echo": Bool(False, "log every SQL statement (debugging only)"),
+}
+
+
+def defaults() -> dict[str, Any]:
+    """Return the default value of every key."""
+    return {key: option.default for key, option in SCHEMA.items()}
+
+
+def read(config: Config | None) -> Mapping[str, Any]:
+    """Claim and return ``[storage_sql]`` of ``config`` (the defaults when there is no config)."""
+    if config is None:
+        return defaults()
+    return config.section(SECTION, SCHEMA)

@@ -1,0 +1,83 @@
+"""Outages surface as ServiceUnavailable, say nothing of the backend, and heal by themselves."""
+
+import sqlite3
+
+import pytest
+from bastion_storage_sql import SqlDriver
+
+from kernel.driver import Change
+from kernel.errors import ServiceUnavailable
+from kernel.testing import FakeClock
+
+DOMAIN = "outage.test"
+
+
+def test_postgres_outage_then_recovery_without_reopening(private_postgres):
+    driver = SqlDriver(private_postgres.url, clock=FakeClock(), options={"connect_timeout": 2})
+    try:
+        driver.commit(DOMAIN, [Change("insert", "M", "a", 0, {"n": 1}, {"k": 1})])
+        driver.set(DOMAIN, "session", {"user": "ann"}, 60)
+
+        private_postgres.stop()
+        calls = [
+            driver.ping,
+            lambda: driver.fetch(DOMAIN, "M", "a"),
+            lambda: driver.select(DOMAIN, "M", {"k": 1}),
+            lambda: driver.commit(DOMAIN, [Change("update", "M", "a", 1, {"n": 2}, {"k": 1})]),
+            lambda: driver.get(DOMAIN, "session"),
+            lambda: driver.add(DOMAIN, "nonce", 1, 60),
+            lambda: driver.incr(DOMAIN, "hits", 1, 60),
+            lambda: driver.window_add(DOMAIN, "w", "m", 1, 60),
+        ]
+        for call in calls:
+            with pytest.raises(ServiceUnavailable) as info:
+                call()
+            message = str(info.value)
+            assert private_postgres.password not in message and str(private_postgres.port) not in message
+            assert info.value.status == 503
+
+        private_postgres.start()
+        driver.ping()
+        assert driver.fetch(DOMAIN, "M", "a").vsn == 1  # the failed update applied nothing
+        driver.commit(DOMAIN, [Change("update", "M", "a", 1, {"n": 2}, {"k": 1})])
+        assert driver.fetch(DOMAIN, "M", "a").data == {"n": 2}
+        assert driver.get(DOMAIN, "session") == {"user": "ann"}
+        assert driver.add(DOMAIN, "nonce", 1, 60) is True
+    finally:
+        driver.close()
+
+
+def test_postgres_down_at_open_is_unavailable(private_postgres):
+    url = private_postgres.url
+    private_postgres.stop()
+    with pytest.raises(ServiceUnavailable):
+        SqlDriver(url, options={"connect_timeout": 2})
+
+
+def test_sqlite_lock_held_past_the_busy_timeout_is_unavailable(sqlite_url, tmp_path):
+    driver = SqlDriver(sqlite_url, options={"sqlite_busy_timeout": 0.2})
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ServiceUnavailable) as info:
+            driver.set(DOMAIN, "k", 1, 60)
+        assert str(tmp_path) not in str(info.value) and "locked" not in str(info.value)
+        assert driver.get(DOMAIN, "k") is None  # WAL: readers go on beside the writer
+        blocker.execute("ROLLBACK")
+        driver.set(DOMAIN, "k", 1, 60)
+        assert driver.get(DOMAIN, "k") == 1
+    finally:
+        blocker.close()
+        driver.close()
+
+
+def test_exhausted_pool_is_unavailable(sqlite_url):
+    driver = SqlDriver(sqlite_url, options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.05})
+    try:
+        held = driver.engine.connect()
+        with pytest.raises(ServiceUnavailable):
+            driver.fetch(DOMAIN, "M", "a")
+        held.close()
+        assert driver.fetch(DOMAIN, "M", "a") is None
+    finally:
+        driver.close()

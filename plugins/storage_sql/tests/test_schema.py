@@ -1,0 +1,137 @@
+"""Schema lifecycle: development creates it, production refuses without it, `bastion initdb` makes it."""
+
+import subprocess
+import sys
+import threading
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from bastion_storage_sql import SqlDriver, bastion_storage_driver, migrate
+from bastion_storage_sql.schema import VERSION_TABLE, metadata
+
+from kernel.cli import main
+from kernel.config import Config
+from kernel.errors import ConfigError
+from kernel.testing import FakeClock
+
+PRODUCTION = Config.from_dict({"bastion": {"development": False}})
+DEVELOPMENT = Config.from_dict({"bastion": {"development": True}})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):
+    """An empty database of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/var/bastion.sqlite3"
+    return request.getfixturevalue("fresh_pg_url")
+
+
+def test_production_refuses_a_missing_schema(empty_url):
+    with pytest.raises(ConfigError, match="run `bastion initdb`"):
+        bastion_storage_driver(empty_url, PRODUCTION, FakeClock())
+
+
+def test_development_creates_the_schema(empty_url):
+    bastion_storage_driver(empty_url, DEVELOPMENT, FakeClock()).close()
+    bastion_storage_driver(empty_url, PRODUCTION, FakeClock()).close()
+
+
+def test_production_refuses_a_schema_it_does_not_know(empty_url):
+    driver = SqlDriver(empty_url)
+    with driver.engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = 'ffff'"))
+    driver.close()
+    with pytest.raises(ConfigError, match="newer than this bastion-storage-sql"):
+        bastion_storage_driver(empty_url, PRODUCTION, FakeClock())
+
+
+def test_initdb_creates_then_finds_the_schema(empty_url, tmp_path, capsys):
+    ini = tmp_path / "bastion.ini"
+    ini.write_text(f"[bastion]\nstorage = {empty_url}\n")
+    assert main(["--config", str(ini), "initdb"]) == 0
+    assert "created the schema at revision" in capsys.readouterr().out
+    bastion_storage_driver(empty_url, PRODUCTION, FakeClock()).close()
+    assert main(["--config", str(ini), "initdb"]) == 0
+    output = capsys.readouterr().out
+    assert "already at revision" in output
+    password = sa.engine.make_url(empty_url).password
+    assert not password or password not in output
+
+
+def test_initdb_covers_a_separate_state_url(tmp_path, fresh_pg_url, capsys):
+    records_url = f"sqlite:///{tmp_path}/records.sqlite3"
+    ini = tmp_path / "bastion.ini"
+    ini.write_text(f"[bastion]\nstorage = {records_url}\nstate = {fresh_pg_url}\n[storage_sql]\npool_size = 2\n")
+    assert main(["--config", str(ini), "initdb"]) == 0
+    assert capsys.readouterr().out.count("created the schema") == 2
+    for url in (records_url, fresh_pg_url):
+        driver = SqlDriver(url, schema="none")
+        assert migrate.status(driver.engine).up_to_date
+        driver.close()
+
+
+def test_initdb_without_sql_storage_does_nothing(tmp_path, capsys):
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\nstorage = mem://\n")
+    assert main(["--config", str(ini), "initdb"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_migrations_build_exactly_the_declared_tables(empty_url):
+    driver = SqlDriver(empty_url)
+    try:
+        with driver.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        driver.close()
+
+
+def test_development_start_of_many_threads_at_once_is_safe(empty_url):
+    barrier = threading.Barrier(6)
+    errors = []
+    clock = FakeClock()
+
+    def open_driver():
+        barrier.wait()
+        try:
+            driver = bastion_storage_driver(empty_url, DEVELOPMENT, clock)
+            driver.incr("race.test", "opened", 1, 60)
+            driver.close()
+        except Exception as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_driver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    driver = SqlDriver(empty_url, clock=clock, schema="check")
+    assert driver.get("race.test", "opened") == 6
+    driver.close()
+
+
+_OPEN_IN_DEVELOPMENT = """
+import sys
+from bastion_storage_sql import bastion_storage_driver
+from kernel.config import Config
+driver = bastion_storage_driver(sys.argv[1], Config.from_dict({"bastion": {"development": True}}), None)
+driver.incr("race.test", "opened", 1, 600)
+driver.close()
+"""
+
+
+def test_development_start_of_many_processes_at_once_is_safe(empty_url):
+    processes = [subprocess.Popen([sys.executable, "-c", _OPEN_IN_DEVELOPMENT, empty_url],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
+    for process in processes:
+        process.stdout.close()
+        process.stderr.close()
+    assert [code for code, _ in outcomes] == [0] * 4, outcomes
+    driver = SqlDriver(empty_url, schema="check")
+    assert driver.get("race.test", "opened") == 4
+    driver.close()
