@@ -19,7 +19,8 @@ def test_plugins_lists_the_memory_driver_with_its_hooks(capsys):
     assert "    bastion_storage_driver" in out
 
 
-def test_check_passes_on_the_shipped_config(capsys):
+def test_check_passes_on_the_shipped_config(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shipped SQLite path is relative: keep the checkout's var/ untouched
     assert main(["--config", str(ROOT / "bastion.ini"), "check"]) == 0
     assert capsys.readouterr().out.startswith("ok: ")
 

@@ -77,10 +77,11 @@ def test_malformed_file_is_one_line():
     assert str(info.value).startswith("dup.ini:") and "\n" not in str(info.value)
 
 
-def test_shipped_bastion_ini_loads():
+def test_shipped_bastion_ini_loads(tmp_path, monkeypatch):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
     config = load_config(root / "bastion.ini")
     runtime = Runtime(config)
     try:

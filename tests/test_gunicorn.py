@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,11 +84,14 @@ def test_foreign_host_is_invalid_host(server):
     assert status == 400 and json.loads(body)["exc"] == "InvalidHost"
 
 
-def test_plain_gunicorn_from_the_repository_root_uses_bastion_ini():
+def test_plain_gunicorn_in_a_checkout_uses_bastion_ini(tmp_path):
+    # A copy of the checkout's two files, so the test never touches a developer's var/ database.
+    for name in ("bastion.ini", "gunicorn.conf.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "BASTION_CONFIG"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "kernel.wsgi:app", "--bind", f"127.0.0.1:{port}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         wait_until_serving("127.0.0.1", port, proc)
@@ -98,4 +102,5 @@ def test_plain_gunicorn_from_the_repository_root_uses_bastion_ini():
     finally:
         os.killpg(proc.pid, 15)
         output = proc.communicate(timeout=30)[0].decode(errors="replace")
-    assert "running 1 worker" in output  # the shipped bastion.ini uses mem://
+    assert "Bastion development mode, storage sqlite://" in output
+    assert (tmp_path / "var" / "bastion.sqlite3").is_file()
