@@ -104,3 +104,23 @@ def test_plain_gunicorn_in_a_checkout_uses_bastion_ini(tmp_path):
         output = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert "Bastion development mode, storage sqlite://" in output
     assert (tmp_path / "var" / "bastion.sqlite3").is_file()
+
+
+def test_todos_survive_a_restart_on_the_shipped_sqlite_storage(tmp_path):
+    from passlib.hash import argon2
+
+    from kernel.client import Client
+
+    sections = {
+        "bastion": {"development": True, "storage": f"sqlite:///{tmp_path}/var/bastion.sqlite3"},
+        "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1},
+        "users": {"alice@localhost": argon2.using(type="ID", memory_cost=64, rounds=1).hash("password1")},
+    }
+    with GunicornServer(sections, workers=2) as first:
+        client = Client(first.url, host="localhost")
+        client.login("alice", "password1")
+        todo = client.call("add", "survive the restart")
+    with GunicornServer(sections, workers=2) as second:
+        client = Client(second.url, host="localhost")
+        client.login("alice", "password1")
+        assert client.call("get_all") == [todo]
