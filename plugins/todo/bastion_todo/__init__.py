@@ -1,0 +1,38 @@
+"""The todo application: a Todo model, five services and a TodoMVC web UI.
+
+Written the way the Fanery tutorial writes it: a model of four classmethods,
+and services that each open one unit of work with ``with storage() as db:``.
+The wire contract of the services is PROTOCOL.md section 10.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bastion_todo.model import Todo
+from bastion_todo.services import add, clear_completed, get_all, remove, update
+from kernel import hookimpl
+
+#: The web UI, served at ``/`` on every allowed host.
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@hookimpl
+def bastion_models():
+    """Register the Todo model."""
+    return [Todo]
+
+
+@hookimpl
+def bastion_services():
+    """Register the todo services."""
+    return [get_all, add, update, remove, clear_completed]
+
+
+@hookimpl
+def bastion_static():
+    """Serve the web UI at ``/``."""
+    return [("/", str(STATIC_DIR))]
+
+
+__all__ = ["Todo", "get_all", "add", "update", "remove", "clear_completed", "STATIC_DIR"]

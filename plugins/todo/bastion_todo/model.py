@@ -1,0 +1,62 @@
+"""The Todo model: ``{"id", "vsn", "text", "done"}`` (PROTOCOL.md section 10)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel.store import Errors, Record
+
+#: The longest text a todo may hold, in Unicode code points.
+MAX_TEXT = 1000
+
+
+def json_type(value: Any) -> str:
+    """Name the JSON type of a value, as error reports spell it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class Todo:
+    """One thing to do, private to its domain."""
+
+    @classmethod
+    def initialize(cls, record: Record) -> Record:
+        """A new todo is not done and says nothing yet."""
+        return record.merge(done=False, text="")
+
+    @classmethod
+    def validate(cls, record: Record) -> Errors:
+        """Check text (a non-blank string of at most 1,000 code points) and done (a boolean)."""
+        errors = Errors()
+        text = record.get("text")
+        if not isinstance(text, str):
+            errors.text.bad_type = json_type(text)
+        elif not text.strip():
+            # str.strip() removes exactly what str.isspace() calls whitespace,
+            # which is Unicode's White_Space (plus the ASCII separators).
+            errors.text.invalid = text
+        elif len(text) > MAX_TEXT:
+            errors.text.too_long = len(text)
+        done = record.get("done")
+        if not isinstance(done, bool):
+            errors.done.bad_type = json_type(done)
+        return errors
+
+    @classmethod
+    def index(cls, record: Record) -> dict[str, Any]:
+        """Index on done, so that clear_completed selects only finished todos."""
+        return {"done": record.done}
+
+    @classmethod
+    def to_dict(cls, record: Record) -> dict[str, Any]:
+        """The todo's JSON form."""
+        return {"id": record._id, "vsn": record._vsn, "text": record.text, "done": record.done}

@@ -1,0 +1,73 @@
+"""The todo services (PROTOCOL.md section 10), each one unit of work.
+
+Errors come in the protocol's order by construction: the kernel checks the
+annotated ``id: str`` and ``vsn: int`` while binding (400 InvalidCall);
+``db.fetch(Todo, id, vsn)`` raises RecordNotFound (404) before VersionConflict
+(409); the model's ``validate`` runs only when the unit of work commits (422).
+``text`` and ``done`` are deliberately unannotated so that a wrong type is a
+422 with ``fields``, not a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion_todo.model import Todo
+from kernel import service, storage
+
+
+class _Omitted:
+    """The default of an optional field: distinct from JSON ``null``, which is a value (and invalid)."""
+
+    def __repr__(self) -> str:
+        return "<omitted>"
+
+
+OMITTED: Any = _Omitted()
+
+
+@service
+def get_all() -> list[dict]:
+    """Return every todo of the domain, oldest first."""
+    with storage() as db:
+        return [Todo.to_dict(record) for record in db.select(Todo)]
+
+
+@service
+def add(text) -> dict:
+    """Add a todo with ``text``; return it (``vsn`` 1, ``done`` false)."""
+    with storage() as db:
+        record = db.insert(Todo, text=text)
+    return Todo.to_dict(record)
+
+
+@service
+def update(id: str, vsn: int, text=OMITTED, done=OMITTED) -> dict:
+    """Change a todo's text and/or done; return it with ``vsn`` one higher.
+
+    Naming neither field changes nothing and returns the todo as stored.
+    """
+    fields = {name: value for name, value in (("text", text), ("done", done)) if value is not OMITTED}
+    with storage() as db:
+        record = db.fetch(Todo, id, vsn)
+        if fields:
+            db.update(record, **fields)
+    return Todo.to_dict(record)
+
+
+@service
+def remove(id: str, vsn: int) -> bool:
+    """Remove a todo; return true."""
+    with storage() as db:
+        db.delete(Todo, id, vsn)
+    return True
+
+
+@service
+def clear_completed() -> int:
+    """Remove every done todo at once (all or none); return how many."""
+    with storage() as db:
+        completed = db.select(Todo, {"done": True})
+        for record in completed:
+            db.delete(record)
+    return len(completed)

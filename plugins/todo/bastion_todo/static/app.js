@@ -1,0 +1,421 @@
+/*
+ * The Bastion todo UI: TodoMVC's behaviour and markup over signed calls (bastion.js).
+ *
+ * Every change goes to the server through one queue, so that each call reads
+ * the version the previous one returned and the tab never conflicts with
+ * itself; a VersionConflict therefore means another tab or user changed the
+ * todo, and the list is reloaded.
+ */
+(function () {
+  "use strict";
+
+  var ENTER = "Enter";
+  var ESCAPE = "Escape";
+  var FILTERS = { "#/": "all", "#/active": "active", "#/completed": "completed" };
+
+  var $ = function (selector, root) { return (root || document).querySelector(selector); };
+  var $$ = function (selector, root) { return Array.prototype.slice.call((root || document).querySelectorAll(selector)); };
+
+  var el = {
+    domains: $$(".domain"),
+    account: $(".account"),
+    username: $(".username"),
+    logout: $(".logout"),
+    newTodo: $(".new-todo"),
+    alert: $(".alert"),
+    login: $("#login"),
+    force: $("#login .force"),
+    main: $(".main"),
+    toggleAll: $(".toggle-all"),
+    list: $(".todo-list"),
+    footer: $(".footer"),
+    count: $(".todo-count"),
+    filters: $$(".filters a"),
+    clearCompleted: $(".clear-completed"),
+    hint: $(".info .hint")
+  };
+
+  var todos = [];          // as the server last returned them, oldest first
+  var items = new Map();   // id -> <li>
+  var editing = null;      // id of the todo being edited
+  var queue = Promise.resolve();
+  var signedIn = false;
+
+  // -- words ----------------------------------------------------------------
+
+  function plural(n, one, many) {
+    return n === 1 ? one : many;
+  }
+
+  function minutes(seconds) {
+    var n = Math.max(1, Math.ceil((Number(seconds) || 60) / 60));
+    return n + " " + plural(n, "minute", "minutes");
+  }
+
+  /** A failure in plain words. */
+  function describe(error) {
+    var fields = (error && error.fields) || {};
+    switch (error && error.exc) {
+      case "InvalidCredential":
+        return "Wrong username or password.";
+      case "AccountLocked":
+        return "Too many failed sign-ins for this account: it is locked for " + minutes(error.retry_after) + ".";
+      case "Abusive":
+        return "Too many bad requests from this address: banned for " + minutes(error.retry_after) + ".";
+      case "MaxActiveSessions":
+        return "You are already signed in on too many devices. Tick “Sign out my other sessions” to sign in here.";
+      case "UnknownSession":
+      case "ExpiredSession":
+        return "Your session has ended. Please sign in again.";
+      case "VersionConflict":
+        return "This todo was changed elsewhere — reloaded.";
+      case "RecordNotFound":
+        return "This todo was removed elsewhere — reloaded.";
+      case "ValidationError":
+        if (fields.text && fields.text.too_long) {
+          return "A todo can be at most 1,000 characters long; this one has " + fields.text.too_long + ".";
+        }
+        if (fields.text && "invalid" in fields.text) return "A todo cannot be blank.";
+        return "The server refused this change.";
+      case "Forbidden":
+        return "You are not allowed to do that.";
+      case "StaleCall":
+        return "This device's clock is too far from the server's. Please correct it and try again.";
+      case "ServiceUnavailable":
+        return "The server's storage is unavailable. Please try again shortly.";
+      case "NetworkError":
+        return "The server cannot be reached. Check your connection and try again.";
+      case "InvalidResponseSignature":
+        return "The server's answer could not be verified, so it was ignored.";
+      case "InsecureContext":
+        return "This page must be opened over HTTPS (or on localhost) to sign in securely.";
+      default:
+        return "Something went wrong" + (error && error.exc ? " (" + error.exc + ")" : "") + ". Please try again.";
+    }
+  }
+
+  function say(message) {
+    el.alert.textContent = message || "";
+  }
+
+  // -- screens --------------------------------------------------------------
+
+  function showLogin() {
+    signedIn = false;
+    todos = [];
+    editing = null;
+    el.login.hidden = false;
+    el.account.hidden = true;
+    el.newTodo.hidden = true;
+    render();
+    var username = el.login.elements.username;
+    (username.value ? el.login.elements.password : username).focus();
+  }
+
+  function showApp(user) {
+    signedIn = true;
+    el.login.hidden = true;
+    el.force.hidden = true;
+    el.login.elements.force.checked = false;
+    el.account.hidden = false;
+    el.username.textContent = user && user.username ? user.username : "";
+    el.newTodo.hidden = false;
+    el.newTodo.focus();
+  }
+
+  function sessionEnded(error) {
+    say(describe(error));
+    showLogin();
+  }
+
+  // -- server ---------------------------------------------------------------
+
+  /** Run `task` after every earlier change; report its failure. */
+  function enqueue(task) {
+    queue = queue.then(task).catch(fail);
+    return queue;
+  }
+
+  function fail(error) {
+    var exc = error && error.exc;
+    if (exc === "UnknownSession" || exc === "ExpiredSession") return; // the exc handler showed the login
+    if (exc === "VersionConflict" || exc === "RecordNotFound") {
+      return reload().then(function () { say(describe(error)); }, fail);
+    }
+    say(describe(error));
+    if (exc === "ValidationError") render();
+  }
+
+  function reload() {
+    return Bastion.safe_call("get_all").then(function (result) {
+      todos = result;
+      render();
+    });
+  }
+
+  function find(id) {
+    for (var i = 0; i < todos.length; i++) if (todos[i].id === id) return todos[i];
+    return null;
+  }
+
+  function replace(todo) {
+    for (var i = 0; i < todos.length; i++) if (todos[i].id === todo.id) todos[i] = todo;
+    render();
+  }
+
+  function drop(id) {
+    todos = todos.filter(function (t) { return t.id !== id; });
+    render();
+  }
+
+  function add(text) {
+    enqueue(function () {
+      return Bastion.safe_call("add", text).then(function (todo) {
+        todos.push(todo);
+        render();
+      });
+    });
+  }
+
+  function change(id, fields) {
+    enqueue(function () {
+      var todo = find(id);
+      if (!todo) return;
+      var kwargs = { id: todo.id, vsn: todo.vsn };
+      for (var k in fields) kwargs[k] = fields[k];
+      return Bastion.safe_call("update", kwargs).then(replace);
+    });
+  }
+
+  function remove(id) {
+    enqueue(function () {
+      var todo = find(id);
+      if (!todo) return;
+      return Bastion.safe_call("remove", { id: todo.id, vsn: todo.vsn }).then(function () { drop(id); });
+    });
+  }
+
+  function toggleAll(done) {
+    todos.filter(function (t) { return t.done !== done; }).forEach(function (t) {
+      change(t.id, { done: done });
+    });
+  }
+
+  function clearCompleted() {
+    enqueue(function () {
+      return Bastion.safe_call("clear_completed").then(reload);
+    });
+  }
+
+  // -- rendering ------------------------------------------------------------
+
+  function filter() {
+    return FILTERS[location.hash] || "all";
+  }
+
+  function visible(todo) {
+    var f = filter();
+    return f === "all" || (f === "completed") === todo.done;
+  }
+
+  function itemFor(todo) {
+    var li = items.get(todo.id);
+    if (!li) {
+      li = document.createElement("li");
+      li.dataset.id = todo.id;
+      var view = document.createElement("div");
+      view.className = "view";
+      var toggle = document.createElement("input");
+      toggle.className = "toggle";
+      toggle.type = "checkbox";
+      var label = document.createElement("label");
+      label.tabIndex = 0;
+      var destroy = document.createElement("button");
+      destroy.className = "destroy";
+      destroy.type = "button";
+      view.append(toggle, label, destroy);
+      li.append(view);
+      items.set(todo.id, li);
+    }
+    li.classList.toggle("completed", todo.done);
+    $(".toggle", li).checked = todo.done;
+    $(".toggle", li).setAttribute("aria-label", (todo.done ? "Mark as active: " : "Mark as completed: ") + todo.text);
+    $("label", li).textContent = todo.text;
+    $("label", li).title = "Double-click (or press Enter) to edit";
+    $(".destroy", li).setAttribute("aria-label", "Delete: " + todo.text);
+    return li;
+  }
+
+  function render() {
+    var shown = signedIn ? todos.filter(visible) : [];
+    var keep = new Set();
+    shown.forEach(function (todo, i) {
+      var li = itemFor(todo);
+      keep.add(todo.id);
+      // Move only what is out of place: moving a focused element would lose its focus.
+      if (el.list.children[i] !== li) el.list.insertBefore(li, el.list.children[i] || null);
+    });
+    items.forEach(function (li, id) {
+      if (!keep.has(id) && id !== editing) {
+        li.remove();
+        items.delete(id);
+      }
+    });
+
+    var any = signedIn && todos.length > 0;
+    var left = todos.filter(function (t) { return !t.done; }).length;
+    var completed = todos.length - left;
+    el.main.hidden = !any;
+    el.footer.hidden = !any;
+    el.hint.hidden = !any;
+    el.toggleAll.checked = any && left === 0;
+    el.count.replaceChildren();
+    var strong = document.createElement("strong");
+    strong.textContent = String(left);
+    el.count.append(strong, " " + plural(left, "item", "items") + " left");
+    el.clearCompleted.hidden = completed === 0;
+    var current = "#/" + (filter() === "all" ? "" : filter());
+    el.filters.forEach(function (a) {
+      var selected = a.getAttribute("href") === current;
+      a.classList.toggle("selected", selected);
+      if (selected) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    });
+  }
+
+  // -- editing --------------------------------------------------------------
+
+  function startEditing(li) {
+    var todo = find(li.dataset.id);
+    if (!todo || editing) return;
+    editing = todo.id;
+    li.classList.add("editing");
+    var input = document.createElement("input");
+    input.className = "edit";
+    input.value = todo.text;
+    input.setAttribute("aria-label", "Edit todo");
+    li.append(input);
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  function stopEditing(li, save) {
+    var input = $(".edit", li);
+    if (!input || editing !== li.dataset.id) return;
+    var id = editing;
+    editing = null;
+    var text = input.value.trim();
+    li.classList.remove("editing");
+    input.remove();
+    var todo = find(id);
+    if (save && todo) {
+      if (!text) remove(id);
+      else if (text !== todo.text) change(id, { text: text });
+    }
+    render();
+    var label = $("label", li);
+    if (label && li.isConnected && !save) label.focus();
+  }
+
+  // -- events ---------------------------------------------------------------
+
+  el.newTodo.addEventListener("keydown", function (event) {
+    if (event.key !== ENTER || event.isComposing) return;
+    var text = el.newTodo.value.trim();
+    if (!text) return;
+    el.newTodo.value = "";
+    say("");
+    add(text);
+  });
+
+  el.list.addEventListener("change", function (event) {
+    if (!event.target.classList.contains("toggle")) return;
+    say("");
+    change(event.target.closest("li").dataset.id, { done: event.target.checked });
+  });
+
+  el.list.addEventListener("click", function (event) {
+    if (!event.target.classList.contains("destroy")) return;
+    say("");
+    remove(event.target.closest("li").dataset.id);
+  });
+
+  el.list.addEventListener("dblclick", function (event) {
+    if (event.target.tagName === "LABEL") startEditing(event.target.closest("li"));
+  });
+
+  el.list.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (target.tagName === "LABEL" && (event.key === ENTER || event.key === "F2")) {
+      event.preventDefault();
+      startEditing(target.closest("li"));
+    } else if (target.classList.contains("edit")) {
+      if (event.key === ENTER && !event.isComposing) stopEditing(target.closest("li"), true);
+      else if (event.key === ESCAPE) stopEditing(target.closest("li"), false);
+    }
+  });
+
+  el.list.addEventListener("focusout", function (event) {
+    if (event.target.classList.contains("edit")) stopEditing(event.target.closest("li"), true);
+  });
+
+  el.toggleAll.addEventListener("change", function () {
+    say("");
+    toggleAll(el.toggleAll.checked);
+  });
+
+  el.clearCompleted.addEventListener("click", function () {
+    say("");
+    clearCompleted();
+  });
+
+  window.addEventListener("hashchange", render);
+
+  el.login.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var form = el.login.elements;
+    var username = form.username.value.trim();
+    if (!username || !form.password.value) {
+      say("Please enter your username and password.");
+      (username ? form.password : form.username).focus();
+      return;
+    }
+    say("");
+    var button = $("button[type=submit]", el.login);
+    button.disabled = true;
+    Bastion.login(username, form.password.value, form.force.checked).then(function (user) {
+      form.password.value = "";
+      showApp(user);
+      return reload();
+    }).catch(function (error) {
+      if (error && error.exc === "MaxActiveSessions") el.force.hidden = false;
+      say(describe(error));
+      if (!signedIn) form.password.select();
+    }).then(function () {
+      button.disabled = false;
+    });
+  });
+
+  el.logout.addEventListener("click", function () {
+    say("");
+    Bastion.logout().catch(function () {
+      // The session is forgotten locally whatever the server said.
+    }).then(showLogin);
+  });
+
+  // -- start ----------------------------------------------------------------
+
+  Bastion.exc.UnknownSession = sessionEnded;
+  Bastion.exc.ExpiredSession = sessionEnded;
+
+  var domain = Bastion._domain(location.hostname);
+  el.domains.forEach(function (node) { node.textContent = domain; });
+  document.title = "todos · " + domain;
+
+  if (Bastion.session()) {
+    showApp(Bastion.user());
+    reload().catch(fail);
+  } else {
+    showLogin();
+  }
+})();

@@ -1,0 +1,196 @@
+"""Fixtures for the todo plugin's tests: an in-process app, and a caller of its services."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+from kernel.errors import BastionError
+
+
+class Caller:
+    """Calls the todo services as a request of one domain would, through the kernel's binding."""
+
+    def __init__(self, runtime, domain: str):
+        self.runtime = runtime
+        self.domain = domain
+
+    def __call__(self, name: str, *args, **kwargs):
+        """Return the service's result; a protocol error propagates."""
+        service = self.runtime.services.get(name)
+        assert service is not None, f"no service {name!r}"
+        with self.runtime.bind(self.domain):
+            return service(list(args), kwargs)
+
+    def error(self, name: str, *args, **kwargs) -> BastionError:
+        """Return the protocol error the call raises (and fail if it succeeds)."""
+        with pytest.raises(BastionError) as info:
+            self(name, *args, **kwargs)
+        return info.value
+
+
+@pytest.fixture
+def app(make_app):
+    """An in-process app with only the in-memory storage and the todo plugin."""
+    return make_app(only=["storage_mem", "todo"])
+
+
+@pytest.fixture
+def call(app) -> Caller:
+    """Call services on ``localhost``."""
+    return Caller(app.runtime, "localhost")
+
+
+@pytest.fixture
+def caller(app):
+    """Make callers for other domains: ``caller("alpha.localhost")``."""
+    return lambda domain: Caller(app.runtime, domain)
+
+
+# -- a live server and a browser ------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the signature is the base class's
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def serve_in_thread(wsgi_app) -> Iterator[int]:
+    """Serve a WSGI app on 127.0.0.1 from a thread; yield its port."""
+    server = make_server("127.0.0.1", 0, wsgi_app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="bastion-test-server", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def live_url(make_app) -> Iterator[str]:
+    """An in-process app (storage_mem, todo) served over HTTP on 127.0.0.1, as http://localhost:port."""
+    import time
+
+    app = make_app(only=["storage_mem", "todo"], clock=time.time)
+    with serve_in_thread(app) as port:
+        yield f"http://localhost:{port}"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, driven by Playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class PageErrors:
+    """Collects every JavaScript error and console error of the pages it watches."""
+
+    # The browser logs every non-2xx fetch as a console error; the tests provoke those on purpose.
+    NETWORK_LOG = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
+
+    def __init__(self, expected_statuses: Iterable[int] = ()):
+        self.errors: list[str] = []
+        self.expected_statuses = set(expected_statuses)
+
+    def watch(self, page):
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: page error: {exc}"))
+        page.on("console", lambda msg: self._console(page, msg))
+        return page
+
+    def expect_statuses(self, *statuses: int) -> None:
+        """Allow the browser's network log of these HTTP statuses."""
+        self.expected_statuses.update(statuses)
+
+    def _console(self, page, msg):
+        if msg.type != "error":
+            return
+        network = self.NETWORK_LOG.match(msg.text)
+        if network and int(network.group(1)) in self.expected_statuses:
+            return
+        self.errors.append(f"{page.url}: console error: {msg.text}")
+
+
+@pytest.fixture
+def page_errors() -> Iterator[PageErrors]:
+    """Fails the test if any watched page has a JavaScript or console error."""
+    errors = PageErrors()
+    yield errors
+    assert errors.errors == []
+
+
+@pytest.fixture
+def context(browser, page_errors):
+    """A fresh browser context whose new pages are watched for errors."""
+    ctx = browser.new_context(viewport={"width": 900, "height": 800})
+    ctx.on("page", page_errors.watch)
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    """A watched page."""
+    return context.new_page()
+
+
+# -- real gunicorn with the auth plugin ---------------------------------------
+
+PASSWORD = "correct horse battery"
+#: Users of the end-to-end tests: username@domain.
+USERS = ("alice@localhost", "alice@alpha.localhost", "bob@beta.localhost")
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """A cheap argon2id hash of PASSWORD (the server is told to use the same cheap parameters)."""
+    argon2 = pytest.importorskip("passlib.hash").argon2
+    return argon2.using(type="ID", memory_cost=64, rounds=1).hash(PASSWORD)
+
+
+@pytest.fixture
+def todo_server(password_hash):
+    """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)``; yields its port."""
+    servers = pytest.importorskip("kernel.testing.servers")
+    if pytest.importorskip("importlib.util").find_spec("bastion_auth") is None:
+        pytest.skip("the auth plugin is not installed")
+    started = []
+
+    def start(**auth):
+        sections = {
+            "bastion": {"development": True, "storage": "mem://"},
+            "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
+            "users": {user: password_hash for user in USERS},
+        }
+        server = servers.GunicornServer(sections, env={"BASTION_LOAD_PLUGINS": "storage_mem,auth,todo"})
+        started.append(server)
+        server.start()
+        return server.port
+
+    yield start
+    for server in started:
+        server.close()

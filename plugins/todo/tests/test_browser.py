@@ -1,0 +1,507 @@
+"""bastion.js and the todo UI in a real Chromium.
+
+The first tests need only the kernel and this plugin; the end-to-end ones
+need the auth plugin and real gunicorn, and are skipped until both exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+VECTORS = json.loads((Path(__file__).parent / "data" / "protocol-vectors.json").read_text("utf-8"))["vectors"]
+
+REPRODUCE = """
+async (v) => {
+  const signed = await Bastion._sign(v.key, v.ts, v.nonce, v.path, v.domain, v.body);
+  const response = await Bastion._responseMac(v.key, v.nonce, v.status, v.response_body);
+  return {
+    S: signed.S,
+    mac: signed.mac,
+    authorization: Bastion._authorization(v.sid, v.ts, v.nonce, signed.mac),
+    R: response.R,
+    response_mac: response.mac,
+    server_authorization: response.header,
+    verifies: await Bastion._verifyResponse(v.key, v.nonce, v.status, v.response_body, v.server_authorization),
+    other_status: await Bastion._verifyResponse(v.key, v.nonce, v.status + 1, v.response_body, v.server_authorization),
+    other_body: await Bastion._verifyResponse(v.key, v.nonce, v.status, v.response_body + " ", v.server_authorization),
+    other_nonce: await Bastion._verifyResponse(v.key, v.nonce + "A", v.status, v.response_body, v.server_authorization),
+  };
+}
+"""
+
+
+@pytest.fixture
+def client_page(page, live_url):
+    """A page of the kernel's server that has loaded /bastion/bastion.js."""
+    page.goto(live_url + "/")
+    page.wait_for_function("() => window.Bastion !== undefined")
+    return page
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["path"] + "@" + v["domain"] for v in VECTORS])
+def test_bastion_js_reproduces_the_protocol_vectors(client_page, vector):
+    got = client_page.evaluate(REPRODUCE, vector)
+    assert got["S"] == vector["S"]
+    assert got["mac"] == vector["mac"]
+    assert got["authorization"] == vector["authorization"]
+    assert got["R"] == vector["R"]
+    assert got["response_mac"] == vector["response_mac"]
+    assert got["server_authorization"] == vector["server_authorization"]
+    assert got["verifies"] is True
+    assert (got["other_status"], got["other_body"], got["other_nonce"]) == (False, False, False)
+
+
+def test_bastion_js_signs_the_exact_utf8_bytes_of_the_body(client_page):
+    got = client_page.evaluate("""async () => [
+        await Bastion._sha256(""),
+        await Bastion._sha256("café ☕"),
+        await Bastion._sha256(new TextEncoder().encode("café ☕")),
+    ]""")
+    assert got[0] == "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+    assert got[1] == got[2]
+
+
+def test_bastion_js_helpers(client_page):
+    got = client_page.evaluate("""() => ({
+        domains: ["Alpha.LOCALHOST.", "localhost", "[::1]", "Example.COM"].map(Bastion._domain),
+        kwargs: Bastion._callBody({id: "x", vsn: 1}),
+        args: Bastion._callBody("Play with Fanery"),
+        two: Bastion._callBody("a", {b: 1}),
+        list: Bastion._callBody(["x"]),
+        none: Bastion._callBody(),
+        roundtrip: Bastion._b64url(Bastion._b64urlDecode("AAECAwQFBgcICQoLDA0ODw")),
+    })""")
+    assert got["domains"] == ["alpha.localhost", "localhost", "[::1]", "example.com"]
+    assert json.loads(got["kwargs"]) == {"kwargs": {"id": "x", "vsn": 1}}
+    assert json.loads(got["args"]) == {"args": ["Play with Fanery"]}
+    assert json.loads(got["two"]) == {"args": ["a", {"b": 1}]}
+    assert json.loads(got["list"]) == {"args": [["x"]]}
+    assert got["none"] == ""
+    assert got["roundtrip"] == "AAECAwQFBgcICQoLDA0ODw"
+
+
+def test_a_call_while_logged_out_rejects_after_calling_its_handler(client_page):
+    got = client_page.evaluate("""async () => {
+        const seen = [];
+        Bastion.exc.UnknownSession = (e) => seen.push("handler:" + e.exc);
+        try {
+            await Bastion.safe_call("get_all");
+            return "resolved";
+        } catch (e) {
+            seen.push("rejected:" + e.exc);
+            return seen;
+        }
+    }""")
+    assert got == ["handler:UnknownSession", "rejected:UnknownSession"]
+
+
+def test_the_fallback_handler_is_error(client_page):
+    got = client_page.evaluate("""async () => {
+        const seen = [];
+        Bastion.exc = {Error: (e) => seen.push(e.exc)};
+        await Bastion.safe_call("no such name!").catch(() => {});
+        return seen;
+    }""")
+    assert got == ["InvalidCall"]
+
+
+# -- end to end: bastion.js and the UI against real gunicorn with the auth plugin -----------
+
+PASSWORD = "correct horse battery"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "tests" / "artifacts"
+
+
+def expect(target):
+    return pytest.importorskip("playwright.sync_api").expect(target)
+
+
+def login(page, username="alice", password=PASSWORD):
+    page.fill("form#login input[name=username]", username)
+    page.fill("form#login input[name=password]", password)
+    page.click("form#login button[type=submit]")
+
+
+def add(page, text):
+    page.fill("input.new-todo", text)
+    page.press("input.new-todo", "Enter")
+
+
+def items(page):
+    return page.locator("ul.todo-list li")
+
+
+@pytest.fixture
+def server(todo_server):
+    """A gunicorn port serving storage_mem, auth and todo, with the default [auth] settings."""
+    return todo_server()
+
+
+def test_the_tutorial_closing_scenario_through_bastion_js(server, page, page_errors):
+    page_errors.expect_statuses(409, 422)
+    page.goto(f"http://localhost:{server}/")
+    got = page.evaluate("""async (password) => {
+        const log = [];
+        const user = await Bastion.login("alice", password);
+        log.push(["login", user]);
+        const todo = await Bastion.safe_call("add", "Play with Fanery");
+        log.push(["add", todo]);
+        log.push(["get_all", await Bastion.safe_call("get_all")]);
+        const done = await Bastion.safe_call("update", {id: todo.id, vsn: todo.vsn, done: true});
+        log.push(["update", done]);
+        log.push(["same", await Bastion.safe_call("update", todo.id, done.vsn)]);
+        try {
+            await Bastion.safe_call("update", {id: todo.id, vsn: todo.vsn, text: "stale"});
+        } catch (e) {
+            log.push(["conflict", e.exc, e.status]);
+        }
+        try {
+            await Bastion.safe_call("add", null);
+        } catch (e) {
+            log.push(["invalid", e.exc, e.fields]);
+        }
+        log.push(["clear_completed", await Bastion.safe_call("clear_completed")]);
+        log.push(["empty", await Bastion.safe_call("get_all")]);
+        const sid = Bastion.session().sid;
+        log.push(["logout", await Bastion.logout()]);
+        log.push(["forgotten", Bastion.session(), sessionStorage.getItem("bastion.session")]);
+        try {
+            await Bastion.safe_call("get_all");
+        } catch (e) {
+            log.push(["after logout", e.exc]);
+        }
+        return {log, sid};
+    }""", PASSWORD)
+    log = dict((entry[0], entry[1:]) for entry in got["log"])
+    assert log["login"] == [{"username": "alice", "domain": "localhost"}]
+    todo = log["add"][0]
+    assert (todo["vsn"], todo["text"], todo["done"]) == (1, "Play with Fanery", False)
+    assert log["get_all"] == [[todo]]
+    assert log["update"] == [{**todo, "vsn": 2, "done": True}]
+    assert log["same"] == [{**todo, "vsn": 2, "done": True}]
+    assert log["conflict"] == ["VersionConflict", 409]
+    assert log["invalid"] == ["ValidationError", {"text": {"bad_type": "null"}}]
+    assert log["clear_completed"] == [1]
+    assert log["empty"] == [[]]
+    assert log["logout"] == [True]
+    assert log["forgotten"] == [None, None]
+    assert log["after logout"] == ["UnknownSession"]
+
+
+def test_bastion_js_corrects_its_clock_after_a_signed_stale_call(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    # A clock two hours off, as a reloaded tab would restore it.
+    page.evaluate("""() => {
+        const saved = JSON.parse(sessionStorage.getItem("bastion.session"));
+        saved.offset = 7200;
+        sessionStorage.setItem("bastion.session", JSON.stringify(saved));
+    }""")
+    statuses = []
+    page.on("response", lambda response: statuses.append((response.url.split("/", 3)[-1], response.status)))
+    page.reload()
+    expect(page.locator("input.new-todo")).to_be_visible()
+    add(page, "on time")
+    expect(items(page).locator("label")).to_have_text(["on time"])
+    # The list was loaded after one StaleCall: its signed server_time fixed the clock.
+    assert [s for s in statuses if s[0].startswith("api/")] == [("api/get_all", 401), ("api/get_all", 200),
+                                                                 ("api/add", 200)]
+    assert abs(page.evaluate("() => Bastion.session().offset")) < 5
+
+
+def test_bastion_js_rejects_answers_that_are_not_signed_by_the_session(server, page, page_errors):
+    page_errors.expect_statuses(401, 409)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+
+    def tamper(route):
+        response = route.fetch()
+        body = response.text().replace("genuine", "forged")
+        route.fulfill(response=response, body=body)
+
+    page.route("**/api/add", tamper)
+    got = page.evaluate("() => Bastion.safe_call('add', 'genuine').then(r => r, e => e.exc)")
+    assert got == "InvalidResponseSignature"
+    page.unroute("**/api/add")
+
+    def unsigned_conflict(route):
+        route.fulfill(status=409, content_type="application/json",
+                      body='{"exc":"VersionConflict","err":["record changed"]}')
+
+    page.route("**/api/get_all", unsigned_conflict)
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(r => r, e => e.exc)")
+    assert got == "InvalidResponseSignature"
+    page.unroute("**/api/get_all")
+
+    def strip_signature(route):
+        response = route.fetch()
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "server-authorization"}
+        route.fulfill(response=response, headers=headers)
+
+    page.route("**/api/get_all", strip_signature)
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(r => r, e => e.exc)")
+    assert got == "InvalidResponseSignature"
+    page.unroute("**/api/get_all")
+
+    # The genuine answers still verify; the todo was really added once.
+    got = page.evaluate("() => Bastion.safe_call('get_all')")
+    assert [t["text"] for t in got] == ["genuine"]
+
+
+def test_a_wrong_password_is_said_in_plain_words(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    page.goto(f"http://localhost:{server}/")
+    expect(page.locator("form#login")).to_be_visible()
+    expect(page.locator(".header .domain")).to_have_text("localhost")
+    login(page, password="wrong password")
+    expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+    expect(page.locator("input.new-todo")).to_be_hidden()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "todo-login.png"), animations="disabled")
+    login(page)
+    expect(page.locator("input.new-todo")).to_be_visible()
+    expect(page.locator("[role=alert]")).to_be_empty()
+    expect(page.locator("section.main")).to_be_hidden()
+    expect(page.locator("footer.footer")).to_be_hidden()
+
+
+def test_a_banned_origin_is_told_for_how_long(todo_server, page, page_errors):
+    port = todo_server(abuse_max=3, account_max_failures=0)
+    page_errors.expect_statuses(401, 429)
+    page.goto(f"http://localhost:{port}/")
+    for _ in range(3):
+        login(page, password="wrong password")
+        expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+        page.evaluate("() => document.querySelector('[role=alert]').textContent = ''")
+    login(page)
+    expect(page.get_by_role("alert")).to_have_text(
+        "Too many bad requests from this address: banned for 10 minutes.")
+
+
+def test_a_locked_account_is_told_for_how_long(todo_server, page, page_errors):
+    port = todo_server(account_max_failures=2, account_lock=120)
+    page_errors.expect_statuses(401, 429)
+    page.goto(f"http://localhost:{port}/")
+    for _ in range(2):
+        login(page, password="wrong password")
+        expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+        page.evaluate("() => document.querySelector('[role=alert]').textContent = ''")
+    login(page)
+    expect(page.get_by_role("alert")).to_have_text(
+        "Too many failed sign-ins for this account: it is locked for 2 minutes.")
+
+
+def test_todomvc_behaviour(server, page):
+    page.goto(f"http://localhost:{server}/")
+    login(page)
+    new_todo = page.locator("input.new-todo")
+    expect(new_todo).to_be_focused()
+    expect(new_todo).to_have_attribute("placeholder", "What needs to be done?")
+    expect(page.locator("section.main")).to_be_hidden()
+    expect(page.locator("footer.footer")).to_be_hidden()
+
+    # New todos: Enter adds the trimmed text; blank is ignored.
+    add(page, "   ")
+    add(page, "  Buy milk  ")
+    expect(items(page)).to_have_count(1)
+    expect(items(page).first.locator("label")).to_have_text("Buy milk")
+    expect(new_todo).to_have_value("")
+    expect(page.locator(".todo-count")).to_have_text("1 item left")
+    expect(page.locator(".todo-count strong")).to_have_text("1")
+    add(page, "Play with Fanery")
+    add(page, "Write the tests")
+    expect(items(page)).to_have_count(3)
+    expect(page.locator(".todo-count")).to_have_text("3 items left")
+    expect(page.locator("section.main")).to_be_visible()
+    expect(page.locator("button.clear-completed")).to_be_hidden()
+
+    # Toggling one.
+    items(page).nth(1).locator("input.toggle").check()
+    expect(items(page).nth(1)).to_have_class("completed")
+    expect(page.locator(".todo-count")).to_have_text("2 items left")
+    expect(page.locator("button.clear-completed")).to_be_visible()
+
+    # Filters, kept across a reload that keeps the session.
+    page.click(".filters a[href='#/active']")
+    expect(items(page)).to_have_count(2)
+    expect(page.locator(".filters a.selected")).to_have_text("Active")
+    page.click(".filters a[href='#/completed']")
+    expect(items(page)).to_have_count(1)
+    expect(items(page).first.locator("label")).to_have_text("Play with Fanery")
+    page.reload()
+    expect(page.locator("form#login")).to_be_hidden()
+    expect(page.locator(".filters a.selected")).to_have_text("Completed")
+    expect(items(page)).to_have_count(1)
+    page.click(".filters a[href='#/']")
+    expect(items(page)).to_have_count(3)
+    expect(page.locator(".filters a.selected")).to_have_text("All")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "todo-list.png"), full_page=True, animations="disabled")
+
+    # Toggle all, both ways.
+    page.click("label[for=toggle-all]")
+    expect(page.locator("ul.todo-list li.completed")).to_have_count(3)
+    expect(page.locator(".todo-count")).to_have_text("0 items left")
+    expect(page.locator("input.toggle-all")).to_be_checked()
+    page.click("label[for=toggle-all]")
+    expect(page.locator("ul.todo-list li.completed")).to_have_count(0)
+    expect(page.locator("input.toggle-all")).not_to_be_checked()
+    expect(page.locator("button.clear-completed")).to_be_hidden()
+
+    # Editing: Enter saves trimmed, Escape cancels, blur saves, emptied deletes.
+    first = items(page).first
+    first.locator("label").dblclick()
+    expect(first).to_have_class("editing")
+    edit = first.locator("input.edit")
+    expect(edit).to_be_focused()
+    expect(edit).to_have_value("Buy milk")
+    edit.fill("  Buy oat milk ")
+    edit.press("Enter")
+    expect(first).not_to_have_class("editing")
+    expect(first.locator("label")).to_have_text("Buy oat milk")
+
+    first.locator("label").dblclick()
+    first.locator("input.edit").fill("never saved")
+    first.locator("input.edit").press("Escape")
+    expect(first.locator("input.edit")).to_have_count(0)
+    expect(first.locator("label")).to_have_text("Buy oat milk")
+
+    second = items(page).nth(1)
+    second.locator("label").dblclick()
+    second.locator("input.edit").fill("Play more with Fanery")
+    page.screenshot(path=str(ARTIFACTS / "todo-editing.png"), animations="disabled")
+    new_todo.focus()
+    expect(second.locator("label")).to_have_text("Play more with Fanery")
+
+    third = items(page).nth(2)
+    third.locator("label").dblclick()
+    third.locator("input.edit").fill("   ")
+    third.locator("input.edit").press("Enter")
+    expect(items(page)).to_have_count(2)
+
+    # What was saved is what the server holds.
+    page.reload()
+    expect(items(page).locator("label")).to_have_text(["Buy oat milk", "Play more with Fanery"])
+
+    # Clear completed, destroy.
+    items(page).first.locator("input.toggle").check()
+    expect(page.locator("button.clear-completed")).to_be_visible()
+    page.click("button.clear-completed")
+    expect(items(page)).to_have_count(1)
+    expect(page.locator("button.clear-completed")).to_be_hidden()
+    items(page).first.hover()
+    items(page).first.locator("button.destroy").click()
+    expect(items(page)).to_have_count(0)
+    expect(page.locator("section.main")).to_be_hidden()
+    expect(page.locator("footer.footer")).to_be_hidden()
+
+    # Logging out forgets the session, also across a reload.
+    page.click("button.logout")
+    expect(page.locator("form#login")).to_be_visible()
+    expect(new_todo).to_be_hidden()
+    page.reload()
+    expect(page.locator("form#login")).to_be_visible()
+
+
+def test_the_ui_is_usable_from_the_keyboard(server, page):
+    page.goto(f"http://localhost:{server}/")
+    expect(page.locator("form#login input[name=username]")).to_be_focused()
+    page.keyboard.type("alice")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("input.new-todo")).to_be_focused()
+    page.keyboard.type("by keyboard")
+    page.keyboard.press("Enter")
+    label = items(page).first.locator("label")
+    expect(label).to_have_text("by keyboard")
+    label.focus()
+    page.keyboard.press("Enter")
+    expect(items(page).first).to_have_class("editing")
+    page.keyboard.press("End")
+    page.keyboard.type(" and more")
+    page.keyboard.press("Enter")
+    expect(label).to_have_text("by keyboard and more")
+    items(page).first.locator("input.toggle").focus()
+    page.keyboard.press("Space")
+    expect(items(page).first).to_have_class("completed")
+    expect(items(page).first.locator("input.toggle")).to_be_focused()
+
+
+def test_two_tenants_see_only_their_own_todos(server, context, page_errors):
+    page_errors.expect_statuses(401)
+    alpha = context.new_page()
+    alpha.goto(f"http://alpha.localhost:{server}/")
+    expect(alpha.locator(".header .domain")).to_have_text("alpha.localhost")
+    login(alpha, "alice")
+    add(alpha, "alpha's secret")
+    expect(items(alpha)).to_have_count(1)
+
+    beta = context.new_page()
+    beta.goto(f"http://beta.localhost:{server}/")
+    expect(beta.locator(".header .domain")).to_have_text("beta.localhost")
+    login(beta, "alice")  # alice exists only on alpha.localhost
+    expect(beta.get_by_role("alert")).to_have_text("Wrong username or password.")
+    login(beta, "bob")
+    expect(beta.locator("input.new-todo")).to_be_visible()
+    expect(items(beta)).to_have_count(0)
+    add(beta, "beta's own")
+    expect(items(beta).locator("label")).to_have_text(["beta's own"])
+
+    alpha.reload()
+    expect(items(alpha).locator("label")).to_have_text(["alpha's secret"])
+
+
+def test_a_change_from_another_tab_is_a_conflict_that_reloads(server, context, page_errors):
+    page_errors.expect_statuses(409)
+    first = context.new_page()
+    first.goto(f"http://localhost:{server}/")
+    login(first)
+    add(first, "shared")
+    expect(items(first)).to_have_count(1)
+
+    second = context.new_page()
+    second.goto(f"http://localhost:{server}/")
+    login(second)
+    expect(items(second).locator("label")).to_have_text(["shared"])
+
+    first.locator("ul.todo-list label").dblclick()
+    first.locator("input.edit").fill("changed in the first tab")
+    first.locator("input.edit").press("Enter")
+    expect(items(first).locator("label")).to_have_text(["changed in the first tab"])
+
+    # The second tab still holds version 1 (click: the reload unchecks the box at once).
+    items(second).first.locator("input.toggle").click()
+    expect(second.get_by_role("alert")).to_have_text("This todo was changed elsewhere — reloaded.")
+    expect(items(second).locator("label")).to_have_text(["changed in the first tab"])
+    expect(items(second).first).not_to_have_class("completed")
+
+    # Now up to date, the same change succeeds.
+    items(second).first.locator("input.toggle").check()
+    expect(items(second).first).to_have_class("completed")
+    first.reload()
+    expect(items(first).first).to_have_class("completed")
+
+
+def test_the_ui_fits_a_phone(server, browser, page_errors):
+    phone = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
+    try:
+        page = page_errors.watch(phone.new_page())
+        page.goto(f"http://localhost:{server}/")
+        login(page)
+        add(page, "A rather long todo whose words must wrap nicely on a narrow phone screen")
+        add(page, "Short")
+        items(page).first.locator("input.toggle").check()
+        expect(page.locator("button.clear-completed")).to_be_visible()
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
+        expect(items(page).first.locator("button.destroy")).to_be_visible()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "todo-phone.png"), full_page=True, animations="disabled")
+    finally:
+        phone.close()

@@ -1,0 +1,363 @@
+"""The todo services obey PROTOCOL.md section 10, rule by rule and in its order of errors."""
+
+from __future__ import annotations
+
+import pytest
+from bastion_todo import Todo
+
+from kernel import storage
+
+ALL_SERVICES = ["add", "clear_completed", "get_all", "remove", "update"]
+
+
+def status(error) -> tuple[int, str]:
+    return error.status, error.exc
+
+
+# -- registration ------------------------------------------------------------
+
+
+def test_the_plugin_registers_its_model_and_services(app):
+    assert [info.name for info in app.runtime.models] == ["Todo"]
+    assert [name for name in app.runtime.services.names() if name in ALL_SERVICES] == ALL_SERVICES
+
+
+def test_the_model_indexes_done(app):
+    (info,) = list(app.runtime.models)
+    assert info.index_fields == {"done"}
+
+
+# -- add and get_all ---------------------------------------------------------
+
+
+def test_add_returns_a_new_todo(call):
+    todo = call("add", "Play with Fanery")
+    assert set(todo) == {"id", "vsn", "text", "done"}
+    assert isinstance(todo["id"], str) and todo["id"]
+    assert todo["vsn"] == 1
+    assert todo["text"] == "Play with Fanery"
+    assert todo["done"] is False
+
+
+def test_add_takes_text_by_name_too(call):
+    assert call("add", text="named")["text"] == "named"
+
+
+def test_get_all_lists_oldest_first(call):
+    assert call("get_all") == []
+    first = call("add", "one")
+    second = call("add", "two")
+    third = call("add", "three")
+    assert call("get_all") == [first, second, third]
+
+
+def test_get_all_shows_changes(call):
+    todo = call("add", "one")
+    changed = call("update", todo["id"], 1, done=True)
+    assert call("get_all") == [changed]
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((), {}),
+    (("a", "b"), {}),
+    ((), {"txt": "typo"}),
+    (("a",), {"text": "twice"}),
+])
+def test_add_with_arguments_that_do_not_bind_is_400(call, args, kwargs):
+    assert status(call.error("add", *args, **kwargs)) == (400, "InvalidCall")
+    assert call("get_all") == []
+
+
+@pytest.mark.parametrize("text, kind", [
+    (None, "null"), (1, "number"), (1.5, "number"), (True, "boolean"), ([], "array"), ({}, "object"),
+])
+def test_add_with_text_that_is_not_a_string_is_422(call, text, kind):
+    error = call.error("add", text)
+    assert status(error) == (422, "ValidationError")
+    assert error.fields == {"text": {"bad_type": kind}}
+    assert call("get_all") == []
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "   \t\n\r ", "\u00a0", "\u2003\u3000", "\u2028\u2029", "\x0b\x0c\x1c\x85", " \u1680\u202f\u205f ",
+])
+def test_add_with_blank_text_is_422(call, text):
+    error = call.error("add", text)
+    assert status(error) == (422, "ValidationError")
+    assert error.fields == {"text": {"invalid": text}}
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff", "\u180e", "x", " x "])
+def test_characters_that_python_does_not_call_whitespace_are_not_blank(call, text):
+    assert call("add", text)["text"] == text
+
+
+def test_text_may_hold_1000_code_points(call):
+    # Astral characters are one code point each (two UTF-16 units, four UTF-8 bytes).
+    text = "😀" * 999 + "é"
+    assert call("add", text)["text"] == text
+
+
+def test_text_of_1001_code_points_is_422(call):
+    error = call.error("add", "a" * 1001)
+    assert status(error) == (422, "ValidationError")
+    assert error.fields == {"text": {"too_long": 1001}}
+    assert call("get_all") == []
+
+
+def test_text_length_counts_code_points_not_bytes(call):
+    assert status(call.error("add", "😀" * 1001)) == (422, "ValidationError")
+
+
+# -- update: the order of errors ---------------------------------------------
+
+
+@pytest.mark.parametrize("vsn", [True, False, "1", 1.0, None, [1], {"v": 1}])
+def test_update_with_a_vsn_that_is_not_an_integer_is_400(call, vsn):
+    todo = call("add", "one")
+    error = call.error("update", todo["id"], vsn, done=True)
+    assert status(error) == (400, "InvalidCall")
+    assert "vsn" in error.err[0]
+    assert call("get_all") == [todo]
+
+
+@pytest.mark.parametrize("id", [1, None, True, ["x"], {"id": "x"}])
+def test_update_with_an_id_that_is_not_a_string_is_400(call, id):
+    error = call.error("update", id, 1, done=True)
+    assert status(error) == (400, "InvalidCall")
+    assert "id" in error.err[0]
+
+
+def test_a_bad_vsn_type_is_400_even_for_an_unknown_id(call):
+    assert status(call.error("update", "no-such-id", True)) == (400, "InvalidCall")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"id": "x"}, {"vsn": 1}, {"id": "x", "vsn": 1, "colour": "red"}])
+def test_update_with_arguments_that_do_not_bind_is_400(call, kwargs):
+    assert status(call.error("update", **kwargs)) == (400, "InvalidCall")
+
+
+def test_update_of_an_unknown_id_is_404_before_a_bad_vsn(call):
+    call("add", "one")
+    assert status(call.error("update", "no-such-id", 1, done=True)) == (404, "RecordNotFound")
+    assert status(call.error("update", "no-such-id", 99, done=None)) == (404, "RecordNotFound")
+    assert status(call.error("update", "", 1)) == (404, "RecordNotFound")
+
+
+def test_update_with_a_stale_vsn_is_409_and_changes_nothing(call):
+    todo = call("add", "one")
+    current = call("update", todo["id"], 1, text="two")
+    for vsn in (1, 3, 0, -1):
+        assert status(call.error("update", todo["id"], vsn, text="three", done=True)) == (409, "VersionConflict")
+    assert call("get_all") == [current]
+
+
+def test_a_stale_vsn_is_409_before_invalid_fields(call):
+    todo = call("add", "one")
+    call("update", todo["id"], 1, done=True)
+    assert status(call.error("update", todo["id"], 1, text=None, done="yes")) == (409, "VersionConflict")
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"text": None}, {"text": {"bad_type": "null"}}),
+    ({"done": None}, {"done": {"bad_type": "null"}}),
+    ({"text": ""}, {"text": {"invalid": ""}}),
+    ({"text": " \u3000 "}, {"text": {"invalid": " \u3000 "}}),
+    ({"text": "x" * 1001}, {"text": {"too_long": 1001}}),
+    ({"text": 7}, {"text": {"bad_type": "number"}}),
+    ({"done": 1}, {"done": {"bad_type": "number"}}),
+    ({"done": 0}, {"done": {"bad_type": "number"}}),
+    ({"done": "true"}, {"done": {"bad_type": "string"}}),
+    ({"text": None, "done": None}, {"text": {"bad_type": "null"}, "done": {"bad_type": "null"}}),
+])
+def test_update_with_invalid_fields_is_422_and_changes_nothing(call, fields, expected):
+    todo = call("add", "one")
+    error = call.error("update", todo["id"], 1, **fields)
+    assert status(error) == (422, "ValidationError")
+    assert error.fields == expected
+    assert call("get_all") == [todo]
+
+
+def test_one_invalid_field_spoils_the_whole_update(call):
+    todo = call("add", "one")
+    assert status(call.error("update", todo["id"], 1, text="fine", done=None)) == (422, "ValidationError")
+    assert call("get_all") == [todo]
+
+
+# -- update: what it changes -------------------------------------------------
+
+
+def test_update_naming_no_field_changes_nothing_and_returns_the_todo_as_stored(call):
+    todo = call("add", "one")
+    assert call("update", todo["id"], 1) == todo
+    assert call("update", id=todo["id"], vsn=1) == todo
+    assert call("get_all") == [todo]
+
+
+def test_update_without_fields_still_checks_the_version(call):
+    todo = call("add", "one")
+    assert status(call.error("update", todo["id"], 2)) == (409, "VersionConflict")
+
+
+def test_update_done_raises_the_version_by_one(call):
+    todo = call("add", "one")
+    done = call("update", todo["id"], 1, done=True)
+    assert done == {**todo, "vsn": 2, "done": True}
+    undone = call("update", todo["id"], 2, done=False)
+    assert undone == {**todo, "vsn": 3, "done": False}
+
+
+def test_update_text_raises_the_version_by_one(call):
+    todo = call("add", "one")
+    assert call("update", todo["id"], 1, text="uno") == {**todo, "vsn": 2, "text": "uno"}
+
+
+def test_update_of_both_fields_is_one_version(call):
+    todo = call("add", "one")
+    assert call("update", todo["id"], 1, text="uno", done=True) == {**todo, "vsn": 2, "text": "uno", "done": True}
+
+
+def test_update_takes_its_parameters_in_documented_order(call):
+    todo = call("add", "one")
+    assert call("update", todo["id"], 1, "uno", True) == {**todo, "vsn": 2, "text": "uno", "done": True}
+
+
+def test_update_to_the_same_value_is_still_a_new_version(call):
+    todo = call("add", "one")
+    assert call("update", todo["id"], 1, text="one", done=False)["vsn"] == 2
+
+
+# -- remove --------------------------------------------------------------------
+
+
+def test_remove_returns_true_and_the_todo_is_gone(call):
+    keep = call("add", "keep")
+    todo = call("add", "drop")
+    assert call("remove", todo["id"], 1) is True
+    assert call("get_all") == [keep]
+    assert status(call.error("update", todo["id"], 1)) == (404, "RecordNotFound")
+    assert status(call.error("remove", todo["id"], 1)) == (404, "RecordNotFound")
+
+
+@pytest.mark.parametrize("vsn", [True, "1", 1.0, None])
+def test_remove_with_a_vsn_that_is_not_an_integer_is_400(call, vsn):
+    todo = call("add", "one")
+    assert status(call.error("remove", todo["id"], vsn)) == (400, "InvalidCall")
+    assert call("get_all") == [todo]
+
+
+def test_remove_of_an_unknown_id_is_404_before_a_bad_vsn(call):
+    assert status(call.error("remove", "no-such-id", 42)) == (404, "RecordNotFound")
+    assert status(call.error("remove", 7, 1)) == (400, "InvalidCall")
+
+
+def test_remove_with_a_stale_vsn_is_409_and_removes_nothing(call):
+    todo = call("add", "one")
+    current = call("update", todo["id"], 1, done=True)
+    assert status(call.error("remove", todo["id"], 1)) == (409, "VersionConflict")
+    assert call("get_all") == [current]
+
+
+def test_remove_takes_no_fields(call):
+    todo = call("add", "one")
+    assert status(call.error("remove", todo["id"], 1, done=True)) == (400, "InvalidCall")
+
+
+# -- clear_completed -----------------------------------------------------------
+
+
+def test_clear_completed_removes_the_done_todos_and_counts_them(call):
+    a = call("add", "a")
+    b = call("add", "b")
+    c = call("add", "c")
+    d = call("add", "d")
+    call("update", a["id"], 1, done=True)
+    call("update", c["id"], 1, done=True)
+    assert call("clear_completed") == 2
+    assert call("get_all") == [b, d]
+    assert call("clear_completed") == 0
+
+
+def test_clear_completed_with_no_todos_is_zero(call):
+    assert call("clear_completed") == 0
+
+
+def test_clear_completed_takes_no_arguments(call):
+    assert status(call.error("clear_completed", True)) == (400, "InvalidCall")
+
+
+class RacingDriver:
+    """Delegates to a driver, running ``race`` once just before the next commit."""
+
+    def __init__(self, driver, race):
+        self._driver = driver
+        self._race = race
+
+    def commit(self, domain, changes):
+        race, self._race = self._race, None
+        if race is not None:
+            race()
+        return self._driver.commit(domain, changes)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
+def test_clear_completed_is_all_or_nothing(app, call):
+    a = call("add", "a")
+    b = call("add", "b")
+    a = call("update", a["id"], 1, done=True)
+    b = call("update", b["id"], 1, done=True)
+
+    def someone_else_edits_b():
+        with storage() as db:
+            db.update(Todo, b["id"], b["vsn"], text="edited meanwhile")
+
+    app.runtime.records = RacingDriver(app.runtime.records, someone_else_edits_b)
+    assert status(call.error("clear_completed")) == (409, "VersionConflict")
+    assert call("get_all") == [a, {**b, "vsn": 3, "text": "edited meanwhile"}]
+
+
+# -- tenants -------------------------------------------------------------------
+
+
+def test_todos_are_private_to_their_domain(caller):
+    alpha, beta = caller("alpha.localhost"), caller("beta.localhost")
+    todo = alpha("add", "alpha's")
+    alpha("update", todo["id"], 1, done=True)
+    theirs = beta("add", "beta's")
+    beta("update", theirs["id"], 1, done=True)
+
+    assert beta("get_all") == [{**theirs, "vsn": 2, "done": True}]
+    assert status(beta.error("update", todo["id"], 2, text="stolen")) == (404, "RecordNotFound")
+    assert status(beta.error("remove", todo["id"], 2)) == (404, "RecordNotFound")
+    assert beta("clear_completed") == 1
+    assert alpha("get_all") == [{**todo, "vsn": 2, "done": True}]
+    assert beta("get_all") == []
+
+
+def test_a_domain_sees_only_its_own_todos_in_order(caller):
+    alpha, beta = caller("alpha.localhost"), caller("beta.localhost")
+    a1 = alpha("add", "a1")
+    b1 = beta("add", "b1")
+    a2 = alpha("add", "a2")
+    assert alpha("get_all") == [a1, a2]
+    assert beta("get_all") == [b1]
+
+
+# -- the model on its own --------------------------------------------------------
+
+
+def test_a_new_todo_is_not_done_and_empty(app, call):
+    with app.runtime.bind("localhost"), storage() as db:
+        record = db.insert(Todo, id="fixed")
+        assert (record.text, record.done) == ("", False)
+        assert Todo.validate(record) == {"text": {"invalid": ""}}
+        db.delete(record)
+
+
+def test_to_dict_is_the_wire_form(app):
+    with app.runtime.bind("localhost"):
+        with storage() as db:
+            record = db.insert(Todo, text="x")
+        assert Todo.to_dict(record) == {"id": record._id, "vsn": 1, "text": "x", "done": False}
