@@ -20,8 +20,20 @@ import redis
 from kernel.client import Client, Response
 from kernel.errors import VersionConflict
 from kernel.testing.servers import GunicornServer
-from .e2e_support import (DOMAIN, PASSWORD, USERNAME, Deployment, Repeating, freeze_call, in_threads,
-                          poll_until, send_all_at_once, sections, timed)
+
+from .e2e_support import (
+    DOMAIN,
+    PASSWORD,
+    USERNAME,
+    Deployment,
+    Repeating,
+    freeze_call,
+    in_threads,
+    poll_until,
+    sections,
+    send_all_at_once,
+    timed,
+)
 
 pytestmark = pytest.mark.slow
 
