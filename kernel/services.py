@@ -77,7 +77,7 @@ class Service:
         for param, value in bound.arguments.items():
             check = self.checks.get(param)
             if check is not None and not check(value):
-                raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({_json_type(value)})")
+                raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({json_type(value)})")
         return bound
 
     def __call__(self, args: list, kwargs: dict) -> Any:
@@ -137,7 +137,8 @@ def _json_check(hint: Any) -> Callable[[Any], bool] | None:
     return check
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """Name the JSON type of a value, as error messages spell it."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, Sessions
 from kernel.context import Request
 from kernel.errors import InvalidCall, InvalidCredential, InvalidSignature, ReplayedCall, StaleCall, Unauthorized
+from kernel.jsonio import loads
 from kernel.signing import (
     b64url,
     macs_equal,
@@ -100,9 +100,8 @@ class Auth:
 def parse_login(body: bytes) -> tuple[str, str, bool]:
     """Parse ``{"username", "password", "force"?}``; InvalidCall on any other shape."""
     try:
-        payload = (json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-                   if body.strip() else None)
-    except (UnicodeDecodeError, ValueError):
+        payload = loads(body) if body.strip() else None
+    except ValueError:
         raise InvalidCall("malformed JSON body") from None
     if not isinstance(payload, dict):
         raise InvalidCall("the body must be a JSON object with username and password")
@@ -117,18 +116,3 @@ def parse_login(body: bytes) -> tuple[str, str, bool]:
     if not isinstance(force, bool):
         raise InvalidCall("'force' must be a boolean")
     return username, password, force
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated key is refused rather than resolved: a proxy or WAF that keeps
-    # the first value must never see a different username than we do.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")

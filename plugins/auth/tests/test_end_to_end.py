@@ -10,7 +10,7 @@ import threading
 import pytest
 from auth_helpers import ALICE_HASH, CHEAP_AUTH, PASSWORD
 
-from kernel.client import Client, Response
+from kernel.client import Client
 from kernel.errors import Abusive, InvalidCredential, UnknownSession
 
 pytestmark = pytest.mark.slow
@@ -21,21 +21,9 @@ except ImportError:  # pragma: no cover
     bastion_todo = None
 
 
-class SourceClient(Client):
+def SourceClient(*args, source: str = "127.0.0.1", **kwargs) -> Client:
     """A client whose connections leave from a chosen loopback address (another origin)."""
-
-    def __init__(self, *args, source: str = "127.0.0.1", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.source = source
-
-    def _http(self, method, path, body, headers):
-        conn = http.client.HTTPConnection(self.netloc, timeout=self.timeout, source_address=(self.source, 0))
-        try:
-            conn.request(method, self.prefix + path, body=body or None, headers=headers)
-            raw = conn.getresponse()
-            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
-        finally:
-            conn.close()
+    return Client(*args, source_address=source, **kwargs)
 
 
 @pytest.fixture(scope="module")

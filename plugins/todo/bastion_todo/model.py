@@ -4,25 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.services import json_type
 from kernel.store import Errors, Record
 
 #: The longest text a todo may hold, in Unicode code points.
 MAX_TEXT = 1000
-
-
-def json_type(value: Any) -> str:
-    """Name the JSON type of a value, as error reports spell it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 class Todo:
