@@ -1,0 +1,13 @@
+"""``kernel.wsgi`` for mem://: the same app, filled inside the server before it serves.
+
+A mem:// store lives in the server process, so the bench cannot reach it from
+outside; this module fills it from the plan named by ``BENCH_FILL_PLAN`` at
+worker start (gunicorn runs one worker for mem://).
+"""
+
+from bench.fill import fill_plan, plan_from_env
+from kernel.app import create_app
+from kernel.config import load_config
+
+app = create_app(load_config())
+fill_plan(app.runtime.records, plan_from_env())

@@ -1,0 +1,331 @@
+"""The benchmark run: ceilings first, then every storage configuration, then the profile.
+
+Phases of one configuration (each on a fresh store and a fresh server):
+
+* **A** — domains ``n10`` (10 todos, get_all), ``a10`` (10 todos, add),
+  ``upd`` (one pre-filled todo per update request), and for the scaling
+  curve ``n1000`` and ``n100000``; then the login rate.
+* **B** — the same calls with 1,000 other domains holding 10 todos each
+  (``m10`` for get_all, ``ma10`` for add), to show that nothing scales with
+  other tenants' data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import signal
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from bench import fill, load, procs
+from bench.backends import Backend, Store, backends
+from kernel.client import Client
+from kernel.testing.servers import REPO_ROOT, GunicornServer, write_config
+
+USERNAME = "bench"
+SKEW = 60  # the default [auth] skew: every run is far shorter, so ts stays valid
+
+
+@dataclass
+class Plan:
+    """How much to measure."""
+
+    quick: bool
+    seconds: float
+    warm: float
+    connections: int = 16
+    wrk_threads: int = 2
+    workers: int = 2
+    threads: int = 4
+    sizes: tuple[int, ...] = (10, 1000, 100000)
+    other_domains: int = 1000
+    only: tuple[str, ...] = ()
+
+    @classmethod
+    def make(cls, quick: bool, only: tuple[str, ...] = ()) -> Plan:
+        if quick:
+            return cls(quick=True, seconds=2, warm=1, sizes=(10, 1000), other_domains=0, only=only)
+        return cls(quick=False, seconds=8, warm=1, only=only)
+
+
+@dataclass
+class Outcome:
+    """Everything one run produced, for the JSON file and the docs."""
+
+    plan: Plan
+    ceilings: list[dict] = field(default_factory=list)
+    cases: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    profiles: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def password_hash(password: str) -> tuple[str, dict]:
+    """Hash the bench user's password with the default [auth] argon2id parameters."""
+    from bastion_auth.passwords import make_context
+    from bastion_auth.settings import AUTH_SCHEMA
+
+    params = {k: AUTH_SCHEMA[k].default for k in ("argon2_memory_cost", "argon2_time_cost", "argon2_parallelism")}
+    return make_context(SimpleNamespace(**params)).hash(password), params
+
+
+class Bench:
+    """One benchmark run; every server it starts is stopped by :meth:`close`."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.out = Outcome(plan)
+        self.stack = ExitStack()
+        self.tmp = self.stack.enter_context(tempfile.TemporaryDirectory(prefix="bastion-bench-"))
+        self.password = secrets.token_urlsafe(12)
+        self.hash, self.argon2 = password_hash(self.password)
+        self.ceiling: dict[tuple, load.RunResult] = {}
+
+    def close(self) -> None:
+        self.stack.close()
+
+    # -- servers ----------------------------------------------------------
+
+    def sections(self, store: Store, domains: list[str]) -> dict:
+        bastion = {"development": True, "storage": store.storage}
+        if store.state:
+            bastion["state"] = store.state
+        return {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False},
+                "users": {f"{USERNAME}@{d}": self.hash for d in domains}}
+
+    def gunicorn(self, sections: dict, workers: int, app: str = "kernel.wsgi:app",
+                 env: dict | None = None) -> GunicornServer:
+        server = GunicornServer(sections, workers=workers, threads=self.plan.threads, app=app,
+                                env={"PYTHONPATH": str(REPO_ROOT), **(env or {})}, startup_timeout=300)
+        self.stack.callback(server.close)
+        server.start()
+        return server
+
+    def stop(self, server: GunicornServer) -> None:
+        server.close()
+
+    # -- measuring --------------------------------------------------------
+
+    def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=()) -> load.RunResult:
+        path = load.write_lines(lines, self.tmp)
+        try:
+            pid = server.process.pid
+            return load.run_wrk(server.url, path, seconds, connections=self.plan.connections,
+                                threads=self.plan.wrk_threads, cycle=cycle, server_pid=pid,
+                                worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids))
+        finally:
+            path.unlink(missing_ok=True)
+            self.wait_idle(server)
+
+    @staticmethod
+    def wait_idle(server: GunicornServer, limit_s: float = 60.0) -> None:
+        """Wait until the server stops computing answers to requests wrk gave up on (big get_all)."""
+        deadline = time.monotonic() + limit_s
+        before = procs.CpuSnapshot.take(server.process.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.25)  # sampling CPU use: there is no event to wait on
+            after = procs.CpuSnapshot.take(server.process.pid)
+            if after.since(before) < 0.25 * 0.1:  # under a tenth of a core
+                return
+            before = after
+
+    def count(self, ceiling: load.RunResult, seconds: float) -> int:
+        """Requests to pre-sign: more than the ceiling could take in that time (Bastion is slower)."""
+        return min(int(ceiling.rps * seconds * 1.3) + 300, 600_000)
+
+    @staticmethod
+    def bodies(op: str, prefix: str = "u", start: int = 0):
+        if op == "get_all":
+            return itertools.repeat(b"{}")
+        if op == "add":
+            return itertools.repeat(b'{"args":["buy oat milk"]}')
+        return (json.dumps({"args": [fill.todo_id(prefix, i), 1], "kwargs": {"done": True}},
+                           separators=(",", ":")).encode() for i in itertools.count(start))
+
+    # -- ceilings ---------------------------------------------------------
+
+    def ceilings(self, workers: int, sizes: tuple[int, ...], login: bool) -> None:
+        """Measure the bare Falcon app for every call shape, with ``workers`` workers."""
+        # gunicorn.conf.py runs one worker for mem://; any other URL keeps the count (the app ignores it).
+        storage = "mem://" if workers == 1 else "sqlite:///ceiling-does-not-open-it.sqlite3"
+        dummy = load.Signer(sid="c" * 32, key=secrets.token_bytes(32), domain="n10.localhost", host="n10.localhost")
+        for todos in sizes:
+            server = self.gunicorn({"bastion": {"development": True, "storage": storage}}, workers,
+                                   app="bench.ceiling:app", env={"BENCH_CEILING_TODOS": str(todos)})
+            ops = ["get_all"] + (["add", "update"] + (["login"] if login else []) if todos == sizes[0] else [])
+            for op in ops:
+                if op == "login":
+                    body = json.dumps({"username": USERNAME, "password": self.password}).encode()
+                    mk = lambda n, body=body: load.plain_lines("n10.localhost", "/auth/login", body, n)  # noqa: E731
+                else:
+                    mk = lambda n, op=op: load.signed_lines(dummy, f"/api/{op}", self.bodies(op), n)  # noqa: E731
+                self.wrk(server, mk(500), self.plan.warm, cycle=True)
+                result = self.wrk(server, mk(5000), self.plan.seconds, cycle=True)
+                key = (workers, op, todos if op == "get_all" else 0)
+                self.ceiling[key] = result
+                self.out.ceilings.append({"workers": workers, "threads": self.plan.threads, "op": op,
+                                          "todos": key[2], "result": result.to_dict()})
+                print(f"  ceiling w={workers} {op:8} n={key[2]:<6} {result.rps:9.1f} req/s  "
+                      f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                      f"cpu {result.server_cpu_us_per_req:7.0f} us/req  wrk {result.wrk_cpu_cores:.2f} cores",
+                      flush=True)
+            self.stop(server)
+
+    # -- cases ------------------------------------------------------------
+
+    def login(self, server: GunicornServer, domain: str) -> load.Signer:
+        client = Client(server.url, host=domain)
+        client.login(USERNAME, self.password)
+        return load.Signer(sid=client.session.sid, key=client.session.key, domain=client.domain, host=domain,
+                           offset=client.offset)
+
+    def signed(self, backend: Backend, server: GunicornServer, store: Store, workers: int, op: str, domain: str,
+               todos: int, group: str, other_domains: int = 0, update_start: int = 0) -> None:
+        ceiling = self.ceiling[(workers, op, todos if op == "get_all" else 0)]
+        signer = self.login(server, domain)
+        bodies = self.bodies(op, start=update_start)
+        warm = None
+        if todos <= 1000:  # the smaller cases already warmed the workers; a 100,000-todo warm-up would take long
+            warm = self.wrk(server, load.signed_lines(signer, f"/api/{op}", bodies,
+                                                      self.count(ceiling, self.plan.warm)), self.plan.warm, cycle=False)
+        lines = load.signed_lines(signer, f"/api/{op}", bodies, self.count(ceiling, self.plan.seconds))
+        result = self.wrk(server, lines, self.plan.seconds, cycle=False, backend_pids=store.backend_pids)
+        self.record(backend, workers, op, todos, group, other_domains, result, ceiling, warm)
+
+    def record(self, backend: Backend, workers: int, op: str, todos: int, group: str, other_domains: int,
+               result: load.RunResult, ceiling: load.RunResult, warm: load.RunResult | None = None) -> None:
+        case = {"group": group, "backend": backend.name, "label": backend.label, "op": op, "todos": todos,
+                "other_domains": other_domains, "workers": workers, "threads": self.plan.threads,
+                "connections": self.plan.connections, "result": result.to_dict(),
+                "ceiling_rps": ceiling.rps, "ceiling_cpu_us_per_req": ceiling.server_cpu_us_per_req,
+                "ceiling_p99_ms": ceiling.p99_ms,
+                "ratio": round(result.rps / ceiling.rps, 3) if ceiling.rps else None,
+                # CPU per request is far less sensitive than req/s to other jobs on a shared machine
+                "cpu_ratio": (round(ceiling.server_cpu_us_per_req / result.server_cpu_us_per_req, 3)
+                              if result.server_cpu_us_per_req else None),
+                "warmup_non200": warm.non200 if warm else 0}
+        self.out.cases.append(case)
+        flag = "" if result.valid else f"  !! statuses {result.statuses} exhausted {result.exhausted} " \
+                                       f"socket {result.socket_errors}"
+        print(f"  {backend.name:10} {op:8} n={todos:<6} dom+{other_domains:<5} {result.rps:9.1f} req/s "
+              f"({case['ratio'] or 0:6.1%} of {ceiling.rps:.0f})  p50 {result.p50_ms:7.2f} ms  "
+              f"p99 {result.p99_ms:8.2f} ms  cpu {result.server_cpu_us_per_req:7.0f} us/req"
+              f"{flag}", flush=True)
+
+    def login_rate(self, backend: Backend, server: GunicornServer, store: Store, workers: int) -> None:
+        ceiling = self.ceiling[(workers, "login", 0)]
+        body = json.dumps({"username": USERNAME, "password": self.password}).encode()
+        lines = load.plain_lines("n10.localhost", "/auth/login", body, 2000)
+        result = self.wrk(server, lines, self.plan.seconds, cycle=True, backend_pids=store.backend_pids)
+        self.record(backend, workers, "login", 0, "login", 0, result, ceiling)
+
+    # -- a configuration ----------------------------------------------------
+
+    def start_phase(self, backend: Backend, domains: list[str], plan: list[tuple[str, int, str]],
+                    workers: int) -> tuple[Store, GunicornServer]:
+        store = backend.start()
+        self.stack.callback(store.stop)
+        sections = self.sections(store, domains)
+        started = time.monotonic()
+        env = {}
+        app = "kernel.wsgi:app"
+        if backend.in_process:
+            plan_path = Path(self.tmp) / f"plan-{secrets.token_hex(4)}.json"
+            plan_path.write_text(json.dumps(plan))
+            env[fill.PLAN_ENV] = str(plan_path)
+            app = "bench.memapp:app"
+        else:
+            from kernel.config import load_config
+            from kernel.runtime import Runtime
+
+            directory = tempfile.mkdtemp(dir=self.tmp)
+            runtime = Runtime(load_config(write_config(sections, directory)))
+            try:
+                fill.fill_plan(runtime.records, plan)
+            finally:
+                runtime.close()
+        server = self.gunicorn(sections, workers, app=app, env=env)
+        total = sum(n for _, n, _ in plan)
+        print(f"  {backend.name}: filled {total} todos in {len(plan)} domains and started in "
+              f"{time.monotonic() - started:.1f} s", flush=True)
+        return store, server
+
+    def configuration(self, backend: Backend, scaling: bool, login: bool) -> None:
+        plan = self.plan
+        workers = 1 if backend.in_process else plan.workers
+        update_ceiling = self.ceiling[(workers, "update", 0)]
+        n_update = self.count(update_ceiling, plan.warm) + self.count(update_ceiling, plan.seconds)
+        sizes = plan.sizes if scaling else plan.sizes[:1]
+        fill_a = [("n10.localhost", 10, "t"), ("a10.localhost", 10, "t"), ("upd.localhost", n_update, "u")]
+        fill_a += [(f"n{n}.localhost", n, "t") for n in sizes[1:]]
+        store, server = self.start_phase(backend, [d for d, _, _ in fill_a], fill_a, workers)
+        self.signed(backend, server, store, workers, "get_all", "n10.localhost", 10, "base")
+        self.signed(backend, server, store, workers, "add", "a10.localhost", 10, "base")
+        self.signed(backend, server, store, workers, "update", "upd.localhost", 10, "base")
+        for n in sizes[1:]:
+            self.signed(backend, server, store, workers, "get_all", f"n{n}.localhost", n, "scale")
+            self.signed(backend, server, store, workers, "add", f"n{n}.localhost", n, "scale")
+        if login:
+            self.login_rate(backend, server, store, workers)
+        self.stop(server)
+        store.stop()
+        if scaling and plan.other_domains:
+            fill_b = [("m10.localhost", 10, "t"), ("ma10.localhost", 10, "t")]
+            fill_b += [(f"d{j:04d}.localhost", 10, "t") for j in range(plan.other_domains)]
+            store, server = self.start_phase(backend, ["m10.localhost", "ma10.localhost"], fill_b, workers)
+            self.signed(backend, server, store, workers, "get_all", "m10.localhost", 10, "domains",
+                        other_domains=plan.other_domains)
+            self.signed(backend, server, store, workers, "add", "ma10.localhost", 10, "domains",
+                        other_domains=plan.other_domains)
+            self.stop(server)
+            store.stop()
+
+    # -- the whole run ------------------------------------------------------
+
+    def run(self) -> Outcome:
+        plan = self.plan
+        chosen = []
+        for backend in backends():
+            if plan.only and backend.name not in plan.only:
+                continue
+            if not backend.available:
+                self.out.skipped.append({"backend": backend.name, "label": backend.label, "why": backend.note})
+                print(f"  skip {backend.name}: {backend.note}", flush=True)
+                continue
+            chosen.append(backend)
+        if plan.quick:
+            # quick: mem:// and the first persistent store (SQLite, else Redis, ...)
+            persistent = [b for b in chosen if not b.in_process][:1]
+            for b in chosen:
+                if not b.in_process and b not in persistent:
+                    self.out.skipped.append({"backend": b.name, "label": b.label, "why": "not run in --quick"})
+            chosen = [b for b in chosen if b.in_process] + persistent
+        login_backend = next((b for b in chosen if not b.in_process), chosen[0] if chosen else None)
+        worker_counts = sorted({1 if b.in_process else plan.workers for b in chosen})
+        print(f"ceilings (bare Falcon, {plan.seconds:g} s runs, {plan.connections} connections)", flush=True)
+        for workers in worker_counts:
+            login = login_backend is not None and (1 if login_backend.in_process else plan.workers) == workers
+            self.ceilings(workers, plan.sizes, login)
+        for backend in chosen:
+            print(f"{backend.label}", flush=True)
+            try:
+                self.configuration(backend, scaling=True, login=backend is login_backend)
+            except Exception as exc:  # one broken configuration must not lose the others' figures
+                print(f"  FAILED {backend.name}: {exc}", flush=True)
+                self.out.skipped.append({"backend": backend.name, "label": backend.label,
+                                         "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
+        return self.out
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM stops the run like Ctrl-C does, so every server is stopped on the way out."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
