@@ -99,8 +99,17 @@ class StateStore(Protocol):
     def get(self, domain: str, key: str) -> Any:
         """Return the live value of a key, or None."""
 
+    def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
+        """Return the live values of several keys (None for each absent one), in one round trip."""
+
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         """Store a value that expires ``ttl`` seconds from now."""
+
+    def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+        """Store a value only if the key is live; return whether it was stored. Atomic.
+
+        Whoever deleted the key meanwhile wins: a replace never brings it back.
+        """
 
     def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""

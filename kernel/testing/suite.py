@@ -341,6 +341,42 @@ class DriverSuite:
         clock.advance(8)
         assert driver.get(domain, "k") == 2
 
+    def test_state_get_many(self, driver, domain, other_domain, clock):
+        driver.set(domain, "a", {"v": 1}, 10)
+        driver.set(domain, "b", "two", 20)
+        driver.set(other_domain, "c", 3, 10)
+        driver.window_add(domain, "w", "m", 1, 10)
+        assert driver.get_many(domain, ["a", "missing", "b", "c", "w"]) == [{"v": 1}, None, "two", None, None]
+        assert driver.get_many(domain, []) == []
+        clock.advance(15)
+        assert driver.get_many(domain, ["a", "b"]) == [None, "two"]
+
+    def test_state_replace_only_a_live_key(self, driver, domain, clock):
+        assert driver.replace(domain, "k", 1, 10) is False
+        assert driver.get(domain, "k") is None
+        driver.set(domain, "k", 1, 10)
+        clock.advance(8)
+        assert driver.replace(domain, "k", 2, 10) is True
+        clock.advance(8)  # the replace restarted the time to live
+        assert driver.get(domain, "k") == 2
+        driver.delete(domain, "k")
+        assert driver.replace(domain, "k", 3, 10) is False
+        assert driver.get(domain, "k") is None
+        driver.set(domain, "k", 4, 1)
+        clock.advance(2)
+        assert driver.replace(domain, "k", 5, 10) is False
+        assert driver.get(domain, "k") is None
+
+    def test_state_replace_never_revives_a_deleted_key(self, driver, domain):
+        for round_ in range(20):
+            driver.set(domain, "s", round_, 60)
+
+            def act(i):
+                return driver.delete(domain, "s") if i == 0 else driver.replace(domain, "s", -i, 60)
+
+            _run_together(4, act)
+            assert driver.get(domain, "s") is None, round_
+
     def test_state_add_if_absent(self, driver, domain, clock):
         assert driver.add(domain, "n", "first", 5) is True
         assert driver.add(domain, "n", "second", 5) is False

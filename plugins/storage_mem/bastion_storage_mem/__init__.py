@@ -44,7 +44,8 @@ class MemoryDriver:
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         with self._lock:
             row = self._records.get((domain, model), {}).get(id)
-            return None if row is None else StoredRecord(model, id, row.vsn, copy.deepcopy(row.data))
+        # Rows are replaced by commits, never changed in place: copying outside the lock is safe.
+        return None if row is None else StoredRecord(model, id, row.vsn, copy.deepcopy(row.data))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         with self._lock:
@@ -56,7 +57,7 @@ class MemoryDriver:
                 picked = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
             else:
                 picked = list(rows.items())
-            return [StoredRecord(model, i, row.vsn, copy.deepcopy(row.data)) for i, row in picked]
+        return [StoredRecord(model, i, row.vsn, copy.deepcopy(row.data)) for i, row in picked]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         with self._lock:
@@ -118,6 +119,22 @@ class MemoryDriver:
             if entry is None or isinstance(entry, dict):
                 return None
             return copy.deepcopy(entry[0])
+
+    def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
+        with self._lock:
+            now = self.clock()
+            entries = [self._live(domain, key, now) for key in keys]
+        return [None if e is None or isinstance(e, dict) else copy.deepcopy(e[0]) for e in entries]
+
+    def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+        check_json(value)
+        with self._lock:
+            now = self.clock()
+            entry = self._live(domain, key, now)
+            if entry is None or isinstance(entry, dict):
+                return False
+            self._state[(domain, key)] = (copy.deepcopy(value), now + ttl)
+            return True
 
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         check_json(value)
