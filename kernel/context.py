@@ -45,6 +45,8 @@ class Request:
     body: bytes = b""
     session: Any = None
     signer: ResponseSigner | None = None
+    #: Scratch space plugins share across the hooks of one request, keyed by plugin.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
         """Return one header's value by case-insensitive name, or None."""

@@ -76,7 +76,11 @@ class RecordStore(Protocol):
     """Versioned records, partitioned by domain."""
 
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
-        """Return the record, or None when the domain has no such record."""
+        """Return the record, or None when the domain has no such record.
+
+        Returned data belongs to the caller: a driver never hands out a
+        reference to what it keeps (the same holds for ``select``).
+        """
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first."""

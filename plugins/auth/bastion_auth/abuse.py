@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from bastion_auth.sessions import account_key
 from kernel.driver import StateStore, WindowEntry
@@ -34,6 +35,9 @@ WEIGHTS: dict[type[BastionError], int] = {
 }
 
 
+_UNREAD: Any = object()
+
+
 def _release_time(entries: list[WindowEntry], maximum: int) -> float:
     """When the weight inside the window falls below ``maximum`` again, if nothing is added."""
     total = sum(e.weight for e in entries)
@@ -52,11 +56,22 @@ class Abuse:
         self.window = settings.abuse_window
         self.maximum = settings.abuse_max
 
-    def check(self, domain: str, origin: str, now: float) -> None:
-        """Raise Abusive while the origin is banned in the domain."""
+    @property
+    def enabled(self) -> bool:
+        """Whether bans are on (``abuse_max`` is not 0)."""
+        return bool(self.maximum)
+
+    @staticmethod
+    def key(origin: str) -> str:
+        """The state key of an origin's ban."""
+        return f"ban:{origin}"
+
+    def check(self, domain: str, origin: str, now: float, until: Any = _UNREAD) -> None:
+        """Raise Abusive while the origin is banned in the domain (``until``: the ban already read, if any)."""
         if not self.maximum:
             return
-        until = self.state.get(domain, f"ban:{origin}")
+        if until is _UNREAD:
+            until = self.state.get(domain, self.key(origin))
         if isinstance(until, (int, float)) and until > now:
             raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
 
@@ -68,7 +83,7 @@ class Abuse:
         entries = self.state.window_add(domain, f"abuse:{origin}", secrets.token_hex(8), weight, self.window)
         if sum(e.weight for e in entries) >= self.maximum:
             until = _release_time(entries, self.maximum)
-            self.state.set(domain, f"ban:{origin}", until, max(until - now, 1))
+            self.state.set(domain, self.key(origin), until, max(until - now, 1))
 
 
 class Accounts:

@@ -87,8 +87,7 @@ def bastion_startup(runtime, config):
 @hookimpl
 def bastion_admit(request):
     """Step 3: refuse a banned origin before reading its body."""
-    auth = get_auth(request.runtime)
-    auth.abuse.check(request.domain, request.origin, auth.clock())
+    get_auth(request.runtime).admit(request)
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from kernel.driver import StateStore
 from kernel.errors import ExpiredSession, MaxActiveSessions, UnknownSession
@@ -34,6 +35,12 @@ class Session:
                 "i": self.idle_expires, "a": self.absolute_expires}
 
 
+#: Seconds an idle expiry must move before the slide is written.
+SLIDE_STEP = 1.0
+
+_UNREAD: Any = object()
+
+
 def account_key(prefix: str, username: str) -> str:
     """A state key for a username, fixed in length whatever the username."""
     return f"{prefix}:{hashlib.sha256(username.encode('utf-8')).hexdigest()[:32]}"
@@ -44,10 +51,11 @@ class Sessions:
 
     A session is kept ``idle_timeout`` seconds past its end, so that a late
     call learns ExpiredSession rather than UnknownSession; after that the
-    server forgets it. Ending a session leaves a marker (``ended:<sid>``) for
-    as long as the session could have lived, so that a call which loaded the
-    session just before a concurrent logout cannot bring it back when it
-    slides the idle expiry.
+    server forgets it. Sliding the idle expiry is an atomic replace of a live
+    key, so a call that loaded the session just before a concurrent logout
+    cannot bring it back. The slide is written only when it moves the expiry
+    by at least :data:`SLIDE_STEP` seconds, which spares a write per call to
+    a busy client and ends an idle session at most that much early.
     """
 
     def __init__(self, state: StateStore, settings):
@@ -78,11 +86,16 @@ class Sessions:
     def save(self, session: Session, now: float) -> None:
         """Store a session until ``idle_timeout`` seconds past its end."""
         ttl = max(session.expires + self.grace - now, 1)
-        self.state.set(session.domain, f"session:{session.sid}", session.to_state(), ttl)
+        self.state.set(session.domain, self.key(session.sid), session.to_state(), ttl)
 
-    def load(self, domain: str, sid: str, now: float) -> Session:
-        """Return the session; UnknownSession or ExpiredSession otherwise."""
-        value = self.state.get(domain, f"session:{sid}")
+    def load(self, domain: str, sid: str, now: float, value: Any = _UNREAD) -> Session:
+        """Return the session; UnknownSession or ExpiredSession otherwise.
+
+        ``value`` is the stored value when the caller already read it (see
+        :meth:`key`); otherwise it is read here.
+        """
+        if value is _UNREAD:
+            value = self.state.get(domain, self.key(sid))
         if not isinstance(value, dict):
             raise UnknownSession("unknown session; log in again")
         session = Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]),
@@ -91,15 +104,19 @@ class Sessions:
             raise ExpiredSession("session expired; log in again")
         return session
 
+    @staticmethod
+    def key(sid: str) -> str:
+        """The state key of a session."""
+        return f"session:{sid}"
+
     def touch(self, session: Session, now: float) -> None:
-        """Slide the idle expiry forward, never past the absolute lifetime."""
-        session.idle_expires = min(now + self.idle, session.absolute_expires)
-        self.save(session, now)
-        # A logout (or deluser, or a forced login) may have ended the session
-        # since load(): the state store has no compare-and-set, so the ending
-        # leaves a marker first and the slide undoes itself when it finds one.
-        if self.state.get(session.domain, f"ended:{session.sid}") is not None:
-            self.state.delete(session.domain, f"session:{session.sid}")
+        """Slide the idle expiry forward, never past the absolute lifetime, never reviving an ended session."""
+        idle_expires = min(now + self.idle, session.absolute_expires)
+        if idle_expires - session.idle_expires < SLIDE_STEP:
+            return
+        session.idle_expires = idle_expires
+        ttl = max(session.expires + self.grace - now, 1)
+        self.state.replace(session.domain, self.key(session.sid), session.to_state(), ttl)
 
     def end(self, domain: str, sid: str, username: str) -> None:
         """Forget one session: every later use of its sid is UnknownSession."""
@@ -116,11 +133,8 @@ class Sessions:
         return len(entries)
 
     def _forget(self, domain: str, sid: str) -> None:
-        # The marker outlives any session that could still be slid (absolute
-        # lifetime): past it, a late slide could only store an expired session.
-        self.state.set(domain, f"ended:{sid}", 1, self.absolute + self.grace)
-        self.state.delete(domain, f"session:{sid}")
+        self.state.delete(domain, self.key(sid))
 
     def _is_live(self, domain: str, sid: str, now: float) -> bool:
-        value = self.state.get(domain, f"session:{sid}")
+        value = self.state.get(domain, self.key(sid))
         return isinstance(value, dict) and now < min(value["i"], value["a"])

@@ -77,6 +77,7 @@ def test_a_logout_racing_a_call_is_not_undone_by_the_call(app, alice, fake_clock
     sessions = auth_of(app).sessions
     loaded = sessions.load("localhost", alice.session.sid, fake_clock())
     sessions.end("localhost", loaded.sid, loaded.username)
+    fake_clock.advance(10)  # far enough for the slide to be written
     sessions.touch(loaded, fake_clock())
     with pytest.raises(UnknownSession):
         sessions.load("localhost", alice.session.sid, fake_clock())
@@ -86,9 +87,53 @@ def test_ending_all_sessions_races_the_same_way(app, alice, fake_clock):
     sessions = auth_of(app).sessions
     loaded = sessions.load("localhost", alice.session.sid, fake_clock())
     assert sessions.end_all("localhost", "alice") == 1
+    fake_clock.advance(10)
     sessions.touch(loaded, fake_clock())
     with pytest.raises(UnknownSession):
         alice.call("echo", "x")
+
+
+def test_a_slide_is_written_only_when_it_moves_the_expiry_a_second(app, alice, fake_clock):
+    state = auth_of(app).state
+    writes = []
+    original = state.replace
+
+    def counting(*args):
+        writes.append(args[1])
+        return original(*args)
+
+    state.replace = counting
+    try:
+        alice.call("echo", "x")
+        fake_clock.advance(0.5)
+        alice.call("echo", "x")
+        assert writes == []  # within a second of the login's expiry: nothing to write
+        fake_clock.advance(0.6)
+        alice.call("echo", "x")
+        assert writes == [f"session:{alice.session.sid}"]
+    finally:
+        state.replace = original
+    stored = state.get("localhost", f"session:{alice.session.sid}")
+    assert stored["i"] == fake_clock() + 1800
+
+
+def test_a_signed_call_reads_ban_and_session_in_one_round_trip(app, alice):
+    state = auth_of(app).state
+    calls = []
+    for name in ("get", "get_many", "add", "replace", "set"):
+        original = getattr(state, name)
+
+        def spy(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        setattr(state, name, spy)
+    try:
+        alice.call("echo", "x")
+    finally:
+        for name in ("get", "get_many", "add", "replace", "set"):
+            delattr(state, name)
+    assert calls == ["get_many", "add"]
 
 
 def test_force_without_a_maximum_ends_the_other_sessions(app, alice, client_for):
