@@ -19,9 +19,8 @@ _PARAM_RULES = {
     "nonce": re.compile(rf"[{_B64URL}]{{16,64}}"),
     "mac": re.compile(rf"[{_B64URL}]{{43}}"),
 }
-_HEADER = re.compile(r"(?i:bastion-hmac) +(.*)", re.DOTALL)
-_PARAM = re.compile(r'([a-z]+)="([^"]*)"')
-_SEPARATOR = re.compile(r" *, *")
+_PAIR = r'([a-z]+)="([^"\r\n]*)"'
+_HEADER = re.compile(r"(?i:bastion-hmac) +" + r" *, *".join([_PAIR] * 4))
 
 
 def b64url(data: bytes) -> str:
@@ -88,26 +87,15 @@ def parse_authorization(value: str | None) -> dict[str, str] | None:
     match = _HEADER.fullmatch(value)
     if not match:
         return None
-    params: dict[str, str] = {}
-    rest = match.group(1)
-    pos = 0
-    while True:
-        item = _PARAM.match(rest, pos)
-        if not item:
-            return None
-        name, val = item.group(1), item.group(2)
+    pairs = match.groups()
+    params = dict(zip(pairs[0::2], pairs[1::2], strict=True))
+    if len(params) != 4:
+        return None  # a parameter given twice
+    for name, val in params.items():
         rule = _PARAM_RULES.get(name)
-        if rule is None or name in params or not rule.fullmatch(val):
+        if rule is None or not rule.fullmatch(val):
             return None
-        params[name] = val
-        pos = item.end()
-        if pos == len(rest):
-            break
-        sep = _SEPARATOR.match(rest, pos)
-        if not sep or sep.end() == pos or "," not in sep.group(0):
-            return None
-        pos = sep.end()
-    return params if len(params) == len(_PARAM_RULES) else None
+    return params
 
 
 def parse_server_authorization(value: str | None) -> str | None:

@@ -87,19 +87,22 @@ class Auth:
             return
         values = self.state.get_many(request.domain, keys)
         if params is not None:
-            request.notes[_PREFETCHED] = (params["sid"], values[-1])
+            request.notes[_PREFETCHED] = (params, values[-1])
         if self.abuse.enabled:
             self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
 
     def authenticate(self, request: Request) -> Session:
         """Steps 6 to 10 of PROTOCOL.md section 4; sign every answer once the MAC verified."""
-        params = parse_authorization(request.header("Authorization"))
-        if params is None:
-            raise Unauthorized("a signed Authorization header is required")
-        sid, ts, nonce = params["sid"], params["ts"], params["nonce"]
         prefetched = request.notes.pop(_PREFETCHED, None)
-        if prefetched is not None and prefetched[0] == sid:
-            session = self.sessions.load(request.domain, sid, self.clock(), prefetched[1])
+        if prefetched is not None:  # admission parsed this very header and read its session
+            params, stored = prefetched
+        else:
+            params = parse_authorization(request.header("Authorization"))
+            if params is None:
+                raise Unauthorized("a signed Authorization header is required")
+        sid, ts, nonce = params["sid"], params["ts"], params["nonce"]
+        if prefetched is not None:
+            session = self.sessions.load(request.domain, sid, self.clock(), stored)
         else:
             session = self.sessions.load(request.domain, sid, self.clock())
         expected = request_mac(session.key, ts, nonce, request.path, request.domain, request.body)

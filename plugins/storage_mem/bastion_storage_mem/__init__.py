@@ -6,22 +6,23 @@ process for ``mem://`` (threads are fine). Use it for the tutorial and tests.
 
 from __future__ import annotations
 
-import copy
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kernel import hookimpl
-from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, index_token
+from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, dumps, index_token
 from kernel.errors import VersionConflict
 
 
 class _Row:
+    # ``data`` is kept as JSON text: reading it back makes the caller's own copy.
     __slots__ = ("seq", "vsn", "data", "index")
 
-    def __init__(self, seq: int, vsn: int, data: dict, index: dict[str, str]):
+    def __init__(self, seq: int, vsn: int, data: str, index: dict[str, str]):
         self.seq, self.vsn, self.data, self.index = seq, vsn, data, index
 
 
@@ -45,7 +46,7 @@ class MemoryDriver:
         with self._lock:
             row = self._records.get((domain, model), {}).get(id)
         # Rows are replaced by commits, never changed in place: copying outside the lock is safe.
-        return None if row is None else StoredRecord(model, id, row.vsn, copy.deepcopy(row.data))
+        return None if row is None else StoredRecord(model, id, row.vsn, json.loads(row.data))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         with self._lock:
@@ -57,7 +58,7 @@ class MemoryDriver:
                 picked = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
             else:
                 picked = list(rows.items())
-        return [StoredRecord(model, i, row.vsn, copy.deepcopy(row.data)) for i, row in picked]
+        return [StoredRecord(model, i, row.vsn, json.loads(row.data)) for i, row in picked]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         with self._lock:
@@ -79,7 +80,7 @@ class MemoryDriver:
                     continue
                 tokens = {f: index_token(v) for f, v in (change.index or {}).items()}
                 seq = old.seq if old is not None else next(self._seq)
-                table[change.id] = _Row(seq, change.new_vsn, copy.deepcopy(change.data or {}), tokens)
+                table[change.id] = _Row(seq, change.new_vsn, dumps(change.data or {}), tokens)
                 for field, token in tokens.items():
                     self._index.setdefault((domain, change.model, field, token), {})[change.id] = None
 
@@ -118,13 +119,13 @@ class MemoryDriver:
             entry = self._live(domain, key, self.clock())
             if entry is None or isinstance(entry, dict):
                 return None
-            return copy.deepcopy(entry[0])
+            return json.loads(entry[0])
 
     def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
         with self._lock:
             now = self.clock()
             entries = [self._live(domain, key, now) for key in keys]
-        return [None if e is None or isinstance(e, dict) else copy.deepcopy(e[0]) for e in entries]
+        return [None if e is None or isinstance(e, dict) else json.loads(e[0]) for e in entries]
 
     def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         check_json(value)
@@ -133,13 +134,14 @@ class MemoryDriver:
             entry = self._live(domain, key, now)
             if entry is None or isinstance(entry, dict):
                 return False
-            self._state[(domain, key)] = (copy.deepcopy(value), now + ttl)
+            self._state[(domain, key)] = (dumps(value), now + ttl)
             return True
 
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         check_json(value)
+        encoded = dumps(value)
         with self._lock:
-            self._state[(domain, key)] = (copy.deepcopy(value), self.clock() + ttl)
+            self._state[(domain, key)] = (encoded, self.clock() + ttl)
 
     def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         check_json(value)
@@ -147,7 +149,7 @@ class MemoryDriver:
             now = self.clock()
             if self._live(domain, key, now) is not None:
                 return False
-            self._state[(domain, key)] = (copy.deepcopy(value), now + ttl)
+            self._state[(domain, key)] = (dumps(value), now + ttl)
             return True
 
     def delete(self, domain: str, key: str) -> bool:
@@ -160,10 +162,13 @@ class MemoryDriver:
         with self._lock:
             now = self.clock()
             entry = self._live(domain, key, now)
-            if entry is None or isinstance(entry, dict) or not isinstance(entry[0], int):
-                entry = (0, now + ttl)
-            value = entry[0] + amount
-            self._state[(domain, key)] = (value, entry[1])
+            current = json.loads(entry[0]) if entry is not None and not isinstance(entry, dict) else None
+            if not isinstance(current, int) or isinstance(current, bool):
+                current, expires = 0, now + ttl
+            else:
+                expires = entry[1]
+            value = current + amount
+            self._state[(domain, key)] = (dumps(value), expires)
             return value
 
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
