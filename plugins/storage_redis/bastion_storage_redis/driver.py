@@ -2,7 +2,9 @@
 
 Every call is a single command or a single Lua script (see
 :mod:`bastion_storage_redis.scripts`), so each is atomic on its own and costs
-one round trip; only ``domains`` (administration) takes two. Times to live
+one round trip; only ``domains`` (administration) takes two. Commands go
+through :class:`bastion_storage_redis.wire.Wire` (EVALSHA, hiredis packing,
+a lean pool) rather than redis-py's client layer. Times to live
 follow the injected clock: scripts receive ``now`` and compare it with the
 absolute expiry stored beside each value, while a native TTL derived from the
 caller's ``ttl`` lets Redis reclaim memory by itself.
@@ -20,12 +22,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis
-from redis.exceptions import ClusterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, TryAgainError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from bastion_storage_redis import scripts
 from bastion_storage_redis.keys import Keys
 from bastion_storage_redis.settings import SCHEMES, defaults, make_pool, redact, scheme_of
-from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, dumps, index_token
+from bastion_storage_redis.wire import Script, Wire
+from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, index_token
 from kernel.errors import ServiceUnavailable, VersionConflict
 
 log = logging.getLogger("bastion.storage_redis")
@@ -56,6 +59,11 @@ def _translated(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
+#: kernel.driver.dumps with its encoder built once instead of on every call (same output).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True).encode
+_loads = json.loads
+
+
 def _ttl_ms(ttl: float) -> int:
     """The native TTL of a ``ttl`` in seconds: whole milliseconds, at least one."""
     return max(1, math.ceil(ttl * 1000))
@@ -81,18 +89,21 @@ class RedisDriver:
         self.label = redact(url)
         self.keys = Keys(settings["key_prefix"])
         self._pool = make_pool(url, settings)
+        # The client is for tests and administration; every driver call goes through the wire.
         self._redis = redis.Redis(connection_pool=self._pool)
-        register = self._redis.register_script
-        self._get = register(scripts.GET)
-        self._set = register(scripts.SET)
-        self._add = register(scripts.ADD)
-        self._delete = register(scripts.DELETE)
-        self._incr = register(scripts.INCR)
-        self._window_add = register(scripts.WINDOW_ADD)
-        self._window_entries = register(scripts.WINDOW_ENTRIES)
-        self._window_discard = register(scripts.WINDOW_DISCARD)
-        self._select = register(scripts.SELECT)
-        self._commit = register(scripts.COMMIT)
+        self._wire = Wire(self._pool, settings["retries"])
+        self._get = Script(scripts.GET)
+        self._get_many = Script(scripts.GET_MANY)
+        self._set = Script(scripts.SET)
+        self._replace = Script(scripts.REPLACE)
+        self._add = Script(scripts.ADD)
+        self._delete = Script(scripts.DELETE)
+        self._incr = Script(scripts.INCR)
+        self._window_add = Script(scripts.WINDOW_ADD)
+        self._window_entries = Script(scripts.WINDOW_ENTRIES)
+        self._window_discard = Script(scripts.WINDOW_DISCARD)
+        self._select = Script(scripts.SELECT)
+        self._commit = Script(scripts.COMMIT)
 
     @property
     def client(self) -> redis.Redis:
@@ -107,7 +118,7 @@ class RedisDriver:
     @_translated
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         """Return the record, or None when the domain has no such record."""
-        vsn, data = self._redis.hmget(self.keys.record(domain, model, id), "v", "d")
+        vsn, data = self._wire.execute("HMGET", self.keys.record(domain, model, id), "v", "d")
         if vsn is None:
             return None
         return StoredRecord(model, id, int(vsn), _loads(data))
@@ -121,8 +132,12 @@ class RedisDriver:
         """
         k = self.keys
         index_keys = [k.index(domain, model, field, index_token(value)) for field, value in (where or {}).items()]
-        flat = self._select(keys=[k.order(domain, model)], args=[k.record_prefix(domain, model), *index_keys])
-        return [StoredRecord(model, flat[i], int(flat[i + 1]), _loads(flat[i + 2])) for i in range(0, len(flat), 3)]
+        flat = self._wire.eval(self._select, (k.order(domain, model),), (k.record_prefix(domain, model), *index_keys))
+        if not flat:
+            return []
+        # One decode for every record: the stored texts are JSON values written by commit.
+        datas = _loads("[" + ",".join(flat[2::3]) + "]")
+        return [StoredRecord(model, id, int(vsn), data) for id, vsn, data in zip(flat[::3], flat[1::3], datas, strict=True)]
 
     @_translated
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
@@ -142,123 +157,132 @@ class RedisDriver:
                 change.id,
                 change.vsn,
                 change.new_vsn,
-                dumps(change.data or {}),
-                dumps(index_keys),
+                _dumps(change.data or {}),
+                _dumps(index_keys),
             ]
         inserted = sorted({c.model for c in changes if c.op == "insert"})
         if inserted:
-            conflict = self._commit_registering(domain, args, inserted)
+            # The registry key lies outside the domain's hash tag, so the script
+            # cannot write it on a Cluster: its SADD is pipelined beside the
+            # script instead (one round trip). A registration whose commit
+            # conflicted is harmless: ``domains`` only reports domains that
+            # still hold records.
+            conflict = self._wire.eval_with(self._commit, (k.seq(domain),), args,
+                                            [("SADD", k.registry(model), domain) for model in inserted])
         else:
-            conflict = self._commit(keys=[k.seq(domain)], args=args)
+            conflict = self._wire.eval(self._commit, (k.seq(domain),), args)
         if conflict:
             change = changes[int(conflict) - 1]
             if change.op == "insert":
                 raise VersionConflict(f"{change.model} {change.id!r} already exists")
             raise VersionConflict("record changed")
 
-    def _commit_registering(self, domain: str, args: list[Any], models: list[str]) -> int:
-        """Run the commit script and add the domain to each model's registry, in one round trip.
-
-        The registry key lies outside the domain's hash tag, so it cannot be
-        written by the script on a Cluster; it is pipelined beside it instead.
-        A registration whose commit conflicted is harmless: ``domains`` only
-        reports domains that still hold records.
-        """
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.evalsha(self._commit.sha, 1, self.keys.seq(domain), *args)
-            for model in models:
-                pipe.sadd(self.keys.registry(model), domain)
-            result = pipe.execute(raise_on_error=False)[0]
-            if isinstance(result, NoScriptError) and attempt == 1:
-                # Redis restarted or flushed its script cache; nothing ran, so run again.
-                self._commit.sha = self._redis.script_load(scripts.COMMIT)
-                continue
-            if isinstance(result, Exception):
-                raise result
-            return int(result)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     @_translated
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model`` (administration only: names, never data)."""
-        candidates = sorted(self._redis.smembers(self.keys.registry(model)))
+        candidates = sorted(self._wire.execute("SMEMBERS", self.keys.registry(model)))
         if not candidates:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for domain in candidates:
-            pipe.exists(self.keys.order(domain, model))
-        return [domain for domain, held in zip(candidates, pipe.execute(), strict=True) if held]
+        held = self._wire.pipeline([("EXISTS", self.keys.order(domain, model)) for domain in candidates])
+        for reply in held:
+            if isinstance(reply, Exception):
+                raise reply
+        return [domain for domain, n in zip(candidates, held, strict=True) if n]
 
     # -- short-lived state ------------------------------------------------
 
-    def _state_keys(self, domain: str, key: str) -> list[str]:
-        return [self.keys.state(domain, key), self.keys.weights(domain, key)]
+    def _state_keys(self, domain: str, key: str) -> tuple[str, str]:
+        prefix = self.keys.domain(domain)
+        return prefix + "s:" + key, prefix + "w:" + key
 
     @_translated
     def get(self, domain: str, key: str) -> Any:
         """Return the live value of a key, or None."""
-        raw = self._get(keys=[self.keys.state(domain, key)], args=[self.clock()])
+        raw = self._wire.eval(self._get, (self.keys.state(domain, key),), (self.clock(),))
         return None if raw is None else _loads(raw)
+
+    @_translated
+    def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
+        """Return the live values of several keys (None for each absent one), in one round trip.
+
+        One script reads every key; they share the domain's hash tag, so it
+        runs on one Cluster slot. No keys: no round trip.
+        """
+        if not keys:
+            return []
+        prefix = self.keys.domain(domain) + "s:"
+        raws = self._wire.eval(self._get_many, [prefix + key for key in keys], (self.clock(),))
+        return [None if raw is None else _loads(raw) for raw in raws]
 
     @_translated
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         """Store a value that expires ``ttl`` seconds from now."""
         check_json(value)
-        self._set(keys=self._state_keys(domain, key), args=[dumps(value), self.clock() + ttl, _ttl_ms(ttl)])
+        self._wire.eval(self._set, self._state_keys(domain, key), (_dumps(value), self.clock() + ttl, _ttl_ms(ttl)))
+
+    @_translated
+    def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+        """Store a value only if the key is live; return whether it was stored. Atomic.
+
+        One script checks the stored expiry against ``now`` and writes only a
+        live plain key, so a key deleted meanwhile is never brought back.
+        """
+        check_json(value)
+        now = self.clock()
+        stored = self._wire.eval(self._replace, (self.keys.state(domain, key),),
+                                 (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
+        return bool(stored)
 
     @_translated
     def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""
         check_json(value)
         now = self.clock()
-        stored = self._add(keys=self._state_keys(domain, key), args=[now, dumps(value), now + ttl, _ttl_ms(ttl)])
+        stored = self._wire.eval(self._add, self._state_keys(domain, key), (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
         return bool(stored)
 
     @_translated
     def delete(self, domain: str, key: str) -> bool:
         """Remove a key or window; return whether a live one existed."""
-        return bool(self._delete(keys=self._state_keys(domain, key), args=[self.clock()]))
+        return bool(self._wire.eval(self._delete, self._state_keys(domain, key), (self.clock(),)))
 
     @_translated
     def incr(self, domain: str, key: str, amount: int, ttl: float) -> int:
         """Add ``amount`` to a counter and return the new value. Atomic; the first increment fixes the expiry."""
         now = self.clock()
-        return int(self._incr(keys=self._state_keys(domain, key), args=[now, int(amount), now + ttl, _ttl_ms(ttl)]))
+        return int(self._wire.eval(self._incr, self._state_keys(domain, key),
+                                   (now, int(amount), now + ttl, _ttl_ms(ttl))))
 
     @_translated
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
         """Add (or replace) a member expiring ``ttl`` seconds from now; return the live entries, oldest first."""
         now = self.clock()
-        flat = self._window_add(keys=self._state_keys(domain, key),
-                                args=[now, member, int(weight), now + ttl, _ttl_ms(ttl)])
+        flat = self._wire.eval(self._window_add, self._state_keys(domain, key),
+                               (now, member, int(weight), now + ttl, _ttl_ms(ttl)))
         return _entries(flat)
 
     @_translated
     def window_entries(self, domain: str, key: str) -> list[WindowEntry]:
         """Return the live entries of a window, oldest expiry first."""
-        return _entries(self._window_entries(keys=self._state_keys(domain, key), args=[self.clock()]))
+        return _entries(self._wire.eval(self._window_entries, self._state_keys(domain, key), (self.clock(),)))
 
     @_translated
     def window_discard(self, domain: str, key: str, member: str) -> bool:
         """Remove one member; return whether it was live."""
-        return bool(self._window_discard(keys=self._state_keys(domain, key), args=[self.clock(), member]))
+        return bool(self._wire.eval(self._window_discard, self._state_keys(domain, key), (self.clock(), member)))
 
     # -- health -----------------------------------------------------------
 
     @_translated
     def ping(self) -> None:
         """Return when Redis answers; raise ServiceUnavailable otherwise."""
-        self._redis.ping()
+        self._wire.execute("PING")
 
     def close(self) -> None:
         """Close every pooled connection."""
+        self._wire.close()
         self._redis.close()
         self._pool.disconnect()
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text)
 
 
 def _entries(flat: list[str]) -> list[WindowEntry]:

@@ -30,13 +30,25 @@ def escape(part: str) -> str:
 class Keys:
     """Names the keys of one deployment (its ``key_prefix``)."""
 
+    #: Domain prefixes remembered (each call names its domain); the memo restarts past this many.
+    MEMO = 4096
+
     def __init__(self, prefix: str = "bastion"):
         self.prefix = prefix
+        self._tags: dict[str, str] = {}
 
     def domain(self, domain: str) -> str:
         """The prefix every key of ``domain`` starts with, hash tag included."""
+        try:
+            return self._tags[domain]
+        except KeyError:
+            pass
         # An empty tag "{}" would not act as a tag, so an empty domain gets a marker.
-        return f"{self.prefix}:{{{escape(domain) or '%'}}}:"
+        tag = f"{self.prefix}:{{{escape(domain) or '%'}}}:"
+        if len(self._tags) >= self.MEMO:
+            self._tags.clear()
+        self._tags[domain] = tag
+        return tag
 
     def seq(self, domain: str) -> str:
         """The creation-sequence counter of a domain."""

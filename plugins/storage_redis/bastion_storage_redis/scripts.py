@@ -68,6 +68,20 @@ if not r[2] or tonumber(r[2]) <= tonumber(ARGV[1]) then return false end
 return r[1]
 """
 
+#: KEYS: state keys (one domain, so one hash tag). ARGV: now.
+#: Returns one JSON value or nil per key; a window or an expired key is nil.
+GET_MANY = """
+local now, out = tonumber(ARGV[1]), {}
+for i, k in ipairs(KEYS) do
+  out[i] = false
+  if redis.call('TYPE', k)['ok'] == 'hash' then
+    local r = redis.call('HMGET', k, 'v', 'e')
+    if r[2] and tonumber(r[2]) > now then out[i] = r[1] end
+  end
+end
+return out
+"""
+
 #: KEYS: state key, weights key. ARGV: value, expires, ttl_ms.
 SET = _STATE_HELPERS + """
 put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
@@ -78,6 +92,19 @@ return 1
 ADD = _STATE_HELPERS + """
 if live(KEYS[1], tonumber(ARGV[1]), ARGV[1]) then return 0 end
 put(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+#: KEYS: state key. ARGV: now, value, expires, ttl_ms. Returns 1 if stored.
+#: Only a live plain key is replaced: an absent, expired or deleted key stays
+#: absent (a replace never revives it), and a window is left alone.
+REPLACE = """
+local k = KEYS[1]
+if redis.call('TYPE', k)['ok'] ~= 'hash' then return 0 end
+local e = redis.call('HGET', k, 'e')
+if not e or tonumber(e) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', k, 'v', ARGV[2], 'e', ARGV[3])
+redis.call('PEXPIRE', k, ARGV[4])
 return 1
 """
 
