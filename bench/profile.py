@@ -42,9 +42,9 @@ WATCH = [
 ]
 #: Calls that are one round trip to the backend each.
 ROUND_TRIPS = [
-    ("redis/client.py", "execute_command"),
-    ("redis/client.py", "execute"),  # a pipeline: one round trip
-    ("redis/commands/core.py", "__call__"),  # a Script: evalsha (counted again by execute_command)
+    ("bastion_storage_redis/wire.py", "execute"),
+    ("bastion_storage_redis/wire.py", "pipeline"),  # one round trip for the whole pipeline
+    ("bastion_storage_redis/wire.py", "eval"),
     ("~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
     ("~", "<method 'execute' of 'sqlite3.Connection' objects>"),
     ("psycopg/cursor.py", "execute"),

@@ -185,9 +185,12 @@ def check_scalar(value: Any, where: str = "index value") -> None:
     check_json(value, where)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
+
+
 def dumps(value: Any) -> str:
     """Encode a JSON value compactly and deterministically, as drivers store it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
+    return _ENCODER.encode(value)
 
 
 def index_token(value: Scalar) -> str:
