@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from kernel.errors import ConfigError
+
+
+def socket_is_quiet(fileno: int) -> bool:
+    """Say whether an idle connection's socket has nothing to read (a closed one reads as EOF)."""
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return not poller.poll(0)
 
 #: URL schemes the plugin serves, and the SQLAlchemy driver each one maps to.
 SCHEMES = {
@@ -77,12 +85,22 @@ def create_engine(url: str | URL, settings: Mapping[str, Any]) -> Engine:
 
 
 def _postgresql_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
-    # pre_ping makes a pooled connection that died with a database restart
-    # invisible to callers: the driver recovers without being reopened.
-    return sa.create_engine(url, pool_pre_ping=True, **pool, connect_args={
+    # No pool_pre_ping (a round trip at every checkout): a connection the
+    # server has closed is seen locally at checkout instead, and replaced.
+    engine = sa.create_engine(url, pool_recycle=settings["pool_recycle"], **pool, connect_args={
         "connect_timeout": settings["connect_timeout"],
         "application_name": "bastion",
     })
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, _record, _proxy) -> None:
+        # An idle connection has nothing to read: a readable socket means the
+        # server said goodbye (restart, idle timeout, termination) and closed it.
+        # Raising DisconnectionError makes the pool replace it before any use.
+        if dbapi_connection.closed or not socket_is_quiet(dbapi_connection.fileno()):
+            raise DisconnectionError("the server closed the pooled connection")
+
+    return engine
 
 
 def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
@@ -109,6 +127,8 @@ def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) 
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
+        # (Only SQLAlchemy connections, i.e. migrations, get here: the driver's
+        # calls run on the DBAPI connection and say BEGIN IMMEDIATE themselves.)
         # A writer takes the write lock up front: a deferred transaction that
         # reads and then writes could fail with "database is locked" at once
         # instead of waiting for the busy timeout.

@@ -21,7 +21,8 @@ UNAVAILABLE = "the SQL database does not answer"
 
 
 def _sqlstate(error: BaseException) -> str:
-    return getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+    # A SQLAlchemy error wraps the DBAPI's (``orig``); the driver's calls raise the DBAPI's own.
+    return getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None) or ""
 
 
 def is_outage(error: BaseException) -> bool:

@@ -1,16 +1,21 @@
-"""Versioned records: reads by id or by index, and atomic, version-checked commits."""
+"""Versioned records: reads by id or by index, and atomic, version-checked commits.
+
+Statements are compiled once (select's per number of filters). fetch, select
+and domains are one SELECT each, outside any transaction; commit is one
+transaction (on PostgreSQL: BEGIN, one statement per change plus the index
+writes, COMMIT).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
-from bastion_storage_sql.backend import SqlBackend
+from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import MAX_TOKEN, index_entries, records
 from kernel.driver import Change, Scalar, StoredRecord, check_json, check_scalar, dumps, index_token
 from kernel.errors import VersionConflict
@@ -29,41 +34,82 @@ def stored_token(value: Scalar) -> str:
     return token
 
 
+#: Most distinct filter counts of select whose statement is kept compiled.
+MAX_COMPILED_FILTERS = 16
+
+_p = sa.bindparam
+
+
 class SqlRecords(SqlBackend):
     """The record half of the SQL driver (:class:`kernel.driver.RecordStore`)."""
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._build_record_statements()
+
+    def _build_record_statements(self) -> None:
+        r, i = records.c, index_entries.c
+        record_is = sa.and_(r.domain == _p("d"), r.model == _p("m"), r.id == _p("id"))
+        compile_ = self.compile
+        self._fetch_sql = compile_(sa.select(r.vsn, r.data).where(record_is))
+        self._select_sql: dict[int, Sql] = {}
+        self._domains_sql = compile_(sa.select(r.domain).where(r.model == _p("m")).distinct().order_by(r.domain))
+        values = {"domain": _p("d"), "model": _p("m"), "id": _p("id"), "vsn": sa.literal_column("1"), "data": _p("data")}
+        if not self._postgresql:
+            # SQLite has no sequences; its writers hold the database lock, so max + 1 is race-free.
+            values["seq"] = (sa.select(sa.func.coalesce(sa.func.max(r.seq), 0) + 1)
+                             .where(r.domain == _p("d"), r.model == _p("m")).scalar_subquery())
+        self._insert_sql = compile_(records.insert().values(values))
+        self._update_sql = compile_(records.update().where(record_is, r.vsn == _p("vsn"))
+                                    .values(vsn=_p("new_vsn"), data=_p("data")))
+        self._delete_sql_record = compile_(records.delete().where(record_is, r.vsn == _p("vsn")))
+        self._unindex_sql = compile_(index_entries.delete().where(
+            i.domain == _p("d"), i.model == _p("m"), i.id == _p("id")))
+        self._index_sql = compile_(index_entries.insert().values(
+            domain=_p("d"), model=_p("m"), field=_p("field"), token=_p("token"), id=_p("id")))
+
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         """Return the record, or None when the domain has no such record."""
-        query = sa.select(records.c.vsn, records.c.data).where(
-            records.c.domain == domain, records.c.model == model, records.c.id == id)
-        with self._read() as connection:
-            row = connection.execute(query).first()
-        return None if row is None else StoredRecord(model, id, row.vsn, json.loads(row.data))
+        values = {"d": domain, "m": model, "id": id}
+        row = self._run(READ, lambda connection: self._one(connection, self._fetch_sql, values))
+        return None if row is None else StoredRecord(model, id, row[0], json.loads(row[1]))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first."""
-        query = sa.select(records.c.id, records.c.vsn, records.c.data).where(
-            records.c.domain == domain, records.c.model == model)
+        sql, values = self._select_query(domain, model, where)
+        rows = self._run(READ, lambda connection: self._all(connection, sql, values))
+        return [StoredRecord(model, id, vsn, json.loads(data)) for id, vsn, data in rows]
+
+    def _select_query(self, domain: str, model: str, where: Mapping[str, Scalar] | None) -> tuple[Sql, dict]:
+        """The statement :meth:`select` runs, and its parameters."""
+        values: dict[str, Any] = {"d": domain, "m": model}
         for n, (field, value) in enumerate((where or {}).items()):
             check_scalar(value, f"where {field}")
-            # One join per filter, each an equality range on the index's primary key.
-            entry = index_entries.alias(f"i{n}")
-            query = query.join(entry, sa.and_(
-                entry.c.domain == domain, entry.c.model == model, entry.c.field == field,
-                entry.c.token == stored_token(value), entry.c.id == records.c.id))
-        # With a filter, "seq + 0" hides the creation-order index from the
-        # planner: SQLite would otherwise walk the whole domain in seq order
-        # to skip a sort, rather than start from the index entries.
-        query = query.order_by(records.c.seq + 0 if where else records.c.seq)
-        with self._read() as connection:
-            rows = connection.execute(query).all()
-        return [StoredRecord(model, row.id, row.vsn, json.loads(row.data)) for row in rows]
+            values[f"f{n}"] = field
+            values[f"t{n}"] = stored_token(value)
+        count = len(where or ())
+        sql = self._select_sql.get(count)
+        if sql is None:
+            r = records.c
+            query = sa.select(r.id, r.vsn, r.data).where(r.domain == _p("d"), r.model == _p("m"))
+            for n in range(count):
+                # One join per filter, each an equality range on the index's primary key.
+                entry = index_entries.alias(f"i{n}")
+                query = query.join(entry, sa.and_(
+                    entry.c.domain == _p("d"), entry.c.model == _p("m"), entry.c.field == _p(f"f{n}"),
+                    entry.c.token == _p(f"t{n}"), entry.c.id == r.id))
+            # With a filter, "seq + 0" hides the creation-order index from the
+            # planner: SQLite would otherwise walk the whole domain in seq order
+            # to skip a sort, rather than start from the index entries.
+            sql = self.compile(query.order_by(r.seq + 0 if count else r.seq))
+            if len(self._select_sql) < MAX_COMPILED_FILTERS:
+                self._select_sql[count] = sql
+        return sql, values
 
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model``."""
-        query = sa.select(records.c.domain).where(records.c.model == model).distinct().order_by(records.c.domain)
-        with self._read() as connection:
-            return list(connection.execute(query).scalars())
+        rows = self._run(READ, lambda connection: self._all(connection, self._domains_sql, {"m": model}))
+        return [row[0] for row in rows]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         """Check every change's version and apply them all in one transaction, or raise VersionConflict."""
@@ -74,56 +120,48 @@ class SqlRecords(SqlBackend):
                     check_scalar(value, f"{change.model} {change.id} index {field}")
         if not changes:
             return
+        # Encode before the transaction opens: the write lock is held for less time.
         # A fixed order of row locks keeps two PostgreSQL transactions from deadlocking.
-        ordered = sorted(changes, key=lambda change: (change.model, change.id))
-        with self._write(conflicts=True) as connection:
-            for change in ordered:
+        ordered = [(change, None if change.op == "delete" else dumps(change.data or {}))
+                   for change in sorted(changes, key=lambda change: (change.model, change.id))]
+
+        def work(connection):
+            for change, data in ordered:
+                values = {"d": domain, "m": change.model, "id": change.id, "vsn": change.vsn, "data": data}
                 if change.op == "insert":
-                    self._insert_record(connection, domain, change)
+                    self._insert_record(connection, values, change)
                 elif change.op == "update":
-                    self._update_record(connection, domain, change)
+                    self._update_record(connection, values, change)
                 else:
-                    self._delete_record(connection, domain, change)
+                    self._delete_record(connection, values)
+
+        self._run(TRANSACTION, work, conflicts=True)
 
     # -- one change each, as compare-and-set statements --------------------
 
-    def _insert_record(self, connection: Connection, domain: str, change: Change) -> None:
-        values = {"domain": domain, "model": change.model, "id": change.id, "vsn": 1, "data": dumps(change.data or {})}
-        if self.dialect == "sqlite":
-            # SQLite has no sequences; its writers hold the database lock, so max + 1 is race-free.
-            values["seq"] = (sa.select(sa.func.coalesce(sa.func.max(records.c.seq), 0) + 1)
-                             .where(records.c.domain == domain, records.c.model == change.model)
-                             .scalar_subquery())
+    def _insert_record(self, connection: Any, values: dict, change: Change) -> None:
         try:
             # The primary key decides between racing inserts, across processes.
-            connection.execute(records.insert().values(values))
-        except IntegrityError:
+            connection.execute(self._insert_sql.text, self._insert_sql.params(values))
+        except self._integrity_error:
             raise VersionConflict(f"{change.model} {change.id!r} already exists") from None
-        self._index(connection, domain, change)
+        self._index(connection, values, change)
 
-    def _update_record(self, connection: Connection, domain: str, change: Change) -> None:
-        result = connection.execute(
-            records.update()
-            .where(records.c.domain == domain, records.c.model == change.model, records.c.id == change.id,
-                   records.c.vsn == change.vsn)
-            .values(vsn=change.vsn + 1, data=dumps(change.data or {})))
-        if result.rowcount != 1:
+    def _update_record(self, connection: Any, values: dict, change: Change) -> None:
+        values["new_vsn"] = change.vsn + 1
+        if self._count(connection, self._update_sql, values) != 1:
             raise VersionConflict("record changed")
-        connection.execute(index_entries.delete().where(
-            index_entries.c.domain == domain, index_entries.c.model == change.model, index_entries.c.id == change.id))
-        self._index(connection, domain, change)
+        connection.execute(self._unindex_sql.text, self._unindex_sql.params(values))
+        self._index(connection, values, change)
 
-    def _delete_record(self, connection: Connection, domain: str, change: Change) -> None:
+    def _delete_record(self, connection: Any, values: dict) -> None:
         # The index entries go with the record (ON DELETE CASCADE).
-        result = connection.execute(records.delete().where(
-            records.c.domain == domain, records.c.model == change.model, records.c.id == change.id,
-            records.c.vsn == change.vsn))
-        if result.rowcount != 1:
+        if self._count(connection, self._delete_sql_record, values) != 1:
             raise VersionConflict("record changed")
 
-    @staticmethod
-    def _index(connection: Connection, domain: str, change: Change) -> None:
-        rows = [{"domain": domain, "model": change.model, "field": field, "token": stored_token(value), "id": change.id}
+    def _index(self, connection: Any, values: dict, change: Change) -> None:
+        sql = self._index_sql
+        rows = [sql.params({**values, "field": field, "token": stored_token(value)})
                 for field, value in (change.index or {}).items()]
         if rows:
-            connection.execute(index_entries.insert(), rows)
+            connection.cursor().executemany(sql.text, rows)

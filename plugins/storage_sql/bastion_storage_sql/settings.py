@@ -14,6 +14,7 @@ SCHEMA: dict[str, Option] = {
     "pool_size": Int(5, "connections each process keeps open (PostgreSQL and SQLite)", min=1, max=1000),
     "max_overflow": Int(10, "extra connections opened under load beyond pool_size", min=0, max=1000),
     "pool_timeout": Float(10.0, "seconds a call waits for a free connection before 503", min=0.0),
+    "pool_recycle": Int(1800, "seconds after which a pooled connection is replaced (-1: never)", min=-1),
     "connect_timeout": Int(5, "seconds to wait for PostgreSQL to accept a connection", min=1, max=3600),
     "sqlite_busy_timeout": Float(30.0, "seconds a SQLite writer waits for another process's lock", min=0.0),
     "sqlite_synchronous": Choice("normal", ("normal", "full"),

@@ -4,6 +4,12 @@ Every expiry is stored as an absolute time from the driver's clock and
 compared with it, never with the database's own time, so a test clock moves
 expiry without sleeping. An expired row counts as absent; rows are purged a
 bounded batch at a time through the expiry indexes, never by a full scan.
+
+Statements are compiled once, when the driver opens (``_StateSql``). Round
+trips per call, PostgreSQL: one for get, get_many, set, replace, add, incr,
+delete, window_entries and window_discard (each a single statement in
+autocommit mode); window_add is a transaction. SQLite has no round trips, and
+every write runs within BEGIN IMMEDIATE ... COMMIT.
 """
 
 from __future__ import annotations
@@ -11,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
-from bastion_storage_sql.backend import SqlBackend
+from bastion_storage_sql.backend import READ, STATEMENT, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import state, windows
 from kernel.driver import WindowEntry, check_json, dumps
 from kernel.errors import ServiceUnavailable
@@ -30,11 +36,24 @@ PURGE_BATCH = 1000
 _BIGINT = range(-(2**63), 2**63)
 
 
-def _columns(value: Any) -> dict[str, Any]:
-    """Split a JSON value into the ``value`` and ``n`` columns: integers live in ``n``, so SQL can add to them."""
+#: Most distinct key counts of get_many whose statement is kept compiled.
+MAX_COMPILED_COUNTS = 64
+
+
+def _columns(value: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Split a JSON value into the ``v`` and ``n`` parameters: integers live in ``n``, so SQL can add to them."""
     if type(value) is int and value in _BIGINT:
-        return {"value": None, "n": value}
-    return {"value": dumps(value), "n": None}
+        values["v"], values["n"] = None, value
+    else:
+        values["v"], values["n"] = dumps(value), None
+    return values
+
+
+def _load(value: str | None, n: int | None) -> Any:
+    return n if value is None else json.loads(value)
+
+
+_p = sa.bindparam
 
 
 def _lock_key(domain: str, key: str) -> int:
@@ -46,148 +65,212 @@ class SqlState(SqlBackend):
     """The state half of the SQL driver (:class:`kernel.driver.StateStore`).
 
     Plain keys and windows share one namespace: ``set`` and ``window_add``
-    replace a key of the other kind, ``delete`` removes either.
+    replace a key of the other kind, ``delete`` removes either. ``get``,
+    ``get_many``, ``add``, ``replace`` and ``incr`` only ever read or write the
+    keys' table.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._purge_lock = threading.Lock()
         self._next_purge = float("-inf")
+        self._build_state_statements()
+
+    def _build_state_statements(self) -> None:
+        c, w = state.c, windows.c
+        key_is = sa.and_(c.domain == _p("d"), c.key == _p("k"))
+        window_is = sa.and_(w.domain == _p("d"), w.key == _p("k"))
+        compile_ = self.compile
+        self._get_sql = compile_(sa.select(c.value, c.n).where(key_is, c.expires > _p("now")))
+        self._get_many_sql: dict[int, Sql] = {}
+
+        insert = self._insert(state).values(domain=_p("d"), key=_p("k"), value=_p("v"), n=_p("n"), expires=_p("e"))
+        overwrite = {"value": insert.excluded.value, "n": insert.excluded.n, "expires": insert.excluded.expires}
+        upsert = insert.on_conflict_do_update(index_elements=[c.domain, c.key], set_=overwrite)
+        drop_window = windows.delete().where(window_is)
+        if self._postgresql:
+            # One statement: the upsert and the removal of a window of that name.
+            self._set_sql = (compile_(upsert.add_cte(drop_window.cte("dropped_window"))),)
+        else:
+            self._set_sql = (compile_(upsert), compile_(drop_window))
+        # Insert, or take over the row only if it has expired. RETURNING rather
+        # than rowcount: drivers disagree on an upsert's rowcount.
+        self._add_sql = compile_(insert.on_conflict_do_update(
+            index_elements=[c.domain, c.key], set_=overwrite, where=c.expires <= _p("now")).returning(c.expires))
+        # Set-if-live in one statement: a concurrent delete wins (the row is gone).
+        self._replace_sql = compile_(state.update().where(key_is, c.expires > _p("now"))
+                                     .values(value=_p("v"), n=_p("n"), expires=_p("e")))
+        counter = self._insert(state).values(domain=_p("d"), key=_p("k"), value=None, n=_p("n"), expires=_p("e"))
+        restart = sa.or_(c.expires <= _p("now"), c.n.is_(None))
+        self._incr_sql = compile_(counter.on_conflict_do_update(
+            index_elements=[c.domain, c.key],
+            set_={
+                "n": sa.case((restart, counter.excluded.n), else_=c.n + counter.excluded.n),
+                "expires": sa.case((restart, counter.excluded.expires), else_=c.expires),
+                "value": None,
+            },
+        ).returning(c.n))
+        delete_key = state.delete().where(key_is).returning(c.expires)
+        delete_window = windows.delete().where(window_is).returning(w.expires)
+        if self._postgresql:
+            gone_key, gone_window = delete_key.cte("gone_key"), delete_window.cte("gone_window")
+            both = sa.union_all(sa.select(gone_key.c.expires), sa.select(gone_window.c.expires)).subquery()
+            self._delete_sql = (compile_(sa.select(sa.func.max(both.c.expires))),)
+        else:
+            self._delete_sql = (compile_(delete_key), compile_(delete_window))
+
+        self._window_lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(_p("lock", type_=sa.BigInteger))))
+        self._delete_key_sql = compile_(state.delete().where(key_is))
+        self._drop_expired_members_sql = compile_(windows.delete().where(window_is, w.expires <= _p("now")))
+        member = self._insert(windows).values(domain=_p("d"), key=_p("k"), member=_p("m"), weight=_p("weight"),
+                                              expires=_p("e"))
+        self._window_upsert_sql = compile_(member.on_conflict_do_update(
+            index_elements=[w.domain, w.key, w.member],
+            set_={"weight": member.excluded.weight, "expires": member.excluded.expires}))
+        self._entries_sql = compile_(sa.select(w.member, w.weight, w.expires)
+                                     .where(window_is, w.expires > _p("now")).order_by(w.expires, w.member))
+        self._discard_sql = compile_(windows.delete().where(window_is, w.member == _p("m")).returning(w.expires))
+        self._purge_sql: dict[int, tuple[Sql, Sql]] = {}
 
     # -- plain keys -------------------------------------------------------
 
     def get(self, domain: str, key: str) -> Any:
         """Return the live value of a key, or None."""
-        query = sa.select(state.c.value, state.c.n).where(
-            state.c.domain == domain, state.c.key == key, state.c.expires > self.clock())
-        with self._read() as connection:
-            row = connection.execute(query).first()
-        if row is None:
-            return None
-        return row.n if row.value is None else json.loads(row.value)
+        values = {"d": domain, "k": key, "now": self.clock()}
+        row = self._run(READ, lambda connection: self._one(connection, self._get_sql, values))
+        return None if row is None else _load(row[0], row[1])
+
+    def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
+        """Return the live values of several keys (None for each absent one): one SELECT."""
+        keys = list(keys)
+        if not keys:
+            return []
+        unique = list(dict.fromkeys(keys))
+        sql = self._get_many_statement(len(unique))
+        values = {"d": domain, "now": self.clock(), **{f"k{i}": key for i, key in enumerate(unique)}}
+        rows = self._run(READ, lambda connection: self._all(connection, sql, values))
+        found = {row[0]: _load(row[1], row[2]) for row in rows}
+        if len(unique) == len(keys):
+            return [found.get(key) for key in keys]
+        # A key asked twice gets two equal values, not one shared object.
+        return [json.loads(dumps(found[key])) if key in found else None for key in keys]
+
+    def _get_many_statement(self, count: int) -> Sql:
+        sql = self._get_many_sql.get(count)
+        if sql is None:
+            c = state.c
+            sql = self.compile(sa.select(c.key, c.value, c.n).where(
+                c.domain == _p("d"), c.key.in_([_p(f"k{i}") for i in range(count)]), c.expires > _p("now")))
+            if len(self._get_many_sql) < MAX_COMPILED_COUNTS:
+                self._get_many_sql[count] = sql
+        return sql
 
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
-        """Store a value that expires ``ttl`` seconds from now."""
+        """Store a value that expires ``ttl`` seconds from now (replacing a window of that name)."""
         check_json(value)
         now = self.clock()
-        statement = self._upsert(domain, key, value, now + ttl)
-        with self._write() as connection:
-            connection.execute(statement)
-            self._drop_window(connection, domain, key)
+        values = _columns(value, {"d": domain, "k": key, "e": now + ttl})
+
+        def work(connection):
+            for sql in self._set_sql:
+                connection.execute(sql.text, sql.params(values))
+
+        self._run(STATEMENT if len(self._set_sql) == 1 else TRANSACTION, work)
         self._purge_if_due(now)
+
+    def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+        """Store a value only if the key is live; return whether it was stored. One UPDATE."""
+        check_json(value)
+        now = self.clock()
+        values = _columns(value, {"d": domain, "k": key, "e": now + ttl, "now": now})
+        return self._run(STATEMENT, lambda connection: self._count(connection, self._replace_sql, values)) == 1
 
     def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""
         check_json(value)
         now = self.clock()
-        # One statement: insert, or take over the row only if it has expired.
-        statement = self._upsert(domain, key, value, now + ttl, only_if_expired_at=now).returning(state.c.expires)
-        with self._write() as connection:
-            # RETURNING rather than rowcount: drivers disagree on an upsert's rowcount.
-            stored = connection.execute(statement).first() is not None
+        values = _columns(value, {"d": domain, "k": key, "e": now + ttl, "now": now})
+        stored = self._run(STATEMENT, lambda connection: self._one(connection, self._add_sql, values)) is not None
         self._purge_if_due(now)
         return stored
 
     def incr(self, domain: str, key: str, amount: int, ttl: float) -> int:
         """Add ``amount`` to a counter and return the new value; a missing or expired one starts a new window."""
         now = self.clock()
-        insert = self._insert(state).values(domain=domain, key=key, value=None, n=amount, expires=now + ttl)
-        restart = sa.or_(state.c.expires <= now, state.c.n.is_(None))
-        statement = insert.on_conflict_do_update(
-            index_elements=[state.c.domain, state.c.key],
-            set_={
-                "n": sa.case((restart, insert.excluded.n), else_=state.c.n + insert.excluded.n),
-                "expires": sa.case((restart, insert.excluded.expires), else_=state.c.expires),
-                "value": None,
-            },
-        ).returning(state.c.n)
-        with self._write() as connection:
-            value = connection.execute(statement).scalar_one()
+        values = {"d": domain, "k": key, "n": amount, "e": now + ttl, "now": now}
+        row = self._run(STATEMENT, lambda connection: self._one(connection, self._incr_sql, values))
         self._purge_if_due(now)
-        return int(value)
+        return int(row[0])
 
     def delete(self, domain: str, key: str) -> bool:
         """Remove a key or window; return whether a live one existed."""
         now = self.clock()
-        with self._write() as connection:
-            expiries = list(connection.execute(
-                state.delete().where(state.c.domain == domain, state.c.key == key).returning(state.c.expires)
-            ).scalars())
-            expiries += connection.execute(
-                windows.delete().where(windows.c.domain == domain, windows.c.key == key).returning(windows.c.expires)
-            ).scalars()
-        return any(expires > now for expires in expiries)
+        values = {"d": domain, "k": key}
 
-    def _upsert(self, domain: str, key: str, value: Any, expires: float, only_if_expired_at: float | None = None):
-        insert = self._insert(state).values(domain=domain, key=key, expires=expires, **_columns(value))
-        return insert.on_conflict_do_update(
-            index_elements=[state.c.domain, state.c.key],
-            set_={"value": insert.excluded.value, "n": insert.excluded.n, "expires": insert.excluded.expires},
-            where=None if only_if_expired_at is None else state.c.expires <= only_if_expired_at,
-        )
+        def work(connection):
+            return [row[0] for sql in self._delete_sql for row in self._all(connection, sql, values)]
 
-    @staticmethod
-    def _drop_window(connection: Connection, domain: str, key: str) -> None:
-        connection.execute(windows.delete().where(windows.c.domain == domain, windows.c.key == key))
+        expiries = self._run(STATEMENT if len(self._delete_sql) == 1 else TRANSACTION, work)
+        return any(expires is not None and expires > now for expires in expiries)
 
     # -- windows ----------------------------------------------------------
 
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
         """Add (or replace) a member expiring ``ttl`` seconds from now; return the live entries. Atomic."""
         now = self.clock()
-        insert = self._insert(windows).values(domain=domain, key=key, member=member, weight=weight, expires=now + ttl)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[windows.c.domain, windows.c.key, windows.c.member],
-            set_={"weight": insert.excluded.weight, "expires": insert.excluded.expires})
-        with self._write() as connection:
-            if self.dialect == "postgresql":
+        values = {"d": domain, "k": key, "m": member, "weight": weight, "e": now + ttl, "now": now,
+                  "lock": _lock_key(domain, key)}
+
+        def work(connection):
+            if self._postgresql:
                 # Serialise the adders of one window, so that the last sees every
                 # member (SQLite's BEGIN IMMEDIATE already serialises all writers).
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(domain, key))))
-            connection.execute(state.delete().where(state.c.domain == domain, state.c.key == key))
-            connection.execute(windows.delete().where(
-                windows.c.domain == domain, windows.c.key == key, windows.c.expires <= now))
-            connection.execute(upsert)
-            entries = self._live_entries(connection, domain, key, now)
+                self._one(connection, self._window_lock_sql, values)
+            for sql in (self._delete_key_sql, self._drop_expired_members_sql, self._window_upsert_sql):
+                connection.execute(sql.text, sql.params(values))
+            return self._all(connection, self._entries_sql, values)
+
+        entries = self._entries(self._run(TRANSACTION, work))
         self._purge_if_due(now)
         return entries
 
     def window_entries(self, domain: str, key: str) -> list[WindowEntry]:
         """Return the live entries of a window, oldest expiry first."""
-        with self._read() as connection:
-            return self._live_entries(connection, domain, key, self.clock())
+        values = {"d": domain, "k": key, "now": self.clock()}
+        return self._entries(self._run(READ, lambda connection: self._all(connection, self._entries_sql, values)))
 
     def window_discard(self, domain: str, key: str, member: str) -> bool:
         """Remove one member; return whether it was live."""
         now = self.clock()
-        statement = windows.delete().where(
-            windows.c.domain == domain, windows.c.key == key, windows.c.member == member).returning(windows.c.expires)
-        with self._write() as connection:
-            expiries = list(connection.execute(statement).scalars())
-        return any(expires > now for expires in expiries)
+        values = {"d": domain, "k": key, "m": member}
+        rows = self._run(STATEMENT, lambda connection: self._all(connection, self._discard_sql, values))
+        return any(row[0] > now for row in rows)
 
     @staticmethod
-    def _live_entries(connection: Connection, domain: str, key: str, now: float) -> list[WindowEntry]:
-        query = (sa.select(windows.c.member, windows.c.weight, windows.c.expires)
-                 .where(windows.c.domain == domain, windows.c.key == key, windows.c.expires > now)
-                 .order_by(windows.c.expires, windows.c.member))
-        return [WindowEntry(row.member, int(row.weight), float(row.expires)) for row in connection.execute(query)]
+    def _entries(rows: list) -> list[WindowEntry]:
+        return [WindowEntry(member, int(weight), float(expires)) for member, weight, expires in rows]
 
     # -- purging ----------------------------------------------------------
 
     def purge_expired(self, limit: int = PURGE_BATCH) -> int:
         """Delete up to ``limit`` expired rows of each state table; return how many went."""
-        now = self.clock()
-        deleted = 0
-        with self._write() as connection:
+        statements = self._purge_sql.get(limit)
+        if statements is None:
+            statements = []
             for table, key in ((state, (state.c.domain, state.c.key)),
                                (windows, (windows.c.domain, windows.c.key, windows.c.member))):
-                victims = sa.select(*key).where(table.c.expires <= now).limit(limit)
+                victims = sa.select(*key).where(table.c.expires <= _p("now")).limit(limit)
                 # The outer test re-checks each row, so a key refreshed since the
                 # sub-select (a new nonce under an old name) is never deleted.
-                result = connection.execute(table.delete().where(table.c.expires <= now, sa.tuple_(*key).in_(victims)))
-                deleted += max(result.rowcount, 0)
-        return deleted
+                statements.append(self.compile(
+                    table.delete().where(table.c.expires <= _p("now"), sa.tuple_(*key).in_(victims))))
+            statements = self._purge_sql[limit] = tuple(statements)
+        values = {"now": self.clock()}
+
+        def work(connection):
+            return sum(max(self._count(connection, sql, values), 0) for sql in statements)
+
+        return self._run(TRANSACTION, work)
 
     def _purge_if_due(self, now: float) -> None:
         if now < self._next_purge or not self._purge_lock.acquire(blocking=False):

@@ -81,3 +81,42 @@ def test_exhausted_pool_is_unavailable(sqlite_url):
         assert driver.fetch(DOMAIN, "M", "a") is None
     finally:
         driver.close()
+
+
+def test_postgres_restart_is_invisible_to_the_next_calls(private_postgres):
+    """A pooled connection the server closed is replaced at checkout, before any statement is sent."""
+    driver = SqlDriver(private_postgres.url, clock=FakeClock(), options={"connect_timeout": 2})
+    try:
+        driver.set(DOMAIN, "session", {"user": "ann"}, 60)
+        private_postgres.stop()
+        private_postgres.start()
+        assert driver.add(DOMAIN, "nonce", 1, 60) is True  # a single-statement write: no 503
+        private_postgres.stop()
+        private_postgres.start()
+        assert driver.get(DOMAIN, "session") == {"user": "ann"}
+    finally:
+        driver.close()
+
+
+def test_postgres_connection_broken_in_a_call_is_retried_only_when_nothing_was_applied(private_postgres, monkeypatch):
+    """Reads and transactions that broke before COMMIT are retried once; a sent single statement is not."""
+    monkeypatch.setattr("bastion_storage_sql.engine.socket_is_quiet", lambda fileno: True)  # hide the checkout test
+    driver = SqlDriver(private_postgres.url, clock=FakeClock(), options={"connect_timeout": 2})
+    try:
+        driver.set(DOMAIN, "session", {"user": "ann"}, 60)
+
+        def restart():
+            private_postgres.stop()
+            private_postgres.start()
+
+        restart()
+        assert driver.get(DOMAIN, "session") == {"user": "ann"}  # a read: retried
+        restart()
+        driver.commit(DOMAIN, [Change("insert", "M", "a", 0, {"n": 1}, {})])  # a transaction: retried
+        assert driver.fetch(DOMAIN, "M", "a").vsn == 1
+        restart()
+        with pytest.raises(ServiceUnavailable):
+            driver.add(DOMAIN, "nonce", 1, 60)  # a statement in flight may have been applied: never retried
+        assert driver.add(DOMAIN, "nonce", 1, 60) is True  # the broken connection is gone
+    finally:
+        driver.close()

@@ -4,7 +4,6 @@ import pytest
 import sqlalchemy as sa
 from bastion_storage_sql import SqlDriver
 from bastion_storage_sql.schema import state, windows
-from sqlalchemy import event
 
 from kernel.driver import Change
 from kernel.testing import FakeClock
@@ -33,13 +32,10 @@ def driver(any_url, clock):
 def test_select_with_where_starts_from_the_index_on_sqlite(sqlite_url):
     driver = SqlDriver(sqlite_url)
     driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {}, {"done": i == 7}) for i in range(50)])
-    statements = []
-    event.listen(driver.engine, "before_cursor_execute",
-                 lambda conn, cursor, statement, params, context, many: statements.append((statement, params)))
     assert [r.id for r in driver.select(DOMAIN, "M", {"done": True})] == ["r7"]
-    statement, params = statements[-1]
+    sql, values = driver._select_query(DOMAIN, "M", {"done": True})  # the statement select just ran
     with driver.engine.connect() as connection:
-        plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+        plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql.text, sql.params(values))]
     driver.close()
     # The first step is a search of the index entries by (domain, model, field, token).
     assert plan[0].startswith("SEARCH i0 USING PRIMARY KEY (domain=? AND model=? AND field=? AND token=?)"), plan
