@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
+import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,9 +106,32 @@ def _postgresql_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, An
     return engine
 
 
+def _enable_wal(path: str, busy: float) -> None:
+    """Switch the file to WAL once, before any pooled connection exists.
+
+    The mode is stored in the file. Switching needs the file to itself, and
+    SQLite answers "database is locked" at once rather than waiting when
+    several connections start at the same moment (workers booting together),
+    so the switch is retried until the busy timeout.
+    """
+    deadline = time.monotonic() + busy
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=busy)) as connection:
+                connection.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise ConfigError(f"cannot open the SQLite database {path}: {exc}") from None
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)  # another connection holds the file for a moment; nothing to wait on
+
+
 def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     busy = float(settings["sqlite_busy_timeout"])
+    _enable_wal(url.database, busy)
     synchronous = settings["sqlite_synchronous"].upper()
     engine = sa.create_engine(url, poolclass=sa.QueuePool, **pool,
                               connect_args={"timeout": busy, "check_same_thread": False})
@@ -118,8 +144,7 @@ def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) 
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
-            # WAL lets readers run beside the one writer; the mode is stored in the file.
-            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            # WAL (set once by _enable_wal, stored in the file) lets readers run beside the one writer.
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
