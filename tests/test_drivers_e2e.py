@@ -172,6 +172,23 @@ def todo_by_id(todos: list[dict], todo_id: str) -> dict:
 # -- 1. racing writers ----------------------------------------------------------------------------
 
 
+
+@each(CONFIGURATIONS)
+def test_workers_starting_together_create_each_user_once(deployment):
+    """4 workers ran the [users] bootstrap at the same moment: one record, every worker alive."""
+    from kernel.config import Config
+    from kernel.runtime import Runtime
+
+    assert len(deployment.worker_pids()) == 4, deployment.server.log()
+    runtime = Runtime(Config.from_dict(deployment.server.sections))
+    try:
+        users = runtime.records.select("localhost", "User")
+    finally:
+        runtime.close()
+    assert [u.id for u in users] == ["alice"]
+    assert "VersionConflict" not in deployment.server.log() and "Traceback" not in deployment.server.log()
+
+
 @each(CONFIGURATIONS)
 def test_racing_writers_lose_no_add_and_no_increment(deployment):
     report = deployment.notes

@@ -124,3 +124,10 @@ def test_todos_survive_a_restart_on_the_shipped_sqlite_storage(tmp_path):
         client = Client(second.url, host="localhost")
         client.login("alice", "password1")
         assert client.call("get_all") == [todo]
+
+
+def test_memory_storage_forces_one_worker_process_and_says_why():
+    sections = {"bastion": {"development": True, "storage": "mem://"}}
+    with GunicornServer(sections, workers=4, env={"BASTION_LOAD_PLUGINS": "storage_mem"}) as server:
+        assert "running 1 worker" in server.log()
+        assert server.log().count("Booting worker") == 1
