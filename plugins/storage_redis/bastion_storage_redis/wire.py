@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -124,16 +124,16 @@ class Wire:
 
     # -- commands -----------------------------------------------------------
 
-    def execute(self, *command: Any) -> Any:
-        """Send one command and return its reply (an error reply raises)."""
+    def _round_trip(self, pack: Callable[[Any], Any], read: Callable[[Any], Any]) -> Any:
+        """Send what ``pack(conn)`` builds and return ``read(conn)``; re-send on a fresh socket with ``retries``."""
         conn = self._checkout()
         try:
-            packed = self._pack(conn, command)
+            packed = pack(conn)
             attempt = 0
             while True:
                 try:
                     conn.send_packed_command(packed)
-                    return conn.read_response()
+                    return read(conn)
                 except BROKEN:
                     conn.disconnect()
                     if attempt >= self._retries:
@@ -142,31 +142,29 @@ class Wire:
         finally:
             self._idle.put(conn)
 
+    def execute(self, *command: Any) -> Any:
+        """Send one command and return its reply (an error reply raises)."""
+        return self._round_trip(lambda conn: self._pack(conn, command), lambda conn: conn.read_response())
+
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one round trip; return each reply, or the error it answered with."""
-        conn = self._checkout()
-        try:
+
+        def pack(conn: Any) -> list[bytes]:
             packed: list[bytes] = []
             for command in commands:
                 packed += self._pack(conn, command)
-            attempt = 0
-            while True:
+            return packed
+
+        def read(conn: Any) -> list[Any]:
+            replies: list[Any] = []
+            for _ in commands:
                 try:
-                    conn.send_packed_command(packed)
-                    replies: list[Any] = []
-                    for _ in commands:
-                        try:
-                            replies.append(conn.read_response())
-                        except ResponseError as exc:  # the connection stays in step
-                            replies.append(exc)
-                    return replies
-                except BROKEN:
-                    conn.disconnect()
-                    if attempt >= self._retries:
-                        raise
-                    attempt += 1
-        finally:
-            self._idle.put(conn)
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # the connection stays in step
+                    replies.append(exc)
+            return replies
+
+        return self._round_trip(pack, read)
 
     def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a script with EVALSHA; load it once if Redis does not know it, and run it again."""
