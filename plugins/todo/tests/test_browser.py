@@ -36,9 +36,13 @@ async (v) => {
 
 
 @pytest.fixture
-def client_page(page, live_url):
-    """A page of the kernel's server that has loaded /bastion/bastion.js."""
-    page.goto(live_url + "/")
+def client_page(live_url, page):
+    """A page of the kernel's server that has loaded /bastion/bastion.js.
+
+    ``live_url`` comes first so that the server outlives the page: a server
+    stopped under an open page resets the browser's last requests.
+    """
+    page.goto(live_url + "/", wait_until="networkidle")
     page.wait_for_function("() => window.Bastion !== undefined")
     return page
 
