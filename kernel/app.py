@@ -18,6 +18,7 @@ from kernel.errors import (
     Error,
     Forbidden,
     InvalidCall,
+    InvalidHost,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -84,7 +85,7 @@ class KernelMiddleware:
         req.context.token = context.set_current(request)
         request.domain = parse_domain(req.env.get("HTTP_HOST"))
         if not rt.hosts.allows(request.domain):
-            raise _invalid_host(request.domain)
+            raise InvalidHost(f"host {request.domain!r} is not served here")
         if not req.path.startswith(PROTECTED_PREFIXES):
             return
         if not rt.development and scheme != "https":
@@ -147,12 +148,6 @@ def _request_target(req: falcon.Request) -> str:
 
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
-
-
-def _invalid_host(domain: str):
-    from kernel.errors import InvalidHost
-
-    return InvalidHost(f"host {domain!r} is not served here")
 
 
 class ApiResource:

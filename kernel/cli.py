@@ -14,6 +14,14 @@ from collections.abc import Sequence
 
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
+from kernel.passwords import (
+    ARGON2_MEMORY_COST,
+    ARGON2_PARALLELISM,
+    ARGON2_TIME_COST,
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    argon2_context,
+)
 from kernel.plugins import describe, get_plugin_manager
 
 
@@ -30,19 +38,18 @@ def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return password
 
 
-#: argon2id parameters (OWASP's floor), overridden by the same keys of ``[auth]`` when the file has them.
-ARGON2_DEFAULTS = {"argon2_memory_cost": 19456, "argon2_time_cost": 2, "argon2_parallelism": 1}
+#: The ``[auth]`` keys of the argon2id parameters, and their defaults.
+ARGON2_KEYS = {"argon2_memory_cost": ARGON2_MEMORY_COST, "argon2_time_cost": ARGON2_TIME_COST,
+               "argon2_parallelism": ARGON2_PARALLELISM}
 
 
 def password_context(config=None):
-    """Return an argon2id CryptContext with the ``[auth]`` parameters of ``config``, else the defaults.
+    """Return the argon2id context of the ``[auth]`` parameters of ``config``, else the defaults.
 
     The kernel does not own ``[auth]``; it only reads these three numbers so
     that hashes made here need no upgrade at the first login.
     """
-    from passlib.context import CryptContext
-
-    params = dict(ARGON2_DEFAULTS)
+    params = dict(ARGON2_KEYS)
     if config is not None and config.has_section("auth"):
         for key in params:
             raw = config.parser.get("auth", key, fallback=None)
@@ -51,8 +58,7 @@ def password_context(config=None):
                     params[key] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{config.label}: [auth] {key} = {raw!r}: invalid value; accepted: an integer") from None
-    return CryptContext(schemes=["argon2"], argon2__type="ID", argon2__memory_cost=params["argon2_memory_cost"],
-                        argon2__rounds=params["argon2_time_cost"], argon2__parallelism=params["argon2_parallelism"])
+    return argon2_context(params["argon2_memory_cost"], params["argon2_time_cost"], params["argon2_parallelism"])
 
 
 def _cmd_plugins(args, pm, runtime_factory) -> int:
@@ -76,8 +82,8 @@ def _cmd_check(args, pm, runtime_factory) -> int:
 
 def _cmd_hash_password(args, pm, runtime_factory) -> int:
     password = read_password(args)
-    if not 8 <= len(password) <= 1024:
-        raise SystemExit("bastion: a password has 8 to 1024 characters")
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise SystemExit(f"bastion: a password has {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters")
     print(password_context(load_config(args.config)).hash(password))
     return 0
 

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from passlib.context import CryptContext
 
+from kernel.passwords import argon2_context
+
 
 def make_context(settings) -> CryptContext:
     """Build the hashing policy from ``[auth]``; older parameters are flagged by ``needs_update``."""
-    return CryptContext(
-        schemes=["argon2"],
-        argon2__type="ID",
-        argon2__memory_cost=settings.argon2_memory_cost,
-        argon2__rounds=settings.argon2_time_cost,
-        argon2__parallelism=settings.argon2_parallelism,
-    )
+    return argon2_context(settings.argon2_memory_cost, settings.argon2_time_cost, settings.argon2_parallelism)
 
 
 class Passwords:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from kernel.config import Bool, Float, Int
+from kernel.passwords import (
+    ARGON2_MEMORY_COST,
+    ARGON2_PARALLELISM,
+    ARGON2_TIME_COST,
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+)
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -15,11 +22,11 @@ AUTH_SCHEMA = {
     "account_window": Int(900, "seconds failed logins of one account are counted", min=1),
     "account_max_failures": Int(5, "failed logins that lock an account; 0 disables locks", min=0),
     "account_lock": Int(300, "seconds an account stays locked", min=1),
-    "argon2_memory_cost": Int(19456, "argon2id memory in KiB (OWASP floor: 19456)", min=8),
-    "argon2_time_cost": Int(2, "argon2id iterations (OWASP floor: 2)", min=1),
-    "argon2_parallelism": Int(1, "argon2id lanes", min=1),
-    "min_password_length": Int(8, "shortest password accepted when setting one", min=1),
-    "max_password_length": Int(1024, "longest password accepted (never truncated)", min=8),
+    "argon2_memory_cost": Int(ARGON2_MEMORY_COST, "argon2id memory in KiB (OWASP floor: 19456)", min=8),
+    "argon2_time_cost": Int(ARGON2_TIME_COST, "argon2id iterations (OWASP floor: 2)", min=1),
+    "argon2_parallelism": Int(ARGON2_PARALLELISM, "argon2id lanes", min=1),
+    "min_password_length": Int(MIN_PASSWORD_LENGTH, "shortest password accepted when setting one", min=1),
+    "max_password_length": Int(MAX_PASSWORD_LENGTH, "longest password accepted (never truncated)", min=8),
     "demo_user": Bool(True, "in development mode, create demo@localhost when no user exists"),
     "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
 }
