@@ -12,6 +12,11 @@ from kernel.store import Errors, storage
 USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
 
 
+def is_username(value: Any) -> bool:
+    """Whether a value can be a username: 1 to 150 letters, digits or ``_.@+-``."""
+    return isinstance(value, str) and USERNAME.fullmatch(value) is not None
+
+
 class User:
     """A user of one domain; the record id is the username (a natural key)."""
 
@@ -24,7 +29,7 @@ class User:
     @classmethod
     def validate(cls, record):
         errors = Errors()
-        if not isinstance(record.username, str) or not USERNAME.fullmatch(record.username):
+        if not is_username(record.username):
             errors.username.invalid = "1 to 150 letters, digits or _.@+-"
         if not isinstance(record.password, str) or not record.password.startswith("$"):
             errors.password.invalid = "not a password hash"
@@ -41,7 +46,7 @@ class User:
 
 def check_username(username: str) -> None:
     """Raise ValueError for a username that cannot exist."""
-    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+    if not is_username(username):
         raise ValueError("a username has 1 to 150 letters, digits or _.@+- characters")
 
 
@@ -64,7 +69,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 def find(username: str):
     """Return the user record of the current domain, or None."""
-    if not isinstance(username, str) or not USERNAME.fullmatch(username):
+    if not is_username(username):
         return None
     with storage() as db:
         return db.get(User, username)

@@ -21,24 +21,24 @@ def _server() -> PostgresServer:
         pytest.fail(f"cannot start a private PostgreSQL server: {exc}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A PostgreSQL server on 127.0.0.1 shared by the session; removed at the end."""
+def _running_server():
     server = _server()
     try:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on 127.0.0.1 shared by the session; removed at the end."""
+    yield from _running_server()
 
 
 @pytest.fixture
 def private_postgres():
     """A PostgreSQL server of the test's own, which the test may stop and start."""
-    server = _server()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _running_server()
 
 
 @pytest.fixture
