@@ -69,8 +69,9 @@ class Sessions:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false."""
         index = account_key("user-sessions", username)
         if self.max_active or force:
-            live = [e.member for e in self.state.window_entries(domain, index)
-                    if self._is_live(domain, e.member, now)]
+            sids = [e.member for e in self.state.window_entries(domain, index)]
+            values = self.state.get_many(domain, [self.key(sid) for sid in sids])  # one round trip for all
+            live = [sid for sid, value in zip(sids, values, strict=True) if _is_live(value, now)]
             if force:
                 for sid in live:
                     self.end(domain, sid, username)
@@ -135,6 +136,7 @@ class Sessions:
     def _forget(self, domain: str, sid: str) -> None:
         self.state.delete(domain, self.key(sid))
 
-    def _is_live(self, domain: str, sid: str, now: float) -> bool:
-        value = self.state.get(domain, self.key(sid))
-        return isinstance(value, dict) and now < min(value["i"], value["a"])
+
+def _is_live(value: Any, now: float) -> bool:
+    """Whether a stored session value has not yet expired."""
+    return isinstance(value, dict) and now < min(value["i"], value["a"])
