@@ -106,6 +106,27 @@ def browser():
         chromium.close()
 
 
+@pytest.fixture
+def launch_chromium(browser):
+    """Launch another Chromium with extra command-line flags (closed after the test)."""
+    launched = []
+
+    def launch(*flags: str):
+        other = browser.browser_type.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *flags])
+        launched.append(other)
+        return other
+
+    yield launch
+    for other in launched:
+        other.close()
+
+
+@pytest.fixture
+def serve():
+    """``serve(wsgi_app)``: a context manager serving the app on 127.0.0.1; it yields the port."""
+    return serve_in_thread
+
+
 class PageErrors:
     """Collects every JavaScript error and console error of the pages it watches."""
 

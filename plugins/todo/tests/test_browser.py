@@ -1,7 +1,7 @@
 """bastion.js and the todo UI in a real Chromium.
 
-The first tests need only the kernel and this plugin; the end-to-end ones
-need the auth plugin and real gunicorn, and are skipped until both exist.
+The first tests need only the kernel and this plugin, served in-process;
+the end-to-end ones run the auth plugin and this one in real gunicorn.
 """
 
 from __future__ import annotations
@@ -509,3 +509,20 @@ def test_the_ui_fits_a_phone(server, browser, page_errors):
         page.screenshot(path=str(ARTIFACTS / "todo-phone.png"), full_page=True, animations="disabled")
     finally:
         phone.close()
+
+
+def test_bastion_js_says_clearly_that_it_needs_a_secure_context(launch_chromium, make_app, serve):
+    """Over plain HTTP on a name that is not loopback, browsers offer no WebCrypto: say so, do not break."""
+    import time
+
+    app = make_app({"bastion": {"allowed_hosts": "insecure.test"}}, only=["storage_mem", "todo"], clock=time.time)
+    with serve(app) as port:
+        # The name resolves to loopback, but Chromium judges a context secure by its name: this one is not.
+        page = launch_chromium("--host-resolver-rules=MAP insecure.test 127.0.0.1").new_page()
+        page.goto(f"http://insecure.test:{port}/", wait_until="networkidle")
+        assert page.evaluate("() => window.isSecureContext") is False
+        got = page.evaluate("""() => Bastion.login("alice", "correct horse battery").then(
+            () => null, (error) => ({exc: error.exc, err: error.err}))""")
+        page.close()
+    assert got["exc"] == "InsecureContext"
+    assert "secure context" in " ".join(got["err"])
