@@ -190,6 +190,27 @@ def test_workers_starting_together_create_each_user_once(deployment):
 
 
 @each(CONFIGURATIONS)
+def test_two_adduser_commands_at_once_create_one_user(deployment, tmp_path):
+    import subprocess
+    import sys
+
+    from kernel.testing.servers import write_config
+
+    config = write_config(deployment.server.sections, tmp_path)
+    command = [sys.executable, "-m", "kernel.cli", "--config", str(config), "adduser", "carol",
+               "--domain", "localhost", "--password-stdin"]
+    runs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outcomes = [run.communicate("carol's password\n", timeout=120) + (run.returncode,) for run in runs]
+    codes = sorted(code for _, _, code in outcomes)
+    assert codes == [0, 1], outcomes
+    assert any("already exists" in err for _, err, code in outcomes if code == 1), outcomes
+    listing = subprocess.run([sys.executable, "-m", "kernel.cli", "--config", str(config), "users",
+                              "--domain", "localhost"], capture_output=True, text=True, timeout=120)
+    assert listing.stdout.split().count("carol@localhost") == 1, listing
+
+
+@each(CONFIGURATIONS)
 def test_racing_writers_lose_no_add_and_no_increment(deployment):
     report = deployment.notes
     tag = uuid.uuid4().hex
