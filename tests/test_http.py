@@ -214,6 +214,12 @@ def all_notes():
 
 
 @service
+def not_json():
+    """Return something JSON cannot say."""
+    return {"tags": {"a", "b"}}
+
+
+@service
 def explode():
     """Fail unexpectedly."""
     raise RuntimeError("secret internals /etc/passwd")
@@ -231,7 +237,7 @@ class NotesPlugin:
 
     @hookimpl
     def bastion_services(self):
-        return [note, all_notes, explode]
+        return [note, all_notes, explode, not_json]
 
     @hookimpl
     def bastion_routes(self, app):
@@ -347,3 +353,11 @@ def test_signed_path_without_a_raw_target_is_re_encoded():
     assert _request_target(Req()) == "/api/a%20b%C3%A9"
     Req.env = {"RAW_URI": "/api/%61dd?x=1", "PATH_INFO": "/api/add"}
     assert _request_target(Req()) == "/api/%61dd"
+
+
+def test_a_result_that_is_not_json_is_a_500_that_says_nothing(notes_client):
+    result = notes_client({"bastion": {"development": False, "allowed_hosts": "localhost"}}).simulate_post(
+        "/api/not_json", protocol="https")
+    assert result.status_code == 500
+    assert set(result.json) == {"exc", "err"} and result.json["exc"] == "Error"
+    assert "set" not in result.text
