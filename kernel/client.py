@@ -29,7 +29,7 @@ from kernel.hosts import parse_domain
 
 #: Answers a server gives before it knows the caller holds the key (steps 1 to 8): never signed.
 UNSIGNED = frozenset({"InvalidHost", "RequireSSL", "Abusive", "PayloadTooLarge", "UnsupportedMediaType",
-                      "InvalidCall", "Unauthorized", "UnknownSession", "ExpiredSession", "InvalidSignature",
+                      "InvalidCall", "RequestTimeout", "Unauthorized", "UnknownSession", "ExpiredSession", "InvalidSignature",
                       "ServiceUnavailable"})
 
 

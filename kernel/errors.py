@@ -149,6 +149,13 @@ class MethodNotAllowed(BastionError):
         super().__init__(*messages, headers={"Allow": ", ".join(allowed)})
 
 
+class RequestTimeout(BastionError):
+    """408: the request's headers or body did not arrive within the server's read timeouts."""
+
+    status = 408
+    default_message = "the request did not arrive in time"
+
+
 class MaxActiveSessions(BastionError):
     """409: the user already has the allowed number of live sessions."""
 
@@ -227,7 +234,7 @@ BY_NAME: dict[str, type[BastionError]] = {
     for cls in (
         InvalidCall, InvalidHost, Unauthorized, InvalidCredential, UnknownSession,
         ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
-        NotFound, RecordNotFound, MethodNotAllowed, MaxActiveSessions, VersionConflict,
+        NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,
         Error, ServiceUnavailable,
     )
