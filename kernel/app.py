@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import traceback
-import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -30,11 +29,10 @@ from kernel.hosts import parse_domain
 from kernel.jsonio import dumps, loads
 from kernel.runtime import Runtime
 from kernel.static_files import STATIC_CSP, StaticFiles
+from kernel.target import parse_target
 
 log = logging.getLogger("bastion.http")
 
-#: Paths whose requests go through the protocol's checks (PROTOCOL.md section 4).
-PROTECTED_PREFIXES = ("/api/", "/auth/")
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
 _HTTP_ERRORS: dict[int, type[BastionError]] = {
@@ -70,48 +68,87 @@ def create_app(config: Config | None = None, plugin_manager: pluggy.PluginManage
 
 
 class KernelMiddleware:
-    """Binds each request to its tenant and applies the checks and headers of PROTOCOL.md."""
+    """Binds each request to its tenant and applies the checks and headers of PROTOCOL.md.
+
+    What a request must pass is decided by the route it matched (a resource's
+    ``protected`` and ``signed`` attributes), never by a prefix of its path:
+    ``process_request`` runs for every request, ``process_resource`` once
+    routing has found the resource.
+    """
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Steps 1 to 5 of PROTOCOL.md section 4, then make the request current."""
+        """The canonical target and step 1 (allowed host), then make the request current."""
         rt = self.runtime
         origin, scheme = rt.origins.resolve(req.env)
         request = context.Request(runtime=rt, domain="", origin=origin, scheme=scheme, method=req.method,
-                                  path=_request_target(req), headers=req.env)
+                                  path=req.path, headers=req.env)
         req.context.request = request
         req.context.token = context.set_current(request)
-        request.domain = parse_domain(req.env.get("HTTP_HOST"))
+        target = parse_target(req.env)
+        request.path, request.query = target.path, target.query
+        # RFC 9112 section 3.2.2: the authority of an absolute-form target is the host, whatever Host says.
+        request.domain = parse_domain(target.authority if target.authority is not None else req.env.get("HTTP_HOST"))
         if not rt.hosts.allows(request.domain):
             raise InvalidHost(f"host {request.domain!r} is not served here")
-        if not req.path.startswith(PROTECTED_PREFIXES):
-            return
-        if not rt.development and scheme != "https":
-            raise RequireSSL("this server only accepts HTTPS")
-        rt.hook.bastion_admit(request=request)
-        if req.method == "POST":
-            request.body = self._read_body(req)
 
-    def _read_body(self, req: falcon.Request) -> bytes:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        """Steps 2 to 5 of PROTOCOL.md section 4 for a protected route, and step 3 to 10 for a signed one."""
+        if not getattr(resource, "protected", False):
+            return
+        rt = self.runtime
+        request: context.Request = req.context.request
+        request.protected = True
+        if not rt.development and request.scheme != "https":
+            raise RequireSSL("this server only accepts HTTPS")
+        if req.method != "POST":
+            self._admit(request)  # the route answers 405 itself, after the ban check
+            return
+        request.body = self._read_body(req, request)
+        if getattr(resource, "signed", False):
+            self._authenticate(request, params.get("service"))
+        else:
+            self._admit(request)
+
+    def _admit(self, request: context.Request) -> None:
+        """Step 3: the auth plugin refuses a banned origin."""
+        self.runtime.hook.bastion_admit(request=request)
+
+    def _refuse(self, request: context.Request, error: BastionError) -> None:
+        """Answer a step 4 or 5 error, unless the origin is banned (step 3 comes first)."""
+        self._admit(request)
+        raise error
+
+    def _read_body(self, req: falcon.Request, request: context.Request) -> bytes:
+        """Steps 4 and 5: the body limit, its type, no query string; then the body itself."""
         limit = self.runtime.max_body
         length = req.content_length
         if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
+            self._refuse(request, PayloadTooLarge(f"request body over {limit} bytes"))
         chunked = length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
         body = b""
         if chunked:
             body = req.stream.read(limit + 1)
             if len(body) > limit:
-                raise PayloadTooLarge(f"request body over {limit} bytes")
+                self._refuse(request, PayloadTooLarge(f"request body over {limit} bytes"))
         if (length or body) and not _is_json(req.content_type):
-            raise UnsupportedMediaType("the request body must be application/json")
-        if req.query_string:
-            raise InvalidCall("a query string is not accepted here")
+            self._refuse(request, UnsupportedMediaType("the request body must be application/json"))
+        if request.query is not None:
+            self._refuse(request, InvalidCall("a query string is not accepted here"))
         if length:
             body = req.bounded_stream.read(length)
+            if len(body) < length:
+                raise InvalidCall("the request body ended before its Content-Length")
         return body
+
+    def _authenticate(self, request: context.Request, service: str | None) -> None:
+        """Steps 3 and 6 to 10, once the whole body has arrived: every state check holds at that moment."""
+        session = self.runtime.hook.bastion_authenticate(request=request, service=service)
+        if session is None:
+            self._refuse(request, Unauthorized("no authenticator is installed"))
+        request.session = session
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         """Add the security headers, sign the answer if the call was verified, release the request."""
@@ -135,23 +172,15 @@ class KernelMiddleware:
             req.context.token = None
 
 
-def _request_target(req: falcon.Request) -> str:
-    """The path exactly as sent on the request line (the signed one), without a query string."""
-    raw = req.env.get("RAW_URI") or req.env.get("REQUEST_URI")
-    if raw:
-        return raw.split("?", 1)[0]
-    # A server that keeps no raw target: PATH_INFO is decoded, so encode it back the canonical way
-    # (a client that sent %61 for "a" then fails verification instead of passing as another path).
-    decoded = (req.env.get("SCRIPT_NAME", "") + req.env.get("PATH_INFO", "")).encode("latin-1")
-    return urllib.parse.quote(decoded, safe="/;=,:@!$&'()*+~-._")
-
-
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
 
 
 class ApiResource:
-    """``POST /api/{service}``: authenticate, authorize, bind, run (steps 6 to 14)."""
+    """``POST /api/{service}``: authorize, bind, run (steps 11 to 14; the kernel authenticated the call)."""
+
+    protected = True
+    signed = True
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -160,10 +189,7 @@ class ApiResource:
         """Run a service for an authenticated caller."""
         rt = self.runtime
         request: context.Request = req.context.request
-        session = rt.hook.bastion_authenticate(request=request, service=service)
-        if session is None:
-            raise Unauthorized("no authenticator is installed")
-        request.session = session
+        session = request.session
         if any(allowed is False for allowed in rt.hook.bastion_has_permission(session=session, service=service)):
             raise Forbidden(f"you may not call {service}")
         svc = rt.services.get(service)
@@ -222,7 +248,7 @@ class ErrorHandler:
         if isinstance(error, Error) and self.runtime.development:
             body["trace"] = "".join(traceback.format_exception(ex))
         request = getattr(req.context, "request", None)
-        if request is not None and req.path.startswith(PROTECTED_PREFIXES) and not isinstance(error, Error):
+        if request is not None and request.protected and not isinstance(error, Error):
             try:
                 self.runtime.hook.bastion_refused(request=request, error=error)
             except Exception:

@@ -41,10 +41,13 @@ class Request:
     scheme: str = "http"
     method: str = "POST"
     path: str = "/"
+    query: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     session: Any = None
     signer: ResponseSigner | None = None
+    #: Whether the matched route is protected (``/api/*``, ``/auth/*``): its refusals are weighed.
+    protected: bool = False
     #: Scratch space plugins share across the hooks of one request, keyed by plugin.
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -71,8 +71,13 @@ def bastion_routes(app, config, runtime):
     Called by :func:`kernel.app.create_app` once, after the kernel's own
     routes (``/api/{service}``, ``/healthz``) exist; ``app`` is the
     ``falcon.App``. Resources raise :mod:`kernel.errors` exceptions, which the
-    kernel's single error handler turns into PROTOCOL.md bodies. The auth
-    plugin adds ``/auth/login`` and ``/auth/logout`` here. Returns nothing.
+    kernel's single error handler turns into PROTOCOL.md bodies. A resource
+    whose class says ``protected = True`` gets the checks of PROTOCOL.md
+    section 4 before its responder runs (steps 2 to 5, and step 3 through
+    ``bastion_admit``); ``signed = True`` adds steps 6 to 10 through
+    ``bastion_authenticate``, so that the responder finds ``request.session``
+    set. The auth plugin adds ``/auth/login`` (protected) and
+    ``/auth/logout`` (protected and signed) here. Returns nothing.
     """
 
 
@@ -94,12 +99,15 @@ def bastion_static():
 
 @hookspec
 def bastion_admit(request):
-    """Refuse a request to ``/api/*`` or ``/auth/*`` before its body is read.
+    """Refuse a request to a protected route from an origin that may not be served.
 
-    Called by the kernel at step 3 of PROTOCOL.md section 4 (after the host
-    and HTTPS checks) with the :class:`kernel.context.Request`, whose body is
-    still empty. Raise a :class:`kernel.errors.BastionError` (the auth plugin
-    raises Abusive for a banned origin) to refuse. Returns nothing.
+    Called by the kernel at step 3 of PROTOCOL.md section 4 for every request
+    to a protected route that is not a signed call (``/auth/login``), and for
+    a signed call refused at step 4 or 5 (so that a banned origin learns
+    nothing more), with the :class:`kernel.context.Request`. The body is read
+    when the request passed steps 4 and 5. Raise a
+    :class:`kernel.errors.BastionError` (the auth plugin raises Abusive for a
+    banned origin) to refuse. Returns nothing.
     """
 
 
@@ -107,12 +115,15 @@ def bastion_admit(request):
 def bastion_authenticate(request, service):
     """Verify a signed call and return its session.
 
-    Called by the kernel for every ``POST /api/{service}`` and by the auth
-    plugin for ``/auth/logout``, with the :class:`kernel.context.Request`
-    (body read) and the service name. Performs steps 6 to 10 of PROTOCOL.md
-    section 4, raising the protocol error of the first that fails; sets
+    Called by the kernel for every ``POST`` to a signed route
+    (``/api/{service}``, ``/auth/logout``) once the whole body has arrived, so
+    that every check of state holds at the moment the call runs, with the
+    :class:`kernel.context.Request` and the service name (None for a route that
+    is not a service). Performs step 3 and steps 6 to 10 of PROTOCOL.md section
+    4, raising the protocol error of the first that fails; sets
     ``request.signer`` as soon as the MAC verified so that every later answer
-    is signed. Returns the session (an object with at least ``username``).
+    is signed. Returns the session (an object with at least ``username``),
+    which the kernel stores as ``request.session``.
     None from every plugin means no authenticator is installed, and the
     kernel answers 401 Unauthorized.
     Stops at the first non-None result.
@@ -132,7 +143,7 @@ def bastion_has_permission(session, service):
 
 @hookspec
 def bastion_refused(request, error):
-    """Observe a refused ``/api/*`` or ``/auth/*`` request.
+    """Observe a refused request to a protected route (``/api/*``, ``/auth/*``).
 
     Called by the kernel's error handler for every protocol error it answers
     on those paths, with the :class:`kernel.context.Request` and the

@@ -1,9 +1,24 @@
-"""JSON in and out of the wire: one strict reader and one compact writer for everyone."""
+"""JSON in and out of the wire: one strict reader and one compact writer for everyone.
+
+The reader refuses what a client could mean in two ways, or what the server
+could not give back: a repeated key, ``NaN`` and ``Infinity`` (also a number
+too large for a float, such as ``1e400``), text that is not UTF-8 or holds a
+lone surrogate escape (``"\\ud800"``), and nesting deeper than
+:data:`MAX_DEPTH` levels. Each is a ValueError, which the callers answer as
+400 InvalidCall.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
+
+#: The deepest nesting of arrays and objects a body may have.
+MAX_DEPTH = 64
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def dumps(value: Any) -> bytes:
@@ -12,7 +27,7 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(body: bytes) -> Any:
-    """Decode a body strictly; raise ValueError on bad UTF-8, a repeated key, NaN or Infinity.
+    """Decode a body strictly; raise ValueError on anything the module's docstring lists.
 
     A repeated key is refused rather than resolved: a proxy or filter that keeps
     the first value must never read a different call than we do.
@@ -21,7 +36,19 @@ def loads(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8: {exc.reason}") from None
-    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    # Both checks below walk the value; the cheap tests in front keep them off ordinary bodies.
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        _check_depth(value)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate escape, which is not text") from None
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -35,3 +62,24 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    """Raise ValueError if arrays and objects nest deeper than MAX_DEPTH (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))

@@ -143,6 +143,26 @@ def send_all_at_once(host: str, port: int, request: SignedRequest, copies: int) 
         return list(pool.map(send, range(copies)))
 
 
+def post_all_at_once(host: str, port: int, requests: list[tuple[str, bytes, dict[str, str], str]]) -> list[Response]:
+    """POST every ``(path, body, headers, source address)`` from its own connection, released together."""
+    barrier = threading.Barrier(len(requests), timeout=30)
+
+    def send(i: int) -> Response:
+        path, body, headers, source = requests[i]
+        conn = http.client.HTTPConnection(host, port, timeout=60, source_address=(source, 0))
+        try:
+            conn.connect()
+            barrier.wait()
+            conn.request("POST", path, body=body, headers=headers)
+            answer = conn.getresponse()
+            return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, range(len(requests))))
+
+
 def in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
     """Run ``work(i)`` for i in range(count), each in its own thread; return the results in order.
 

@@ -30,6 +30,7 @@ from .e2e_support import (
     freeze_call,
     in_threads,
     poll_until,
+    post_all_at_once,
     sections,
     send_all_at_once,
     timed,
@@ -215,7 +216,8 @@ def test_racing_writers_lose_no_add_and_no_increment(deployment):
     report = deployment.notes
     tag = uuid.uuid4().hex
     with timed(report, "8 logins s"):
-        clients = in_threads(WRITERS, lambda i: deployment.client())
+        # One after the other: an account has at most account_max_failures (5) logins in flight at once.
+        clients = [deployment.client() for _ in range(WRITERS)]
 
     def add_many(i: int) -> list[str]:
         return [clients[i].call("add", f"{tag} writer {i} todo {n}")["id"] for n in range(ADDS_EACH)]
@@ -354,3 +356,70 @@ def test_outage_answers_503_and_heals_without_a_restart(deployment):
     assert deployment.worker_pids() == workers
     for client in clients + readers:
         client.logout()
+
+
+# -- 4. limits under concurrency --------------------------------------------------------------------
+
+#: The configurations whose state is shared by 4 worker processes.
+SHARED_STATE = ["sqlite", "postgresql", "redis"]
+PARALLEL = 40
+
+
+@pytest.fixture(scope="module")
+def limited(request, tmp_path_factory) -> Iterator[GunicornServer]:
+    """4 workers with the protocol's default limits (bans at weight 10, locks after 5 failures)."""
+    name = request.param
+    if name == "sqlite":
+        storage = f"sqlite:///{tmp_path_factory.mktemp('limits')}/bastion.sqlite3"
+    elif name == "postgresql":
+        storage = request.getfixturevalue("e2e_postgres").create_database(f"limits_{uuid.uuid4().hex[:12]}")
+    else:
+        storage = _redis_url(request.getfixturevalue("e2e_redis"), 3)
+    config = sections(storage, auth={"abuse_max": 10, "account_max_failures": 5,
+                                     # a password check of a few milliseconds: a wide check-then-act window
+                                     "argon2_memory_cost": 4096})
+    server = GunicornServer(config, workers=4, threads=4)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _login(username: str, password: str) -> tuple[str, bytes, dict[str, str]]:
+    return "/auth/login", _body({"username": username, "password": password}), {
+        "Host": DOMAIN, "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("limited", SHARED_STATE, indirect=True, scope="module")
+def test_parallel_wrong_passwords_for_one_account_check_at_most_the_limit(limited):
+    """40 wrong passwords at once from 40 origins: at most 5 are checked, the rest are AccountLocked."""
+    requests = [(*_login("alice", f"wrong {i}"), f"127.0.1.{i + 1}") for i in range(PARALLEL)]
+    answers = post_all_at_once(limited.host, limited.port, requests)
+    counts = Counter(answer.json()["exc"] for answer in answers)
+    assert set(counts) <= {"InvalidCredential", "AccountLocked"} and counts["InvalidCredential"] <= 5, counts
+    # Locked now, whatever the password, from anywhere.
+    late = post_all_at_once(limited.host, limited.port, [(*_login("alice", PASSWORD), "127.0.2.1")])
+    assert late[0].json()["exc"] == "AccountLocked"
+
+
+@pytest.mark.parametrize("limited", SHARED_STATE, indirect=True, scope="module")
+def test_parallel_failed_logins_from_one_origin_check_at_most_the_ban_weight(limited):
+    """40 failed logins at once from one origin (40 accounts): at most 10 are checked, the rest are Abusive."""
+    requests = [(*_login(f"user{i}", "wrong password"), "127.0.3.1") for i in range(PARALLEL)]
+    answers = post_all_at_once(limited.host, limited.port, requests)
+    counts = Counter(answer.json()["exc"] for answer in answers)
+    assert set(counts) <= {"InvalidCredential", "Abusive"} and counts["InvalidCredential"] <= 10, counts
+    assert post_all_at_once(limited.host, limited.port, [(*_login("alice", PASSWORD), "127.0.3.1")])[0].status == 429
+
+
+@each(CONFIGURATIONS)
+def test_an_id_with_nul_is_not_found_on_every_driver(deployment):
+    client = deployment.client()
+    todo = client.call("add", "kept")
+    for service, args in (("update", ["a\u0000b", 1]), ("remove", ["a\u0000b", 1]),
+                          ("update", [todo["id"] + "\u0000", 1])):
+        answer = client.send_signed(f"/api/{service}", _body({"args": args}))[0]
+        assert (answer.status, answer.json()["exc"]) == (404, "RecordNotFound"), (service, answer.body)
+    assert todo in client.call("get_all")
+    client.logout()

@@ -26,14 +26,17 @@ WEIGHTS: dict[type[BastionError], int] = {
     Unauthorized: 1,
     UnknownSession: 1,
     ExpiredSession: 1,
-    InvalidCredential: 1,
-    AccountLocked: 1,
+    InvalidCredential: 1,  # weighed by the attempt's reservation (RESERVED)
+    AccountLocked: 1,  # weighed by the attempt's reservation (RESERVED)
     StaleCall: 1,
     InvalidSignature: 3,
     ReplayedCall: 3,
     Forbidden: 3,
 }
 
+
+#: Refusals of a login attempt, weighed by the attempt's own reservation (see :meth:`Abuse.reserve`).
+RESERVED: frozenset[type[BastionError]] = frozenset({InvalidCredential, AccountLocked})
 
 _UNREAD: Any = object()
 
@@ -49,7 +52,15 @@ def _release_time(entries: list[WindowEntry], maximum: int) -> float:
 
 
 class Abuse:
-    """Weighs refusals in a sliding window and bans an origin once the weight reaches the maximum."""
+    """Weighs refusals in a sliding window and bans an origin once the weight reaches the maximum.
+
+    A refusal of a signed call is weighed when it happens. A login attempt
+    is weighed before its password is checked: it takes a place of weight 1
+    in the window (:meth:`reserve`), atomically with reading the window, so
+    that however many attempts run at once, no more than ``abuse_max``
+    passwords are ever checked for one origin in the window. The failure
+    keeps the place (:meth:`confirm`); a success gives it back (:meth:`release`).
+    """
 
     def __init__(self, state: StateStore, settings):
         self.state = state
@@ -66,6 +77,11 @@ class Abuse:
         """The state key of an origin's ban."""
         return f"ban:{origin}"
 
+    @staticmethod
+    def window_key(origin: str) -> str:
+        """The state key of an origin's weights."""
+        return f"abuse:{origin}"
+
     def check(self, domain: str, origin: str, now: float, until: Any = _UNREAD) -> None:
         """Raise Abusive while the origin is banned in the domain (``until``: the ban already read, if any)."""
         if not self.maximum:
@@ -78,16 +94,56 @@ class Abuse:
     def weigh(self, domain: str, origin: str, error: BastionError, now: float) -> None:
         """Add the error's weight for the origin; ban it when the window holds the maximum."""
         weight = WEIGHTS.get(type(error), 0)
-        if not weight or not self.maximum:
+        if not weight or not self.maximum or type(error) in RESERVED:
             return
-        entries = self.state.window_add(domain, f"abuse:{origin}", secrets.token_hex(8), weight, self.window)
+        entries = self.state.window_add(domain, self.window_key(origin), secrets.token_hex(8), weight, self.window)
+        self._ban_if_due(domain, origin, entries, now)
+
+    def reserve(self, domain: str, origin: str, attempt: str, now: float) -> None:
+        """Take a place of weight 1 for a login attempt; Abusive (and no place) if the origin is banned."""
+        if not self.maximum:
+            return
+        entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
+        others = [e for e in entries if e.member != attempt]
+        if sum(e.weight for e in others) >= self.maximum:
+            self.state.window_discard(domain, self.window_key(origin), attempt)
+            until = _release_time(others, self.maximum)
+            raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
+
+    def confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
+        """Keep a failed attempt's place as its weight (re-added if it went meanwhile); ban at the maximum."""
+        if not self.maximum:
+            return
+        entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
+        self._ban_if_due(domain, origin, entries, now)
+
+    def release(self, domain: str, origin: str, attempt: str) -> None:
+        """Give back the place of an attempt that succeeded (a correct login weighs nothing)."""
+        if self.maximum:
+            self.state.window_discard(domain, self.window_key(origin), attempt)
+
+    def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float) -> None:
         if sum(e.weight for e in entries) >= self.maximum:
             until = _release_time(entries, self.maximum)
             self.state.set(domain, self.key(origin), until, max(until - now, 1))
 
 
+#: The member of an account's window that stands for its lock.
+LOCK = "lock"
+
+
 class Accounts:
-    """Counts failed logins per account and locks it for a while at the limit."""
+    """Counts failed logins per account and locks it for a while at the limit.
+
+    One window per account holds a member per attempt in flight (weight 0)
+    or failed (weight 1), and, while the account is locked, the member
+    :data:`LOCK` expiring with the lock. An attempt takes its place before
+    its password is checked, atomically with reading the window: it is
+    refused (AccountLocked, nothing checked) when the account is locked or
+    when the attempts already in the window reach the limit. So no more than
+    ``account_max_failures`` passwords are ever checked per lock period,
+    whatever the concurrency.
+    """
 
     def __init__(self, state: StateStore, settings):
         self.state = state
@@ -95,23 +151,31 @@ class Accounts:
         self.limit = settings.account_max_failures
         self.lock = settings.account_lock
 
-    def check(self, domain: str, username: str, now: float) -> None:
-        """Raise AccountLocked while the account is locked."""
-        if not self.limit:
-            return
-        until = self.state.get(domain, account_key("lock", username))
-        if isinstance(until, (int, float)) and until > now:
-            raise AccountLocked("too many failed logins for this account; try again later", retry_after=until - now)
-
-    def failed(self, domain: str, username: str, now: float) -> None:
-        """Count a failure; at the limit, lock the account and start counting afresh."""
+    def reserve(self, domain: str, username: str, attempt: str, now: float) -> None:
+        """Take a place for a login attempt; AccountLocked (and no place) if the account is locked or full."""
         if not self.limit:
             return
         key = account_key("failures", username)
-        entries = self.state.window_add(domain, key, secrets.token_hex(8), 1, self.window)
-        if len(entries) >= self.limit:
-            self.state.set(domain, account_key("lock", username), now + self.lock, self.lock)
-            self.state.delete(domain, key)
+        entries = self.state.window_add(domain, key, attempt, 0, self.window)
+        lock = [e for e in entries if e.member == LOCK]
+        others = [e for e in entries if e.member not in (attempt, LOCK)]
+        if lock or len(others) >= self.limit:
+            self.state.window_discard(domain, key, attempt)
+            retry_after = lock[0].expires - now if lock else 1
+            raise AccountLocked("too many failed logins for this account; try again later", retry_after=retry_after)
+
+    def failed(self, domain: str, username: str, attempt: str, now: float) -> None:
+        """Count a failure; at the limit, lock the account, and its count starts afresh."""
+        if not self.limit:
+            return
+        key = account_key("failures", username)
+        entries = self.state.window_add(domain, key, attempt, 1, self.window)
+        failures = [e for e in entries if e.member != LOCK and e.weight]
+        if len(failures) >= self.limit and not any(e.member == LOCK for e in entries):
+            # The lock first: from this moment every new attempt is refused; then the count restarts.
+            self.state.window_add(domain, key, LOCK, 0, self.lock)
+            for entry in failures:
+                self.state.window_discard(domain, key, entry.member)
 
     def succeeded(self, domain: str, username: str) -> None:
         """A successful login resets the account's count."""

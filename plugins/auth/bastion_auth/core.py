@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, Sessions
 from kernel.context import Request
-from kernel.errors import InvalidCall, InvalidCredential, InvalidSignature, ReplayedCall, StaleCall, Unauthorized
+from kernel.errors import AccountLocked, InvalidCall, InvalidCredential, InvalidSignature, ReplayedCall, StaleCall, Unauthorized
 from kernel.jsonio import loads
 from kernel.signing import (
     b64url,
@@ -20,9 +21,6 @@ from kernel.signing import (
     response_mac,
     server_authorization,
 )
-
-#: Where ``admit`` leaves the session it read for ``authenticate`` (in ``request.notes``).
-_PREFETCHED = "bastion_auth.session"
 
 
 class Auth:
@@ -45,22 +43,49 @@ class Auth:
     # -- login ------------------------------------------------------------
 
     def login(self, request: Request) -> dict[str, Any]:
-        """Check a login body and credentials; open a session and return the PROTOCOL.md answer."""
+        """Check a login body and credentials; open a session and return the PROTOCOL.md answer.
+
+        Every limit is reserved before the password is checked, atomically in
+        the state store, so that concurrent attempts can never check more
+        passwords than the limits allow: the attempt first takes a place in
+        its origin's abuse window (a banned origin is refused there), then in
+        its account's window (a locked account is refused there). A failure
+        keeps both places as the failure's weight; a success gives them back.
+        """
         username, password, force = parse_login(request.body)
-        domain = request.domain
-        self.accounts.check(domain, username, self.clock())
+        domain, origin = request.domain, request.origin
+        attempt = secrets.token_hex(8)
+        self.abuse.reserve(domain, origin, attempt, self.clock())
+        try:
+            self.accounts.reserve(domain, username, attempt, self.clock())
+        except AccountLocked:
+            self.abuse.confirm(domain, origin, attempt, self.clock())  # a login attempt on a locked account weighs 1
+            raise
         record = users.find(username)
         valid, outdated = self.passwords.verify(password, record.password if record is not None else None)
-        now = self.clock()
         if not valid:
-            self.accounts.failed(domain, username, now)
+            now = self.clock()
+            self.accounts.failed(domain, username, attempt, now)
+            self.abuse.confirm(domain, origin, attempt, now)
             if self.settings.dummy_delay:
                 time.sleep(self.settings.dummy_delay)
             raise InvalidCredential("invalid username or password")
+        self.abuse.release(domain, origin, attempt)
         self.accounts.succeeded(domain, username)
+        hashes = {record.password}
         if outdated:
-            users.set_password(username, self.passwords.context.hash(password), expected_hash=record.password)
+            upgraded = self.passwords.context.hash(password)
+            if users.set_password(username, upgraded, expected_hash=record.password):
+                hashes.add(upgraded)
+        now = self.clock()
         session = self.sessions.create(domain, username, now, force=force)
+        # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
+        # before this one existed changed or removed the user first, which this read sees.
+        current = users.find(username)
+        if current is None or (current.password not in hashes and not self.passwords.verify(password, current.password)[0]):
+            # (A hash that differs but still verifies is a concurrent login's upgrade of the same password.)
+            self.sessions.end(domain, session.sid, username)
+            raise InvalidCredential("invalid username or password")
         return {
             "sid": session.sid,
             "key": b64url(session.key),
@@ -72,39 +97,29 @@ class Auth:
     # -- signed calls -----------------------------------------------------
 
     def admit(self, request: Request) -> None:
-        """Step 3: refuse a banned origin.
-
-        The same round trip also reads the session a well-formed Authorization
-        header names, for step 7 to use: each signed call then costs two
-        round trips to the state store (this one and the nonce), plus a third
-        when the idle expiry slides.
-        """
-        keys = [self.abuse.key(request.origin)] if self.abuse.enabled else []
-        params = parse_authorization(request.header("Authorization"))
-        if params is not None:
-            keys.append(self.sessions.key(params["sid"]))
-        if not keys:
-            return
-        values = self.state.get_many(request.domain, keys)
-        if params is not None:
-            request.notes[_PREFETCHED] = (params, values[-1])
+        """Step 3 for a request that is not a signed call (or a call refused at step 4 or 5): one read."""
         if self.abuse.enabled:
-            self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
+            self.abuse.check(request.domain, request.origin, self.clock())
 
     def authenticate(self, request: Request) -> Session:
-        """Steps 6 to 10 of PROTOCOL.md section 4; sign every answer once the MAC verified."""
-        prefetched = request.notes.pop(_PREFETCHED, None)
-        if prefetched is not None:  # admission parsed this very header and read its session
-            params, stored = prefetched
-        else:
-            params = parse_authorization(request.header("Authorization"))
-            if params is None:
-                raise Unauthorized("a signed Authorization header is required")
+        """Steps 3 and 6 to 10 of PROTOCOL.md section 4, once the body has arrived.
+
+        Two round trips to the state store: the origin's ban and the session
+        in one read, then the nonce, recorded only while the session is still
+        live, so that a call can never pass after a concurrent logout, however
+        late its body arrived (plus a third when the idle expiry slides).
+        """
+        params = parse_authorization(request.header("Authorization"))
+        keys = [self.abuse.key(request.origin)] if self.abuse.enabled else []
+        if params is not None:
+            keys.append(self.sessions.key(params["sid"]))
+        values = self.state.get_many(request.domain, keys) if keys else []
+        if self.abuse.enabled:
+            self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
+        if params is None:
+            raise Unauthorized("a signed Authorization header is required")
         sid, ts, nonce = params["sid"], params["ts"], params["nonce"]
-        if prefetched is not None:
-            session = self.sessions.load(request.domain, sid, self.clock(), stored)
-        else:
-            session = self.sessions.load(request.domain, sid, self.clock())
+        session = self.sessions.load(request.domain, sid, self.clock(), values[-1])
         expected = request_mac(session.key, ts, nonce, request.path, request.domain, request.body)
         if not macs_equal(params["mac"], expected):
             raise InvalidSignature("the call's signature does not verify")
@@ -114,15 +129,16 @@ class Auth:
         now = self.clock()
         if abs(now - int(ts)) > self.skew:
             raise StaleCall("the call's timestamp is outside the allowed skew", server_time=now)
-        if not self.state.add(request.domain, f"nonce:{sid}:{nonce}", 1, self.nonce_ttl):
+        session_key = self.sessions.key(sid)
+        if not self.state.add(request.domain, f"nonce:{sid}:{nonce}", 1, self.nonce_ttl, if_live=session_key):
+            # Either the nonce was used, or the session ended since it was read: say which.
+            self.sessions.load(request.domain, sid, self.clock())
             raise ReplayedCall("this call was already made")
         self.sessions.touch(session, now)
-        request.session = session
         return session
 
-    def logout(self, request: Request) -> bool:
-        """End the session of a signed logout call."""
-        session = self.authenticate(request)
+    def logout(self, session: Session) -> bool:
+        """End the session of a signed logout call (the kernel authenticated it)."""
         self.sessions.end(session.domain, session.sid, session.username)
         return True
 

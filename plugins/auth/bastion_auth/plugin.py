@@ -86,13 +86,13 @@ def bastion_startup(runtime, config):
 
 @hookimpl
 def bastion_admit(request):
-    """Step 3: refuse a banned origin before reading its body."""
+    """Step 3: refuse a banned origin (a login, or a call refused at step 4 or 5)."""
     get_auth(request.runtime).admit(request)
 
 
 @hookimpl
 def bastion_authenticate(request, service):
-    """Steps 6 to 10 for ``/api/*``."""
+    """Steps 3 and 6 to 10 for ``/api/*`` and ``/auth/logout``."""
     return get_auth(request.runtime).authenticate(request)
 
 

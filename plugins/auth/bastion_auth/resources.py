@@ -10,6 +10,8 @@ from kernel.app import dumps
 class LoginResource:
     """``POST /auth/login``: PROTOCOL.md section 3."""
 
+    protected = True
+
     def __init__(self, get_auth):
         self.get_auth = get_auth
 
@@ -20,7 +22,10 @@ class LoginResource:
 
 
 class LogoutResource:
-    """``POST /auth/logout``: PROTOCOL.md section 5, signed like a call."""
+    """``POST /auth/logout``: PROTOCOL.md section 5, signed like a call (the kernel authenticates it)."""
+
+    protected = True
+    signed = True
 
     def __init__(self, get_auth):
         self.get_auth = get_auth
@@ -28,4 +33,4 @@ class LogoutResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """End the session."""
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps({"result": self.get_auth().logout(req.context.request)})
+        resp.data = dumps({"result": self.get_auth().logout(req.context.request.session)})

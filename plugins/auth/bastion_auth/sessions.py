@@ -66,22 +66,29 @@ class Sessions:
         self.grace = settings.idle_timeout
 
     def create(self, domain: str, username: str, now: float, force: bool = False) -> Session:
-        """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false."""
+        """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
+
+        Reserve, then check: the new session is stored and listed first, then
+        the user's live sessions are counted, so that of two logins racing for
+        the last place at most one keeps its session (both may lose: that is
+        the safe side). ``force`` ends every other session of the user.
+        """
         index = account_key("user-sessions", username)
+        session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
+                          key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
+                          absolute_expires=now + self.absolute)
+        self.save(session, now)
+        entries = self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
         if self.max_active or force:
-            sids = [e.member for e in self.state.window_entries(domain, index)]
+            sids = [e.member for e in entries if e.member != session.sid]
             values = self.state.get_many(domain, [self.key(sid) for sid in sids])  # one round trip for all
             live = [sid for sid, value in zip(sids, values, strict=True) if _is_live(value, now)]
             if force:
                 for sid in live:
                     self.end(domain, sid, username)
             elif len(live) >= self.max_active:
+                self.end(domain, session.sid, username)
                 raise MaxActiveSessions(f"already {len(live)} active sessions; log in with force to end them")
-        session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
-                          key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
-                          absolute_expires=now + self.absolute)
-        self.save(session, now)
-        self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
         return session
 
     def save(self, session: Session, now: float) -> None:

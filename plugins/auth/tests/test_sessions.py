@@ -123,9 +123,9 @@ def test_a_signed_call_reads_ban_and_session_in_one_round_trip(app, alice):
     for name in ("get", "get_many", "add", "replace", "set"):
         original = getattr(state, name)
 
-        def spy(*args, _name=name, _original=original):
+        def spy(*args, _name=name, _original=original, **kwargs):
             calls.append(_name)
-            return _original(*args)
+            return _original(*args, **kwargs)
 
         setattr(state, name, spy)
     try:
