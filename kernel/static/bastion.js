@@ -294,6 +294,12 @@
       };
       request.onsuccess = function () {
         var db = request.result;
+        if (!db.objectStoreNames.contains(IDB_STORE)) {
+          // A database of that name made by some other script: not ours to change.
+          db.close();
+          done(null);
+          return;
+        }
         db.onversionchange = function () {
           db.close();
           database = null;
