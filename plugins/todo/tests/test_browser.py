@@ -606,6 +606,13 @@ def assert_no_storage_holds(page, key: str) -> None:
             assert key not in name and key not in value, f"{kind}Storage[{name!r}] holds the session key"
 
 
+def login_and_load(page, username="alice") -> None:
+    """Log in through the UI and wait for the list it loads then (a call in flight could race what follows)."""
+    with page.expect_response("**/api/get_all"):
+        login(page, username)
+    expect(page.locator("input.new-todo")).to_be_visible()
+
+
 def login_answer(page, do_login) -> dict:
     """Run ``do_login()`` and return the JSON answer of its /auth/login (which carries the key)."""
     with page.expect_response("**/auth/login") as info:
@@ -674,8 +681,7 @@ def test_a_reload_restores_the_session_from_indexeddb_and_calls_still_work(serve
 
 def test_logout_and_forget_remove_the_key_entry(server, page):
     page.goto(f"http://localhost:{server}/")
-    login(page)
-    expect(page.locator("input.new-todo")).to_be_visible()
+    login_and_load(page)
     assert list(page.evaluate(KEY_ENTRIES)) == [saved_session(page)["kid"]]
     page.click("button.logout")
     expect(page.locator("form#login")).to_be_visible()
@@ -694,8 +700,7 @@ def test_logout_and_forget_remove_the_key_entry(server, page):
 def test_an_unknown_session_answer_removes_the_key_entry(server, page, page_errors):
     page_errors.expect_statuses(401)
     page.goto(f"http://localhost:{server}/")
-    login(page)
-    expect(page.locator("input.new-todo")).to_be_visible()
+    login_and_load(page)
     assert len(page.evaluate(KEY_ENTRIES)) == 1
 
     # Another login with force ends this tab's session on the server.
@@ -734,8 +739,7 @@ def test_an_expired_session_answer_removes_the_key_entry(server, page, page_erro
 def test_a_closed_tabs_key_entry_is_purged_at_a_start_up_after_it_expired(server, context):
     first = context.new_page()
     first.goto(f"http://localhost:{server}/")
-    login(first)
-    expect(first.locator("input.new-todo")).to_be_visible()
+    login_and_load(first)
     first_kid = saved_session(first)["kid"]
     first.close()
 
@@ -744,8 +748,7 @@ def test_a_closed_tabs_key_entry_is_purged_at_a_start_up_after_it_expired(server
     second.goto(f"http://localhost:{server}/")
     expect(second.locator("form#login")).to_be_visible()
     assert list(second.evaluate(KEY_ENTRIES)) == [first_kid]
-    login(second)
-    expect(second.locator("input.new-todo")).to_be_visible()
+    login_and_load(second)
     second_kid = saved_session(second)["kid"]
     assert second_kid != first_kid
     assert sorted(second.evaluate(KEY_ENTRIES)) == sorted([first_kid, second_kid])
