@@ -20,8 +20,14 @@
  * Calls are signed with HMAC-SHA256 (WebCrypto) exactly as section 4 says,
  * and every answer to a signed call is verified (`Server-Authorization`)
  * unless its status is one the server cannot sign (steps 1-8), in which case
- * only the status is acted upon. The session {sid, key, expires, user,
- * offset} is kept in sessionStorage, so a reload of the tab stays logged in.
+ * only the status is acted upon.
+ *
+ * The session key is imported at login as a non-extractable CryptoKey (no
+ * script, this one included, can read its bytes afterwards) and kept in
+ * IndexedDB under a random per-tab id; sessionStorage keeps only {sid,
+ * expires, user, offset, idle, kid}, so a reload of the tab stays logged in.
+ * `Bastion.ready` is a Promise of the session restored at start-up. Without
+ * IndexedDB the session lives in this page's memory only.
  */
 (function (global) {
   "use strict";
@@ -32,8 +38,9 @@
   var B64URL = /^[A-Za-z0-9_-]*$/;
 
   // Answers of steps 1-8 of section 4, which the server cannot sign: name -> status.
-  // (InvalidCall answers a query string at step 5; ServiceUnavailable a session
-  // store that cannot be reached at step 7.) Only their status is acted upon.
+  // (InvalidCall answers a query string at step 5; RequestTimeout headers or a body
+  // that did not arrive in time; ServiceUnavailable a session store that cannot be
+  // reached at step 7.) Only their status is acted upon.
   var UNSIGNED = {
     InvalidHost: 400,
     RequireSSL: 403,
@@ -41,6 +48,7 @@
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidCall: 400,
+    RequestTimeout: 408,
     Unauthorized: 401,
     UnknownSession: 401,
     ExpiredSession: 401,
@@ -224,63 +232,248 @@
   }
 
   // -- session --------------------------------------------------------------
+  //
+  // The raw key never reaches any storage. At login it is imported as a
+  // non-extractable HMAC CryptoKey and its bytes are dropped. The CryptoKey
+  // object (structured-clonable, but never exportable) is kept in IndexedDB
+  // under a random per-tab key id `kid`; sessionStorage keeps only what is not
+  // secret on its own: {sid, expires, user, offset, idle, kid}. A reload
+  // restores the session from the two. Without IndexedDB (or sessionStorage)
+  // the session lives only in this page's memory.
 
-  var state = null;      // {sid, key, expires, user, offset, idle}
-  var cryptoKey = null;  // Promise of the CryptoKey of state.key
-  var clockOffset = 0;   // server time minus local time, in seconds
+  var IDB_NAME = "bastion";
+  var IDB_STORE = "keys";       // kid -> {key: CryptoKey, expires: local clock, in seconds}
+  var IDB_OPEN_TIMEOUT = 5000;  // ms; a browser that never answers counts as no IndexedDB
+  var NO_EXPIRY = 43200;        // s an entry is kept when the server gave no expiry
+
+  var state = null;     // {sid, key: CryptoKey, kid, expires, user, offset, idle, keptUntil}
+  var clockOffset = 0;  // server time minus local time, in seconds
+  var database = null;  // Promise of the IDBDatabase, or of null when there is none
+
+  function noop() {}
 
   function store() {
     try {
-      return global.sessionStorage;
+      return global.sessionStorage || null;
     } catch (e) {
       return null;
     }
   }
 
-  function save() {
-    var s = store();
-    if (!s) return;
-    if (state) s.setItem(STORE_KEY, JSON.stringify(state));
-    else s.removeItem(STORE_KEY);
+  function randomId() {
+    var bytes = new Uint8Array(16);
+    global.crypto.getRandomValues(bytes);
+    return b64url(bytes);
   }
 
-  function restore() {
-    var s = store();
-    var raw = s && s.getItem(STORE_KEY);
-    if (!raw) return;
-    try {
-      var saved = JSON.parse(raw);
-      if (saved && typeof saved.sid === "string" && typeof saved.key === "string") {
-        state = saved;
-        clockOffset = Number(saved.offset) || 0;
+  /** Promise of the origin's IndexedDB database, or of null when the browser refuses it. */
+  function openDatabase() {
+    if (database) return database;
+    database = new Promise(function (resolve) {
+      var settled = false;
+      var timer = null;
+      function done(db) {
+        if (timer !== null) clearTimeout(timer);
+        if (settled) {
+          if (db) db.close();
+          return;
+        }
+        settled = true;
+        resolve(db);
       }
+      var request;
+      try {
+        request = global.indexedDB.open(IDB_NAME, 1);
+      } catch (e) {
+        done(null);  // no indexedDB at all, or a SecurityError
+        return;
+      }
+      timer = setTimeout(function () { timer = null; done(null); }, IDB_OPEN_TIMEOUT);
+      request.onupgradeneeded = function () {
+        request.result.createObjectStore(IDB_STORE);
+      };
+      request.onsuccess = function () {
+        var db = request.result;
+        if (!db.objectStoreNames.contains(IDB_STORE)) {
+          // A database of that name made by some other script: not ours to change.
+          db.close();
+          done(null);
+          return;
+        }
+        db.onversionchange = function () {
+          db.close();
+          database = null;
+        };
+        db.onclose = function () { database = null; };
+        done(db);
+      };
+      request.onerror = function (event) {
+        if (event && event.preventDefault) event.preventDefault();
+        done(null);
+      };
+    });
+    return database;
+  }
+
+  /** Run `work(objectStore)` in one transaction; Promise of its request's result once committed. */
+  function transact(mode, work) {
+    return openDatabase().then(function (db) {
+      if (!db) throw new Error("IndexedDB is unavailable");
+      return new Promise(function (resolve, reject) {
+        var tx = db.transaction(IDB_STORE, mode);
+        var request = work(tx.objectStore(IDB_STORE));
+        tx.oncomplete = function () { resolve(request ? request.result : undefined); };
+        tx.onabort = function () { reject(tx.error || new Error("IndexedDB transaction aborted")); };
+      });
+    });
+  }
+
+  /** A CryptoKey that can be a session key: a non-extractable HMAC secret that signs and verifies. */
+  function isSessionKey(key) {
+    return typeof CryptoKey !== "undefined" && key instanceof CryptoKey && key.type === "secret" &&
+      key.extractable === false && key.algorithm && key.algorithm.name === "HMAC" &&
+      key.usages.indexOf("sign") >= 0 && key.usages.indexOf("verify") >= 0;
+  }
+
+  /** When the session ends if no call slides it, on the local clock (seconds). */
+  function localExpiry(session) {
+    if (session.idle > 0) return now() + session.idle;
+    if (typeof session.expires === "number") return session.expires - clockOffset;
+    return now() + NO_EXPIRY;
+  }
+
+  /** Store (or refresh) the session's key entry; Promise, rejected when IndexedDB refuses it. */
+  function keepKey(session) {
+    var expires = Math.ceil(localExpiry(session));
+    session.keptUntil = expires;
+    return transact("readwrite", function (keys) {
+      return keys.put({ key: session.key, expires: expires }, session.kid);
+    });
+  }
+
+  /** Delete a key entry; Promise that always resolves. */
+  function dropKey(kid) {
+    return transact("readwrite", function (keys) { return keys.delete(kid); }).catch(noop);
+  }
+
+  /** Delete the entries that have expired (those of closed tabs) or are not session keys. */
+  function purgeExpired() {
+    var t = now();
+    return transact("readwrite", function (keys) {
+      var cursor = keys.openCursor();
+      cursor.onsuccess = function () {
+        var entry = cursor.result;
+        if (!entry) return;
+        var value = entry.value;
+        if (!value || !(value.expires > t) || !isSessionKey(value.key)) entry.delete();
+        entry.continue();
+      };
+    });
+  }
+
+  function removeSaved() {
+    var s = store();
+    try {
+      if (s) s.removeItem(STORE_KEY);
     } catch (e) {
-      s.removeItem(STORE_KEY);
+      // nothing to do
     }
   }
 
+  /** Save what is not secret in sessionStorage, only when the key is in IndexedDB; else remove it. */
+  function save() {
+    var s = store();
+    if (!s) return;
+    if (!state || !state.kid) {
+      removeSaved();
+      return;
+    }
+    try {
+      s.setItem(STORE_KEY, JSON.stringify({
+        sid: state.sid,
+        expires: state.expires,
+        user: state.user,
+        offset: state.offset,
+        idle: state.idle,
+        kid: state.kid
+      }));
+    } catch (e) {
+      // A full storage: a reload will ask to log in again.
+    }
+  }
+
+  /** Purge expired key entries, then restore the tab's session; Promise of the session view or null. */
+  function restore() {
+    var s = store();
+    var saved = null;
+    var raw = null;
+    try {
+      raw = s && s.getItem(STORE_KEY);
+    } catch (e) {
+      raw = null;
+    }
+    if (raw) {
+      try {
+        saved = JSON.parse(raw);
+      } catch (e) {
+        saved = null;
+      }
+      if (!saved || typeof saved.sid !== "string" || typeof saved.kid !== "string") {
+        // Malformed, or saved by an older client that kept the raw key here: scrub it.
+        saved = null;
+        removeSaved();
+      }
+    }
+    return purgeExpired().catch(noop).then(function () {
+      if (!saved) return null;
+      return transact("readonly", function (keys) { return keys.get(saved.kid); });
+    }).then(function (entry) {
+      if (!saved) return;
+      if (!entry || !isSessionKey(entry.key)) throw new Error("no key entry");
+      state = {
+        sid: saved.sid,
+        key: entry.key,
+        kid: saved.kid,
+        expires: saved.expires,
+        user: saved.user,
+        offset: Number(saved.offset) || 0,
+        idle: Number(saved.idle) || 0,
+        keptUntil: entry.expires
+      };
+      clockOffset = state.offset;
+    }).catch(function () {
+      // The key is gone (expired and purged, removed by another tab) or IndexedDB fails:
+      // the saved session cannot sign anything.
+      if (saved) removeSaved();
+    }).then(sessionView);
+  }
+
+  /** Forget the session: sessionStorage at once, then its key entry. Promise. */
   function forget() {
+    var session = state;
     state = null;
-    cryptoKey = null;
     save();
+    return session && session.kid ? dropKey(session.kid) : Promise.resolve();
   }
 
   function now() {
     return Date.now() / 1000;
   }
 
+  /** The clock offset measured from a server_time, or null. */
+  function offsetFrom(serverTime, sentAt, receivedAt) {
+    if (typeof serverTime !== "number" || !isFinite(serverTime)) return null;
+    return serverTime - (sentAt + receivedAt) / 2;
+  }
+
   function setOffset(serverTime, sentAt, receivedAt) {
-    if (typeof serverTime !== "number" || !isFinite(serverTime)) return;
-    clockOffset = serverTime - (sentAt + receivedAt) / 2;
+    var offset = offsetFrom(serverTime, sentAt, receivedAt);
+    if (offset === null) return;
+    clockOffset = offset;
     if (state) {
       state.offset = clockOffset;
       save();
     }
-  }
-
-  function currentKey() {
-    if (!cryptoKey) cryptoKey = importKey(state.key);
-    return cryptoKey;
   }
 
   function sessionView() {
@@ -314,13 +507,12 @@
       return Promise.reject(failure("UnknownSession", 401, "not logged in", { local: true }));
     }
     var session = state;
+    var key = session.key;
     var ts = String(Math.floor(now() + clockOffset));
     var nonce;
     var domain = domainOf(global.location.hostname);
     return Promise.resolve().then(function () {
       nonce = randomNonce();
-      return currentKey();
-    }).then(function (key) {
       return sign(key, ts, nonce, path, domain, body).then(function (signed) {
         var headers = {
           "Authorization": authorization(session.sid, ts, nonce, signed.mac),
@@ -340,7 +532,9 @@
             if (name === "Abusive" || name === "ServiceUnavailable") {
               error.retry_after = retryAfter(answer.response, payload);
             }
-            if (SESSION_ENDED[name] && state === session) forget();
+            if (SESSION_ENDED[name] && state === session) {
+              return forget().then(function () { throw error; });
+            }
             throw error;
           }
           throw failure("InvalidResponseSignature", status, "the server's answer is not signed");
@@ -372,6 +566,8 @@
     if (state !== session || !session.idle) return;
     session.expires = Math.floor(now() + clockOffset + session.idle);
     save();
+    // Keep the key entry's expiry ahead of the session's, so no start-up purges a live tab's key.
+    if (session.kid && Math.ceil(localExpiry(session)) > session.keptUntil) keepKey(session).catch(noop);
   }
 
   function callBody(args) {
@@ -389,12 +585,16 @@
   function login(username, password, force) {
     var payload = { username: username, password: password };
     if (force) payload.force = true;
-    return Promise.resolve().then(function () {
+    var answer;
+    var body;
+    return restoring.then(function () {
       subtle();
       return post("/auth/login", { "Content-Type": "application/json" }, JSON.stringify(payload));
-    }).then(function (answer) {
+    }).then(function (got) {
+      answer = got;
       var status = answer.response.status;
-      var body = parseJson(answer.bytes);
+      body = parseJson(answer.bytes);
+      answer.bytes.fill(0);  // the answer's bytes hold the key
       if (status !== 200) {
         var error = errorFromBody(body, status);
         if (error.exc === "Abusive" || error.exc === "AccountLocked") {
@@ -405,39 +605,60 @@
       if (!body || typeof body.sid !== "string" || typeof body.key !== "string") {
         throw failure("Error", status, "unexpected login answer");
       }
-      b64urlDecode(body.key);
-      cryptoKey = null;
-      state = {
+      var raw = b64urlDecode(body.key);
+      delete body.key;
+      return subtle().importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"])
+        .then(function (key) {
+          raw.fill(0);
+          return key;
+        }, function (e) {
+          raw.fill(0);
+          throw e;
+        });
+    }).then(function (key) {
+      var offset = offsetFrom(body.server_time, answer.sentAt, answer.receivedAt);
+      if (offset !== null) clockOffset = offset;
+      var session = {
         sid: body.sid,
-        key: body.key,
+        key: key,
+        kid: store() ? randomId() : null,
         expires: body.expires,
         user: body.user,
-        offset: 0,
+        offset: clockOffset,
         idle: typeof body.expires === "number" && typeof body.server_time === "number"
-          ? Math.max(0, body.expires - body.server_time) : 0
+          ? Math.max(0, body.expires - body.server_time) : 0,
+        keptUntil: 0
       };
-      setOffset(body.server_time, answer.sentAt, answer.receivedAt);
-      save();
-      return body.user;
+      var kept = session.kid ? keepKey(session).then(function () { return true; }, function () { return false; })
+        : Promise.resolve(false);
+      return kept.then(function (stored) {
+        if (!stored) session.kid = null;  // no IndexedDB: this page's memory only
+        var previous = state;
+        state = session;
+        save();
+        return previous && previous.kid ? dropKey(previous.kid) : null;
+      }).then(function () {
+        return body.user;
+      });
     }).catch(reject);
   }
 
   /** Log out; Promise of true. The session is forgotten here whatever the server answers. */
   function logout() {
-    if (!state) return Promise.resolve(true);
-    return signedPost("/auth/logout", "").then(function (answer) {
-      forget();
-      return answer.payload.result;
-    }, function (error) {
-      forget();
-      throw error;
+    return restoring.then(function () {
+      if (!state) return true;
+      return signedPost("/auth/logout", "").then(function (answer) {
+        return forget().then(function () { return answer.payload.result; });
+      }, function (error) {
+        return forget().then(function () { throw error; });
+      });
     }).catch(reject);
   }
 
   /** Call a service: Promise of its result. One plain-object argument is sent as kwargs, others as args. */
   function safe_call(name) {
     var args = Array.prototype.slice.call(arguments, 1);
-    return Promise.resolve().then(function () {
+    return restoring.then(function () {
       if (typeof name !== "string" || !SERVICE_NAME.test(name)) {
         throw failure("InvalidCall", 0, "not a service name: " + name);
       }
@@ -459,8 +680,8 @@
     session: sessionView,
     /** The logged-in user ({username, domain}), or null. */
     user: function () { return state ? state.user : null; },
-    /** Forget the session locally without telling the server. */
-    forget: forget,
+    /** Forget the session locally (sessionStorage and its key entry) without telling the server; Promise. */
+    forget: function () { return restoring.then(forget); },
     // Pure helpers, for tests and other clients.
     _b64url: b64url,
     _b64urlDecode: b64urlDecode,
@@ -475,6 +696,8 @@
     _callBody: function () { return callBody(Array.prototype.slice.call(arguments)); }
   };
 
-  restore();
+  var restoring = restore();
+  /** Promise of the session restored at start-up (as `session()` gives it), or of null. */
+  Bastion.ready = restoring;
   global.Bastion = Bastion;
 })(typeof window !== "undefined" ? window : this);

@@ -6,7 +6,11 @@ the end-to-end ones run the auth plugin and this one in real gunicorn.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -509,6 +513,304 @@ def test_the_ui_fits_a_phone(server, browser, page_errors):
         page.screenshot(path=str(ARTIFACTS / "todo-phone.png"), full_page=True, animations="disabled")
     finally:
         phone.close()
+
+
+# -- where the session key lives: a non-extractable CryptoKey in IndexedDB, nothing secret in storage ---
+
+#: Every entry of sessionStorage and localStorage, as {"session": {name: value}, "local": {...}}.
+STORAGES = """() => {
+    const all = (storage) => Object.fromEntries(Object.keys(storage).map((name) => [name, storage.getItem(name)]));
+    return {session: all(sessionStorage), local: all(localStorage)};
+}"""
+
+#: The key entries bastion.js keeps in IndexedDB, by key id, described (and tried) from the page's own script.
+KEY_ENTRIES = """async () => {
+    if (!(await indexedDB.databases()).some((d) => d.name === "bastion")) return {};
+    const db = await new Promise((resolve, reject) => {
+        const request = indexedDB.open("bastion");
+        request.onsuccess = () => resolve(request.result);
+        request.onerror = () => reject(request.error);
+    });
+    try {
+        if (!db.objectStoreNames.contains("keys")) return {};
+        const entries = await new Promise((resolve, reject) => {
+            const tx = db.transaction("keys");
+            const kids = tx.objectStore("keys").getAllKeys();
+            const values = tx.objectStore("keys").getAll();
+            tx.oncomplete = () => resolve(kids.result.map((kid, i) => [kid, values.result[i]]));
+            tx.onabort = () => reject(tx.error);
+        });
+        const described = {};
+        for (const [kid, value] of entries) {
+            const key = value.key;
+            const exports = [];
+            for (const format of ["raw", "jwk"]) {
+                try {
+                    await crypto.subtle.exportKey(format, key);
+                    exports.push("exported");
+                } catch (e) {
+                    exports.push(e.name);
+                }
+            }
+            const probe = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode("probe"));
+            described[kid] = {
+                crypto_key: key instanceof CryptoKey,
+                type: key.type,
+                extractable: key.extractable,
+                algorithm: key.algorithm.name,
+                hash: key.algorithm.hash && key.algorithm.hash.name,
+                usages: [...key.usages].sort(),
+                exports,
+                probe: Bastion._b64url(probe),
+                fields: Object.keys(value).sort(),
+            };
+        }
+        return described;
+    } finally {
+        db.close();
+    }
+}"""
+
+DELETE_KEY_ENTRIES = """() => new Promise((resolve, reject) => {
+    const request = indexedDB.open("bastion");
+    request.onsuccess = () => {
+        const db = request.result;
+        const tx = db.transaction("keys", "readwrite");
+        tx.objectStore("keys").clear();
+        tx.oncomplete = () => { db.close(); resolve(); };
+        tx.onabort = () => { db.close(); reject(tx.error); };
+    };
+    request.onerror = () => reject(request.error);
+})"""
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def probe_mac(key: str) -> str:
+    """The b64url HMAC-SHA256 of b"probe" under a login answer's key, as KEY_ENTRIES computes it."""
+    mac = hmac.new(b64url_decode(key), b"probe", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def saved_session(page):
+    raw = page.evaluate("() => sessionStorage.getItem('bastion.session')")
+    return None if raw is None else json.loads(raw)
+
+
+def assert_no_storage_holds(page, key: str) -> None:
+    storages = page.evaluate(STORAGES)
+    for kind, entries in storages.items():
+        for name, value in entries.items():
+            assert key not in name and key not in value, f"{kind}Storage[{name!r}] holds the session key"
+
+
+def login_and_load(page, username="alice") -> None:
+    """Log in through the UI and wait for the list it loads then (a call in flight could race what follows)."""
+    with page.expect_response("**/api/get_all"):
+        login(page, username)
+    expect(page.locator("input.new-todo")).to_be_visible()
+
+
+def login_answer(page, do_login) -> dict:
+    """Run ``do_login()`` and return the JSON answer of its /auth/login (which carries the key)."""
+    with page.expect_response("**/auth/login") as info:
+        do_login()
+    answer = info.value.json()
+    assert len(b64url_decode(answer["key"])) == 32
+    return answer
+
+
+def test_after_login_no_storage_holds_the_key_and_indexeddb_holds_a_key_no_script_can_export(server, page):
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("() => Bastion.ready")
+    answer = login_answer(page, lambda: page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD))
+
+    # Neither storage holds the key, in any value (or name).
+    assert_no_storage_holds(page, answer["key"])
+    saved = saved_session(page)
+    assert sorted(saved) == ["expires", "idle", "kid", "offset", "sid", "user"]
+    assert (saved["sid"], saved["expires"], saved["user"]) == (answer["sid"], answer["expires"], answer["user"])
+    assert len(b64url_decode(saved["kid"])) == 16
+    assert sorted(page.evaluate("() => Object.keys(Bastion.session())")) == ["expires", "offset", "sid", "user"]
+    assert answer["key"] not in page.evaluate("() => JSON.stringify(Bastion.session())")
+
+    # IndexedDB holds one entry, under the tab's key id: a non-extractable CryptoKey that exportKey refuses.
+    entries = page.evaluate(KEY_ENTRIES)
+    assert list(entries) == [saved["kid"]]
+    entry = entries[saved["kid"]]
+    assert entry["fields"] == ["expires", "key"]
+    assert entry["crypto_key"] is True
+    assert (entry["type"], entry["extractable"]) == ("secret", False)
+    assert (entry["algorithm"], entry["hash"], entry["usages"]) == ("HMAC", "SHA-256", ["sign", "verify"])
+    assert entry["exports"] == ["InvalidAccessError", "InvalidAccessError"]
+    # ... and it is the session's key: it signs what the login answer's key signs.
+    assert entry["probe"] == probe_mac(answer["key"])
+
+
+def test_a_reload_restores_the_session_from_indexeddb_and_calls_still_work(server, page):
+    page.goto(f"http://localhost:{server}/")
+    answer = login_answer(page, lambda: login(page))
+    add(page, "before the reload")
+    expect(items(page).locator("label")).to_have_text(["before the reload"])
+    kid = saved_session(page)["kid"]
+
+    page.reload()
+    expect(items(page).locator("label")).to_have_text(["before the reload"])
+    expect(page.locator("form#login")).to_be_hidden()
+    add(page, "after the reload")
+    expect(items(page).locator("label")).to_have_text(["before the reload", "after the reload"])
+    got = page.evaluate("() => Bastion.safe_call('get_all').then((todos) => todos.map((t) => t.text))")
+    assert got == ["before the reload", "after the reload"]
+    assert page.evaluate("() => Bastion.session().sid") == answer["sid"]
+    # The same entry still holds the key, and still no storage does.
+    assert saved_session(page)["kid"] == kid
+    entries = page.evaluate(KEY_ENTRIES)
+    assert list(entries) == [kid]
+    assert entries[kid]["probe"] == probe_mac(answer["key"])
+    assert_no_storage_holds(page, answer["key"])
+
+    # sessionStorage alone cannot restore anything: without its key entry, a reload asks to log in.
+    page.evaluate(DELETE_KEY_ENTRIES)
+    page.reload()
+    expect(page.locator("form#login")).to_be_visible()
+    assert page.evaluate("() => Bastion.ready") is None
+    assert saved_session(page) is None
+
+
+def test_logout_and_forget_remove_the_key_entry(server, page):
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    assert list(page.evaluate(KEY_ENTRIES)) == [saved_session(page)["kid"]]
+    page.click("button.logout")
+    expect(page.locator("form#login")).to_be_visible()
+    assert page.evaluate(KEY_ENTRIES) == {}
+    assert saved_session(page) is None
+
+    # Bastion.forget() (no word to the server) removes it too.
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    assert len(page.evaluate(KEY_ENTRIES)) == 1
+    page.evaluate("() => Bastion.forget()")
+    assert page.evaluate(KEY_ENTRIES) == {}
+    assert saved_session(page) is None
+    assert page.evaluate("() => Bastion.session()") is None
+
+
+def test_an_unknown_session_answer_removes_the_key_entry(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    assert len(page.evaluate(KEY_ENTRIES)) == 1
+
+    # Another login with force ends this tab's session on the server.
+    forced = urllib.request.Request(
+        f"http://localhost:{server}/auth/login", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"username": "alice", "password": PASSWORD, "force": True}).encode())
+    with urllib.request.urlopen(forced, timeout=10) as response:
+        assert response.status == 200
+
+    answers = []
+    page.on("response", lambda r: answers.append((r.status, r.json()["exc"])) if "/api/" in r.url else None)
+    add(page, "too late")
+    expect(page.get_by_role("alert")).to_have_text("Your session has ended. Please sign in again.")
+    expect(page.locator("form#login")).to_be_visible()
+    assert answers == [(401, "UnknownSession")]
+    assert page.evaluate(KEY_ENTRIES) == {}
+    assert saved_session(page) is None
+    page.reload()
+    expect(page.locator("form#login")).to_be_visible()
+
+
+def test_an_expired_session_answer_removes_the_key_entry(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    assert len(page.evaluate(KEY_ENTRIES)) == 1
+    # What the server answers a call after the idle timeout (unsigned, as it must be).
+    page.route("**/api/get_all", lambda route: route.fulfill(
+        status=401, content_type="application/json", body='{"exc":"ExpiredSession","err":["session expired"]}'))
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(() => null, (e) => [e.exc, e.unsigned])")
+    assert got == ["ExpiredSession", True]
+    assert page.evaluate(KEY_ENTRIES) == {}
+    assert saved_session(page) is None
+
+
+def test_a_closed_tabs_key_entry_is_purged_at_a_start_up_after_it_expired(server, context):
+    first = context.new_page()
+    first.goto(f"http://localhost:{server}/")
+    login_and_load(first)
+    first_kid = saved_session(first)["kid"]
+    first.close()
+
+    # Another tab's start-up keeps a live entry; its own login gets another key id.
+    second = context.new_page()
+    second.goto(f"http://localhost:{server}/")
+    expect(second.locator("form#login")).to_be_visible()
+    assert list(second.evaluate(KEY_ENTRIES)) == [first_kid]
+    login_and_load(second)
+    second_kid = saved_session(second)["kid"]
+    assert second_kid != first_kid
+    assert sorted(second.evaluate(KEY_ENTRIES)) == sorted([first_kid, second_kid])
+
+    # A tab that starts an hour later (idle_timeout is 30 minutes) purges both.
+    later = context.new_page()
+    later.add_init_script("(() => { const now = Date.now; Date.now = () => now.call(Date) + 3600 * 1000; })()")
+    later.goto(f"http://localhost:{server}/")
+    expect(later.locator("form#login")).to_be_visible()
+    assert later.evaluate(KEY_ENTRIES) == {}
+
+
+#: Two ways a browser refuses IndexedDB (private modes): open() throws, or its request fails.
+REFUSE_INDEXEDDB = {
+    "throws": """IDBFactory.prototype.open = function () {
+        throw new DOMException("The user denied permission to access the database.", "SecurityError");
+    };""",
+    "fails": """IDBFactory.prototype.open = function () {
+        const request = {error: new DOMException("A mutation operation was attempted", "InvalidStateError")};
+        setTimeout(() => request.onerror && request.onerror({target: request, preventDefault() {}}));
+        return request;
+    };""",
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSE_INDEXEDDB))
+def test_without_indexeddb_the_session_lives_in_memory_only(server, page, refusal):
+    page.add_init_script(REFUSE_INDEXEDDB[refusal])
+    page.goto(f"http://localhost:{server}/")
+    answer = login_answer(page, lambda: login(page))
+    add(page, "in memory")
+    expect(items(page).locator("label")).to_have_text(["in memory"])
+    assert_no_storage_holds(page, answer["key"])
+    assert saved_session(page) is None
+    page.reload()
+    expect(page.locator("form#login")).to_be_visible()
+    assert page.evaluate("() => Bastion.session()") is None
+
+
+def test_a_session_saved_with_its_raw_key_by_an_older_client_is_scrubbed(server, page):
+    page.goto(f"http://localhost:{server}/")
+    answer = login_answer(page, lambda: page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD))
+    page.evaluate("""(answer) => sessionStorage.setItem("bastion.session", JSON.stringify(
+        {sid: answer.sid, key: answer.key, expires: answer.expires, user: answer.user, offset: 0}))""", answer)
+    page.reload()
+    expect(page.locator("form#login")).to_be_visible()
+    assert saved_session(page) is None
+    assert_no_storage_holds(page, answer["key"])
+
+
+def test_a_request_timeout_is_an_answer_the_server_cannot_sign(server, page, page_errors):
+    page_errors.expect_statuses(408)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    page.route("**/api/get_all", lambda route: route.fulfill(
+        status=408, content_type="application/json", body='{"exc":"RequestTimeout","err":["too slow"]}'))
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(() => null, (e) => [e.exc, e.status, e.unsigned])")
+    assert got == ["RequestTimeout", 408, True]
+    page.unroute("**/api/get_all")
+    # It says nothing about the session, which still works.
+    assert page.evaluate("() => Bastion.safe_call('get_all')") == []
+    assert page.evaluate("() => Bastion.session()") is not None
 
 
 def test_bastion_js_says_clearly_that_it_needs_a_secure_context(launch_chromium, make_app, serve):

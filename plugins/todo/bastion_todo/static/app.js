@@ -412,10 +412,13 @@
   el.domains.forEach(function (node) { node.textContent = domain; });
   document.title = "todos · " + domain;
 
-  if (Bastion.session()) {
-    showApp(Bastion.user());
-    reload().catch(fail);
-  } else {
+  // The session of a reloaded tab is restored from sessionStorage and IndexedDB, asynchronously:
+  // neither the sign-in form nor the list is shown until then.
+  Bastion.ready.then(function () {
+    if (Bastion.session()) {
+      showApp(Bastion.user());
+      return reload();
+    }
     showLogin();
-  }
+  }).catch(fail);
 })();
