@@ -398,10 +398,15 @@ class BastionWorker(ThreadWorker):
         if head and head_complete(conn.head):
             self.hand_over(conn)
             return
-        conn.sock.setblocking(False)
+        try:
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self.nr_conns -= 1
+            conn.close()
+            return
         conn.head_deadline = time.monotonic() + self.header_timeout
         self.gathering_conns.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
 
     def on_head_readable(self, conn: BastionConn, _sock) -> None:
         """Read what arrived of a head; hand the connection to the pool once the head is complete."""
