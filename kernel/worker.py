@@ -459,8 +459,8 @@ class BastionWorker(ThreadWorker):
             conn.set_timeout()
             if not self.alive:
                 conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
-            self.keepalived_conns.append(conn)
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+            self.keepalived_conns.append(conn)  # after register: a connection that failed is in no deque
         except Exception:
             self.nr_conns -= 1
             conn.close()

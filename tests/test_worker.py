@@ -174,13 +174,14 @@ def test_trickling_heads_do_not_take_the_threads(server):
 
 @pytest.mark.parametrize("kept_alive", [False, True], ids=["new-connection", "kept-alive-connection"])
 def test_a_head_still_arriving_after_header_timeout_is_answered_408(quick, kept_alive):
+    began = time.monotonic()  # before the server can have accepted the connection
     with connect(quick) as sock:
         rest = b""
         if kept_alive:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             answer, rest = read_answer(sock)
             assert answer.status == 200 and answer.headers["connection"] == "keep-alive"
-        began = time.monotonic()
+            began = time.monotonic()  # before the first byte of the next request
         sock.sendall(b"POST /auth/login HTTP/1.1\r\nHost: localhost\r\n")
         while not select.select([sock], [], [], 0.3)[0]:  # one header line every 0.3 s until the server answers
             assert time.monotonic() - began < READ_TIMEOUT, "no answer to a head that never ends"
