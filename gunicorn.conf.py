@@ -21,7 +21,7 @@ workers = _server.workers
 threads = _server.threads
 timeout = _server.timeout
 # Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
-# thread, bounds the body read by [server] header_timeout and body_timeout, and answers its refusals in JSON.
+# thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
 worker_class = "kernel.worker.BastionWorker"
 reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
 # The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
