@@ -20,7 +20,9 @@ bind = [_server.bind]
 workers = _server.workers
 threads = _server.threads
 timeout = _server.timeout
-worker_class = "gthread" if threads > 1 else "sync"
+# Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
+# thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
+worker_class = "kernel.worker.BastionWorker"
 reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
 # The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
 control_socket_disable = True

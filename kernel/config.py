@@ -338,4 +338,7 @@ SERVER_SCHEMA: dict[str, Option] = {
     "threads": Int(4, "threads per worker", min=1, max=256),
     "timeout": Int(30, "seconds before a silent worker is restarted", min=1),
     "reload": Choice("auto", ("auto", "on", "off"), "restart workers when code changes; auto: in development mode"),
+    "header_timeout": Float(10.0, "seconds a client has to send a request's whole header block, else 408", min=0.1),
+    "body_timeout": Float(20.0, "seconds the application has to read a request's whole body from its start, else 408",
+                          min=0.1),
 }
