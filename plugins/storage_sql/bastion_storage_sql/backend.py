@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
-from bastion_storage_sql.errors import is_transaction_conflict, unavailable
+from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
 from bastion_storage_sql.schema import state
 from kernel.driver import PROBE_DOMAIN
 from kernel.errors import VersionConflict
@@ -211,7 +211,7 @@ class SqlBackend:
             return unavailable(error)
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
             return unavailable(error)
-        if isinstance(error, self._outage_errors):
+        if isinstance(error, self._outage_errors) or is_read_only(error):
             return unavailable(error)
         return error
 
@@ -282,7 +282,10 @@ class SqlBackend:
         full disk, a read-only database or a lock held too long fails it.
         """
         values = {"d": PROBE_DOMAIN, "k": "ping", "n": next(self._probes), "e": self.clock()}
-        self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)))
+        try:
+            self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)))
+        except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
+            raise unavailable(error) from None  # whatever refused the write, the database cannot serve
 
     def close(self) -> None:
         """Close every pooled connection."""
