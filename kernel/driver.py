@@ -214,8 +214,12 @@ def is_text(value: str) -> bool:
     return True
 
 
+def _not_text_message(value: str) -> str:
+    return f"{value[:40]!r} is not text UTF-8 can encode (a lone surrogate)"
+
+
 def _not_text(value: str, where: str) -> TypeError:
-    return TypeError(f"{where}: {value[:40]!r} is not text UTF-8 can encode (a lone surrogate)")
+    return TypeError(f"{where}: {_not_text_message(value)}")
 
 
 def check_text(value: Any, where: str = "value") -> None:
@@ -256,30 +260,59 @@ def check_change(change: Change) -> None:
 
 
 def check_json(value: Any, where: str = "value") -> None:
-    """Raise TypeError unless ``value`` is a JSON value (finite numbers, string keys, UTF-8 encodable strings)."""
+    """Raise TypeError unless ``value`` is a JSON value (finite numbers, string keys, UTF-8 encodable strings).
+
+    It runs on every write, so the walk builds no text unless it finds a
+    problem (the path to it is put together on the way back).
+    """
+    problem = _json_problem(value)
+    if problem is not None:
+        raise TypeError(f"{where}{problem[0]}: {problem[1]}")
+
+
+def _json_problem(value: Any) -> tuple[str, str] | None:
+    """None for a JSON value; else the path to the first problem (``.key[2]``) and what it is."""
+    kind = type(value)  # exact types first: the common case, and the fastest test
+    if kind is str:
+        return None if value.isascii() or is_text(value) else ("", _not_text_message(value))
+    if value is None or kind is bool or kind is int:
+        return None
+    if kind is dict:
+        return _items_problem(value)
+    if kind is list:
+        return _list_problem(value)
+    # Then subclasses (an IntEnum, a str or dict subclass): JSON encodes them as their base type.
     if isinstance(value, str):
-        if not value.isascii() and not is_text(value):
-            raise _not_text(value, where)
-        return
-    if value is None or isinstance(value, (bool, int)):
-        return
+        return None if value.isascii() or is_text(value) else ("", _not_text_message(value))
+    if isinstance(value, int):
+        return None
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where}: {value!r} is not a JSON number")
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json(item, f"{where}[{i}]")
-        return
+        return None if math.isfinite(value) else ("", f"{value!r} is not a JSON number")
     if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: key {key!r} is not a string")
-            if not key.isascii() and not is_text(key):
-                raise _not_text(key, f"{where}: key")
-            check_json(item, f"{where}.{key}")
-        return
-    raise TypeError(f"{where}: {type(value).__name__} is not a JSON value")
+        return _items_problem(value)
+    if isinstance(value, list):
+        return _list_problem(value)
+    return "", f"{kind.__name__} is not a JSON value"
+
+
+def _items_problem(value: dict) -> tuple[str, str] | None:
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return "", f"key {key!r} is not a string"
+        if not key.isascii() and not is_text(key):
+            return "", "key " + _not_text_message(key)
+        problem = _json_problem(item)
+        if problem is not None:
+            return f".{key}{problem[0]}", problem[1]
+    return None
+
+
+def _list_problem(value: list) -> tuple[str, str] | None:
+    for i, item in enumerate(value):
+        problem = _json_problem(item)
+        if problem is not None:
+            return f"[{i}]{problem[0]}", problem[1]
+    return None
 
 
 def check_scalar(value: Any, where: str = "index value") -> None:
