@@ -15,6 +15,12 @@ move time without sleeping. Drivers translate their backend's connection
 errors into :class:`kernel.errors.ServiceUnavailable`; a conflict is
 :class:`kernel.errors.VersionConflict`. ``kernel.testing`` holds the suite that
 proves a driver keeps this contract.
+
+No driver stores what it cannot give back: every string written (record data,
+its keys at any depth, index values, record ids, state values and window
+members) must be encodable as UTF-8, so a lone surrogate such as ``"\\ud800"``
+is refused with TypeError before anything is written (:func:`check_json`,
+:func:`check_change`). Record ids follow one rule (:func:`is_record_id`).
 """
 
 from __future__ import annotations
@@ -78,15 +84,22 @@ class RecordStore(Protocol):
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         """Return the record, or None when the domain has no such record.
 
-        Returned data belongs to the caller: a driver never hands out a
-        reference to what it keeps (the same holds for ``select``).
+        An ``id`` that breaks the record-id rule (:func:`is_record_id`) finds
+        nothing: None, without asking the backend. Returned data belongs to
+        the caller: a driver never hands out a reference to what it keeps
+        (the same holds for ``select``).
         """
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first."""
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
-        """Check every change's version and apply them all atomically, or raise VersionConflict and apply none."""
+        """Check every change's version and apply them all atomically, or raise VersionConflict and apply none.
+
+        Every change first passes :func:`check_change` (TypeError, nothing
+        written): a valid record id, JSON data, scalar index values, and no
+        string that UTF-8 cannot encode.
+        """
 
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model`` (administration only: names, never data)."""
@@ -97,7 +110,13 @@ class StateStore(Protocol):
     """Short-lived state with times to live, partitioned by domain.
 
     Plain keys and windows share one namespace per domain; ``delete`` removes
-    either kind. Values are JSON values.
+    either kind. Values are JSON values, checked by :func:`check_json` before
+    anything is written (TypeError); window members are strings UTF-8 can
+    encode (:func:`check_text`).
+
+    Expired entries count as absent at once, and the backend reclaims them by
+    itself, amortised over the writes (never a full scan per call): what it
+    holds stays bounded by what is live, however long the load lasts.
     """
 
     def get(self, domain: str, key: str) -> Any:
@@ -115,8 +134,14 @@ class StateStore(Protocol):
         Whoever deleted the key meanwhile wins: a replace never brings it back.
         """
 
-    def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
-        """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""
+    def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
+        """Store a value only if the key is absent or expired; return whether it was stored. Atomic.
+
+        With ``if_live``, the value is stored only while that other plain key
+        of the same domain is live (an absent, expired or deleted key, or a
+        window, counts as absent), checked in the same atomic step: an add
+        that starts after ``delete(domain, if_live)`` returned never stores.
+        """
 
     def delete(self, domain: str, key: str) -> bool:
         """Remove a key or window; return whether a live one existed."""
@@ -146,7 +171,20 @@ class Driver(RecordStore, StateStore, Protocol):
     """A storage driver: records, short-lived state and its own health."""
 
     def ping(self) -> None:
-        """Return when the backend answers; raise ServiceUnavailable otherwise."""
+        """Return when the backend accepts writes; raise ServiceUnavailable otherwise.
+
+        A read is not enough (a full disk still answers reads): ping writes a
+        short-lived probe entry in the deployment's own namespace, under
+        :data:`PROBE_DOMAIN`, which no tenant can name, removed or expiring at
+        once, and never counted by :meth:`state_count`.
+        """
+
+    def state_count(self) -> int:
+        """Return how many state entries the backend holds for this deployment (administration, tests, benchmarks).
+
+        Plain keys and window members, live or awaiting reclamation, in every
+        domain. It may scan everything: never call it on a request's path.
+        """
 
     def close(self) -> None:
         """Release connections and files."""
@@ -157,25 +195,124 @@ class Driver(RecordStore, StateStore, Protocol):
 # ---------------------------------------------------------------------------
 
 
+#: The longest record id, in characters.
+MAX_ID_LENGTH = 256
+
+#: The domain of the probe entry ``ping`` writes: no Host header can name it
+#: (kernel.hosts accepts letters, digits, ``_``, ``-``, dots and bracketed IPv6).
+PROBE_DOMAIN = "#probe"
+
+
+def is_text(value: str) -> bool:
+    """Whether a string can be encoded as UTF-8 (no lone surrogate): the only strings a driver stores."""
+    if value.isascii():  # the usual case, and cheap
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_text_message(value: str) -> str:
+    return f"{value[:40]!r} is not text UTF-8 can encode (a lone surrogate)"
+
+
+def _not_text(value: str, where: str) -> TypeError:
+    return TypeError(f"{where}: {_not_text_message(value)}")
+
+
+def check_text(value: Any, where: str = "value") -> None:
+    """Raise TypeError unless ``value`` is a string UTF-8 can encode."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {type(value).__name__} is not a string")
+    if not is_text(value):
+        raise _not_text(value, where)
+
+
+def is_record_id(id: object) -> bool:
+    """The record-id rule: a non-empty string of at most MAX_ID_LENGTH characters, without NUL, UTF-8 encodable.
+
+    Every driver and the unit of work apply it: an id breaking it finds
+    nothing and is never written.
+    """
+    return isinstance(id, str) and 0 < len(id) <= MAX_ID_LENGTH and "\x00" not in id and is_text(id)
+
+
+def check_record_id(id: object, where: str = "record id") -> None:
+    """Raise TypeError unless ``id`` follows the record-id rule (:func:`is_record_id`)."""
+    if not is_record_id(id):
+        shown = repr(id)[:60] if isinstance(id, str) else type(id).__name__
+        raise TypeError(f"{where} {shown}: a record id is a non-empty string of at most {MAX_ID_LENGTH} "
+                        "characters, without NUL, that UTF-8 can encode")
+
+
+def check_change(change: Change) -> None:
+    """Raise TypeError unless a driver can store ``change`` and give it back: id, data and index values."""
+    check_record_id(change.id, f"{change.model}: record id")
+    if change.op == "delete":
+        return
+    where = f"{change.model} {change.id}"
+    check_json(change.data, where)
+    for field, value in (change.index or {}).items():
+        check_text(field, f"{where} index field")
+        check_scalar(value, f"{where} index {field}")
+
+
 def check_json(value: Any, where: str = "value") -> None:
-    """Raise TypeError unless ``value`` is a JSON value (finite numbers, string keys)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return
+    """Raise TypeError unless ``value`` is a JSON value (finite numbers, string keys, UTF-8 encodable strings).
+
+    It runs on every write, so the walk builds no text unless it finds a
+    problem (the path to it is put together on the way back).
+    """
+    problem = _json_problem(value)
+    if problem is not None:
+        raise TypeError(f"{where}{problem[0]}: {problem[1]}")
+
+
+def _json_problem(value: Any) -> tuple[str, str] | None:
+    """None for a JSON value; else the path to the first problem (``.key[2]``) and what it is."""
+    kind = type(value)  # exact types first: the common case, and the fastest test
+    if kind is str:
+        return None if value.isascii() or is_text(value) else ("", _not_text_message(value))
+    if value is None or kind is bool or kind is int:
+        return None
+    if kind is dict:
+        return _items_problem(value)
+    if kind is list:
+        return _list_problem(value)
+    # Then subclasses (an IntEnum, a str or dict subclass): JSON encodes them as their base type.
+    if isinstance(value, str):
+        return None if value.isascii() or is_text(value) else ("", _not_text_message(value))
+    if isinstance(value, int):
+        return None
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{where}: {value!r} is not a JSON number")
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            check_json(item, f"{where}[{i}]")
-        return
+        return None if math.isfinite(value) else ("", f"{value!r} is not a JSON number")
     if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: key {key!r} is not a string")
-            check_json(item, f"{where}.{key}")
-        return
-    raise TypeError(f"{where}: {type(value).__name__} is not a JSON value")
+        return _items_problem(value)
+    if isinstance(value, list):
+        return _list_problem(value)
+    return "", f"{kind.__name__} is not a JSON value"
+
+
+def _items_problem(value: dict) -> tuple[str, str] | None:
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return "", f"key {key!r} is not a string"
+        if not key.isascii() and not is_text(key):
+            return "", "key " + _not_text_message(key)
+        problem = _json_problem(item)
+        if problem is not None:
+            return f".{key}{problem[0]}", problem[1]
+    return None
+
+
+def _list_problem(value: list) -> tuple[str, str] | None:
+    for i, item in enumerate(value):
+        problem = _json_problem(item)
+        if problem is not None:
+            return f"[{i}]{problem[0]}", problem[1]
+    return None
 
 
 def check_scalar(value: Any, where: str = "index value") -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel import context
-from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_scalar
+from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_record_id, check_scalar, is_record_id
 from kernel.errors import RecordNotFound, ValidationError, VersionConflict
 
 _MISSING = object()
@@ -257,10 +257,17 @@ class UnitOfWork:
         return record
 
     def get(self, model: type, id: str) -> Record | None:
-        """Return one record, or None if the domain has none with this id."""
+        """Return one record, or None if the domain has none with this id.
+
+        A string that breaks the record-id rule (:func:`kernel.driver.is_record_id`:
+        empty, too long, with NUL or a lone surrogate) names no record: None,
+        without asking the driver.
+        """
         info = self.models.info(model)
         if not isinstance(id, str):
             raise TypeError("a record id is a string")
+        if not is_record_id(id):
+            return None
         key = (info.name, id)
         if key in self._deleted:
             return None
@@ -276,8 +283,8 @@ class UnitOfWork:
         info = self.models.info(model)
         if id is None:
             id = str(uuid.uuid4())
-        elif not isinstance(id, str) or not id:
-            raise TypeError("a record id is a non-empty string")
+        else:
+            check_record_id(id)
         key = (info.name, id)
         if key in self._loaded and key not in self._deleted:
             raise VersionConflict(f"{info.name} {id!r} already exists")

@@ -10,18 +10,40 @@ Capabilities decide what runs; optional ones default to off:
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kernel.driver import Change, Driver, StoredRecord, WindowEntry
+from kernel.driver import MAX_ID_LENGTH, Change, Driver, StoredRecord, WindowEntry
 from kernel.errors import RecordNotFound, ValidationError, VersionConflict
 from kernel.store import Errors, Models, UnitOfWork
 from kernel.testing.clock import FakeClock
 
 THREADS = 16
+
+#: Strings no driver may store: lone surrogates, which UTF-8 cannot encode.
+UNENCODABLE = ["\ud800", "caf\u00e9 \udfff", "\udc80 at the start", "a pair \ud83d\ude00 is two lone surrogates in Python"]
+
+#: Strings that break the record-id rule (kernel.driver.is_record_id).
+BAD_IDS = ["", "a\u0000b", "x" * (MAX_ID_LENGTH + 1), "a\ud800"]
+
+
+class _CountingDriver:
+    """Passes every call to a driver and counts the ``fetch`` calls that reached it."""
+
+    def __init__(self, driver):
+        self._driver = driver
+        self.fetched: list[tuple] = []
+
+    def fetch(self, *args):
+        self.fetched.append(args)
+        return self._driver.fetch(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
 
 
 class Note:
@@ -64,6 +86,31 @@ def _run_together(n: int, fn: Callable[[int], object]) -> list:
 
     with ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(call, range(n)))
+
+
+def _race_delete_against_guarded_adds(driver, domain: str, guard: str, adders: int, delay: float) -> list:
+    """One thread deletes ``guard`` while others add nonces guarded by it; return, per adder, the adds that
+    started after the delete returned and still stored (the deleter's entry is always empty)."""
+    driver.set(domain, guard, 1, 60)
+    deleted = threading.Event()  # set once delete has returned
+
+    def act(i):
+        if i == 0:
+            time.sleep(delay)
+            driver.delete(domain, guard)
+            deleted.set()
+            return []
+        late, tried_after = [], 0
+        for j in range(2000):  # until three adds have started after the delete returned (or enough)
+            after = deleted.is_set()
+            if driver.add(domain, f"{guard}:nonce:{i}:{j}", 1, 60, if_live=guard) and after:
+                late.append(j)
+            tried_after += after
+            if tried_after >= 3:
+                break
+        return late
+
+    return _run_together(adders + 1, act)
 
 
 class DriverSuite:
@@ -241,6 +288,46 @@ class DriverSuite:
         driver.fetch(domain, "M", "c").data["list"].append(2)
         assert driver.fetch(domain, "M", "c").data == {"list": [1]}
 
+    def test_unencodable_strings_in_records_are_refused(self, driver, domain):
+        driver.commit(domain, [Change("insert", "M", "kept", 0, {"text": "before"}, {"tag": "t"})])
+        bad_data = [{"text": text} for text in UNENCODABLE] + [
+            {"nested": {"list": ["fine", {"deep": [UNENCODABLE[0]]}]}},
+            {UNENCODABLE[1]: "a key"},
+            {"deep": [{"k": {UNENCODABLE[2]: 1}}]},
+        ]
+        for data in bad_data:
+            for change in (Change("insert", "M", "new", 0, data, {}), Change("update", "M", "kept", 1, data, {})):
+                with pytest.raises(TypeError):
+                    # A valid change beside it is not written either.
+                    driver.commit(domain, [Change("insert", "M", "beside", 0, {"ok": 1}, {}), change])
+        for text in UNENCODABLE:
+            with pytest.raises(TypeError):
+                driver.commit(domain, [Change("insert", "M", "ix", 0, {}, {"tag": text})])
+            with pytest.raises(TypeError):
+                driver.commit(domain, [Change("update", "M", "kept", 1, {"text": "after"}, {"tag": text})])
+        # Nothing was stored, and every read still works.
+        assert driver.fetch(domain, "M", "kept") == StoredRecord("M", "kept", 1, {"text": "before"})
+        assert [r.id for r in driver.select(domain, "M")] == ["kept"]
+        assert [r.id for r in driver.select(domain, "M", {"tag": "t"})] == ["kept"]
+        for id in ("new", "beside", "ix"):
+            assert driver.fetch(domain, "M", id) is None
+        driver.commit(domain, [Change("update", "M", "kept", 1, {"text": "after \U0001f600"}, {"tag": "t"})])
+        assert driver.fetch(domain, "M", "kept").data == {"text": "after \U0001f600"}
+
+    def test_record_ids_follow_one_rule(self, driver, domain):
+        longest = "x" * MAX_ID_LENGTH
+        driver.commit(domain, [Change("insert", "M", longest, 0, {"n": 1}, {}), Change("insert", "M", "é🙂", 0, {}, {})])
+        assert driver.fetch(domain, "M", longest) == StoredRecord("M", longest, 1, {"n": 1})
+        assert driver.fetch(domain, "M", "é🙂").vsn == 1
+        for bad in BAD_IDS:
+            assert driver.fetch(domain, "M", bad) is None
+            for change in (Change("insert", "M", bad, 0, {}, {}), Change("update", "M", bad, 1, {}, {}),
+                           Change("delete", "M", bad, 1)):
+                with pytest.raises(TypeError):
+                    driver.commit(domain, [Change("insert", "M", "beside", 0, {}, {}), change])
+        assert driver.fetch(domain, "M", "beside") is None
+        assert sorted(r.id for r in driver.select(domain, "M")) == sorted([longest, "é🙂"])
+
     def test_concurrent_writers_never_both_win(self, driver, domain):
         driver.commit(domain, [Change("insert", "M", "hot", 0, {"n": 0}, {})])
         results = _run_together(THREADS, lambda i: driver.commit(domain, [Change("update", "M", "hot", 1, {"n": i}, {})]))
@@ -323,6 +410,43 @@ class DriverSuite:
                 db.insert(Note, id="nj", text="x", tag=None, extra={1, 2})
         assert driver.fetch(domain, "SuiteNote", "nj") is None
 
+    def test_unit_of_work_refuses_unencodable_strings(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            kept = db.insert(Note, id="kept", text="fine")
+        for text in UNENCODABLE:
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.insert(Note, id="new", text=text)
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.update(Note, kept._id, 1, text="ok", tag=text)  # an index value
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.insert(Note, id=f"n{len(text)}", text="x", extra={"k": [text]})
+        assert driver.fetch(domain, "SuiteNote", "new") is None
+        with self.uow(driver, domain, models) as db:
+            assert [Note.to_dict(r) for r in db.select(Note)] == [{"id": "kept", "vsn": 1, "text": "fine", "done": False}]
+
+    def test_unit_of_work_record_id_rule(self, driver, domain, models):
+        counting = _CountingDriver(driver)
+        with self.uow(counting, domain, models) as db:
+            for bad in BAD_IDS:
+                assert db.get(Note, bad) is None
+                with pytest.raises(RecordNotFound):
+                    db.fetch(Note, bad)
+                with pytest.raises(RecordNotFound):
+                    db.update(Note, bad, 1, text="x")
+                with pytest.raises(RecordNotFound):
+                    db.delete(Note, bad, 1)
+                with pytest.raises(TypeError):
+                    db.insert(Note, id=bad, text="x")
+        assert counting.fetched == []  # found nothing without asking the driver
+        assert driver.select(domain, "SuiteNote") == []
+        with self.uow(driver, domain, models) as db:
+            db.insert(Note, id="x" * MAX_ID_LENGTH, text="the longest id")
+        with self.uow(driver, domain, models) as db:
+            assert db.fetch(Note, "x" * MAX_ID_LENGTH).text == "the longest id"
+
     # -- short-lived state ------------------------------------------------
 
     def test_state_set_get_and_expiry(self, driver, domain, clock):
@@ -384,6 +508,36 @@ class DriverSuite:
         clock.advance(6)
         assert driver.add(domain, "n", "third", 5) is True
         assert driver.get(domain, "n") == "third"
+
+    def test_state_add_if_live(self, driver, domain, other_domain, clock):
+        driver.set(domain, "session", {"user": "ann"}, 10)
+        assert driver.add(domain, "n1", "first", 5, if_live="session") is True
+        assert driver.get(domain, "n1") == "first"
+        assert driver.add(domain, "n1", "again", 5, if_live="session") is False  # the key itself is live
+        assert driver.add(domain, "n2", 1, 5, if_live="never-set") is False
+        assert driver.add(other_domain, "n3", 1, 5, if_live="session") is False  # the guard is another domain's
+        driver.window_add(domain, "win", "m", 1, 60)
+        assert driver.add(domain, "n4", 1, 5, if_live="win") is False  # a window counts as absent
+        driver.set(domain, "gone", 1, 60)
+        driver.delete(domain, "gone")
+        assert driver.add(domain, "n5", 1, 5, if_live="gone") is False
+        assert driver.add(domain, "self", 1, 5, if_live="self") is False
+        clock.advance(11)  # the session has expired, and so has n1
+        assert driver.add(domain, "n6", 1, 5, if_live="session") is False
+        driver.set(domain, "session2", {"user": "bob"}, 10)
+        assert driver.add(domain, "n1", "taken over", 5, if_live="session2") is True
+        assert driver.get_many(domain, ["n1", "n2", "n3", "n4", "n5", "self", "n6"]) == [
+            "taken over", None, None, None, None, None, None]
+        assert driver.get(other_domain, "n3") is None
+        with pytest.raises(TypeError):
+            driver.add(domain, "n7", {1, 2}, 5, if_live="session2")
+
+    def test_state_add_if_live_never_passes_after_the_guard_is_deleted(self, driver, domain):
+        adders = 5
+        for round_ in range(8):
+            results = _race_delete_against_guarded_adds(driver, domain, f"session:{round_}", adders, 0.002 * (round_ % 4))
+            assert results == [[]] * (adders + 1), (round_, results)
+            assert driver.add(domain, f"session:{round_}:late", 1, 60, if_live=f"session:{round_}") is False
 
     def test_state_delete(self, driver, domain):
         driver.set(domain, "k", 1, 10)
@@ -453,5 +607,50 @@ class DriverSuite:
         assert max(len(r) for r in results) == THREADS
         assert all(isinstance(e, WindowEntry) for e in results[0])
 
+    def test_unencodable_strings_in_state_are_refused(self, driver, domain):
+        driver.set(domain, "k", "kept", 60)
+        driver.window_add(domain, "w", "m", 1, 60)
+        for text in UNENCODABLE:
+            writes = [
+                (driver.set, "k", text, 60),
+                (driver.set, "n", {"a": [1, {"b": text}]}, 60),
+                (driver.set, "n", {text: 1}, 60),
+                (driver.replace, "k", [text], 60),
+                (driver.add, "a", text, 60),
+                (driver.window_add, "w", text, 1, 60),
+            ]
+            for write, *args in writes:
+                with pytest.raises(TypeError):
+                    write(domain, *args)
+        assert driver.get_many(domain, ["k", "n", "a"]) == ["kept", None, None]
+        assert [(e.member, e.weight) for e in driver.window_entries(domain, "w")] == [("m", 1)]
+        assert driver.add(domain, "a", "café 🙂", 60) is True
+        assert driver.get(domain, "a") == "café 🙂"
+
+    def test_expired_state_does_not_pile_up(self, driver, domain, clock):
+        """Sustained load of short-lived keys and window members: what the backend holds stays near what is live."""
+        rounds, per_round = 15, 200
+        ttl = 0.05  # seconds: native TTLs (Redis) follow real time, not the test clock
+        for round_ in range(rounds):
+            for i in range(per_round * 4 // 5):
+                assert driver.add(domain, f"nonce:{round_}:{i}", 1, ttl) is True
+            for i in range(per_round // 5):
+                driver.window_add(domain, f"calls:{i % 4}", f"{round_}:{i}", 1, ttl)
+            clock.advance(5)  # each round's entries have expired when the next one starts
+        time.sleep(2 * ttl)
+        for i in range(5):  # a few more writes, of keys that stay
+            driver.set(domain, f"live:{i}", i, 600)
+        held = driver.state_count()
+        assert 5 <= held <= 3 * per_round + 5, f"{held} state entries held after {rounds * per_round} writes"
+        assert driver.get_many(domain, [f"live:{i}" for i in range(5)]) == list(range(5))
+
     def test_ping(self, driver):
         assert driver.ping() is None
+
+    def test_ping_writes_nothing_a_tenant_sees(self, driver, domain):
+        driver.set(domain, "k", 1, 60)
+        before = driver.state_count()
+        for _ in range(3):
+            assert driver.ping() is None
+        assert driver.state_count() == before
+        assert driver.get(domain, "ping") is None

@@ -2,10 +2,17 @@
 
 Every worker process has its own memory, so gunicorn runs a single worker
 process for ``mem://`` (threads are fine). Use it for the tutorial and tests.
+
+Expired state is reclaimed amortised over the writes: a heap holds at most
+one entry per key, at the time to look at it again; each write pops a few
+entries that are due, dropping what has expired and pushing a key whose
+expiry has moved later back at its new time. Memory stays bounded by what is
+live, with no full scan on any call.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import threading
@@ -14,8 +21,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kernel import hookimpl
-from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, dumps, index_token
+from kernel.driver import (
+    PROBE_DOMAIN,
+    Change,
+    Scalar,
+    StoredRecord,
+    WindowEntry,
+    check_change,
+    check_json,
+    check_text,
+    dumps,
+    index_token,
+    is_record_id,
+)
 from kernel.errors import VersionConflict
+
+#: Most due heap entries one write examines: more than a write can add, so reclamation keeps up.
+RECLAIM_STEP = 16
 
 
 class _Row:
@@ -39,10 +61,16 @@ class MemoryDriver:
         self._index: dict[tuple[str, str, str, str], dict[str, None]] = {}
         # (domain, key) -> (value, expires) or {member: (weight, expires)}
         self._state: dict[tuple[str, str], Any] = {}
+        # (when, (domain, key)): when to look at a key again; at most one entry per key,
+        # the one whose time ``_queued`` holds.
+        self._expiries: list[tuple[float, tuple[str, str]]] = []
+        self._queued: dict[tuple[str, str], float] = {}
 
     # -- records ----------------------------------------------------------
 
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
+        if not is_record_id(id):
+            return None
         with self._lock:
             row = self._records.get((domain, model), {}).get(id)
         # Rows are replaced by commits, never changed in place: copying outside the lock is safe.
@@ -61,9 +89,10 @@ class MemoryDriver:
         return [StoredRecord(model, i, row.vsn, json.loads(row.data)) for i, row in picked]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
+        for change in changes:
+            check_change(change)
         with self._lock:
             for change in changes:
-                check_json(change.data, f"{change.model} {change.id}")
                 row = self._records.get((domain, change.model), {}).get(change.id)
                 if change.op == "insert":
                     if row is not None:
@@ -114,6 +143,42 @@ class MemoryDriver:
             return None
         return entry
 
+    def _put(self, domain: str, key: str, encoded: str, expires: float, now: float) -> None:
+        """Store a plain value (under the lock), schedule its reclamation and reclaim a few due keys."""
+        skey = (domain, key)
+        self._state[skey] = (encoded, expires)
+        self._schedule(skey, expires)
+        self._reclaim(now)
+
+    def _schedule(self, skey: tuple[str, str], when: float) -> None:
+        # A key already queued keeps its entry: if its expiry moved later, the
+        # entry is pushed again at the new time when it comes up (lazily).
+        if skey not in self._queued:
+            self._queued[skey] = when
+            heapq.heappush(self._expiries, (when, skey))
+
+    def _reclaim(self, now: float, budget: int = RECLAIM_STEP) -> None:
+        """Look at up to ``budget`` keys whose time has come: drop what expired, re-queue what lives on."""
+        heap, queued, state = self._expiries, self._queued, self._state
+        while budget and heap and heap[0][0] <= now:
+            budget -= 1
+            _, skey = heapq.heappop(heap)
+            del queued[skey]
+            entry = state.get(skey)
+            if entry is None:
+                continue
+            if isinstance(entry, dict):
+                for member in [m for m, (_, exp) in entry.items() if exp <= now]:
+                    del entry[member]
+                if entry:
+                    self._schedule(skey, min(exp for _, exp in entry.values()))
+                else:
+                    del state[skey]
+            elif entry[1] <= now:
+                del state[skey]
+            else:
+                self._schedule(skey, entry[1])
+
     def get(self, domain: str, key: str) -> Any:
         with self._lock:
             entry = self._live(domain, key, self.clock())
@@ -129,27 +194,34 @@ class MemoryDriver:
 
     def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         check_json(value)
+        encoded = dumps(value)
         with self._lock:
             now = self.clock()
             entry = self._live(domain, key, now)
             if entry is None or isinstance(entry, dict):
                 return False
-            self._state[(domain, key)] = (dumps(value), now + ttl)
+            self._put(domain, key, encoded, now + ttl, now)
             return True
 
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         check_json(value)
         encoded = dumps(value)
         with self._lock:
-            self._state[(domain, key)] = (encoded, self.clock() + ttl)
+            now = self.clock()
+            self._put(domain, key, encoded, now + ttl, now)
 
-    def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
+    def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
         check_json(value)
+        encoded = dumps(value)
         with self._lock:
             now = self.clock()
+            if if_live is not None:
+                guard = self._live(domain, if_live, now)
+                if guard is None or isinstance(guard, dict):
+                    return False
             if self._live(domain, key, now) is not None:
                 return False
-            self._state[(domain, key)] = (dumps(value), now + ttl)
+            self._put(domain, key, encoded, now + ttl, now)
             return True
 
     def delete(self, domain: str, key: str) -> bool:
@@ -168,10 +240,11 @@ class MemoryDriver:
             else:
                 expires = entry[1]
             value = current + amount
-            self._state[(domain, key)] = (dumps(value), expires)
+            self._put(domain, key, dumps(value), expires, now)
             return value
 
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
+        check_text(member, "window member")
         with self._lock:
             now = self.clock()
             entry = self._live(domain, key, now)
@@ -179,6 +252,8 @@ class MemoryDriver:
                 entry = {}
                 self._state[(domain, key)] = entry
             entry[member] = (weight, now + ttl)
+            self._schedule((domain, key), now + ttl)
+            self._reclaim(now)
             return self._entries(entry)
 
     def window_entries(self, domain: str, key: str) -> list[WindowEntry]:
@@ -196,6 +271,11 @@ class MemoryDriver:
                 del self._state[(domain, key)]
             return True
 
+    def state_count(self) -> int:
+        """How many plain keys and window members are held, live or awaiting reclamation."""
+        with self._lock:
+            return sum(len(entry) if isinstance(entry, dict) else 1 for entry in self._state.values())
+
     @staticmethod
     def _entries(entry: dict) -> list[WindowEntry]:
         return sorted((WindowEntry(m, w, e) for m, (w, e) in entry.items()), key=lambda x: (x.expires, x.member))
@@ -203,7 +283,10 @@ class MemoryDriver:
     # -- health -----------------------------------------------------------
 
     def ping(self) -> None:
-        return None
+        """Write and remove a probe entry: memory always takes writes, but the path is the same as elsewhere."""
+        with self._lock:
+            self._state[(PROBE_DOMAIN, "ping")] = ("1", self.clock())
+            del self._state[(PROBE_DOMAIN, "ping")]
 
     def close(self) -> None:
         return None

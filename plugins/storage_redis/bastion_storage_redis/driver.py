@@ -28,7 +28,19 @@ from bastion_storage_redis import scripts
 from bastion_storage_redis.keys import Keys
 from bastion_storage_redis.settings import SCHEMES, defaults, make_pool, redact, scheme_of
 from bastion_storage_redis.wire import Script, Wire
-from kernel.driver import Change, Scalar, StoredRecord, WindowEntry, check_json, index_token
+from kernel.driver import (
+    PROBE_DOMAIN,
+    Change,
+    Scalar,
+    StoredRecord,
+    WindowEntry,
+    check_change,
+    check_json,
+    check_scalar,
+    check_text,
+    index_token,
+    is_record_id,
+)
 from kernel.errors import ServiceUnavailable, VersionConflict
 
 log = logging.getLogger("bastion.storage_redis")
@@ -62,6 +74,10 @@ def _translated(method: F) -> F:
 #: kernel.driver.dumps with its encoder built once instead of on every call (same output).
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True).encode
 _loads = json.loads
+
+
+#: Native TTL of the probe key ping writes.
+PROBE_TTL_MS = 10_000
 
 
 def _ttl_ms(ttl: float) -> int:
@@ -117,7 +133,9 @@ class RedisDriver:
 
     @_translated
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
-        """Return the record, or None when the domain has no such record."""
+        """Return the record, or None when the domain has no such record (or ``id`` breaks the record-id rule)."""
+        if not is_record_id(id):
+            return None
         vsn, data = self._wire.execute("HMGET", self.keys.record(domain, model, id), "v", "d")
         if vsn is None:
             return None
@@ -131,6 +149,8 @@ class RedisDriver:
         server; without, the creation-ordered set is read. Never a scan.
         """
         k = self.keys
+        for field, value in (where or {}).items():
+            check_scalar(value, f"where {field}")
         index_keys = [k.index(domain, model, field, index_token(value)) for field, value in (where or {}).items()]
         flat = self._wire.eval(self._select, (k.order(domain, model),), (k.record_prefix(domain, model), *index_keys))
         if not flat:
@@ -144,10 +164,11 @@ class RedisDriver:
         """Check every change's version and apply them all atomically, or raise VersionConflict and apply none."""
         if not changes:
             return
+        for change in changes:
+            check_change(change)
         k = self.keys
         args: list[Any] = [k.domain(domain), len(changes)]
         for change in changes:
-            check_json(change.data, f"{change.model} {change.id}")
             index = (change.index or {}) if change.op != "delete" else {}
             index_keys = [k.index_suffix(change.model, field, index_token(value)) for field, value in index.items()]
             args += [
@@ -234,11 +255,18 @@ class RedisDriver:
         return bool(stored)
 
     @_translated
-    def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
-        """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""
+    def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
+        """Store a value only if the key is absent or expired; return whether it was stored. Atomic.
+
+        With ``if_live``, the same script also checks that this other key of
+        the domain (same hash tag) is a live plain key.
+        """
         check_json(value)
         now = self.clock()
-        stored = self._wire.eval(self._add, self._state_keys(domain, key), (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
+        keys = self._state_keys(domain, key)
+        if if_live is not None:
+            keys = (*keys, self.keys.state(domain, if_live))
+        stored = self._wire.eval(self._add, keys, (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
         return bool(stored)
 
     @_translated
@@ -256,6 +284,7 @@ class RedisDriver:
     @_translated
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
         """Add (or replace) a member expiring ``ttl`` seconds from now; return the live entries, oldest first."""
+        check_text(member, "window member")
         now = self.clock()
         flat = self._wire.eval(self._window_add, self._state_keys(domain, key),
                                (now, member, int(weight), now + ttl, _ttl_ms(ttl)))
@@ -274,15 +303,51 @@ class RedisDriver:
     # -- health -----------------------------------------------------------
 
     @_translated
+    def state_count(self) -> int:
+        """How many plain keys and window members the deployment holds (administration: a SCAN of its prefix).
+
+        Keys whose native TTL has passed are skipped (SCAN reclaims them);
+        a window's members are counted whatever their logical expiry.
+        """
+        prefix = self.keys.prefix + ":{"
+        seen: set[str] = set()
+        total, cursor = 0, "0"
+        while True:
+            cursor, batch = self._wire.execute("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
+            names = [name for name in batch if name not in seen and _is_state_key(name, len(prefix))]
+            seen.update(names)
+            if names:
+                kinds = self._wire.pipeline([("TYPE", name) for name in names])
+                total += sum(kind == "hash" for kind in kinds)
+                windows = [name for name, kind in zip(names, kinds, strict=True) if kind == "zset"]
+                if windows:
+                    total += sum(n for n in self._wire.pipeline([("ZCARD", name) for name in windows]) if isinstance(n, int))
+            if str(cursor) == "0":
+                return total
+
+    @_translated
     def ping(self) -> None:
-        """Return when Redis answers; raise ServiceUnavailable otherwise."""
-        self._wire.execute("PING")
+        """Return when Redis accepts a write; raise ServiceUnavailable otherwise.
+
+        The write is a ``SET`` of a probe key with a 10-second native TTL,
+        under the deployment's prefix in a domain no tenant can have
+        (:data:`kernel.driver.PROBE_DOMAIN`): a Redis out of memory, a
+        read-only replica or a lost connection fails it.
+        """
+        self._wire.execute("SET", self.keys.domain(PROBE_DOMAIN) + "ping", "1", "PX", PROBE_TTL_MS)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self._wire.close()
         self._redis.close()
         self._pool.disconnect()
+
+
+def _is_state_key(name: str, start: int) -> bool:
+    """Whether a key of the deployment is a plain state key or a window (``<prefix>:{<domain>}:s:...``)."""
+    # Domains are escaped, so the first closing brace ends the hash tag.
+    end = name.find("}", start)
+    return end >= 0 and name.startswith(":s:", end + 1)
 
 
 def _entries(flat: list[str]) -> list[WindowEntry]:

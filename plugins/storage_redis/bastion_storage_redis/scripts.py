@@ -88,9 +88,18 @@ put(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 
-#: KEYS: state key, weights key. ARGV: now, value, expires, ttl_ms. Returns 1 if stored.
+#: KEYS: state key, weights key[, guard key]. ARGV: now, value, expires, ttl_ms. Returns 1 if stored.
+#: With a guard key (the same domain, so the same hash tag), stores only while
+#: it is a live plain key: absent, expired, deleted or a window, nothing is stored.
 ADD = _STATE_HELPERS + """
-if live(KEYS[1], tonumber(ARGV[1]), ARGV[1]) then return 0 end
+local now = tonumber(ARGV[1])
+local g = KEYS[3]
+if g then
+  if kind(g) ~= 'hash' then return 0 end
+  local e = redis.call('HGET', g, 'e')
+  if not e or tonumber(e) <= now then return 0 end
+end
+if live(KEYS[1], now, ARGV[1]) then return 0 end
 put(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """

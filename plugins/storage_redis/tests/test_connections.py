@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from bastion_storage_redis import RedisDriver
 from bastion_storage_redis.testing import RedisServer
 
 from kernel.driver import Change, StoredRecord
 from kernel.errors import ServiceUnavailable
+from kernel.testing import FakeClock
 
 PASSWORD = "s3cret-Pa55"
 
@@ -150,3 +152,27 @@ def test_a_missing_redis_server_is_a_clear_error():
     with pytest.raises(RedisServerError, match="apt-get install redis-server"):
         server.start()
     server.stop()
+
+
+def test_ping_fails_when_redis_refuses_writes(private_server):
+    """A Redis out of memory under noeviction still answers PING and reads: ping must not say it is healthy."""
+    driver = RedisDriver(private_server.url, clock=FakeClock())
+    admin = driver.client
+    try:
+        driver.set("oom.test", "k", "kept", 60)
+        driver.ping()
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        try:
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                admin.set("plain-write", 1)  # Redis refuses writes, but still answers PING
+            assert admin.ping() is True
+            with pytest.raises(ServiceUnavailable) as info:
+                driver.ping()
+            assert str(info.value) == "storage unavailable"
+            assert driver.get("oom.test", "k") == "kept"  # reads still answer
+        finally:
+            admin.config_set("maxmemory", "0")
+        driver.ping()
+    finally:
+        driver.close()

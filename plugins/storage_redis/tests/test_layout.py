@@ -155,3 +155,42 @@ def test_a_commit_is_one_script_even_with_many_changes(open_driver, domain):
     evens = driver.select(domain, "M", {"even": True})
     assert [r.id for r in evens] == [f"r{i:03}" for i in range(0, 200, 2)]
     assert evens[0] == StoredRecord("M", "r000", 1, {"i": 0})
+
+
+def test_every_state_key_gets_a_native_ttl(open_driver, domain):
+    """Redis reclaims state by itself: no state write leaves a key without a native TTL."""
+    driver = open_driver()
+    client, keys = driver.client, driver.keys
+    driver.set(domain, "session", {"user": "ann"}, 60)
+    driver.replace(domain, "session", {"user": "ann", "seen": 1}, 60)
+    driver.add(domain, "nonce", 1, 3)
+    driver.add(domain, "guarded", 1, 3, if_live="session")
+    driver.incr(domain, "hits", 1, 60)
+    driver.incr(domain, "hits", 1, 60)
+    driver.window_add(domain, "sessions:ann", "s1", 1, 60)
+    driver.window_add(domain, "sessions:ann", "s2", 1, 30)
+    driver.window_discard(domain, "sessions:ann", "s1")
+    driver.window_add(domain, "set-then-window", "m", 1, 60)
+    driver.set(domain, "set-then-window", 1, 60)
+    driver.set(domain, "window-then-set", 1, 60)
+    driver.window_add(domain, "window-then-set", "m", 1, 60)
+    driver.ping()
+
+    state = [k for k in _keys_of(client, domain) if k.startswith((keys.state(domain, ""), keys.weights(domain, "")))]
+    assert len(state) >= 7, state
+    assert {k: client.pttl(k) for k in state if client.pttl(k) <= 0} == {}
+    assert driver.state_count() >= 6
+    probe = keys.domain("#probe") + "ping"
+    assert 0 < client.pttl(probe) <= 10_000
+
+
+def test_state_count_counts_only_this_deployments_state(open_driver, domain):
+    driver, other = open_driver(key_prefix="countme"), open_driver(key_prefix="notme")
+    assert driver.state_count() == 0
+    driver.commit(domain, [Change("insert", "M", "x}:s:y", 0, {}, {"k": 1})])  # a record key that looks like state
+    driver.set(domain, "a", 1, 60)
+    driver.window_add(domain, "w", "m1", 1, 60)
+    driver.window_add(domain, "w", "m2", 1, 60)
+    other.set(domain, "b", 1, 60)
+    assert driver.state_count() == 3
+    assert other.state_count() == 1

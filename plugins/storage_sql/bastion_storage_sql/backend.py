@@ -13,6 +13,11 @@ of three kinds:
 * ``TRANSACTION``: several statements within BEGIN (``BEGIN IMMEDIATE`` on
   SQLite) ... COMMIT.
 
+On SQLite, every 64th write of a process also looks at the size of the WAL
+file (one ``stat``); past ``sqlite_wal_limit`` it runs a TRUNCATE checkpoint
+that waits at most a moment for readers, so that the WAL is cut back even
+when readers kept the automatic checkpoints from completing.
+
 A pooled PostgreSQL connection that the server has closed (a restart, an idle
 timeout) is seen without a round trip when it is checked out (its socket is
 readable while it should be silent) and replaced by a fresh one. A connection
@@ -25,6 +30,10 @@ the caller gets ServiceUnavailable.
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -35,8 +44,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
-from bastion_storage_sql.errors import is_transaction_conflict, unavailable
+from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
+from bastion_storage_sql.schema import state
+from kernel.driver import PROBE_DOMAIN
 from kernel.errors import VersionConflict
+
+log = logging.getLogger("bastion.storage_sql")
 
 #: What the driver does with the schema when it opens: create or upgrade it,
 #: insist that it is current (production), or trust it (tests of the schema itself).
@@ -46,6 +59,12 @@ SchemaMode = Literal["upgrade", "check", "none"]
 READ, STATEMENT, TRANSACTION = "read", "statement", "transaction"
 
 T = TypeVar("T")
+
+#: SQLite writes of a process between two looks at the WAL's size.
+WAL_CHECK_EVERY = 64
+
+#: Milliseconds the driver's own TRUNCATE checkpoint waits for readers and writers before giving up for now.
+CHECKPOINT_WAIT_MS = 100
 
 
 class Sql:
@@ -89,7 +108,17 @@ class SqlBackend:
         self._dbapi_error = dbapi.Error
         self._outage_errors = (dbapi.OperationalError, dbapi.InterfaceError)
         self._integrity_error = dbapi.IntegrityError
-        self._ping = self.compile(sa.select(sa.literal_column("1")))
+        # ping writes this probe row (expired at once, so no call ever sees it) in a domain no tenant has.
+        probe = self._insert(state).values(domain=sa.bindparam("d"), key=sa.bindparam("k"), value=None,
+                                           n=sa.bindparam("n"), expires=sa.bindparam("e"))
+        self._probe = self.compile(probe.on_conflict_do_update(
+            index_elements=[state.c.domain, state.c.key], set_={"n": probe.excluded.n, "expires": probe.excluded.expires}))
+        self._probes = itertools.count(1)
+        self._wal_path = None if self._postgresql else f"{self.engine.url.database}-wal"
+        self._wal_limit = int(self.settings["sqlite_wal_limit"])
+        self._busy_ms = int(float(self.settings["sqlite_busy_timeout"]) * 1000)
+        self._sqlite_writes = 0
+        self._checkpoint_lock = threading.Lock()
         try:
             if schema == "upgrade":
                 migrate.upgrade(self.engine)
@@ -137,9 +166,16 @@ class SqlBackend:
                     self._rollback(connection)
                     raise
                 applied = True  # from here on the outcome of the COMMIT is unknown if it fails
-                connection.commit() if self._postgresql else connection.execute("COMMIT")
+                if self._postgresql:
+                    connection.commit()
+                else:
+                    connection.execute("COMMIT")
+                    self._after_sqlite_write(connection)
                 return result
             except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
+                if not self._postgresql:
+                    # A COMMIT that failed (a full disk) may leave SQLite's transaction open.
+                    self._rollback(connection)
                 broken = self._is_disconnect(error, connection)
                 if broken:
                     fairy.invalidate(error)
@@ -175,7 +211,7 @@ class SqlBackend:
             return unavailable(error)
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
             return unavailable(error)
-        if isinstance(error, self._outage_errors):
+        if isinstance(error, self._outage_errors) or is_read_only(error):
             return unavailable(error)
         return error
 
@@ -194,11 +230,62 @@ class SqlBackend:
         """Execute ``sql`` and return how many rows it changed."""
         return connection.execute(sql.text, sql.params(values)).rowcount
 
+    # -- the SQLite WAL ---------------------------------------------------
+
+    def _after_sqlite_write(self, connection: Any) -> None:
+        """Now and then, checkpoint a WAL that has grown past the limit (on the caller's connection, after its COMMIT)."""
+        self._sqlite_writes += 1
+        if self._sqlite_writes % WAL_CHECK_EVERY or self.wal_size() <= self._wal_limit:
+            return
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return  # another thread of this process is at it
+        try:
+            self._checkpoint(connection)
+        except self._dbapi_error as error:  # the caller's write has succeeded: a later write tries again
+            log.info("SQLite checkpoint skipped: %s", error)
+        finally:
+            self._checkpoint_lock.release()
+
+    def _checkpoint(self, connection: Any) -> bool:
+        # TRUNCATE copies every frame into the database and empties the WAL; it
+        # waits for readers through the busy handler, here only briefly: if they
+        # stay, it does what a passive checkpoint can and says so.
+        connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        return not busy
+
+    def wal_size(self) -> int:
+        """The size of the SQLite WAL file in bytes (0 on PostgreSQL, or when there is none)."""
+        if self._wal_path is None:
+            return 0
+        try:
+            return os.path.getsize(self._wal_path)
+        except OSError:
+            return 0
+
+    def checkpoint(self) -> bool:
+        """Checkpoint and truncate the SQLite WAL now; return whether it completed (always True on PostgreSQL)."""
+        if self._postgresql:
+            return True
+        return self._run(READ, self._checkpoint)
+
     # -- health -----------------------------------------------------------
 
     def ping(self) -> None:
-        """Return when the database answers; raise ServiceUnavailable otherwise."""
-        self._run(READ, lambda connection: self._one(connection, self._ping, {}))
+        """Return when the database accepts a write; raise ServiceUnavailable otherwise.
+
+        The write is one upsert of a probe row in a domain no tenant can have
+        (:data:`kernel.driver.PROBE_DOMAIN`), expired as soon as written: a
+        full disk, a read-only database or a lock held too long fails it.
+        """
+        values = {"d": PROBE_DOMAIN, "k": "ping", "n": next(self._probes), "e": self.clock()}
+        try:
+            self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)))
+        except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
+            raise unavailable(error) from None  # whatever refused the write, the database cannot serve
 
     def close(self) -> None:
         """Close every pooled connection."""

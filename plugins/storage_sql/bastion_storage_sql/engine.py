@@ -133,6 +133,7 @@ def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) 
     busy = float(settings["sqlite_busy_timeout"])
     _enable_wal(url.database, busy)
     synchronous = settings["sqlite_synchronous"].upper()
+    wal_limit = int(settings["sqlite_wal_limit"])
     engine = sa.create_engine(url, poolclass=sa.QueuePool, **pool,
                               connect_args={"timeout": busy, "check_same_thread": False})
 
@@ -147,6 +148,12 @@ def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) 
             # WAL (set once by _enable_wal, stored in the file) lets readers run beside the one writer.
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
+            # A checkpoint that resets the WAL cuts the file back to this size (without
+            # it the WAL keeps its high-water mark for ever), and the automatic
+            # checkpoint runs before the WAL outgrows it (at 1000 pages at most, SQLite's default).
+            cursor.execute(f"PRAGMA journal_size_limit = {wal_limit}")
+            page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {max(1, min(1000, wal_limit // page_size))}")
         finally:
             cursor.close()
 

@@ -32,6 +32,16 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
 
 
+#: SQLSTATE of a write refused by a read-only PostgreSQL (a hot standby, default_transaction_read_only):
+#: the database cannot take writes now, an outage rather than a bug.
+READ_ONLY = "25006"
+
+
+def is_read_only(error: BaseException) -> bool:
+    """Say whether PostgreSQL refused a write because it is read-only."""
+    return _sqlstate(error) == READ_ONLY
+
+
 def is_transaction_conflict(error: BaseException) -> bool:
     """Say whether PostgreSQL rolled the transaction back for a deadlock or serialisation failure."""
     return _sqlstate(error).startswith("40")

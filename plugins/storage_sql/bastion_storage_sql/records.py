@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import MAX_TOKEN, index_entries, records
-from kernel.driver import Change, Scalar, StoredRecord, check_json, check_scalar, dumps, index_token
+from kernel.driver import Change, Scalar, StoredRecord, check_change, check_scalar, dumps, index_token, is_record_id
 from kernel.errors import VersionConflict
 
 
@@ -69,7 +69,9 @@ class SqlRecords(SqlBackend):
             domain=_p("d"), model=_p("m"), field=_p("field"), token=_p("token"), id=_p("id")))
 
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
-        """Return the record, or None when the domain has no such record."""
+        """Return the record, or None when the domain has no such record (or ``id`` breaks the record-id rule)."""
+        if not is_record_id(id):
+            return None  # it cannot be stored, and PostgreSQL text would refuse a NUL
         values = {"d": domain, "m": model, "id": id}
         row = self._run(READ, lambda connection: self._one(connection, self._fetch_sql, values))
         return None if row is None else StoredRecord(model, id, row[0], json.loads(row[1]))
@@ -114,10 +116,7 @@ class SqlRecords(SqlBackend):
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         """Check every change's version and apply them all in one transaction, or raise VersionConflict."""
         for change in changes:
-            if change.op != "delete":
-                check_json(change.data or {}, f"{change.model} {change.id}")
-                for field, value in (change.index or {}).items():
-                    check_scalar(value, f"{change.model} {change.id} index {field}")
+            check_change(change)
         if not changes:
             return
         # Encode before the transaction opens: the write lock is held for less time.

@@ -17,6 +17,8 @@ SCHEMA: dict[str, Option] = {
     "pool_recycle": Int(1800, "seconds after which a pooled connection is replaced (-1: never)", min=-1),
     "connect_timeout": Int(5, "seconds to wait for PostgreSQL to accept a connection", min=1, max=3600),
     "sqlite_busy_timeout": Float(30.0, "seconds a SQLite writer waits for another process's lock", min=0.0),
+    "sqlite_wal_limit": Int(16 * 1024 * 1024, "bytes the SQLite WAL file is cut back to after a checkpoint; "
+                            "the driver also checkpoints when the WAL grows past it", min=0),
     "sqlite_synchronous": Choice("normal", ("normal", "full"),
                                  "SQLite fsync policy in WAL mode: normal (fast, safe from corruption) or full"),
     "echo": Bool(False, "log every SQL statement (debugging only)"),

@@ -4,6 +4,10 @@ Every expiry is stored as an absolute time from the driver's clock and
 compared with it, never with the database's own time, so a test clock moves
 expiry without sleeping. An expired row counts as absent; rows are purged a
 bounded batch at a time through the expiry indexes, never by a full scan.
+Each process purges after every ``PURGE_EVERY`` state writes, or when
+``PURGE_INTERVAL`` seconds have passed, and again at its next write whenever a
+purge deleted a full batch: the tables stay bounded by what is live, however
+long the load lasts, without a DELETE on every write.
 
 Statements are compiled once, when the driver opens (``_StateSql``). Round
 trips per call, PostgreSQL: one for get, get_many, set, replace, add, incr,
@@ -24,13 +28,17 @@ import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, STATEMENT, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import state, windows
-from kernel.driver import WindowEntry, check_json, dumps
+from kernel.driver import PROBE_DOMAIN, WindowEntry, check_json, check_text, dumps
 from kernel.errors import ServiceUnavailable
 
-#: Seconds of the driver's clock between two purges of expired state by one process.
+#: Seconds of the driver's clock after which one process purges expired state at its next write.
 PURGE_INTERVAL = 60.0
 
+#: State writes of one process after which it purges, whatever the clock says.
+PURGE_EVERY = 100
+
 #: Most rows of each table one purge deletes: a purge stays one short transaction.
+#: A purge that deletes a full batch of either table is followed by another at the next write.
 PURGE_BATCH = 1000
 
 _BIGINT = range(-(2**63), 2**63)
@@ -74,6 +82,7 @@ class SqlState(SqlBackend):
         super().__init__(*args, **kwargs)
         self._purge_lock = threading.Lock()
         self._next_purge = float("-inf")
+        self._writes_since_purge = 0
         self._build_state_statements()
 
     def _build_state_statements(self) -> None:
@@ -97,6 +106,18 @@ class SqlState(SqlBackend):
         # than rowcount: drivers disagree on an upsert's rowcount.
         self._add_sql = compile_(insert.on_conflict_do_update(
             index_elements=[c.domain, c.key], set_=overwrite, where=c.expires <= _p("now")).returning(c.expires))
+        # The same, only while the guard key is live: one INSERT ... SELECT ... WHERE EXISTS,
+        # so that the guard is read and the row written in one atomic statement. (The
+        # WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.)
+        guard = state.alias("guard")
+        guard_is_live = sa.exists().where(guard.c.domain == _p("d"), guard.c.key == _p("g"), guard.c.expires > _p("now"))
+        row = sa.select(_p("d", type_=sa.String), _p("k", type_=sa.String), _p("v", type_=sa.Text),
+                        _p("n", type_=sa.BigInteger), _p("e", type_=sa.Double)).where(guard_is_live)
+        guarded = self._insert(state).from_select([c.domain, c.key, c.value, c.n, c.expires], row)
+        self._add_if_live_sql = compile_(guarded.on_conflict_do_update(
+            index_elements=[c.domain, c.key],
+            set_={"value": guarded.excluded.value, "n": guarded.excluded.n, "expires": guarded.excluded.expires},
+            where=c.expires <= _p("now")).returning(c.expires))
         # Set-if-live in one statement: a concurrent delete wins (the row is gone).
         self._replace_sql = compile_(state.update().where(key_is, c.expires > _p("now"))
                                      .values(value=_p("v"), n=_p("n"), expires=_p("e")))
@@ -131,6 +152,9 @@ class SqlState(SqlBackend):
                                      .where(window_is, w.expires > _p("now")).order_by(w.expires, w.member))
         self._discard_sql = compile_(windows.delete().where(window_is, w.member == _p("m")).returning(w.expires))
         self._purge_sql: dict[int, tuple[Sql, Sql]] = {}
+        keys = sa.select(sa.func.count()).select_from(state).where(c.domain != _p("probe")).scalar_subquery()
+        members = sa.select(sa.func.count()).select_from(windows).scalar_subquery()
+        self._count_sql = compile_(sa.select(keys + members))
 
     # -- plain keys -------------------------------------------------------
 
@@ -185,12 +209,22 @@ class SqlState(SqlBackend):
         values = _columns(value, {"d": domain, "k": key, "e": now + ttl, "now": now})
         return self._run(STATEMENT, lambda connection: self._count(connection, self._replace_sql, values)) == 1
 
-    def add(self, domain: str, key: str, value: Any, ttl: float) -> bool:
-        """Store a value only if the key is absent or expired; return whether it was stored. Atomic."""
+    def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
+        """Store a value only if the key is absent or expired (and ``if_live`` is live); return whether it was stored.
+
+        One statement either way, so atomic: an upsert that takes over only an
+        expired row, and with ``if_live`` an ``INSERT ... SELECT ... WHERE
+        EXISTS`` of the live guard row (a window is not in this table, so it
+        counts as absent).
+        """
         check_json(value)
         now = self.clock()
         values = _columns(value, {"d": domain, "k": key, "e": now + ttl, "now": now})
-        stored = self._run(STATEMENT, lambda connection: self._one(connection, self._add_sql, values)) is not None
+        sql = self._add_sql
+        if if_live is not None:
+            values["g"] = if_live
+            sql = self._add_if_live_sql
+        stored = self._run(STATEMENT, lambda connection: self._one(connection, sql, values)) is not None
         self._purge_if_due(now)
         return stored
 
@@ -217,6 +251,7 @@ class SqlState(SqlBackend):
 
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:
         """Add (or replace) a member expiring ``ttl`` seconds from now; return the live entries. Atomic."""
+        check_text(member, "window member")
         now = self.clock()
         values = {"d": domain, "k": key, "m": member, "weight": weight, "e": now + ttl, "now": now,
                   "lock": _lock_key(domain, key)}
@@ -250,16 +285,23 @@ class SqlState(SqlBackend):
     def _entries(rows: list) -> list[WindowEntry]:
         return [WindowEntry(member, int(weight), float(expires)) for member, weight, expires in rows]
 
-    # -- purging ----------------------------------------------------------
+    # -- purging and counting ---------------------------------------------
 
     def purge_expired(self, limit: int = PURGE_BATCH) -> int:
         """Delete up to ``limit`` expired rows of each state table; return how many went."""
+        return sum(self._purge(limit))
+
+    def _purge(self, limit: int) -> tuple[int, ...]:
+        """Delete up to ``limit`` expired rows of each state table; return how many went from each."""
         statements = self._purge_sql.get(limit)
         if statements is None:
             statements = []
             for table, key in ((state, (state.c.domain, state.c.key)),
                                (windows, (windows.c.domain, windows.c.key, windows.c.member))):
                 victims = sa.select(*key).where(table.c.expires <= _p("now")).limit(limit)
+                if self._postgresql:
+                    # Processes purging at once take different rows instead of queueing on the same ones.
+                    victims = victims.with_for_update(skip_locked=True)
                 # The outer test re-checks each row, so a key refreshed since the
                 # sub-select (a new nonce under an old name) is never deleted.
                 statements.append(self.compile(
@@ -268,17 +310,25 @@ class SqlState(SqlBackend):
         values = {"now": self.clock()}
 
         def work(connection):
-            return sum(max(self._count(connection, sql, values), 0) for sql in statements)
+            return tuple(max(self._count(connection, sql, values), 0) for sql in statements)
 
         return self._run(TRANSACTION, work)
 
     def _purge_if_due(self, now: float) -> None:
-        if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
+        self._writes_since_purge += 1
+        if (now < self._next_purge and self._writes_since_purge < PURGE_EVERY) or not self._purge_lock.acquire(blocking=False):
             return
         try:
+            self._writes_since_purge = 0
             self._next_purge = now + PURGE_INTERVAL
-            self.purge_expired()
+            if max(self._purge(PURGE_BATCH)) >= PURGE_BATCH:
+                self._next_purge = float("-inf")  # a backlog: the next write purges again
         except ServiceUnavailable:
             pass  # the next write tries again; the caller's own write has succeeded
         finally:
             self._purge_lock.release()
+
+    def state_count(self) -> int:
+        """How many state rows (plain keys and window members, live or expired) the database holds; one SELECT."""
+        sql = self._count_sql
+        return int(self._run(READ, lambda connection: self._one(connection, sql, {"probe": PROBE_DOMAIN}))[0])

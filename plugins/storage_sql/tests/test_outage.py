@@ -120,3 +120,25 @@ def test_postgres_connection_broken_in_a_call_is_retried_only_when_nothing_was_a
         assert driver.add(DOMAIN, "nonce", 1, 60) is True  # the broken connection is gone
     finally:
         driver.close()
+
+
+def test_a_read_only_postgres_fails_ping_and_writes_but_serves_reads(postgres_server, fresh_pg_url):
+    """A hot standby or a database set read-only still answers SELECT 1: ping must write to know better."""
+    driver = SqlDriver(fresh_pg_url, clock=FakeClock())
+    driver.set(DOMAIN, "session", {"user": "ann"}, 60)
+    driver.close()
+    database = fresh_pg_url.rsplit("/", 1)[1]
+    admin = SqlDriver(postgres_server.url, schema="none")
+    with admin.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+            f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    admin.close()
+    driver = SqlDriver(fresh_pg_url, clock=FakeClock(), schema="check")
+    try:
+        for call in (driver.ping, lambda: driver.set(DOMAIN, "k", 1, 60),
+                     lambda: driver.commit(DOMAIN, [Change("insert", "M", "a", 0, {}, {})])):
+            with pytest.raises(ServiceUnavailable):
+                call()
+        assert driver.get(DOMAIN, "session") == {"user": "ann"}
+    finally:
+        driver.close()

@@ -21,6 +21,19 @@ def test_section_defaults():
     settings = config.section("storage_sql", {})
     assert settings.pool_size == 5 and settings.max_overflow == 10 and settings.pool_timeout == 10.0
     assert settings.connect_timeout == 5 and settings.sqlite_busy_timeout == 30.0 and settings.echo is False
+    assert settings.sqlite_wal_limit == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("limit, pages", [(None, 1000), (1024 * 1024, 256), (0, 1)])
+def test_sqlite_connections_bound_the_wal(sqlite_url, limit, pages):
+    driver = SqlDriver(sqlite_url, options={} if limit is None else {"sqlite_wal_limit": limit})
+    try:
+        with driver.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_size_limit").scalar() == (
+                16 * 1024 * 1024 if limit is None else limit)
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == pages
+    finally:
+        driver.close()
 
 
 def test_section_rejects_bad_values_and_unknown_keys():

@@ -4,6 +4,7 @@ import pytest
 import sqlalchemy as sa
 from bastion_storage_sql import SqlDriver
 from bastion_storage_sql.schema import state, windows
+from bastion_storage_sql.state import PURGE_BATCH, PURGE_EVERY, PURGE_INTERVAL
 
 from kernel.driver import Change
 from kernel.testing import FakeClock
@@ -94,3 +95,40 @@ def test_writes_purge_now_and_then(driver, clock):
     driver.set(DOMAIN, "new", 1, 10)  # the purge interval has passed: this write purges
     assert _rows(driver, state) == 1
     assert driver.add(DOMAIN, "old", 2, 10) is True
+
+
+def test_writes_purge_every_hundred_writes_whatever_the_clock(driver, clock):
+    driver.set(DOMAIN, "first", 1, 600)  # the first write purges, and the next purge is a minute away
+    for i in range(PURGE_EVERY):
+        driver.set(DOMAIN, f"short{i}", i, 1)
+    clock.advance(2)  # the short keys have expired; far less than a minute has passed
+    for i in range(PURGE_EVERY):
+        driver.set(DOMAIN, f"long{i}", i, 600)
+    assert _rows(driver, state) == 1 + PURGE_EVERY
+    assert driver.state_count() == 1 + PURGE_EVERY
+
+
+def test_a_full_purge_is_followed_by_another_at_the_next_write(driver, clock):
+    """A backlog of many batches (left by processes that stopped, say) is gone after a few writes."""
+    driver.set(DOMAIN, "first", 1, 6000)
+    backlog = int(2.5 * PURGE_BATCH)
+    with driver.engine.begin() as connection:
+        connection.execute(state.insert(), [{"domain": DOMAIN, "key": f"old{i}", "value": "1", "n": None,
+                                             "expires": clock() + 1} for i in range(backlog)])
+        connection.execute(windows.insert(), [{"domain": DOMAIN, "key": "w", "member": f"m{i}", "weight": 1,
+                                               "expires": clock() + 1} for i in range(backlog)])
+    clock.advance(PURGE_INTERVAL + 1)
+    for i in range(3):
+        driver.set(DOMAIN, f"new{i}", i, 600)
+    assert (_rows(driver, state), _rows(driver, windows)) == (4, 0)
+
+
+def test_ping_writes_a_probe_row_no_tenant_sees(driver, clock):
+    driver.ping()
+    with driver.engine.connect() as connection:
+        rows = connection.execute(sa.select(state.c.domain, state.c.key, state.c.expires)).all()
+    assert rows == [("#probe", "ping", clock())]  # expired as soon as written
+    assert driver.state_count() == 0
+    clock.advance(PURGE_INTERVAL + 1)
+    driver.set(DOMAIN, "k", 1, 60)  # the purge takes the probe row too
+    assert _rows(driver, state) == 1
