@@ -8,6 +8,7 @@ worker start (gunicorn runs one worker for mem://).
 from bench.fill import fill_plan, plan_from_env
 from kernel.app import create_app
 from kernel.config import load_config
+from kernel.runtime import Runtime
 
-app = create_app(load_config())
+app = create_app(Runtime(load_config()).start())
 fill_plan(app.runtime.records, plan_from_env())

@@ -124,6 +124,7 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
     """Profile get_all (10 todos) and add on one configuration, in process."""
     from kernel.app import create_app
     from kernel.config import load_config
+    from kernel.runtime import Runtime
 
     store = backend.start()
     out = []
@@ -131,7 +132,7 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
         domain = "n10.localhost"
         sections = bench.sections(store, [domain])
         directory = tempfile.mkdtemp(dir=bench.tmp)
-        app = create_app(load_config(write_config(sections, directory)))
+        app = create_app(Runtime(load_config(write_config(sections, directory))).start())
         try:
             fill.fill(app.runtime.records, domain, 10)
             client = Client(app=app, host=domain)

@@ -1,18 +1,106 @@
 """Bastion: a small, secure-by-default application server.
 
-Plugin authors import what they need from here::
+This module is the whole public API: everything a plugin may import, and the
+only module of the kernel a plugin imports (``kernel.testing`` is the
+test-side API). Names not listed in ``__all__`` are the kernel's own and may
+change without notice::
 
-    from kernel import hookimpl, service, storage
+    from kernel import hookimpl, service, storage, current
 """
 
-import pluggy
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+from kernel.config import (  # noqa: E402
+    Bool,
+    Choice,
+    Config,
+    Float,
+    Int,
+    List,
+    Networks,
+    Option,
+    Settings,
+    Size,
+    Str,
+    load_config,
+)
+from kernel.context import Request, current  # noqa: E402
+from kernel.driver import (  # noqa: E402
+    MAX_ID_LENGTH,
+    PROBE_DOMAIN,
+    Change,
+    Driver,
+    RecordStore,
+    Scalar,
+    StateStore,
+    StoredRecord,
+    WindowEntry,
+    check_change,
+    check_json,
+    check_record_id,
+    check_scalar,
+    check_text,
+    index_token,
+    is_record_id,
+    is_text,
+)
+from kernel.errors import (  # noqa: E402
+    BY_NAME,
+    Abusive,
+    AccountLocked,
+    BastionError,
+    ConfigError,
+    Error,
+    ExpiredSession,
+    Forbidden,
+    InvalidCall,
+    InvalidCredential,
+    InvalidHost,
+    InvalidSignature,
+    MaxActiveSessions,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RecordNotFound,
+    ReplayedCall,
+    RequestTimeout,
+    RequireSSL,
+    ServiceUnavailable,
+    StaleCall,
+    Unauthorized,
+    UnknownSession,
+    UnsupportedMediaType,
+    ValidationError,
+    VersionConflict,
+)
+from kernel.hookspecs import hookimpl  # noqa: E402
+from kernel.hosts import parse_domain  # noqa: E402
+from kernel.jsonio import dumps, dumps_text, loads  # noqa: E402
+from kernel.routes import Routes  # noqa: E402
+from kernel.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
+from kernel.services import json_type, service  # noqa: E402
+from kernel.signing import Authentication, Credentials, b64url, b64url_decode  # noqa: E402
+from kernel.store import Errors, Record, storage  # noqa: E402
+from kernel.urls import StorageURL, redact  # noqa: E402
 
-#: Marks a plugin's hook implementations.
-hookimpl = pluggy.HookimplMarker("bastion")
-
-from kernel.services import service  # noqa: E402
-from kernel.store import storage  # noqa: E402
-
-__all__ = ["hookimpl", "service", "storage", "__version__"]
+__all__ = [
+    "__version__",
+    # writing a plugin
+    "hookimpl", "service", "storage", "current", "Request", "Routes", "Runtime", "Errors", "Record",
+    # configuration
+    "Config", "load_config", "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
+    # JSON and text
+    "dumps", "dumps_text", "loads", "json_type", "b64url", "b64url_decode", "parse_domain",
+    # authentication
+    "Credentials", "Authentication",
+    # storage drivers
+    "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "WindowEntry", "Scalar", "check_change",
+    "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
+    "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL",
+    # errors
+    "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
+    "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",
+    "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
+    "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession", "UnsupportedMediaType", "ValidationError",
+    "VersionConflict",
+]

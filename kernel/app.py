@@ -1,19 +1,32 @@
-"""The Falcon front end: ``create_app(config)`` builds the WSGI application."""
+"""The Falcon front end: ``create_app(runtime)`` builds the WSGI application of a runtime.
+
+Building the app has no side effect: the runtime was opened (and started)
+before, by :mod:`kernel.wsgi`, a test or a command. A signed call runs in a
+straight line, each arrow a direct call::
+
+    wsgi -> KernelMiddleware.process_request   target, tenant, allowed host
+         -> KernelMiddleware.process_resource  HTTPS, body (steps 2-5), then bastion_authenticate (3, 6-10)
+         -> ApiResource.on_post                bastion_has_permission (11), service (12), binding (13)
+         -> the service                        storage() -> UnitOfWork -> the driver (14)
+         -> KernelMiddleware.process_response  security headers, Server-Authorization
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import traceback
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import falcon
-import pluggy
 
 from kernel import context
 from kernel.config import Config
 from kernel.errors import (
     BastionError,
+    ConfigError,
     Error,
     Forbidden,
     InvalidCall,
@@ -25,10 +38,13 @@ from kernel.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from kernel.hosts import parse_domain
-from kernel.jsonio import dumps, loads
+from kernel.hosts import DEVELOPMENT_HOSTS, HostMatcher, Origins, parse_domain
+from kernel.jsonio import loads
+from kernel.routes import Routes, answer
 from kernel.runtime import Runtime
+from kernel.signing import Authentication, Credentials, ResponseSigner
 from kernel.static_files import STATIC_CSP, StaticFiles
+from kernel.store import bind_scope, unbind_scope
 from kernel.target import parse_target
 
 log = logging.getLogger("bastion.http")
@@ -40,35 +56,61 @@ _HTTP_ERRORS: dict[int, type[BastionError]] = {
 }
 
 
+@dataclass(frozen=True)
+class HttpSettings:
+    """What the HTTP layer reads from ``[bastion]``: hosts, proxies, the body limit, a static folder."""
+
+    development: bool
+    hosts: HostMatcher
+    origins: Origins
+    max_body: int
+    static_dir: Path | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> HttpSettings:
+        """Read and check the settings; ConfigError names what is wrong."""
+        settings = config.bastion
+        hosts = settings.allowed_hosts or (DEVELOPMENT_HOSTS if settings.development else ())
+        if not hosts:
+            raise ConfigError(f"{config.label}: [bastion] allowed_hosts: required in production mode; "
+                              "accepted: a list of host names such as example.com, *.example.com")
+        static_dir = config.resolve_path(settings.static) if settings.static else None
+        if static_dir is not None and not static_dir.is_dir():
+            raise ConfigError(f"{config.label}: [bastion] static = {settings.static!r}: not a directory")
+        trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = settings.trusted_proxies
+        return cls(settings.development, HostMatcher(hosts), Origins(trusted), settings.max_body, static_dir)
+
+
 class BastionApp(falcon.App):
     """A Falcon app that knows its :class:`Runtime`."""
 
     runtime: Runtime
 
 
-def create_app(config: Config | None = None, plugin_manager: pluggy.PluginManager | None = None, *,
-               clock: Callable[[], float] | None = None) -> BastionApp:
-    """Build the WSGI application: kernel routes, plugin routes, static files, one error handler."""
-    runtime = Runtime(config, plugin_manager, clock)
-    app = BastionApp(middleware=[KernelMiddleware(runtime)])
+def create_app(runtime: Runtime) -> BastionApp:
+    """Build the WSGI application of a started ``runtime``: kernel routes, plugin routes, static files, one error
+    handler. Nothing else happens: no driver is opened, no plugin started."""
+    if not runtime.started:
+        raise RuntimeError("start the runtime before building its app (Runtime(...).start())")
+    http = HttpSettings.from_config(runtime.config)
+    app = BastionApp(middleware=[KernelMiddleware(runtime, http)])
     app.runtime = runtime
     app.req_options.auto_parse_form_urlencoded = False
     app.resp_options.secure_cookies_by_default = True
     app.add_route("/api/{service}", ApiResource(runtime))
     app.add_route("/healthz", HealthResource(runtime))
-    runtime.hook.bastion_routes(app=app, config=runtime.config, runtime=runtime)
-    mounts = [("/", str(runtime.static_dir))] if runtime.static_dir else []
+    runtime.hook.bastion_routes(routes=Routes(app), app=app, config=runtime.config, runtime=runtime)
+    mounts = [("/", str(http.static_dir))] if http.static_dir else []
     for pairs in runtime.hook.bastion_static():
         mounts.extend(pairs or [])
     if mounts:
         app.add_sink(StaticFiles(mounts), "/")
     app.add_error_handler((Exception, falcon.HTTPError, BastionError), ErrorHandler(runtime))
-    runtime.start()
     return app
 
 
 class KernelMiddleware:
-    """Binds each request to its tenant and applies the checks and headers of PROTOCOL.md.
+    """Binds each request to its tenant and applies the checks and headers of docs/protocol.md.
 
     What a request must pass is decided by the route it matched (a resource's
     ``protected`` and ``signed`` attributes), never by a prefix of its path:
@@ -76,45 +118,44 @@ class KernelMiddleware:
     routing has found the resource.
     """
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, http: HttpSettings):
         self.runtime = runtime
+        self.http = http
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The canonical target and step 1 (allowed host), then make the request current."""
-        rt = self.runtime
-        origin, scheme = rt.origins.resolve(req.env)
-        request = context.Request(runtime=rt, domain="", origin=origin, scheme=scheme, method=req.method,
-                                  path=req.path, headers=req.env)
+        origin, scheme = self.http.origins.resolve(req.env)
+        request = context.Request("", origin=origin, scheme=scheme, method=req.method, path=req.path, headers=req.env)
         req.context.request = request
         req.context.token = context.set_current(request)
         target = parse_target(req.env)
-        request.path, request.query = target.path, target.query
+        request._path, request._query = target.path, target.query
         # RFC 9112 section 3.2.2: the authority of an absolute-form target is the host, whatever Host says.
-        request.domain = parse_domain(target.authority if target.authority is not None else req.env.get("HTTP_HOST"))
-        if not rt.hosts.allows(request.domain):
+        request._domain = parse_domain(target.authority if target.authority is not None else req.env.get("HTTP_HOST"))
+        if not self.http.hosts.allows(request.domain):
             raise InvalidHost(f"host {request.domain!r} is not served here")
+        req.context.scope = bind_scope(self.runtime.scope(request.domain))
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
-        """Steps 2 to 5 of PROTOCOL.md section 4 for a protected route, and step 3 to 10 for a signed one."""
+        """Steps 2 to 5 of docs/protocol.md section 4 for a protected route, and steps 3, 6 to 10 for a signed one."""
         if not getattr(resource, "protected", False):
             return
-        rt = self.runtime
         request: context.Request = req.context.request
-        request.protected = True
-        if not rt.development and request.scheme != "https":
+        request._protected = True
+        if not self.http.development and request.scheme != "https":
             raise RequireSSL("this server only accepts HTTPS")
         if req.method != "POST":
             self._admit(request)  # the route answers 405 itself, after the ban check
             return
-        request.body = self._read_body(req, request)
+        request._body = self._read_body(req, request)
         if getattr(resource, "signed", False):
-            self._authenticate(request, params.get("service"))
+            self._authenticate(req, request, params.get("service"))
         else:
             self._admit(request)
 
     def _admit(self, request: context.Request) -> None:
         """Step 3: the auth plugin refuses a banned origin."""
-        self.runtime.hook.bastion_admit(request=request)
+        self.runtime.hook.bastion_admit(request=request, runtime=self.runtime)
 
     def _refuse(self, request: context.Request, error: BastionError) -> None:
         """Answer a step 4 or 5 error, unless the origin is banned (step 3 comes first)."""
@@ -123,7 +164,7 @@ class KernelMiddleware:
 
     def _read_body(self, req: falcon.Request, request: context.Request) -> bytes:
         """Steps 4 and 5: the body limit, its type, no query string; then the body itself."""
-        limit = self.runtime.max_body
+        limit = self.http.max_body
         length = req.content_length
         if length is not None and length > limit:
             self._refuse(request, PayloadTooLarge(f"request body over {limit} bytes"))
@@ -143,29 +184,39 @@ class KernelMiddleware:
                 raise InvalidCall("the request body ended before its Content-Length")
         return body
 
-    def _authenticate(self, request: context.Request, service: str | None) -> None:
+    def _authenticate(self, req: falcon.Request, request: context.Request, service: str | None) -> None:
         """Steps 3 and 6 to 10, once the whole body has arrived: every state check holds at that moment."""
-        session = self.runtime.hook.bastion_authenticate(request=request, service=service)
-        if session is None:
+        credentials = Credentials.parse(request.header("Authorization"))
+        result = self.runtime.hook.bastion_authenticate(request=request, credentials=credentials, service=service,
+                                                        runtime=self.runtime)
+        if result is None:
             self._refuse(request, Unauthorized("no authenticator is installed"))
-        request.session = session
+        if isinstance(result, Authentication):
+            req.context.signer = ResponseSigner(result.key, credentials.nonce)
+            if result.refusal is not None:
+                raise result.refusal
+            result = result.session
+        request._session = result
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         """Add the security headers, sign the answer if the call was verified, release the request."""
-        request: context.Request | None = getattr(req.context, "request", None)
         resp.set_header("X-Content-Type-Options", "nosniff")
         resp.set_header("X-Frame-Options", "DENY")
         resp.set_header("Referrer-Policy", "no-referrer")
-        if not self.runtime.development:
+        if not self.http.development:
             resp.set_header("Strict-Transport-Security", HSTS)
         if getattr(req.context, "static", False):
             resp.set_header("Content-Security-Policy", STATIC_CSP)
         else:
             resp.set_header("Cache-Control", "no-store")
             resp.set_header("Content-Security-Policy", API_CSP)
-        if request is not None and request.signer is not None and isinstance(resp.data, bytes):
-            for name, value in request.signer(resp.status_code, resp.data).items():
-                resp.set_header(name, value)
+        signer: ResponseSigner | None = getattr(req.context, "signer", None)
+        if signer is not None and isinstance(resp.data, bytes):
+            resp.set_header("Server-Authorization", signer.header(resp.status_code, resp.data))
+        scope = getattr(req.context, "scope", None)
+        if scope is not None:
+            unbind_scope(scope)
+            req.context.scope = None
         token = getattr(req.context, "token", None)
         if token is not None:
             context.reset(token)
@@ -189,16 +240,14 @@ class ApiResource:
         """Run a service for an authenticated caller."""
         rt = self.runtime
         request: context.Request = req.context.request
-        session = request.session
-        if any(allowed is False for allowed in rt.hook.bastion_has_permission(session=session, service=service)):
+        verdicts = rt.hook.bastion_has_permission(session=request.session, service=service, request=request)
+        if any(allowed is False for allowed in verdicts):
             raise Forbidden(f"you may not call {service}")
         svc = rt.services.get(service)
         if svc is None:
             raise NotFound(f"no such service: {service}")
         args, kwargs = parse_call(request.body)
-        result = svc(args, kwargs)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps({"result": result})
+        answer(resp, {"result": svc(args, kwargs)})
 
 
 def parse_call(body: bytes) -> tuple[list, dict]:
@@ -224,7 +273,7 @@ def parse_call(body: bytes) -> tuple[list, dict]:
 
 
 class HealthResource:
-    """``GET /healthz``: 200 when the storage answers, 503 otherwise."""
+    """``GET /healthz``: 200 when the storage answers reads and writes, 503 otherwise."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -232,12 +281,11 @@ class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Ping the storage."""
         self.runtime.ping()
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps({"status": "ok"})
+        answer(resp, {"status": "ok"})
 
 
 class ErrorHandler:
-    """The one place where failures become PROTOCOL.md section 2 answers."""
+    """The one place where failures become docs/protocol.md section 2 answers."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -250,14 +298,12 @@ class ErrorHandler:
         request = getattr(req.context, "request", None)
         if request is not None and request.protected and not isinstance(error, Error):
             try:
-                self.runtime.hook.bastion_refused(request=request, error=error)
+                self.runtime.hook.bastion_refused(request=request, error=error, runtime=self.runtime)
             except Exception:
                 log.exception("bastion_refused failed")
-        resp.status = error.status
         for name, value in error.headers.items():
             resp.set_header(name, value)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = dumps(body)
+        answer(resp, body, error.status)
 
     def translate(self, ex: Exception) -> BastionError:
         """Map any exception to a protocol error; log the unexpected ones under a log id."""

@@ -1,67 +1,110 @@
-"""The current request, carried in a context variable.
+"""The current request: a read-only view, carried in a context variable.
 
-Services read who is calling and for which tenant from here, never from stack
-frames::
+Services and plugins read who is calling and for which tenant from here::
 
-    from kernel.context import current
+    from kernel import current
     current().domain      # 'alpha.localhost'
     current().user        # 'alice', or None before authentication
+
+Only the kernel writes a request's fields (the names with an underscore);
+plugins read the properties. A request carries its own fields and nothing
+else: not the runtime, not a driver, not another plugin's state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kernel.runtime import Runtime
-
-#: Signs a response: called with (status, body bytes), returns extra headers.
-ResponseSigner = Callable[[int, bytes], Mapping[str, str]]
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 
-@dataclass
 class Request:
-    """A framework-independent view of one request.
+    """One request, as the kernel has read it.
 
-    ``domain`` is the tenant (PROTOCOL.md section 1), ``origin`` the client
-    address (section 7), ``scheme`` ``http`` or ``https``. ``headers`` is the
-    WSGI environ (or any mapping of ``HTTP_*`` names); read it with
-    :meth:`header`. ``session`` is set once a plugin has
-    authenticated the call; ``signer`` once its MAC verified, so that every
-    later answer is signed.
+    ``domain`` is the tenant (docs/protocol.md section 1), ``origin`` the
+    client address (section 7), ``scheme`` ``http`` or ``https``, ``path``
+    the target's path exactly as sent (the signed one), ``query`` its query
+    string (None when the target had no ``?``). ``session`` is what the
+    authenticator returned once a signed call passed step 10, else None.
     """
 
-    runtime: Runtime
-    domain: str
-    origin: str = ""
-    scheme: str = "http"
-    method: str = "POST"
-    path: str = "/"
-    query: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    session: Any = None
-    signer: ResponseSigner | None = None
-    #: Whether the matched route is protected (``/api/*``, ``/auth/*``): its refusals are weighed.
-    protected: bool = False
-    #: Scratch space plugins share across the hooks of one request, keyed by plugin.
-    notes: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("_domain", "_origin", "_scheme", "_method", "_path", "_query", "_headers", "_body",
+                 "_session", "_protected", "__weakref__")
+
+    def __init__(self, domain: str, *, origin: str = "", scheme: str = "http", method: str = "POST",
+                 path: str = "/", query: str | None = None, headers: Mapping[str, str] | None = None,
+                 body: bytes = b"", session: Any = None):
+        self._domain = domain
+        self._origin = origin
+        self._scheme = scheme
+        self._method = method
+        self._path = path
+        self._query = query
+        self._headers: Mapping[str, str] = headers if headers is not None else {}
+        self._body = body
+        self._session = session
+        self._protected = False
+
+    @property
+    def domain(self) -> str:
+        """The tenant: the host of the request, lowercased, without port or trailing dot."""
+        return self._domain
+
+    @property
+    def origin(self) -> str:
+        """The client's address (behind trusted proxies, the one they name)."""
+        return self._origin
+
+    @property
+    def scheme(self) -> str:
+        """``http`` or ``https`` (behind trusted proxies, the one they name)."""
+        return self._scheme
+
+    @property
+    def method(self) -> str:
+        """The HTTP method."""
+        return self._method
+
+    @property
+    def path(self) -> str:
+        """The target's path exactly as sent."""
+        return self._path
+
+    @property
+    def query(self) -> str | None:
+        """The target's query string; None when there was no ``?``."""
+        return self._query
+
+    @property
+    def body(self) -> bytes:
+        """The body's bytes (read by the kernel for protected routes; empty otherwise)."""
+        return self._body
+
+    @property
+    def session(self) -> Any:
+        """The authenticated session, or None."""
+        return self._session
+
+    @property
+    def user(self) -> str | None:
+        """The authenticated username, or None."""
+        return getattr(self._session, "username", None)
+
+    @property
+    def protected(self) -> bool:
+        """Whether the route the request matched is protected (``/api/*``, ``/auth/*``)."""
+        return self._protected
 
     def header(self, name: str) -> str | None:
         """Return one header's value by case-insensitive name, or None."""
         key = name.upper().replace("-", "_")
         if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             key = "HTTP_" + key
-        return self.headers.get(key)
+        return self._headers.get(key)
 
-    @property
-    def user(self) -> str | None:
-        """The authenticated username, or None."""
-        return getattr(self.session, "username", None)
+    def __repr__(self) -> str:
+        return f"<Request {self._method} {self._domain}{self._path} from {self._origin or '?'}>"
 
 
 _current: contextvars.ContextVar[Request] = contextvars.ContextVar("bastion_request")

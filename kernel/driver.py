@@ -25,7 +25,6 @@ is refused with TypeError before anything is written (:func:`check_json`,
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -320,14 +319,6 @@ def check_scalar(value: Any, where: str = "index value") -> None:
     if value is not None and not isinstance(value, (str, int, float, bool)):
         raise TypeError(f"{where}: {type(value).__name__} is not a scalar")
     check_json(value, where)
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
-
-
-def dumps(value: Any) -> str:
-    """Encode a JSON value compactly and deterministically, as drivers store it."""
-    return _ENCODER.encode(value)
 
 
 def index_token(value: Scalar) -> str:

@@ -3,6 +3,13 @@
 A plugin implements any of these with ``@hookimpl`` (``from kernel import
 hookimpl``), taking any subset of the listed arguments. Arguments may be added
 to a spec in later versions; none is ever removed.
+
+A plugin is a module registered through the ``bastion`` entry-point group.
+State that belongs to one runtime (a connection, a cache, settings read from
+the INI) lives in an object the module builds in ``bastion_configure`` and
+registers with ``runtime.register(obj)``: its methods are hook implementations
+too, called for that runtime only, and it is unregistered when the runtime
+closes.
 """
 
 from __future__ import annotations
@@ -11,20 +18,27 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("bastion")
 
+#: Marks a plugin's hook implementations (re-exported as ``kernel.hookimpl``).
+hookimpl = pluggy.HookimplMarker("bastion")
+
 # ---------------------------------------------------------------------------
 # Lifecycle
 # ---------------------------------------------------------------------------
 
 
 @hookspec
-def bastion_configure(config):
-    """Read and validate the plugin's own INI section at start-up.
+def bastion_configure(config, runtime):
+    """Read and validate the plugin's own INI section, and register what the plugin keeps for this runtime.
 
-    Called by the kernel once per process, before any driver is opened, with
-    the :class:`kernel.config.Config`. A plugin claims its section with
-    ``config.section(name, schema)``, which checks every key and raises
-    :class:`kernel.errors.ConfigError` naming file, section and key on a bad
-    or unknown one. Returns nothing.
+    Called by the kernel once per runtime, before any driver is opened, with
+    the :class:`kernel.Config` and the :class:`kernel.Runtime` being built
+    (its ``config``, ``clock`` and ``development`` are set; its drivers are not
+    open yet). A plugin claims its section with ``config.section(name,
+    schema)``, which checks every key and raises :class:`kernel.ConfigError`
+    naming file, section and key on a bad or unknown one; it may build an
+    object holding its state and register it with ``runtime.register(obj,
+    name)`` (as pytest plugins register objects in ``pytest_configure``).
+    Returns nothing.
     """
 
 
@@ -35,7 +49,7 @@ def bastion_startup(runtime, config):
     Called by the kernel in every worker process after configuration, drivers,
     models and services are ready and before the first request (for example,
     the auth plugin creates the ``[users]`` accounts here). ``runtime`` is the
-    :class:`kernel.runtime.Runtime`. Returns nothing; raising stops the start.
+    :class:`kernel.Runtime`. Returns nothing; raising stops the start.
     """
 
 
@@ -44,7 +58,8 @@ def bastion_shutdown(runtime):
     """Release what ``bastion_startup`` acquired.
 
     Called by the kernel when the runtime closes (worker exit, end of a test
-    or of a CLI command). Returns nothing; errors are logged, not raised.
+    or of a CLI command), before the objects registered for the runtime are
+    unregistered. Returns nothing; errors are logged, not raised.
     """
 
 
@@ -52,10 +67,11 @@ def bastion_shutdown(runtime):
 def bastion_cli(subparsers, runtime_factory):
     """Add sub-commands to the ``bastion`` command line.
 
-    Called by ``kernel.cli`` while it builds its argparse parser. Add parsers
-    with ``subparsers.add_parser(...)`` and set ``func`` on them as a callable
-    taking the parsed arguments; ``runtime_factory()`` opens a
-    :class:`kernel.runtime.Runtime` from the configuration. Returns nothing.
+    Called by ``kernel.cli`` while it builds its argparse parser, before any
+    configuration is read. Add parsers with ``subparsers.add_parser(...)`` and
+    set ``func`` on them as a callable taking the parsed arguments;
+    ``runtime_factory()`` opens a started :class:`kernel.Runtime` from the
+    configuration (close it when done). Returns nothing.
     """
 
 
@@ -65,19 +81,24 @@ def bastion_cli(subparsers, runtime_factory):
 
 
 @hookspec
-def bastion_routes(app, config, runtime):
-    """Add Falcon routes to the application.
+def bastion_routes(routes, app, runtime):
+    """Add routes to the application.
 
     Called by :func:`kernel.app.create_app` once, after the kernel's own
-    routes (``/api/{service}``, ``/healthz``) exist; ``app`` is the
-    ``falcon.App``. Resources raise :mod:`kernel.errors` exceptions, which the
-    kernel's single error handler turns into PROTOCOL.md bodies. A resource
-    whose class says ``protected = True`` gets the checks of PROTOCOL.md
-    section 4 before its responder runs (steps 2 to 5, and step 3 through
-    ``bastion_admit``); ``signed = True`` adds steps 6 to 10 through
-    ``bastion_authenticate``, so that the responder finds ``request.session``
-    set. The auth plugin adds ``/auth/login`` (protected) and
-    ``/auth/logout`` (protected and signed) here. Returns nothing.
+    routes (``/api/{service}``, ``/healthz``) exist. ``routes`` is a
+    :class:`kernel.Routes`: ``routes.post(path, handler, protected=...,
+    signed=...)`` and ``routes.get(path, handler)`` serve a function that
+    takes the current :class:`kernel.Request` (and the path's fields) and
+    returns a JSON value; it may raise any :class:`kernel.BastionError`,
+    which the kernel's single error handler answers. A protected route gets
+    the checks of docs/protocol.md section 4 before the handler runs (steps 2
+    to 5, and step 3 through ``bastion_admit``); a signed one also steps 6 to
+    10 through ``bastion_authenticate``, so that the handler finds
+    ``request.session`` set. The auth plugin adds ``/auth/login`` (protected)
+    and ``/auth/logout`` (protected and signed) here. ``app`` is the
+    ``falcon.App``, for a plugin that needs Falcon itself (a Falcon resource
+    whose class says ``protected = True`` or ``signed = True`` gets the same
+    checks). Returns nothing.
     """
 
 
@@ -98,56 +119,59 @@ def bastion_static():
 
 
 @hookspec
-def bastion_admit(request):
+def bastion_admit(request, runtime):
     """Refuse a request to a protected route from an origin that may not be served.
 
-    Called by the kernel at step 3 of PROTOCOL.md section 4 for every request
-    to a protected route that is not a signed call (``/auth/login``), and for
-    a signed call refused at step 4 or 5 (so that a banned origin learns
-    nothing more), with the :class:`kernel.context.Request`. The body is read
+    Called by the kernel at step 3 of docs/protocol.md section 4 for every
+    request to a protected route that is not a signed call (``/auth/login``),
+    and for a signed call refused at step 4 or 5 (so that a banned origin
+    learns nothing more), with the :class:`kernel.Request`. The body is read
     when the request passed steps 4 and 5. Raise a
-    :class:`kernel.errors.BastionError` (the auth plugin raises Abusive for a
+    :class:`kernel.BastionError` (the auth plugin raises Abusive for a
     banned origin) to refuse. Returns nothing.
     """
 
 
 @hookspec(firstresult=True)
-def bastion_authenticate(request, service):
-    """Verify a signed call and return its session.
+def bastion_authenticate(request, credentials, service, runtime):
+    """Verify a signed call: steps 3 and 6 to 10 of docs/protocol.md section 4.
 
     Called by the kernel for every ``POST`` to a signed route
-    (``/api/{service}``, ``/auth/logout``) once the whole body has arrived, so
-    that every check of state holds at the moment the call runs, with the
-    :class:`kernel.context.Request` and the service name (None for a route that
-    is not a service). Performs step 3 and steps 6 to 10 of PROTOCOL.md section
-    4, raising the protocol error of the first that fails; sets
-    ``request.signer`` as soon as the MAC verified so that every later answer
-    is signed. Returns the session (an object with at least ``username``),
-    which the kernel stores as ``request.session``.
-    None from every plugin means no authenticator is installed, and the
-    kernel answers 401 Unauthorized.
+    (``/api/{service}``, ``/auth/logout``) once the whole body has arrived,
+    so that every check of stored state holds at the moment the call runs.
+    ``credentials`` is the :class:`kernel.Credentials` the kernel parsed from
+    the ``Authorization`` header, or None when there is none or it is
+    malformed; ``service`` is the service name (None for a route that is not
+    a service). Raise the protocol error of the first step that fails before
+    the MAC verified; from then on every answer is signed. Returns
+    ``Authentication(session, key)`` on success, or ``Authentication(session,
+    key, refusal=error)`` to refuse with a signed answer (StaleCall,
+    ReplayedCall). The kernel alone writes the session onto the request and
+    signs the answers with ``key``. An authenticator that signs nothing may
+    return the session itself. None from every plugin means no authenticator
+    is installed, and the kernel answers 401 Unauthorized.
     Stops at the first non-None result.
     """
 
 
 @hookspec
-def bastion_has_permission(session, service):
+def bastion_has_permission(session, service, request):
     """Say whether the session may call the service.
 
-    Called by the kernel at step 11 of PROTOCOL.md section 4, with the
-    session returned by ``bastion_authenticate`` and the service name (which
-    may not exist). Return False to deny (403 Forbidden), True or None to
-    allow. Any False denies.
+    Called by the kernel at step 11 of docs/protocol.md section 4, with the
+    authenticated session, the service name (which may not exist) and the
+    :class:`kernel.Request`. Return False to deny (403 Forbidden), True or
+    None to allow. Any False denies.
     """
 
 
 @hookspec
-def bastion_refused(request, error):
+def bastion_refused(request, error, runtime):
     """Observe a refused request to a protected route (``/api/*``, ``/auth/*``).
 
     Called by the kernel's error handler for every protocol error it answers
-    on those paths, with the :class:`kernel.context.Request` and the
-    :class:`kernel.errors.BastionError`; the auth plugin weighs abuse here.
+    on those routes, with the :class:`kernel.Request` and the
+    :class:`kernel.BastionError`; the auth plugin weighs abuse here.
     Returns nothing; an exception is logged and does not change the answer.
     """
 
@@ -161,11 +185,11 @@ def bastion_refused(request, error):
 def bastion_storage_driver(url, config, clock):
     """Open a storage driver for a URL whose scheme the plugin owns.
 
-    Called by the kernel at start-up for ``[bastion] storage`` and
-    ``[bastion] state`` with the URL string, the :class:`kernel.config.Config`
-    and the clock (a callable returning Unix seconds) every time-to-live must
-    follow. Returns an object implementing :class:`kernel.driver.Driver`, or
-    None when the scheme is not the plugin's.
+    Called by the kernel when a runtime opens, for ``[bastion] storage`` and
+    ``[bastion] state``, with the :class:`kernel.StorageURL`, the
+    :class:`kernel.Config` and the clock (a callable returning Unix seconds)
+    every time-to-live must follow. Returns an object implementing
+    :class:`kernel.Driver`, or None when the scheme is not the plugin's.
     Stops at the first non-None result.
     """
 
@@ -174,10 +198,11 @@ def bastion_storage_driver(url, config, clock):
 def bastion_models():
     """Return the model classes the plugin defines.
 
-    Called by the kernel once at start-up. A model is a class with the
+    Called by the kernel once per runtime. A model is a class with the
     classmethods ``initialize(record)``, ``validate(record)``,
-    ``index(record)`` and ``to_dict(record)`` (see :mod:`kernel.store`).
-    Returns a list of classes, or None for none.
+    ``index(record)`` and ``to_dict(record)`` (see docs/storage.md; the fields
+    ``initialize`` sets are the model's fields). Returns a list of classes, or
+    None for none.
     """
 
 
@@ -187,9 +212,9 @@ def bastion_validate(model, record, errors):
 
     Called by the storage unit of work for every inserted or updated record,
     after the model's own ``validate``, with the model class, the
-    :class:`kernel.store.Record` and the auto-vivifying
-    :class:`kernel.store.Errors` (``errors.text.invalid = value``). Any entry
-    makes the unit of work fail with 422 ValidationError. Returns nothing.
+    :class:`kernel.Record` and the auto-vivifying :class:`kernel.Errors`
+    (``errors.text.invalid = value``). Any entry makes the unit of work fail
+    with 422 ValidationError. Returns nothing.
     """
 
 
@@ -202,9 +227,9 @@ def bastion_validate(model, record, errors):
 def bastion_services():
     """Return the plugin's service functions.
 
-    Called by the kernel once at start-up. Each function is decorated with
-    :func:`kernel.services.service` and becomes callable as
-    ``POST /api/<name>``. Returns a list of functions, or None for none.
+    Called by the kernel once per runtime. Each function is decorated with
+    :func:`kernel.service` and becomes callable as ``POST /api/<name>``.
+    Returns a list of functions, or None for none.
     """
 
 
@@ -213,4 +238,4 @@ def hook_names() -> list[str]:
     return sorted(name for name, value in globals().items() if name.startswith("bastion_") and callable(value))
 
 
-__all__ = ["hookspec", "hook_names"]
+__all__ = ["hookspec", "hookimpl", "hook_names"]

@@ -1,4 +1,4 @@
-"""JSON in and out of the wire: one strict reader and one compact writer for everyone.
+"""JSON in and out: one strict reader and one compact writer, for the wire, the drivers and the clients.
 
 The reader refuses what a client could mean in two ways, or what the server
 could not give back: a repeated key, ``NaN`` and ``Infinity`` (also a number
@@ -21,9 +21,18 @@ MAX_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
+#: The one JSON writer: compact, UTF-8 text kept as it is (no \u escapes), no NaN or Infinity.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps_text(value: Any) -> str:
+    """Encode a JSON value as compact text (what drivers store); ValueError for NaN or Infinity."""
+    return _ENCODER.encode(value)
+
+
 def dumps(value: Any) -> bytes:
     """Encode a body: compact UTF-8 JSON, no NaN or Infinity."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def loads(body: bytes) -> Any:

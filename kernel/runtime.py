@@ -1,4 +1,12 @@
-"""The runtime: configuration, plugins, drivers, models and services of one process."""
+"""The runtime: configuration, plugins, drivers, models and services of one process.
+
+A runtime knows nothing of HTTP (that is :func:`kernel.app.create_app`'s) and
+sets nothing global. Building one reads the configuration through every
+plugin's ``bastion_configure`` (where plugins register what they keep for
+this runtime) and opens the storage drivers; :meth:`Runtime.start` runs
+``bastion_startup``; :meth:`Runtime.close` runs ``bastion_shutdown``, closes
+the drivers and unregisters the runtime's plugin objects.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pluggy
 
@@ -15,103 +22,145 @@ from kernel import context
 from kernel.config import Config, load_config
 from kernel.driver import Driver
 from kernel.errors import ConfigError
-from kernel.hosts import DEVELOPMENT_HOSTS, HostMatcher, Origins
 from kernel.plugins import get_plugin_manager
 from kernel.services import Services
-from kernel.store import Errors, Models, Record
+from kernel.store import Errors, Models, Record, StorageScope, bind_scope, unbind_scope
+from kernel.urls import StorageURL
 
 log = logging.getLogger("bastion")
 
+#: The capability of a driver whose data lives in one process (gunicorn then runs one worker).
+PROCESS_LOCAL = "process_local"
+
 
 class Runtime:
-    """Everything a worker process needs to serve requests, built once at start-up.
+    """Everything a worker process (or a command, or a test) needs, built once.
 
-    Construction reads the configuration through every plugin's
-    ``bastion_configure``, opens the storage drivers and collects models and
-    services; :meth:`start` then runs ``bastion_startup``.
+    ``plugin_manager`` belongs to this runtime alone (the default builds one
+    from the installed plugins); ``clock`` returns Unix seconds and decides
+    every expiry.
     """
 
     def __init__(self, config: Config | None = None, plugin_manager: pluggy.PluginManager | None = None,
                  clock: Callable[[], float] | None = None):
         self.config = config if config is not None else load_config()
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
+        if getattr(self.pm, "_bastion_runtime", None) is not None:
+            raise RuntimeError("this plugin manager already serves another runtime; build one per runtime")
+        self.pm._bastion_runtime = self  # type: ignore[attr-defined]
         self.clock = clock or time.time
         self.hook = self.pm.hook
-        self.hook.bastion_configure(config=self.config)
-        self.config.check_unclaimed()
-        settings = self.config.bastion
-        self.development = settings.development
-        logging.getLogger("bastion").setLevel(settings.log_level.upper())
-        hosts = settings.allowed_hosts or (DEVELOPMENT_HOSTS if self.development else ())
-        if not hosts:
-            raise ConfigError(f"{self.config.label}: [bastion] allowed_hosts: required in production mode; "
-                              "accepted: a list of host names such as example.com, *.example.com")
-        self.hosts = HostMatcher(hosts)
-        self.origins = Origins(settings.trusted_proxies)
-        self.max_body = settings.max_body
-        self.static_dir: Path | None = self.config.resolve_path(settings.static) if settings.static else None
-        if self.static_dir is not None and not self.static_dir.is_dir():
-            raise ConfigError(f"{self.config.label}: [bastion] static = {settings.static!r}: not a directory")
-        self.records: Driver = self.open_driver(settings.storage)
-        state_url = settings.state or settings.storage
-        self.state: Driver = self.records if state_url == settings.storage else self.open_driver(state_url)
-        self.models = Models(_flatten(self.hook.bastion_models()))
-        self.services = Services(_flatten(self.hook.bastion_services()))
-        #: Objects plugins build for this runtime, by plugin name (never shared between runtimes).
-        self.extras: dict[str, object] = {}
+        self.development = self.config.bastion.development
+        self._registered: list[object] = []
         self._started = False
+        self._closed = False
+        try:
+            self.hook.bastion_configure(config=self.config, runtime=self)
+            self.config.check_unclaimed()
+            settings = self.config.bastion
+            self.records: Driver = self.open_driver(settings.storage)
+            state_url = settings.state or settings.storage
+            self.state: Driver = self.records if state_url == settings.storage else self.open_driver(state_url)
+            self.models = Models(_flatten(self.hook.bastion_models()))
+            self.services = Services(_flatten(self.hook.bastion_services()))
+        except BaseException:
+            self._unregister()
+            raise
+
+    # -- plugins ----------------------------------------------------------
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object for this runtime only (from ``bastion_configure``)."""
+        self.pm.register(plugin, name=name)
+        self._registered.append(plugin)
+
+    def get_plugin(self, name: str) -> object | None:
+        """Return the plugin object registered under ``name``, or None."""
+        return self.pm.get_plugin(name)
+
+    def _unregister(self) -> None:
+        for plugin in reversed(self._registered):
+            self.pm.unregister(plugin)
+        self._registered.clear()
+        self.pm._bastion_runtime = None  # type: ignore[attr-defined]
+
+    # -- storage ----------------------------------------------------------
 
     def open_driver(self, url: str) -> Driver:
         """Open the driver of a storage URL through ``bastion_storage_driver``."""
+        url = StorageURL(url)
         driver = self.hook.bastion_storage_driver(url=url, config=self.config, clock=self.clock)
         if driver is None:
-            scheme = url.split(":", 1)[0]
-            raise ConfigError(f"{self.config.label}: [bastion] storage URL {_redact(url)!r}: no installed plugin "
-                              f"serves the scheme {scheme!r}")
+            raise ConfigError(f"{self.config.label}: [bastion] storage URL {url.redacted!r}: no installed plugin "
+                              f"serves the scheme {url.scheme!r}")
         return driver
 
+    @property
+    def drivers(self) -> list[Driver]:
+        """The distinct drivers: records, then state when it is another one."""
+        return [self.records] if self.state is self.records else [self.records, self.state]
+
+    @property
+    def process_local(self) -> bool:
+        """Whether some driver keeps its data in this process (so only one process may serve it)."""
+        return any(PROCESS_LOCAL in getattr(driver, "capabilities", ()) for driver in self.drivers)
+
+    def validate_record(self, model: type, record: Record, errors: Errors) -> None:
+        """Run the ``bastion_validate`` hook for a record about to be saved."""
+        self.hook.bastion_validate(model=model, record=record, errors=errors)
+
+    def scope(self, domain: str) -> StorageScope:
+        """What ``storage()`` works on for ``domain``."""
+        return StorageScope(self.records, domain, self.models, self.validate_record)
+
+    @contextlib.contextmanager
+    def bind(self, domain: str, **fields) -> Iterator[context.Request]:
+        """Act as a request of ``domain`` outside HTTP (CLI, tests, jobs): ``storage()`` works there."""
+        token = bind_scope(self.scope(domain))
+        try:
+            with context.activate(context.Request(domain, **fields)) as request:
+                yield request
+        finally:
+            unbind_scope(token)
+
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless every driver answers reads and writes."""
+        for driver in self.drivers:
+            driver.ping()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran (and :meth:`close` did not)."""
+        return self._started and not self._closed
+
     def start(self) -> Runtime:
-        """Run every plugin's ``bastion_startup`` once."""
+        """Run every plugin's ``bastion_startup`` once; return the runtime."""
         if not self._started:
             self.hook.bastion_startup(runtime=self, config=self.config)
             self._started = True
         return self
 
     def close(self) -> None:
-        """Run ``bastion_shutdown`` and close the drivers."""
+        """Run ``bastion_shutdown``, close the drivers, unregister this runtime's plugin objects."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.hook.bastion_shutdown(runtime=self)
         except Exception:
             log.exception("a plugin failed to shut down")
-        for driver in {id(d): d for d in (self.records, self.state)}.values():
+        for driver in self.drivers:
             driver.close()
+        self._unregister()
 
-    def validate_record(self, model: type, record: Record, errors: Errors) -> None:
-        """Run the ``bastion_validate`` hook for a record about to be saved."""
-        self.hook.bastion_validate(model=model, record=record, errors=errors)
+    def __enter__(self) -> Runtime:
+        return self
 
-    @contextlib.contextmanager
-    def bind(self, domain: str, **fields) -> Iterator[context.Request]:
-        """Act as a request of ``domain`` outside HTTP (CLI, tests, jobs)."""
-        with context.activate(context.Request(runtime=self, domain=domain, **fields)) as request:
-            yield request
-
-    def ping(self) -> None:
-        """Raise ServiceUnavailable unless every driver answers."""
-        self.records.ping()
-        if self.state is not self.records:
-            self.state.ping()
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _flatten(results) -> list:
     return list(itertools.chain.from_iterable(r for r in results if r))
-
-
-def _redact(url: str) -> str:
-    """Hide the password of a URL in messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url

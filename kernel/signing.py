@@ -1,4 +1,4 @@
-"""The signed channel of PROTOCOL.md section 4, shared by the server, the Python client and benchmarks."""
+"""The signed channel of docs/protocol.md section 4, shared by the server, the Python client and benchmarks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kernel.context import Request
+    from kernel.errors import BastionError
 
 SCHEME = "Bastion-HMAC"
 REQUEST_TAG = "bastion-hmac-v1"
@@ -109,3 +115,52 @@ def parse_server_authorization(value: str | None) -> str | None:
 def new_nonce() -> str:
     """Return a fresh random nonce (16 bytes, 22 characters)."""
     return b64url(secrets.token_bytes(16))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The four parameters of a well-formed ``Authorization`` header, parsed once by the kernel."""
+
+    sid: str
+    ts: str
+    nonce: str
+    mac: str
+
+    @classmethod
+    def parse(cls, value: str | None) -> Credentials | None:
+        """Parse a header value strictly (see :func:`parse_authorization`); None if absent or malformed."""
+        params = parse_authorization(value)
+        return None if params is None else cls(params["sid"], params["ts"], params["nonce"], params["mac"])
+
+    def verify(self, key: bytes, request: Request) -> bool:
+        """Whether the MAC is the one ``key`` gives for this request, compared in constant time."""
+        return macs_equal(self.mac, request_mac(key, self.ts, self.nonce, request.path, request.domain, request.body))
+
+
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """What an authenticator answers for a signed call whose MAC verified.
+
+    ``session`` is who is calling (an object with at least ``username``);
+    ``key`` the session key every answer to the call is signed with;
+    ``refusal`` a protocol error to answer instead of running the call (it is
+    signed too: StaleCall, ReplayedCall).
+    """
+
+    session: Any
+    key: bytes
+    refusal: BastionError | None = None
+
+
+class ResponseSigner:
+    """Signs every answer to one call: ``Server-Authorization`` over its nonce, status and body."""
+
+    __slots__ = ("key", "nonce")
+
+    def __init__(self, key: bytes, nonce: str):
+        self.key = key
+        self.nonce = nonce
+
+    def header(self, status: int, body: bytes) -> str:
+        """The ``Server-Authorization`` value of an answer."""
+        return server_authorization(response_mac(self.key, self.nonce, status, body))

@@ -22,13 +22,13 @@ A model is a plain class with four optional classmethods:
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import context
 from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_record_id, check_scalar, is_record_id
 from kernel.errors import RecordNotFound, ValidationError, VersionConflict
 
@@ -381,8 +381,33 @@ class UnitOfWork:
         return key
 
 
+@dataclass(frozen=True, slots=True)
+class StorageScope:
+    """What ``storage()`` opens a unit of work on: a driver, a domain, the models and the validator."""
+
+    driver: Driver
+    domain: str
+    models: Models
+    validator: Validator | None = None
+
+
+_scope: contextvars.ContextVar[StorageScope] = contextvars.ContextVar("bastion_storage")
+
+
+def bind_scope(scope: StorageScope) -> contextvars.Token:
+    """Make ``scope`` the one ``storage()`` uses until :func:`unbind_scope` (the kernel calls this per request)."""
+    return _scope.set(scope)
+
+
+def unbind_scope(token: contextvars.Token) -> None:
+    """Undo :func:`bind_scope`."""
+    _scope.reset(token)
+
+
 def storage() -> UnitOfWork:
     """Open a unit of work on the records of the current request's domain."""
-    request = context.current()
-    runtime = request.runtime
-    return UnitOfWork(runtime.records, request.domain, runtime.models, runtime.validate_record)
+    try:
+        scope = _scope.get()
+    except LookupError:
+        raise LookupError("no Bastion request is active (use Runtime.bind() outside HTTP)") from None
+    return UnitOfWork(scope.driver, scope.domain, scope.models, scope.validator)

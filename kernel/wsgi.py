@@ -1,6 +1,12 @@
-"""The WSGI entry point: ``gunicorn kernel.wsgi:app``."""
+"""The WSGI entry point: ``gunicorn kernel.wsgi:app`` builds the runtime, then the app, from the environment."""
+
+import logging
 
 from kernel.app import create_app
 from kernel.config import load_config
+from kernel.runtime import Runtime
 
-app = create_app(load_config())
+_config = load_config()
+logging.getLogger("bastion").setLevel(_config.bastion.log_level.upper())
+runtime = Runtime(_config).start()
+app = create_app(runtime)

@@ -11,7 +11,8 @@ from kernel.runtime import Runtime
 
 
 def runtime_of(text: str, environ=None, path="test.ini") -> Runtime:
-    return Runtime(Config.from_string(text, path, environ or {}), get_plugin_manager(only=["storage_mem"]))
+    # The auth plugin reads [users] (the kernel claims only [bastion] and [server]).
+    return Runtime(Config.from_string(text, path, environ or {}), get_plugin_manager(only=["storage_mem", "auth"]))
 
 
 def test_defaults_without_a_file(tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ from kernel.testing import FakeClock
 PASSWORD = "correct horse battery"
 SERVICES = ["get_all", "add", "update", "remove", "clear_completed", "nope", "", "add/x", "a" * 200]
 #: Examples per test; BASTION_FUZZ_EXAMPLES=5000 digs deeper (by hand, not in CI).
-FUZZ = settings(max_examples=int(os.environ.get("BASTION_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("BASTION_FUZZ_EXAMPLES", "150")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 #: Any code point, lone surrogates included (json.dumps escapes them as \udxxx, as a hostile client would send them).
 any_text = st.text(st.characters(codec=None, categories=None), max_size=20)
@@ -68,13 +69,15 @@ def _hash() -> str:
 @pytest.fixture(scope="module")
 def fuzz_app():
     from kernel.app import create_app
+    from kernel.runtime import Runtime
 
     config = Config.from_dict({
         "bastion": {"development": True, "storage": "mem://", "trusted_proxies": "127.0.0.1"},
         "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, "abuse_max": 10**6, "account_max_failures": 10**6},
         "users": {"alice@localhost": _hash()},
     })
-    app = create_app(config, get_plugin_manager(only=["storage_mem", "auth", "todo"], trace=False), clock=FakeClock())
+    runtime = Runtime(config, get_plugin_manager(only=["storage_mem", "auth", "todo"], trace=False), clock=FakeClock())
+    app = create_app(runtime.start())
     yield app
     app.runtime.close()
 

@@ -23,24 +23,41 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def make_app(fake_clock):
-    """Factory of in-process Bastion apps, closed after the test."""
+def open_app(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[object] = (),
+             only: Iterable[str] | None = None, clock=None):
+    """Build, start and return an in-process app; close it with ``app.runtime.close()``.
+
+    ``sections`` are merged over :data:`DEFAULT_SECTIONS`; ``plugins`` are
+    extra plugin objects registered before the runtime is built; ``only``
+    restricts the installed plugins loaded, as ``BASTION_LOAD_PLUGINS`` does.
+    """
     from kernel.app import create_app
     from kernel.config import Config
     from kernel.plugins import get_plugin_manager
+    from kernel.runtime import Runtime
 
+    merged = {name: dict(values) for name, values in DEFAULT_SECTIONS.items()}
+    for name, values in (sections or {}).items():
+        merged.setdefault(name, {}).update(values)
+    pm = get_plugin_manager(only=only, trace=False)
+    for plugin in plugins:
+        pm.register(plugin)
+    runtime = Runtime(Config.from_dict(merged), pm, clock=clock).start()
+    try:
+        return create_app(runtime)
+    except BaseException:
+        runtime.close()
+        raise
+
+
+@pytest.fixture
+def make_app(fake_clock):
+    """Factory of in-process Bastion apps on the ``fake_clock``, closed after the test: see :func:`open_app`."""
     apps = []
 
     def make(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[object] = (),
              only: Iterable[str] | None = None, clock=None):
-        merged = {name: dict(values) for name, values in DEFAULT_SECTIONS.items()}
-        for name, values in (sections or {}).items():
-            merged.setdefault(name, {}).update(values)
-        pm = get_plugin_manager(only=only, trace=False)
-        for plugin in plugins:
-            pm.register(plugin)
-        app = create_app(Config.from_dict(merged), pm, clock=clock or fake_clock)
+        app = open_app(sections, plugins, only, clock or fake_clock)
         apps.append(app)
         return app
 

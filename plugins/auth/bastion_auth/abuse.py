@@ -6,8 +6,7 @@ import secrets
 from typing import Any
 
 from bastion_auth.sessions import account_key
-from kernel.driver import StateStore, WindowEntry
-from kernel.errors import (
+from kernel import (
     Abusive,
     AccountLocked,
     BastionError,
@@ -17,8 +16,10 @@ from kernel.errors import (
     InvalidSignature,
     ReplayedCall,
     StaleCall,
+    StateStore,
     Unauthorized,
     UnknownSession,
+    WindowEntry,
 )
 
 #: The weight of each refusal (PROTOCOL.md section 6); others weigh nothing.

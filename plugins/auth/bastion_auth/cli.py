@@ -1,9 +1,43 @@
-"""``bastion adduser | passwd | deluser | users``."""
+"""``bastion adduser | passwd | deluser | users | hash-password``."""
 
 from __future__ import annotations
 
+import argparse
+import getpass
+import sys
+
 from bastion_auth import users
-from kernel.cli import read_password
+from bastion_auth.passwords import Passwords
+from bastion_auth.settings import AUTH_SCHEMA
+from kernel import load_config
+
+
+def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
+    """Read a password from stdin (``--password-stdin``) or prompt twice on the terminal."""
+    if getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("bastion: the passwords do not match")
+    if not password:
+        raise SystemExit("bastion: empty password")
+    return password
+
+
+def hash_password(args: argparse.Namespace) -> int:
+    """Print an argon2id hash for ``[users]``, under the ``[auth]`` policy of the configuration.
+
+    Only ``[auth]`` is read (no storage is opened): the hash is made with the
+    parameters and the length rule the server will apply.
+    """
+    config = load_config(getattr(args, "config", None))
+    passwords = Passwords(config.section("auth", AUTH_SCHEMA))
+    try:
+        print(passwords.hash(read_password(args)))
+    except ValueError as exc:
+        raise SystemExit(f"bastion: {exc}") from None
+    return 0
 
 
 def register(subparsers, runtime_factory, get_auth) -> None:
@@ -76,6 +110,9 @@ def register(subparsers, runtime_factory, get_auth) -> None:
         if prompt:
             p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
         p.set_defaults(func=with_runtime(fn))
+    p = subparsers.add_parser("hash-password", help="print an argon2id hash for the [users] section")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=hash_password)
     p = subparsers.add_parser("users", help="list users")
     p.add_argument("--domain", help="only this domain")
     p.set_defaults(func=with_runtime(list_users))

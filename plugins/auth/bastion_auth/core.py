@@ -1,8 +1,11 @@
-"""The auth service of one runtime: login, signed-call verification, logout."""
+"""The auth plugin's state for one runtime, and the hooks it implements as that runtime's plugin object."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -10,35 +13,111 @@ from bastion_auth import users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, Sessions
-from kernel.context import Request
-from kernel.errors import AccountLocked, InvalidCall, InvalidCredential, InvalidSignature, ReplayedCall, StaleCall, Unauthorized
-from kernel.jsonio import loads
-from kernel.signing import (
+from kernel import (
+    AccountLocked,
+    Authentication,
+    BastionError,
+    Credentials,
+    InvalidCall,
+    InvalidCredential,
+    InvalidSignature,
+    ReplayedCall,
+    Request,
+    Routes,
+    Runtime,
+    Settings,
+    StaleCall,
+    StateStore,
+    Unauthorized,
     b64url,
-    macs_equal,
-    parse_authorization,
-    request_mac,
-    response_mac,
-    server_authorization,
+    hookimpl,
+    loads,
 )
+
+log = logging.getLogger("bastion.auth")
 
 
 class Auth:
-    """Everything the plugin keeps for one runtime."""
+    """Everything the plugin keeps for one runtime: registered with it in ``bastion_configure``.
 
-    def __init__(self, runtime, settings):
+    Its stores are built on first use from the runtime's state driver (open
+    once the runtime is built), so that commands use them without starting
+    the runtime.
+    """
+
+    def __init__(self, runtime: Runtime, settings: Settings, bootstrap: dict[str, str]):
         self.runtime = runtime
         self.settings = settings
+        self.bootstrap = bootstrap
         self.clock = runtime.clock
-        state = runtime.state
-        self.state = state
         self.passwords = Passwords(settings)
-        self.sessions = Sessions(state, settings)
-        self.abuse = Abuse(state, settings)
-        self.accounts = Accounts(state, settings)
         self.skew = settings.skew
         # a nonce can pass while |now - ts| <= skew, and ts may lie up to skew ahead of now
         self.nonce_ttl = 2 * settings.skew + 1
+
+    @functools.cached_property
+    def state(self) -> StateStore:
+        """The runtime's state driver."""
+        return self.runtime.state
+
+    @functools.cached_property
+    def sessions(self) -> Sessions:
+        """Sessions in the state store."""
+        return Sessions(self.state, self.settings)
+
+    @functools.cached_property
+    def abuse(self) -> Abuse:
+        """Abuse weights and bans per origin."""
+        return Abuse(self.state, self.settings)
+
+    @functools.cached_property
+    def accounts(self) -> Accounts:
+        """Failed logins and locks per account."""
+        return Accounts(self.state, self.settings)
+
+    # -- hooks --------------------------------------------------------------
+
+    @hookimpl
+    def bastion_startup(self, runtime: Runtime) -> None:
+        """Warm the dummy hash, create the ``[users]`` accounts, and the demo user in development."""
+        self.passwords.warm()
+        now = runtime.clock()
+        for key, hashed in self.bootstrap.items():
+            username, domain = users.split_key(key)
+            with runtime.bind(domain):
+                if users.create(username, hashed, now):
+                    log.info("created user %s@%s from [users]", username, domain)
+        if runtime.development and self.settings.demo_user and not runtime.records.domains(users.User.__model__):
+            password = secrets.token_urlsafe(12)
+            with runtime.bind("localhost"):
+                if users.create("demo", self.passwords.hash(password), now):
+                    # Shown once, on the terminal of a development server only; never logged.
+                    print(f"\n  Development mode: log in at http://localhost:9000/ as demo / {password}\n",
+                          file=sys.stderr, flush=True)
+
+    @hookimpl
+    def bastion_routes(self, routes: Routes) -> None:
+        """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed)."""
+        routes.post("/auth/login", self.login, protected=True)
+        routes.post("/auth/logout", lambda request: {"result": self.logout(request.session)}, protected=True,
+                    signed=True)
+
+    @hookimpl
+    def bastion_admit(self, request: Request) -> None:
+        """Step 3 for a request that is not a signed call (or a call refused at step 4 or 5): one read."""
+        if self.abuse.enabled:
+            self.abuse.check(request.domain, request.origin, self.clock())
+
+    @hookimpl
+    def bastion_authenticate(self, request: Request, credentials: Credentials | None) -> Authentication:
+        """Steps 3 and 6 to 10 for ``/api/*`` and ``/auth/logout``."""
+        return self.authenticate(request, credentials)
+
+    @hookimpl
+    def bastion_refused(self, request: Request, error: BastionError) -> None:
+        """Weigh the refusal against the origin."""
+        if request.domain:
+            self.abuse.weigh(request.domain, request.origin, error, self.clock())
 
     # -- login ------------------------------------------------------------
 
@@ -96,46 +175,40 @@ class Auth:
 
     # -- signed calls -----------------------------------------------------
 
-    def admit(self, request: Request) -> None:
-        """Step 3 for a request that is not a signed call (or a call refused at step 4 or 5): one read."""
-        if self.abuse.enabled:
-            self.abuse.check(request.domain, request.origin, self.clock())
-
-    def authenticate(self, request: Request) -> Session:
-        """Steps 3 and 6 to 10 of PROTOCOL.md section 4, once the body has arrived.
+    def authenticate(self, request: Request, credentials: Credentials | None) -> Authentication:
+        """Steps 3 and 6 to 10 of docs/protocol.md section 4, once the body has arrived.
 
         Two round trips to the state store: the origin's ban and the session
         in one read, then the nonce, recorded only while the session is still
         live, so that a call can never pass after a concurrent logout, however
         late its body arrived (plus a third when the idle expiry slides).
         """
-        params = parse_authorization(request.header("Authorization"))
         keys = [self.abuse.key(request.origin)] if self.abuse.enabled else []
-        if params is not None:
-            keys.append(self.sessions.key(params["sid"]))
+        if credentials is not None:
+            keys.append(self.sessions.key(credentials.sid))
         values = self.state.get_many(request.domain, keys) if keys else []
         if self.abuse.enabled:
             self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
-        if params is None:
+        if credentials is None:
             raise Unauthorized("a signed Authorization header is required")
-        sid, ts, nonce = params["sid"], params["ts"], params["nonce"]
+        sid = credentials.sid
         session = self.sessions.load(request.domain, sid, self.clock(), values[-1])
-        expected = request_mac(session.key, ts, nonce, request.path, request.domain, request.body)
-        if not macs_equal(params["mac"], expected):
+        if not credentials.verify(session.key, request):
             raise InvalidSignature("the call's signature does not verify")
-        key = session.key
-        request.signer = lambda status, body: {
-            "Server-Authorization": server_authorization(response_mac(key, nonce, status, body))}
         now = self.clock()
-        if abs(now - int(ts)) > self.skew:
-            raise StaleCall("the call's timestamp is outside the allowed skew", server_time=now)
-        session_key = self.sessions.key(sid)
-        if not self.state.add(request.domain, f"nonce:{sid}:{nonce}", 1, self.nonce_ttl, if_live=session_key):
+        if abs(now - int(credentials.ts)) > self.skew:
+            return Authentication(session, session.key, StaleCall("the call's timestamp is outside the allowed skew",
+                                                                  server_time=now))
+        nonce_key = f"nonce:{sid}:{credentials.nonce}"
+        if not self.state.add(request.domain, nonce_key, 1, self.nonce_ttl, if_live=self.sessions.key(sid)):
             # Either the nonce was used, or the session ended since it was read: say which.
-            self.sessions.load(request.domain, sid, self.clock())
-            raise ReplayedCall("this call was already made")
+            try:
+                self.sessions.load(request.domain, sid, self.clock())
+            except BastionError as ended:
+                return Authentication(session, session.key, ended)
+            return Authentication(session, session.key, ReplayedCall("this call was already made"))
         self.sessions.touch(session, now)
-        return session
+        return Authentication(session, session.key)
 
     def logout(self, session: Session) -> bool:
         """End the session of a signed logout call (the kernel authenticated it)."""

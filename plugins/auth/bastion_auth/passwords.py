@@ -1,22 +1,35 @@
-"""Password hashing with passlib's CryptContext (argon2id through argon2-cffi)."""
+"""Passwords: the argon2id policy (passlib's CryptContext through argon2-cffi) and the length rule.
+
+The defaults are OWASP's floor for argon2id (Password Storage Cheat Sheet):
+19,456 KiB of memory, 2 iterations, 1 lane. ``bastion hash-password`` and the
+plugin share this one policy, read from ``[auth]``, so that a hash made on
+the command line needs no upgrade at the first login.
+"""
 
 from __future__ import annotations
 
 from passlib.context import CryptContext
 
-from kernel.passwords import argon2_context
+ARGON2_MEMORY_COST = 19456
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
 
 
-def make_context(settings) -> CryptContext:
-    """Build the hashing policy from ``[auth]``; older parameters are flagged by ``needs_update``."""
-    return argon2_context(settings.argon2_memory_cost, settings.argon2_time_cost, settings.argon2_parallelism)
+def argon2_context(memory_cost: int = ARGON2_MEMORY_COST, time_cost: int = ARGON2_TIME_COST,
+                   parallelism: int = ARGON2_PARALLELISM) -> CryptContext:
+    """Return a CryptContext hashing with argon2id at these parameters; other hashes ``needs_update``."""
+    return CryptContext(schemes=["argon2"], argon2__type="ID", argon2__memory_cost=memory_cost,
+                        argon2__rounds=time_cost, argon2__parallelism=parallelism)
 
 
 class Passwords:
-    """Hashes, verifies and upgrades passwords under one policy."""
+    """Hashes, verifies and upgrades passwords under one policy (the ``[auth]`` settings)."""
 
     def __init__(self, settings):
-        self.context = make_context(settings)
+        self.context = argon2_context(settings.argon2_memory_cost, settings.argon2_time_cost,
+                                      settings.argon2_parallelism)
         self.min_length = settings.min_password_length
         self.max_length = settings.max_password_length
 

@@ -7,9 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.driver import StateStore
-from kernel.errors import ExpiredSession, MaxActiveSessions, UnknownSession
-from kernel.signing import b64url, b64url_decode
+from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
 
 
 @dataclass

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from kernel.config import Bool, Float, Int
-from kernel.passwords import (
+from bastion_auth.passwords import (
     ARGON2_MEMORY_COST,
     ARGON2_PARALLELISM,
     ARGON2_TIME_COST,
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
 )
+from kernel import Bool, Config, ConfigError, Float, Int, Settings
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -30,3 +30,25 @@ AUTH_SCHEMA = {
     "demo_user": Bool(True, "in development mode, create demo@localhost when no user exists"),
     "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
 }
+
+
+def read(config: Config) -> tuple[Settings, dict[str, str]]:
+    """Claim and check ``[auth]`` and ``[users]``; return the settings and the users (key -> hash)."""
+    from bastion_auth.passwords import Passwords
+    from bastion_auth.users import split_key
+
+    settings = config.section("auth", AUTH_SCHEMA)
+    if settings.absolute_timeout < settings.idle_timeout:
+        raise ConfigError(f"{config.label}: [auth] absolute_timeout: must be at least idle_timeout "
+                          f"({settings.idle_timeout})")
+    passwords = Passwords(settings)
+    bootstrap = config.raw_section("users")
+    for key, value in bootstrap.items():
+        try:
+            split_key(key)
+        except ValueError as exc:
+            raise ConfigError(f"{config.label}: [users] {key}: {exc}") from None
+        if not passwords.identify(value):
+            raise ConfigError(f"{config.label}: [users] {key}: not a password hash; "
+                              "accepted: the output of `bastion hash-password`")
+    return settings, bootstrap

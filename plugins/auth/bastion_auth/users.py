@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kernel.errors import InvalidHost, VersionConflict
-from kernel.hosts import parse_domain
-from kernel.store import Errors, storage
+from kernel import Errors, InvalidHost, VersionConflict, parse_domain, storage
 
 USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
 

@@ -27,6 +27,7 @@ from kernel.app import create_app
 from kernel.config import Config
 from kernel.errors import ConfigError
 from kernel.plugins import get_plugin_manager
+from kernel.runtime import Runtime
 
 
 def stored_hash(app, username: str, domain: str = "localhost") -> str | None:
@@ -114,7 +115,7 @@ def shared_app(plugin, users_section, *, development=True, auth=None, clock=None
     pm = get_plugin_manager(only=["storage_mem", "auth"], trace=False)
     for p in (plugin, ServicesPlugin(), DenyPlugin()):
         pm.register(p)
-    return create_app(Config.from_dict(sections), pm, clock=clock)
+    return create_app(Runtime(Config.from_dict(sections), pm, clock=clock).start())
 
 
 @pytest.fixture

@@ -20,21 +20,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kernel import hookimpl
-from kernel.driver import (
+from kernel import (
     PROBE_DOMAIN,
     Change,
     Scalar,
     StoredRecord,
+    VersionConflict,
     WindowEntry,
     check_change,
     check_json,
     check_text,
-    dumps,
+    dumps_text,
+    hookimpl,
     index_token,
     is_record_id,
 )
-from kernel.errors import VersionConflict
 
 #: Most due heap entries one write examines: more than a write can add, so reclamation keeps up.
 RECLAIM_STEP = 16
@@ -109,7 +109,7 @@ class MemoryDriver:
                     continue
                 tokens = {f: index_token(v) for f, v in (change.index or {}).items()}
                 seq = old.seq if old is not None else next(self._seq)
-                table[change.id] = _Row(seq, change.new_vsn, dumps(change.data or {}), tokens)
+                table[change.id] = _Row(seq, change.new_vsn, dumps_text(change.data or {}), tokens)
                 for field, token in tokens.items():
                     self._index.setdefault((domain, change.model, field, token), {})[change.id] = None
 
@@ -194,7 +194,7 @@ class MemoryDriver:
 
     def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         check_json(value)
-        encoded = dumps(value)
+        encoded = dumps_text(value)
         with self._lock:
             now = self.clock()
             entry = self._live(domain, key, now)
@@ -205,14 +205,14 @@ class MemoryDriver:
 
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         check_json(value)
-        encoded = dumps(value)
+        encoded = dumps_text(value)
         with self._lock:
             now = self.clock()
             self._put(domain, key, encoded, now + ttl, now)
 
     def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
         check_json(value)
-        encoded = dumps(value)
+        encoded = dumps_text(value)
         with self._lock:
             now = self.clock()
             if if_live is not None:
@@ -240,7 +240,7 @@ class MemoryDriver:
             else:
                 expires = entry[1]
             value = current + amount
-            self._put(domain, key, dumps(value), expires, now)
+            self._put(domain, key, dumps_text(value), expires, now)
             return value
 
     def window_add(self, domain: str, key: str, member: str, weight: int, ttl: float) -> list[WindowEntry]:

@@ -14,9 +14,7 @@ from collections.abc import Callable
 
 from bastion_storage_redis.driver import RedisDriver
 from bastion_storage_redis.settings import SCHEMA, SCHEMES, SECTION, scheme_of
-from kernel import hookimpl
-from kernel.config import Config
-from kernel.errors import ConfigError
+from kernel import Config, ConfigError, hookimpl
 
 __all__ = ["RedisDriver", "SCHEMA", "SECTION", "bastion_configure", "bastion_storage_driver"]
 

@@ -28,20 +28,22 @@ from bastion_storage_redis import scripts
 from bastion_storage_redis.keys import Keys
 from bastion_storage_redis.settings import SCHEMES, defaults, make_pool, redact, scheme_of
 from bastion_storage_redis.wire import Script, Wire
-from kernel.driver import (
+from kernel import (
     PROBE_DOMAIN,
     Change,
     Scalar,
+    ServiceUnavailable,
     StoredRecord,
+    VersionConflict,
     WindowEntry,
     check_change,
     check_json,
     check_scalar,
     check_text,
+    dumps_text,
     index_token,
     is_record_id,
 )
-from kernel.errors import ServiceUnavailable, VersionConflict
 
 log = logging.getLogger("bastion.storage_redis")
 
@@ -71,8 +73,6 @@ def _translated(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
-#: kernel.driver.dumps with its encoder built once instead of on every call (same output).
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True).encode
 _loads = json.loads
 
 
@@ -178,8 +178,8 @@ class RedisDriver:
                 change.id,
                 change.vsn,
                 change.new_vsn,
-                _dumps(change.data or {}),
-                _dumps(index_keys),
+                dumps_text(change.data or {}),
+                dumps_text(index_keys),
             ]
         inserted = sorted({c.model for c in changes if c.op == "insert"})
         if inserted:
@@ -239,7 +239,7 @@ class RedisDriver:
     def set(self, domain: str, key: str, value: Any, ttl: float) -> None:
         """Store a value that expires ``ttl`` seconds from now."""
         check_json(value)
-        self._wire.eval(self._set, self._state_keys(domain, key), (_dumps(value), self.clock() + ttl, _ttl_ms(ttl)))
+        self._wire.eval(self._set, self._state_keys(domain, key), (dumps_text(value), self.clock() + ttl, _ttl_ms(ttl)))
 
     @_translated
     def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
@@ -251,7 +251,7 @@ class RedisDriver:
         check_json(value)
         now = self.clock()
         stored = self._wire.eval(self._replace, (self.keys.state(domain, key),),
-                                 (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
+                                 (now, dumps_text(value), now + ttl, _ttl_ms(ttl)))
         return bool(stored)
 
     @_translated
@@ -266,7 +266,7 @@ class RedisDriver:
         keys = self._state_keys(domain, key)
         if if_live is not None:
             keys = (*keys, self.keys.state(domain, if_live))
-        stored = self._wire.eval(self._add, keys, (now, _dumps(value), now + ttl, _ttl_ms(ttl)))
+        stored = self._wire.eval(self._add, keys, (now, dumps_text(value), now + ttl, _ttl_ms(ttl)))
         return bool(stored)
 
     @_translated

@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kernel.config import Bool, Choice, Float, Int, Option, Str
+from kernel import Bool, Choice, Float, Int, Option, Str
 
 #: The section this plugin claims.
 SECTION = "storage_redis"

@@ -46,8 +46,7 @@ from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
 from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
 from bastion_storage_sql.schema import state
-from kernel.driver import PROBE_DOMAIN
-from kernel.errors import VersionConflict
+from kernel import PROBE_DOMAIN, VersionConflict
 
 log = logging.getLogger("bastion.storage_sql")
 

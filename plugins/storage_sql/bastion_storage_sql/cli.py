@@ -6,7 +6,7 @@ import argparse
 
 from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, is_sql_url, redact
-from kernel.config import load_config
+from kernel import load_config
 
 
 def add_commands(subparsers) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
-from kernel.errors import ConfigError
+from kernel import ConfigError
 
 
 def socket_is_quiet(fileno: int) -> bool:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
-from kernel.errors import ServiceUnavailable, VersionConflict
+from kernel import ServiceUnavailable, VersionConflict
 
 log = logging.getLogger("bastion.storage_sql")
 

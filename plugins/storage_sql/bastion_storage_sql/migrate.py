@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from bastion_storage_sql.engine import WRITE
 from bastion_storage_sql.errors import translated
 from bastion_storage_sql.schema import VERSION_TABLE
-from kernel.errors import ConfigError
+from kernel import ConfigError
 
 #: Folder of env.py and versions/.
 SCRIPT_LOCATION = Path(__file__).parent / "migrations"

@@ -17,8 +17,17 @@ import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import MAX_TOKEN, index_entries, records
-from kernel.driver import Change, Scalar, StoredRecord, check_change, check_scalar, dumps, index_token, is_record_id
-from kernel.errors import VersionConflict
+from kernel import (
+    Change,
+    Scalar,
+    StoredRecord,
+    VersionConflict,
+    check_change,
+    check_scalar,
+    dumps_text,
+    index_token,
+    is_record_id,
+)
 
 
 def stored_token(value: Scalar) -> str:
@@ -121,7 +130,7 @@ class SqlRecords(SqlBackend):
             return
         # Encode before the transaction opens: the write lock is held for less time.
         # A fixed order of row locks keeps two PostgreSQL transactions from deadlocking.
-        ordered = [(change, None if change.op == "delete" else dumps(change.data or {}))
+        ordered = [(change, None if change.op == "delete" else dumps_text(change.data or {}))
                    for change in sorted(changes, key=lambda change: (change.model, change.id))]
 
         def work(connection):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kernel.config import Bool, Choice, Config, Float, Int, Option
+from kernel import Bool, Choice, Config, Float, Int, Option
 
 SECTION = "storage_sql"
 

@@ -28,8 +28,7 @@ import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, STATEMENT, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import state, windows
-from kernel.driver import PROBE_DOMAIN, WindowEntry, check_json, check_text, dumps
-from kernel.errors import ServiceUnavailable
+from kernel import PROBE_DOMAIN, ServiceUnavailable, WindowEntry, check_json, check_text, dumps_text
 
 #: Seconds of the driver's clock after which one process purges expired state at its next write.
 PURGE_INTERVAL = 60.0
@@ -53,7 +52,7 @@ def _columns(value: Any, values: dict[str, Any]) -> dict[str, Any]:
     if type(value) is int and value in _BIGINT:
         values["v"], values["n"] = None, value
     else:
-        values["v"], values["n"] = dumps(value), None
+        values["v"], values["n"] = dumps_text(value), None
     return values
 
 
@@ -177,7 +176,7 @@ class SqlState(SqlBackend):
         if len(unique) == len(keys):
             return [found.get(key) for key in keys]
         # A key asked twice gets two equal values, not one shared object.
-        return [json.loads(dumps(found[key])) if key in found else None for key in keys]
+        return [json.loads(dumps_text(found[key])) if key in found else None for key in keys]
 
     def _get_many_statement(self, count: int) -> Sql:
         sql = self._get_many_sql.get(count)

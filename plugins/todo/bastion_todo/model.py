@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.services import json_type
-from kernel.store import Errors, Record
+from kernel import Errors, Record, json_type
 
 #: The longest text a todo may hold, in Unicode code points.
 MAX_TEXT = 1000

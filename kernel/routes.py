@@ -1,0 +1,52 @@
+"""Routes a plugin adds without touching Falcon, and the one way every JSON answer is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from kernel.context import current
+from kernel.jsonio import dumps
+
+#: A route's handler: the current request (and the path's fields) in, a JSON value out.
+Handler = Callable[..., Any]
+
+
+def answer(resp: falcon.Response, value: Any, status: int = 200) -> None:
+    """Write a JSON answer: the status, ``application/json``, the compact UTF-8 body."""
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = dumps(value)
+
+
+class HandlerResource:
+    """A Falcon resource serving one handler for one method."""
+
+    def __init__(self, method: str, handler: Handler, protected: bool, signed: bool):
+        self.handler = handler
+        self.protected = protected
+        self.signed = signed
+        setattr(self, "on_" + method.lower(), self._respond)
+
+    def _respond(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        answer(resp, self.handler(current(), **params))
+
+
+class Routes:
+    """What ``bastion_routes`` receives: add a handler at a path (Falcon's URI templates: ``/items/{id}``)."""
+
+    def __init__(self, app: falcon.App):
+        self._app = app
+
+    def post(self, path: str, handler: Handler, *, protected: bool = False, signed: bool = False) -> None:
+        """Serve ``POST path``. ``protected``: the checks of docs/protocol.md section 4 run first (steps 2 to
+        5); ``signed``: the call is authenticated too (steps 6 to 10) and its answers are signed."""
+        if signed and not protected:
+            raise ValueError(f"{path}: a signed route is protected too")
+        self._app.add_route(path, HandlerResource("POST", handler, protected, signed))
+
+    def get(self, path: str, handler: Handler) -> None:
+        """Serve ``GET path`` (and HEAD), unprotected: for pages and public data, never for secrets."""
+        self._app.add_route(path, HandlerResource("GET", handler, False, False))
