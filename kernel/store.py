@@ -104,6 +104,10 @@ class Record:
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             raise AttributeError(f"{name!r} is not a data field")
+        fields = _FIELDS.get(self._model)
+        if fields is not None and name not in fields and name not in self._data:
+            raise AttributeError(f"{self._model.__name__} has no field {name!r}; its fields are what its initialize "
+                                 f"sets: {', '.join(sorted(fields)) or 'none'}")
         if self._data.get(name, _MISSING) != value or type(self._data.get(name)) is not type(value):
             self._data[name] = value
             object.__setattr__(self, "_dirty", True)
@@ -130,13 +134,39 @@ class Record:
         return f"<{self._model.__name__} {self._id} v{self._vsn} {self._data!r}>"
 
 
+#: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the kernel knows of a registered model."""
+    """What the kernel knows of a registered model.
+
+    ``fields`` are the fields ``initialize`` sets, with ``defaults`` their
+    values: a record read back gets the default of every field it lacks (a
+    field added to the model), and a field that is no longer one (removed
+    from the model) is dropped at the record's next write. A model without
+    ``initialize`` has no declared fields (None) and keeps whatever it stores.
+    """
 
     cls: type
     name: str
     index_fields: frozenset[str]
+    fields: frozenset[str] | None = None
+    defaults: Mapping[str, Any] | None = None
+
+    def complete(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Give ``data`` (read from a driver, owned by the caller) the default of each field it lacks."""
+        if self.fields is not None and not self.fields.issubset(data):
+            for name in self.fields - data.keys():
+                data[name] = copy.deepcopy(self.defaults[name])  # type: ignore[index]
+        return data
+
+    def stored(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The data to write: without the fields that are no longer the model's."""
+        if self.fields is None or self.fields.issuperset(data):
+            return data
+        return {name: value for name, value in data.items() if name in self.fields}
 
     def initialize(self, record: Record) -> None:
         """Call the model's ``initialize``, if any."""
@@ -183,7 +213,11 @@ class Models:
         template = Record(cls, "", 0, {})
         info = ModelInfo(cls, name, frozenset())
         info.initialize(template)
-        info = ModelInfo(cls, name, frozenset(info.index(template)))
+        declared = getattr(cls, "initialize", None) is not None
+        info = ModelInfo(cls, name, frozenset(info.index(template)),
+                         frozenset(template._data) if declared else None, template.fields() if declared else None)
+        if info.fields is not None:
+            _FIELDS[cls] = info.fields
         self._by_cls[cls] = info
         self._by_name[name] = info
         return info
@@ -334,7 +368,7 @@ class UnitOfWork:
             if record_errors:
                 errors.merge(record_errors)
                 continue
-            data = record.fields()
+            data = info.stored(record.fields())
             check_json(data, f"{info.name} {record._id}")
             if inserting:
                 changes.append(Change("insert", info.name, record._id, 0, data, info.index(record)))
@@ -369,7 +403,7 @@ class UnitOfWork:
         if key in self._loaded:
             return self._loaded[key]
         # Drivers hand over data the caller owns (the conformance suite checks it): no second copy.
-        record = Record(info.cls, stored.id, stored.vsn, stored.data)
+        record = Record(info.cls, stored.id, stored.vsn, info.complete(stored.data))
         self._loaded[key] = record
         self._read_vsn[key] = stored.vsn
         return record

@@ -53,7 +53,7 @@ class Note:
 
     @classmethod
     def initialize(cls, record):
-        record.merge(text="", done=False, tag=None)
+        record.merge(text="", done=False, tag=None, extra=None)
 
     @classmethod
     def validate(cls, record):
@@ -407,7 +407,7 @@ class DriverSuite:
     def test_unit_of_work_rejects_non_json(self, driver, domain, models):
         with pytest.raises(TypeError):
             with self.uow(driver, domain, models) as db:
-                db.insert(Note, id="nj", text="x", tag=None, extra={1, 2})
+                db.insert(Note, id="nj", text="x", extra={1, 2})
         assert driver.fetch(domain, "SuiteNote", "nj") is None
 
     def test_unit_of_work_refuses_unencodable_strings(self, driver, domain, models):
