@@ -65,7 +65,7 @@ def _sql_fill(driver, domain: str, count: int, prefix: str) -> bool:
         from bastion_storage_sql.schema import index_entries, records
     except ImportError:
         return False
-    from kernel.driver import dumps
+    from kernel import dumps_text as dumps
 
     token = stored_token(False)
     ids = [(i, todo_id(prefix, i)) for i in range(count)]
