@@ -8,8 +8,6 @@ change without notice::
     from kernel import hookimpl, service, storage, current
 """
 
-__version__ = "0.2.0"
-
 from kernel.config import (  # noqa: E402
     Bool,
     Choice,
@@ -82,6 +80,7 @@ from kernel.services import json_type, service  # noqa: E402
 from kernel.signing import Authentication, Credentials, b64url, b64url_decode  # noqa: E402
 from kernel.store import Errors, Record, storage  # noqa: E402
 from kernel.urls import StorageURL, redact  # noqa: E402
+from kernel.version import __version__  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -26,6 +26,7 @@ from typing import Any
 from kernel import signing
 from kernel.errors import BY_NAME, BastionError, StaleCall
 from kernel.hosts import parse_domain
+from kernel.jsonio import dumps
 
 #: Answers a server gives before it knows the caller holds the key (steps 1 to 8): never signed.
 UNSIGNED = frozenset({"InvalidHost", "RequireSSL", "Abusive", "PayloadTooLarge", "UnsupportedMediaType",
@@ -146,7 +147,8 @@ class Client:
             raise RuntimeError("log in first")
         ts = ts or str(int(self.clock() + self.offset))
         nonce = nonce or signing.new_nonce()
-        mac = signing.request_mac(self.session.key, ts, nonce, path, self.domain, body)
+        # The server verifies the path as it arrives: the base URL's path prefix included.
+        mac = signing.request_mac(self.session.key, ts, nonce, self.prefix + path, self.domain, body)
         headers = {"Authorization": signing.authorization(self.session.sid, ts, nonce, mac)}
         return self.request(path, body, headers), nonce
 
@@ -209,7 +211,7 @@ class Client:
 
 
 def _encode(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return dumps(payload)
 
 
 def _error(data: dict[str, Any]) -> BastionError:

@@ -86,6 +86,6 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
 
 
 def _kernel_version() -> str:
-    from kernel import __version__
+    from kernel.version import __version__
 
     return __version__

@@ -44,7 +44,6 @@ there is not reloaded with the code in development: it imports no more of Bastio
 from __future__ import annotations
 
 import errno
-import json
 import selectors
 import socket
 import time
@@ -67,6 +66,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from kernel.config import SERVER_SCHEMA, load_config
 from kernel.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout
+from kernel.jsonio import dumps
 
 if gunicorn.version_info < (27, 0):  # the worker relies on the structure of gunicorn 27's threaded worker
     raise ImportError(f"kernel.worker needs gunicorn 27 or later, found {gunicorn.__version__}")
@@ -148,7 +148,7 @@ def refusal(exc: BaseException) -> BastionError:
 
 def error_response(error: BastionError) -> bytes:
     """A complete HTTP/1.1 answer for ``error``, closing the connection."""
-    body = json.dumps(error.body(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = dumps(error.body())
     lines = [
         f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
         f"Date: {util.http_date()}",

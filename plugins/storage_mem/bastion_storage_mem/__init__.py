@@ -22,8 +22,10 @@ from typing import Any
 
 from kernel import (
     PROBE_DOMAIN,
+    PROCESS_LOCAL,
     Change,
     Scalar,
+    StorageURL,
     StoredRecord,
     VersionConflict,
     WindowEntry,
@@ -50,6 +52,9 @@ class _Row:
 
 class MemoryDriver:
     """Records and short-lived state in dictionaries, behind one lock."""
+
+    #: Its data lives in this process only: gunicorn serves it with one worker process.
+    capabilities = frozenset({PROCESS_LOCAL})
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
@@ -293,8 +298,8 @@ class MemoryDriver:
 
 
 @hookimpl
-def bastion_storage_driver(url: str, clock):
+def bastion_storage_driver(url: StorageURL, clock):
     """Open a :class:`MemoryDriver` for ``mem://`` URLs."""
-    if url.split(":", 1)[0].lower() == "mem":
+    if StorageURL(url).scheme == "mem":
         return MemoryDriver(clock=clock)
     return None

@@ -94,6 +94,9 @@ class RedisDriver:
     ``clock`` returns Unix seconds and decides every expiry.
     """
 
+    #: Its data is shared by every process and node using the URL, and outlives them (as Redis keeps it).
+    capabilities = frozenset({"persistent"})
+
     def __init__(self, url: str, clock: Callable[[], float] = time.time, options: Mapping[str, Any] | None = None):
         if scheme_of(url) not in SCHEMES:
             raise ValueError(f"not a Redis URL: {redact(url)!r}; expected one of {', '.join(SCHEMES)}://")

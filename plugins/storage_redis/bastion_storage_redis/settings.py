@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kernel import Bool, Choice, Float, Int, Option, Str
+from kernel import Bool, Choice, Float, Int, Option, StorageURL, Str, redact
 
 #: The section this plugin claims.
 SECTION = "storage_redis"
@@ -49,18 +48,7 @@ def defaults() -> dict[str, Any]:
 
 def scheme_of(url: str) -> str:
     """Return the lower-cased scheme of a URL ('' when it has none)."""
-    scheme, sep, _ = url.partition("://")
-    return scheme.lower() if sep else ""
-
-
-def redact(url: str) -> str:
-    """Return the URL with its password hidden, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    return StorageURL(url).scheme
 
 
 def make_pool(url: str, options: Mapping[str, Any]) -> redis.ConnectionPool:

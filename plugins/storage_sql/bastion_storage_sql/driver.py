@@ -15,3 +15,6 @@ class SqlDriver(SqlRecords, SqlState):
     mode does), ``"check"`` (raise ConfigError unless it is current, as
     production does) or ``"none"``.
     """
+
+    #: Its data outlives the process and is shared by every process and node using the URL.
+    capabilities = frozenset({"persistent"})

@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
-from kernel import ConfigError
+from kernel import ConfigError, StorageURL, redact
 
 
 def socket_is_quiet(fileno: int) -> bool:
@@ -38,15 +38,7 @@ WRITE = "bastion_write"
 
 def is_sql_url(url: str) -> bool:
     """Say whether the plugin serves ``url`` (by its scheme alone)."""
-    return url.split(":", 1)[0].strip().lower() in SCHEMES
-
-
-def redact(url: str) -> str:
-    """Return ``url`` with its password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("://", 1)[0] + "://..."
+    return StorageURL(url).scheme in SCHEMES
 
 
 def parse_url(url: str) -> URL:

@@ -1,0 +1,87 @@
+"""gunicorn settings read from the ``[server]`` section of the configured INI file.
+
+Use them with ``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app`` from
+any directory (the INI file is ``$BASTION_CONFIG``, else ``./bastion.ini``);
+a checkout's ``gunicorn.conf.py`` imports them, so that plain ``gunicorn
+kernel.wsgi:app`` there binds 127.0.0.1:9000. Command-line flags
+(``--bind``, ``--workers``) still override them.
+
+Before any worker starts, the configured runtime is opened once and closed
+again, in a short-lived child of the master (so that the master imports no
+plugin, and development reloads see new plugin code): a bad configuration or
+an unreachable storage stops the start with one line, and a driver whose data
+lives in one process (``mem://``) makes gunicorn run one worker process.
+"""
+
+import logging
+import os
+import sys
+
+from kernel.config import load_config
+from kernel.errors import BastionError, ConfigError
+
+_log = logging.getLogger("gunicorn.error")
+
+try:
+    _config = load_config()
+    _server = _config.server
+    _bastion = _config.bastion
+except ConfigError as exc:
+    sys.exit(f"bastion: {exc}")
+
+
+def _process_local() -> bool:
+    """Whether a configured driver keeps its data in one process: the runtime is opened in a child process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: open the runtime, say what it found, leave at once
+        os.close(read_end)
+        try:
+            from kernel.runtime import Runtime
+
+            with Runtime(_config) as runtime:
+                answer = b"1" if runtime.process_local else b"0"
+        except (ConfigError, BastionError) as exc:
+            answer = b"!" + str(exc).encode("utf-8", "replace")
+        except BaseException as exc:  # noqa: BLE001 - reported to the master, which stops
+            answer = b"!" + f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+        os.write(write_end, answer)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    if not answer or answer.startswith(b"!"):
+        sys.exit(f"bastion: {answer[1:].decode('utf-8', 'replace') or 'the configuration could not be opened'}")
+    return answer == b"1"
+
+
+bind = [_server.bind]
+workers = _server.workers
+threads = _server.threads
+timeout = _server.timeout
+# Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
+# thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
+worker_class = "kernel.worker.BastionWorker"
+reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
+# The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
+control_socket_disable = True
+forwarded_allow_ips = ""  # Bastion reads X-Forwarded-* itself, only from [bastion] trusted_proxies
+
+if _process_local():
+    if workers != 1:
+        _log.warning("the storage keeps its data in one process: each worker would have its own, so running "
+                     "1 worker (with %d threads) instead of %d", threads, workers)
+    workers = 1
+
+
+__all__ = ["bind", "workers", "threads", "timeout", "worker_class", "reload", "control_socket_disable",
+           "forwarded_allow_ips", "on_starting"]
+
+
+def on_starting(server):
+    """Say where the server listens and in which mode."""
+    from kernel.urls import StorageURL
+
+    server.log.info("Bastion %s mode, storage %s", "development" if _bastion.development else "production",
+                    StorageURL(_bastion.storage).redacted)

@@ -1,0 +1,3 @@
+"""The version of the kernel distribution (``bastion``)."""
+
+__version__ = "0.2.0"
