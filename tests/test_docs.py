@@ -32,6 +32,8 @@ def test_hook_has_a_docstring_that_says_who_calls_it(name):
 def test_hook_is_documented(name):
     text = (ROOT / "docs" / "hooks.md").read_text()
     assert f"### `{name}(" in text, f"docs/hooks.md has no entry for {name}"
+    arguments = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+    assert f"### `{name}({arguments})`" in text, f"docs/hooks.md names other arguments for {name} than ({arguments})"
 
 
 def test_readme_shows_the_two_commands():
