@@ -42,7 +42,7 @@ class InvalidResponseSignature(BastionError):
 
 
 class ProtocolError(BastionError):
-    """Client side: an answer that is not a PROTOCOL.md body."""
+    """Client side: an answer that is not a docs/protocol.md body."""
 
     status = 0
     default_message = "unexpected answer from the server"
@@ -186,7 +186,7 @@ class Client:
                 self.session = None
             raise _error(data)
         if response.status != 200 or not isinstance(data, dict):
-            raise ProtocolError(f"HTTP {response.status}: not a PROTOCOL.md answer")
+            raise ProtocolError(f"HTTP {response.status}: not a docs/protocol.md answer")
         return data
 
     # -- transports -------------------------------------------------------

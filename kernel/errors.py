@@ -1,4 +1,4 @@
-"""The exception tree of PROTOCOL.md section 2: one class per ``exc`` name.
+"""The exception tree of docs/protocol.md section 2: one class per ``exc`` name.
 
 Nothing below the HTTP layer imports Falcon; code raises these, and exactly
 one error handler (``kernel.app``) turns them into responses.
@@ -33,7 +33,7 @@ class BastionError(Exception):
         return type(self).__name__
 
     def body(self) -> dict[str, Any]:
-        """Return the PROTOCOL.md section 2 body of this error."""
+        """Return the docs/protocol.md section 2 body of this error."""
         return {"exc": self.exc, "err": list(self.err), **self.extra}
 
 

@@ -1,4 +1,4 @@
-"""Tenancy from the Host header, allowed hosts, client origins (PROTOCOL.md sections 1 and 7)."""
+"""Tenancy from the Host header, allowed hosts, client origins (docs/protocol.md sections 1 and 7)."""
 
 from __future__ import annotations
 

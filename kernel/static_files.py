@@ -17,7 +17,7 @@ _TYPES = {
     ".webmanifest": "application/manifest+json", ".map": "application/json",
 }
 
-#: The policy of every static page (PROTOCOL.md section 8).
+#: The policy of every static page (docs/protocol.md section 8).
 STATIC_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
               "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
               "form-action 'self'; frame-ancestors 'none'")

@@ -19,7 +19,7 @@ thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunico
   the application runs: a request refused on its headers (413 by Content-Length) never gets it, and the
   connection closes after such an answer since the client may still send the body.
 * **gunicorn's own answers are JSON**: every request gunicorn refuses before the application runs gets
-  the ``{"exc", "err"}`` body of PROTOCOL.md section 2 with Bastion's security headers, a fixed message
+  the ``{"exc", "err"}`` body of docs/protocol.md section 2 with Bastion's security headers, a fixed message
   that never repeats what the client sent, and one warning line in the log.
 * **Closing does not block the main loop**: gunicorn lingers up to 2 s on a closing connection (to let
   the client read the answer before a reset) with a blocking read in the main loop; here the lingering

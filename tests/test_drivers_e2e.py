@@ -155,7 +155,7 @@ def _body(payload: object) -> bytes:
 
 
 def assert_unavailable(answer: Response, what: str) -> None:
-    """A 503 ServiceUnavailable of PROTOCOL.md section 2: retry_after in body and header, no cause."""
+    """A 503 ServiceUnavailable of docs/protocol.md section 2: retry_after in body and header, no cause."""
     assert answer.status == 503, f"{what}: HTTP {answer.status} {answer.body[:300]!r}"
     body = answer.json()
     assert body["exc"] == "ServiceUnavailable", f"{what}: {body}"
@@ -279,7 +279,7 @@ def test_a_call_sent_fifty_times_at_once_runs_once(deployment):
 
     assert Counter(answer.status for answer in answers) == {200: 1, 401: REPLAYS - 1}
     assert {answer.json().get("exc") for answer in answers if answer.status == 401} == {"ReplayedCall"}
-    # The MAC verified for all 50, so every answer, refusals included, is signed (PROTOCOL.md 4).
+    # The MAC verified for all 50, so every answer, refusals included, is signed (docs/protocol.md 4).
     assert all(request.answer_is_signed(answer) for answer in answers)
     created = next(answer for answer in answers if answer.status == 200).json()["result"]
     assert [todo for todo in client.call("get_all") if todo["text"] == text] == [created]

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the two doors of the server: ``/auth/login`` and signed ``/api/*`` calls.
 
 Whatever the body and the headers, the answer is never a 5xx, is always the
-``{exc, err}`` shape of PROTOCOL.md section 2 when it is an error, and a call
+``{exc, err}`` shape of docs/protocol.md section 2 when it is an error, and a call
 that was refused changed nothing. Runs in-process on mem:// with the real
 auth and todo plugins.
 """
@@ -145,7 +145,7 @@ def test_signed_calls_never_fail_with_a_5xx_nor_half_write(fuzz_app, name, body,
         assert snapshot(fuzz_app) == before
 
 
-#: Each todo service and its parameters (PROTOCOL.md section 10), so that drawn arguments mostly bind.
+#: Each todo service and its parameters (docs/protocol.md section 10), so that drawn arguments mostly bind.
 PARAMETERS = {"add": ["text"], "update": ["id", "vsn", "text", "done"], "remove": ["id", "vsn"],
               "clear_completed": [], "get_all": []}
 

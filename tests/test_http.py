@@ -1,4 +1,4 @@
-"""The HTTP front end: routes, errors, limits and headers of PROTOCOL.md sections 2, 4, 7, 8 and 9."""
+"""The HTTP front end: routes, errors, limits and headers of docs/protocol.md sections 2, 4, 7, 8 and 9."""
 
 from __future__ import annotations
 

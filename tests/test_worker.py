@@ -1,7 +1,7 @@
 """kernel.worker.BastionWorker behind real gunicorn processes, spoken to over raw sockets.
 
 Slow heads wait in the worker's main loop, not in its threads; heads and bodies have deadlines; every
-refusal is the JSON of PROTOCOL.md section 2 with the security headers; 100 Continue waits for the
+refusal is the JSON of docs/protocol.md section 2 with the security headers; 100 Continue waits for the
 application to read the body.
 """
 

@@ -1,5 +1,5 @@
 /*
- * bastion.js — the Bastion browser client (PROTOCOL.md, version 1).
+ * bastion.js — the Bastion browser client (docs/protocol.md, version 1).
  *
  * No build step, no dependency: load it with
  *   <script src="/bastion/bastion.js"></script>

@@ -1,4 +1,4 @@
-"""Abuse bans per (domain, origin) and lock-outs per (domain, account): PROTOCOL.md section 6."""
+"""Abuse bans per (domain, origin) and lock-outs per (domain, account): docs/protocol.md section 6."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from kernel import (
     WindowEntry,
 )
 
-#: The weight of each refusal (PROTOCOL.md section 6); others weigh nothing.
+#: The weight of each refusal (docs/protocol.md section 6); others weigh nothing.
 WEIGHTS: dict[type[BastionError], int] = {
     Unauthorized: 1,
     UnknownSession: 1,

@@ -122,7 +122,7 @@ class Auth:
     # -- login ------------------------------------------------------------
 
     def login(self, request: Request) -> dict[str, Any]:
-        """Check a login body and credentials; open a session and return the PROTOCOL.md answer.
+        """Check a login body and credentials; open a session and return the docs/protocol.md answer.
 
         Every limit is reserved before the password is checked, atomically in
         the state store, so that concurrent attempts can never check more

@@ -1,4 +1,4 @@
-"""The ``[auth]`` section: every number of PROTOCOL.md section 6 and the password policy."""
+"""The ``[auth]`` section: every number of docs/protocol.md section 6 and the password policy."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def check_username(username: str) -> None:
 
 
 def normalize_domain(domain: str) -> str:
-    """Return a domain as PROTOCOL.md section 1 defines it; raise ValueError if it cannot be one."""
+    """Return a domain as docs/protocol.md section 1 defines it; raise ValueError if it cannot be one."""
     try:
         return parse_domain(domain)
     except InvalidHost:

@@ -2,7 +2,7 @@
 
 Written the way the Fanery tutorial writes it: a model of four classmethods,
 and services that each open one unit of work with ``with storage() as db:``.
-The wire contract of the services is PROTOCOL.md section 10.
+The wire contract of the services is docs/protocol.md section 10.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Todo model: ``{"id", "vsn", "text", "done"}`` (PROTOCOL.md section 10)."""
+"""The Todo model: ``{"id", "vsn", "text", "done"}`` (docs/protocol.md section 10)."""
 
 from __future__ import annotations
 

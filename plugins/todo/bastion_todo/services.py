@@ -1,4 +1,4 @@
-"""The todo services (PROTOCOL.md section 10), each one unit of work.
+"""The todo services (docs/protocol.md section 10), each one unit of work.
 
 Errors come in the protocol's order by construction: the kernel checks the
 annotated ``id: str`` and ``vsn: int`` while binding (400 InvalidCall);
