@@ -10,7 +10,7 @@ so every test session has these fixtures without a conftest:
                      started on first use, stopped at the end of the session.
 ``postgres_server``  a :class:`~kernel.testing.PostgresServer` shared by the session:
                      started on first use, removed at the end of the session.
-``gunicorn_server``  factory of started :class:`~kernel.testing.GunicornServer`\\ s,
+``gunicorn_server``  factory of started :class:`~kernel.testing.GunicornServer` processes,
                      stopped after the test.
 
 A missing ``redis-server`` or PostgreSQL fails the tests that use it, with
