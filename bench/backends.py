@@ -1,9 +1,9 @@
 """The storage configurations the bench measures, and the servers behind them.
 
 A configuration is available when its storage plugin is installed (it serves
-the URL scheme) and, for PostgreSQL and Redis, when the plugin's testing
-launcher can start a throw-away server on 127.0.0.1. Otherwise it is skipped
-with a note saying why.
+the URL scheme) and, for PostgreSQL and Redis, when the launcher of
+kernel.testing can start a throw-away server on 127.0.0.1. Otherwise it is
+skipped with a note saying why.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _pid_of(server) -> int | None:
 
 
 def _start_redis(store: Store) -> str:
-    server = _launcher("bastion_storage_redis.testing", "RedisServer")()
+    server = _launcher("kernel.testing", "RedisServer")()
     store.stoppers.append(server.stop)
     server.start()
     pid = _pid_of(server)
@@ -63,7 +63,7 @@ def _start_redis(store: Store) -> str:
 
 
 def _start_postgres(store: Store) -> str:
-    server = _launcher("bastion_storage_sql.testing", "PostgresServer")()
+    server = _launcher("kernel.testing", "PostgresServer")()
     store.stoppers.append(getattr(server, "close", server.stop))
     server.start()
     pid = _pid_of(server) or _postmaster_pid(server)
@@ -123,12 +123,12 @@ def backends() -> list[Backend]:
     """Every configuration, in the order the bench measures them."""
     plugins = installed_plugins()
     sql = "storage_sql" in plugins
-    redis_ok = "storage_redis" in plugins and _launcher("bastion_storage_redis.testing", "RedisServer") is not None
-    pg_ok = sql and _launcher("bastion_storage_sql.testing", "PostgresServer") is not None
+    redis_ok = "storage_redis" in plugins and _launcher("kernel.testing", "RedisServer") is not None
+    pg_ok = sql and _launcher("kernel.testing", "PostgresServer") is not None
     redis_bin = shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists()
     no_sql = "plugin bastion-storage-sql not installed (no `storage_sql` entry point)"
-    no_pg = no_sql if not sql else "bastion_storage_sql.testing.PostgresServer not available"
-    no_redis = ("plugin bastion-storage-redis or its RedisServer launcher not installed" if not redis_ok
+    no_pg = no_sql if not sql else "kernel.testing.PostgresServer not available"
+    no_redis = ("plugin bastion-storage-redis or the RedisServer launcher of kernel.testing not installed" if not redis_ok
                 else "redis-server binary not found")
     return [
         Backend("mem", "mem://", "storage_mem" in plugins, "" if "storage_mem" in plugins else "plugin missing"),

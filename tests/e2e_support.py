@@ -17,7 +17,7 @@ from typing import Any
 
 from kernel import signing
 from kernel.client import Client, Response
-from kernel.testing.servers import GunicornServer
+from kernel.testing import GunicornServer
 
 DOMAIN = "localhost"
 USERNAME = "alice"

@@ -19,7 +19,7 @@ import redis
 
 from kernel.client import Client, Response
 from kernel.errors import VersionConflict
-from kernel.testing.servers import GunicornServer
+from kernel.testing import GunicornServer, PostgresServer, PostgresServerError, RedisServer, RedisServerError
 
 from .e2e_support import (
     DOMAIN,
@@ -59,8 +59,6 @@ REPORT: dict[str, dict[str, object]] = {}
 @pytest.fixture(scope="session")
 def e2e_postgres() -> Iterator[object]:
     """One private PostgreSQL server on 127.0.0.1 for the whole run; each deployment has its own database."""
-    from bastion_storage_sql.testing import PostgresServer, PostgresServerError
-
     try:
         server = PostgresServer().start()
     except PostgresServerError as exc:
@@ -74,8 +72,6 @@ def e2e_postgres() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def e2e_redis() -> Iterator[object]:
     """One redis-server on 127.0.0.1 for the whole run; each deployment uses its own DB number."""
-    from bastion_storage_redis.testing import RedisServer, RedisServerError
-
     server = RedisServer()
     try:
         server.start()
@@ -195,7 +191,7 @@ def test_two_adduser_commands_at_once_create_one_user(deployment, tmp_path):
     import subprocess
     import sys
 
-    from kernel.testing.servers import write_config
+    from kernel.testing import write_config
 
     config = write_config(deployment.server.sections, tmp_path)
     command = [sys.executable, "-m", "kernel.cli", "--config", str(config), "adduser", "carol",

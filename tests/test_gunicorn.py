@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.testing.servers import GunicornServer, free_port, wait_until_serving
+from kernel.testing import GunicornServer, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from kernel import signing
 from kernel.client import Client
-from kernel.testing.servers import GunicornServer
+from kernel.testing import GunicornServer
 
 from .e2e_support import DOMAIN, PASSWORD, USERNAME, sections
 

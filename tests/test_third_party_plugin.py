@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kernel.client import Client
-from kernel.testing.servers import GunicornServer, write_config
+from kernel.testing import GunicornServer, write_config
 
 from .e2e_support import DOMAIN, PASSWORD, USERNAME, sections
 

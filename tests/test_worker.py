@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
-from kernel.testing.servers import GunicornServer
+from kernel.testing import GunicornServer
 
 pytestmark = pytest.mark.slow
 

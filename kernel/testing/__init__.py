@@ -1,7 +1,14 @@
-"""Testing helpers for Bastion and its plugins.
+"""The test-side API of Bastion: what a test may import beyond ``kernel`` (``kernel.__all__``).
 
-* :class:`DriverSuite` — the storage-driver conformance suite. A driver adopts
-  it with one subclass and two fixtures::
+A plugin's tests import ``kernel`` and this module, nothing else of the
+kernel; names not listed in ``__all__`` are the kernel's own. docs/testing.md
+is the guide.
+
+* The storage-driver conformance suite, split by concern: :class:`RecordsSuite`,
+  :class:`UnitOfWorkSuite`, :class:`StateSuite`, :class:`HealthSuite`, and
+  :class:`DriverSuite`, all four. A driver adopts it with one subclass and a
+  ``driver`` fixture; :func:`requires` marks a test that needs a capability
+  the driver declares (``persistent`` tests also need a ``reopen`` fixture)::
 
       from kernel.testing import DriverSuite
 
@@ -10,17 +17,69 @@
           def driver(self, clock):
               return MyDriver(url, clock=clock)
 
-          @pytest.fixture
-          def capabilities(self):
-              return {"persistent"}
+* :class:`FakeClock`: an injectable clock that only moves when told.
+* :func:`open_app`: an in-process app; :class:`Client` (with :class:`Response`,
+  :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
+  over HTTP; the signing helpers build or check signed calls by hand.
+* Launchers of real servers: :class:`RedisServer`, :class:`PostgresServer`,
+  :class:`GunicornServer` (with :func:`write_config` and
+  :func:`wait_until_serving`), and :func:`free_port`.
+* The kernel's entry points a test drives: :func:`create_app`,
+  :func:`get_plugin_manager`, :func:`describe`, the CLI's :func:`main`, and the
+  schemas of ``[bastion]`` and ``[server]``.
 
-* :class:`FakeClock` — an injectable clock that only moves when told.
-* The pytest plugin :mod:`kernel.testing.fixtures` (loaded automatically once
-  Bastion is installed) offers ``bastion_config``, ``bastion_app`` and
-  ``bastion_plugin`` fixtures.
+The pytest plugin :mod:`kernel.testing.fixtures` (loaded automatically once
+Bastion is installed) offers the ``fake_clock``, ``make_app``,
+``redis_server``, ``postgres_server`` and ``gunicorn_server`` fixtures.
 """
 
+from kernel.app import create_app
+from kernel.cli import main
+from kernel.client import Client, InvalidResponseSignature, Response, Session
+from kernel.config import BASTION_SCHEMA, SERVER_SCHEMA
+from kernel.plugins import describe, get_plugin_manager
+from kernel.signing import (
+    authorization,
+    body_hash,
+    macs_equal,
+    new_nonce,
+    parse_authorization,
+    parse_server_authorization,
+    request_mac,
+    response_mac,
+    response_string,
+    server_authorization,
+    string_to_sign,
+)
+from kernel.testing.apps import open_app
 from kernel.testing.clock import FakeClock
-from kernel.testing.suite import DriverSuite
+from kernel.testing.ports import free_port
+from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
+from kernel.testing.redis import RedisServer, RedisServerError, find_redis_server
+from kernel.testing.servers import GunicornServer, wait_until_serving, write_config
+from kernel.testing.suite import (
+    DriverSuite,
+    HealthSuite,
+    RecordsSuite,
+    StateSuite,
+    SuiteBase,
+    UnitOfWorkSuite,
+    requires,
+)
 
-__all__ = ["DriverSuite", "FakeClock"]
+__all__ = [
+    # the conformance suite
+    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
+    # time and in-process apps
+    "FakeClock", "open_app",
+    # launchers of real servers
+    "RedisServer", "RedisServerError", "find_redis_server", "PostgresServer", "PostgresServerError", "find_bindir",
+    "GunicornServer", "write_config", "wait_until_serving", "free_port",
+    # the client
+    "Client", "Response", "Session", "InvalidResponseSignature",
+    # signing by hand
+    "authorization", "parse_authorization", "server_authorization", "parse_server_authorization", "new_nonce",
+    "request_mac", "response_mac", "macs_equal", "string_to_sign", "response_string", "body_hash",
+    # the kernel's entry points, and the configuration schemas tests read
+    "create_app", "get_plugin_manager", "describe", "main", "BASTION_SCHEMA", "SERVER_SCHEMA",
+]

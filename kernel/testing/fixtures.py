@@ -1,20 +1,42 @@
-"""pytest fixtures for Bastion and plugin authors (loaded through the ``pytest11`` entry point).
+"""pytest fixtures for Bastion and plugin authors: the ``bastion`` pytest plugin.
 
-``make_app(sections=None, plugins=(), only=None)`` builds an in-process app
-(development mode, ``mem://`` unless told otherwise) with extra plugin
-objects registered, and closes it after the test; ``only`` restricts the
-installed plugins loaded, as ``BASTION_LOAD_PLUGINS`` does.
+Installing Bastion registers this module under the ``pytest11`` entry point,
+so every test session has these fixtures without a conftest:
+
+``fake_clock``       a :class:`~kernel.testing.FakeClock`, fresh per test.
+``make_app``         factory of in-process apps (:func:`~kernel.testing.open_app`)
+                     on ``fake_clock``, closed after the test.
+``redis_server``     a :class:`~kernel.testing.RedisServer` shared by the session:
+                     started on first use, stopped at the end of the session.
+``postgres_server``  a :class:`~kernel.testing.PostgresServer` shared by the session:
+                     started on first use, removed at the end of the session.
+``gunicorn_server``  factory of started :class:`~kernel.testing.GunicornServer` processes,
+                     stopped after the test.
+
+A missing ``redis-server`` or PostgreSQL fails the tests that use it, with
+what to install: a suite that needs a backend must not pass by skipping it.
+The plugin also registers the ``requires`` mark of the conformance suite
+(:func:`kernel.testing.requires`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import pytest
 
+from kernel.testing.apps import open_app
 from kernel.testing.clock import FakeClock
+from kernel.testing.postgres import PostgresServer, PostgresServerError
+from kernel.testing.redis import RedisServer, RedisServerError
+from kernel.testing.servers import GunicornServer
+from kernel.testing.suite.base import MARK
 
-DEFAULT_SECTIONS = {"bastion": {"development": True, "storage": "mem://"}}
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{MARK}(*capabilities): run only when the storage driver under test declares every named "
+                   "capability, else skip (kernel.testing.requires)")
 
 
 @pytest.fixture
@@ -23,36 +45,13 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-def open_app(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[object] = (),
-             only: Iterable[str] | None = None, clock=None):
-    """Build, start and return an in-process app; close it with ``app.runtime.close()``.
-
-    ``sections`` are merged over :data:`DEFAULT_SECTIONS`; ``plugins`` are
-    extra plugin objects registered before the runtime is built; ``only``
-    restricts the installed plugins loaded, as ``BASTION_LOAD_PLUGINS`` does.
-    """
-    from kernel.app import create_app
-    from kernel.config import Config
-    from kernel.plugins import get_plugin_manager
-    from kernel.runtime import Runtime
-
-    merged = {name: dict(values) for name, values in DEFAULT_SECTIONS.items()}
-    for name, values in (sections or {}).items():
-        merged.setdefault(name, {}).update(values)
-    pm = get_plugin_manager(only=only, trace=False)
-    for plugin in plugins:
-        pm.register(plugin)
-    runtime = Runtime(Config.from_dict(merged), pm, clock=clock).start()
-    try:
-        return create_app(runtime)
-    except BaseException:
-        runtime.close()
-        raise
-
-
 @pytest.fixture
 def make_app(fake_clock):
-    """Factory of in-process Bastion apps on the ``fake_clock``, closed after the test: see :func:`open_app`."""
+    """Factory of in-process Bastion apps on the ``fake_clock``, closed after the test: see :func:`open_app`.
+
+    ``make_app(sections=None, plugins=(), only=None, clock=None)``: ``clock``
+    replaces the ``fake_clock`` (``time.time`` for an app served to a browser).
+    """
     apps = []
 
     def make(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[object] = (),
@@ -64,3 +63,50 @@ def make_app(fake_clock):
     yield make
     for app in apps:
         app.runtime.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server on 127.0.0.1 for the whole session (its :attr:`~RedisServer.url` is DB 0); a missing binary fails."""
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on 127.0.0.1 for the whole session; ``create_database(name)`` returns a fresh URL."""
+    try:
+        server = PostgresServer().start()
+    except PostgresServerError as exc:
+        pytest.fail(f"cannot start a private PostgreSQL server: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def gunicorn_server() -> Iterator:
+    """Factory of gunicorn processes serving Bastion: ``gunicorn_server(sections, workers=1, threads=4, env=None)``.
+
+    Takes :class:`GunicornServer`'s arguments, returns the server once
+    ``/healthz`` answers; every server is stopped and its files removed after
+    the test.
+    """
+    started: list[GunicornServer] = []
+
+    def start(sections: Mapping[str, Mapping[str, object]], **options) -> GunicornServer:
+        server = GunicornServer(sections, **options)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(started):
+        server.close()

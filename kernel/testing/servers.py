@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,15 +12,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-#: The repository's gunicorn settings, used unless told otherwise.
+from kernel.testing.ports import free_port
+
+#: The root of the repository: its gunicorn.conf.py is the settings every GunicornServer runs with.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_serving(host: str, port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -13,14 +13,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import falcon.testing
-from bastion_storage_mem import MemoryDriver
 from passlib.hash import argon2
 
-from kernel import hookimpl, service
-from kernel.client import Client
-from kernel.context import current
-from kernel.errors import VersionConflict
-from kernel.signing import authorization, new_nonce, request_mac
+from kernel import Config, VersionConflict, current, hookimpl, service
+from kernel.testing import (
+    Client,
+    authorization,
+    get_plugin_manager,
+    macs_equal,
+    new_nonce,
+    parse_server_authorization,
+    request_mac,
+    response_mac,
+)
 
 DATA = Path(__file__).parent / "data"
 VECTORS = json.loads((DATA / "protocol-vectors.json").read_text(encoding="utf-8"))["vectors"]
@@ -93,10 +98,12 @@ class DenyPlugin:
 
 
 class SharedDriverPlugin:
-    """Serves ``shared://`` with one MemoryDriver, so that several runtimes share a store."""
+    """Serves ``shared://`` with one ``mem://`` driver, so that several runtimes share a store."""
 
     def __init__(self, clock):
-        self.driver = MemoryDriver(clock=clock)
+        # The storage_mem plugin opens the driver, as it would for a runtime on mem://.
+        pm = get_plugin_manager(only=["storage_mem"], trace=False)
+        self.driver = pm.hook.bastion_storage_driver(url="mem://", config=Config.from_dict({}), clock=clock)
 
     @hookimpl
     def bastion_storage_driver(self, url):
@@ -151,7 +158,5 @@ def assert_error(result, status: int, exc: str) -> dict:
 
 def is_signed(result, key: bytes, nonce: str) -> bool:
     """Whether a falcon.testing result carries the right Server-Authorization."""
-    from kernel.signing import macs_equal, parse_server_authorization, response_mac
-
     mac = parse_server_authorization(result.headers.get("Server-Authorization"))
     return mac is not None and macs_equal(mac, response_mac(key, nonce, result.status_code, result.content))

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from auth_helpers import ALICE_HASH, CHEAP_AUTH, PASSWORD, DenyPlugin, ServicesPlugin  # noqa: E402
 
-from kernel.client import Client  # noqa: E402
+from kernel.testing import Client  # noqa: E402
 
 # -- apps and clients --------------------------------------------------------
 

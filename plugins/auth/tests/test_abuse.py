@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from auth_helpers import PASSWORD, assert_error, login_body, send, sign
 
-from kernel.signing import b64url
+from kernel import b64url
 
 ORIGIN = "192.0.2.10"
 

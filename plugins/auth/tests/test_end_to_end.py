@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import socket
 import threading
@@ -10,15 +11,13 @@ import threading
 import pytest
 from auth_helpers import ALICE_HASH, CHEAP_AUTH, PASSWORD
 
-from kernel.client import Client
-from kernel.errors import Abusive, InvalidCredential, UnknownSession
+from kernel import Abusive, InvalidCredential, UnknownSession
+from kernel.testing import Client, GunicornServer, authorization, new_nonce, request_mac
 
 pytestmark = pytest.mark.slow
 
-try:
-    import bastion_todo  # noqa: F401
-except ImportError:  # pragma: no cover
-    bastion_todo = None
+#: The end-to-end tests call the todo plugin's services: it must be installed (it is looked up, never imported).
+HAS_TODO = importlib.util.find_spec("bastion_todo") is not None
 
 
 def SourceClient(*args, source: str = "127.0.0.1", **kwargs) -> Client:
@@ -28,10 +27,8 @@ def SourceClient(*args, source: str = "127.0.0.1", **kwargs) -> Client:
 
 @pytest.fixture(scope="module")
 def server():
-    if bastion_todo is None:
+    if not HAS_TODO:
         pytest.skip("bastion_todo is not installed: the end-to-end tests call its services")
-    from kernel.testing.servers import GunicornServer
-
     sections = {
         "bastion": {"development": True, "storage": "mem://"},
         "auth": dict(CHEAP_AUTH),
@@ -45,12 +42,10 @@ def test_one_signed_request_sent_50_times_at_once_succeeds_once(server):
     alice = Client(server.url, host="replay.localhost")
     alice.login("alice", PASSWORD)
     body = json.dumps({"args": ["only once"]}).encode()
-    from kernel import signing
-
-    ts, nonce = str(int(alice.clock() + alice.offset)), signing.new_nonce()
-    mac = signing.request_mac(alice.session.key, ts, nonce, "/api/add", "replay.localhost", body)
+    ts, nonce = str(int(alice.clock() + alice.offset)), new_nonce()
+    mac = request_mac(alice.session.key, ts, nonce, "/api/add", "replay.localhost", body)
     headers = {"Host": "replay.localhost", "Content-Type": "application/json",
-               "Authorization": signing.authorization(alice.session.sid, ts, nonce, mac)}
+               "Authorization": authorization(alice.session.sid, ts, nonce, mac)}
     barrier = threading.Barrier(50)
     results: list = [None] * 50
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from auth_helpers import PASSWORD, assert_error, cheap_hash, is_signed, login_body, send, sign
 
-from kernel.errors import StaleCall
-from kernel.signing import b64url, new_nonce
+from kernel import StaleCall, b64url
+from kernel.testing import new_nonce
 
 SID = "c2Vzc2lvbi1pZC0x"
 MAC = "D-GiMl3943t4dmzqWSRViRjYgmcO5xtAoV66f7KzwkI"
@@ -55,7 +55,7 @@ def test_a_valid_login_is_not_invalid_call(app):
 
 
 def b64url_decode(text):
-    from kernel.signing import b64url_decode as decode
+    from kernel import b64url_decode as decode
 
     return decode(text)
 

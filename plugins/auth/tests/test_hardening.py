@@ -12,8 +12,7 @@ import falcon.testing
 import pytest
 from auth_helpers import PASSWORD, assert_error, auth_of, cheap_hash, login_body, send, sign
 
-from kernel import hookimpl, service, storage
-from kernel.errors import UnknownSession
+from kernel import UnknownSession, hookimpl, service, storage
 
 
 class Note:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
 
-from kernel.signing import b64url
+from kernel import b64url
 
 
 def ban(app, origin: str = "127.0.0.1", host: str = "localhost", **kwargs) -> None:

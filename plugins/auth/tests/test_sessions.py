@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from auth_helpers import PASSWORD, assert_error, auth_of, login_body, send, sign
 
-from kernel.errors import UnknownSession
-from kernel.signing import b64url_decode
+from kernel import UnknownSession, b64url_decode
 
 
 def test_login_answers_a_fresh_session(app, fake_clock):

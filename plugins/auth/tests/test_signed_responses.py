@@ -7,8 +7,8 @@ import json
 import pytest
 from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
 
-from kernel.client import Client, InvalidResponseSignature
-from kernel.errors import Forbidden
+from kernel import Forbidden
+from kernel.testing import Client, InvalidResponseSignature
 
 
 @pytest.fixture
@@ -53,8 +53,8 @@ def test_replayed_call_is_signed(app, alice):
 
 
 def test_a_500_says_nothing_of_its_cause_in_production(auth_app, fake_clock):
-    from kernel.client import Session
-    from kernel.signing import b64url_decode
+    from kernel import b64url_decode
+    from kernel.testing import Session
 
     app = auth_app(bastion={"development": False, "allowed_hosts": "localhost"})
     login = send(app, "/auth/login", login_body(), protocol="https").json

@@ -23,11 +23,8 @@ from bastion_auth import users
 from bastion_auth.passwords import Passwords
 from bastion_auth.settings import AUTH_SCHEMA
 
-from kernel.app import create_app
-from kernel.config import Config
-from kernel.errors import ConfigError
-from kernel.plugins import get_plugin_manager
-from kernel.runtime import Runtime
+from kernel import Config, ConfigError, Runtime
+from kernel.testing import Client, create_app, get_plugin_manager, main
 
 
 def stored_hash(app, username: str, domain: str = "localhost") -> str | None:
@@ -193,8 +190,6 @@ def test_development_creates_a_demo_user_once_and_prints_its_password_once(share
     assert len(passwords) == 1
     shared()
     assert DEMO.findall(capsys.readouterr().err) == []
-    from kernel.client import Client
-
     client = Client(app=app, host="localhost", clock=fake_clock)
     assert client.login("demo", passwords[0]) == {"username": "demo", "domain": "localhost"}
     assert params_of(stored_hash(app, "demo")) == {"m": 19456, "t": 2, "p": 1}
@@ -223,8 +218,6 @@ def test_demo_user_can_be_turned_off(shared, capsys):
 @pytest.fixture
 def cli(tmp_path, monkeypatch, fake_clock):
     """Run ``bastion`` commands on a shared:// store that an app can also use."""
-    import kernel.cli
-
     plugin = SharedDriverPlugin(fake_clock)
     ini = tmp_path / "bastion.ini"
     ini.write_text("[bastion]\ndevelopment = true\nstorage = shared://\n\n[auth]\nargon2_memory_cost = 64\n"
@@ -235,20 +228,20 @@ def cli(tmp_path, monkeypatch, fake_clock):
         pm.register(plugin)
         return pm
 
-    monkeypatch.setattr(kernel.cli, "get_plugin_manager", plugin_manager)
+    # The command line builds its plugin manager itself: give it the one with the shared:// store.
+    monkeypatch.setattr("kernel.cli.get_plugin_manager", plugin_manager)
 
     def run(*argv: str, password: str | None = None) -> int:
         if password is not None:
             monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-        return kernel.cli.main(["--config", str(ini), *argv])
+        return main(["--config", str(ini), *argv])
 
     run.app = lambda: shared_app(plugin, None, clock=fake_clock, auth={"demo_user": False})
     return run
 
 
 def test_cli_adduser_users_passwd_deluser(cli, capsys, fake_clock):
-    from kernel.client import Client
-    from kernel.errors import UnknownSession
+    from kernel import UnknownSession
 
     assert cli("adduser", "bob", "--domain", "Alpha.Localhost", "--password-stdin", password="first password") == 0
     assert cli("adduser", "eve", "--domain", "localhost", "--password-stdin", password="eve password") == 0

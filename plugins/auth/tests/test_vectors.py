@@ -6,30 +6,40 @@ import pytest
 from auth_helpers import VECTORS, auth_of, send
 from bastion_auth.sessions import Session
 
-from kernel import signing
-from kernel.client import Client
-from kernel.client import Session as ClientSession
+from kernel import b64url_decode
+from kernel.testing import (
+    Client,
+    authorization,
+    parse_authorization,
+    parse_server_authorization,
+    request_mac,
+    response_mac,
+    response_string,
+    server_authorization,
+    string_to_sign,
+)
+from kernel.testing import Session as ClientSession
 
 IDS = [v["path"] + "@" + v["domain"] for v in VECTORS]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=IDS)
 def test_signing_reproduces_the_vector(vector):
-    key = signing.b64url_decode(vector["key"])
+    key = b64url_decode(vector["key"])
     body = vector["body"].encode("utf-8")
-    s = signing.string_to_sign(vector["ts"], vector["nonce"], vector["path"], vector["domain"], body)
+    s = string_to_sign(vector["ts"], vector["nonce"], vector["path"], vector["domain"], body)
     assert s == vector["S"].encode("utf-8")
-    mac = signing.request_mac(key, vector["ts"], vector["nonce"], vector["path"], vector["domain"], body)
+    mac = request_mac(key, vector["ts"], vector["nonce"], vector["path"], vector["domain"], body)
     assert mac == vector["mac"]
-    assert signing.authorization(vector["sid"], vector["ts"], vector["nonce"], mac) == vector["authorization"]
-    assert signing.parse_authorization(vector["authorization"]) == {
+    assert authorization(vector["sid"], vector["ts"], vector["nonce"], mac) == vector["authorization"]
+    assert parse_authorization(vector["authorization"]) == {
         "sid": vector["sid"], "ts": vector["ts"], "nonce": vector["nonce"], "mac": vector["mac"]}
     response = vector["response_body"].encode("utf-8")
-    r = signing.response_string(vector["nonce"], vector["status"], response)
+    r = response_string(vector["nonce"], vector["status"], response)
     assert r == vector["R"].encode("utf-8")
-    assert signing.response_mac(key, vector["nonce"], vector["status"], response) == vector["response_mac"]
-    assert signing.server_authorization(vector["response_mac"]) == vector["server_authorization"]
-    assert signing.parse_server_authorization(vector["server_authorization"]) == vector["response_mac"]
+    assert response_mac(key, vector["nonce"], vector["status"], response) == vector["response_mac"]
+    assert server_authorization(vector["response_mac"]) == vector["server_authorization"]
+    assert parse_server_authorization(vector["server_authorization"]) == vector["response_mac"]
 
 
 def plant_session(app, vector) -> None:
@@ -37,7 +47,7 @@ def plant_session(app, vector) -> None:
     sessions = auth_of(app).sessions
     now = float(vector["ts"])
     sessions.save(Session(sid=vector["sid"], username="alice", domain=vector["domain"],
-                          key=signing.b64url_decode(vector["key"]), created=now,
+                          key=b64url_decode(vector["key"]), created=now,
                           idle_expires=now + sessions.idle, absolute_expires=now + sessions.absolute), now)
 
 
@@ -68,7 +78,7 @@ def test_server_refuses_the_vector_with_one_byte_changed(app, fake_clock, vector
 def test_python_client_writes_the_vectors_authorization(app, fake_clock, vector):
     fake_clock.set(float(vector["ts"]))
     client = Client(app=app, host=vector["domain"], clock=fake_clock)
-    client.session = ClientSession(vector["sid"], signing.b64url_decode(vector["key"]), 0, {})
+    client.session = ClientSession(vector["sid"], b64url_decode(vector["key"]), 0, {})
     sent = {}
 
     def capture(path, body=b"", headers=None, method="POST"):

@@ -1,24 +1,11 @@
-"""Fixtures: one throw-away redis-server for the whole session, drivers on it."""
+"""Fixtures: drivers on the session's throw-away redis-server (the ``redis_server`` fixture of kernel.testing)."""
 
 from __future__ import annotations
 
 import pytest
 from bastion_storage_redis import RedisDriver
-from bastion_storage_redis.testing import RedisServer, RedisServerError
 
 from kernel.testing import FakeClock
-
-
-@pytest.fixture(scope="session")
-def redis_server():
-    """A running redis-server on 127.0.0.1; a missing binary fails the tests (CI installs it)."""
-    server = RedisServer()
-    try:
-        server.start()
-    except RedisServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 from bastion_storage_redis import RedisDriver
-from bastion_storage_redis.testing import RedisServer
 
-from kernel.driver import Change, StoredRecord
-from kernel.errors import ServiceUnavailable
-from kernel.testing import FakeClock
+from kernel import Change, ServiceUnavailable, StoredRecord
+from kernel.testing import FakeClock, RedisServer, RedisServerError, free_port
 
 PASSWORD = "s3cret-Pa55"
 
@@ -123,8 +121,6 @@ def test_server_restart_heals_every_pooled_connection(private_server):
 
 
 def test_unreachable_server_at_start_is_unavailable_not_a_crash():
-    from bastion_storage_redis.testing import free_port
-
     driver = RedisDriver(f"redis://127.0.0.1:{free_port()}/0", options={"socket_connect_timeout": 0.5})
     try:
         with pytest.raises(ServiceUnavailable):
@@ -146,8 +142,6 @@ def test_scripts_are_reloaded_after_the_server_forgets_them(open_driver):
 
 
 def test_a_missing_redis_server_is_a_clear_error():
-    from bastion_storage_redis.testing import RedisServerError
-
     server = RedisServer(binary="/nonexistent/redis-server")
     with pytest.raises(RedisServerError, match="apt-get install redis-server"):
         server.start()

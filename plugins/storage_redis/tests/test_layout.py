@@ -7,7 +7,7 @@ import uuid
 import pytest
 from redis.crc import key_slot
 
-from kernel.driver import Change, StoredRecord, index_token
+from kernel import Change, StoredRecord, index_token
 from kernel.testing import FakeClock
 
 

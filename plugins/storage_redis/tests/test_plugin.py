@@ -7,11 +7,8 @@ import redis
 from bastion_storage_redis import RedisDriver, bastion_configure, bastion_storage_driver
 from bastion_storage_redis.settings import redact
 
-from kernel.config import Config
-from kernel.errors import ConfigError
-from kernel.plugins import get_plugin_manager
-from kernel.runtime import Runtime
-from kernel.testing import FakeClock
+from kernel import Config, ConfigError, Runtime
+from kernel.testing import FakeClock, get_plugin_manager
 
 
 def test_other_schemes_are_left_to_other_plugins():

@@ -9,8 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from redis.crc import key_slot
 
-from kernel.driver import Change
-from kernel.errors import ServiceUnavailable
+from kernel import Change, ServiceUnavailable
 from kernel.testing import FakeClock
 
 

@@ -5,8 +5,7 @@ import sqlite3
 import pytest
 from bastion_storage_sql import SqlDriver
 
-from kernel.driver import Change
-from kernel.errors import ServiceUnavailable
+from kernel import Change, ServiceUnavailable
 from kernel.testing import FakeClock
 
 DOMAIN = "outage.test"

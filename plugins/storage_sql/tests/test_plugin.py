@@ -4,10 +4,8 @@ import pytest
 from bastion_storage_sql import SqlDriver, bastion_configure, bastion_storage_driver
 from bastion_storage_sql.engine import is_sql_url
 
-from kernel.config import Config
-from kernel.errors import ConfigError
-from kernel.plugins import get_plugin_manager
-from kernel.testing import FakeClock
+from kernel import Config, ConfigError
+from kernel.testing import FakeClock, get_plugin_manager
 
 
 def test_plugin_is_registered_under_its_entry_point():

@@ -6,13 +6,12 @@ import sys
 import pytest
 from bastion_storage_sql import SqlDriver
 
-from kernel.driver import Change
+from kernel import Change
 
 _WORKER = """
 import sys
 from bastion_storage_sql import SqlDriver
-from kernel.driver import Change
-from kernel.errors import VersionConflict
+from kernel import Change, VersionConflict
 
 url, worker = sys.argv[1], sys.argv[2]
 driver = SqlDriver(url, schema="check")

@@ -6,7 +6,7 @@ from bastion_storage_sql import SqlDriver
 from bastion_storage_sql.schema import state, windows
 from bastion_storage_sql.state import PURGE_BATCH, PURGE_EVERY, PURGE_INTERVAL
 
-from kernel.driver import Change
+from kernel import Change
 from kernel.testing import FakeClock
 
 DOMAIN = "queries.test"

@@ -11,10 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from bastion_storage_sql import SqlDriver, bastion_storage_driver, migrate
 from bastion_storage_sql.schema import VERSION_TABLE, metadata
 
-from kernel.cli import main
-from kernel.config import Config
-from kernel.errors import ConfigError
-from kernel.testing import FakeClock
+from kernel import Config, ConfigError
+from kernel.testing import FakeClock, main
 
 PRODUCTION = Config.from_dict({"bastion": {"development": False}})
 DEVELOPMENT = Config.from_dict({"bastion": {"development": True}})
@@ -117,7 +115,7 @@ def test_development_start_of_many_threads_at_once_is_safe(empty_url):
 _OPEN_IN_DEVELOPMENT = """
 import sys
 from bastion_storage_sql import bastion_storage_driver
-from kernel.config import Config
+from kernel import Config
 driver = bastion_storage_driver(sys.argv[1], Config.from_dict({"bastion": {"development": True}}), None)
 driver.incr("race.test", "opened", 1, 600)
 driver.close()

@@ -12,7 +12,7 @@ from bastion_storage_sql import SqlDriver
 from bastion_storage_sql.backend import WAL_CHECK_EVERY
 from sqlalchemy import event
 
-from kernel.driver import Change
+from kernel import Change
 
 DOMAIN = "sqlite.test"
 
@@ -77,8 +77,7 @@ import json, os, resource, signal, sys
 from bastion_storage_sql import SqlDriver
 from bastion_storage_sql.backend import WAL_CHECK_EVERY
 from sqlalchemy import event
-from kernel.driver import Change
-from kernel.errors import ServiceUnavailable
+from kernel import Change, ServiceUnavailable
 
 url, path = sys.argv[1], sys.argv[2]
 driver = SqlDriver(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -12,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from kernel.errors import BastionError
+from kernel import BastionError
 
 
 class Caller:
@@ -194,12 +195,13 @@ def password_hash() -> str:
 
 
 @pytest.fixture
-def todo_server(password_hash):
-    """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)``; yields its port."""
-    servers = pytest.importorskip("kernel.testing.servers")
-    if pytest.importorskip("importlib.util").find_spec("bastion_auth") is None:
+def todo_server(password_hash, gunicorn_server):
+    """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)`` returns its port.
+
+    The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
+    """
+    if importlib.util.find_spec("bastion_auth") is None:
         pytest.skip("the auth plugin is not installed")
-    started = []
 
     def start(**auth):
         sections = {
@@ -207,11 +209,6 @@ def todo_server(password_hash):
             "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
             "users": {user: password_hash for user in USERS},
         }
-        server = servers.GunicornServer(sections, env={"BASTION_LOAD_PLUGINS": "storage_mem,auth,todo"})
-        started.append(server)
-        server.start()
-        return server.port
+        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": "storage_mem,auth,todo"}).port
 
-    yield start
-    for server in started:
-        server.close()
+    return start

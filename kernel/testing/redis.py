@@ -2,6 +2,8 @@
 
 ::
 
+    from kernel.testing import RedisServer
+
     server = RedisServer().start()
     try:
         driver = RedisDriver(server.url)
@@ -25,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kernel.testing.ports import free_port
+
 #: Where to look for the binary when it is not on PATH.
 FALLBACK_BINARY = "/usr/bin/redis-server"
 
@@ -46,13 +50,6 @@ def find_redis_server() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise RedisServerError(f"redis-server not found; {INSTALL_HINT}")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

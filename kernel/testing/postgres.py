@@ -7,6 +7,8 @@ as root, so under root the server runs as the ``postgres`` system user that
 Debian's package creates (or, if absent, a ``bastion-pg`` system user created
 for the purpose) through ``runuser``::
 
+    from kernel.testing import PostgresServer
+
     with PostgresServer() as server:
         driver = SqlDriver(server.url)
 
@@ -25,10 +27,11 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from kernel.testing.ports import free_port
 
 #: Users a root process may run PostgreSQL as, in order of preference.
 SERVER_USERS = ("postgres", "bastion-pg")
@@ -70,13 +73,6 @@ def find_bindir() -> Path | None:
     return None
 
 
-def free_port() -> int:
-    """Return a TCP port of 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _server_user() -> pwd.struct_passwd | None:
     """The user to run PostgreSQL as: None for a non-root process (it runs as itself)."""
     if os.geteuid() != 0:
@@ -99,9 +95,11 @@ class PostgresServer:
                  bindir: str | os.PathLike | None = None, startup_timeout: int = 60):
         found = Path(bindir) if bindir else find_bindir()
         if found is None:
+            where = os.environ.get("BASTION_PG_BINDIR")
+            found_where = f"not in BASTION_PG_BINDIR={where}" if where else "not found"
             raise PostgresServerError(
-                "PostgreSQL server programs not found: install Debian's `postgresql` package (initdb, pg_ctl, "
-                "postgres under /usr/lib/postgresql/*/bin) or set BASTION_PG_BINDIR")
+                f"PostgreSQL server programs (initdb, pg_ctl, postgres) {found_where}: install Debian's `postgresql` "
+                "package (they go under /usr/lib/postgresql/*/bin) or set BASTION_PG_BINDIR")
         self.bindir = found
         self.database = database
         self.user = user

@@ -1,0 +1,254 @@
+"""The unit-of-work part of the conformance suite: models, versions, validation and model evolution.
+
+Everything here goes through :class:`kernel.store.UnitOfWork` on the driver
+under test, as a plugin's ``with storage() as db`` does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kernel.driver import MAX_ID_LENGTH, StoredRecord
+from kernel.errors import RecordNotFound, ValidationError, VersionConflict
+from kernel.store import Errors, Models, UnitOfWork
+from kernel.testing.suite.base import BAD_IDS, UNENCODABLE, SuiteBase
+
+
+class _CountingDriver:
+    """Passes every call to a driver and counts the ``fetch`` calls that reached it."""
+
+    def __init__(self, driver):
+        self._driver = driver
+        self.fetched: list[tuple] = []
+
+    def fetch(self, *args):
+        self.fetched.append(args)
+        return self._driver.fetch(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
+class Note:
+    """A model for the suite: text, a done flag, and an index on both."""
+
+    __model__ = "SuiteNote"
+
+    @classmethod
+    def initialize(cls, record):
+        record.merge(text="", done=False, tag=None, extra=None)
+
+    @classmethod
+    def validate(cls, record):
+        errors = Errors()
+        if not isinstance(record.text, str):
+            errors.text.bad_type = type(record.text).__name__
+        elif not record.text.strip():
+            errors.text.invalid = record.text
+        return errors
+
+    @classmethod
+    def index(cls, record):
+        return {"done": record.done, "tag": record.tag}
+
+    @classmethod
+    def to_dict(cls, record):
+        return {"id": record._id, "vsn": record._vsn, "text": record.text, "done": record.done}
+
+
+class CardV1:
+    """Version 1 of an evolving model: a title and a priority."""
+
+    __model__ = "SuiteCard"
+
+    @classmethod
+    def initialize(cls, record):
+        record.merge(title="", priority=0)
+
+
+class CardV2:
+    """Version 2 of the same model (same ``__model__``): ``priority`` dropped, ``tags`` added with a default."""
+
+    __model__ = "SuiteCard"
+
+    @classmethod
+    def initialize(cls, record):
+        record.merge(title="", tags=["new"])
+
+
+class Loose:
+    """A model without ``initialize``: it declares no fields and keeps whatever it stores."""
+
+    __model__ = "SuiteLoose"
+
+
+class UnitOfWorkSuite(SuiteBase):
+    """Records through the unit of work: atomic commits, validation, conflicts, record ids, evolving models."""
+
+    @pytest.fixture
+    def models(self) -> Models:
+        """The suite's models."""
+        return Models([Note])
+
+    def uow(self, driver, domain, models) -> UnitOfWork:
+        """A unit of work on ``driver`` in ``domain``."""
+        return UnitOfWork(driver, domain, models)
+
+    def test_unit_of_work_round_trip(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            record = db.insert(Note, text="Play with Fanery")
+            assert record._vsn == 1
+        with self.uow(driver, domain, models) as db:
+            again = db.fetch(Note, record._id, 1)
+            again.done = True
+        assert again._vsn == 2
+        with self.uow(driver, domain, models) as db:
+            assert [Note.to_dict(r) for r in db.select(Note, where={"done": True})] == [
+                {"id": record._id, "vsn": 2, "text": "Play with Fanery", "done": True}]
+
+    def test_unit_of_work_is_atomic_on_exception(self, driver, domain, models):
+        with pytest.raises(RuntimeError):
+            with self.uow(driver, domain, models) as db:
+                db.insert(Note, id="kept-out", text="x")
+                raise RuntimeError("boom")
+        assert driver.fetch(domain, "SuiteNote", "kept-out") is None
+
+    def test_unit_of_work_validation_blocks_everything(self, driver, domain, models):
+        with pytest.raises(ValidationError) as info:
+            with self.uow(driver, domain, models) as db:
+                db.insert(Note, id="good", text="fine")
+                db.insert(Note, id="bad", text="   ")
+        assert info.value.fields == {"text": {"invalid": "   "}}
+        assert driver.fetch(domain, "SuiteNote", "good") is None
+
+    def test_unit_of_work_errors(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            record = db.insert(Note, text="v1")
+        with pytest.raises(RecordNotFound):
+            with self.uow(driver, domain, models) as db:
+                db.fetch(Note, "missing")
+        with pytest.raises(VersionConflict):
+            with self.uow(driver, domain, models) as db:
+                db.fetch(Note, record._id, 2)
+
+    def test_unit_of_work_conflict_between_readers(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            record = db.insert(Note, text="v1")
+        first, second = self.uow(driver, domain, models), self.uow(driver, domain, models)
+        a = first.fetch(Note, record._id)
+        b = second.fetch(Note, record._id)
+        a.text = "from a"
+        b.text = "from b"
+        first.commit()
+        with pytest.raises(VersionConflict):
+            second.commit()
+        assert driver.fetch(domain, "SuiteNote", record._id).data["text"] == "from a"
+
+    def test_unit_of_work_rejects_non_json(self, driver, domain, models):
+        with pytest.raises(TypeError):
+            with self.uow(driver, domain, models) as db:
+                db.insert(Note, id="nj", text="x", extra={1, 2})
+        assert driver.fetch(domain, "SuiteNote", "nj") is None
+
+    def test_unit_of_work_refuses_unencodable_strings(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            kept = db.insert(Note, id="kept", text="fine")
+        for text in UNENCODABLE:
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.insert(Note, id="new", text=text)
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.update(Note, kept._id, 1, text="ok", tag=text)  # an index value
+            with pytest.raises(TypeError):
+                with self.uow(driver, domain, models) as db:
+                    db.insert(Note, id=f"n{len(text)}", text="x", extra={"k": [text]})
+        assert driver.fetch(domain, "SuiteNote", "new") is None
+        with self.uow(driver, domain, models) as db:
+            assert [Note.to_dict(r) for r in db.select(Note)] == [{"id": "kept", "vsn": 1, "text": "fine", "done": False}]
+
+    def test_unit_of_work_record_id_rule(self, driver, domain, models):
+        counting = _CountingDriver(driver)
+        with self.uow(counting, domain, models) as db:
+            for bad in BAD_IDS:
+                assert db.get(Note, bad) is None
+                with pytest.raises(RecordNotFound):
+                    db.fetch(Note, bad)
+                with pytest.raises(RecordNotFound):
+                    db.update(Note, bad, 1, text="x")
+                with pytest.raises(RecordNotFound):
+                    db.delete(Note, bad, 1)
+                with pytest.raises(TypeError):
+                    db.insert(Note, id=bad, text="x")
+        assert counting.fetched == []  # found nothing without asking the driver
+        assert driver.select(domain, "SuiteNote") == []
+        with self.uow(driver, domain, models) as db:
+            db.insert(Note, id="x" * MAX_ID_LENGTH, text="the longest id")
+        with self.uow(driver, domain, models) as db:
+            assert db.fetch(Note, "x" * MAX_ID_LENGTH).text == "the longest id"
+
+    # -- model evolution: one stored record, read by the next version of its model
+
+    def _store_card_v1(self, driver, domain) -> None:
+        with self.uow(driver, domain, Models([CardV1])) as db:
+            db.insert(CardV1, id="card", title="first", priority=3)
+        assert driver.fetch(domain, "SuiteCard", "card") == StoredRecord("SuiteCard", "card", 1,
+                                                                         {"title": "first", "priority": 3})
+
+    def test_model_evolution_reads_an_added_field_as_its_default(self, driver, domain):
+        self._store_card_v1(driver, domain)
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            card = db.fetch(CardV2, "card")
+            assert (card._vsn, card.title, card.tags) == (1, "first", ["new"])
+            assert card.priority == 3  # dropped by v2, still read until the record is written
+        # Reading wrote nothing.
+        assert driver.fetch(domain, "SuiteCard", "card") == StoredRecord("SuiteCard", "card", 1,
+                                                                         {"title": "first", "priority": 3})
+
+    def test_model_evolution_drops_a_removed_field_at_the_next_write(self, driver, domain):
+        self._store_card_v1(driver, domain)
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            card = db.fetch(CardV2, "card")
+            card.title = "second"
+        assert card._vsn == 2
+        assert driver.fetch(domain, "SuiteCard", "card") == StoredRecord("SuiteCard", "card", 2,
+                                                                         {"title": "second", "tags": ["new"]})
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            card = db.fetch(CardV2, "card", 2)
+            assert card.fields() == {"title": "second", "tags": ["new"]}
+            with pytest.raises(AttributeError):
+                card.priority  # noqa: B018 - reading is the point
+
+    def test_model_evolution_an_update_without_changes_writes_the_new_shape(self, driver, domain):
+        self._store_card_v1(driver, domain)
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            assert db.update(CardV2, "card", 1)._vsn == 1
+        assert driver.fetch(domain, "SuiteCard", "card") == StoredRecord("SuiteCard", "card", 2,
+                                                                         {"title": "first", "tags": ["new"]})
+
+    def test_model_evolution_refuses_a_field_the_model_does_not_declare(self, driver, domain):
+        self._store_card_v1(driver, domain)
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            card = db.fetch(CardV2, "card")
+            with pytest.raises(AttributeError):
+                card.colour = "red"
+            with pytest.raises(AttributeError):
+                db.insert(CardV2, id="other", title="x", colour="red")
+            with pytest.raises(AttributeError):
+                db.update(CardV2, "card", 1, colour="red")
+        assert driver.fetch(domain, "SuiteCard", "card").vsn == 1
+        assert driver.fetch(domain, "SuiteCard", "other") is None
+        with self.uow(driver, domain, Models([CardV1])) as db:
+            with pytest.raises(AttributeError):
+                db.insert(CardV1, id="other", title="x", tags=[])  # v1 never declared tags
+
+    def test_a_model_without_initialize_keeps_what_it_stores(self, driver, domain):
+        with self.uow(driver, domain, Models([Loose])) as db:
+            db.insert(Loose, id="loose", a=1, b={"x": [1]})
+        with self.uow(driver, domain, Models([Loose])) as db:
+            record = db.fetch(Loose, "loose")
+            assert record.fields() == {"a": 1, "b": {"x": [1]}}
+            record.c = "a field never seen before"
+        assert record._vsn == 2
+        assert driver.fetch(domain, "SuiteLoose", "loose") == StoredRecord(
+            "SuiteLoose", "loose", 2, {"a": 1, "b": {"x": [1]}, "c": "a field never seen before"})
