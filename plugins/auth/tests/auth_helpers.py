@@ -149,7 +149,7 @@ def auth_of(app):
 
 
 def assert_error(result, status: int, exc: str) -> dict:
-    """Check a PROTOCOL.md section 2 answer; return its body."""
+    """Check a docs/protocol.md section 2 answer; return its body."""
     body = result.json
     assert (result.status_code, body.get("exc")) == (status, exc), body
     assert isinstance(body["err"], list) and all(isinstance(m, str) for m in body["err"])

@@ -1,4 +1,4 @@
-"""Abuse bans per (domain, origin): the weights of PROTOCOL.md section 6, the threshold, the sliding window."""
+"""Abuse bans per (domain, origin): the weights of docs/protocol.md section 6, the threshold, the sliding window."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every row of the PROTOCOL.md section 2 table that the auth plugin answers, with its exact exc and status."""
+"""Every row of the docs/protocol.md section 2 table that the auth plugin answers, with its exact exc and status."""
 
 from __future__ import annotations
 

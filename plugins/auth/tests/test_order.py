@@ -1,4 +1,4 @@
-"""The order of checks of PROTOCOL.md section 4, where two failures meet."""
+"""The order of checks of docs/protocol.md section 4, where two failures meet."""
 
 from __future__ import annotations
 

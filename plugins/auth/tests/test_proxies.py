@@ -1,4 +1,4 @@
-"""Origins behind proxies (PROTOCOL.md section 7): forwarded headers only from trusted proxies."""
+"""Origins behind proxies (docs/protocol.md section 7): forwarded headers only from trusted proxies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""shared/protocol-vectors.json reproduced byte for byte: by kernel.signing, by the server, by the client."""
+"""The protocol vectors (docs/protocol.md section 11) reproduced byte for byte: by the signing module, the server, the client."""
 
 from __future__ import annotations
 

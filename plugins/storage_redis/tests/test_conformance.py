@@ -11,10 +11,6 @@ class TestRedisDriver(DriverSuite):
         return open_driver(clock=clock)
 
     @pytest.fixture
-    def capabilities(self):
-        return {"persistent"}
-
-    @pytest.fixture
     def reopen(self, redis_server, clock):
         """A new driver on the same server; the suite closes it."""
         from bastion_storage_redis import RedisDriver

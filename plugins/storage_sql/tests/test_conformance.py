@@ -8,10 +8,6 @@ from kernel.testing import DriverSuite
 
 class TestSqliteDriver(DriverSuite):
     @pytest.fixture
-    def capabilities(self):
-        return {"persistent"}
-
-    @pytest.fixture
     def driver(self, sqlite_url, clock):
         driver = SqlDriver(sqlite_url, clock=clock)
         yield driver
@@ -31,10 +27,6 @@ def pg_url(postgres_server):
 
 
 class TestPostgresDriver(DriverSuite):
-    @pytest.fixture
-    def capabilities(self):
-        return {"persistent"}
-
     @pytest.fixture
     def driver(self, pg_url, clock):
         driver = SqlDriver(pg_url, clock=clock, schema="check")

@@ -1,4 +1,4 @@
-"""The todo services obey PROTOCOL.md section 10, rule by rule and in its order of errors."""
+"""The todo services obey docs/protocol.md section 10, rule by rule and in its order of errors."""
 
 from __future__ import annotations
 
