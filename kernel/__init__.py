@@ -23,6 +23,7 @@ from kernel.config import (  # noqa: E402
     load_config,
 )
 from kernel.context import Request, current  # noqa: E402
+from kernel.deploy import Problem, is_loopback_host  # noqa: E402
 from kernel.driver import (  # noqa: E402
     MAX_ID_LENGTH,
     PROBE_DOMAIN,
@@ -92,6 +93,8 @@ __all__ = [
     "dumps", "dumps_text", "loads", "json_type", "b64url", "b64url_decode", "parse_domain",
     # authentication
     "Credentials", "Authentication",
+    # operations: bastion check --deploy
+    "Problem", "is_loopback_host",
     # storage drivers
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "WindowEntry", "Scalar", "check_change",
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",

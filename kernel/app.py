@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import falcon
 
 from kernel import context
 from kernel.config import Config
+from kernel.deploy import FORWARDED_NOTE, NOTES_DOMAIN
 from kernel.errors import (
     BastionError,
     ConfigError,
@@ -35,11 +37,14 @@ from kernel.errors import (
     NotFound,
     PayloadTooLarge,
     RequireSSL,
+    ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
-from kernel.hosts import DEVELOPMENT_HOSTS, HostMatcher, Origins, parse_domain
+from kernel.hosts import FORWARDING_HEADERS, HostMatcher, Origins, address_in, forwarding_headers, parse_domain
 from kernel.jsonio import loads
+from kernel.logs import CALL, REQUEST_ID, Event, bind_request_id, clip, new_request_id, unbind_request_id
+from kernel.metrics import CONTENT_TYPE
 from kernel.routes import Routes, answer
 from kernel.runtime import Runtime
 from kernel.signing import Authentication, Credentials, ResponseSigner
@@ -48,6 +53,16 @@ from kernel.store import bind_scope, unbind_scope
 from kernel.target import parse_target
 
 log = logging.getLogger("bastion.http")
+
+#: The operator's paths: answered under any Host to the addresses of ``[metrics] allow``.
+HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
+OPS_PATHS = frozenset({HEALTH_PATH, METRICS_PATH})
+
+#: How long the note of forwarding headers from a peer that is not a trusted proxy is kept, and how often one
+#: process writes it at most (seconds).
+FORWARDED_NOTE_TTL = 7 * 86400
+FORWARDED_NOTE_EVERY = 60.0
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
@@ -65,12 +80,14 @@ class HttpSettings:
     origins: Origins
     max_body: int
     static_dir: Path | None
+    #: ``[metrics] allow``: who may read ``/metrics``, and ``/healthz`` under any Host.
+    ops: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> HttpSettings:
         """Read and check the settings; ConfigError names what is wrong."""
         settings = config.bastion
-        hosts = settings.allowed_hosts or (DEVELOPMENT_HOSTS if settings.development else ())
+        hosts = config.allowed_hosts
         if not hosts:
             raise ConfigError(f"{config.label}: [bastion] allowed_hosts: required in production mode; "
                               "accepted: a list of host names such as example.com, *.example.com")
@@ -78,7 +95,24 @@ class HttpSettings:
         if static_dir is not None and not static_dir.is_dir():
             raise ConfigError(f"{config.label}: [bastion] static = {settings.static!r}: not a directory")
         trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = settings.trusted_proxies
-        return cls(settings.development, HostMatcher(hosts), Origins(trusted), settings.max_body, static_dir)
+        return cls(settings.development, HostMatcher(hosts), Origins(trusted), settings.max_body, static_dir,
+                   tuple(config.metrics.allow))
+
+    def is_ops_peer(self, environ, origin: str) -> bool:
+        """Whether a request comes from an address of ``[metrics] allow``.
+
+        The address is the origin (behind trusted proxies, the client they
+        name). A request that carries forwarding headers from a peer that is
+        not a trusted proxy never is: a proxy nobody declared forwarded it, so
+        whoever sent it is unknown (it may come from anywhere through a proxy
+        on the loopback).
+        """
+        if not self.ops:
+            return False
+        if not self.origins.is_trusted(environ.get("REMOTE_ADDR", "")) and any(
+                key in environ for key in FORWARDING_HEADERS):
+            return False
+        return address_in(origin, self.ops)
 
 
 class BastionApp(falcon.App):
@@ -98,7 +132,8 @@ def create_app(runtime: Runtime) -> BastionApp:
     app.req_options.auto_parse_form_urlencoded = False
     app.resp_options.secure_cookies_by_default = True
     app.add_route("/api/{service}", ApiResource(runtime))
-    app.add_route("/healthz", HealthResource(runtime))
+    app.add_route(HEALTH_PATH, HealthResource(runtime))
+    app.add_route(METRICS_PATH, MetricsResource(runtime))
     runtime.hook.bastion_routes(routes=Routes(app), app=app, config=runtime.config, runtime=runtime)
     mounts = [("/", str(http.static_dir))] if http.static_dir else []
     for pairs in runtime.hook.bastion_static():
@@ -121,23 +156,84 @@ class KernelMiddleware:
     def __init__(self, runtime: Runtime, http: HttpSettings):
         self.runtime = runtime
         self.http = http
+        self.metrics = runtime.metrics
+        self._next_forwarded_note = 0.0
+        self._note_lock = threading.Lock()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """The canonical target and step 1 (allowed host), then make the request current."""
-        origin, scheme = self.http.origins.resolve(req.env)
-        request = context.Request("", origin=origin, scheme=scheme, method=req.method, path=req.path, headers=req.env)
-        req.context.request = request
-        req.context.token = context.set_current(request)
-        target = parse_target(req.env)
+        """The request id, the canonical target and step 1 (allowed host), then make the request current.
+
+        ``/healthz`` and ``/metrics`` from an address of ``[metrics] allow``
+        are answered under any Host (a load balancer or Prometheus probing by
+        IP address): no tenant, no storage scope.
+        """
+        ctx = req.context
+        ctx.started = time.perf_counter()
+        env = req.env
+        ctx.request_id = request_id = self._request_id(env)
+        ctx.request_id_token = bind_request_id(request_id)
+        origin, scheme = self.http.origins.resolve(env)
+        request = context.Request("", origin=origin, scheme=scheme, method=req.method, path=req.path, headers=env)
+        ctx.request = request
+        ctx.token = context.set_current(request)
+        if ("HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env or "HTTP_FORWARDED" in env
+                or "HTTP_X_REAL_IP" in env) and not self.http.origins.is_trusted(env.get("REMOTE_ADDR", "")):
+            self._note_forwarded(env)
+        target = parse_target(env)
         request._path, request._query = target.path, target.query
         # RFC 9112 section 3.2.2: the authority of an absolute-form target is the host, whatever Host says.
-        request._domain = parse_domain(target.authority if target.authority is not None else req.env.get("HTTP_HOST"))
+        host = target.authority if target.authority is not None else env.get("HTTP_HOST")
+        if target.path in OPS_PATHS and self.http.is_ops_peer(env, origin):
+            ctx.ops = True
+            try:
+                request._domain = parse_domain(host)
+            except InvalidHost:
+                pass  # the operator's probe needs no tenant
+            return
+        request._domain = parse_domain(host)
         if not self.http.hosts.allows(request.domain):
             raise InvalidHost(f"host {request.domain!r} is not served here")
-        req.context.scope = bind_scope(self.runtime.scope(request.domain))
+        ctx.scope = bind_scope(self.runtime.scope(request.domain))
+
+    def _request_id(self, env) -> str:
+        """The ``X-Request-Id`` a trusted proxy sent (when it is a sane one), else a new id."""
+        given = env.get("HTTP_X_REQUEST_ID")
+        if given is not None and self.http.origins.trusted and REQUEST_ID.fullmatch(given) \
+                and self.http.origins.is_trusted(env.get("REMOTE_ADDR", "")):
+            return given
+        return new_request_id()
+
+    def _note_forwarded(self, env) -> None:
+        """Forwarding headers from a peer that is not a trusted proxy: say so, at most once a minute per process,
+        in the log and in the state store, where ``bastion check --deploy`` finds it."""
+        now = time.monotonic()
+        if now < self._next_forwarded_note or not self._note_lock.acquire(blocking=False):
+            return
+        try:
+            if now < self._next_forwarded_note:
+                return
+            self._next_forwarded_note = now + FORWARDED_NOTE_EVERY
+            peer = env.get("REMOTE_ADDR", "")
+            headers = forwarding_headers(env)
+            why = "[bastion] trusted_proxies is empty" if not self.http.origins.trusted else \
+                "it is not in [bastion] trusted_proxies"
+            log.warning("%s arrived from %s, and %s: ignored (the origin and the scheme are the peer's own); "
+                        "if a proxy of yours sent them, list it in trusted_proxies", ", ".join(headers), peer, why)
+            if not self.runtime.process_local:
+                try:
+                    self.runtime.state.set(NOTES_DOMAIN, FORWARDED_NOTE,
+                                           {"peer": peer, "headers": headers, "seen": self.runtime.clock(),
+                                            "trusted_proxies": bool(self.http.origins.trusted)},
+                                           FORWARDED_NOTE_TTL)
+                except Exception as exc:  # a note must never fail a request
+                    log.debug("could not note the forwarding headers: %s", type(exc).__name__)
+        finally:
+            self._note_lock.release()
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         """Steps 2 to 5 of docs/protocol.md section 4 for a protected route, and steps 3, 6 to 10 for a signed one."""
+        if "service" in params:
+            req.context.service = params["service"]
         if not getattr(resource, "protected", False):
             return
         request: context.Request = req.context.request
@@ -199,7 +295,10 @@ class KernelMiddleware:
         request._session = result
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        """Add the security headers, sign the answer if the call was verified, release the request."""
+        """Add the security headers and the request id, sign the answer if the call was verified, write the call
+        line and count the call, release the request."""
+        ctx = req.context
+        resp.set_header("X-Request-Id", ctx.request_id)
         resp.set_header("X-Content-Type-Options", "nosniff")
         resp.set_header("X-Frame-Options", "DENY")
         resp.set_header("Referrer-Policy", "no-referrer")
@@ -213,6 +312,10 @@ class KernelMiddleware:
         signer: ResponseSigner | None = getattr(req.context, "signer", None)
         if signer is not None and isinstance(resp.data, bytes):
             resp.set_header("Server-Authorization", signer.header(resp.status_code, resp.data))
+        try:
+            self._call_line(req, resp, resource)
+        except Exception:  # the answer is ready: an accounting failure must not turn it into a 500
+            log.exception("could not log or count the request")
         scope = getattr(req.context, "scope", None)
         if scope is not None:
             unbind_scope(scope)
@@ -221,6 +324,43 @@ class KernelMiddleware:
         if token is not None:
             context.reset(token)
             req.context.token = None
+        token = getattr(ctx, "request_id_token", None)
+        if token is not None:
+            unbind_request_id(token)
+            ctx.request_id_token = None
+
+    def _call_line(self, req: falcon.Request, resp: falcon.Response, resource) -> None:
+        """``bastion_calls_total``, the duration histogram, and the one ``bastion.call`` line of the request
+        (at debug for static files and the operator's paths)."""
+        ctx = req.context
+        seconds = time.perf_counter() - ctx.started
+        status = resp.status_code
+        service = getattr(ctx, "service", None)
+        static = getattr(ctx, "static", False)
+        if service is not None:
+            label = service if self.runtime.services.get(service) is not None else "(unknown)"
+        elif static:
+            label = "(static)"
+        elif resource is not None:
+            label = req.uri_template or "(none)"
+        else:
+            label = "(none)"
+        self.metrics.call(label, status, seconds)
+        level = logging.DEBUG if static or getattr(ctx, "ops", False) else logging.INFO
+        if CALL.isEnabledFor(level):
+            request: context.Request | None = getattr(ctx, "request", None)
+            fields = {
+                "domain": request.domain or None if request is not None else None,
+                "origin": request.origin if request is not None else req.env.get("REMOTE_ADDR"),
+                "method": req.method,
+                "path": clip(request.path if request is not None else req.path),
+                "service": clip(service),
+                "user": request.user if request is not None else None,
+                "status": status,
+                "exc": getattr(ctx, "exc", None),
+                "duration_ms": round(seconds * 1000, 3),
+            }
+            CALL.log(level, Event("call", fields, ctx.request_id))
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -273,15 +413,56 @@ def parse_call(body: bytes) -> tuple[list, dict]:
 
 
 class HealthResource:
-    """``GET /healthz``: 200 when the storage answers reads and writes, 503 otherwise."""
+    """``GET /healthz``: 200 when the records' and the state's backends both take writes, 503 otherwise.
+
+    The answer says which: ``{"status": "ok", "records": "ok", "state": "ok"}``,
+    or the 503 ServiceUnavailable body with ``records`` and ``state`` beside
+    ``exc`` and ``err``, each ``"ok"`` or ``"unavailable"``. A ping writes
+    (docs/storage.md), so a full disk or a read-only database is a 503 too.
+    """
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Ping the storage."""
-        self.runtime.ping()
-        answer(resp, {"status": "ok"})
+        """Ping the records' backend and the state's (once when they are one)."""
+        rt = self.runtime
+        report: dict[str, str] = {}
+        retry_after = None
+        for part, driver in (("records", rt.records), ("state", rt.state)):
+            if part == "state" and driver is rt.records:
+                report["state"] = report["records"]
+                continue
+            try:
+                driver.ping()
+                report[part] = "ok"
+            except ServiceUnavailable as exc:
+                report[part] = "unavailable"
+                retry_after = max(retry_after or 0, exc.extra.get("retry_after", 0))
+                rt.metrics.storage_error(exc.backend or "unknown")
+        if retry_after is not None:
+            down = [part for part in ("records", "state") if report[part] != "ok"]
+            raise ServiceUnavailable(f"storage unavailable: {' and '.join(down)}", retry_after=retry_after or None,
+                                     **report)
+        answer(resp, {"status": "ok", **report})
+
+
+class MetricsResource:
+    """``GET /metrics``: every worker's metrics in the Prometheus text format, for ``[metrics] allow`` only.
+
+    To anyone else it is an unknown resource (404), as if it were not there.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Render the metrics."""
+        if not getattr(req.context, "ops", False) or not self.runtime.metrics.enabled:
+            raise NotFound(f"no such resource: {METRICS_PATH}")
+        resp.status = 200
+        resp.content_type = CONTENT_TYPE
+        resp.data = self.runtime.metrics.render()
 
 
 class ErrorHandler:
@@ -291,10 +472,15 @@ class ErrorHandler:
         self.runtime = runtime
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
-        error = self.translate(ex)
+        error = self.translate(ex, getattr(req.context, "request_id", None))
+        req.context.exc = error.exc
         body = error.body()
-        if isinstance(error, Error) and self.runtime.development:
-            body["trace"] = "".join(traceback.format_exception(ex))
+        if isinstance(error, Error):
+            body["request_id"] = getattr(req.context, "request_id", None)
+            if self.runtime.development:
+                body["trace"] = "".join(traceback.format_exception(ex))
+        elif isinstance(error, ServiceUnavailable) and error.backend:
+            self.runtime.metrics.storage_error(error.backend)
         request = getattr(req.context, "request", None)
         if request is not None and request.protected and not isinstance(error, Error):
             try:
@@ -305,8 +491,8 @@ class ErrorHandler:
             resp.set_header(name, value)
         answer(resp, body, error.status)
 
-    def translate(self, ex: Exception) -> BastionError:
-        """Map any exception to a protocol error; log the unexpected ones under a log id."""
+    def translate(self, ex: Exception, request_id: str | None = None) -> BastionError:
+        """Map any exception to a protocol error; log the unexpected ones (the request id is their log id)."""
         if isinstance(ex, BastionError):
             return ex
         if isinstance(ex, falcon.HTTPMethodNotAllowed):
@@ -315,11 +501,11 @@ class ErrorHandler:
         if isinstance(ex, falcon.HTTPError):
             cls = _HTTP_ERRORS.get(ex.status_code, InvalidCall if ex.status_code < 500 else Error)
             if cls is Error:
-                return self._unexpected(ex)
+                return self._unexpected(ex, request_id)
             return cls(*(filter(None, [ex.title, ex.description])))
-        return self._unexpected(ex)
+        return self._unexpected(ex, request_id)
 
-    def _unexpected(self, ex: Exception) -> Error:
-        log_id = uuid.uuid4().hex[:12]
-        log.error("unexpected error, log id %s", log_id, exc_info=ex)
-        return Error(f"internal error; log id {log_id}")
+    def _unexpected(self, ex: Exception, request_id: str | None) -> Error:
+        # The request id (in this line, the X-Request-Id header and the body) is what the operator looks for.
+        log.error("unexpected error, request id %s: %s", request_id, type(ex).__name__, exc_info=ex)
+        return Error(f"internal error; request id {request_id}" if request_id else "internal error")

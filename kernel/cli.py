@@ -1,9 +1,14 @@
 """The ``bastion`` command line.
 
-The kernel brings ``plugins`` and ``check``; plugins add their own commands
-through the ``bastion_cli`` hook (the auth plugin adds ``adduser``,
-``passwd``, ``deluser``, ``users`` and ``hash-password``; the SQL plugin
-``initdb``).
+The kernel brings ``plugins``, ``check`` (with ``--deploy``) and
+``--version``; plugins add their own commands through the ``bastion_cli``
+hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
+``sessions``, ``end-sessions``, ``unlock``, ``unban`` and ``hash-password``;
+the SQL plugin ``initdb``).
+
+Commands log through the INI file's logging (``kernel.logs``), as the server
+does: the security events of an administrative command land where the
+server's do.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from collections.abc import Sequence
 
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
+from kernel.logs import LoggingState, configure_logging
 from kernel.plugins import describe, get_plugin_manager
 from kernel.urls import StorageURL
+from kernel.version import __version__
 
 
 def _cmd_plugins(args, pm, runtime_factory) -> int:
@@ -28,18 +35,44 @@ def _cmd_plugins(args, pm, runtime_factory) -> int:
 
 def _cmd_check(args, pm, runtime_factory) -> int:
     from kernel.app import HttpSettings
+    from kernel.deploy import ERROR, Problem, collect
 
     runtime = runtime_factory()
     try:
-        HttpSettings.from_config(runtime.config)  # hosts, proxies, the static folder
+        config = runtime.config
+        settings = config.bastion
+        storage = StorageURL(settings.storage).redacted
+        state = StorageURL(settings.state or settings.storage).redacted
+        unusable = None
+        try:
+            HttpSettings.from_config(config)  # hosts, proxies, the static folder
+        except ConfigError as exc:
+            if not args.deploy:
+                raise
+            unusable = exc  # --deploy names it among the other problems
         runtime.ping()
+        print(f"ok: {config.label}: storage {storage} and state {state} answer; "
+              f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
+        if not args.deploy:
+            return 0
+        problems = collect(config, runtime, runtime.hook)
+        if unusable is not None and "allowed_hosts" not in str(unusable):  # bastion.E003 says that one
+            problems.insert(0, Problem.error("bastion.E000", str(unusable)))
     finally:
         runtime.close()
-    settings = runtime.config.bastion
-    storage = StorageURL(settings.storage)
-    state = StorageURL(settings.state or settings.storage)
-    print(f"ok: {runtime.config.label}: storage {storage.redacted} and state {state.redacted} answer; "
-          f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
+    errors = [p for p in problems if p.level == ERROR]
+    warnings = [p for p in problems if p.level != ERROR]
+    for problem in problems:
+        print(f"{problem.level:<7} {problem.id}: {problem.message}")
+        if problem.hint:
+            print(f"        hint: {problem.hint}")
+    failing = errors + (warnings if args.fail_level == "warning" else [])
+    summary = f"{len(errors)} error{'s' * (len(errors) != 1)}, {len(warnings)} warning{'s' * (len(warnings) != 1)}"
+    if failing:
+        print(f"check --deploy: {summary}: not ready for production")
+        return 1
+    print(f"check --deploy: {summary}: ready for production" if problems else
+          "check --deploy: no problem found: ready for production")
     return 0
 
 
@@ -47,11 +80,17 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
     """Build the argument parser, with the plugins' sub-commands."""
     parser = argparse.ArgumentParser(prog="bastion", description="Manage a Bastion server.")
     parser.add_argument("--config", help="INI file (default: $BASTION_CONFIG, else ./bastion.ini)")
+    parser.add_argument("--version", action="version", version=f"bastion {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("plugins", help="list installed plugins and the hooks they implement")
     p.set_defaults(func=lambda a: _cmd_plugins(a, pm, runtime_factory))
-    p = sub.add_parser("check", help="load configuration and plugins, open the storage")
+    p = sub.add_parser("check", help="load configuration and plugins, open the storage (--deploy: and judge it "
+                                     "for production)")
+    p.add_argument("--deploy", action="store_true",
+                   help="name every problem of this configuration for production; exit 1 on an error")
+    p.add_argument("--fail-level", choices=("error", "warning"), default="error",
+                   help="with --deploy: the level that makes the command fail (default: error)")
     p.set_defaults(func=lambda a: _cmd_check(a, pm, runtime_factory))
     pm.hook.bastion_cli(subparsers=sub, runtime_factory=runtime_factory)
     return parser
@@ -60,6 +99,7 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bastion`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging_state = LoggingState()  # put back on the way out: a test may run commands in its own process
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -70,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         def runtime_factory():
             from kernel.runtime import Runtime
 
+            config = load_config(config_path)
+            configure_logging(config)
             # A plugin manager of its own: a runtime registers its plugin objects in it.
-            return Runtime(load_config(config_path), get_plugin_manager())
+            return Runtime(config, get_plugin_manager())
 
         parser = build_parser(pm, runtime_factory)
         args = parser.parse_args(argv)
@@ -81,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        logging_state.restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

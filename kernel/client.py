@@ -10,13 +10,16 @@
 ``Client(app=wsgi_app)`` calls a WSGI application in-process instead (tests,
 plugin authors). Failures raise the :mod:`kernel.errors` class named by the
 answer's ``exc``; an answer that should be signed and is not (or whose MAC is
-wrong) raises :class:`InvalidResponseSignature`.
+wrong) raises :class:`InvalidResponseSignature`. Over HTTPS the server's
+certificate is verified against the system's CAs (``cafile`` for a private
+CA, ``ssl_context`` for anything else). docs/client.md is the guide.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -77,13 +80,25 @@ class Client:
     ``host`` is the tenant's Host header (default: the URL's); ``clock`` the
     local clock, corrected by the server's; ``remote_addr`` the origin an
     in-process app sees, ``source_address`` the local address HTTP connects from.
+
+    TLS (an ``https://`` URL): the server's certificate and host name are
+    verified against the system's CAs, or against ``cafile`` (a PEM bundle,
+    for a private CA); ``certfile`` and ``keyfile`` present a client
+    certificate (a proxy that asks for one); ``ssl_context`` replaces all of
+    them with an :class:`ssl.SSLContext` of your own. There is no switch that
+    turns verification off: the login answer carries the session key.
     """
 
     def __init__(self, base_url: str | None = None, host: str | None = None, *, app=None,
                  clock: Callable[[], float] = time.time, remote_addr: str = "127.0.0.1", timeout: float = 30.0,
-                 source_address: str | None = None):
+                 source_address: str | None = None, cafile: str | None = None, certfile: str | None = None,
+                 keyfile: str | None = None, ssl_context: ssl.SSLContext | None = None):
         if (base_url is None) == (app is None):
             raise ValueError("give either base_url or app")
+        if ssl_context is not None and (cafile or certfile or keyfile):
+            raise ValueError("give ssl_context, or cafile/certfile/keyfile, not both")
+        if keyfile and not certfile:
+            raise ValueError("keyfile needs certfile")
         self.app = app
         self.remote_addr = remote_addr
         self.source_address = source_address
@@ -99,6 +114,11 @@ class Client:
             self.scheme, self.netloc, self.prefix = "http", "localhost", ""
         self.host = host or self.netloc
         self.domain = parse_domain(self.host)
+        self.ssl_context = ssl_context
+        if self.ssl_context is None and self.scheme == "https":
+            self.ssl_context = ssl.create_default_context(cafile=cafile)
+            if certfile:
+                self.ssl_context.load_cert_chain(certfile, keyfile)
 
     # -- public API -------------------------------------------------------
 
@@ -113,14 +133,18 @@ class Client:
         self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"])
         return data["user"]
 
-    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a service; return its result."""
+    def call(self, service: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call a service with positional and keyword arguments; return its result.
+
+        ``service`` is positional-only, so that every keyword (``name=``,
+        ``service=`` too) is an argument of the service.
+        """
         payload: dict[str, Any] = {}
         if args:
             payload["args"] = list(args)
         if kwargs:
             payload["kwargs"] = kwargs
-        return self.signed(f"/api/{name}", _encode(payload))["result"]
+        return self.signed(f"/api/{service}", _encode(payload))["result"]
 
     def logout(self) -> bool:
         """End the session."""
@@ -192,9 +216,12 @@ class Client:
     # -- transports -------------------------------------------------------
 
     def _http(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
-        cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         source = (self.source_address, 0) if self.source_address else None
-        conn = cls(self.netloc, timeout=self.timeout, source_address=source)
+        if self.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.netloc, timeout=self.timeout, source_address=source, context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(self.netloc, timeout=self.timeout, source_address=source)
         try:
             conn.request(method, self.prefix + path, body=body or None, headers=headers)
             raw = conn.getresponse()

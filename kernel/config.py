@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kernel.errors import ConfigError
+from kernel.hosts import DEVELOPMENT_HOSTS, HostMatcher
+from kernel.urls import redact
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
@@ -130,9 +132,10 @@ def _network(text: str):
     return ipaddress.ip_network(text, strict=False)
 
 
-def Networks(help: str = "") -> Option:
-    """A list of IP addresses or CIDR networks."""
-    return List((), help, item=_network, accepted="a list of IP addresses or networks such as 10.0.0.0/8")
+def Networks(help: str = "", default: tuple[str, ...] = ()) -> Option:
+    """A list of IP addresses or CIDR networks (``default`` written the same way)."""
+    option = List((), help, item=_network, accepted="a list of IP addresses or networks such as 10.0.0.0/8")
+    return Option(option.parse, tuple(_network(d) for d in default), option.accepted, help)
 
 
 class Settings(Mapping[str, Any]):
@@ -158,7 +161,8 @@ class Settings(Mapping[str, Any]):
             raise AttributeError(f"[{self._name}] has no key {key!r}") from None
 
     def __repr__(self) -> str:
-        return f"Settings({self._name!r}, {self._values!r})"
+        shown = {key: redact(value) if isinstance(value, str) else value for key, value in self._values.items()}
+        return f"Settings({self._name!r}, {shown!r})"
 
 
 class Config:
@@ -229,7 +233,9 @@ class Config:
             try:
                 values[key] = option.parse(raw)
             except (ValueError, TypeError):
-                raise ConfigError(f"{self.label}: [{name}] {key} = {raw!r}: invalid value; accepted: {option.accepted}") from None
+                # The value may hold a password (a storage URL, or one expanded from the environment): never shown.
+                raise ConfigError(f"{self.label}: [{name}] {key} = {redact(raw)!r}: invalid value; "
+                                  f"accepted: {option.accepted}") from None
         settings = Settings(name, values)
         self._claimed[name] = settings
         return settings
@@ -281,9 +287,24 @@ class Config:
         return self.section("server", SERVER_SCHEMA)
 
     @property
+    def metrics(self) -> Settings:
+        """The typed ``[metrics]`` section."""
+        return self.section("metrics", METRICS_SCHEMA)
+
+    @property
     def development(self) -> bool:
         """Whether development mode is on."""
         return self.bastion.development
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The host patterns served: ``[bastion] allowed_hosts``, else in development mode localhost's."""
+        settings = self.bastion
+        return tuple(settings.allowed_hosts) or (DEVELOPMENT_HOSTS if settings.development else ())
+
+    def allows_host(self, domain: str) -> bool:
+        """Whether requests for ``domain`` (a normalized host name) are served (``allowed_hosts``)."""
+        return HostMatcher(self.allowed_hosts).allows(domain)
 
 
 def _new_parser() -> configparser.ConfigParser:
@@ -329,6 +350,13 @@ BASTION_SCHEMA: dict[str, Option] = {
     "trusted_proxies": Networks("peers whose X-Forwarded-For and X-Forwarded-Proto are believed"),
     "max_body": Size(1024 * 1024, "largest request body accepted"),
     "log_level": Choice("info", ("debug", "info", "warning", "error"), "level of the bastion loggers"),
+    "log_format": Choice("text", ("text", "json"), "the default log lines: text, or one JSON object per line"),
+}
+
+#: The ``[metrics]`` section: who may read ``/metrics``, and ``/healthz`` under any Host.
+METRICS_SCHEMA: dict[str, Option] = {
+    "allow": Networks("addresses that may read /metrics and /healthz under any Host; empty: nobody, and nothing "
+                      "is counted", default=("127.0.0.0/8", "::1")),
 }
 
 #: The ``[server]`` section, read by gunicorn.conf.py.

@@ -221,11 +221,20 @@ class Error(BastionError):
 
 
 class ServiceUnavailable(_RetryAfter):
-    """503: the storage backend cannot be reached."""
+    """503: the storage backend cannot be reached (or cannot take writes).
+
+    ``backend`` names the backend that failed (``sqlite``, ``postgresql``,
+    ``redis``, ...) for ``bastion_storage_errors_total``; it is not part of the
+    answer's body.
+    """
 
     status = 503
     default_message = "storage unavailable"
     default_retry_after = 5
+
+    def __init__(self, *messages: str, backend: str | None = None, retry_after: float | None = None, **extra: Any):
+        super().__init__(*messages, retry_after=retry_after, **extra)
+        self.backend = backend
 
 
 #: Every protocol error class by its wire name.

@@ -11,6 +11,12 @@ again, in a short-lived child of the master (so that the master imports no
 plugin, and development reloads see new plugin code): a bad configuration or
 an unreachable storage stops the start with one line, and a driver whose data
 lives in one process (``mem://``) makes gunicorn run one worker process.
+
+Logging is configured here, in the master, from the INI file (``kernel.logs``),
+and gunicorn's own messages go through it (``logger_class``). The master also
+makes the folder where the workers keep their metrics
+(``$PROMETHEUS_MULTIPROC_DIR``, see ``kernel.metrics``), emptied at each start
+and removed at exit when it made it.
 """
 
 import logging
@@ -19,6 +25,8 @@ import sys
 
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
+from kernel.logs import configure_logging
+from kernel.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 
 _log = logging.getLogger("gunicorn.error")
 
@@ -26,8 +34,13 @@ try:
     _config = load_config()
     _server = _config.server
     _bastion = _config.bastion
+    _config.metrics  # noqa: B018 - checked before any worker starts
+    configure_logging(_config)
 except ConfigError as exc:
     sys.exit(f"bastion: {exc}")
+
+# Before the child below opens a runtime: every process then counts in the shared folder.
+prepare_multiprocess_dir()
 
 
 def _process_local() -> bool:
@@ -63,6 +76,8 @@ timeout = _server.timeout
 # Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
 # thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
 worker_class = "kernel.worker.BastionWorker"
+# gunicorn's messages through the INI file's logging (kernel.logs); bastion.call replaces gunicorn's access log.
+logger_class = "kernel.worker.BastionLogger"
 reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
 # The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
 control_socket_disable = True
@@ -75,13 +90,21 @@ if _process_local():
     workers = 1
 
 
-__all__ = ["bind", "workers", "threads", "timeout", "worker_class", "reload", "control_socket_disable",
-           "forwarded_allow_ips", "on_starting"]
+__all__ = ["bind", "workers", "threads", "timeout", "worker_class", "logger_class", "reload",
+           "control_socket_disable", "forwarded_allow_ips", "on_starting", "on_exit"]
 
 
 def on_starting(server):
     """Say where the server listens and in which mode."""
     from kernel.urls import StorageURL
+    from kernel.version import __version__
 
-    server.log.info("Bastion %s mode, storage %s", "development" if _bastion.development else "production",
-                    StorageURL(_bastion.storage).redacted)
+    state = StorageURL(_bastion.state or _bastion.storage).redacted
+    server.log.info("Bastion %s, %s mode, storage %s, state %s", __version__,
+                    "development" if _bastion.development else "production", StorageURL(_bastion.storage).redacted,
+                    state)
+
+
+def on_exit(server):
+    """Remove the metrics folder the master made."""
+    remove_multiprocess_dir()

@@ -75,6 +75,22 @@ def bastion_cli(subparsers, runtime_factory):
     """
 
 
+@hookspec
+def bastion_deploy_checks(config, runtime):
+    """Name the problems of this configuration for production: ``bastion check --deploy``.
+
+    Called by ``kernel.cli`` once per ``bastion check --deploy``, with the
+    :class:`kernel.Config` and a :class:`kernel.Runtime` built from it (its
+    drivers open, not started), after the storage answered. Look at the
+    plugin's own settings and URLs (argon2 below OWASP's floor is the auth
+    plugin's, SQLite with several nodes in mind the SQL plugin's, a remote
+    state URL without a password the storage plugins'). Never put a secret in
+    a message. Returns a list of :class:`kernel.Problem`
+    (``Problem.error(id, message, hint)``, ``Problem.warning(...)``), or None
+    for none.
+    """
+
+
 # ---------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------

@@ -67,6 +67,23 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+#: The forwarding headers a proxy may add: Bastion believes X-Forwarded-For and -Proto from trusted proxies only.
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def forwarding_headers(environ: Mapping[str, str]) -> list[str]:
+    """The forwarding headers a request carries, by their HTTP names (``X-Forwarded-For``, ...)."""
+    return [key[5:].replace("_", "-").title() for key in FORWARDING_HEADERS if key in environ]
+
+
+def address_in(address: str, networks) -> bool:
+    """Whether an address (with or without a port; an IPv4-mapped IPv6 one as its IPv4) belongs to ``networks``."""
+    ip = _address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip is not None and any(ip in net for net in networks)
+
+
 class Origins:
     """Finds the client origin and scheme, believing forwarded headers only from trusted proxies."""
 

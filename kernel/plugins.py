@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import pluggy
 
 from kernel import hookspecs
+from kernel.urls import scrub
 
 log = logging.getLogger("bastion.plugins")
 
@@ -29,8 +30,9 @@ def get_plugin_manager(
 
     ``only`` restricts the entry points loaded to those names; by default it is
     read from ``BASTION_LOAD_PLUGINS`` (comma-separated; empty loads none).
-    ``trace`` logs every hook call at DEBUG on ``bastion.plugins``; by default
-    it follows ``BASTION_TRACE_PLUGINS``.
+    ``trace`` logs every hook call at DEBUG on ``bastion.plugins`` (and sets
+    that logger to DEBUG, so that the lines come out under any ``log_level``);
+    by default it follows ``BASTION_TRACE_PLUGINS``.
     """
     pm = pluggy.PluginManager("bastion")
     pm.add_hookspecs(hookspecs)
@@ -44,7 +46,9 @@ def get_plugin_manager(
     if trace is None:
         trace = os.environ.get("BASTION_TRACE_PLUGINS", "") not in ("", "0", "false", "no")
     if trace:
-        pm.trace.root.setwriter(lambda message: log.debug("%s", message.rstrip()))
+        log.setLevel(logging.DEBUG)
+        # A traced call shows its arguments: a storage URL's password is scrubbed from the line.
+        pm.trace.root.setwriter(lambda message: log.debug("%s", scrub(message.rstrip())))
         pm.enable_tracing()
     return pm
 

@@ -22,6 +22,8 @@ from kernel import context
 from kernel.config import Config, load_config
 from kernel.driver import Driver
 from kernel.errors import ConfigError
+from kernel.logs import SECURITY, log_event
+from kernel.metrics import Metrics
 from kernel.plugins import get_plugin_manager
 from kernel.services import Services
 from kernel.store import Errors, Models, Record, StorageScope, bind_scope, unbind_scope
@@ -51,6 +53,8 @@ class Runtime:
         self.clock = clock or time.time
         self.hook = self.pm.hook
         self.development = self.config.bastion.development
+        #: The runtime's Prometheus metrics (``counter``, ``histogram``, ``scrape_gauge`` for plugins).
+        self.metrics = Metrics.from_config(self.config)
         self._registered: list[object] = []
         self._started = False
         self._closed = False
@@ -127,6 +131,24 @@ class Runtime:
         """Raise ServiceUnavailable unless every driver answers reads and writes."""
         for driver in self.drivers:
             driver.ping()
+
+    # -- security events ----------------------------------------------------
+
+    def security_event(self, event: str, *, user: str | None = None, level: int = logging.INFO,
+                       domain: str | None = None, origin: str | None = None, **fields) -> None:
+        """Write one line on ``bastion.security`` and count it in ``bastion_security_events_total{event}``.
+
+        ``domain`` and ``origin`` default to the current request's (or the
+        :meth:`bind` block's); the request id is the current one. ``user`` is
+        the username concerned (or the one a failed login attempted). Fields
+        must never hold a secret: no password, key, MAC, whole sid or hash.
+        """
+        request = context.get()
+        if request is not None:
+            domain = domain if domain is not None else request.domain
+            origin = origin if origin is not None else request.origin
+        log_event(SECURITY, level, event, {"domain": domain or None, "origin": origin or None, "user": user, **fields})
+        self.metrics.security_events.inc(event)
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +126,10 @@ class Credentials:
     nonce: str
     mac: str
 
+    def __repr__(self) -> str:
+        # Never the MAC nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
+        return f"Credentials(sid={self.sid[:8]!r}..., ts={self.ts!r}, nonce={self.nonce!r})"
+
     @classmethod
     def parse(cls, value: str | None) -> Credentials | None:
         """Parse a header value strictly (see :func:`parse_authorization`); None if absent or malformed."""
@@ -148,7 +152,7 @@ class Authentication:
     """
 
     session: Any
-    key: bytes
+    key: bytes = field(repr=False)
     refusal: BastionError | None = None
 
 

@@ -131,7 +131,8 @@ class Record:
         return copy.deepcopy(self._data)
 
     def __repr__(self) -> str:
-        return f"<{self._model.__name__} {self._id} v{self._vsn} {self._data!r}>"
+        # The field names, never their values: a record may hold a password hash, and reprs end up in logs.
+        return f"<{self._model.__name__} {self._id} v{self._vsn} fields: {', '.join(self._data)}>"
 
 
 #: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).

@@ -19,8 +19,9 @@ thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunico
   the application runs: a request refused on its headers (413 by Content-Length) never gets it, and the
   connection closes after such an answer since the client may still send the body.
 * **gunicorn's own answers are JSON**: every request gunicorn refuses before the application runs gets
-  the ``{"exc", "err"}`` body of docs/protocol.md section 2 with Bastion's security headers, a fixed message
-  that never repeats what the client sent, and one warning line in the log.
+  the ``{"exc", "err"}`` body of docs/protocol.md section 2 with Bastion's security headers and an
+  ``X-Request-Id``, a fixed message that never repeats what the client sent, and one ``bastion.call`` line
+  in the log, at WARNING (:class:`BastionLogger` sends gunicorn's own messages through the INI file's logging).
 * **Closing does not block the main loop**: gunicorn lingers up to 2 s on a closing connection (to let
   the client read the answer before a reset) with a blocking read in the main loop; here the lingering
   connection waits in the selector instead.
@@ -44,10 +45,10 @@ there is not reloaded with the code in development: it imports no more of Bastio
 from __future__ import annotations
 
 import errno
+import logging
 import selectors
 import socket
 import time
-import uuid
 from collections import deque
 from datetime import datetime, timedelta
 from functools import partial
@@ -55,7 +56,7 @@ from http import HTTPStatus
 from ssl import SSLError
 
 import gunicorn
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 from gunicorn.http.body import ChunkedReader, LengthReader
@@ -67,6 +68,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from kernel.config import SERVER_SCHEMA, load_config
 from kernel.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout
 from kernel.jsonio import dumps
+from kernel.logs import CALL, clip, configure_logging, is_configured, log_event, new_request_id
 
 if gunicorn.version_info < (27, 0):  # the worker relies on the structure of gunicorn 27's threaded worker
     raise ImportError(f"kernel.worker needs gunicorn 27 or later, found {gunicorn.__version__}")
@@ -146,15 +148,20 @@ def refusal(exc: BaseException) -> BastionError:
     return Error()
 
 
-def error_response(error: BastionError) -> bytes:
-    """A complete HTTP/1.1 answer for ``error``, closing the connection."""
-    body = dumps(error.body())
+def error_response(error: BastionError, request_id: str | None = None) -> bytes:
+    """A complete HTTP/1.1 answer for ``error``, closing the connection (a 500's body carries ``request_id``)."""
+    request_id = request_id or new_request_id()
+    body = error.body()
+    if isinstance(error, Error):
+        body["request_id"] = request_id
+    body = dumps(body)
     lines = [
         f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
         f"Date: {util.http_date()}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
+        f"X-Request-Id: {request_id}",
         *(f"{name}: {value}" for name, value in SECURITY_HEADERS),
         *(f"{name}: {value}" for name, value in error.headers.items()),
     ]
@@ -176,6 +183,17 @@ def _peer(addr) -> str:
     if isinstance(addr, tuple) and addr:
         return str(addr[0])
     return "unix socket"
+
+
+def log_refusal(addr, error: BastionError, request_id: str, req=None) -> None:
+    """The ``bastion.call`` line of a request the worker answered itself: at WARNING, with the fixed reason."""
+    method = getattr(req, "method", None) if req is not None else None
+    path = getattr(req, "path", None) if req is not None else None
+    log_event(CALL, logging.WARNING, "call", {
+        "origin": _peer(addr), "method": method if isinstance(method, str) else None,
+        "path": clip(path) if isinstance(path, str) else None, "status": error.status, "exc": error.exc,
+        "err": "; ".join(error.err), "by": "worker",
+    }, request_id)
 
 
 def _body_consumed(req) -> bool:
@@ -320,7 +338,8 @@ class RequestBody:
         raise error
 
     def _refused(self, error: BastionError) -> None:
-        self._log.warning("refused a request from %s: %d %s: %s", self._peer, error.status, error.exc, "; ".join(error.err))
+        # The application answers it, and its call line says so; the reason, in fixed words, is here.
+        self._log.debug("request body refused from %s: %d %s: %s", self._peer, error.status, error.exc, "; ".join(error.err))
 
 
 class BastionConn(TConn):
@@ -498,9 +517,10 @@ class BastionWorker(ThreadWorker):
 
     def refuse_now(self, conn: BastionConn, error: BastionError) -> None:
         """Answer ``error`` from the main loop (one non-blocking send, best effort) and close."""
-        self._log_refusal(conn.client, error)
+        request_id = new_request_id()
+        log_refusal(conn.client, error, request_id)
         try:
-            conn.sock.send(error_response(error))
+            conn.sock.send(error_response(error, request_id))
         except OSError:
             pass
         self.linger(conn)
@@ -630,21 +650,19 @@ class BastionWorker(ThreadWorker):
     def handle_error(self, req, client, addr, exc):
         """Answer what gunicorn refused (or failed at) before the application answered: JSON, then close."""
         error = refusal(exc)
+        request_id = new_request_id()
+        req = req if req is not None else getattr(exc, "req", None)
         if isinstance(error, Error):
-            log_id = uuid.uuid4().hex[:12]
-            self.log.error("unexpected error handling a request from %s, log id %s", _peer(addr), log_id, exc_info=exc)
-            error = Error(f"internal error; log id {log_id}")
-        else:
-            self._log_refusal(addr, error)
-        answer = error_response(error)
-        self._log_access(req if req is not None else getattr(exc, "req", None), client, addr, error, len(answer))
+            self.log.error("unexpected error handling a request from %s, request id %s", _peer(addr), request_id,
+                           exc_info=exc)
+            error = Error(f"internal error; request id {request_id}")
+        log_refusal(addr, error, request_id, req)
+        answer = error_response(error, request_id)
+        self._log_access(req, client, addr, error, len(answer))
         try:
             util.write_nonblock(client, answer)
         except Exception:
             self.log.debug("Failed to send error message.")
-
-    def _log_refusal(self, addr, error: BastionError) -> None:
-        self.log.warning("refused a request from %s: %d %s: %s", _peer(addr), error.status, error.exc, "; ".join(error.err))
 
     def _log_access(self, req, client, addr, error: BastionError, length: int) -> None:
         """An access log line for a refused request whose request line was read (as gunicorn writes one)."""
@@ -660,3 +678,52 @@ class BastionWorker(ThreadWorker):
             self.log.access(resp, req, environ, timedelta(0))
         except Exception:
             self.log.debug("Failed to log the refused request.")
+
+
+class BastionLogger(glogging.Logger):
+    """gunicorn's logger, sending its messages through Bastion's logging (``kernel.logs``): the INI file's
+    ``[loggers]``/``[handlers]``/``[formatters]``, else the default line on standard error.
+
+    ``gunicorn.error`` keeps gunicorn's ``--log-level`` (info) and propagates to the root logger's handlers
+    instead of having its own; gunicorn's access log is off, since ``bastion.call`` has one line per request
+    (``--access-logfile`` and ``--error-logfile`` are not used). ``kill -USR1`` reopens every file handler.
+    """
+
+    def setup(self, cfg):
+        self.cfg = cfg
+        self._access_log_enabled = False
+        self.loglevel = self.LOG_LEVELS.get(cfg.loglevel.lower(), logging.INFO)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                if getattr(handler, "_gunicorn", False):
+                    log.removeHandler(handler)
+            log.propagate = True
+        self.error_log.setLevel(self.loglevel)
+        self.access_log.setLevel(logging.WARNING)
+        if not is_configured():  # kernel.gunicorn_conf configured logging already, before the first worker
+            configure_logging(load_config())
+
+    def access(self, resp, req, environ, request_time):
+        """Nothing: ``bastion.call`` has the line of every request."""
+
+    def _handlers(self):
+        loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+        for log in loggers:
+            yield from getattr(log, "handlers", [])
+
+    def reopen_files(self):
+        """Reopen every file handler (``kill -USR1``, after logrotate moved the files)."""
+        for handler in self._handlers():
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream:
+                        handler.stream.close()
+                        handler.stream = handler._open()
+                finally:
+                    handler.release()
+
+    def close_on_exec(self):
+        for handler in self._handlers():
+            if isinstance(handler, logging.FileHandler) and handler.stream:
+                util.close_on_exec(handler.stream.fileno())

@@ -1,12 +1,17 @@
-"""The WSGI entry point: ``gunicorn kernel.wsgi:app`` builds the runtime, then the app, from the environment."""
+"""The WSGI entry point: ``gunicorn kernel.wsgi:app`` builds the runtime, then the app, from the environment.
 
-import logging
+Under gunicorn with Bastion's settings the master configured logging before
+forking this worker; under another WSGI server it is configured here, from
+the same INI file.
+"""
 
 from kernel.app import create_app
 from kernel.config import load_config
+from kernel.logs import configure_logging, is_configured
 from kernel.runtime import Runtime
 
 _config = load_config()
-logging.getLogger("bastion").setLevel(_config.bastion.log_level.upper())
+if not is_configured():
+    configure_logging(_config)
 runtime = Runtime(_config).start()
 app = create_app(runtime)

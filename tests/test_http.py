@@ -159,7 +159,7 @@ def test_production_needs_allowed_hosts(kernel_app):
 
 def test_health(client):
     result = client.simulate_get("/healthz")
-    assert result.status_code == 200 and result.json == {"status": "ok"}
+    assert result.status_code == 200 and result.json == {"status": "ok", "records": "ok", "state": "ok"}
 
 
 def test_health_is_503_when_storage_is_down(kernel_app):
@@ -319,10 +319,12 @@ def test_500_says_nothing_outside_development(notes_client, caplog):
     result = notes_client({"bastion": {"development": False, "allowed_hosts": "localhost"}}).simulate_post(
         "/api/explode", protocol="https")
     assert result.status_code == 500
-    assert set(result.json) == {"exc", "err"} and result.json["exc"] == "Error"
+    assert set(result.json) == {"exc", "err", "request_id"} and result.json["exc"] == "Error"
     assert "secret" not in result.text and "passwd" not in result.text and "Traceback" not in result.text
-    log_id = result.json["err"][0].rsplit(" ", 1)[-1]
-    assert log_id in caplog.text and "secret internals" in caplog.text
+    request_id = result.json["request_id"]
+    assert result.json["err"] == [f"internal error; request id {request_id}"]
+    assert result.headers["X-Request-Id"] == request_id
+    assert request_id in caplog.text and "secret internals" in caplog.text
 
 
 def test_500_has_a_trace_in_development(notes_client):
@@ -359,5 +361,5 @@ def test_a_result_that_is_not_json_is_a_500_that_says_nothing(notes_client):
     result = notes_client({"bastion": {"development": False, "allowed_hosts": "localhost"}}).simulate_post(
         "/api/not_json", protocol="https")
     assert result.status_code == 500
-    assert set(result.json) == {"exc", "err"} and result.json["exc"] == "Error"
+    assert set(result.json) == {"exc", "err", "request_id"} and result.json["exc"] == "Error"
     assert "set" not in result.text

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from kernel.driver import WindowEntry
-from kernel.testing.suite.base import THREADS, UNENCODABLE, SuiteBase, run_together
+from kernel.testing.suite.base import THREADS, UNENCODABLE, SuiteBase, requires, run_together
 
 
 def race_delete_against_guarded_adds(driver, domain: str, guard: str, adders: int, delay: float) -> list:
@@ -38,6 +38,20 @@ def race_delete_against_guarded_adds(driver, domain: str, guard: str, adders: in
 
 class StateSuite(SuiteBase):
     """Short-lived state: time to live on the driver's clock, atomic add/replace/incr, windows, bounded memory."""
+
+    @requires("count_live")
+    def test_count_live_counts_live_plain_keys_by_prefix_in_every_domain(self, driver, domain, other_domain, clock):
+        before = driver.count_live("sess%_:")
+        driver.set(domain, "sess%_:a", 1, 10)
+        driver.set(domain, "sess%_:b", 1, 30)
+        driver.set(other_domain, "sess%_:a", 1, 30)
+        driver.set(domain, "sessXY:c", 1, 30)  # % and _ are no wildcards
+        driver.window_add(domain, "sess%_:w", "m", 1, 30)  # a window is no plain key
+        assert driver.count_live("sess%_:") == before + 3
+        clock.advance(20)
+        assert driver.count_live("sess%_:") == before + 2
+        driver.delete(domain, "sess%_:b")
+        assert driver.count_live("sess%_:") == before + 1
 
     def test_state_set_get_and_expiry(self, driver, domain, clock):
         driver.set(domain, "k", {"v": [1, "two"]}, 10)

@@ -92,13 +92,13 @@ class Abuse:
         if isinstance(until, (int, float)) and until > now:
             raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
 
-    def weigh(self, domain: str, origin: str, error: BastionError, now: float) -> None:
-        """Add the error's weight for the origin; ban it when the window holds the maximum."""
+    def weigh(self, domain: str, origin: str, error: BastionError, now: float) -> float | None:
+        """Add the error's weight for the origin; ban it when the window holds the maximum (return the ban's end)."""
         weight = WEIGHTS.get(type(error), 0)
         if not weight or not self.maximum or type(error) in RESERVED:
-            return
+            return None
         entries = self.state.window_add(domain, self.window_key(origin), secrets.token_hex(8), weight, self.window)
-        self._ban_if_due(domain, origin, entries, now)
+        return self._ban_if_due(domain, origin, entries, now)
 
     def reserve(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Take a place of weight 1 for a login attempt; Abusive (and no place) if the origin is banned."""
@@ -111,22 +111,36 @@ class Abuse:
             until = _release_time(others, self.maximum)
             raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
 
-    def confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
-        """Keep a failed attempt's place as its weight (re-added if it went meanwhile); ban at the maximum."""
+    def confirm(self, domain: str, origin: str, attempt: str, now: float) -> float | None:
+        """Keep a failed attempt's place as its weight (re-added if it went meanwhile); ban at the maximum (return
+        the ban's end)."""
         if not self.maximum:
-            return
+            return None
         entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
-        self._ban_if_due(domain, origin, entries, now)
+        return self._ban_if_due(domain, origin, entries, now)
 
     def release(self, domain: str, origin: str, attempt: str) -> None:
         """Give back the place of an attempt that succeeded (a correct login weighs nothing)."""
         if self.maximum:
             self.state.window_discard(domain, self.window_key(origin), attempt)
 
-    def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float) -> None:
+    def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float) -> float | None:
         if sum(e.weight for e in entries) >= self.maximum:
             until = _release_time(entries, self.maximum)
             self.state.set(domain, self.key(origin), until, max(until - now, 1))
+            return until
+        return None
+
+    def unban(self, domain: str, origin: str) -> bool:
+        """End an origin's ban and forget its weights (``bastion unban``); return whether it was banned or weighed."""
+        banned = self.state.delete(domain, self.key(origin))
+        weighed = self.state.delete(domain, self.window_key(origin))
+        return banned or weighed
+
+    def banned_until(self, domain: str, origin: str, now: float) -> float | None:
+        """When the origin's ban ends, or None when it is not banned."""
+        until = self.state.get(domain, self.key(origin))
+        return until if isinstance(until, (int, float)) and until > now else None
 
 
 #: The member of an account's window that stands for its lock.
@@ -165,10 +179,10 @@ class Accounts:
             retry_after = lock[0].expires - now if lock else 1
             raise AccountLocked("too many failed logins for this account; try again later", retry_after=retry_after)
 
-    def failed(self, domain: str, username: str, attempt: str, now: float) -> None:
-        """Count a failure; at the limit, lock the account, and its count starts afresh."""
+    def failed(self, domain: str, username: str, attempt: str, now: float) -> float | None:
+        """Count a failure; at the limit, lock the account, and its count starts afresh (return the lock's end)."""
         if not self.limit:
-            return
+            return None
         key = account_key("failures", username)
         entries = self.state.window_add(domain, key, attempt, 1, self.window)
         failures = [e for e in entries if e.member != LOCK and e.weight]
@@ -177,6 +191,19 @@ class Accounts:
             self.state.window_add(domain, key, LOCK, 0, self.lock)
             for entry in failures:
                 self.state.window_discard(domain, key, entry.member)
+            return now + self.lock
+        return None
+
+    def locked_until(self, domain: str, username: str) -> float | None:
+        """When the account's lock ends, or None when it is not locked."""
+        entries = self.state.window_entries(domain, account_key("failures", username))
+        return next((e.expires for e in entries if e.member == LOCK), None)
+
+    def unlock(self, domain: str, username: str) -> bool:
+        """End the account's lock and forget its failures (``bastion unlock``); return whether it was locked."""
+        locked = self.locked_until(domain, username) is not None
+        self.state.delete(domain, account_key("failures", username))
+        return locked
 
     def succeeded(self, domain: str, username: str) -> None:
         """A successful login resets the account's count."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bastion_auth import users
 from bastion_auth.core import Auth
-from bastion_auth.settings import read
+from bastion_auth.settings import deploy_problems, read
 from kernel import Runtime, hookimpl
 
 #: The name the runtime's Auth is registered under.
@@ -33,8 +33,15 @@ def bastion_models():
 
 
 @hookimpl
+def bastion_deploy_checks(config, runtime):
+    """argon2 below OWASP's floor, bans or locks turned off, a short password rule, a demo user left behind."""
+    return deploy_problems(config, runtime)
+
+
+@hookimpl
 def bastion_cli(subparsers, runtime_factory):
-    """Add ``adduser``, ``passwd``, ``deluser``, ``users`` and ``hash-password``."""
+    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``sessions``, ``end-sessions``, ``unlock``, ``unban``
+    and ``hash-password``."""
     from bastion_auth.cli import register
 
     register(subparsers, runtime_factory, get_auth)

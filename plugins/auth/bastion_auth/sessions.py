@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
@@ -17,10 +17,15 @@ class Session:
     sid: str
     username: str
     domain: str
-    key: bytes
-    created: float
-    idle_expires: float
-    absolute_expires: float
+    key: bytes = field(repr=False)
+    created: float = 0.0
+    idle_expires: float = 0.0
+    absolute_expires: float = 0.0
+    origin: str = ""
+
+    def __repr__(self) -> str:
+        # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
+        return f"Session({self.username}@{self.domain}, sid {self.sid[:8]}...)"
 
     @property
     def expires(self) -> float:
@@ -28,9 +33,12 @@ class Session:
         return min(self.idle_expires, self.absolute_expires)
 
     def to_state(self) -> dict:
-        """The JSON value kept in the state store."""
-        return {"u": self.username, "k": b64url(self.key), "c": self.created,
-                "i": self.idle_expires, "a": self.absolute_expires}
+        """The JSON value kept in the state store (``o``: the origin it logged in from)."""
+        value = {"u": self.username, "k": b64url(self.key), "c": self.created,
+                 "i": self.idle_expires, "a": self.absolute_expires}
+        if self.origin:
+            value["o"] = self.origin
+        return value
 
 
 #: Seconds an idle expiry must move before the slide is written.
@@ -63,7 +71,7 @@ class Sessions:
         self.max_active = settings.max_active_sessions
         self.grace = settings.idle_timeout
 
-    def create(self, domain: str, username: str, now: float, force: bool = False) -> Session:
+    def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "") -> Session:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
 
         Reserve, then check: the new session is stored and listed first, then
@@ -74,7 +82,7 @@ class Sessions:
         index = account_key("user-sessions", username)
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
                           key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
-                          absolute_expires=now + self.absolute)
+                          absolute_expires=now + self.absolute, origin=origin)
         self.save(session, now)
         entries = self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
         if self.max_active or force:
@@ -105,9 +113,12 @@ class Sessions:
         if not isinstance(value, dict):
             raise UnknownSession("unknown session; log in again")
         session = Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]),
-                          created=value["c"], idle_expires=value["i"], absolute_expires=value["a"])
+                          created=value["c"], idle_expires=value["i"], absolute_expires=value["a"],
+                          origin=value.get("o", ""))
         if now >= session.expires:
-            raise ExpiredSession("session expired; log in again")
+            expired = ExpiredSession("session expired; log in again")
+            expired.username = session.username  # type: ignore[attr-defined]  # for the security log
+            raise expired
         return session
 
     @staticmethod
@@ -140,6 +151,35 @@ class Sessions:
 
     def _forget(self, domain: str, sid: str) -> None:
         self.state.delete(domain, self.key(sid))
+
+    def of_user(self, domain: str, username: str, now: float) -> list[SessionInfo]:
+        """The user's live sessions, oldest first (two reads: the user's index, then the sessions in one round trip)."""
+        sids = [e.member for e in self.state.window_entries(domain, account_key("user-sessions", username))]
+        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
+        found = []
+        for sid, value in zip(sids, values, strict=True):
+            if _is_live(value, now) and value.get("u") == username:
+                found.append(SessionInfo(sid[:8], username, domain, value["c"], self.last_seen(value),
+                                         min(value["i"], value["a"]), value.get("o", "")))
+        return sorted(found, key=lambda s: s.created)
+
+    def last_seen(self, value: dict) -> float:
+        """When a stored session was last used, to the second: its idle expiry minus the idle timeout (never before
+        its creation)."""
+        return max(value["c"], value["i"] - self.idle)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What ``bastion sessions`` shows of a session: never its key, and of its sid only the first 8 characters."""
+
+    sid_prefix: str
+    username: str
+    domain: str
+    created: float
+    last_seen: float
+    expires: float
+    origin: str
 
 
 def _is_live(value: Any, now: float) -> bool:

@@ -9,7 +9,7 @@ from bastion_auth.passwords import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
 )
-from kernel import Bool, Config, ConfigError, Float, Int, Settings
+from kernel import Bool, Config, ConfigError, Float, Int, Problem, Settings
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -52,3 +52,45 @@ def read(config: Config) -> tuple[Settings, dict[str, str]]:
             raise ConfigError(f"{config.label}: [users] {key}: not a password hash; "
                               "accepted: the output of `bastion hash-password`")
     return settings, bootstrap
+
+
+#: OWASP Password Storage Cheat Sheet, argon2id: equivalent minimum configurations (memory in KiB, iterations).
+OWASP_ARGON2 = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+
+
+def meets_owasp(memory_cost: int, time_cost: int) -> bool:
+    """Whether argon2id parameters are at least one of OWASP's minimum configurations."""
+    return any(memory_cost >= m and time_cost >= t for m, t in OWASP_ARGON2)
+
+
+def deploy_problems(config: Config, runtime) -> list[Problem]:
+    """The auth plugin's part of ``bastion check --deploy``."""
+    settings = config.section("auth", AUTH_SCHEMA)
+    problems = []
+    m, t = settings.argon2_memory_cost, settings.argon2_time_cost
+    if not meets_owasp(m, t):
+        problems.append(Problem.error(
+            "auth.E001", f"[auth] argon2_memory_cost = {m}, argon2_time_cost = {t}: below OWASP's floor for argon2id "
+            "(19456 KiB and 2 iterations, or an equivalent pair); stolen hashes are cheap to guess",
+            "use the defaults: argon2_memory_cost = 19456, argon2_time_cost = 2 (hashes are upgraded at the next "
+            "login)"))
+    if not settings.abuse_max:
+        problems.append(Problem.warning("auth.W002", "[auth] abuse_max = 0: abusive origins are never banned",
+                                        "use the default, 10"))
+    if not settings.account_max_failures:
+        problems.append(Problem.warning("auth.W003", "[auth] account_max_failures = 0: accounts are never locked "
+                                        "after failed logins", "use the default, 5"))
+    if settings.min_password_length < 8:
+        problems.append(Problem.warning(
+            "auth.W004", f"[auth] min_password_length = {settings.min_password_length}: below the 8 characters of "
+            "OWASP ASVS", "use 8 or more (15 is recommended)"))
+    if runtime is not None:
+        from bastion_auth.users import find
+
+        with runtime.bind("localhost"):
+            demo = find("demo")
+        if demo is not None:
+            problems.append(Problem.warning(
+                "auth.W005", "the user demo@localhost exists (development mode made it, and printed its password)",
+                "bastion deluser demo --domain localhost"))
+    return problems

@@ -63,7 +63,7 @@ def test_a_500_says_nothing_of_its_cause_in_production(auth_app, fake_clock):
     headers, nonce = sign(alice, "/api/boom", b"")
     result = send(app, "/api/boom", b"", headers, protocol="https")
     body = assert_error(result, 500, "Error")
-    assert set(body) == {"exc", "err"}
+    assert set(body) == {"exc", "err", "request_id"} and body["request_id"] == result.headers["X-Request-Id"]
     assert "secret detail" not in result.text and "Traceback" not in result.text
     assert is_signed(result, alice.session.key, nonce)
 

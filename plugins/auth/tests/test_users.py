@@ -248,9 +248,9 @@ def test_cli_adduser_users_passwd_deluser(cli, capsys, fake_clock):
     assert cli("users") == 0
     out = capsys.readouterr().out
     assert "created bob@alpha.localhost" in out
-    assert "bob@alpha.localhost" in out.splitlines() and "eve@localhost" in out.splitlines()
+    assert "bob@alpha.localhost  sessions 0" in out.splitlines() and "eve@localhost  sessions 0" in out.splitlines()
     assert cli("users", "--domain", "localhost") == 0
-    assert capsys.readouterr().out.splitlines() == ["eve@localhost"]
+    assert capsys.readouterr().out.splitlines() == ["eve@localhost  sessions 0"]
 
     app = cli.app()
     try:

@@ -53,8 +53,9 @@ class _Row:
 class MemoryDriver:
     """Records and short-lived state in dictionaries, behind one lock."""
 
-    #: Its data lives in this process only: gunicorn serves it with one worker process.
-    capabilities = frozenset({PROCESS_LOCAL})
+    #: Its data lives in this process only: gunicorn serves it with one worker process. It counts live keys
+    #: by prefix in one pass over its dictionary (``count_live``).
+    capabilities = frozenset({PROCESS_LOCAL, "count_live"})
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
@@ -280,6 +281,14 @@ class MemoryDriver:
         """How many plain keys and window members are held, live or awaiting reclamation."""
         with self._lock:
             return sum(len(entry) if isinstance(entry, dict) else 1 for entry in self._state.values())
+
+    def count_live(self, prefix: str) -> int:
+        """How many live plain keys start with ``prefix``, in every domain (one pass over the keys)."""
+        now = self.clock()
+        with self._lock:
+            return sum(1 for (domain, key), entry in self._state.items()
+                       if key.startswith(prefix) and domain != PROBE_DOMAIN and isinstance(entry, tuple)
+                       and entry[1] > now)
 
     @staticmethod
     def _entries(entry: dict) -> list[WindowEntry]:

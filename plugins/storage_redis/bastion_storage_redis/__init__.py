@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bastion_storage_redis import deploy
 from bastion_storage_redis.driver import RedisDriver
 from bastion_storage_redis.settings import SCHEMA, SCHEMES, SECTION, scheme_of
 from kernel import Config, ConfigError, hookimpl
 
-__all__ = ["RedisDriver", "SCHEMA", "SECTION", "bastion_configure", "bastion_storage_driver"]
+__all__ = ["RedisDriver", "SCHEMA", "SECTION", "bastion_configure", "bastion_storage_driver", "bastion_deploy_checks"]
 
 
 @hookimpl
@@ -37,3 +38,9 @@ def bastion_storage_driver(url: str, config: Config | None, clock: Callable[[], 
         label = config.label if config is not None else "<configuration>"
         raise ConfigError(f"{label}: [bastion] {exc}; accepted: redis://[:password@]host:port/db, "
                           "rediss://..., unix:///path/to/redis.sock?db=0") from None
+
+
+@hookimpl
+def bastion_deploy_checks(config: Config):
+    """A Redis on another host without a password, or without TLS."""
+    return deploy.problems(config)

@@ -68,7 +68,7 @@ def _translated(method: F) -> F:
         except OUTAGES as exc:
             # The log names the server (never its password); the error does not.
             log.warning("redis %s unavailable in %s: %s: %s", self.label, method.__name__, type(exc).__name__, exc)
-            raise ServiceUnavailable("storage unavailable") from exc
+            raise ServiceUnavailable("storage unavailable", backend="redis") from exc
 
     return call  # type: ignore[return-value]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from bastion_storage_sql import cli, settings
+from bastion_storage_sql import cli, deploy, settings
 from bastion_storage_sql.driver import SqlDriver
 from bastion_storage_sql.engine import is_sql_url
 from kernel import hookimpl
@@ -33,6 +33,12 @@ def bastion_storage_driver(url, config, clock):
     development = config.bastion.development if config is not None else False
     return SqlDriver(url, clock=clock or time.time, options=settings.read(config),
                      schema="upgrade" if development else "check")
+
+
+@hookimpl
+def bastion_deploy_checks(config):
+    """SQLite with several nodes in mind, PostgreSQL over the network without a password or verified TLS."""
+    return deploy.problems(config)
 
 
 @hookimpl

@@ -207,11 +207,11 @@ class SqlBackend:
         if conflicts and is_transaction_conflict(error):
             return VersionConflict("record changed")
         if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
-            return unavailable(error)
+            return unavailable(error, self.dialect)
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-            return unavailable(error)
+            return unavailable(error, self.dialect)
         if isinstance(error, self._outage_errors) or is_read_only(error):
-            return unavailable(error)
+            return unavailable(error, self.dialect)
         return error
 
     @staticmethod
@@ -284,7 +284,7 @@ class SqlBackend:
         try:
             self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)))
         except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
-            raise unavailable(error) from None  # whatever refused the write, the database cannot serve
+            raise unavailable(error, self.dialect) from None  # whatever refused the write, the database cannot serve
 
     def close(self) -> None:
         """Close every pooled connection."""

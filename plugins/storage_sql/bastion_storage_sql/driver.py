@@ -16,5 +16,6 @@ class SqlDriver(SqlRecords, SqlState):
     production does) or ``"none"``.
     """
 
-    #: Its data outlives the process and is shared by every process and node using the URL.
-    capabilities = frozenset({"persistent"})
+    #: Its data outlives the process and is shared by every process and node using the URL; it counts live
+    #: keys by prefix in one SELECT (``count_live``).
+    capabilities = frozenset({"persistent", "count_live"})

@@ -47,11 +47,11 @@ def is_transaction_conflict(error: BaseException) -> bool:
     return _sqlstate(error).startswith("40")
 
 
-def unavailable(error: BaseException) -> ServiceUnavailable:
-    """Log ``error`` and return the ServiceUnavailable to raise in its place."""
+def unavailable(error: BaseException, backend: str = "sql") -> ServiceUnavailable:
+    """Log ``error`` and return the ServiceUnavailable to raise in its place (``backend``: the dialect's name)."""
     detail = getattr(error, "orig", None) or error
     log.warning("SQL storage unavailable: %s: %s", type(detail).__name__, " ".join(str(detail).split())[:300])
-    return ServiceUnavailable(UNAVAILABLE)
+    return ServiceUnavailable(UNAVAILABLE, backend=backend)
 
 
 @contextmanager

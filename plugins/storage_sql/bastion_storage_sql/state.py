@@ -154,6 +154,7 @@ class SqlState(SqlBackend):
         keys = sa.select(sa.func.count()).select_from(state).where(c.domain != _p("probe")).scalar_subquery()
         members = sa.select(sa.func.count()).select_from(windows).scalar_subquery()
         self._count_sql = compile_(sa.select(keys + members))
+        self._count_live_sql: dict[str, Sql] = {}
 
     # -- plain keys -------------------------------------------------------
 
@@ -326,6 +327,19 @@ class SqlState(SqlBackend):
             pass  # the next write tries again; the caller's own write has succeeded
         finally:
             self._purge_lock.release()
+
+    def count_live(self, prefix: str) -> int:
+        """How many live plain keys start with ``prefix``, in every domain: one SELECT (a scan of the keys' table,
+        done by the database)."""
+        sql = self._count_live_sql.get(prefix)
+        if sql is None:
+            c = state.c
+            sql = self.compile(sa.select(sa.func.count()).select_from(state).where(
+                c.key.startswith(prefix, autoescape=True), c.expires > _p("now"), c.domain != _p("probe")))
+            if len(self._count_live_sql) < MAX_COMPILED_COUNTS:
+                self._count_live_sql[prefix] = sql
+        values = {"now": self.clock(), "probe": PROBE_DOMAIN}
+        return int(self._run(READ, lambda connection: self._one(connection, sql, values))[0])
 
     def state_count(self) -> int:
         """How many state rows (plain keys and window members, live or expired) the database holds; one SELECT."""

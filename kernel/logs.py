@@ -1,0 +1,382 @@
+"""Logging: configured from the INI file, one line per event, and the request id in every line.
+
+**Configuration.** When the INI file has ``[loggers]``, ``[handlers]`` and
+``[formatters]`` (and their ``[logger_*]``, ``[handler_*]``,
+``[formatter_*]`` sections), they are given to :func:`logging.config.fileConfig`,
+as Pyramid does: ``%(here)s`` is the file's folder, ``${NAME}`` an environment
+variable, and loggers the file does not name keep working. Otherwise
+:func:`configure_logging` installs the default: one handler on the root logger
+writing to standard error, one line per record with its time (UTC, ISO 8601)
+and level, as text or as one JSON object (``[bastion] log_format``); the
+``bastion`` loggers at ``[bastion] log_level``, other libraries at WARNING.
+gunicorn's own messages go through the same handlers (``kernel.worker.BastionLogger``).
+
+**Events.** Two loggers carry structured lines: ``bastion.call`` (one line per
+request, written by :mod:`kernel.app` and by the worker for what it refuses)
+and ``bastion.security`` (one line per security event, written through
+:meth:`kernel.Runtime.security_event`). Their message is an :class:`Event`, a
+name and fields, which :class:`TextFormatter` writes as ``event key=value ...``
+and :class:`JsonFormatter` as top-level keys. A formatter of the INI file's
+own that prints ``%(message)s`` gets the ``key=value`` text.
+
+**Request ids.** :func:`bind_request_id` makes an id current for the request
+being served (a context variable); every record made meanwhile carries it as
+``record.request_id`` (``-`` outside a request), so a format string of the INI
+file may print ``%(request_id)s``; both formatters of this module print it.
+
+Nothing here is on a signed call's path unless a line is written: a logger
+below its level costs one cached comparison.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextvars
+import json
+import logging
+import logging.config
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kernel.errors import ConfigError
+
+#: One line per request.
+CALL = logging.getLogger("bastion.call")
+#: One line per security event.
+SECURITY = logging.getLogger("bastion.security")
+
+#: The sections :func:`logging.config.fileConfig` reads, and the prefixes of the ones they name.
+LOGGING_SECTIONS = ("loggers", "handlers", "formatters")
+LOGGING_PREFIXES = ("logger_", "handler_", "formatter_")
+
+#: Longest client-supplied text (a path, a username) written into a field, in characters.
+MAX_FIELD = 256
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_request_id", default=None)
+
+
+# ---------------------------------------------------------------------------
+# Request ids
+# ---------------------------------------------------------------------------
+
+#: What a request id received from a trusted proxy may look like (else a new one is made).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+
+
+def new_request_id() -> str:
+    """A fresh request id: 16 random hexadecimal digits."""
+    return os.urandom(8).hex()
+
+
+def bind_request_id(request_id: str | None) -> contextvars.Token:
+    """Make ``request_id`` the current one until :func:`unbind_request_id` with the returned token."""
+    return _request_id.set(request_id)
+
+
+def unbind_request_id(token: contextvars.Token) -> None:
+    """Undo :func:`bind_request_id`."""
+    _request_id.reset(token)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, or None."""
+    return _request_id.get()
+
+
+# ---------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------
+
+
+class Event:
+    """The message of a structured line: an event name, its request id and its fields (None values left out).
+
+    ``str(event)`` is the ``event key=value ...`` text, computed only when a
+    handler formats the record.
+    """
+
+    __slots__ = ("name", "request_id", "fields")
+
+    def __init__(self, name: str, fields: Mapping[str, Any], request_id: str | None = None):
+        self.name = name
+        self.request_id = request_id
+        self.fields = fields
+
+    def items(self) -> list[tuple[str, Any]]:
+        """``event``, ``request_id`` and the fields, in order, without the empty ones."""
+        out: list[tuple[str, Any]] = [("event", self.name)]
+        if self.request_id:
+            out.append(("request_id", self.request_id))
+        out.extend((k, v) for k, v in self.fields.items() if v is not None)
+        return out
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={text_value(value)}" for key, value in self.items())
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {dict(self.fields)!r})"
+
+
+#: Values written bare in text lines; anything else is quoted and escaped as a JSON string.
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+*,\[\]-]+")
+_ASCII = json.JSONEncoder(ensure_ascii=True)
+
+
+def text_value(value: Any) -> str:
+    """One field's value in a text line: bare when it is safe, else a quoted JSON string (no new line, no control
+    character, ASCII only), so that no value can forge a field or a line."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if _BARE.fullmatch(text):
+        return text
+    return _ASCII.encode(text)
+
+
+def clip(text: str | None, limit: int = MAX_FIELD) -> str | None:
+    """A client-supplied text, cut to ``limit`` characters (marked with an ellipsis)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
+
+
+def log_event(logger: logging.Logger, level: int, name: str, fields: Mapping[str, Any],
+              request_id: str | None = None) -> None:
+    """Write one structured line (``request_id`` defaults to the current request's)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, Event(name, fields, request_id or _request_id.get()))
+
+
+# ---------------------------------------------------------------------------
+# Formatters
+# ---------------------------------------------------------------------------
+
+
+class _Clock:
+    """UTC ISO 8601 times with milliseconds; the part down to the second is computed once per second."""
+
+    def __init__(self):
+        self._second = -1
+        self._prefix = ""
+
+    def iso(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-31T12:00:00.123Z INFO bastion.call call request_id=... domain=... status=200``.
+
+    A record that is not an :class:`Event` gets ``request_id=...`` after its
+    message when it was made during a request; a traceback follows on the
+    next lines.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._clock = _Clock()
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.msg
+        if isinstance(msg, Event):
+            text = str(msg)
+        else:
+            text = record.getMessage()
+            request_id = getattr(record, "request_id", None) or _request_id.get()
+            if request_id and request_id != "-":
+                text = f"{text} request_id={request_id}"
+        line = f"{self._clock.iso(record.created)} {record.levelname} {record.name} {text}"
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, then an event's fields (``event``,
+    ``request_id``, ...) or a record's ``message`` (with ``request_id`` during a request); ``exc_info``
+    holds a traceback. ASCII only: no value can break the line.
+
+    Usable from the INI file: ``[formatter_json]`` ``class = kernel.logs.JsonFormatter``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._clock = _Clock()
+        self._encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {"time": self._clock.iso(record.created), "level": record.levelname,
+                                "logger": record.name}
+        msg = record.msg
+        if isinstance(msg, Event):
+            data.update(msg.items())
+        else:
+            data["message"] = record.getMessage()
+            request_id = getattr(record, "request_id", None) or _request_id.get()
+            if request_id and request_id != "-":
+                data["request_id"] = request_id
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exc_info"] = record.exc_text
+        if record.stack_info:
+            data["stack_info"] = self.formatStack(record.stack_info)
+        return self._encoder.encode(data)
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (as :data:`logging.lastResort` does)."""
+
+    def __init__(self, level: int = logging.NOTSET):
+        logging.Handler.__init__(self, level)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.setStream; the stream is always the current stderr
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+def logging_sections(config) -> list[str]:
+    """The names of the INI file's logging sections (``[loggers]``, ``[handler_x]``, ...), in file order."""
+    return [name for name in config.parser.sections() if name in LOGGING_SECTIONS or name.startswith(LOGGING_PREFIXES)]
+
+
+def claim_logging_sections(config) -> list[str]:
+    """Claim the logging sections (so that they are no unknown sections) and check that they hang together."""
+    names = logging_sections(config)
+    for name in names:
+        config.raw_section(name)
+    if names:
+        missing = [name for name in LOGGING_SECTIONS if name not in names]
+        if missing:
+            raise ConfigError(f"{config.label}: [{missing[0]}]: missing; logging sections follow "
+                              "logging.config.fileConfig, which needs [loggers], [handlers] and [formatters]")
+        for key in ("log_level", "log_format"):
+            if config.parser.has_option("bastion", key):
+                raise ConfigError(f"{config.label}: [bastion] {key}: not used when the file has [loggers]; "
+                                  "set levels and formats in the logging sections")
+    return names
+
+
+_configured = False
+_factory_installed = False
+
+
+def is_configured() -> bool:
+    """Whether :func:`configure_logging` ran in this process (or in the process it was forked from)."""
+    return _configured
+
+
+def configure_logging(config) -> None:
+    """Set up logging for a process (a server's master and workers, a command) from the configuration.
+
+    Runs again safely: the default handler replaces the one installed before,
+    and ``fileConfig`` replaces the root's handlers. Raises ConfigError naming
+    the file for logging sections ``fileConfig`` cannot use.
+    """
+    global _configured
+    names = claim_logging_sections(config)
+    _install_record_factory()
+    if names:
+        _file_config(config, names)
+    else:
+        settings = config.bastion
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if getattr(handler, "_bastion", False):
+                root.removeHandler(handler)
+        handler = StderrHandler()
+        handler._bastion = True  # type: ignore[attr-defined]
+        handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.WARNING:
+            root.setLevel(logging.WARNING)
+        logging.getLogger("bastion").setLevel(settings.log_level.upper())
+    _configured = True
+
+
+class LoggingState:
+    """What :func:`configure_logging` changes, taken before and put back after (a command run in-process)."""
+
+    def __init__(self):
+        root = logging.getLogger()
+        self.loggers = {name: (log.level, list(log.handlers), log.propagate, log.disabled)
+                        for name, log in [("", root)] + [(n, logging.getLogger(n))
+                                                         for n in list(logging.root.manager.loggerDict)]
+                        if isinstance(log, logging.Logger)}
+        self.configured = _configured
+
+    def restore(self) -> None:
+        """Put every logger's level, handlers, propagation and state back; loggers made since are reset."""
+        global _configured
+        for name in list(logging.root.manager.loggerDict) + [""]:
+            log = logging.getLogger(name)
+            if not isinstance(log, logging.Logger):
+                continue
+            level, handlers, propagate, disabled = self.loggers.get(name, (logging.NOTSET, [], True, False))
+            log.setLevel(level)
+            log.handlers[:] = handlers
+            log.propagate, log.disabled = propagate, disabled
+        _configured = self.configured
+
+
+def _file_config(config, names: list[str]) -> None:
+    """``logging.config.fileConfig`` over the logging sections, ``${NAME}`` expanded, ``%(here)s`` the file's folder."""
+    parser = configparser.ConfigParser(defaults={"here": str(config.base_dir), "__file__": config.path or ""})
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    for name in names:
+        parser.add_section(name)
+        for key, value in config.raw_section(name).items():
+            # Format strings hold %(asctime)s-style fields: stored as written, read raw by fileConfig.
+            configparser.RawConfigParser.set(parser, name, key, value)
+    try:
+        logging.config.fileConfig(parser, disable_existing_loggers=False)
+    except Exception as exc:  # fileConfig raises KeyError, ValueError, ImportError, NameError, OSError, ...
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{config.label}: logging sections: {type(exc).__name__}: {detail}") from None
+
+
+def _install_record_factory() -> None:
+    """Every record made during a request carries ``request_id`` (``-`` outside one)."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    base = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        record.request_id = _request_id.get() or "-"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
+
+
+__all__ = ["CALL", "SECURITY", "Event", "TextFormatter", "JsonFormatter", "StderrHandler", "configure_logging",
+           "claim_logging_sections", "log_event", "bind_request_id", "unbind_request_id", "current_request_id",
+           "new_request_id", "text_value", "clip", "is_configured", "LoggingState"]

@@ -1,0 +1,40 @@
+"""The Redis plugin's part of ``bastion check --deploy``: a Redis on another host without a password or TLS."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from bastion_storage_redis.settings import SCHEMES, scheme_of
+from kernel import Problem, StorageURL, is_loopback_host
+
+
+def problems(config) -> list[Problem]:
+    """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS."""
+    settings = config.bastion
+    urls = {"storage": settings.storage}
+    if settings.state and settings.state != settings.storage:
+        urls["state"] = settings.state
+    found: list[Problem] = []
+    for key, url in urls.items():
+        scheme = scheme_of(url)
+        if scheme not in SCHEMES or scheme == "unix":
+            continue
+        shown = StorageURL(url).redacted
+        try:
+            parts = urlsplit(url.strip())
+            host = parts.hostname
+            password = parts.password
+        except ValueError:
+            continue  # the driver says so when it opens
+        if not host or is_loopback_host(host):
+            continue
+        if not password or not unquote(password):
+            found.append(Problem.error(
+                "redis.E001", f"[bastion] {key} = {shown}: Redis on {host} with no password: whoever reaches it reads "
+                "and writes every session key, nonce and ban",
+                "set requirepass (or an ACL user) on the server and use redis://:${REDIS_PASSWORD}@host:6379/0"))
+        if scheme == "redis":
+            found.append(Problem.warning(
+                "redis.W002", f"[bastion] {key} = {shown}: Redis on {host} over plain TCP: session keys cross the "
+                "network in clear", "use rediss:// (TLS)"))
+    return found
