@@ -35,31 +35,59 @@ def _cmd_plugins(args, pm, runtime_factory) -> int:
 
 def _cmd_check(args, pm, runtime_factory) -> int:
     from kernel.app import HttpSettings
-    from kernel.deploy import ERROR, Problem, collect
 
+    if args.deploy:
+        return _check_deploy(args, pm, runtime_factory)
     runtime = runtime_factory()
     try:
         config = runtime.config
-        settings = config.bastion
-        storage = StorageURL(settings.storage).redacted
-        state = StorageURL(settings.state or settings.storage).redacted
-        unusable = None
-        try:
-            HttpSettings.from_config(config)  # hosts, proxies, the static folder
-        except ConfigError as exc:
-            if not args.deploy:
-                raise
-            unusable = exc  # --deploy names it among the other problems
+        HttpSettings.from_config(config)  # hosts, proxies, the static folder
         runtime.ping()
-        print(f"ok: {config.label}: storage {storage} and state {state} answer; "
+        print(f"ok: {config.label}: {_urls(config)} answer; "
               f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
-        if not args.deploy:
-            return 0
-        problems = collect(config, runtime, runtime.hook)
-        if unusable is not None and "allowed_hosts" not in str(unusable):  # bastion.E003 says that one
-            problems.insert(0, Problem.error("bastion.E000", str(unusable)))
     finally:
         runtime.close()
+    return 0
+
+
+def _urls(config) -> str:
+    """``storage <url> and state <url>``, every password hidden."""
+    settings = config.bastion
+    return (f"storage {StorageURL(settings.storage).redacted} and state "
+            f"{StorageURL(settings.state or settings.storage).redacted}")
+
+
+def _check_deploy(args, pm, runtime_factory) -> int:
+    """``check --deploy``: every plugin's problems, also when the storage cannot be opened."""
+    from kernel.app import HttpSettings
+    from kernel.deploy import ERROR, Problem, collect
+
+    problems: list[Problem] = []
+    try:
+        runtime = runtime_factory()
+    except BastionError as exc:  # the storage cannot be opened: name the other problems all the same
+        config = load_config(args.config)
+        problems.append(Problem.error("bastion.E000", f"the storage does not answer: {exc}",
+                                      f"check {_urls(config)}"))
+        problems += collect(config, None, pm.hook)
+    else:
+        try:
+            config = runtime.config
+            try:
+                HttpSettings.from_config(config)
+            except ConfigError as exc:
+                if "allowed_hosts" not in str(exc):  # bastion.E003 names that one
+                    problems.append(Problem.error("bastion.E013", str(exc)))
+            try:
+                runtime.ping()
+                print(f"ok: {config.label}: {_urls(config)} answer")
+            except BastionError as exc:
+                problems.append(Problem.error("bastion.E000", f"the storage does not answer: {exc}",
+                                              f"check {_urls(config)}"))
+            problems += collect(config, runtime, runtime.hook)
+        finally:
+            runtime.close()
+    problems.sort(key=lambda p: p.level != ERROR)
     errors = [p for p in problems if p.level == ERROR]
     warnings = [p for p in problems if p.level != ERROR]
     for problem in problems:
@@ -71,8 +99,7 @@ def _cmd_check(args, pm, runtime_factory) -> int:
     if failing:
         print(f"check --deploy: {summary}: not ready for production")
         return 1
-    print(f"check --deploy: {summary}: ready for production" if problems else
-          "check --deploy: no problem found: ready for production")
+    print(f"check --deploy: {summary}: ready for production")
     return 0
 
 

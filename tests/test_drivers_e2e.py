@@ -157,7 +157,9 @@ def assert_unavailable(answer: Response, what: str) -> None:
     assert body["exc"] == "ServiceUnavailable", f"{what}: {body}"
     assert isinstance(body["retry_after"], int) and body["retry_after"] >= 1, f"{what}: {body}"
     assert answer.headers.get("retry-after") == str(body["retry_after"]), f"{what}: {answer.headers}"
-    assert set(body) == {"exc", "err", "retry_after"}, f"{what}: {body}"
+    # /healthz says which part failed, "records" and "state", each "ok" or "unavailable"; nothing else.
+    assert set(body) - {"records", "state"} == {"exc", "err", "retry_after"}, f"{what}: {body}"
+    assert {body.get(part, "unavailable") for part in ("records", "state")} <= {"ok", "unavailable"}, f"{what}: {body}"
 
 
 def todo_by_id(todos: list[dict], todo_id: str) -> dict:

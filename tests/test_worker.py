@@ -106,7 +106,11 @@ def assert_refusal(answer: Answer, status: int, exc: str) -> None:
     assert answer.status == status, answer.raw
     assert answer.headers["content-type"] == "application/json"
     body = answer.json
-    assert set(body) == {"exc", "err"} and body["exc"] == exc, body
+    request_id = answer.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", request_id), answer.raw
+    expected = {"exc", "err", "request_id"} if status == 500 else {"exc", "err"}
+    assert set(body) == expected and body["exc"] == exc, body
+    assert body.get("request_id", request_id) == request_id
     assert isinstance(body["err"], list) and body["err"] and all(isinstance(m, str) for m in body["err"])
     for name, value in SECURITY_HEADERS.items():
         assert answer.headers.get(name) == value, f"{name} missing or wrong: {answer.raw!r}"
@@ -126,7 +130,7 @@ def exchange(server, data: bytes) -> Answer:
 def health(conn: http.client.HTTPConnection) -> None:
     conn.request("GET", "/healthz", headers={"Host": "localhost"})
     response = conn.getresponse()
-    assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    assert response.status == 200 and json.loads(response.read())["status"] == "ok"
 
 
 # -- slow heads ----------------------------------------------------------------
@@ -190,7 +194,8 @@ def test_a_head_still_arriving_after_header_timeout_is_answered_408(quick, kept_
         assert time.monotonic() - began >= 1.0  # not before header_timeout
         assert_refusal(answer, 408, "RequestTimeout")
         assert_closed(sock, rest)
-    assert "refused a request from 127.0.0.1: 408 RequestTimeout" in quick.log()
+    assert re.search(r"WARNING bastion\.call event=call request_id=[0-9a-f]{16} origin=127\.0\.0\.1 status=408 "
+                     r"exc=RequestTimeout err=\"the request headers did not arrive within 1 s\" by=worker", quick.log())
 
 
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(quick):
@@ -216,7 +221,8 @@ def test_a_repeated_host_is_invalid_host(server):
     answer = exchange(server, f"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: {MARKER}.example\r\n\r\n".encode())
     assert_refusal(answer, 400, "InvalidHost")
     log = server.log()
-    assert "refused a request from 127.0.0.1: 400 InvalidHost: more than one Host header" in log
+    assert (f"request_id={answer.headers['x-request-id']} origin=127.0.0.1 method=GET path=/healthz status=400 "
+            'exc=InvalidHost err="more than one Host header" by=worker') in log
     assert MARKER not in log
 
 
@@ -250,15 +256,17 @@ def test_a_malformed_request_is_invalid_call(server, request_text):
     assert MARKER not in server.log()
 
 
-def test_an_unexpected_failure_is_a_500_with_only_a_log_id(tmp_path):
+def test_an_unexpected_failure_is_a_500_with_only_its_request_id(tmp_path):
     # SCRIPT_NAME in gunicorn's environment that the path does not start with: gunicorn's own failure.
     with GunicornServer(_sections(tmp_path), env={"SCRIPT_NAME": "/elsewhere"}) as srv:
         answer = exchange(srv, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert_refusal(answer, 500, "Error")
         [message] = answer.json["err"]
-        log_id = re.fullmatch(r"internal error; log id ([0-9a-f]{12})", message).group(1)
+        request_id = re.fullmatch(r"internal error; request id ([0-9a-f]{16})", message).group(1)
+        assert answer.json["request_id"] == request_id
         log = srv.log()
-    assert f"log id {log_id}" in log and "ConfigurationProblem" in log
+    assert f"request id {request_id}" in log and "ConfigurationProblem" in log
+    assert f"request_id={request_id} origin=127.0.0.1 method=GET path=/healthz status=500 exc=Error" in log
 
 
 # -- 100 Continue ----------------------------------------------------------------
