@@ -38,16 +38,27 @@ def _cmd_check(args, pm, runtime_factory) -> int:
 
     if args.deploy:
         return _check_deploy(args, pm, runtime_factory)
-    runtime = runtime_factory()
+    try:
+        runtime = runtime_factory()
+    except BastionError as exc:
+        return _unavailable(exc, load_config(args.config))
     try:
         config = runtime.config
         HttpSettings.from_config(config)  # hosts, proxies, the static folder
-        runtime.ping()
+        try:
+            runtime.ping()
+        except BastionError as exc:
+            return _unavailable(exc, config)
         print(f"ok: {config.label}: {_urls(config)} answer; "
               f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
     finally:
         runtime.close()
     return 0
+
+
+def _unavailable(exc: BastionError, config) -> int:
+    print(f"bastion: {exc}: {config.label}: {_urls(config)}", file=sys.stderr)
+    return 1
 
 
 def _urls(config) -> str:
@@ -78,13 +89,16 @@ def _check_deploy(args, pm, runtime_factory) -> int:
             except ConfigError as exc:
                 if "allowed_hosts" not in str(exc):  # bastion.E003 names that one
                     problems.append(Problem.error("bastion.E013", str(exc)))
+            answers = True
             try:
                 runtime.ping()
                 print(f"ok: {config.label}: {_urls(config)} answer")
             except BastionError as exc:
+                answers = False
                 problems.append(Problem.error("bastion.E000", f"the storage does not answer: {exc}",
                                               f"check {_urls(config)}"))
-            problems += collect(config, runtime, runtime.hook)
+            # The checks that read the storage (runtime given) are skipped when it does not answer.
+            problems += collect(config, runtime if answers else None, runtime.hook)
         finally:
             runtime.close()
     problems.sort(key=lambda p: p.level != ERROR)

@@ -65,3 +65,149 @@ def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
         assert "8 to 1024" in str(exc)
     else:
         raise AssertionError("a short password was hashed")
+
+
+# -- operability: --version, check's URLs, check --deploy ---------------------------------------------------------
+
+
+def test_version(capsys):
+    from kernel import __version__
+
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert capsys.readouterr().out == f"bastion {__version__}\n"
+
+
+def test_check_reports_both_urls_and_never_a_password(tmp_path, postgres_server, redis_server):
+    import os
+    from urllib.parse import quote
+
+    from kernel.testing import free_port
+
+    secret = "s3cr/t+pa:ss@w0rd=="  # generated passwords hold / + = and @, pasted as they are, unencoded
+    pg = postgres_server.url.replace("postgresql://bastion@", "postgresql://bastion:${PGPASS}@")
+    ini = tmp_path / "bastion.ini"
+
+    def check(state: str) -> str:
+        ini.write_text(f"[bastion]\ndevelopment = true\nstorage = {pg}\nstate = {state}\n")
+        result = subprocess.run([str(Path(sys.executable).with_name("bastion")), "--config", str(ini), "check"],
+                                capture_output=True, text=True, env={**os.environ, "PGPASS": secret, "RPASS": secret},
+                                timeout=60)
+        text = result.stdout + result.stderr
+        assert secret not in text and "s3cr" not in text and "w0rd" not in text, text
+        return text
+
+    # PostgreSQL trusts the test's connections whatever the password; this Redis has none
+    text = check(redis_server.url)
+    assert text.startswith("ok: ") and "storage postgresql://bastion:***@127.0.0.1:" in text
+    assert f"and state {redis_server.url} answer" in text
+    # redis-py cannot read that password unencoded: refused, without a piece of it
+    text = check(redis_server.url.replace("redis://", "redis://:${RPASS}@"))
+    assert "invalid Redis URL 'redis://:***@127.0.0.1:" in text
+    # encoded, on a port where no Redis listens: the failure names both URLs, redacted
+    text = check(f"redis://:{quote(secret, safe='')}@127.0.0.1:{free_port()}/0")
+    assert "storage unavailable" in text and "state redis://:***@127.0.0.1:" in text
+    assert quote(secret, safe="") not in text
+
+
+def test_a_bad_value_never_shows_a_password_from_the_environment(tmp_path, capsys):
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = not a url://u:${PW}@h/db\n")
+    from kernel.config import load_config
+    from kernel.errors import ConfigError
+
+    try:
+        load_config(str(ini), environ={"PW": "hunter2/x"}).bastion
+    except ConfigError as exc:
+        assert "hunter2" not in str(exc) and "***" in str(exc)
+    else:
+        raise AssertionError("an invalid URL was accepted")
+
+
+def _deploy(ini: Path, capsys, *extra: str) -> tuple[int, str]:
+    status = main(["--config", str(ini), "check", "--deploy", *extra])
+    return status, capsys.readouterr().out
+
+
+def test_check_deploy_names_every_problem_of_a_development_configuration(tmp_path, capsys):
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = mem://\nlog_level = debug\n"
+                   "[auth]\nargon2_memory_cost = 64\nargon2_time_cost = 1\nabuse_max = 0\nmin_password_length = 4\n"
+                   "[metrics]\nallow = 0.0.0.0/0\n[server]\nbind = 0.0.0.0:9000\nreload = on\n")
+    status, out = _deploy(ini, capsys)
+    assert status == 1
+    for problem in ("error   bastion.E001", "error   bastion.E002", "error   bastion.E003", "error   bastion.E008",
+                    "error   auth.E001", "warning bastion.W009", "warning bastion.W010", "warning bastion.W011",
+                    "warning auth.W002", "warning auth.W004"):
+        assert problem in out, f"{problem} missing:\n{out}"
+    assert out.index("error ") < out.index("warning ")  # errors first
+    assert out.rstrip().endswith("check --deploy: 5 errors, 5 warnings: not ready for production"), out
+
+
+def test_check_deploy_passes_a_production_configuration_with_its_warnings(tmp_path, capsys, monkeypatch):
+    ini = tmp_path / "bastion.ini"
+    database = tmp_path / "bastion.sqlite3"
+    ini.write_text(f"[bastion]\nstorage = sqlite:///{database}\nallowed_hosts = example.com, *.example.com\n"
+                   "trusted_proxies = 127.0.0.1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(ini), "initdb"]) == 0  # production mode: the schema is made once, by initdb
+    capsys.readouterr()
+    status, out = _deploy(ini, capsys)
+    assert status == 0, out
+    assert "warning sql.W001: [bastion] storage: SQLite serves one machine" in out
+    assert out.rstrip().endswith("check --deploy: 0 errors, 1 warning: ready for production")
+    status, out = _deploy(ini, capsys, "--fail-level", "warning")
+    assert status == 1 and "not ready for production" in out
+
+
+def test_check_deploy_names_a_password_written_in_the_file(tmp_path, capsys):
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\nstorage = redis://:plain-secret@127.0.0.1:1/0\nallowed_hosts = example.com\n")
+    ini.chmod(0o644)
+    status, out = _deploy(ini, capsys)
+    assert status == 1  # the Redis does not answer: bastion.E000, and the rest is still named
+    assert "error   bastion.E000: the storage does not answer" in out
+    assert "warning bastion.W012: [bastion] storage: a password is written in" in out and "readable by other" in out
+    assert "plain-secret" not in out
+
+
+def test_check_deploy_names_a_remote_store_without_a_password(tmp_path, capsys, monkeypatch):
+    # The hosts are unreachable on purpose: the check reads the URLs, the storage error is one more problem.
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = sqlite:///" + str(tmp_path / "b.sqlite3") + "\n"
+                   "state = redis://192.0.2.10:6379/0\nallowed_hosts = example.com\n"
+                   "[storage_redis]\nsocket_connect_timeout = 0.2\nsocket_timeout = 0.2\n")
+    status, out = _deploy(ini, capsys)
+    assert status == 1
+    assert "error   redis.E001: [bastion] state = redis://192.0.2.10:6379/0: Redis on 192.0.2.10 with no password" in out
+    assert "warning redis.W002" in out
+
+
+# -- the Python client ---------------------------------------------------------------------------------------------
+
+
+def test_the_client_passes_any_keyword_to_the_service(make_app):
+    from kernel import hookimpl, service
+    from kernel.testing import Client
+
+    @service
+    def greet(name: str, service: str = "x") -> str:
+        return f"{name} {service}"
+
+    class Plugin:
+        @hookimpl
+        def bastion_services(self):
+            return [greet]
+
+    from passlib.hash import argon2
+
+    hashed = argon2.using(type="ID", memory_cost=64, rounds=1).hash("correct horse battery")
+    app = make_app({"users": {"alice@localhost": hashed},
+                    "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1}}, plugins=[Plugin()],
+                   only=["storage_mem", "auth"])
+    client = Client(app=app, host="localhost", clock=app.runtime.clock)
+    client.login("alice", "correct horse battery")
+    assert client.call("greet", name="world", service="y") == "world y"
+    assert client.call("greet", "positional") == "positional x"

@@ -104,9 +104,11 @@ def test_users_keys_are_normalized_like_hosts(auth_app, client_for):
 
 # -- the [users] bootstrap -------------------------------------------------------
 
-def shared_app(plugin, users_section, *, development=True, auth=None, clock=None, **bastion):
+def shared_app(plugin, users_section, *, development=True, auth=None, clock=None, server=None, **bastion):
     sections = {"bastion": {"development": development, "storage": "shared://", **bastion},
                 "auth": {**CHEAP_AUTH, **(auth or {})}}
+    if server:
+        sections["server"] = server
     if users_section:
         sections["users"] = users_section
     pm = get_plugin_manager(only=["storage_mem", "auth"], trace=False)
@@ -193,6 +195,24 @@ def test_development_creates_a_demo_user_once_and_prints_its_password_once(share
     client = Client(app=app, host="localhost", clock=fake_clock)
     assert client.login("demo", passwords[0]) == {"username": "demo", "domain": "localhost"}
     assert params_of(stored_hash(app, "demo")) == {"m": 19456, "t": 2, "p": 1}
+
+
+def test_the_demo_banner_names_the_real_address_and_the_tenant(shared, capsys, fake_clock):
+    shared(server={"bind": "127.0.0.1:8123"})
+    err = capsys.readouterr().err
+    assert "Development mode: log in at http://localhost:8123/ as demo / " in err
+    assert "The tenant is the host name in the address bar: localhost. http://127.0.0.1:8123/ is another tenant, " \
+           "with no user." in err
+    # a restart on the same data: the password is not shown again, but how to reset it is
+    shared(server={"bind": "0.0.0.0:8123"})
+    err = capsys.readouterr().err
+    assert DEMO.findall(err) == [] and "log in at http://localhost:8123/ as demo (its password was printed" in err
+    assert "Forgot it? bastion passwd demo --domain localhost" in err
+    shared(server={"bind": "0.0.0.0:8123"})  # another worker of the same start: one of them says it
+    assert "Forgot it?" not in capsys.readouterr().err
+    fake_clock.advance(31)
+    shared()
+    assert "Forgot it?" in capsys.readouterr().err
 
 
 def test_no_demo_user_when_a_user_exists(shared, capsys):
@@ -290,3 +310,18 @@ def test_cli_adduser_never_overwrites(cli, capsys):
     assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
     with pytest.raises(SystemExit, match="already exists"):
         cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="other password")
+
+
+# -- check --deploy ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("memory, time_cost, ok", [
+    (19456, 2, True), (47104, 1, True), (12288, 3, True), (7168, 5, True), (65536, 3, True),
+    (19455, 2, False), (19456, 1, False), (64, 1, False), (7168, 4, False),
+])
+def test_deploy_check_holds_argon2_to_owasps_floor(memory, time_cost, ok):
+    from bastion_auth.settings import deploy_problems
+
+    config = Config.from_dict({"auth": {"argon2_memory_cost": memory, "argon2_time_cost": time_cost}})
+    ids = [p.id for p in deploy_problems(config, None)]
+    assert ("auth.E001" not in ids) == ok, ids

@@ -84,6 +84,7 @@ def make_pool(url: str, options: Mapping[str, Any]) -> redis.ConnectionPool:
     url = scheme + url[len(scheme):]
     try:
         return redis.BlockingConnectionPool.from_url(url, **kwargs)
-    except ValueError as exc:
-        # redis-py's messages never quote the URL, so the password stays out.
-        raise ValueError(f"invalid Redis URL {redact(url)!r}: {exc}") from None
+    except ValueError:
+        # redis-py's messages quote pieces of the URL (a password holding / ends up read as the port): never shown.
+        raise ValueError(f"invalid Redis URL {redact(url)!r}: its host, port or database cannot be read (a password "
+                         "holding / # ? or @ must be percent-encoded)") from None
