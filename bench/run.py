@@ -21,7 +21,6 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from bench import fill, load, procs
 from bench.backends import Backend, Store, backends
@@ -63,16 +62,18 @@ class Outcome:
     cases: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     profiles: list[dict] = field(default_factory=list)
+    logging: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def password_hash(password: str) -> tuple[str, dict]:
     """Hash the bench user's password with the default [auth] argon2id parameters."""
-    from bastion_auth.passwords import make_context
+    from bastion_auth.passwords import argon2_context
     from bastion_auth.settings import AUTH_SCHEMA
 
     params = {k: AUTH_SCHEMA[k].default for k in ("argon2_memory_cost", "argon2_time_cost", "argon2_parallelism")}
-    return make_context(SimpleNamespace(**params)).hash(password), params
+    return argon2_context(params["argon2_memory_cost"], params["argon2_time_cost"],
+                          params["argon2_parallelism"]).hash(password), params
 
 
 class Bench:
@@ -92,12 +93,15 @@ class Bench:
 
     # -- servers ----------------------------------------------------------
 
-    def sections(self, store: Store, domains: list[str]) -> dict:
+    def sections(self, store: Store, domains: list[str], extra: dict | None = None) -> dict:
         bastion = {"development": True, "storage": store.storage}
         if store.state:
             bastion["state"] = store.state
-        return {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False},
-                "users": {f"{USERNAME}@{d}": self.hash for d in domains}}
+        sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False},
+                    "users": {f"{USERNAME}@{d}": self.hash for d in domains}}
+        for name, values in (extra or {}).items():
+            sections.setdefault(name, {}).update(values)
+        return sections
 
     def gunicorn(self, sections: dict, workers: int, app: str = "kernel.wsgi:app",
                  env: dict | None = None) -> GunicornServer:
@@ -228,10 +232,10 @@ class Bench:
     # -- a configuration ----------------------------------------------------
 
     def start_phase(self, backend: Backend, domains: list[str], plan: list[tuple[str, int, str]],
-                    workers: int) -> tuple[Store, GunicornServer]:
+                    workers: int, extra: dict | None = None) -> tuple[Store, GunicornServer]:
         store = backend.start()
         self.stack.callback(store.stop)
-        sections = self.sections(store, domains)
+        sections = self.sections(store, domains, extra)
         started = time.monotonic()
         env = {}
         app = "kernel.wsgi:app"
@@ -320,7 +324,23 @@ class Bench:
                 print(f"  FAILED {backend.name}: {exc}", flush=True)
                 self.out.skipped.append({"backend": backend.name, "label": backend.label,
                                          "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
+        self.logging_cost(chosen)
         return self.out
+
+    def logging_cost(self, chosen: list[Backend]) -> None:
+        """The call line's and the metrics' cost (bench/logcost.py): mem:// (where a call costs least, so the
+        share is largest) and SQLite (the shipped default); the quick run, SQLite only."""
+        from bench import logcost
+
+        wanted = ("sqlite",) if self.plan.quick else ("mem", "sqlite")
+        for backend in chosen:
+            if backend.name not in wanted:
+                continue
+            try:
+                self.out.logging.append(logcost.measure(self, backend))
+            except Exception as exc:
+                print(f"  logging cost FAILED {backend.name}: {exc}", flush=True)
+                self.out.notes.append(f"logging cost on {backend.label} failed: {str(exc).splitlines()[0][:200]}")
 
 
 def install_signal_handlers() -> None:

@@ -43,7 +43,7 @@ from kernel.errors import (
 )
 from kernel.hosts import FORWARDING_HEADERS, HostMatcher, Origins, address_in, forwarding_headers, parse_domain
 from kernel.jsonio import loads
-from kernel.logs import CALL, REQUEST_ID, Event, bind_request_id, clip, new_request_id, unbind_request_id
+from kernel.logs import CALL, REQUEST_ID, Event, bind_request_id, clip, emit, new_request_id, unbind_request_id
 from kernel.metrics import CONTENT_TYPE
 from kernel.routes import Routes, answer
 from kernel.runtime import Runtime
@@ -360,7 +360,7 @@ class KernelMiddleware:
                 "exc": getattr(ctx, "exc", None),
                 "duration_ms": round(seconds * 1000, 3),
             }
-            CALL.log(level, Event("call", fields, ctx.request_id))
+            emit(CALL, level, Event("call", fields, ctx.request_id))
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -20,9 +20,10 @@ and :class:`JsonFormatter` as top-level keys. A formatter of the INI file's
 own that prints ``%(message)s`` gets the ``key=value`` text.
 
 **Request ids.** :func:`bind_request_id` makes an id current for the request
-being served (a context variable); every record made meanwhile carries it as
-``record.request_id`` (``-`` outside a request), so a format string of the INI
-file may print ``%(request_id)s``; both formatters of this module print it.
+being served (a context variable); both formatters of this module print it.
+With the INI file's logging sections, every record made meanwhile carries it
+as ``record.request_id`` (``-`` outside a request), so their format strings
+may print ``%(request_id)s``.
 
 Nothing here is on a signed call's path unless a line is written: a logger
 below its level costs one cached comparison.
@@ -115,7 +116,23 @@ class Event:
         return out
 
     def __str__(self) -> str:
-        return " ".join(f"{key}={text_value(value)}" for key, value in self.items())
+        # On every call line's path: one pass, the common types tested first, no function call per field.
+        out = ["event=", self.name]
+        if self.request_id:
+            out += (" request_id=", self.request_id)
+        bare = _BARE_MATCH
+        for key, value in self.fields.items():
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                text = value if bare(value) else _ASCII.encode(value)
+            elif kind is int or kind is float:
+                text = repr(value)
+            else:
+                text = text_value(value)
+            out += (" ", key, "=", text)
+        return "".join(out)
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {dict(self.fields)!r})"
@@ -123,6 +140,7 @@ class Event:
 
 #: Values written bare in text lines; anything else is quoted and escaped as a JSON string.
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+*,\[\]-]+")
+_BARE_MATCH = _BARE.fullmatch
 _ASCII = json.JSONEncoder(ensure_ascii=True)
 
 
@@ -152,7 +170,13 @@ def log_event(logger: logging.Logger, level: int, name: str, fields: Mapping[str
               request_id: str | None = None) -> None:
     """Write one structured line (``request_id`` defaults to the current request's)."""
     if logger.isEnabledFor(level):
-        logger.log(level, Event(name, fields, request_id or _request_id.get()))
+        emit(logger, level, Event(name, fields, request_id or _request_id.get()))
+
+
+def emit(logger: logging.Logger, level: int, event: Event) -> None:
+    """Hand an event to the logger's handlers, without looking for the caller's file and line (a stack walk that
+    ``logger.log`` makes for every record, and that no event line prints)."""
+    logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, None, None))
 
 
 # ---------------------------------------------------------------------------
@@ -301,8 +325,8 @@ def configure_logging(config) -> None:
     """
     global _configured
     names = claim_logging_sections(config)
-    _install_record_factory()
     if names:
+        _install_record_factory()  # formats of the file's own may print %(request_id)s
         _file_config(config, names)
     else:
         settings = config.bastion
@@ -314,6 +338,9 @@ def configure_logging(config) -> None:
         handler._bastion = True  # type: ignore[attr-defined]
         handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
         root.addHandler(handler)
+        # The default formatters print no thread nor process: not looking them up spares every record some
+        # microseconds (they read the request id from the context themselves).
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         if root.level == logging.NOTSET or root.level > logging.WARNING:
             root.setLevel(logging.WARNING)
         logging.getLogger("bastion").setLevel(settings.log_level.upper())
@@ -378,5 +405,5 @@ def _install_record_factory() -> None:
 
 
 __all__ = ["CALL", "SECURITY", "Event", "TextFormatter", "JsonFormatter", "StderrHandler", "configure_logging",
-           "claim_logging_sections", "log_event", "bind_request_id", "unbind_request_id", "current_request_id",
+           "claim_logging_sections", "log_event", "emit", "bind_request_id", "unbind_request_id", "current_request_id",
            "new_request_id", "text_value", "clip", "is_configured", "LoggingState"]
