@@ -10,16 +10,18 @@
   over ``off``'s, minus one.
 * **In process** (no sockets): the same pre-signed calls through the WSGI app
   with logging set up as a server has it (the default handler, writing to a
-  file), with the call line on and off; the difference per call, over the
-  served ``off`` server CPU per request of the same call, is the share of the
-  signed call's server CPU the line takes. This one is far less noisy on a
-  shared machine.
+  file), the variants switched on the one app in short interleaved chunks, the
+  thread's own CPU time per call (the fastest chunk); the difference per call,
+  over the served ``off`` server CPU per request of the same call, is the
+  share of the signed call's server CPU the line takes. This one is far less
+  noisy on a shared machine.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +41,16 @@ OPS = (("get_all", "n10.localhost"), ("add", "a10.localhost"))
 TARGET = 0.05
 
 
+#: Seconds of each served run (after the plan's warm-up): shorter than the main runs, there are many.
+SERVED_SECONDS = 4.0
+
+
 def served(bench, backend: Backend) -> list[dict]:
     """The served A/B runs of every variant; return one row per (variant, op) with the median CPU per request."""
     plan = bench.plan
     workers = 1 if backend.in_process else plan.workers
     rounds = 1 if plan.quick else 2
+    seconds = min(plan.seconds, SERVED_SECONDS)
     samples: dict[tuple[str, str], list] = {}
     order = list(VARIANTS)
     for round_ in range(rounds):
@@ -58,8 +65,8 @@ def served(bench, backend: Backend) -> list[dict]:
                     bench.wrk(server, load.signed_lines(signer, f"/api/{op}", bodies,
                                                         bench.count(ceiling, plan.warm)), plan.warm, cycle=False)
                     result = bench.wrk(server, load.signed_lines(signer, f"/api/{op}", bodies,
-                                                                 bench.count(ceiling, plan.seconds)),
-                                       plan.seconds, cycle=False, backend_pids=store.backend_pids)
+                                                                 bench.count(ceiling, seconds)),
+                                       seconds, cycle=False, backend_pids=store.backend_pids)
                     samples.setdefault((name, op), []).append(result)
                     print(f"  logging {backend.name:8} {name:8} {op:8} {result.rps:9.1f} req/s  "
                           f"cpu {result.server_cpu_us_per_req:7.0f} us/req"
@@ -89,7 +96,7 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     the formatter) in short interleaved chunks: each variant's figure is its
     fastest chunk, so that other jobs on the machine hardly move the difference.
     """
-    from bench.profile import _requests, _time_per_call
+    from bench.profile import _call_all, _requests
     from kernel.app import create_app
     from kernel.client import Client
     from kernel.config import load_config
@@ -104,21 +111,29 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     domain = "n10.localhost"
     config = load_config(write_config(bench.sections(store, [domain]), tempfile.mkdtemp(dir=bench.tmp)))
     configure_logging(config)
-    # As a server has it, but the default handler's stderr is this terminal: the same kind of handler, to a file.
+    # As a server has it (the default handler on standard error), standard error being a file, as under gunicorn.
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_bastion", False)]:
-        root.removeHandler(handler)
+    [handler] = [h for h in root.handlers if getattr(h, "_bastion", False)]
     sink = open(folder / "calls.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    file_handler = logging.StreamHandler(sink)
-    root.addHandler(file_handler)
+    terminal, sys.stderr = sys.stderr, sink
     app = create_app(Runtime(config).start())
     metrics = app.runtime.metrics
     formatters = {"text": TextFormatter(), "json": JsonFormatter()}
 
+    def cpu_per_call(make, n: int) -> float:
+        """CPU µs per call of this thread (other jobs on the machine take wall time, not this thread's CPU)."""
+        environs = make(n)
+        start = time.thread_time()
+        bad = _call_all(app, environs)
+        elapsed = time.thread_time() - start
+        if bad:
+            raise RuntimeError(f"{bad} of {n} calls did not answer 200")
+        return elapsed / n * 1e6
+
     def switch(variant: str) -> None:
         CALL.setLevel(logging.WARNING if variant in ("off", "metrics") else logging.INFO)
         metrics.enabled = variant != "off"
-        file_handler.setFormatter(formatters.get(variant, formatters["text"]))
+        handler.setFormatter(formatters.get(variant, formatters["text"]))
 
     try:
         fill.fill(app.runtime.records, domain, 10)
@@ -128,24 +143,28 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
         chunk = max(50, calls // 10)
         for op in ("get_all", "add"):
             make = lambda n, op=op: _requests(signer, op, n)  # noqa: E731
-            _time_per_call(app, make, min(200, calls))  # warm up
+            cpu_per_call(make, min(200, calls))  # warm up
             best = {name: float("inf") for name, _, _ in VARIANTS}
             for round_ in range(10):
                 for name, _, _ in (VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]):
                     switch(name)
-                    best[name] = min(best[name], _time_per_call(app, make, chunk))
+                    best[name] = min(best[name], cpu_per_call(make, chunk))
             rows += [{"backend": backend.name, "variant": name, "op": op, "us_per_call": round(best[name], 2),
                       "calls": chunk * 10} for name, _, _ in VARIANTS]
     finally:
         CALL.setLevel(logging.NOTSET)
         app.runtime.close()
-        root.removeHandler(file_handler)
+        sys.stderr = terminal
         sink.close()
         state.restore()
         store.stop()
     off = {r["op"]: r["us_per_call"] for r in rows if r["variant"] == "off"}
     served_off = {r["op"]: r["server_cpu_us_per_req"] for r in served_rows if r["variant"] == "off"}
+    if not served_off:  # not served A/B here: the run's own signed case (default logging) is the call's server CPU
+        served_off = {c["op"]: c["result"]["server_cpu_us_per_req"] for c in bench.out.cases
+                      if c["backend"] == backend.name and c["group"] == "base" and c["op"] in ("get_all", "add")}
     for row in rows:
+        row["served_cpu_us_per_req"] = served_off.get(row["op"])
         row["extra_us_per_call"] = round(row["us_per_call"] - off[row["op"]], 2)
         row["share_of_served_cpu"] = (round(row["extra_us_per_call"] / served_off[row["op"]], 4)
                                       if served_off.get(row["op"]) else None)
@@ -154,11 +173,11 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     return rows
 
 
-def measure(bench, backend: Backend) -> dict:
-    """Both measurements for one storage configuration."""
+def measure(bench, backend: Backend, serve: bool = True) -> dict:
+    """Both measurements for one storage configuration (``serve``: the served A/B runs too)."""
     print(f"logging cost ({backend.label})", flush=True)
     started = time.monotonic()
-    rows = served(bench, backend)
+    rows = served(bench, backend) if serve else []
     inproc = in_process(bench, backend, rows, 500 if bench.plan.quick else 2000)
     return {"backend": backend.name, "label": backend.label, "served": rows, "in_process": inproc,
             "elapsed_s": round(time.monotonic() - started, 1)}

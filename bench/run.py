@@ -328,16 +328,17 @@ class Bench:
         return self.out
 
     def logging_cost(self, chosen: list[Backend]) -> None:
-        """The call line's and the metrics' cost (bench/logcost.py): mem:// (where a call costs least, so the
-        share is largest) and SQLite (the shipped default); the quick run, SQLite only."""
+        """The call line's and the metrics' cost (bench/logcost.py): served A/B runs on SQLite (the shipped
+        default), and in process on SQLite and, in the full run, mem:// (where a call costs least, so the
+        share is largest)."""
         from bench import logcost
 
-        wanted = ("sqlite",) if self.plan.quick else ("mem", "sqlite")
+        wanted = {"sqlite": True} if self.plan.quick else {"sqlite": True, "mem": False}
         for backend in chosen:
             if backend.name not in wanted:
                 continue
             try:
-                self.out.logging.append(logcost.measure(self, backend))
+                self.out.logging.append(logcost.measure(self, backend, serve=wanted[backend.name]))
             except Exception as exc:
                 print(f"  logging cost FAILED {backend.name}: {exc}", flush=True)
                 self.out.notes.append(f"logging cost on {backend.label} failed: {str(exc).splitlines()[0][:200]}")

@@ -36,6 +36,7 @@ import contextvars
 import json
 import logging
 import logging.config
+import math
 import os
 import re
 import sys
@@ -116,23 +117,67 @@ class Event:
         return out
 
     def __str__(self) -> str:
-        # On every call line's path: one pass, the common types tested first, no function call per field.
-        out = ["event=", self.name]
+        # On every call line's path: one pass, the common types first, and the text of a string value kept (the
+        # same domains, origins, paths and users come back call after call; the memo is emptied when full).
+        parts = ["event=" + self.name]
         if self.request_id:
-            out += (" request_id=", self.request_id)
-        bare = _BARE_MATCH
+            parts.append("request_id=" + self.request_id)
+        memo = _TEXT_MEMO
         for key, value in self.fields.items():
             if value is None:
                 continue
             kind = type(value)
             if kind is str:
-                text = value if bare(value) else _ASCII.encode(value)
+                text = memo.get(value)
+                if text is None:
+                    text = value if _BARE_MATCH(value) else _ASCII.encode(value)
+                    if len(memo) >= _TEXT_MEMO_SIZE:
+                        memo.clear()
+                    memo[value] = text
             elif kind is int or kind is float:
                 text = repr(value)
             else:
                 text = text_value(value)
-            out += (" ", key, "=", text)
-        return "".join(out)
+            parts.append(f"{key}={text}")
+        return " ".join(parts)
+
+    def json_members(self) -> str:
+        """``"event":...,"request_id":...`` and the fields, as JSON object members (ASCII only), for the JSON line.
+
+        Written by hand for the same reason as the text: strings' JSON kept, numbers as Python writes them
+        (finite), anything else through the JSON encoder.
+        """
+        memo = _JSON_MEMO
+        parts = ['"event":' + _json_string(self.name)]
+        if self.request_id:
+            parts.append('"request_id":' + _json_string(self.request_id))
+        for key, value in self.fields.items():
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                text = memo.get(value)
+                if text is None:
+                    text = _json_string(value)
+                    if len(memo) >= _TEXT_MEMO_SIZE:
+                        memo.clear()
+                    memo[value] = text
+            elif kind is int or (kind is float and math.isfinite(value)):
+                text = repr(value)
+            else:
+                text = _JSON.encode(value)
+            parts.append(f'"{key}":{text}')
+        return ",".join(parts)
+
+    def data(self, head: dict[str, Any]) -> dict[str, Any]:
+        """``head`` with ``event``, ``request_id`` and the fields added (the JSON line's object)."""
+        head["event"] = self.name
+        if self.request_id:
+            head["request_id"] = self.request_id
+        for key, value in self.fields.items():
+            if value is not None:
+                head[key] = value
+        return head
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {dict(self.fields)!r})"
@@ -141,6 +186,13 @@ class Event:
 #: Values written bare in text lines; anything else is quoted and escaped as a JSON string.
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+*,\[\]-]+")
 _BARE_MATCH = _BARE.fullmatch
+#: Texts of string values already written (see :meth:`Event.__str__`), and how many are kept at most.
+_TEXT_MEMO: dict[str, str] = {}
+_TEXT_MEMO_SIZE = 4096
+#: The same for the JSON lines.
+_JSON_MEMO: dict[str, str] = {}
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 _ASCII = json.JSONEncoder(ensure_ascii=True)
 
 
@@ -174,9 +226,40 @@ def log_event(logger: logging.Logger, level: int, name: str, fields: Mapping[str
 
 
 def emit(logger: logging.Logger, level: int, event: Event) -> None:
-    """Hand an event to the logger's handlers, without looking for the caller's file and line (a stack walk that
-    ``logger.log`` makes for every record, and that no event line prints)."""
+    """Hand an event to the logger's handlers (the caller has checked ``logger.isEnabledFor(level)``).
+
+    On the default configuration, when the record would reach the default
+    handler alone and unfiltered, the line is formatted by that handler's
+    formatter and written under its lock directly: the same line, without the
+    LogRecord and the dispatch (a good share of what a call line costs). Any
+    other configuration (the INI file's sections, a handler or filter added
+    since) goes through logging, without looking for the caller's file and
+    line (a stack walk ``logger.log`` makes for every record, and that no event
+    line prints).
+    """
+    handler = _direct
+    if handler is not None and handler.level <= level and _only_to(handler, logger):
+        handler.write_event(level, logger.name, event)
+        return
     logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, None, None))
+
+
+def _only_to(handler: logging.Handler, logger: logging.Logger) -> bool:
+    """Whether a record of ``logger`` reaches ``handler`` alone, and nothing filters it on the way."""
+    log: logging.Logger | None = logger
+    while log is not None:
+        if log.filters or log.disabled:
+            return False
+        if log.parent is None:  # the root
+            return len(log.handlers) == 1 and log.handlers[0] is handler and not handler.filters
+        if log.handlers or not log.propagate:
+            return False
+        log = log.parent
+    return False
+
+
+#: The default handler, while it is the one :func:`configure_logging` installed (see :func:`emit`).
+_direct: StderrHandler | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -211,16 +294,20 @@ class TextFormatter(logging.Formatter):
         super().__init__(*args, **kwargs)
         self._clock = _Clock()
 
+    def format_event(self, created: float, levelname: str, name: str, event: Event) -> str:
+        """The line of an event (:func:`emit` writes it without a record on the default configuration)."""
+        return f"{self._clock.iso(created)} {levelname} {name} {event}"
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.msg
         if isinstance(msg, Event):
-            text = str(msg)
+            line = self.format_event(record.created, record.levelname, record.name, msg)
         else:
             text = record.getMessage()
             request_id = getattr(record, "request_id", None) or _request_id.get()
             if request_id and request_id != "-":
                 text = f"{text} request_id={request_id}"
-        line = f"{self._clock.iso(record.created)} {record.levelname} {record.name} {text}"
+            line = f"{self._clock.iso(record.created)} {record.levelname} {record.name} {text}"
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
@@ -244,12 +331,17 @@ class JsonFormatter(logging.Formatter):
         self._clock = _Clock()
         self._encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 
+    def format_event(self, created: float, levelname: str, name: str, event: Event) -> str:
+        """The line of an event (:func:`emit` writes it without a record on the default configuration)."""
+        return f'{{"time":"{self._clock.iso(created)}","level":"{levelname}","logger":{_json_string(name)},' \
+               f'{event.json_members()}}}'
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {"time": self._clock.iso(record.created), "level": record.levelname,
                                 "logger": record.name}
         msg = record.msg
         if isinstance(msg, Event):
-            data.update(msg.items())
+            msg.data(data)
         else:
             data["message"] = record.getMessage()
             request_id = getattr(record, "request_id", None) or _request_id.get()
@@ -278,6 +370,25 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):  # StreamHandler.setStream; the stream is always the current stderr
         pass
+
+    def write_event(self, level: int, name: str, event: Event) -> None:
+        """Format and write an event's line as :meth:`emit` would a record's (see :func:`kernel.logs.emit`)."""
+        formatter = self.formatter
+        try:
+            line = formatter.format_event(time.time(), logging.getLevelName(level), name, event)  # type: ignore[union-attr]
+        except Exception:  # a formatter without format_event, or a value it cannot write: the ordinary way
+            logging.getLogger(name).handle(logging.getLogger(name).makeRecord(name, level, "(event)", 0, event,
+                                                                              None, None))
+            return
+        self.acquire()
+        try:
+            stream = sys.stderr
+            stream.write(line + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - as Handler.handleError does when stderr fails: nothing more to do
+            pass
+        finally:
+            self.release()
 
 
 # ---------------------------------------------------------------------------
@@ -323,8 +434,9 @@ def configure_logging(config) -> None:
     and ``fileConfig`` replaces the root's handlers. Raises ConfigError naming
     the file for logging sections ``fileConfig`` cannot use.
     """
-    global _configured
+    global _configured, _direct
     names = claim_logging_sections(config)
+    _direct = None
     if names:
         _install_record_factory()  # formats of the file's own may print %(request_id)s
         _file_config(config, names)
@@ -338,6 +450,7 @@ def configure_logging(config) -> None:
         handler._bastion = True  # type: ignore[attr-defined]
         handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
         root.addHandler(handler)
+        _direct = handler
         # The default formatters print no thread nor process: not looking them up spares every record some
         # microseconds (they read the request id from the context themselves).
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -357,10 +470,11 @@ class LoggingState:
                                                          for n in list(logging.root.manager.loggerDict)]
                         if isinstance(log, logging.Logger)}
         self.configured = _configured
+        self.direct = _direct
 
     def restore(self) -> None:
         """Put every logger's level, handlers, propagation and state back; loggers made since are reset."""
-        global _configured
+        global _configured, _direct
         for name in list(logging.root.manager.loggerDict) + [""]:
             log = logging.getLogger(name)
             if not isinstance(log, logging.Logger):
@@ -369,23 +483,31 @@ class LoggingState:
             log.setLevel(level)
             log.handlers[:] = handlers
             log.propagate, log.disabled = propagate, disabled
-        _configured = self.configured
+        _configured, _direct = self.configured, self.direct
 
 
 def _file_config(config, names: list[str]) -> None:
     """``logging.config.fileConfig`` over the logging sections, ``${NAME}`` expanded, ``%(here)s`` the file's folder."""
-    parser = configparser.ConfigParser(defaults={"here": str(config.base_dir), "__file__": config.path or ""})
+    parser = configparser.ConfigParser(defaults={"here": str(config.base_dir), "__file__": config.path or ""},
+                                       interpolation=_StoredAsWritten())
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     for name in names:
         parser.add_section(name)
         for key, value in config.raw_section(name).items():
-            # Format strings hold %(asctime)s-style fields: stored as written, read raw by fileConfig.
-            configparser.RawConfigParser.set(parser, name, key, value)
+            parser.set(name, key, value)
     try:
         logging.config.fileConfig(parser, disable_existing_loggers=False)
     except Exception as exc:  # fileConfig raises KeyError, ValueError, ImportError, NameError, OSError, ...
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ConfigError(f"{config.label}: logging sections: {type(exc).__name__}: {detail}") from None
+
+
+class _StoredAsWritten(configparser.BasicInterpolation):
+    """``%(here)s`` in the values fileConfig reads with interpolation (``args``); a format string, which it reads
+    raw, may hold any ``%(asctime)s``-style field, so nothing is checked when a value is stored."""
+
+    def before_set(self, parser, section, option, value):
+        return value
 
 
 def _install_record_factory() -> None:

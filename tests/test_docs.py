@@ -42,9 +42,29 @@ def test_readme_shows_the_two_commands():
 
 
 def test_readme_documents_every_config_key():
-    from kernel.config import BASTION_SCHEMA, SERVER_SCHEMA
+    from kernel.config import BASTION_SCHEMA, METRICS_SCHEMA, SERVER_SCHEMA
 
     text = (ROOT / "README.md").read_text()
-    for section, schema in (("bastion", BASTION_SCHEMA), ("server", SERVER_SCHEMA)):
+    assert "### `[metrics]`" in text
+    for section, schema in (("bastion", BASTION_SCHEMA), ("server", SERVER_SCHEMA), ("metrics", METRICS_SCHEMA)):
         for key in schema:
             assert f"`{key}`" in text, f"README.md does not document [{section}] {key}"
+
+
+def test_operations_documents_every_event_metric_and_deploy_check():
+    """docs/operations.md names every security event the auth plugin writes, every kernel metric, every check id."""
+    import re
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    sources = "\n".join(p.read_text() for p in [*ROOT.glob("kernel/*.py"), *ROOT.glob("plugins/*/bastion_*/*.py")])
+    events = set(re.findall(r'(?:event|security_event)\(\s*(?:auth, )?"([a-z_]+)"', sources))
+    events |= set(re.findall(r'\("([a-z_]+)", logging\.(?:WARNING|INFO)\)', sources))
+    assert {"login", "login_failed", "banned", "account_locked", "unbanned"} <= events
+    for event in events:
+        assert f"| `{event}` |" in text, f"docs/operations.md does not describe the event {event}"
+    metrics = set(re.findall(r'(?:counter|histogram|scrape_gauge)\(\s*"(bastion_[a-z_]+)"', sources))
+    assert {"bastion_calls_total", "bastion_logins_total", "bastion_sessions"} <= metrics
+    for metric in metrics:
+        assert f"`{metric}`" in text, f"docs/operations.md does not describe the metric {metric}"
+    for check in set(re.findall(r'"((?:bastion|auth|sql|redis)\.[EW]\d{3})"', sources)):
+        assert f"| `{check}` |" in text, f"docs/operations.md does not describe the check {check}"
