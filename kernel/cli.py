@@ -51,6 +51,8 @@ def _cmd_check(args, pm, runtime_factory) -> int:
             return _unavailable(exc, config)
         print(f"ok: {config.label}: {_urls(config)} answer; "
               f"{len(runtime.services.names())} services, {len(list(runtime.models))} models")
+        if config.bastion.development:
+            print("note: development = true: never for production; `bastion check --deploy` names every problem")
     finally:
         runtime.close()
     return 0
