@@ -263,9 +263,11 @@ def markdown(data: dict, path: Path) -> str:
         lines += ["", "### Logging and metrics: what they cost a signed call", "",
                   "Served: fresh servers that differ only in their logging, the same signed calls replayed by wrk, "
                   "server CPU per request (median of the runs; the variants in turn, the order reversed every other "
-                  "round). In process: the same calls through the WSGI app, logging set up as a server has it "
-                  "(writing to a file), best of 5 × N calls; the extra µs per call over the served `off` CPU is "
-                  "the share of the signed call's server CPU.", "",
+                  "round). In process: the same calls through one WSGI app, logging set up as a server has it "
+                  "(standard error a file), the variants switched on that app in interleaved chunks, the thread's "
+                  "CPU time per call (fastest of 10 chunks); the extra µs per call over the served `off` CPU per "
+                  "request (where there is no served A/B, over the run's own signed case, logging on) is the share "
+                  "of the signed call's server CPU.", "",
                   "| storage | call | variant | served CPU µs/req | served vs off | runs | in process µs/call "
                   "| extra µs/call | share of the served call |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|"]
