@@ -21,7 +21,6 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from bench import fill, load, procs
 from bench.backends import Backend, Store, backends
@@ -68,11 +67,11 @@ class Outcome:
 
 def password_hash(password: str) -> tuple[str, dict]:
     """Hash the bench user's password with the default [auth] argon2id parameters."""
-    from bastion_auth.passwords import make_context
+    from bastion_auth.passwords import argon2_context
     from bastion_auth.settings import AUTH_SCHEMA
 
     params = {k: AUTH_SCHEMA[k].default for k in ("argon2_memory_cost", "argon2_time_cost", "argon2_parallelism")}
-    return make_context(SimpleNamespace(**params)).hash(password), params
+    return argon2_context(*params.values()).hash(password), params
 
 
 class Bench:
