@@ -224,8 +224,9 @@ def bastion_models():
     Called by the kernel once per runtime. A model is a class with the
     classmethods ``initialize(record)``, ``validate(record)``,
     ``index(record)`` and ``to_dict(record)`` (see docs/storage.md; the fields
-    ``initialize`` sets are the model's fields). Returns a list of classes, or
-    None for none.
+    ``initialize`` sets are the model's fields), and optionally ``history =
+    True`` (every committed version kept, at most ``history_limit``). Returns
+    a list of classes, or None for none.
     """
 
 
