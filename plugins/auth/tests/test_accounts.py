@@ -209,7 +209,8 @@ def test_no_password_and_no_key_reach_the_log(app, alice, client_for, caplog):
         alice.call("end_sessions")
     text = caplog.text
     assert "password changed: alice@localhost" in text
-    for secret in (PASSWORD, NEW, "wrong secret", alice.session.sid, other.session.sid):
+    for secret in (PASSWORD, NEW, "wrong secret", alice.session.sid, other.session.sid, alice_key_text(alice.session),
+                   alice.session.sid[:SHOWN_SID]):
         assert secret not in text
 
 
