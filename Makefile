@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/todo
+PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/permissions plugins/todo
 INSTALLED := $(VENV)/.installed
 
 .PHONY: install run test test-fast lint bench bench-quick clean

@@ -5,8 +5,8 @@ kernel; names not listed in ``__all__`` are the kernel's own. docs/testing.md
 is the guide.
 
 * The storage-driver conformance suite, split by concern: :class:`RecordsSuite`,
-  :class:`UnitOfWorkSuite`, :class:`StateSuite`, :class:`HealthSuite`, and
-  :class:`DriverSuite`, all four. A driver adopts it with one subclass and a
+  :class:`UnitOfWorkSuite`, :class:`HistorySuite`, :class:`StateSuite`,
+  :class:`HealthSuite`, and :class:`DriverSuite`, all five. A driver adopts it with one subclass and a
   ``driver`` fixture; :func:`requires` marks a test that needs a capability
   the driver declares (``persistent`` tests also need a ``reopen`` fixture)::
 
@@ -60,6 +60,7 @@ from kernel.testing.servers import GunicornServer, wait_until_serving, write_con
 from kernel.testing.suite import (
     DriverSuite,
     HealthSuite,
+    HistorySuite,
     RecordsSuite,
     StateSuite,
     SuiteBase,
@@ -69,7 +70,7 @@ from kernel.testing.suite import (
 
 __all__ = [
     # the conformance suite
-    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
+    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
     # time and in-process apps
     "FakeClock", "open_app",
     # launchers of real servers

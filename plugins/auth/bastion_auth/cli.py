@@ -1,4 +1,4 @@
-"""``bastion adduser | passwd | deluser | users | hash-password``."""
+"""``bastion adduser | passwd | deluser | users | roles | hash-password``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 
-from bastion_auth import users
+from bastion_auth import events, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.settings import AUTH_SCHEMA
 from kernel import load_config
@@ -99,6 +99,32 @@ def register(subparsers, runtime_factory, get_auth) -> None:
                     print(f"{username}@{domain}")
         return 0
 
+    def roles(args, runtime, auth):
+        domain = _domain(args.domain)
+        _check_username(args.username)
+        who = f"{args.username}@{domain}"
+        with runtime.bind(domain):
+            if args.set is None:
+                record = users.find(args.username)
+                if record is None:
+                    raise SystemExit(f"bastion: no user {who}")
+                print(f"{who}: {', '.join(users.roles_of(args.username)) or '(no roles)'}")
+                return 0
+            try:
+                wanted = users.parse_roles(args.set)
+            except ValueError as exc:
+                raise SystemExit(f"bastion: --set: {exc}") from None
+            changed = users.set_roles(args.username, wanted)
+        if changed is None:
+            raise SystemExit(f"bastion: no user {who}")
+        if changed:
+            events.roles_assigned(domain, args.username, wanted, "bastion roles")
+        print(f"{who}: {', '.join(wanted) or '(no roles)'}" + ("" if changed else " (unchanged)"))
+        if who in auth.bootstrap_roles:
+            print(f"bastion: note: [roles] names {who} ({', '.join(auth.bootstrap_roles[who]) or 'no roles'}): "
+                  "the server gives it those again at its next start", file=sys.stderr)
+        return 0
+
     for name, fn, help_text, prompt in (
         ("adduser", adduser, "create a user", True),
         ("passwd", passwd, "change a user's password", True),
@@ -116,6 +142,11 @@ def register(subparsers, runtime_factory, get_auth) -> None:
     p = subparsers.add_parser("users", help="list users")
     p.add_argument("--domain", help="only this domain")
     p.set_defaults(func=with_runtime(list_users))
+    p = subparsers.add_parser("roles", help="show a user's roles, or set them with --set")
+    p.add_argument("username")
+    p.add_argument("--domain", required=True, help="the tenant, e.g. localhost or alpha.example.com")
+    p.add_argument("--set", metavar="ROLES", help="the user's roles from now on, comma-separated (\"\" for none)")
+    p.set_defaults(func=with_runtime(roles))
 
 
 def _domain(text: str) -> str:

@@ -31,6 +31,7 @@ from bastion_storage_redis.wire import Script, Wire
 from kernel import (
     PROBE_DOMAIN,
     Change,
+    RecordVersion,
     Scalar,
     ServiceUnavailable,
     StoredRecord,
@@ -171,9 +172,12 @@ class RedisDriver:
             check_change(change)
         k = self.keys
         args: list[Any] = [k.domain(domain), len(changes)]
+        kept: list[Any] = []  # history entries: list key, how many it keeps, the JSON entry
+        now = None
         for change in changes:
             index = (change.index or {}) if change.op != "delete" else {}
             index_keys = [k.index_suffix(change.model, field, index_token(value)) for field, value in index.items()]
+            data = dumps_text(change.data or {})
             args += [
                 change.op,
                 k.record(domain, change.model, change.id),
@@ -181,9 +185,17 @@ class RedisDriver:
                 change.id,
                 change.vsn,
                 change.new_vsn,
-                dumps_text(change.data or {}),
+                data,
                 dumps_text(index_keys),
             ]
+            if change.history:
+                now = self.clock() if now is None else now  # the commit's time, read once
+                # The data encoded above goes into the entry as it is, rather than encoded a second time.
+                head = dumps_text({"vsn": change.history_vsn, "at": now, "by": change.by})[:-1]
+                entry = f'{head},"data":{"null" if change.op == "delete" else data}}}'
+                kept += [k.history(domain, change.model, change.id), change.history, entry]
+        if kept:
+            args += [len(kept) // 3, *kept]
         inserted = sorted({c.model for c in changes if c.op == "insert"})
         if inserted:
             # The registry key lies outside the domain's hash tag, so the script
@@ -200,6 +212,16 @@ class RedisDriver:
             if change.op == "insert":
                 raise VersionConflict(f"{change.model} {change.id!r} already exists")
             raise VersionConflict("record changed")
+
+    @_translated
+    def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
+        """Return the kept versions of a record, oldest first: one LRANGE (none for an id that breaks the rule)."""
+        if not is_record_id(id):
+            return []
+        entries = self._wire.execute("LRANGE", self.keys.history(domain, model, id), 0, -1)
+        if not entries:
+            return []
+        return [RecordVersion(**entry) for entry in _loads("[" + ",".join(entries) + "]")]
 
     @_translated
     def domains(self, model: str) -> list[str]:

@@ -133,3 +133,32 @@ def test_development_start_of_many_processes_at_once_is_safe(empty_url):
     driver = SqlDriver(empty_url, schema="check")
     assert driver.get("race.test", "opened") == 4
     driver.close()
+
+
+def test_a_database_at_the_first_revision_upgrades_and_keeps_its_records(empty_url):
+    """A database made before record history existed (revision 0001) gets the history table at the next open."""
+    from alembic import command
+    from bastion_storage_sql import settings
+    from bastion_storage_sql.engine import create_engine, parse_url
+
+    from kernel import Change
+
+    engine = create_engine(parse_url(empty_url), settings.defaults())
+    with engine.begin() as connection:
+        command.upgrade(migrate._config(connection), "0001")
+    engine.dispose()
+    old = SqlDriver(empty_url, schema="none")
+    old.commit("upgrade.test", [Change("insert", "M", "a", 0, {"x": 1}, {})])
+    assert migrate.status(old.engine).current == "0001"
+    old.close()
+
+    with pytest.raises(ConfigError, match="run `bastion initdb` to upgrade it"):
+        bastion_storage_driver(empty_url, PRODUCTION, FakeClock())
+    driver = bastion_storage_driver(empty_url, DEVELOPMENT, FakeClock())  # development upgrades
+    try:
+        assert migrate.status(driver.engine).up_to_date
+        assert driver.fetch("upgrade.test", "M", "a").data == {"x": 1}
+        driver.commit("upgrade.test", [Change("update", "M", "a", 1, {"x": 2}, {}, 5, "alice")])
+        assert [(v.vsn, v.by, v.data) for v in driver.history("upgrade.test", "M", "a")] == [(2, "alice", {"x": 2})]
+    finally:
+        driver.close()
