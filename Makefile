@@ -18,9 +18,9 @@ $(INSTALLED): $(BIN)/python setup.cfg $(wildcard plugins/*/pyproject.toml)
 ## install: create .venv and install the kernel and every plugin (editable)
 install: $(INSTALLED)
 
-## run: start the server on http://localhost:9000 with ./bastion.ini
+## run: start the server on http://localhost:9000 with ./bastion.ini (`bastion serve`)
 run: install
-	$(BIN)/gunicorn kernel.wsgi:app
+	$(BIN)/bastion serve
 
 $(VENV)/.test-tools: $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[test]' tox ruff

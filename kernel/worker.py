@@ -1,6 +1,7 @@
 """Bastion's gunicorn worker: gunicorn's threaded worker, hardened against slow and malformed requests.
 
-``gunicorn.conf.py`` always selects it (``worker_class = "kernel.worker.BastionWorker"``), with one
+The packaged settings (``kernel.gunicorn_conf``, which ``bastion serve`` runs with and a checkout's
+``gunicorn.conf.py`` imports) always select it (``worker_class = "kernel.worker.BastionWorker"``), with one
 thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunicorn/workers/gthread.py``):
 
 * **Headers are gathered in the main loop, not in a thread.** gunicorn waits (5 s) only for the first
@@ -33,12 +34,11 @@ production runs behind.
 
 The two timeouts come from the ``[server]`` section, read in each worker process with
 :func:`kernel.config.load_config`, the way :mod:`kernel.wsgi` reads the application's configuration:
-plain ``gunicorn kernel.wsgi:app`` in a checkout and :class:`kernel.testing.servers.GunicornServer`
-both get them.
+``bastion serve``, plain ``gunicorn kernel.wsgi:app`` in a checkout and the test launchers all get them.
 
 This module is imported by gunicorn's master process (which loads the worker class) and what it imports
 there is not reloaded with the code in development: it imports no more of Bastion than
-``gunicorn.conf.py`` already does.
+``kernel.gunicorn_conf`` already does.
 """
 
 from __future__ import annotations

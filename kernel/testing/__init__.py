@@ -22,8 +22,8 @@ is the guide.
   :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
   over HTTP; the signing helpers build or check signed calls by hand.
 * Launchers of real servers: :class:`RedisServer`, :class:`PostgresServer`,
-  :class:`GunicornServer` (with :func:`write_config` and
-  :func:`wait_until_serving`), and :func:`free_port`.
+  :class:`GunicornServer` and :class:`BastionServer` (``bastion serve``), with
+  :func:`write_config` and :func:`wait_until_serving`, and :func:`free_port`.
 * The kernel's entry points a test drives: :func:`create_app`,
   :func:`get_plugin_manager`, :func:`describe`, the CLI's :func:`main`, and the
   schemas of ``[bastion]`` and ``[server]``.
@@ -56,7 +56,7 @@ from kernel.testing.clock import FakeClock
 from kernel.testing.ports import free_port
 from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
 from kernel.testing.redis import RedisServer, RedisServerError, find_redis_server
-from kernel.testing.servers import GunicornServer, wait_until_serving, write_config
+from kernel.testing.servers import BastionServer, GunicornServer, wait_until_serving, write_config
 from kernel.testing.suite import (
     DriverSuite,
     HealthSuite,
@@ -74,7 +74,7 @@ __all__ = [
     "FakeClock", "open_app",
     # launchers of real servers
     "RedisServer", "RedisServerError", "find_redis_server", "PostgresServer", "PostgresServerError", "find_bindir",
-    "GunicornServer", "write_config", "wait_until_serving", "free_port",
+    "GunicornServer", "BastionServer", "write_config", "wait_until_serving", "free_port",
     # the client
     "Client", "Response", "Session", "InvalidResponseSignature",
     # signing by hand
