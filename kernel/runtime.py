@@ -64,6 +64,12 @@ class Runtime:
             self.models = Models(_flatten(self.hook.bastion_models()))
             self.services = Services(_flatten(self.hook.bastion_services()))
         except BaseException:
+            # Close what opened before the failure (the records' driver, when the state's could not open).
+            records, state = getattr(self, "records", None), getattr(self, "state", None)
+            if records is not None:
+                records.close()
+            if state is not None and state is not records:
+                state.close()
             self._unregister()
             raise
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -352,6 +353,65 @@ def test_outage_answers_503_and_heals_without_a_restart(deployment):
     assert deployment.worker_pids() == workers
     for client in clients + readers:
         client.logout()
+
+
+def test_a_hung_postgresql_answers_503_within_the_timeout_and_no_worker_is_stuck(e2e_postgres):
+    """PostgreSQL frozen (SIGSTOP) under 4 workers: every call and /healthz answer 503 within the timeouts, then heal."""
+    config = sections(e2e_postgres.create_database(f"hung_{uuid.uuid4().hex[:12]}"),
+                      storage_sql={"statement_timeout": 1, "pool_timeout": 1, "connect_timeout": 1})
+    with GunicornServer(config, workers=4, threads=4) as server:
+        deployment = Deployment("hung postgresql", server)
+        clients = in_threads(8, lambda i: deployment.client())
+        workers = deployment.worker_pids()
+
+        def attempt(i: int) -> list[tuple[str, Response, float]]:
+            client, answers = clients[i], []
+            for what, send in (("add", lambda: client.send_signed("/api/add", _body({"args": [f"hung {i}"]}))[0]),
+                               ("get_all", lambda: client.send_signed("/api/get_all", b"")[0]),
+                               ("healthz", lambda: deployment.get("/healthz"))):
+                started = time.monotonic()
+                answer = send()
+                answers.append((what, answer, time.monotonic() - started))
+            return answers
+
+        e2e_postgres.pause()
+        try:
+            results = in_threads(8, attempt)  # 8 callers at once on 4 workers × 4 threads
+        finally:
+            e2e_postgres.resume()
+        for i, answers in enumerate(results):
+            for what, answer, took in answers:
+                assert_unavailable(answer, f"{what} by client {i} while PostgreSQL hung")
+                assert took < 5, f"{what} by client {i}: {took:.1f} s"  # 1 s timeouts, plus a second of grace
+        poll_until(lambda: deployment.get("/healthz").status == 200, 30, "/healthz after PostgreSQL resumed")
+        assert [len(todos) >= 0 for todos in in_threads(8, lambda i: clients[i].call("get_all"))] == [True] * 8
+        assert deployment.worker_pids() == workers  # gunicorn never had to replace a worker
+        assert "Traceback" not in server.log()
+        assert e2e_postgres.password not in server.log()
+
+
+def test_a_worker_that_starts_during_an_outage_answers_503_until_the_storage_is_back(e2e_postgres):
+    """A worker replaced while PostgreSQL is down must not count as a failed boot (gunicorn would stop the server)."""
+    import os
+    import signal
+
+    config = sections(e2e_postgres.create_database(f"reboot_{uuid.uuid4().hex[:12]}"))
+    with GunicornServer(config, workers=1) as server:
+        deployment = Deployment("worker started during an outage", server)
+        client = deployment.client()
+        [old] = deployment.worker_pids()
+        e2e_postgres.stop()
+        try:
+            os.kill(old, signal.SIGKILL)  # a crash; gunicorn starts another worker, which cannot open the storage
+            poll_until(lambda: deployment.worker_pids() - {old}, 30, "a new worker")
+            poll_until(lambda: "answering 503 until" in server.log(), 60, "the new worker's start")
+            assert_unavailable(deployment.get("/healthz"), "/healthz of the new worker")
+            assert_unavailable(client.send_signed("/api/get_all", b"")[0], "a call to the new worker")
+        finally:
+            e2e_postgres.start()
+        poll_until(lambda: deployment.get("/healthz").status == 200, 30, "/healthz once PostgreSQL is back")
+        assert client.call("get_all") == []  # the session, made before, lives in PostgreSQL
+        assert server.process.poll() is None and "Worker failed to boot" not in server.log()
 
 
 # -- 4. limits under concurrency --------------------------------------------------------------------
