@@ -21,7 +21,8 @@ is the guide.
 * :func:`open_app`: an in-process app; :class:`Client` (with :class:`Response`,
   :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
   over HTTP; the signing helpers build or check signed calls by hand.
-* Launchers of real servers: :class:`RedisServer`, :class:`PostgresServer`,
+* Launchers of real servers: :class:`RedisServer`, :class:`RedisClusterServer`
+  (``redis-cli --cluster create``, with :func:`find_redis_cli`), :class:`PostgresServer`,
   :class:`GunicornServer` and :class:`BastionServer` (``bastion serve``), with
   :func:`write_config` and :func:`wait_until_serving`, and :func:`free_port`.
 * The kernel's entry points a test drives: :func:`create_app`,
@@ -30,7 +31,7 @@ is the guide.
 
 The pytest plugin :mod:`kernel.testing.fixtures` (loaded automatically once
 Bastion is installed) offers the ``fake_clock``, ``make_app``,
-``redis_server``, ``postgres_server`` and ``gunicorn_server`` fixtures.
+``redis_server``, ``redis_cluster``, ``postgres_server`` and ``gunicorn_server`` fixtures.
 """
 
 from kernel.app import create_app
@@ -56,6 +57,7 @@ from kernel.testing.clock import FakeClock
 from kernel.testing.ports import free_port
 from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
 from kernel.testing.redis import RedisServer, RedisServerError, find_redis_server
+from kernel.testing.redis_cluster import RedisClusterServer, find_redis_cli
 from kernel.testing.servers import BastionServer, GunicornServer, wait_until_serving, write_config
 from kernel.testing.suite import (
     DriverSuite,
@@ -73,7 +75,8 @@ __all__ = [
     # time and in-process apps
     "FakeClock", "open_app",
     # launchers of real servers
-    "RedisServer", "RedisServerError", "find_redis_server", "PostgresServer", "PostgresServerError", "find_bindir",
+    "RedisServer", "RedisServerError", "find_redis_server", "RedisClusterServer", "find_redis_cli",
+    "PostgresServer", "PostgresServerError", "find_bindir",
     "GunicornServer", "BastionServer", "write_config", "wait_until_serving", "free_port",
     # the client
     "Client", "Response", "Session", "InvalidResponseSignature",
