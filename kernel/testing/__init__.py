@@ -18,6 +18,9 @@ is the guide.
               return MyDriver(url, clock=clock)
 
 * :class:`FakeClock`: an injectable clock that only moves when told.
+* :func:`skip_or_fail` (and :func:`import_or_skip`, :func:`in_ci`): a test that
+  cannot run for want of a browser, a server or a plugin is skipped, or
+  failed when ``CI=true``.
 * :func:`open_app`: an in-process app; :class:`Client` (with :class:`Response`,
   :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
   over HTTP; the signing helpers build or check signed calls by hand.
@@ -53,6 +56,7 @@ from kernel.signing import (
     string_to_sign,
 )
 from kernel.testing.apps import open_app
+from kernel.testing.ci import import_or_skip, in_ci, skip_or_fail
 from kernel.testing.clock import FakeClock
 from kernel.testing.ports import free_port
 from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
@@ -74,6 +78,8 @@ __all__ = [
     "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
     # time and in-process apps
     "FakeClock", "open_app",
+    # what a test needs, skipped here and failed on CI (CI=true)
+    "skip_or_fail", "import_or_skip", "in_ci",
     # launchers of real servers
     "RedisServer", "RedisServerError", "find_redis_server", "RedisClusterServer", "find_redis_cli",
     "PostgresServer", "PostgresServerError", "find_bindir",

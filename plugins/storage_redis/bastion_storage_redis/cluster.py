@@ -63,6 +63,15 @@ def variant(key: str, n: int) -> str:
     return f"{key[:end]}.{n}{key[end:]}"
 
 
+def _move_slot(nodes: Any, moved: MovedError) -> None:
+    """Give the slot of a MOVED answer its new master in the slot map."""
+    move = getattr(nodes, "move_slot", None)
+    if move is not None:
+        move(moved)
+    else:  # older redis-py keeps it and applies it at its next look-up
+        nodes.update_moved_exception(moved)
+
+
 class ClusterWire:
     """What :class:`Wire` offers, on a Redis Cluster: each call routed to the master of its keys' slot."""
 
@@ -137,7 +146,7 @@ class ClusterWire:
             try:
                 return send(wire, target is not None)
             except MovedError as exc:
-                self.client.nodes_manager.move_slot(exc)
+                _move_slot(self.client.nodes_manager, exc)
                 target = None
             except AskError as exc:
                 target = self._wire(exc.host, exc.port)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from kernel.testing import import_or_skip
+
 pytestmark = pytest.mark.slow
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "protocol-vectors.json").read_text("utf-8"))["vectors"]
@@ -125,7 +127,7 @@ ARTIFACTS = Path(__file__).resolve().parents[3] / "tests" / "artifacts"
 
 
 def expect(target):
-    return pytest.importorskip("playwright.sync_api").expect(target)
+    return import_or_skip("playwright.sync_api").expect(target)
 
 
 def login(page, username="alice", password=PASSWORD):
