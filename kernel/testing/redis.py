@@ -58,17 +58,18 @@ class RedisServer:
 
     ``password`` sets ``requirepass``; ``startup_timeout`` bounds the wait for
     readiness; ``extra_args`` are more ``redis-server`` options (a cluster
-    node's, say). :attr:`url` and :attr:`unix_url` are the URLs of the running
-    server (they stay valid across :meth:`kill` and :meth:`start`).
+    node's, say); ``port`` fixes the port (by default a free one is picked).
+    :attr:`url` and :attr:`unix_url` are the URLs of the running server (they
+    stay valid across :meth:`kill` and :meth:`start`).
     """
 
     def __init__(self, password: str | None = None, startup_timeout: float = 10.0, binary: str | None = None,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), port: int | None = None):
         self.password = password
         self.startup_timeout = startup_timeout
         self.binary = binary
         self.extra_args = tuple(extra_args)
-        self.port: int | None = None
+        self.port: int | None = port
         self.directory: Path | None = None
         self.process: subprocess.Popen | None = None
 

@@ -29,10 +29,13 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from kernel.testing.ports import free_port
 from kernel.testing.redis import RedisServer, RedisServerError, _resp, find_redis_server
 
 #: Slots of a Redis Cluster.
 SLOTS = 16384
+#: A node's cluster bus listens on its port plus this.
+BUS_OFFSET = 10000
 
 INSTALL_HINT = "install it (Debian: apt-get install redis-server, which brings redis-tools) or set BASTION_REDIS_CLI"
 
@@ -129,12 +132,12 @@ class RedisClusterServer:
         options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                    "--cluster-node-timeout", str(int(self.node_timeout * 1000)),
                    # A replica always stands for election, however long it was apart (tests restart nodes).
-                   "--cluster-replica-validity-factor", "0"]
+                   "--cluster-replica-validity-factor", "0",
+                   # A master syncs a replica at once, not after waiting 5 s for others to sync with them.
+                   "--repl-diskless-sync-delay", "0"]
         try:
             for _ in range(self.masters_count * (1 + self.replicas_count)):
-                node = RedisServer(self.password, binary=binary, extra_args=options)
-                self.nodes.append(node)
-                node.start()
+                self.nodes.append(self._start_node(binary, options))
             create = [cli, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
                       "--cluster-replicas", str(self.replicas_count), "--cluster-yes"]
             if self.password:
@@ -274,6 +277,18 @@ class RedisClusterServer:
                    self.startup_timeout, f"slot {slot} did not move")
 
     # -- internals ---------------------------------------------------------------
+
+    def _start_node(self, binary: str, options: list[str]) -> RedisServer:
+        """A node on a port whose cluster bus port (plus 10000) is free too; another pair if one was taken meanwhile."""
+        for attempt in range(5):
+            node = RedisServer(self.password, binary=binary, extra_args=options, port=free_port(bus_offset=BUS_OFFSET))
+            try:
+                return node.start()
+            except RedisServerError:
+                node.stop()
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _node(self, port: int) -> RedisServer:
         for node in self.nodes:
