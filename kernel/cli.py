@@ -60,27 +60,28 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
     return parser
 
 
-def _command(argv: Sequence[str]) -> int | None:
-    """The index of the command in ``argv`` (the first word that is neither an option nor ``--config``'s value)."""
-    i = 0
+def _command(argv: Sequence[str]) -> tuple[int | None, str | None]:
+    """Where the command is in ``argv`` (the first word that is neither an option nor ``--config``'s value),
+    and the ``--config`` given before it (``--config FILE`` or ``--config=FILE``)."""
+    i, config = 0, None
     while i < len(argv):
         if argv[i] == "--config":
+            config = argv[i + 1] if i + 1 < len(argv) else None
             i += 2
+        elif argv[i].startswith("--config="):
+            config = argv[i].partition("=")[2]
+            i += 1
         elif argv[i].startswith("-"):
             i += 1
         else:
-            return i
-    return None
+            return i, config
+    return None, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bastion`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path = argv[i + 1] if i + 1 < len(argv) else None
-    command = _command(argv)
+    command, config_path = _command(argv)
     if command is not None and argv[command] == "serve":
         # gunicorn's master must not import the plugins: its workers do (and see new code on a reload).
         return serve.main(argv[command + 1:], config_path)

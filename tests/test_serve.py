@@ -134,9 +134,9 @@ def test_a_bad_configuration_stops_the_start_with_one_line(tmp_path, text, needl
     assert len(lines) == 1 and lines[0].startswith("bastion: ") and needle in lines[0], result.stderr
 
 
-def test_a_missing_config_file_is_one_line(tmp_path):
-    result = subprocess.run([BASTION, "--config", "nowhere.ini", "serve"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+@pytest.mark.parametrize("option", [["--config", "nowhere.ini"], ["--config=nowhere.ini"]])
+def test_a_missing_config_file_is_one_line(tmp_path, option):
+    result = subprocess.run([BASTION, *option, "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr.strip()) == (1, f"bastion: {tmp_path / 'nowhere.ini'}: cannot read "
                                                               "configuration: no such file")
 
