@@ -25,8 +25,10 @@ from pathlib import Path
 from bench import fill, load, procs
 from bench.backends import Backend, Store, backends
 from kernel.client import Client
-from kernel.testing.servers import REPO_ROOT, GunicornServer, write_config
+from kernel.testing.servers import GunicornServer, write_config
 
+#: The checkout: the bench's own app modules import from it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 USERNAME = "bench"
 SKEW = 60  # the default [auth] skew: every run is far shorter, so ts stays valid
 

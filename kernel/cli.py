@@ -1,6 +1,6 @@
 """The ``bastion`` command line.
 
-The kernel brings ``plugins`` and ``check``; plugins add their own commands
+The kernel brings ``serve``, ``plugins`` and ``check``; plugins add their own commands
 through the ``bastion_cli`` hook (the auth plugin adds ``adduser``,
 ``passwd``, ``deluser``, ``users`` and ``hash-password``; the SQL plugin
 ``initdb``).
@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import kernel.serve as serve
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
 from kernel.plugins import describe, get_plugin_manager
@@ -53,17 +54,37 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _cmd_plugins(a, pm, runtime_factory))
     p = sub.add_parser("check", help="load configuration and plugins, open the storage")
     p.set_defaults(func=lambda a: _cmd_check(a, pm, runtime_factory))
+    # Listed for --help; main() runs it before any plugin loads (see kernel.serve).
+    serve.add_parser(sub).set_defaults(func=lambda a: serve.main([], a.config))
     pm.hook.bastion_cli(subparsers=sub, runtime_factory=runtime_factory)
     return parser
+
+
+def _command(argv: Sequence[str]) -> tuple[int | None, str | None]:
+    """Where the command is in ``argv`` (the first word that is neither an option nor ``--config``'s value),
+    and the ``--config`` given before it (``--config FILE`` or ``--config=FILE``)."""
+    i, config = 0, None
+    while i < len(argv):
+        if argv[i] == "--config":
+            config = argv[i + 1] if i + 1 < len(argv) else None
+            i += 2
+        elif argv[i].startswith("--config="):
+            config = argv[i].partition("=")[2]
+            i += 1
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i, config
+    return None, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bastion`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path = argv[i + 1] if i + 1 < len(argv) else None
+    command, config_path = _command(argv)
+    if command is not None and argv[command] == "serve":
+        # gunicorn's master must not import the plugins: its workers do (and see new code on a reload).
+        return serve.main(argv[command + 1:], config_path)
     try:
         pm = get_plugin_manager()
 

@@ -8,5 +8,10 @@ from kernel.runtime import Runtime
 
 _config = load_config()
 logging.getLogger("bastion").setLevel(_config.bastion.log_level.upper())
-runtime = Runtime(_config).start()
+runtime = Runtime(_config)
+try:
+    runtime.start()
+except BaseException:
+    runtime.close()  # an outage during start-up: the worker tries again later (kernel.worker.Starting)
+    raise
 app = create_app(runtime)

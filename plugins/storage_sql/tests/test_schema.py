@@ -58,6 +58,40 @@ def test_initdb_creates_then_finds_the_schema(empty_url, tmp_path, capsys):
     assert not password or password not in output
 
 
+def test_two_nodes_running_initdb_at_once_create_one_schema(fresh_pg_url, tmp_path):
+    """Two `bastion initdb` processes held at the migration lock, then released together: one creates, one finds."""
+    import time
+    from pathlib import Path
+
+    import psycopg
+
+    ini = tmp_path / "bastion.ini"
+    ini.write_text(f"[bastion]\nstorage = {fresh_pg_url}\n")
+    holder = psycopg.connect(fresh_pg_url, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATION_LOCK,))
+        command = [str(Path(sys.executable).with_name("bastion")), "--config", str(ini), "initdb"]
+        nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 60
+        while holder.execute(waiting).fetchone()[0] < 2:  # both have read "no schema" and wait for the lock
+            assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), "initdb did not wait"
+            time.sleep(0.02)  # processes starting up: nothing to wait on but the lock table
+        holder.execute("SELECT pg_advisory_unlock(%s)", (migrate.MIGRATION_LOCK,))
+        outcomes = [node.communicate(timeout=120) + (node.returncode,) for node in nodes]
+    finally:
+        holder.close()
+    assert [code for _, _, code in outcomes] == [0, 0], outcomes
+    said = sorted(out.split(": ", 2)[2].strip() for out, _, _ in outcomes)
+    assert said[0].startswith("created the schema at revision") and said[1].startswith("the schema is already"), said
+    driver = SqlDriver(fresh_pg_url, schema="check")
+    try:
+        with driver.engine.connect() as connection:
+            assert connection.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1
+    finally:
+        driver.close()
+
+
 def test_initdb_covers_a_separate_state_url(tmp_path, fresh_pg_url, capsys):
     records_url = f"sqlite:///{tmp_path}/records.sqlite3"
     ini = tmp_path / "bastion.ini"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kernel import UnknownSession
-from kernel.testing import Client
+from kernel.testing import Client, import_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ ARTIFACTS = Path(__file__).resolve().parents[3] / "tests" / "artifacts"
 
 
 def expect(target):
-    return pytest.importorskip("playwright.sync_api").expect(target)
+    return import_or_skip("playwright.sync_api").expect(target)
 
 
 def login(page, username="alice", password=PASSWORD):
