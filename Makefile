@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/todo
+PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/permissions plugins/todo
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench bench-quick clean
+.PHONY: install run test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,19 @@ $(INSTALLED): $(BIN)/python setup.cfg $(wildcard plugins/*/pyproject.toml)
 ## install: create .venv and install the kernel and every plugin (editable)
 install: $(INSTALLED)
 
-## run: start the server on http://localhost:9000 with ./bastion.ini
+## run: start the server on http://localhost:9000 with ./bastion.ini (`bastion serve`)
 run: install
-	$(BIN)/gunicorn kernel.wsgi:app
+	$(BIN)/bastion serve
 
 $(VENV)/.test-tools: $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[test]' tox ruff
 	touch $@
 
-## test: install the test tools and run every test of the kernel and of every plugin
-test: $(VENV)/.test-tools
+## test: check (as root on Debian: install) the servers and browser the tests need, install the test tools,
+## and run every test of the kernel and of every plugin; with CI=true a missing browser or server fails, never skips
+test:
+	@PYTHON=$(PYTHON) VENV=$(VENV) sh tools/test-needs
+	@$(MAKE) --no-print-directory $(VENV)/.test-tools
 	$(BIN)/python -m pytest tests plugins
 
 ## lint: ruff over everything

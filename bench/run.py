@@ -25,8 +25,10 @@ from pathlib import Path
 from bench import fill, load, procs
 from bench.backends import Backend, Store, backends
 from kernel.client import Client
-from kernel.testing.servers import REPO_ROOT, GunicornServer, write_config
+from kernel.testing.servers import GunicornServer, write_config
 
+#: The checkout: the bench's own app modules import from it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 USERNAME = "bench"
 SKEW = 60  # the default [auth] skew: every run is far shorter, so ts stays valid
 
@@ -72,8 +74,7 @@ def password_hash(password: str) -> tuple[str, dict]:
     from bastion_auth.settings import AUTH_SCHEMA
 
     params = {k: AUTH_SCHEMA[k].default for k in ("argon2_memory_cost", "argon2_time_cost", "argon2_parallelism")}
-    return argon2_context(params["argon2_memory_cost"], params["argon2_time_cost"],
-                          params["argon2_parallelism"]).hash(password), params
+    return argon2_context(*params.values()).hash(password), params
 
 
 class Bench:

@@ -30,6 +30,7 @@ from kernel.driver import (  # noqa: E402
     Change,
     Driver,
     RecordStore,
+    RecordVersion,
     Scalar,
     StateStore,
     StoredRecord,
@@ -96,7 +97,7 @@ __all__ = [
     # operations: bastion check --deploy
     "Problem", "is_loopback_host",
     # storage drivers
-    "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "WindowEntry", "Scalar", "check_change",
+    "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar", "check_change",
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
     "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL",
     # errors

@@ -1,10 +1,10 @@
 """The ``bastion`` command line.
 
-The kernel brings ``plugins``, ``check`` (with ``--deploy``) and
+The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``) and
 ``--version``; plugins add their own commands through the ``bastion_cli``
 hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
-``sessions``, ``end-sessions``, ``unlock``, ``unban`` and ``hash-password``;
-the SQL plugin ``initdb``).
+``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
+``hash-password``; the SQL plugin ``initdb``).
 
 Commands log through the INI file's logging (``kernel.logs``), as the server
 does: the security events of an administrative command land where the
@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import kernel.serve as serve
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
 from kernel.logs import LoggingState, configure_logging
@@ -135,18 +136,38 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
     p.add_argument("--fail-level", choices=("error", "warning"), default="error",
                    help="with --deploy: the level that makes the command fail (default: error)")
     p.set_defaults(func=lambda a: _cmd_check(a, pm, runtime_factory))
+    # Listed for --help; main() runs it before any plugin loads (see kernel.serve).
+    serve.add_parser(sub).set_defaults(func=lambda a: serve.main([], a.config))
     pm.hook.bastion_cli(subparsers=sub, runtime_factory=runtime_factory)
     return parser
+
+
+def _command(argv: Sequence[str]) -> tuple[int | None, str | None]:
+    """Where the command is in ``argv`` (the first word that is neither an option nor ``--config``'s value),
+    and the ``--config`` given before it (``--config FILE`` or ``--config=FILE``)."""
+    i, config = 0, None
+    while i < len(argv):
+        if argv[i] == "--config":
+            config = argv[i + 1] if i + 1 < len(argv) else None
+            i += 2
+        elif argv[i].startswith("--config="):
+            config = argv[i].partition("=")[2]
+            i += 1
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i, config
+    return None, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bastion`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command, config_path = _command(argv)
+    if command is not None and argv[command] == "serve":
+        # gunicorn's master must not import the plugins: its workers do (and see new code on a reload).
+        return serve.main(argv[command + 1:], config_path)
     logging_state = LoggingState()  # put back on the way out: a test may run commands in its own process
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path = argv[i + 1] if i + 1 < len(argv) else None
     try:
         pm = get_plugin_manager()
 

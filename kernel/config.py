@@ -359,12 +359,19 @@ METRICS_SCHEMA: dict[str, Option] = {
                       "is counted", default=("127.0.0.0/8", "::1")),
 }
 
-#: The ``[server]`` section, read by gunicorn.conf.py.
+#: The ``[server]`` section, read by kernel.gunicorn_conf (``bastion serve``, and gunicorn with its settings).
 SERVER_SCHEMA: dict[str, Option] = {
     "bind": Str("127.0.0.1:9000", "address gunicorn listens on", r"(\S+:\d+|unix:\S+)", "HOST:PORT or unix:PATH"),
     "workers": Int(2, "worker processes (forced to 1 for mem://)", min=1, max=64),
     "threads": Int(4, "threads per worker", min=1, max=256),
     "timeout": Int(30, "seconds before a silent worker is restarted", min=1),
+    "graceful_timeout": Int(30, "seconds workers have to finish their requests after a stop or restart signal, "
+                            "before they are killed", min=1),
+    "keepalive": Int(2, "seconds an idle kept-alive connection stays open for its next request (0: no keep-alive)",
+                     min=0, max=3600),
+    "max_requests": Int(0, "requests a worker serves before it is replaced by a fresh one (0: never)", min=0),
+    "max_requests_jitter": Int(0, "a random 0 to this many requests added to max_requests for each worker, so that "
+                               "workers are not replaced all at once", min=0),
     "reload": Choice("auto", ("auto", "on", "off"), "restart workers when code changes; auto: in development mode"),
     "header_timeout": Float(10.0, "seconds a client has to send a request's whole header block, else 408", min=0.1),
     "body_timeout": Float(20.0, "seconds the application has to read a request's whole body from its start, else 408",

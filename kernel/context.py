@@ -5,6 +5,7 @@ Services and plugins read who is calling and for which tenant from here::
     from kernel import current
     current().domain      # 'alpha.localhost'
     current().user        # 'alice', or None before authentication
+    current().roles       # frozenset({'editor'}): the caller's roles, empty before authentication
 
 Only the kernel writes a request's fields (the names with an underscore);
 plugins read the properties. A request carries its own fields and nothing
@@ -26,7 +27,9 @@ class Request:
     client address (section 7), ``scheme`` ``http`` or ``https``, ``path``
     the target's path exactly as sent (the signed one), ``query`` its query
     string (None when the target had no ``?``). ``session`` is what the
-    authenticator returned once a signed call passed step 10, else None.
+    authenticator returned once a signed call passed step 10, else None;
+    ``user`` and ``roles`` are read from it (its ``username`` and ``roles``
+    attributes).
     """
 
     __slots__ = ("_domain", "_origin", "_scheme", "_method", "_path", "_query", "_headers", "_body",
@@ -90,6 +93,18 @@ class Request:
     def user(self) -> str | None:
         """The authenticated username, or None."""
         return getattr(self._session, "username", None)
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The authenticated caller's roles (the session's ``roles``); empty before authentication or without any.
+
+        With the auth plugin they are the user's roles as stored with the
+        user, read when first asked for in a call (so a change of roles
+        counts from the user's next call, and a call that never asks costs
+        no read).
+        """
+        roles = getattr(self._session, "roles", None)
+        return frozenset(roles) if roles else frozenset()
 
     @property
     def protected(self) -> bool:

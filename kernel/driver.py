@@ -5,7 +5,10 @@ A driver keeps two kinds of data, both partitioned by domain in every key:
 * **records** — ``(domain, model, id, vsn, data)`` with index entries, read by
   id or by an equality filter on indexed fields in creation order, and written
   only through :meth:`RecordStore.commit`, which checks every version and
-  applies every change atomically, or none;
+  applies every change atomically, or none; for a model that keeps history,
+  the same commit appends each change to its record's **history** (at most the
+  number of versions the change names, oldest dropped), read back by
+  :meth:`RecordStore.history`;
 * **short-lived state** for the auth plugin — keys with a time to live, atomic
   add-if-absent, atomic increments, and *windows* (sets of members that each
   expire on their own, for sliding-window counters and per-user session sets).
@@ -52,6 +55,14 @@ class Change:
     ``update``: the stored version must equal ``vsn``; it becomes ``vsn + 1``.
     ``delete``: the stored version must equal ``vsn``; the record goes.
     ``index`` maps indexed field names to scalar values (empty for deletes).
+
+    ``history`` is how many versions the record's history keeps once this
+    change is in it (its model's ``history_limit``); 0, the default, writes no
+    history. When it is set, the commit that applies the change also appends
+    ``RecordVersion(history_vsn, <the driver's clock>, by, data)`` to the record's
+    history and drops its oldest entries beyond ``history`` — in the same
+    atomic step, so a commit that fails writes no history either. ``by`` is
+    who committed it (a username, or None outside a signed call).
     """
 
     op: Literal["insert", "update", "delete"]
@@ -60,11 +71,36 @@ class Change:
     vsn: int
     data: dict[str, Any] | None = None
     index: Mapping[str, Scalar] | None = None
+    history: int = 0
+    by: str | None = None
 
     @property
     def new_vsn(self) -> int:
         """The version the record has after the change (0 once deleted)."""
         return {"insert": 1, "update": self.vsn + 1, "delete": 0}[self.op]
+
+    @property
+    def history_vsn(self) -> int:
+        """The version this change's history entry records: the new one; for a delete, the one after the last."""
+        return 1 if self.op == "insert" else self.vsn + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVersion:
+    """One entry of a record's history: its version, when it was committed (driver clock), by whom, its data.
+
+    ``data`` is the record's data as that version stored it, or None for the
+    deletion (whose ``vsn`` is the one after the last version stored).
+    """
+
+    vsn: int
+    at: float
+    by: str | None
+    data: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"vsn", "at", "by", "data"}``, the JSON form ``db.history`` returns."""
+        return {"vsn": self.vsn, "at": self.at, "by": self.by, "data": self.data}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +133,19 @@ class RecordStore(Protocol):
 
         Every change first passes :func:`check_change` (TypeError, nothing
         written): a valid record id, JSON data, scalar index values, and no
-        string that UTF-8 cannot encode.
+        string that UTF-8 cannot encode. A change whose ``history`` is set is
+        appended to its record's history in the same atomic step (see
+        :class:`Change`); a change without it costs nothing more.
+        """
+
+    def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
+        """Return the kept versions of a record, oldest first (the last one a deletion, if it was deleted).
+
+        A record's history outlives the record: a deletion is its last entry,
+        and an insert of the same id later appends after it. Empty when
+        nothing was kept (a model without history, an unknown id, an id that
+        breaks the record-id rule, which finds nothing without asking the
+        backend). Returned data belongs to the caller.
         """
 
     def domains(self, model: str) -> list[str]:
@@ -247,8 +295,13 @@ def check_record_id(id: object, where: str = "record id") -> None:
 
 
 def check_change(change: Change) -> None:
-    """Raise TypeError unless a driver can store ``change`` and give it back: id, data and index values."""
+    """Raise TypeError unless a driver can store ``change`` and give it back: id, data, index values, history."""
     check_record_id(change.id, f"{change.model}: record id")
+    if change.history or change.by is not None:
+        if type(change.history) is not int or change.history < 0:
+            raise TypeError(f"{change.model} {change.id}: history {change.history!r} is not a number of versions")
+        if change.by is not None:
+            check_text(change.by, f"{change.model} {change.id}: history author")
     if change.op == "delete":
         return
     where = f"{change.model} {change.id}"

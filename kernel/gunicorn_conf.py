@@ -1,10 +1,12 @@
 """gunicorn settings read from the ``[server]`` section of the configured INI file.
 
-Use them with ``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app`` from
-any directory (the INI file is ``$BASTION_CONFIG``, else ``./bastion.ini``);
-a checkout's ``gunicorn.conf.py`` imports them, so that plain ``gunicorn
-kernel.wsgi:app`` there binds 127.0.0.1:9000. Command-line flags
-(``--bind``, ``--workers``) still override them.
+``bastion serve`` runs gunicorn with them (:mod:`kernel.serve`); they are also
+``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app`` from any directory
+(the INI file is ``$BASTION_CONFIG``, else ``./bastion.ini``), and a
+checkout's ``gunicorn.conf.py`` imports them, so that plain ``gunicorn
+kernel.wsgi:app`` there binds 127.0.0.1:9000. gunicorn's command-line flags
+(``--bind``, ``--workers``) still override them. gunicorn, and ``bastion
+serve``, take every name of this module that is one of gunicorn's settings.
 
 Before any worker starts, the configured runtime is opened once and closed
 again, in a short-lived child of the master (so that the master imports no
@@ -73,6 +75,10 @@ bind = [_server.bind]
 workers = _server.workers
 threads = _server.threads
 timeout = _server.timeout
+graceful_timeout = _server.graceful_timeout
+keepalive = _server.keepalive
+max_requests = _server.max_requests
+max_requests_jitter = _server.max_requests_jitter
 # Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
 # thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
 worker_class = "kernel.worker.BastionWorker"
@@ -90,8 +96,9 @@ if _process_local():
     workers = 1
 
 
-__all__ = ["bind", "workers", "threads", "timeout", "worker_class", "logger_class", "reload",
-           "control_socket_disable", "forwarded_allow_ips", "on_starting", "on_exit"]
+__all__ = ["bind", "workers", "threads", "timeout", "graceful_timeout", "keepalive", "max_requests",
+           "max_requests_jitter", "worker_class", "logger_class", "reload", "control_socket_disable",
+           "forwarded_allow_ips", "on_starting", "on_exit"]
 
 
 def on_starting(server):

@@ -43,6 +43,23 @@ def bastion_configure(config, runtime):
 
 
 @hookspec
+def bastion_check(config, runtime):
+    """Check the plugin's configuration against what the runtime assembled: its services and models.
+
+    Called by the kernel once per runtime, at the end of building it: after
+    every ``bastion_configure``, once the drivers are open and the models
+    and services registered, before ``bastion_startup`` — so also in
+    commands that never start the runtime (``bastion check``) and in the
+    check gunicorn's master makes before any worker starts. A plugin whose
+    section names services or models (``[permissions]`` names services)
+    checks those names here, with ``runtime.services.names()`` and
+    ``runtime.models``, and raises :class:`kernel.ConfigError` naming file,
+    section and key for one that does not exist, which stops the start like
+    any bad key. Returns nothing.
+    """
+
+
+@hookspec
 def bastion_startup(runtime, config):
     """Bootstrap the plugin once the storage is open.
 
@@ -174,10 +191,16 @@ def bastion_authenticate(request, credentials, service, runtime):
 def bastion_has_permission(session, service, request):
     """Say whether the session may call the service.
 
-    Called by the kernel at step 11 of docs/protocol.md section 4, with the
-    authenticated session, the service name (which may not exist) and the
-    :class:`kernel.Request`. Return False to deny (403 Forbidden), True or
-    None to allow. Any False denies.
+    Called by the kernel at step 11 of docs/protocol.md section 4 for every
+    signed call that passed steps 1 to 10, with the authenticated session,
+    the service name (which may not exist: step 12 comes after) and the
+    :class:`kernel.Request`, whose ``user`` and ``roles`` say who calls. The
+    default authorization is the ``permissions`` plugin (its ``[permissions]``
+    section: a service listed there is open only to the roles it names); any
+    plugin may deny beside it, or replace it (``BASTION_LOAD_PLUGINS``
+    without ``permissions``). Return False to deny (403 Forbidden), True or
+    None to allow. Any False denies; an exception fails the call (500), so
+    nothing runs.
     """
 
 
@@ -217,8 +240,9 @@ def bastion_models():
     Called by the kernel once per runtime. A model is a class with the
     classmethods ``initialize(record)``, ``validate(record)``,
     ``index(record)`` and ``to_dict(record)`` (see docs/storage.md; the fields
-    ``initialize`` sets are the model's fields). Returns a list of classes, or
-    None for none.
+    ``initialize`` sets are the model's fields), and optionally ``history =
+    True`` (every committed version kept, at most ``history_limit``). Returns
+    a list of classes, or None for none.
     """
 
 

@@ -3,9 +3,11 @@
 A runtime knows nothing of HTTP (that is :func:`kernel.app.create_app`'s) and
 sets nothing global. Building one reads the configuration through every
 plugin's ``bastion_configure`` (where plugins register what they keep for
-this runtime) and opens the storage drivers; :meth:`Runtime.start` runs
-``bastion_startup``; :meth:`Runtime.close` runs ``bastion_shutdown``, closes
-the drivers and unregisters the runtime's plugin objects.
+this runtime), opens the storage drivers, registers the models and services,
+and lets every plugin check its configuration against them
+(``bastion_check``); :meth:`Runtime.start` runs ``bastion_startup``;
+:meth:`Runtime.close` runs ``bastion_shutdown``, closes the drivers and
+unregisters the runtime's plugin objects.
 """
 
 from __future__ import annotations
@@ -67,7 +69,12 @@ class Runtime:
             self.state: Driver = self.records if state_url == settings.storage else self.open_driver(state_url)
             self.models = Models(_flatten(self.hook.bastion_models()))
             self.services = Services(_flatten(self.hook.bastion_services()))
+            self.hook.bastion_check(config=self.config, runtime=self)
         except BaseException:
+            # Close the drivers a later step found opened (records and state may be one driver).
+            opened = [getattr(self, name, None) for name in ("records", "state")]
+            for driver in {id(d): d for d in opened if d is not None}.values():
+                driver.close()
             self._unregister()
             raise
 

@@ -18,6 +18,12 @@ A model is a plain class with four optional classmethods:
 ``validate(record)``    return an :class:`Errors` (or a nested dict), empty when valid
 ``index(record)``       return ``{field: scalar}`` to filter ``select`` on
 ``to_dict(record)``     the JSON form services return
+
+and two optional class attributes: ``history = True`` makes the storage keep
+every committed version of each record (``db.history(Model, id)``), in the
+same atomic commit as the record itself, at most ``history_limit`` of them
+(:data:`DEFAULT_HISTORY_LIMIT` unless the model says otherwise), oldest
+dropped.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kernel import context
 from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_record_id, check_scalar, is_record_id
 from kernel.errors import RecordNotFound, ValidationError, VersionConflict
 
 _MISSING = object()
+
+#: How many versions of a record a model with ``history = True`` keeps when it names no ``history_limit``.
+DEFAULT_HISTORY_LIMIT = 100
 
 
 class Errors(dict):
@@ -148,6 +158,8 @@ class ModelInfo:
     field added to the model), and a field that is no longer one (removed
     from the model) is dropped at the record's next write. A model without
     ``initialize`` has no declared fields (None) and keeps whatever it stores.
+    ``history`` is how many versions of each record the storage keeps (the
+    model's ``history_limit`` when it says ``history = True``), 0 for none.
     """
 
     cls: type
@@ -155,6 +167,7 @@ class ModelInfo:
     index_fields: frozenset[str]
     fields: frozenset[str] | None = None
     defaults: Mapping[str, Any] | None = None
+    history: int = 0
 
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         """Give ``data`` (read from a driver, owned by the caller) the default of each field it lacks."""
@@ -216,7 +229,8 @@ class Models:
         info.initialize(template)
         declared = getattr(cls, "initialize", None) is not None
         info = ModelInfo(cls, name, frozenset(info.index(template)),
-                         frozenset(template._data) if declared else None, template.fields() if declared else None)
+                         frozenset(template._data) if declared else None, template.fields() if declared else None,
+                         _history_limit(cls, name))
         if info.fields is not None:
             _FIELDS[cls] = info.fields
         self._by_cls[cls] = info
@@ -230,6 +244,13 @@ class Models:
         except (KeyError, TypeError):
             raise LookupError(f"{cls!r} is not a registered model (return it from bastion_models)") from None
 
+    def named(self, name: str) -> ModelInfo:
+        """Return the registration of a model by its name; raise LookupError if none has it."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise LookupError(f"no registered model is named {name!r}") from None
+
     def __iter__(self):
         return iter(self._by_name.values())
 
@@ -237,17 +258,41 @@ class Models:
         return cls in self._by_cls
 
 
+def _history_limit(cls: type, name: str) -> int:
+    """How many versions a model keeps: its ``history_limit`` if it says ``history = True``, else 0."""
+    keeps = getattr(cls, "history", False)
+    limit = getattr(cls, "history_limit", None)
+    if not isinstance(keeps, bool):
+        raise TypeError(f"model {name}: history is True or False, not {keeps!r}")
+    if not keeps:
+        if limit is not None:
+            raise TypeError(f"model {name}: history_limit without history = True keeps nothing; say history = True")
+        return 0
+    if limit is None:
+        return DEFAULT_HISTORY_LIMIT
+    if type(limit) is not int or limit < 1:
+        raise TypeError(f"model {name}: history_limit is a number of versions, at least 1, not {limit!r}")
+    return limit
+
+
 Validator = Callable[[type, Record, Errors], None]
 
 
 class UnitOfWork:
-    """A set of reads and writes in one domain, committed atomically at exit."""
+    """A set of reads and writes in one domain, committed atomically at exit.
 
-    def __init__(self, driver: Driver, domain: str, models: Models, validator: Validator | None = None):
+    ``author`` is who commits (the caller's username; :func:`storage` takes
+    it from the current request): the history of a model that keeps one
+    records it beside each version.
+    """
+
+    def __init__(self, driver: Driver, domain: str, models: Models, validator: Validator | None = None,
+                 author: str | None = None):
         self.driver = driver
         self.domain = domain
         self.models = models
         self.validator = validator
+        self.author = author
         self._loaded: dict[tuple[str, str], Record] = {}
         self._read_vsn: dict[tuple[str, str], int] = {}
         self._inserted: set[tuple[str, str]] = set()
@@ -311,6 +356,26 @@ class UnitOfWork:
         stored = self.driver.fetch(self.domain, info.name, id)
         return None if stored is None else self._track(info, stored)
 
+    def history(self, model: type, id: str) -> list[dict[str, Any]]:
+        """Return the committed versions of a record, oldest first: ``{"vsn", "at", "by", "data"}`` each.
+
+        ``at`` is the commit's time (Unix seconds on the storage's clock),
+        ``by`` the username that committed it (None outside a signed call),
+        ``data`` the record's data as that version stored it, or None for its
+        deletion. At most the model's ``history_limit`` versions are kept; a
+        deleted record's history stays. Only committed versions are there: a
+        change of this unit of work appears once it commits. ValueError for a
+        model that keeps no history (``history = True`` turns it on).
+        """
+        info = self.models.info(model)
+        if not info.history:
+            raise ValueError(f"{info.name} keeps no history: give the model history = True")
+        if not isinstance(id, str):
+            raise TypeError("a record id is a string")
+        if not is_record_id(id):
+            return []
+        return [version.to_dict() for version in self.driver.history(self.domain, info.name, id)]
+
     # -- writes -----------------------------------------------------------
 
     def insert(self, model: type, id: str | None = None, **fields: Any) -> Record:
@@ -371,14 +436,19 @@ class UnitOfWork:
                 continue
             data = info.stored(record.fields())
             check_json(data, f"{info.name} {record._id}")
-            if inserting:
-                changes.append(Change("insert", info.name, record._id, 0, data, info.index(record)))
+            op, vsn = ("insert", 0) if inserting else ("update", self._read_vsn[key])
+            if info.history:
+                changes.append(Change(op, info.name, record._id, vsn, data, info.index(record), info.history, self.author))
             else:
-                changes.append(Change("update", info.name, record._id, self._read_vsn[key], data, info.index(record)))
+                changes.append(Change(op, info.name, record._id, vsn, data, info.index(record)))
         if errors:
             raise ValidationError(errors.to_dict())
         for (name, id), vsn in self._deleted.items():
-            changes.append(Change("delete", name, id, vsn))
+            history = self.models.named(name).history
+            if history:
+                changes.append(Change("delete", name, id, vsn, history=history, by=self.author))
+            else:
+                changes.append(Change("delete", name, id, vsn))
         return changes
 
     def commit(self) -> None:
@@ -440,9 +510,11 @@ def unbind_scope(token: contextvars.Token) -> None:
 
 
 def storage() -> UnitOfWork:
-    """Open a unit of work on the records of the current request's domain."""
+    """Open a unit of work on the records of the current request's domain, committed as its user."""
     try:
         scope = _scope.get()
     except LookupError:
         raise LookupError("no Bastion request is active (use Runtime.bind() outside HTTP)") from None
-    return UnitOfWork(scope.driver, scope.domain, scope.models, scope.validator)
+    request = context.get()
+    return UnitOfWork(scope.driver, scope.domain, scope.models, scope.validator,
+                      request.user if request is not None else None)

@@ -1,6 +1,7 @@
 """Bastion's gunicorn worker: gunicorn's threaded worker, hardened against slow and malformed requests.
 
-``gunicorn.conf.py`` always selects it (``worker_class = "kernel.worker.BastionWorker"``), with one
+The packaged settings (``kernel.gunicorn_conf``, which ``bastion serve`` runs with and a checkout's
+``gunicorn.conf.py`` imports) always select it (``worker_class = "kernel.worker.BastionWorker"``), with one
 thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunicorn/workers/gthread.py``):
 
 * **Headers are gathered in the main loop, not in a thread.** gunicorn waits (5 s) only for the first
@@ -25,6 +26,11 @@ thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunico
 * **Closing does not block the main loop**: gunicorn lingers up to 2 s on a closing connection (to let
   the client read the answer before a reset) with a blocking read in the main loop; here the lingering
   connection waits in the selector instead.
+* **A worker that starts during a storage outage keeps running**: when the application cannot be built
+  because the storage is unavailable (a worker replaced after ``max_requests``, or after a crash, while
+  the database fails over), gunicorn would count a failed boot and stop the whole server. Here the worker
+  answers every request 503 ServiceUnavailable (:class:`Starting`) and builds the application again at
+  the next request, at most once a second, until the storage answers; then it serves.
 
 TLS connections (``cfg.is_ssl``), HTTP/2 (prior knowledge or Upgrade: h2c) and the PROXY protocol are
 set up by gunicorn in a pool thread, as before: their heads are read the way gunicorn reads them, with
@@ -34,12 +40,11 @@ production runs behind.
 
 The two timeouts come from the ``[server]`` section, read in each worker process with
 :func:`kernel.config.load_config`, the way :mod:`kernel.wsgi` reads the application's configuration:
-plain ``gunicorn kernel.wsgi:app`` in a checkout and :class:`kernel.testing.servers.GunicornServer`
-both get them.
+``bastion serve``, plain ``gunicorn kernel.wsgi:app`` in a checkout and the test launchers all get them.
 
 This module is imported by gunicorn's master process (which loads the worker class) and what it imports
 there is not reloaded with the code in development: it imports no more of Bastion than
-``gunicorn.conf.py`` already does.
+``kernel.gunicorn_conf`` already does.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import errno
 import logging
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from datetime import datetime, timedelta
@@ -66,7 +72,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from kernel.config import SERVER_SCHEMA, load_config
-from kernel.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout
+from kernel.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout, ServiceUnavailable
 from kernel.jsonio import dumps
 from kernel.logs import CALL, clip, configure_logging, is_configured, log_event, new_request_id
 
@@ -366,6 +372,54 @@ class BastionConn(TConn):
             parser.unreader = unreader
 
 
+class Starting:
+    """The application of a worker whose application could not be built while the storage was unavailable.
+
+    Each request is answered 503 ServiceUnavailable (``retry_after``, the security headers), except that
+    at most once every :attr:`RETRY` seconds one request first tries to build the application again
+    (``load()``, gunicorn's application loader); once that succeeds, every request goes to it.
+    """
+
+    RETRY = 1.0
+
+    def __init__(self, load, log):
+        self._load = load
+        self._log = log
+        self._lock = threading.Lock()
+        self._next = time.monotonic() + self.RETRY
+        self.app = None
+
+    def __call__(self, environ, start_response):
+        app = self.app or self._retry()
+        if app is not None:
+            return app(environ, start_response)
+        error = ServiceUnavailable()
+        body = dumps(error.body())
+        request_id = new_request_id()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("X-Request-Id", request_id), *SECURITY_HEADERS, *error.headers.items()]
+        log_event(CALL, logging.WARNING, "call", {
+            "origin": environ.get("REMOTE_ADDR"), "method": environ.get("REQUEST_METHOD"),
+            "path": clip(environ.get("PATH_INFO")), "status": error.status, "exc": error.exc,
+            "err": "the application is not built yet: the storage does not answer", "by": "worker"}, request_id)
+        start_response(f"{error.status} {HTTPStatus(error.status).phrase}", headers)
+        return [body]
+
+    def _retry(self):
+        if time.monotonic() < self._next or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.app is None and time.monotonic() >= self._next:
+                try:
+                    self.app = self._load()
+                    self._log.info("the storage answers again: the application is ready")
+                except ServiceUnavailable:
+                    self._next = time.monotonic() + self.RETRY
+            return self.app
+        finally:
+            self._lock.release()
+
+
 class BastionWorker(ThreadWorker):
     """gunicorn's threaded worker that gathers heads in its main loop and answers every refusal in JSON."""
 
@@ -384,6 +438,14 @@ class BastionWorker(ThreadWorker):
         self.header_timeout = server.header_timeout
         self.body_timeout = server.body_timeout
         super().init_process()
+
+    def load_wsgi(self):
+        """Build the application; while the storage is unavailable, answer 503 and try again later (:class:`Starting`)."""
+        try:
+            super().load_wsgi()
+        except ServiceUnavailable:
+            self.log.warning("the storage is unavailable: answering 503 until the application can be built")
+            self.wsgi = Starting(self.app.wsgi, self.log)
 
     # -- the main loop ------------------------------------------------------
 

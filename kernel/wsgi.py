@@ -13,5 +13,10 @@ from kernel.runtime import Runtime
 _config = load_config()
 if not is_configured():
     configure_logging(_config)
-runtime = Runtime(_config).start()
+runtime = Runtime(_config)
+try:
+    runtime.start()
+except BaseException:
+    runtime.close()  # an outage during start-up: the worker tries again later (kernel.worker.Starting)
+    raise
 app = create_app(runtime)

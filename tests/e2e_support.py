@@ -242,3 +242,86 @@ class Repeating:
         if exc_type is None:
             for future in self._futures:
                 self.seen += future.result()
+
+
+def _proc_net_sockets(port: int) -> dict[int, int]:
+    """Established TCP connections to 127.0.0.1:``port`` on this machine: the client's port -> the socket inode."""
+    found = {}
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+            if state != "01" or not inode:  # 01: ESTABLISHED
+                continue
+            local_ip, local_port = local.split(":")
+            if local_ip == "0100007F" and int(local_port, 16) == port:
+                found[int(remote.split(":")[1], 16)] = inode
+    return found
+
+
+def worker_serving(connection: http.client.HTTPConnection, port: int, workers: set[int]) -> int | None:
+    """The pid of the gunicorn worker holding the server side of a kept-alive ``connection``, or None.
+
+    Read from /proc: the server's socket of the connection (``/proc/net/tcp``)
+    and which worker process has it open (``/proc/<pid>/fd``).
+    """
+    assert connection.sock is not None, "send a request on the connection first"
+    inode = _proc_net_sockets(port).get(connection.sock.getsockname()[1])
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in workers:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def connections_per_worker(host: str, port: int, workers: set[int], each: int, burst: int = 8,
+                           bursts: int = 50) -> dict[int, list[http.client.HTTPConnection]]:
+    """Open kept-alive connections until every worker holds ``each`` of them; return them by worker pid.
+
+    Connections are opened in bursts, each sending one ``GET /healthz`` at
+    once so that the workers compete for them (one after the other, the
+    same idle worker tends to win every accept); the ones not needed are
+    closed. AssertionError if ``bursts`` bursts do not reach every worker.
+    """
+    pinned: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in workers}
+
+    def open_one(_: int) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", "/healthz", headers={"Host": DOMAIN})
+        conn.getresponse().read()
+        return conn
+
+    for _ in range(bursts):
+        if all(len(conns) >= each for conns in pinned.values()):
+            return pinned
+        with ThreadPoolExecutor(burst) as pool:
+            opened = list(pool.map(open_one, range(burst)))
+        for conn in opened:
+            pid = worker_serving(conn, port, workers)
+            if pid is not None and len(pinned[pid]) < each:
+                pinned[pid].append(conn)
+            else:
+                conn.close()
+    for conns in pinned.values():
+        for conn in conns:
+            conn.close()
+    raise AssertionError(f"could not open {each} connections to each of the workers {sorted(workers)}: "
+                         f"{ {pid: len(conns) for pid, conns in pinned.items()} }")
+
+
+def send_on(connection: http.client.HTTPConnection, request: SignedRequest) -> Response:
+    """Send a frozen signed call on an open (kept-alive) connection and read the answer."""
+    connection.request("POST", request.path, body=request.body, headers=request.headers)
+    answer = connection.getresponse()
+    return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())

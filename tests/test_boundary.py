@@ -187,3 +187,14 @@ def test_the_kernel_modules_import_each_other_without_a_circle():
 
 def test_the_public_api_exports_what_it_lists():
     assert [name for name in kernel.__all__ if not hasattr(kernel, name)] == []
+
+
+@pytest.mark.parametrize("path", KERNEL_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_kernel_knows_no_password_library(path):
+    """Passwords are the auth plugin's: the kernel neither imports nor depends on passlib or argon2."""
+    assert [(line, module) for line, module, _ in imports(path) if module.split(".")[0] in ("passlib", "argon2")] == []
+
+
+def test_the_kernel_distribution_requires_no_password_library():
+    requirements = (ROOT / "setup.cfg").read_text(encoding="utf-8").split("install_requires =", 1)[1].split("\n\n", 1)[0]
+    assert "libpass" not in requirements and "argon2" not in requirements

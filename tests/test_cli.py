@@ -211,3 +211,20 @@ def test_the_client_passes_any_keyword_to_the_service(make_app):
     client.login("alice", "correct horse battery")
     assert client.call("greet", name="world", service="y") == "world y"
     assert client.call("greet", "positional") == "positional x"
+
+
+def test_check_fails_with_one_line_on_a_permission_for_no_service(tmp_path, capsys):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = mem://\n\n[permissions]\nclear_complete = admin\n")
+    assert main(["--config", str(ini), "check"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bastion: {ini}: [permissions] clear_complete: no such service; accepted: one of ")
+    assert "clear_completed" in err and "\n" not in err
+
+
+def test_check_names_the_bad_line_of_roles(tmp_path, capsys):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = mem://\n\n[roles]\nalice@localhost = admin, not a role\n")
+    assert main(["--config", str(ini), "check"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"bastion: {ini}: [roles] alice@localhost: 'not a role' is not a role name")

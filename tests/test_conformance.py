@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from bastion_storage_mem import MemoryDriver
 
@@ -50,6 +52,31 @@ class UnguardedAddDriver(MemoryDriver):
         return super().add(domain, key, value, ttl)
 
 
+class EagerHistoryDriver(MemoryDriver):
+    """Broken on purpose: history is written before the versions are checked, so a failed commit leaves some."""
+
+    def commit(self, domain, changes):
+        with self._lock:
+            for change in changes:
+                if change.history:
+                    self._keep(domain, change, self.clock())
+        super().commit(domain, changes)
+
+
+class UnboundedHistoryDriver(MemoryDriver):
+    """Broken on purpose: the history limit is ignored, so a record's history grows without end."""
+
+    def _keep(self, domain, change, now):
+        super()._keep(domain, dataclasses.replace(change, history=10**9), now)
+
+
+class ForgetfulHistoryDriver(MemoryDriver):
+    """Broken on purpose: no history is ever kept."""
+
+    def _keep(self, domain, change, now):
+        return None
+
+
 @pytest.mark.parametrize("broken, test_name", [
     (LostUpdateDriver, "test_update_with_stale_version_conflicts"),
     (LostUpdateDriver, "test_concurrent_writers_never_both_win"),
@@ -58,13 +85,20 @@ class UnguardedAddDriver(MemoryDriver):
     (HoardingDriver, "test_expired_state_does_not_pile_up"),
     (UnguardedAddDriver, "test_state_add_if_live"),
     (UnguardedAddDriver, "test_state_add_if_live_never_passes_after_the_guard_is_deleted"),
+    (EagerHistoryDriver, "test_a_failed_commit_writes_no_history"),
+    (EagerHistoryDriver, "test_unit_of_work_history_is_the_commit"),
+    (UnboundedHistoryDriver, "test_history_limits_hold"),
+    (UnboundedHistoryDriver, "test_unit_of_work_history_limits_hold"),
+    (ForgetfulHistoryDriver, "test_history_keeps_every_committed_version_oldest_first"),
+    (ForgetfulHistoryDriver, "test_unit_of_work_records_who_and_which_version"),
 ])
 def test_the_suite_fails_a_broken_driver(broken, test_name):
     clock = FakeClock()
     suite = DriverSuite()
     test = getattr(suite, test_name)
     kwargs = {"driver": broken(clock=clock), "domain": "broken.test", "other_domain": "other.test", "clock": clock,
-              "models": DriverSuite.models.__wrapped__(suite)}
+              "models": DriverSuite.models.__wrapped__(suite),
+              "history_models": DriverSuite.history_models.__wrapped__(suite)}
     params = test.__code__.co_varnames[1:test.__code__.co_argcount]
     with pytest.raises((AssertionError, pytest.fail.Exception, VersionConflict)):
         test(**{p: kwargs[p] for p in params})

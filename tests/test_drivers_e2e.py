@@ -1,15 +1,17 @@
 """Every storage driver behind 4 real gunicorn workers: racing writers, a replayed call, a backend outage.
 
-Configurations: SQLite (a file), PostgreSQL, Redis alone, and PostgreSQL for
-records with Redis for state (sessions, nonces, counters). Each gets its own
-database or Redis DB number, one gunicorn shared by its tests, and one
-PostgreSQL and one Redis server serve the whole run.
+Configurations: SQLite (a file), PostgreSQL, Redis alone, PostgreSQL for
+records with Redis for state (sessions, nonces, counters), and a Redis
+Cluster of 3 masters with a replica each. Each gets its own database, Redis DB
+number or key prefix, one gunicorn shared by its tests, and one PostgreSQL, one
+Redis server and one Redis Cluster serve the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -38,11 +40,13 @@ from .e2e_support import (
 
 pytestmark = pytest.mark.slow
 
-CONFIGURATIONS = ["sqlite", "postgresql", "redis", "mixed"]
+CONFIGURATIONS = ["sqlite", "postgresql", "redis", "mixed", "cluster"]
 #: The configurations with a backend server that can go down (a SQLite file has none).
 WITH_SERVER = ["postgresql", "redis", "mixed"]
 #: Redis DB numbers, so that the Redis-only and the mixed deployment never see each other's keys.
 REDIS_DB = {"redis": 1, "mixed": 2}
+#: The Cluster's settings: every write acknowledged by a replica (docs/storage-redis.md), a key prefix per deployment.
+CLUSTER = {"wait_replicas": 1, "key_prefix": "e2e"}
 
 WRITERS = 8
 ADDS_EACH = 25
@@ -125,6 +129,8 @@ def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
         config = sections(postgres.create_database(f"e2e_{uuid.uuid4().hex[:12]}"),
                           state=_redis_url(server, REDIS_DB[name]))
         stop, start = _redis_outage(server)
+    elif name == "cluster":
+        config = sections(request.getfixturevalue("redis_cluster").url, storage_redis=CLUSTER)
     else:  # pragma: no cover
         raise ValueError(name)
     report = REPORT.setdefault(name, {})
@@ -356,10 +362,127 @@ def test_outage_answers_503_and_heals_without_a_restart(deployment):
         client.logout()
 
 
+def test_a_hung_postgresql_answers_503_within_the_timeout_and_no_worker_is_stuck(e2e_postgres):
+    """PostgreSQL frozen (SIGSTOP) under 4 workers: every call and /healthz answer 503 within the timeouts, then heal."""
+    config = sections(e2e_postgres.create_database(f"hung_{uuid.uuid4().hex[:12]}"),
+                      storage_sql={"statement_timeout": 1, "pool_timeout": 1, "connect_timeout": 1})
+    with GunicornServer(config, workers=4, threads=4) as server:
+        deployment = Deployment("hung postgresql", server)
+        clients = in_threads(8, lambda i: deployment.client())
+        workers = deployment.worker_pids()
+
+        def attempt(i: int) -> list[tuple[str, Response, float]]:
+            client, answers = clients[i], []
+            for what, send in (("add", lambda: client.send_signed("/api/add", _body({"args": [f"hung {i}"]}))[0]),
+                               ("get_all", lambda: client.send_signed("/api/get_all", b"")[0]),
+                               ("healthz", lambda: deployment.get("/healthz"))):
+                started = time.monotonic()
+                answer = send()
+                answers.append((what, answer, time.monotonic() - started))
+            return answers
+
+        e2e_postgres.pause()
+        try:
+            results = in_threads(8, attempt)  # 8 callers at once on 4 workers × 4 threads
+        finally:
+            e2e_postgres.resume()
+        for i, answers in enumerate(results):
+            for what, answer, took in answers:
+                assert_unavailable(answer, f"{what} by client {i} while PostgreSQL hung")
+                assert took < 5, f"{what} by client {i}: {took:.1f} s"  # 1 s timeouts, plus a second of grace
+        # PostgreSQL works through the connections given up meanwhile; a new one may wait a moment (connect_timeout 1 s).
+
+        def everyone_served() -> bool:
+            calls = in_threads(8, lambda i: clients[i].send_signed("/api/get_all", b"")[0])
+            return all(answer.status == 200 for answer in calls + [deployment.get("/healthz") for _ in range(8)])
+
+        poll_until(everyone_served, 30, "every client and /healthz after PostgreSQL resumed")
+        assert deployment.worker_pids() == workers  # gunicorn never had to replace a worker
+        assert "Traceback" not in server.log()
+        assert e2e_postgres.password not in server.log()
+
+
+def test_a_worker_that_starts_during_an_outage_answers_503_until_the_storage_is_back(e2e_postgres):
+    """A worker replaced while PostgreSQL is down must not count as a failed boot (gunicorn would stop the server)."""
+    import os
+    import signal
+
+    config = sections(e2e_postgres.create_database(f"reboot_{uuid.uuid4().hex[:12]}"))
+    with GunicornServer(config, workers=1) as server:
+        deployment = Deployment("worker started during an outage", server)
+        client = deployment.client()
+        [old] = deployment.worker_pids()
+        e2e_postgres.stop()
+        try:
+            os.kill(old, signal.SIGKILL)  # a crash; gunicorn starts another worker, which cannot open the storage
+            poll_until(lambda: deployment.worker_pids() - {old}, 30, "a new worker")
+            poll_until(lambda: "answering 503 until" in server.log(), 60, "the new worker's start")
+            assert_unavailable(deployment.get("/healthz"), "/healthz of the new worker")
+            assert_unavailable(client.send_signed("/api/get_all", b"")[0], "a call to the new worker")
+        finally:
+            e2e_postgres.start()
+        poll_until(lambda: deployment.get("/healthz").status == 200, 30, "/healthz once PostgreSQL is back")
+        assert client.call("get_all") == []  # the session, made before, lives in PostgreSQL
+        assert server.process.poll() is None and "Worker failed to boot" not in server.log()
+
+
+@each(["cluster"])
+def test_a_cluster_master_killed_mid_load_fails_over_and_loses_no_acknowledged_write(deployment, redis_cluster):
+    """SIGKILL the master of the tenant's slot while 4 writers add todos: 503s meanwhile, then service again.
+
+    With ``wait_replicas = 1`` a write is acknowledged only once the replica has it, so the replica that
+    takes over holds every acknowledged todo; until the killed node is back as its replica, the new
+    master's writes cannot be acknowledged (503 too). Bastion is never restarted.
+    """
+    report = deployment.notes
+    tag = uuid.uuid4().hex
+    clients = in_threads(4, lambda i: deployment.client())
+    workers = deployment.worker_pids()
+    acknowledged: list[list[str]] = [[] for _ in clients]
+    refused = Counter()
+    phase = {"now": "before"}
+
+    def write(i: int) -> str:
+        answer = clients[i].send_signed("/api/add", _body({"args": [f"{tag} {i} {len(acknowledged[i])}"]}))[0]
+        if answer.status == 200:
+            acknowledged[i].append(answer.json()["result"]["id"])
+        else:
+            assert_unavailable(answer, f"an add by writer {i} {phase['now']} the failover")
+            refused[phase["now"]] += 1
+        return f"{phase['now']} {answer.status}"
+
+    def acks() -> int:
+        return sum(len(ids) for ids in acknowledged)
+
+    master = redis_cluster.master_of(f"{CLUSTER['key_prefix']}:{{{DOMAIN}}}:seq")
+    with Repeating(4, write) as writing:
+        poll_until(lambda: acks() >= 20, 60, "20 acknowledged adds before the kill")
+        phase["now"] = "during"
+        with timed(report, "failover s"):
+            redis_cluster.fail_over(master)  # SIGKILL, then wait until the replica serves the slot
+        with timed(report, "replica back s"):
+            master.start()  # the killed node comes back empty and becomes the new master's replica
+            redis_cluster.wait_healthy()
+        phase["now"] = "after"
+        before_recovery = acks()
+        with timed(report, "recovery s"):
+            poll_until(lambda: acks() >= before_recovery + 20, 60, "20 acknowledged adds after the failover")
+    report["answers"] = dict(writing.seen)
+
+    assert refused["during"] > 0, writing.seen  # the calls on the lost master answered 503 meanwhile
+    stored = {todo["id"] for todo in clients[0].call("get_all") if todo["text"].startswith(tag)}
+    lost = [todo_id for ids in acknowledged for todo_id in ids if todo_id not in stored]
+    assert lost == [], f"{len(lost)} acknowledged adds lost of {acks()}"
+    assert deployment.server.process.poll() is None and deployment.worker_pids() == workers
+    assert all(deployment.get("/healthz").status == 200 for _ in range(8))
+    for client in clients:
+        client.logout()
+
+
 # -- 4. limits under concurrency --------------------------------------------------------------------
 
 #: The configurations whose state is shared by 4 worker processes.
-SHARED_STATE = ["sqlite", "postgresql", "redis"]
+SHARED_STATE = ["sqlite", "postgresql", "redis", "cluster"]
 PARALLEL = 40
 
 
@@ -371,11 +494,15 @@ def limited(request, tmp_path_factory) -> Iterator[GunicornServer]:
         storage = f"sqlite:///{tmp_path_factory.mktemp('limits')}/bastion.sqlite3"
     elif name == "postgresql":
         storage = request.getfixturevalue("e2e_postgres").create_database(f"limits_{uuid.uuid4().hex[:12]}")
+    elif name == "cluster":
+        storage = request.getfixturevalue("redis_cluster").url
     else:
         storage = _redis_url(request.getfixturevalue("e2e_redis"), 3)
     config = sections(storage, auth={"abuse_max": 10, "account_max_failures": 5,
                                      # a password check of a few milliseconds: a wide check-then-act window
                                      "argon2_memory_cost": 4096})
+    if name == "cluster":
+        config["storage_redis"] = {**CLUSTER, "key_prefix": "limits"}
     server = GunicornServer(config, workers=4, threads=4)
     server.start()
     try:

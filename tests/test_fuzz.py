@@ -23,7 +23,8 @@ from kernel.signing import authorization, new_nonce, request_mac
 from kernel.testing import FakeClock
 
 PASSWORD = "correct horse battery"
-SERVICES = ["get_all", "add", "update", "remove", "clear_completed", "nope", "", "add/x", "a" * 200]
+SERVICES = ["get_all", "add", "update", "remove", "clear_completed", "history", "change_password", "sessions",
+            "end_sessions", "nope", "", "add/x", "a" * 200]
 #: Examples per test; BASTION_FUZZ_EXAMPLES=5000 digs deeper (by hand, not in CI).
 FUZZ = settings(max_examples=int(os.environ.get("BASTION_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -91,9 +92,10 @@ def assert_protocol_answer(result) -> None:
 
 
 def snapshot(app) -> list:
-    """Every record of every model in the tenant, as stored."""
+    """Every record of every model in the tenant, as stored, with its kept history."""
     driver = app.runtime.records
-    return [(m.name, r.id, r.vsn, r.data) for m in app.runtime.models for r in driver.select("localhost", m.name)]
+    return [(m.name, r.id, r.vsn, r.data, driver.history("localhost", m.name, r.id))
+            for m in app.runtime.models for r in driver.select("localhost", m.name)]
 
 
 def login(app) -> tuple[str, bytes]:
@@ -145,9 +147,11 @@ def test_signed_calls_never_fail_with_a_5xx_nor_half_write(fuzz_app, name, body,
         assert snapshot(fuzz_app) == before
 
 
-#: Each todo service and its parameters (docs/protocol.md section 10), so that drawn arguments mostly bind.
+#: Each todo service and account service, and its parameters (docs/protocol.md sections 10 and 5), so that drawn
+#: arguments mostly bind.
 PARAMETERS = {"add": ["text"], "update": ["id", "vsn", "text", "done"], "remove": ["id", "vsn"],
-              "clear_completed": [], "get_all": []}
+              "clear_completed": [], "get_all": [], "history": ["id"], "change_password": ["old", "new"],
+              "sessions": [], "end_sessions": []}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))

@@ -137,3 +137,17 @@ def test_memory_storage_forces_one_worker_process_and_says_why():
     with GunicornServer(sections, workers=4, env={"BASTION_LOAD_PLUGINS": "storage_mem"}) as server:
         assert "running 1 worker" in server.log()
         assert server.log().count("Booting worker") == 1
+
+
+def test_a_permission_for_no_service_stops_the_start_before_any_worker(tmp_path):
+    from kernel.testing import write_config
+
+    config = write_config({"bastion": {"development": True, "storage": "mem://"},
+                           "server": {"bind": f"127.0.0.1:{free_port()}"},
+                           "permissions": {"clear_complete": "admin"}}, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "kernel.wsgi:app"],
+                            cwd=tmp_path, env={**os.environ, "BASTION_CONFIG": str(config)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"bastion: {config}: [permissions] clear_complete: no such service" in result.stderr
+    assert "Booting worker" not in result.stderr + result.stdout

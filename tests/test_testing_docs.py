@@ -32,7 +32,8 @@ AUTH_FIXTURES = fixtures_of(ROOT / "plugins" / "auth" / "bastion_auth" / "testin
 
 
 def test_the_plugins_have_the_fixtures_they_promise():
-    assert KERNEL_FIXTURES == {"fake_clock", "make_app", "redis_server", "postgres_server", "gunicorn_server"}
+    assert KERNEL_FIXTURES == {"fake_clock", "make_app", "redis_server", "redis_cluster", "postgres_server",
+                               "gunicorn_server"}
     assert AUTH_FIXTURES == {"users_app", "login"}
 
 

@@ -5,8 +5,8 @@ kernel; names not listed in ``__all__`` are the kernel's own. docs/testing.md
 is the guide.
 
 * The storage-driver conformance suite, split by concern: :class:`RecordsSuite`,
-  :class:`UnitOfWorkSuite`, :class:`StateSuite`, :class:`HealthSuite`, and
-  :class:`DriverSuite`, all four. A driver adopts it with one subclass and a
+  :class:`UnitOfWorkSuite`, :class:`HistorySuite`, :class:`StateSuite`,
+  :class:`HealthSuite`, and :class:`DriverSuite`, all five. A driver adopts it with one subclass and a
   ``driver`` fixture; :func:`requires` marks a test that needs a capability
   the driver declares (``persistent`` tests also need a ``reopen`` fixture)::
 
@@ -18,19 +18,23 @@ is the guide.
               return MyDriver(url, clock=clock)
 
 * :class:`FakeClock`: an injectable clock that only moves when told.
+* :func:`skip_or_fail` (and :func:`import_or_skip`, :func:`in_ci`): a test that
+  cannot run for want of a browser, a server or a plugin is skipped, or
+  failed when ``CI=true``.
 * :func:`open_app`: an in-process app; :class:`Client` (with :class:`Response`,
   :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
   over HTTP; the signing helpers build or check signed calls by hand.
-* Launchers of real servers: :class:`RedisServer`, :class:`PostgresServer`,
-  :class:`GunicornServer` (with :func:`write_config` and
-  :func:`wait_until_serving`), and :func:`free_port`.
+* Launchers of real servers: :class:`RedisServer`, :class:`RedisClusterServer`
+  (``redis-cli --cluster create``, with :func:`find_redis_cli`), :class:`PostgresServer`,
+  :class:`GunicornServer` and :class:`BastionServer` (``bastion serve``), with
+  :func:`write_config` and :func:`wait_until_serving`, and :func:`free_port`.
 * The kernel's entry points a test drives: :func:`create_app`,
   :func:`get_plugin_manager`, :func:`describe`, the CLI's :func:`main`, and the
   schemas of ``[bastion]`` and ``[server]``.
 
 The pytest plugin :mod:`kernel.testing.fixtures` (loaded automatically once
 Bastion is installed) offers the ``fake_clock``, ``make_app``,
-``redis_server``, ``postgres_server`` and ``gunicorn_server`` fixtures.
+``redis_server``, ``redis_cluster``, ``postgres_server`` and ``gunicorn_server`` fixtures.
 """
 
 from kernel.app import create_app
@@ -52,14 +56,17 @@ from kernel.signing import (
     string_to_sign,
 )
 from kernel.testing.apps import open_app
+from kernel.testing.ci import import_or_skip, in_ci, skip_or_fail
 from kernel.testing.clock import FakeClock
 from kernel.testing.ports import free_port
 from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
 from kernel.testing.redis import RedisServer, RedisServerError, find_redis_server
-from kernel.testing.servers import GunicornServer, wait_until_serving, write_config
+from kernel.testing.redis_cluster import RedisClusterServer, find_redis_cli
+from kernel.testing.servers import BastionServer, GunicornServer, wait_until_serving, write_config
 from kernel.testing.suite import (
     DriverSuite,
     HealthSuite,
+    HistorySuite,
     RecordsSuite,
     StateSuite,
     SuiteBase,
@@ -69,12 +76,15 @@ from kernel.testing.suite import (
 
 __all__ = [
     # the conformance suite
-    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
+    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
     # time and in-process apps
     "FakeClock", "open_app",
+    # what a test needs, skipped here and failed on CI (CI=true)
+    "skip_or_fail", "import_or_skip", "in_ci",
     # launchers of real servers
-    "RedisServer", "RedisServerError", "find_redis_server", "PostgresServer", "PostgresServerError", "find_bindir",
-    "GunicornServer", "write_config", "wait_until_serving", "free_port",
+    "RedisServer", "RedisServerError", "find_redis_server", "RedisClusterServer", "find_redis_cli",
+    "PostgresServer", "PostgresServerError", "find_bindir",
+    "GunicornServer", "BastionServer", "write_config", "wait_until_serving", "free_port",
     # the client
     "Client", "Response", "Session", "InvalidResponseSignature",
     # signing by hand

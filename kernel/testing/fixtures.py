@@ -8,12 +8,14 @@ so every test session has these fixtures without a conftest:
                      on ``fake_clock``, closed after the test.
 ``redis_server``     a :class:`~kernel.testing.RedisServer` shared by the session:
                      started on first use, stopped at the end of the session.
+``redis_cluster``    a :class:`~kernel.testing.RedisClusterServer` (3 masters, 1 replica
+                     each) shared by the session: made on first use, stopped at the end.
 ``postgres_server``  a :class:`~kernel.testing.PostgresServer` shared by the session:
                      started on first use, removed at the end of the session.
 ``gunicorn_server``  factory of started :class:`~kernel.testing.GunicornServer` processes,
                      stopped after the test.
 
-A missing ``redis-server`` or PostgreSQL fails the tests that use it, with
+A missing ``redis-server``, ``redis-cli`` or PostgreSQL fails the tests that use it, with
 what to install: a suite that needs a backend must not pass by skipping it.
 The plugin also registers the ``requires`` mark of the conformance suite
 (:func:`kernel.testing.requires`).
@@ -29,6 +31,7 @@ from kernel.testing.apps import open_app
 from kernel.testing.clock import FakeClock
 from kernel.testing.postgres import PostgresServer, PostgresServerError
 from kernel.testing.redis import RedisServer, RedisServerError
+from kernel.testing.redis_cluster import RedisClusterServer
 from kernel.testing.servers import GunicornServer
 from kernel.testing.suite.base import MARK
 
@@ -77,6 +80,24 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A Redis Cluster on 127.0.0.1 for the whole session: 3 masters with a replica each; a missing binary fails.
+
+    Tests that kill a node (:meth:`~RedisClusterServer.fail_over`) bring it back and wait until the
+    cluster is healthy again, so that the next test finds every master with its replica.
+    """
+    cluster = RedisClusterServer()
+    try:
+        cluster.start()
+    except RedisServerError as exc:
+        pytest.fail(f"cannot make a Redis Cluster: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,10 @@ for the purpose) through ``runuser``::
         driver = SqlDriver(server.url)
 
 :meth:`stop` and :meth:`start` take the server down and bring it back on the
-same port and data (to test outages); :meth:`close` stops it and removes
-everything.
+same port and data (to test outages); :meth:`pause` freezes every process of
+the server (``SIGSTOP``: connections stay open and nothing answers, as a hung
+server or a silent network) until :meth:`resume`; :meth:`close` stops it and
+removes everything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -109,6 +112,7 @@ class PostgresServer:
         self.startup_timeout = startup_timeout
         self.root: Path | None = None
         self.running = False
+        self._paused: list[int] = []
         self._account = _server_user()
 
     # -- addresses --------------------------------------------------------
@@ -147,11 +151,31 @@ class PostgresServer:
         """Stop the server (fast shutdown), keeping its data and port for :meth:`start`."""
         if not self.running:
             return
+        self.resume()
         self._run("pg_ctl", "-D", str(self._data), "-m", "fast", "-w", "-t", str(self.startup_timeout), "stop")
         self.running = False
 
+    def pause(self) -> None:
+        """Freeze the server and all its processes (SIGSTOP): it keeps every connection and answers none."""
+        if self._paused or not self.running:
+            return
+        master = int((self._data / "postmaster.pid").read_text().split()[0])
+        self._paused = [master, *_children(master)]
+        for pid in self._paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        paused, self._paused = self._paused, []
+        for pid in paused:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def close(self) -> None:
         """Stop the server and remove its folder."""
+        self.resume()
         try:
             if self.running:
                 try:
@@ -216,3 +240,19 @@ class PostgresServer:
         if log is None or not log.is_file():
             return ""
         return "\nserver log:\n" + log.read_text(errors="replace")[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of a process, read from /proc (Linux)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text(errors="replace")
+        except OSError:
+            continue
+        # The command name may hold spaces: the parent's pid is the second field after its ')'.
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(name))
+    return found

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from kernel.testing.ports import free_port
@@ -56,15 +57,19 @@ class RedisServer:
     """One redis-server process on loopback, without persistence.
 
     ``password`` sets ``requirepass``; ``startup_timeout`` bounds the wait for
-    readiness. :attr:`url` and :attr:`unix_url` are the URLs of the running
-    server (they stay valid across :meth:`kill` and :meth:`start`).
+    readiness; ``extra_args`` are more ``redis-server`` options (a cluster
+    node's, say); ``port`` fixes the port (by default a free one is picked).
+    :attr:`url` and :attr:`unix_url` are the URLs of the running server (they
+    stay valid across :meth:`kill` and :meth:`start`).
     """
 
-    def __init__(self, password: str | None = None, startup_timeout: float = 10.0, binary: str | None = None):
+    def __init__(self, password: str | None = None, startup_timeout: float = 10.0, binary: str | None = None,
+                 extra_args: Sequence[str] = (), port: int | None = None):
         self.password = password
         self.startup_timeout = startup_timeout
         self.binary = binary
-        self.port: int | None = None
+        self.extra_args = tuple(extra_args)
+        self.port: int | None = port
         self.directory: Path | None = None
         self.process: subprocess.Popen | None = None
 
@@ -158,7 +163,8 @@ class RedisServer:
             "--daemonize", "no",
         ]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        args += self.extra_args
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     def _wait_ready(self, port: int) -> bool:

@@ -1,4 +1,4 @@
-"""Start real servers for end-to-end tests and benchmarks: gunicorn serving Bastion."""
+"""Start real servers for end-to-end tests and benchmarks: gunicorn serving Bastion, and ``bastion serve``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from kernel.testing.ports import free_port
 
-#: The root of the repository: its gunicorn.conf.py is the settings every GunicornServer runs with.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The packaged gunicorn settings every GunicornServer runs with (read from the [server] section).
+SETTINGS = "python:kernel.gunicorn_conf"
 
 
 def wait_until_serving(host: str, port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -51,10 +51,12 @@ def write_config(sections: Mapping[str, Mapping[str, object]], directory: str | 
 
 
 class GunicornServer:
-    """A gunicorn process serving ``kernel.wsgi:app`` on 127.0.0.1 and a free port.
+    """A gunicorn process serving ``kernel.wsgi:app`` on 127.0.0.1 and a free port, with the packaged settings.
 
-    ``sections`` is the INI configuration (its ``[server]`` bind is replaced).
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    ``sections`` is the INI configuration (its ``[server]`` bind, workers,
+    threads and reload are replaced); the process runs in a folder of its
+    own, where the INI file is written. Use as a context manager, or call
+    :meth:`start` and :meth:`stop`.
     """
 
     def __init__(self, sections: Mapping[str, Mapping[str, object]], workers: int = 1, threads: int = 4,
@@ -82,14 +84,25 @@ class GunicornServer:
         sections = dict(self.sections)
         sections["server"] = {**sections.get("server", {}), "bind": f"{self.host}:{self.port}",
                               "workers": self.workers, "threads": self.threads, "reload": "off"}
-        config = write_config(sections, self._tmp.name)
-        env = {**os.environ, "BASTION_CONFIG": str(config), **self.extra_env}
-        cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "gunicorn.conf.py"), self.app]
+        self.config_path = write_config(sections, self._tmp.name)
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(cmd, cwd=self._tmp.name, env=env, stdout=self._log,
+        self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(), stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self
+
+    @property
+    def cwd(self) -> str:
+        """The working directory of the server."""
+        return self._tmp.name
+
+    def environment(self) -> dict[str, str]:
+        """The environment of the server process."""
+        return {**os.environ, "BASTION_CONFIG": str(self.config_path), **self.extra_env}
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [sys.executable, "-m", "gunicorn", "-c", SETTINGS, self.app]
 
     def _wait_ready(self) -> None:
         try:
@@ -128,3 +141,37 @@ class GunicornServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BastionServer(GunicornServer):
+    """``bastion --config FILE serve`` on 127.0.0.1 and a free port: the command operators run.
+
+    As :class:`GunicornServer` (the INI file is written from ``sections``, its
+    ``[server]`` bind, workers, threads and reload replaced), but started as
+    the ``bastion`` command, with the file named by ``--config`` and no
+    ``$BASTION_CONFIG``, in the working directory ``cwd`` (by default an
+    empty folder of its own, apart from the file's), so nothing depends on
+    where it runs.
+    """
+
+    def __init__(self, sections: Mapping[str, Mapping[str, object]], workers: int = 1, threads: int = 4,
+                 env: Mapping[str, str] | None = None, host: str = "127.0.0.1", cwd: str | os.PathLike | None = None,
+                 startup_timeout: float = 60.0):
+        super().__init__(sections, workers, threads, env, host, startup_timeout=startup_timeout)
+        self._cwd = str(cwd) if cwd is not None else None
+
+    @property
+    def cwd(self) -> str:
+        if self._cwd is None:
+            self._cwd = tempfile.mkdtemp(prefix="run-", dir=self._tmp.name)
+        return self._cwd
+
+    def environment(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key != "BASTION_CONFIG"}
+        return {**env, **self.extra_env}
+
+    def command(self) -> list[str]:
+        # The console script next to the interpreter, as pip installs it (else the same entry point by module).
+        script = Path(sys.executable).with_name("bastion")
+        prefix = [str(script)] if script.is_file() else [sys.executable, "-m", "kernel.cli"]
+        return [*prefix, "--config", str(self.config_path), "serve"]

@@ -4,10 +4,13 @@
   domains, JSON values, record ids, races, persistence;
 * :class:`UnitOfWorkSuite` (``unit_of_work``): through the unit of work —
   models, versions, validation, model evolution;
+* :class:`HistorySuite` (``history``): record history — every committed
+  version kept in the commit of the record, who and which version, bounded
+  by the model's limit, never written by a failed commit;
 * :class:`StateSuite` (``state``): short-lived state — keys, add/replace/incr,
   windows, expiry, reclamation;
 * :class:`HealthSuite` (``health``): ``ping``;
-* :class:`DriverSuite`: all four, what every driver adopts.
+* :class:`DriverSuite`: all five, what every driver adopts.
 
 A driver adopts the whole suite with one subclass and a ``driver`` fixture::
 
@@ -34,13 +37,14 @@ frozenset; missing means none), a subclass may override it, and a test marked
 
 from kernel.testing.suite.base import SuiteBase, requires
 from kernel.testing.suite.health import HealthSuite
+from kernel.testing.suite.history import HistorySuite
 from kernel.testing.suite.records import RecordsSuite
 from kernel.testing.suite.state import StateSuite
 from kernel.testing.suite.unit_of_work import UnitOfWorkSuite
 
 
-class DriverSuite(RecordsSuite, UnitOfWorkSuite, StateSuite, HealthSuite):
+class DriverSuite(RecordsSuite, UnitOfWorkSuite, HistorySuite, StateSuite, HealthSuite):
     """Every behaviour a storage driver must have. Subclass and provide ``driver`` (and ``reopen`` if persistent)."""
 
 
-__all__ = ["DriverSuite", "HealthSuite", "RecordsSuite", "StateSuite", "SuiteBase", "UnitOfWorkSuite", "requires"]
+__all__ = ["DriverSuite", "HealthSuite", "HistorySuite", "RecordsSuite", "StateSuite", "SuiteBase", "UnitOfWorkSuite", "requires"]

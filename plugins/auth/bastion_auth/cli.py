@@ -1,4 +1,4 @@
-"""``bastion adduser | passwd | deluser | users | sessions | end-sessions | unlock | unban | hash-password``.
+"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | unlock | unban | hash-password``.
 
 Every command that changes something acts on the configured storage (any
 driver: the state of sessions, locks and bans lives in the state store the
@@ -14,8 +14,9 @@ import ipaddress
 import sys
 import time
 
-from bastion_auth import users
+from bastion_auth import events, users
 from bastion_auth.passwords import Passwords
+from bastion_auth.sessions import SHOWN_SID
 from bastion_auth.settings import AUTH_SCHEMA
 from kernel import load_config
 
@@ -142,7 +143,7 @@ def register(subparsers, runtime_factory, get_auth) -> None:
             with runtime.bind(domain):
                 names = users.list_usernames()
             for username in names:
-                live = len(auth.sessions.of_user(domain, username, now))
+                live = len(auth.sessions.live(domain, username, now))
                 line = f"{username}@{domain}  sessions {live}"
                 until = auth.accounts.locked_until(domain, username)
                 if until is not None:
@@ -162,19 +163,19 @@ def register(subparsers, runtime_factory, get_auth) -> None:
                 with runtime.bind(domain):
                     names = users.list_usernames()
             for username in names:
-                found.extend(auth.sessions.of_user(domain, username, now))
+                found.extend(auth.sessions.live(domain, username, now))
         for s in found:
-            print(f"{s.username}@{s.domain}  session {s.sid_prefix}...  created {iso(s.created)}  "
+            print(f"{s.username}@{s.domain}  session {s.sid[:SHOWN_SID]}...  created {iso(s.created)}  "
                   f"last seen {iso(s.last_seen)}  from {s.origin or '?'}  expires {iso(s.expires)}")
         print(f"{len(found)} live session(s)")
         return 0
 
     def end_sessions(args, runtime, auth):
         domain = _domain(args.domain)
-        live = auth.sessions.of_user(domain, args.username, runtime.clock())
+        live = auth.sessions.live(domain, args.username, runtime.clock())
         ended = auth.sessions.end_all(domain, args.username)
         event(auth, "sessions_ended", args.username, domain, sessions_ended=ended,
-              sessions=",".join(s.sid_prefix for s in live) or None)
+              sessions=",".join(s.sid[:SHOWN_SID] for s in live) or None)
         print(f"ended {ended} session(s) of {args.username}@{domain}")
         return 0
 
@@ -195,6 +196,32 @@ def register(subparsers, runtime_factory, get_auth) -> None:
         event(auth, "unbanned", None, domain, banned_origin=origin, was_banned=was_banned)
         print(f"unbanned {origin} in {domain}" if was_banned else
               f"{origin} was not banned in {domain}; its abuse weight is forgotten")
+        return 0
+
+    def roles(args, runtime, auth):
+        domain = _domain(args.domain)
+        _check_username(args.username)
+        who = f"{args.username}@{domain}"
+        with runtime.bind(domain):
+            if args.set is None:
+                record = users.find(args.username)
+                if record is None:
+                    raise SystemExit(f"bastion: no user {who}")
+                print(f"{who}: {', '.join(users.roles_of(args.username)) or '(no roles)'}")
+                return 0
+            try:
+                wanted = users.parse_roles(args.set)
+            except ValueError as exc:
+                raise SystemExit(f"bastion: --set: {exc}") from None
+            changed = users.set_roles(args.username, wanted)
+        if changed is None:
+            raise SystemExit(f"bastion: no user {who}")
+        if changed:
+            events.roles_assigned(runtime, domain, args.username, wanted, "bastion roles", origin=ORIGIN, admin=admin())
+        print(f"{who}: {', '.join(wanted) or '(no roles)'}" + ("" if changed else " (unchanged)"))
+        if who in auth.bootstrap_roles:
+            print(f"bastion: note: [roles] names {who} ({', '.join(auth.bootstrap_roles[who]) or 'no roles'}): "
+                  "the server gives it those again at its next start", file=sys.stderr)
         return 0
 
     for name, fn, help_text, prompt in (
@@ -224,6 +251,11 @@ def register(subparsers, runtime_factory, get_auth) -> None:
     p.add_argument("username", nargs="?", help="only this user's (with --domain)")
     p.add_argument("--domain", help="only this domain")
     p.set_defaults(func=with_runtime(sessions))
+    p = subparsers.add_parser("roles", help="show a user's roles, or set them with --set")
+    p.add_argument("username")
+    p.add_argument("--domain", required=True, help="the tenant, e.g. localhost or alpha.example.com")
+    p.add_argument("--set", metavar="ROLES", help="the user's roles from now on, comma-separated (\"\" for none)")
+    p.set_defaults(func=with_runtime(roles))
 
 
 def _domain(text: str) -> str:

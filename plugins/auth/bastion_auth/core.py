@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from bastion_auth import users
+from bastion_auth import events, users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, Sessions
@@ -20,6 +20,7 @@ from kernel import (
     BastionError,
     Credentials,
     ExpiredSession,
+    Forbidden,
     InvalidCall,
     InvalidCredential,
     InvalidSignature,
@@ -32,9 +33,13 @@ from kernel import (
     StaleCall,
     StateStore,
     Unauthorized,
+    ValidationError,
+    VersionConflict,
     b64url,
+    current,
     hookimpl,
     loads,
+    service,
 )
 
 log = logging.getLogger("bastion.auth")
@@ -83,10 +88,13 @@ class Auth:
     the runtime.
     """
 
-    def __init__(self, runtime: Runtime, settings: Settings, bootstrap: dict[str, str]):
+    def __init__(self, runtime: Runtime, settings: Settings, bootstrap: dict[str, str],
+                 bootstrap_roles: dict[str, list[str]] | None = None):
         self.runtime = runtime
         self.settings = settings
         self.bootstrap = bootstrap
+        #: ``[roles]``: ``username@domain`` (normalized) -> the roles it is given at every start.
+        self.bootstrap_roles = bootstrap_roles or {}
         self.clock = runtime.clock
         self.passwords = Passwords(settings)
         self.skew = settings.skew
@@ -135,7 +143,8 @@ class Auth:
 
     @hookimpl
     def bastion_startup(self, runtime: Runtime) -> None:
-        """Warm the dummy hash, create the ``[users]`` accounts, and the demo user in development."""
+        """Warm the dummy hash, create the ``[users]`` accounts, give the ``[roles]`` users their roles, and
+        create the demo user in development."""
         self.passwords.warm()
         now = runtime.clock()
         for key, hashed in self.bootstrap.items():
@@ -143,6 +152,15 @@ class Auth:
             with runtime.bind(domain):
                 if users.create(username, hashed, now):
                     self.event("user_created", username, domain=domain, origin="[users]")
+        for key, roles in self.bootstrap_roles.items():
+            username, domain = users.split_key(key)
+            with runtime.bind(domain):
+                changed = users.set_roles(username, roles)
+            if changed is None:
+                log.warning("[roles] %s@%s: no such user; its roles are given once it exists and the server "
+                            "starts again", username, domain)
+            elif changed:
+                events.roles_assigned(self.runtime, domain, username, roles, "[roles]")
         self.register_metrics()
         if runtime.development and self.settings.demo_user:
             self.demo_user(runtime, now)
@@ -178,6 +196,28 @@ class Auth:
         routes.post("/auth/login", self.login, protected=True)
         routes.post("/auth/logout", lambda request: {"result": self.logout(request.session)}, protected=True,
                     signed=True)
+
+    @hookimpl
+    def bastion_services(self) -> list:
+        """The account services (docs/protocol.md section 5): ``change_password``, ``sessions``, ``end_sessions``."""
+        auth = self
+
+        @service
+        def change_password(old: str, new: str) -> bool:
+            """Change the caller's password (``old`` is checked like a login's); every other session ends."""
+            return auth.change_password(current(), old, new)
+
+        @service
+        def sessions() -> list[dict]:
+            """The caller's live sessions, oldest first, without keys or whole sids."""
+            return auth.list_sessions(current())
+
+        @service
+        def end_sessions() -> int:
+            """End the caller's other sessions; return how many were live."""
+            return auth.end_other_sessions(current())
+
+        return [change_password, sessions, end_sessions]
 
     @hookimpl
     def bastion_admit(self, request: Request) -> None:
@@ -218,32 +258,7 @@ class Auth:
         """
         username, password, force = parse_login(request.body)
         domain, origin = request.domain, request.origin
-        shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
-        attempt = secrets.token_hex(8)
-        self.abuse.reserve(domain, origin, attempt, self.clock())
-        try:
-            self.accounts.reserve(domain, username, attempt, self.clock())
-        except AccountLocked as locked:
-            self.event("login_failed", shown, logging.WARNING, reason="account_locked",
-                       retry_after=locked.extra.get("retry_after"))
-            self._confirm(domain, origin, attempt, self.clock())  # a login attempt on a locked account weighs 1
-            raise
-        record = users.find(username)
-        valid, outdated = self.passwords.verify(password, record.password if record is not None else None)
-        if not valid:
-            now = self.clock()
-            locked_until = self.accounts.failed(domain, username, attempt, now)
-            self.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
-                       known_user=record is not None)
-            if locked_until is not None:
-                self.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
-                           failures=self.accounts.limit)
-            self._confirm(domain, origin, attempt, now)
-            if self.settings.dummy_delay:
-                time.sleep(self.settings.dummy_delay)
-            raise InvalidCredential("invalid username or password")
-        self.abuse.release(domain, origin, attempt)
-        self.accounts.succeeded(domain, username)
+        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
         hashes = {record.password}
         if outdated:
             upgraded = self.passwords.context.hash(password)
@@ -279,6 +294,97 @@ class Auth:
         until = self.abuse.confirm(domain, origin, attempt, now)
         if until is not None:
             self.banned(until)
+
+    def check_password(self, domain: str, origin: str, username: str, password: str, refusal: str,
+                       attempt_of: str = "login"):
+        """Check a user's password as one attempt against the limits; return ``(record, outdated)``.
+
+        Every login, and every ``change_password`` (its ``old``), goes through
+        here, so that both count alike: the attempt takes its place in its
+        origin's abuse window (429 Abusive) and its account's window (429
+        AccountLocked) before the password is checked, atomically; a failure
+        keeps both places as its weight and may lock the account (401
+        InvalidCredential, with ``refusal``); a success gives them back and
+        resets the account's count. A failure is a ``login_failed`` event
+        (with ``attempt``: ``attempt_of``, when it is not a login), a lock an
+        ``account_locked`` one, a ban a ``banned`` one.
+        """
+        shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
+        extra = {} if attempt_of == "login" else {"attempt": attempt_of}
+        attempt = secrets.token_hex(8)
+        self.abuse.reserve(domain, origin, attempt, self.clock())
+        try:
+            self.accounts.reserve(domain, username, attempt, self.clock())
+        except AccountLocked as locked:
+            self.event("login_failed", shown, logging.WARNING, reason="account_locked",
+                       retry_after=locked.extra.get("retry_after"), **extra)
+            self._confirm(domain, origin, attempt, self.clock())  # an attempt on a locked account weighs 1
+            raise
+        record = users.find(username)
+        valid, outdated = self.passwords.verify(password, record.password if record is not None else None)
+        if not valid:
+            now = self.clock()
+            locked_until = self.accounts.failed(domain, username, attempt, now)
+            self.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
+                       known_user=record is not None, **extra)
+            if locked_until is not None:
+                self.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
+                           failures=self.accounts.limit)
+            self._confirm(domain, origin, attempt, now)
+            if self.settings.dummy_delay:
+                time.sleep(self.settings.dummy_delay)
+            raise InvalidCredential(refusal)
+        self.abuse.release(domain, origin, attempt)
+        self.accounts.succeeded(domain, username)
+        return record, outdated
+
+    # -- account services (signed calls of the user on their own account) ----
+
+    def _caller(self, request: Request) -> Session:
+        """The session of the call: one of this plugin's, in the call's domain (else 403)."""
+        session = request.session
+        if not isinstance(session, Session) or session.domain != request.domain:
+            raise Forbidden("the account services need a session of the auth plugin")
+        return session
+
+    def change_password(self, request: Request, old: str, new: str) -> bool:
+        """Change the caller's password; every other session of the user ends, the calling one stays.
+
+        The new password must follow the policy (422 ValidationError naming
+        the rule, checked first: a mistyped new password costs no attempt);
+        ``old`` is then checked exactly like a login's password (see
+        :meth:`check_password`: 429 Abusive or AccountLocked, 401
+        InvalidCredential). The hash is replaced only if it is still the one
+        that verified (409 VersionConflict when a concurrent change won), and
+        the other sessions end after it, so that a login racing the change
+        with the old password sees the new hash or has its session ended.
+        """
+        session = self._caller(request)
+        domain, username, origin = request.domain, session.username, request.origin
+        broken = self.passwords.broken_rule(new)
+        if broken is not None:
+            rule, bound = broken
+            words = "at least" if rule == "min_length" else "at most"
+            raise ValidationError({"new": {rule: bound}}, f"a password has {words} {bound} characters")
+        record, _ = self.check_password(domain, origin, username, old, "the current password is wrong",
+                                        "change_password")
+        if not users.set_password(username, self.passwords.context.hash(new), expected_hash=record.password):
+            raise VersionConflict("the password was changed meanwhile; try again")
+        ended = self.sessions.end_others(domain, username, session.sid, self.clock())
+        events.password_changed(self.runtime, domain, username, origin, ended)
+        return True
+
+    def list_sessions(self, request: Request) -> list[dict[str, Any]]:
+        """The caller's live sessions, oldest first: ``{"id", "created", "last_seen", "origin", "current"}`` each."""
+        session = self._caller(request)
+        return [live.describe(session.sid) for live in self.sessions.live(request.domain, session.username, self.clock())]
+
+    def end_other_sessions(self, request: Request) -> int:
+        """End every session of the caller but this one; return how many of them were live."""
+        session = self._caller(request)
+        ended = self.sessions.end_others(request.domain, session.username, session.sid, self.clock())
+        events.sessions_ended(self.runtime, request.domain, session.username, request.origin, ended)
+        return ended
 
     # -- signed calls -----------------------------------------------------
 
@@ -320,7 +426,7 @@ class Auth:
             except BastionError as ended:
                 return self._refusal(session, ended)
             return self._refusal(session, ReplayedCall("this call was already made"))
-        self.sessions.touch(session, now)
+        self.sessions.touch(session, now, request.origin)
         return Authentication(session, session.key)
 
     def _refusal(self, session: Session, error: BastionError, **fields: Any) -> Authentication:

@@ -37,11 +37,19 @@ class Passwords:
         """Compute the dummy hash now, so the first unknown user costs what every other does."""
         self.context.dummy_verify()
 
+    def broken_rule(self, password: str) -> tuple[str, int] | None:
+        """The rule of the policy a new password breaks, with its bound (``("min_length", 8)``), or None."""
+        if len(password) < self.min_length:
+            return "min_length", self.min_length
+        if len(password) > self.max_length:
+            return "max_length", self.max_length
+        return None
+
     def check_new(self, password: str) -> None:
         """Raise ValueError unless a new password follows the policy."""
         if not isinstance(password, str):
             raise ValueError("a password is a string")
-        if not self.min_length <= len(password) <= self.max_length:
+        if self.broken_rule(password) is not None:
             raise ValueError(f"a password has {self.min_length} to {self.max_length} characters")
 
     def hash(self, password: str) -> str:

@@ -21,9 +21,9 @@ def get_auth(runtime: Runtime) -> Auth:
 
 @hookimpl
 def bastion_configure(config, runtime):
-    """Claim ``[auth]`` and ``[users]``, and register this runtime's :class:`Auth`."""
-    settings, bootstrap = read(config)
-    runtime.register(Auth(runtime, settings, bootstrap), name=NAME)
+    """Claim ``[auth]``, ``[users]`` and ``[roles]``, and register this runtime's :class:`Auth`."""
+    settings, bootstrap, roles = read(config)
+    runtime.register(Auth(runtime, settings, bootstrap, roles), name=NAME)
 
 
 @hookimpl
@@ -40,8 +40,8 @@ def bastion_deploy_checks(config, runtime):
 
 @hookimpl
 def bastion_cli(subparsers, runtime_factory):
-    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``sessions``, ``end-sessions``, ``unlock``, ``unban``
-    and ``hash-password``."""
+    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``roles``, ``sessions``, ``end-sessions``, ``unlock``,
+    ``unban`` and ``hash-password``."""
     from bastion_auth.cli import register
 
     register(subparsers, runtime_factory, get_auth)

@@ -7,38 +7,61 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion_auth import users
 from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
+
+#: How many characters of a sid ``sessions()`` shows: enough to tell a user's sessions apart, never a whole sid.
+SHOWN_SID = 8
 
 
 @dataclass
 class Session:
-    """A live session: who, its key, and when it ends."""
+    """A live session: who, its key, when it ends, and where and when it was last used.
+
+    ``origin`` is the address of its latest call (its login's until then),
+    ``last_seen`` the time of that call. ``roles`` are the user's roles as
+    stored with the user, read the first time a call asks for them (the
+    permission check of a service that needs a role, or ``current().roles``),
+    so that a change of roles counts from the next call and a call that never
+    asks costs no read.
+    """
 
     sid: str
     username: str
     domain: str
-    key: bytes = field(repr=False)
-    created: float = 0.0
-    idle_expires: float = 0.0
-    absolute_expires: float = 0.0
+    key: bytes
+    created: float
+    idle_expires: float
+    absolute_expires: float
     origin: str = ""
+    last_seen: float = 0.0
+    _roles: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
-        return f"Session({self.username}@{self.domain}, sid {self.sid[:8]}...)"
+        return f"Session({self.username}@{self.domain}, sid {self.sid[:SHOWN_SID]}...)"
 
     @property
     def expires(self) -> float:
         """When the session ends if left idle."""
         return min(self.idle_expires, self.absolute_expires)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The user's roles, read from the user's record in the current domain the first time (a call's domain)."""
+        if self._roles is None:
+            self._roles = users.roles_of(self.username)
+        return self._roles
+
     def to_state(self) -> dict:
-        """The JSON value kept in the state store (``o``: the origin it logged in from)."""
-        value = {"u": self.username, "k": b64url(self.key), "c": self.created,
-                 "i": self.idle_expires, "a": self.absolute_expires}
-        if self.origin:
-            value["o"] = self.origin
-        return value
+        """The JSON value kept in the state store."""
+        return {"u": self.username, "k": b64url(self.key), "c": self.created,
+                "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
+
+    def describe(self, current_sid: str | None = None) -> dict[str, Any]:
+        """What ``sessions()`` shows of a session: never its key, never its whole sid."""
+        return {"id": self.sid[:SHOWN_SID], "created": int(self.created), "last_seen": int(self.last_seen),
+                "origin": self.origin, "current": self.sid == current_sid}
 
 
 #: Seconds an idle expiry must move before the slide is written.
@@ -82,7 +105,7 @@ class Sessions:
         index = account_key("user-sessions", username)
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
                           key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
-                          absolute_expires=now + self.absolute, origin=origin)
+                          absolute_expires=now + self.absolute, origin=origin, last_seen=now)
         self.save(session, now)
         entries = self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
         if self.max_active or force:
@@ -112,9 +135,7 @@ class Sessions:
             value = self.state.get(domain, self.key(sid))
         if not isinstance(value, dict):
             raise UnknownSession("unknown session; log in again")
-        session = Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]),
-                          created=value["c"], idle_expires=value["i"], absolute_expires=value["a"],
-                          origin=value.get("o", ""))
+        session = _from_state(domain, sid, value)
         if now >= session.expires:
             expired = ExpiredSession("session expired; log in again")
             expired.username = session.username  # type: ignore[attr-defined]  # for the security log
@@ -126,14 +147,47 @@ class Sessions:
         """The state key of a session."""
         return f"session:{sid}"
 
-    def touch(self, session: Session, now: float) -> None:
-        """Slide the idle expiry forward, never past the absolute lifetime, never reviving an ended session."""
-        idle_expires = min(now + self.idle, session.absolute_expires)
-        if idle_expires - session.idle_expires < SLIDE_STEP:
+    def touch(self, session: Session, now: float, origin: str | None = None) -> None:
+        """Slide the idle expiry forward (never past the absolute lifetime) and note when and from where the
+        session was used, never reviving an ended session.
+
+        Written only when the time of last use moves by :data:`SLIDE_STEP` or
+        the call comes from another address: at most one write a second for
+        a busy client, as before ``last_seen`` was kept.
+        """
+        moved = origin is not None and origin != session.origin
+        if now - session.last_seen < SLIDE_STEP and not moved:
             return
-        session.idle_expires = idle_expires
+        session.idle_expires = max(session.idle_expires, min(now + self.idle, session.absolute_expires))
+        session.last_seen = now
+        if origin is not None:
+            session.origin = origin
         ttl = max(session.expires + self.grace - now, 1)
         self.state.replace(session.domain, self.key(session.sid), session.to_state(), ttl)
+
+    def live(self, domain: str, username: str, now: float) -> list[Session]:
+        """The user's live sessions in the domain, oldest first: one window read and one ``get_many``."""
+        entries = self.state.window_entries(domain, account_key("user-sessions", username))
+        sids = [entry.member for entry in entries]
+        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
+        found = [_from_state(domain, sid, value) for sid, value in zip(sids, values, strict=True)
+                 if _is_live(value, now) and value.get("u") == username]
+        return sorted(found, key=lambda session: (session.created, session.sid))
+
+    def end_others(self, domain: str, username: str, keep_sid: str, now: float) -> int:
+        """End every session of the user but ``keep_sid``; return how many of them were live.
+
+        Sessions that expired but are still remembered go too (their sids
+        then answer UnknownSession rather than ExpiredSession: log in again
+        either way). A login that lists its session while this runs may lose
+        it as well: the safe side.
+        """
+        index = account_key("user-sessions", username)
+        sids = [entry.member for entry in self.state.window_entries(domain, index) if entry.member != keep_sid]
+        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
+        for sid in sids:
+            self.end(domain, sid, username)
+        return sum(_is_live(value, now) for value in values)
 
     def end(self, domain: str, sid: str, username: str) -> None:
         """Forget one session: every later use of its sid is UnknownSession."""
@@ -152,34 +206,12 @@ class Sessions:
     def _forget(self, domain: str, sid: str) -> None:
         self.state.delete(domain, self.key(sid))
 
-    def of_user(self, domain: str, username: str, now: float) -> list[SessionInfo]:
-        """The user's live sessions, oldest first (two reads: the user's index, then the sessions in one round trip)."""
-        sids = [e.member for e in self.state.window_entries(domain, account_key("user-sessions", username))]
-        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
-        found = []
-        for sid, value in zip(sids, values, strict=True):
-            if _is_live(value, now) and value.get("u") == username:
-                found.append(SessionInfo(sid[:8], username, domain, value["c"], self.last_seen(value),
-                                         min(value["i"], value["a"]), value.get("o", "")))
-        return sorted(found, key=lambda s: s.created)
 
-    def last_seen(self, value: dict) -> float:
-        """When a stored session was last used, to the second: its idle expiry minus the idle timeout (never before
-        its creation)."""
-        return max(value["c"], value["i"] - self.idle)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What ``bastion sessions`` shows of a session: never its key, and of its sid only the first 8 characters."""
-
-    sid_prefix: str
-    username: str
-    domain: str
-    created: float
-    last_seen: float
-    expires: float
-    origin: str
+def _from_state(domain: str, sid: str, value: dict) -> Session:
+    """A session from its stored value (one stored before origin and last use were kept reads as its login)."""
+    return Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
+                   idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
+                   last_seen=value.get("s", value["c"]))
 
 
 def _is_live(value: Any, now: float) -> bool:

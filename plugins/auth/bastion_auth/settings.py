@@ -32,10 +32,11 @@ AUTH_SCHEMA = {
 }
 
 
-def read(config: Config) -> tuple[Settings, dict[str, str]]:
-    """Claim and check ``[auth]`` and ``[users]``; return the settings and the users (key -> hash)."""
+def read(config: Config) -> tuple[Settings, dict[str, str], dict[str, list[str]]]:
+    """Claim and check ``[auth]``, ``[users]`` and ``[roles]``; return the settings, the users (key -> hash) and
+    their roles (key -> sorted role names)."""
     from bastion_auth.passwords import Passwords
-    from bastion_auth.users import split_key
+    from bastion_auth.users import parse_roles, split_key
 
     settings = config.section("auth", AUTH_SCHEMA)
     if settings.absolute_timeout < settings.idle_timeout:
@@ -51,7 +52,14 @@ def read(config: Config) -> tuple[Settings, dict[str, str]]:
         if not passwords.identify(value):
             raise ConfigError(f"{config.label}: [users] {key}: not a password hash; "
                               "accepted: the output of `bastion hash-password`")
-    return settings, bootstrap
+    roles: dict[str, list[str]] = {}
+    for key, value in config.raw_section("roles").items():
+        try:
+            username, domain = split_key(key)
+            roles[f"{username}@{domain}"] = parse_roles(value)
+        except ValueError as exc:
+            raise ConfigError(f"{config.label}: [roles] {key}: {exc}; accepted: username@domain = role, role") from None
+    return settings, bootstrap, roles
 
 
 #: OWASP Password Storage Cheat Sheet, argon2id: equivalent minimum configurations (memory in KiB, iterations).

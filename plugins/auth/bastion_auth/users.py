@@ -1,4 +1,4 @@
-"""Users: one record per (domain, username), stored through the kernel's storage API."""
+"""Users: one record per (domain, username), stored through the kernel's storage API, roles included."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from typing import Any
 from kernel import Errors, InvalidHost, VersionConflict, parse_domain, storage
 
 USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+#: A role's name: 1 to 64 letters, digits or ``_.-`` (the permissions plugin accepts the same).
+ROLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The most roles one user holds.
+MAX_ROLES = 64
 
 
 def is_username(value: Any) -> bool:
@@ -15,14 +19,23 @@ def is_username(value: Any) -> bool:
     return isinstance(value, str) and USERNAME.fullmatch(value) is not None
 
 
+def is_role(value: Any) -> bool:
+    """Whether a value can be a role's name: 1 to 64 letters, digits or ``_.-``."""
+    return isinstance(value, str) and ROLE.fullmatch(value) is not None
+
+
 class User:
-    """A user of one domain; the record id is the username (a natural key)."""
+    """A user of one domain; the record id is the username (a natural key).
+
+    ``roles`` (added after the first release: older records read it as ``[]``)
+    is a sorted list of role names.
+    """
 
     __model__ = "User"
 
     @classmethod
     def initialize(cls, record):
-        record.merge(username="", password="", created=0)
+        record.merge(username="", password="", created=0, roles=[])
 
     @classmethod
     def validate(cls, record):
@@ -31,6 +44,9 @@ class User:
             errors.username.invalid = "1 to 150 letters, digits or _.@+-"
         if not isinstance(record.password, str) or not record.password.startswith("$"):
             errors.password.invalid = "not a password hash"
+        roles = record.roles
+        if not isinstance(roles, list) or len(roles) > MAX_ROLES or not all(is_role(role) for role in roles):
+            errors.roles.invalid = f"at most {MAX_ROLES} names of 1 to 64 letters, digits or _.-"
         return errors
 
     @classmethod
@@ -39,7 +55,18 @@ class User:
 
     @classmethod
     def to_dict(cls, record) -> dict[str, Any]:
-        return {"username": record.username, "created": record.created}
+        return {"username": record.username, "created": record.created, "roles": list(record.roles)}
+
+
+def parse_roles(text: str) -> list[str]:
+    """``"editor, admin"`` -> ``["admin", "editor"]`` (sorted, each once); ValueError naming a bad one. Empty: none."""
+    roles = sorted({part.strip() for part in re.split(r"[,\n]", text) if part.strip()})
+    for role in roles:
+        if not is_role(role):
+            raise ValueError(f"{role!r} is not a role name: 1 to 64 letters, digits or _.-")
+    if len(roles) > MAX_ROLES:
+        raise ValueError(f"at most {MAX_ROLES} roles")
+    return roles
 
 
 def check_username(username: str) -> None:
@@ -97,6 +124,33 @@ def set_password(username: str, password_hash: str, expected_hash: str | None = 
     except VersionConflict:
         return False
     return True
+
+
+def roles_of(username: str) -> tuple[str, ...]:
+    """The roles of a user of the current domain, as stored; none for a user that does not exist."""
+    record = find(username)
+    if record is None or not isinstance(record.roles, list):
+        return ()
+    return tuple(record.roles)
+
+
+def set_roles(username: str, roles: list[str]) -> bool | None:
+    """Give a user of the current domain exactly these roles: True if they changed, False if they were
+    already those, None if there is no such user. A concurrent write of the user is retried, never lost."""
+    wanted = sorted(set(roles))
+    for _ in range(10):
+        try:
+            with storage() as db:
+                record = db.get(User, username) if is_username(username) else None
+                if record is None:
+                    return None
+                if record.roles == wanted:
+                    return False
+                record.roles = wanted
+            return True
+        except VersionConflict:
+            continue  # another worker or command wrote the user meanwhile: read it again
+    raise VersionConflict(f"user {username} kept changing; roles not set")
 
 
 def delete(username: str) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from auth_helpers import ALICE_HASH, CHEAP_AUTH, PASSWORD
 
 from kernel import Abusive, InvalidCredential, UnknownSession
-from kernel.testing import Client, GunicornServer, authorization, new_nonce, request_mac
+from kernel.testing import Client, GunicornServer, authorization, new_nonce, request_mac, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def SourceClient(*args, source: str = "127.0.0.1", **kwargs) -> Client:
 @pytest.fixture(scope="module")
 def server():
     if not HAS_TODO:
-        pytest.skip("bastion_todo is not installed: the end-to-end tests call its services")
+        skip_or_fail("bastion_todo is not installed: the end-to-end tests call its services")
     sections = {
         "bastion": {"development": True, "storage": "mem://"},
         "auth": dict(CHEAP_AUTH),

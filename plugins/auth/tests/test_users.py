@@ -325,3 +325,36 @@ def test_deploy_check_holds_argon2_to_owasps_floor(memory, time_cost, ok):
     config = Config.from_dict({"auth": {"argon2_memory_cost": memory, "argon2_time_cost": time_cost}})
     ids = [p.id for p in deploy_problems(config, None)]
     assert ("auth.E001" not in ids) == ok, ids
+
+
+def test_cli_roles_shows_and_sets_a_users_roles(cli, capsys):
+    assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
+    capsys.readouterr()
+    assert cli("roles", "bob", "--domain", "localhost") == 0
+    assert capsys.readouterr().out == "bob@localhost: (no roles)\n"
+    assert cli("roles", "bob", "--domain", "LOCALHOST", "--set", "editor, admin ,editor") == 0
+    assert capsys.readouterr().out == "bob@localhost: admin, editor\n"
+    assert cli("roles", "bob", "--domain", "localhost", "--set", "admin,editor") == 0
+    assert capsys.readouterr().out == "bob@localhost: admin, editor (unchanged)\n"
+    assert cli("roles", "bob", "--domain", "localhost") == 0
+    assert capsys.readouterr().out == "bob@localhost: admin, editor\n"
+    app = cli.app()
+    try:
+        with app.runtime.bind("localhost"):
+            assert users.roles_of("bob") == ("admin", "editor")
+    finally:
+        app.runtime.close()
+    assert cli("roles", "bob", "--domain", "localhost", "--set", "") == 0
+    assert capsys.readouterr().out == "bob@localhost: (no roles)\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("roles", "nobody", "--domain", "localhost"), "no user nobody@localhost"),
+    (("roles", "nobody", "--domain", "localhost", "--set", "admin"), "no user nobody@localhost"),
+    (("roles", "bob", "--domain", "localhost", "--set", "not a role"), "not a role name"),
+    (("roles", "bad name", "--domain", "localhost"), "username"),
+])
+def test_cli_roles_refuses_bad_input_with_a_message(cli, argv, message):
+    cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password")
+    with pytest.raises(SystemExit, match=message):
+        cli(*argv)

@@ -24,6 +24,7 @@ from kernel import (
     PROBE_DOMAIN,
     PROCESS_LOCAL,
     Change,
+    RecordVersion,
     Scalar,
     StorageURL,
     StoredRecord,
@@ -65,6 +66,8 @@ class MemoryDriver:
         self._records: dict[tuple[str, str], dict[str, _Row]] = {}
         # (domain, model, field, token) -> ids
         self._index: dict[tuple[str, str, str, str], dict[str, None]] = {}
+        # (domain, model, id) -> the record's kept versions, oldest first, as JSON texts
+        self._history: dict[tuple[str, str, str], list[str]] = {}
         # (domain, key) -> (value, expires) or {member: (weight, expires)}
         self._state: dict[tuple[str, str], Any] = {}
         # (when, (domain, key)): when to look at a key again; at most one entry per key,
@@ -105,7 +108,11 @@ class MemoryDriver:
                         raise VersionConflict(f"{change.model} {change.id!r} already exists")
                 elif row is None or row.vsn != change.vsn:
                     raise VersionConflict("record changed")
+            now = None  # the commit's time, read once if some change keeps history
             for change in changes:
+                if change.history:
+                    now = self.clock() if now is None else now
+                    self._keep(domain, change, now)
                 table = self._records.setdefault((domain, change.model), {})
                 old = table.get(change.id)
                 if old is not None:
@@ -118,6 +125,22 @@ class MemoryDriver:
                 table[change.id] = _Row(seq, change.new_vsn, dumps_text(change.data or {}), tokens)
                 for field, token in tokens.items():
                     self._index.setdefault((domain, change.model, field, token), {})[change.id] = None
+
+    def _keep(self, domain: str, change: Change, now: float) -> None:
+        """Append a change to its record's history and drop what is beyond its limit (under the lock)."""
+        entry = {"vsn": change.history_vsn, "at": now, "by": change.by,
+                 "data": None if change.op == "delete" else change.data}
+        versions = self._history.setdefault((domain, change.model, change.id), [])
+        versions.append(dumps_text(entry))
+        if len(versions) > change.history:
+            del versions[:len(versions) - change.history]
+
+    def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
+        if not is_record_id(id):
+            return []
+        with self._lock:
+            versions = list(self._history.get((domain, model, id), ()))
+        return [RecordVersion(**json.loads(text)) for text in versions]
 
     def domains(self, model: str) -> list[str]:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Redis storage driver for ``redis://``, ``rediss://`` and ``unix://`` URLs.
+"""Redis storage driver for ``redis://``, ``rediss://``, ``unix://`` and Redis Cluster (``redis+cluster://``) URLs.
 
 Records and short-lived state (sessions, nonces, counters, windows) live in
 Redis, shared by every worker and node that uses the same URL. Each domain's
@@ -28,7 +28,7 @@ def bastion_configure(config: Config) -> None:
 
 @hookimpl
 def bastion_storage_driver(url: str, config: Config | None, clock: Callable[[], float]) -> RedisDriver | None:
-    """Open a :class:`RedisDriver` for redis://, rediss:// and unix:// URLs; None for any other scheme."""
+    """Open a :class:`RedisDriver` for redis://, rediss://, unix:// and redis+cluster:// URLs; None for any other scheme."""
     if scheme_of(url) not in SCHEMES:
         return None
     options = config.section(SECTION, SCHEMA) if config is not None else None
@@ -37,7 +37,8 @@ def bastion_storage_driver(url: str, config: Config | None, clock: Callable[[], 
     except ValueError as exc:
         label = config.label if config is not None else "<configuration>"
         raise ConfigError(f"{label}: [bastion] {exc}; accepted: redis://[:password@]host:port/db, "
-                          "rediss://..., unix:///path/to/redis.sock?db=0") from None
+                          "rediss://..., unix:///path/to/redis.sock?db=0, "
+                          "redis+cluster://[:password@]host:port[,host:port...]") from None
 
 
 @hookimpl

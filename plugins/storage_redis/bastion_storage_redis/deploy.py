@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from bastion_storage_redis.settings import SCHEMES, scheme_of
+from bastion_storage_redis.settings import CLUSTER_SCHEMES, SCHEMES, parse_cluster_url, scheme_of
 from kernel import Problem, StorageURL, is_loopback_host
 
 
@@ -21,19 +21,24 @@ def problems(config) -> list[Problem]:
             continue
         shown = StorageURL(url).redacted
         try:
-            parts = urlsplit(url.strip())
-            host = parts.hostname
-            password = parts.password
+            if scheme in CLUSTER_SCHEMES:
+                cluster = parse_cluster_url(url.strip())
+                hosts, password, tls = [h for h, _ in cluster.nodes], cluster.password, cluster.tls
+            else:
+                parts = urlsplit(url.strip())
+                hosts, password, tls = [parts.hostname or ""], parts.password, scheme == "rediss"
         except ValueError:
             continue  # the driver says so when it opens
-        if not host or is_loopback_host(host):
+        remote = [h for h in hosts if h and not is_loopback_host(h)]
+        if not remote:
             continue
+        host = ", ".join(remote)
         if not password or not unquote(password):
             found.append(Problem.error(
                 "redis.E001", f"[bastion] {key} = {shown}: Redis on {host} with no password: whoever reaches it reads "
                 "and writes every session key, nonce and ban",
                 "set requirepass (or an ACL user) on the server and use redis://:${REDIS_PASSWORD}@host:6379/0"))
-        if scheme == "redis":
+        if not tls:
             found.append(Problem.warning(
                 "redis.W002", f"[bastion] {key} = {shown}: Redis on {host} over plain TCP: session keys cross the "
                 "network in clear", "use rediss:// (TLS)"))

@@ -4,7 +4,9 @@ Every call is a single command or a single Lua script (see
 :mod:`bastion_storage_redis.scripts`), so each is atomic on its own and costs
 one round trip; only ``domains`` (administration) takes two. Commands go
 through :class:`bastion_storage_redis.wire.Wire` (EVALSHA, hiredis packing,
-a lean pool) rather than redis-py's client layer. Times to live
+a lean pool) rather than redis-py's client layer; on a Redis Cluster
+(``redis+cluster://``) through :class:`bastion_storage_redis.cluster.ClusterWire`,
+the same path to the master of each call's slot. Times to live
 follow the injected clock: scripts receive ``now`` and compare it with the
 absolute expiry stored beside each value, while a native TTL derived from the
 caller's ``ttl`` lets Redis reclaim memory by itself.
@@ -25,12 +27,24 @@ import redis
 from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError
 
 from bastion_storage_redis import scripts
+from bastion_storage_redis.cluster import ClusterWire
 from bastion_storage_redis.keys import Keys
-from bastion_storage_redis.settings import SCHEMES, defaults, make_pool, redact, scheme_of
+from bastion_storage_redis.settings import (
+    CLUSTER_SCHEMES,
+    SCHEMES,
+    defaults,
+    make_cluster_client,
+    make_node_pool,
+    make_pool,
+    parse_cluster_url,
+    redact,
+    scheme_of,
+)
 from bastion_storage_redis.wire import Script, Wire
 from kernel import (
     PROBE_DOMAIN,
     Change,
+    RecordVersion,
     Scalar,
     ServiceUnavailable,
     StoredRecord,
@@ -86,10 +100,11 @@ def _ttl_ms(ttl: float) -> int:
 
 
 class RedisDriver:
-    """A :class:`kernel.driver.Driver` on one Redis server (or a Cluster-compatible key layout).
+    """A :class:`kernel.driver.Driver` on one Redis server or a Redis Cluster.
 
-    ``url`` is ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS) or
-    ``unix:///path/to/redis.sock?db=0``; ``options`` overrides keys of the
+    ``url`` is ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS),
+    ``unix:///path/to/redis.sock?db=0``, or ``redis+cluster://[:password@]host:port[,host:port...]``
+    (``rediss+cluster://`` with TLS); ``options`` overrides keys of the
     ``[storage_redis]`` section (see :data:`bastion_storage_redis.settings.SCHEMA`);
     ``clock`` returns Unix seconds and decides every expiry.
     """
@@ -107,27 +122,37 @@ class RedisDriver:
         self.clock = clock
         self.label = redact(url)
         self.keys = Keys(settings["key_prefix"])
-        self._pool = make_pool(url, settings)
-        # The client is for tests and administration; every driver call goes through the wire.
-        self._redis = redis.Redis(connection_pool=self._pool)
-        self._wire = Wire(self._pool, settings["retries"])
-        self._get = Script(scripts.GET)
-        self._get_many = Script(scripts.GET_MANY)
+        waits = {"wait_replicas": settings["wait_replicas"], "wait_timeout": settings["wait_timeout"]}
+        self._pool: redis.BlockingConnectionPool | None = None
+        self._redis: redis.Redis | None = None
+        self._wire: Wire | ClusterWire
+        if scheme_of(url) in CLUSTER_SCHEMES:
+            cluster = parse_cluster_url(url)
+            self._wire = ClusterWire(lambda: make_cluster_client(cluster, settings),
+                                     lambda host, port: make_node_pool(cluster, host, port, settings),
+                                     self.label, settings["retries"], **waits)
+        else:
+            self._pool = make_pool(url, settings)
+            # The client is for tests and administration; every driver call goes through the wire.
+            self._redis = redis.Redis(connection_pool=self._pool)
+            self._wire = Wire(self._pool, settings["retries"], **waits)
+        self._get = Script(scripts.GET, writes=False)
+        self._get_many = Script(scripts.GET_MANY, writes=False)
         self._set = Script(scripts.SET)
         self._replace = Script(scripts.REPLACE)
         self._add = Script(scripts.ADD)
         self._delete = Script(scripts.DELETE)
         self._incr = Script(scripts.INCR)
         self._window_add = Script(scripts.WINDOW_ADD)
-        self._window_entries = Script(scripts.WINDOW_ENTRIES)
+        self._window_entries = Script(scripts.WINDOW_ENTRIES, writes=False)
         self._window_discard = Script(scripts.WINDOW_DISCARD)
-        self._select = Script(scripts.SELECT)
+        self._select = Script(scripts.SELECT, writes=False)
         self._commit = Script(scripts.COMMIT)
 
     @property
-    def client(self) -> redis.Redis:
-        """The redis-py client (for tests and administration; calls through it are not translated)."""
-        return self._redis
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        """The redis-py client, or cluster client (for tests and administration; calls through it are not translated)."""
+        return self._redis if self._redis is not None else self._wire.client  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
         return f"RedisDriver({self.label!r})"
@@ -171,9 +196,12 @@ class RedisDriver:
             check_change(change)
         k = self.keys
         args: list[Any] = [k.domain(domain), len(changes)]
+        kept: list[Any] = []  # history entries: list key, how many it keeps, the JSON entry
+        now = None
         for change in changes:
             index = (change.index or {}) if change.op != "delete" else {}
             index_keys = [k.index_suffix(change.model, field, index_token(value)) for field, value in index.items()]
+            data = dumps_text(change.data or {})
             args += [
                 change.op,
                 k.record(domain, change.model, change.id),
@@ -181,9 +209,17 @@ class RedisDriver:
                 change.id,
                 change.vsn,
                 change.new_vsn,
-                dumps_text(change.data or {}),
+                data,
                 dumps_text(index_keys),
             ]
+            if change.history:
+                now = self.clock() if now is None else now  # the commit's time, read once
+                # The data encoded above goes into the entry as it is, rather than encoded a second time.
+                head = dumps_text({"vsn": change.history_vsn, "at": now, "by": change.by})[:-1]
+                entry = f'{head},"data":{"null" if change.op == "delete" else data}}}'
+                kept += [k.history(domain, change.model, change.id), change.history, entry]
+        if kept:
+            args += [len(kept) // 3, *kept]
         inserted = sorted({c.model for c in changes if c.op == "insert"})
         if inserted:
             # The registry key lies outside the domain's hash tag, so the script
@@ -200,6 +236,16 @@ class RedisDriver:
             if change.op == "insert":
                 raise VersionConflict(f"{change.model} {change.id!r} already exists")
             raise VersionConflict("record changed")
+
+    @_translated
+    def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
+        """Return the kept versions of a record, oldest first: one LRANGE (none for an id that breaks the rule)."""
+        if not is_record_id(id):
+            return []
+        entries = self._wire.execute("LRANGE", self.keys.history(domain, model, id), 0, -1)
+        if not entries:
+            return []
+        return [RecordVersion(**entry) for entry in _loads("[" + ",".join(entries) + "]")]
 
     @_translated
     def domains(self, model: str) -> list[str]:
@@ -313,20 +359,23 @@ class RedisDriver:
         a window's members are counted whatever their logical expiry.
         """
         prefix = self.keys.prefix + ":{"
-        seen: set[str] = set()
-        total, cursor = 0, "0"
-        while True:
-            cursor, batch = self._wire.execute("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
-            names = [name for name in batch if name not in seen and _is_state_key(name, len(prefix))]
-            seen.update(names)
-            if names:
-                kinds = self._wire.pipeline([("TYPE", name) for name in names])
-                total += sum(kind == "hash" for kind in kinds)
-                windows = [name for name, kind in zip(names, kinds, strict=True) if kind == "zset"]
-                if windows:
-                    total += sum(n for n in self._wire.pipeline([("ZCARD", name) for name in windows]) if isinstance(n, int))
-            if str(cursor) == "0":
-                return total
+        total = 0
+        for wire in self._wire.shards():  # on a Cluster, each master holds its own slots' keys
+            seen: set[str] = set()
+            cursor = "0"
+            while True:
+                cursor, batch = wire.execute("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
+                names = [name for name in batch if name not in seen and _is_state_key(name, len(prefix))]
+                seen.update(names)
+                if names:
+                    kinds = wire.pipeline([("TYPE", name) for name in names])
+                    total += sum(kind == "hash" for kind in kinds)
+                    windows = [name for name, kind in zip(names, kinds, strict=True) if kind == "zset"]
+                    if windows:
+                        total += sum(n for n in wire.pipeline([("ZCARD", name) for name in windows]) if isinstance(n, int))
+                if str(cursor) == "0":
+                    break
+        return total
 
     @_translated
     def ping(self) -> None:
@@ -335,15 +384,18 @@ class RedisDriver:
         The write is a ``SET`` of a probe key with a 10-second native TTL,
         under the deployment's prefix in a domain no tenant can have
         (:data:`kernel.driver.PROBE_DOMAIN`): a Redis out of memory, a
-        read-only replica or a lost connection fails it.
+        read-only replica or a lost connection fails it. With
+        ``wait_replicas``, the probe waits for the replicas as every write
+        does; on a Cluster, every master gets a probe.
         """
-        self._wire.execute("SET", self.keys.domain(PROBE_DOMAIN) + "ping", "1", "PX", PROBE_TTL_MS)
+        self._wire.probe(self.keys.domain(PROBE_DOMAIN) + "ping", PROBE_TTL_MS)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self._wire.close()
-        self._redis.close()
-        self._pool.disconnect()
+        if self._redis is not None:
+            self._redis.close()
+            self._pool.disconnect()  # type: ignore[union-attr]
 
 
 def _is_state_key(name: str, start: int) -> bool:

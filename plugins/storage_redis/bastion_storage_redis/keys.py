@@ -7,6 +7,7 @@ hash tag, so one domain's keys share one slot)::
     P r:<model>:<id>            hash  v=version  d=JSON data  x=JSON list of its index keys after P
     P o:<model>                 zset  id scored by creation sequence
     P i:<model>:<field>:<token> set   ids whose indexed field has that value
+    P h:<model>:<id>            list  a record's kept versions, oldest first, each a JSON object
     P s:<key>                   hash  v=JSON value  e=expiry (plain key)
                                 zset  member scored by expiry (window)
     P w:<key>                   hash  member=weight (window weights)
@@ -74,6 +75,10 @@ class Keys:
     def index_suffix(model: str, field: str, token: str) -> str:
         """An index key without its domain prefix, as records list their own index keys."""
         return f"i:{escape(model)}:{escape(field)}:{token}"
+
+    def history(self, domain: str, model: str, id: str) -> str:
+        """The list of a record's kept versions (a model that keeps history)."""
+        return f"{self.domain(domain)}h:{escape(model)}:{id}"
 
     def state(self, domain: str, key: str) -> str:
         """The plain key or window ``key``."""

@@ -212,7 +212,9 @@ CHANGE_FIELDS = 8
 
 #: KEYS: the domain's sequence key. ARGV: the domain's key prefix, the number of
 #: changes, then per change: op, record key, order key, id, expected version,
-#: new version, JSON data, JSON list of index keys (relative to the prefix).
+#: new version, JSON data, JSON list of index keys (relative to the prefix);
+#: then, when some change keeps history, the number of history entries and per
+#: entry: the history list's key, how many entries it keeps, the JSON entry.
 #: Checks every version first and writes only if all hold; returns 0, or the
 #: 1-based position of the first change that conflicts (nothing written).
 COMMIT = """
@@ -245,6 +247,12 @@ for i = 0, n - 1 do
     redis.call('HSET', rkey, 'v', ARGV[b + 5], 'd', ARGV[b + 6], 'x', ARGV[b + 7])
     for _, ikey in ipairs(cjson.decode(ARGV[b + 7])) do redis.call('SADD', P .. ikey, id) end
   end
+end
+local h = 3 + n * F
+for j = 0, (tonumber(ARGV[h]) or 0) - 1 do
+  local e = h + 1 + j * 3
+  redis.call('RPUSH', ARGV[e], ARGV[e + 2])
+  redis.call('LTRIM', ARGV[e], -tonumber(ARGV[e + 1]), -1)
 end
 return 0
 """.replace("@FIELDS@", str(CHANGE_FIELDS))

@@ -16,7 +16,14 @@ itself. :class:`Wire` keeps the parts that matter:
   the command is re-sent on a fresh socket;
 * scripts run with EVALSHA only; after ``NOSCRIPT`` (a restarted or flushed
   Redis) the script is loaded on the same connection and run again;
+* with ``wait_replicas``, a writing script (and the probe of ``ping``) is
+  followed by ``WAIT`` in the same round trip: the call is acknowledged only
+  once that many replicas have the write, so a failover cannot lose it;
 * after a fork the child starts with no connections of its own.
+
+On a Redis Cluster (:mod:`bastion_storage_redis.cluster`) there is one
+``Wire`` per master, and ``asking`` sends ``ASKING`` first, in the same round
+trip, for a slot being migrated.
 
 Commands are packed by hiredis in one C call when it is installed (by
 redis-py's packer otherwise); replies are parsed by the connection's parser
@@ -44,12 +51,19 @@ except ImportError:  # pragma: no cover
 #: What a broken connection raises (and what ``retries`` re-sends after).
 BROKEN = (redis.ConnectionError, redis.TimeoutError)
 
+ASKING = ("ASKING",)
+
+
+class NotReplicated(redis.TimeoutError):
+    """Fewer replicas than ``wait_replicas`` acknowledged a write within ``wait_timeout``: its outcome is not safe."""
+
 
 @dataclass(eq=False)
 class Script:
-    """A Lua script and its SHA1, run with EVALSHA."""
+    """A Lua script and its SHA1, run with EVALSHA; ``writes``: whether it may write (then it may be followed by WAIT)."""
 
     text: str
+    writes: bool = True
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -59,11 +73,14 @@ class Script:
 class Wire:
     """A bounded pool of connections that sends single commands, pipelines and scripts."""
 
-    def __init__(self, pool: redis.BlockingConnectionPool, retries: int = 0):
+    def __init__(self, pool: redis.BlockingConnectionPool, retries: int = 0, wait_replicas: int = 0,
+                 wait_timeout: float = 1.0):
         self._pool = pool
         self._max = pool.max_connections
         self._timeout = pool.timeout
         self._retries = retries
+        self._replicas = wait_replicas
+        self._wait = ("WAIT", wait_replicas, max(1, round(wait_timeout * 1000)))
         self._lock = threading.Lock()
         self._reset()
 
@@ -142,9 +159,29 @@ class Wire:
         finally:
             self._idle.put(conn)
 
-    def execute(self, *command: Any) -> Any:
+    def execute(self, *command: Any, asking: bool = False) -> Any:
         """Send one command and return its reply (an error reply raises)."""
+        if asking:
+            return raise_errors(self.pipeline([ASKING, command]))[1]
         return self._round_trip(lambda conn: self._pack(conn, command), lambda conn: conn.read_response())
+
+    def probe(self, key: str, ttl_ms: int, asking: bool = False) -> None:
+        """Write ``key`` (``ping``'s probe), acknowledged as every write is (``wait_replicas``)."""
+        command = ("SET", key, "1", "PX", ttl_ms)
+        if not self._replicas:
+            self.execute(*command, asking=asking)
+            return
+        replies = raise_errors(self.pipeline([*((ASKING,) if asking else ()), command, self._wait]))
+        self._replicated(replies[-1])
+
+    def shards(self) -> list[Wire]:
+        """The wires of every master: this one (administration scans each shard)."""
+        return [self]
+
+    @property
+    def pool(self) -> redis.BlockingConnectionPool:
+        """The pool that builds this wire's connections."""
+        return self._pool
 
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send several commands in one round trip; return each reply, or the error it answered with."""
@@ -166,9 +203,11 @@ class Wire:
 
         return self._round_trip(pack, read)
 
-    def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any], asking: bool = False) -> Any:
         """Run a script with EVALSHA; load it once if Redis does not know it, and run it again."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if asking or (script.writes and self._replicas):
+            return self._eval_pipelined(script, command, (), asking)
         try:
             return self.execute(*command)
         except NoScriptError:
@@ -177,20 +216,32 @@ class Wire:
             return self.execute(*command)
 
     def eval_with(self, script: Script, keys: Sequence[str], args: Sequence[Any],
-                  extra: Sequence[Sequence[Any]]) -> Any:
+                  extra: Sequence[Sequence[Any]], asking: bool = False) -> Any:
         """Run a script and pipeline idempotent ``extra`` commands beside it; return the script's reply."""
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args), *extra]
+        return self._eval_pipelined(script, ("EVALSHA", script.sha, len(keys), *keys, *args), extra, asking)
+
+    def _eval_pipelined(self, script: Script, command: Sequence[Any], extra: Sequence[Sequence[Any]],
+                        asking: bool) -> Any:
+        """The script (after ``ASKING``), ``extra``, then ``WAIT`` for a writing script: one round trip."""
+        first = 1 if asking else 0
+        waits = script.writes and self._replicas
+        commands = [*((ASKING,) if asking else ()), command, *extra, *((self._wait,) if waits else ())]
         for attempt in (1, 2):
             replies = self.pipeline(commands)
-            result = replies[0]
+            result = replies[first]
             if isinstance(result, NoScriptError) and attempt == 1:
+                # Redis restarted, failed over or flushed its scripts; nothing ran.
                 self.execute("SCRIPT", "LOAD", script.text)
                 continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+            raise_errors(replies)
+            if waits:
+                self._replicated(replies[-1])
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replicated(self, acknowledged: Any) -> None:
+        if int(acknowledged) < self._replicas:
+            raise NotReplicated(f"{acknowledged} of {self._replicas} replicas acknowledged the write in time")
 
     def close(self) -> None:
         """Close every idle connection (the pool closes the others)."""
@@ -202,3 +253,11 @@ class Wire:
             conn.disconnect()
         with self._lock:
             self._created = 0
+
+
+def raise_errors(replies: list[Any]) -> list[Any]:
+    """Raise the first error a pipeline answered; else return its replies."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

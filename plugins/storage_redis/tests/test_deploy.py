@@ -22,3 +22,10 @@ def test_a_remote_redis_without_a_password_is_an_error_and_plain_tcp_a_warning()
 def test_a_local_redis_or_a_unix_socket_is_fine():
     for url in ("redis://127.0.0.1:6379/0", "redis://localhost/0", "unix:///run/redis.sock?db=0"):
         assert problems(url) == {}, url
+
+
+def test_a_cluster_url_is_judged_by_its_nodes():
+    found = problems("redis+cluster://10.0.0.1:7000,10.0.0.2:7000/0")
+    assert set(found) == {"redis.E001", "redis.W002"} and "10.0.0.1, 10.0.0.2" in found["redis.E001"]
+    assert problems("rediss+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000") == {}
+    assert problems("redis+cluster://127.0.0.1:7000,127.0.0.1:7001") == {}

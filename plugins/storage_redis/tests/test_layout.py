@@ -24,14 +24,15 @@ def test_every_key_of_a_domain_shares_its_hash_tag(open_driver, domain):
     driver = open_driver()
     driver.commit(domain, [Change("insert", "Note", "a", 0, {"t": 1}, {"done": False, "tag": "x"}),
                            Change("insert", "Other:Model", "b", 0, {}, {"k": 1})])
-    driver.commit(domain, [Change("update", "Note", "a", 1, {"t": 2}, {"done": True, "tag": "x"})])
+    driver.commit(domain, [Change("update", "Note", "a", 1, {"t": 2}, {"done": True, "tag": "x"}, 5, "ann")])
     driver.set(domain, "session", {"user": "ann"}, 60)
     driver.add(domain, "nonce", 1, 60)
     driver.incr(domain, "hits", 1, 60)
     driver.window_add(domain, "sessions:ann", "s1", 1, 60)
 
     keys = _keys_of(driver.client, domain)
-    assert len(keys) >= 8, keys
+    assert len(keys) >= 9, keys
+    assert driver.keys.history(domain, "Note", "a") in keys
     tag = f"bastion:{{{domain}}}:"
     assert all(k.startswith(tag) for k in keys), keys
     assert len({key_slot(k.encode()) for k in keys}) == 1
@@ -194,3 +195,18 @@ def test_state_count_counts_only_this_deployments_state(open_driver, domain):
     other.set(domain, "b", 1, 60)
     assert driver.state_count() == 3
     assert other.state_count() == 1
+
+
+def test_history_is_one_list_per_record_trimmed_in_the_commit(open_driver, domain):
+    driver = open_driver(clock=FakeClock(1000.0))
+    driver.commit(domain, [Change("insert", "Page", "p", 0, {"t": "é"}, {}, 2, "ann"),
+                           Change("insert", "Plain", "q", 0, {"t": 1}, {})])
+    for vsn in (1, 2):
+        driver.commit(domain, [Change("update", "Page", "p", vsn, {"t": vsn + 1}, {}, 2, None)])
+    key = driver.keys.history(domain, "Page", "p")
+    assert driver.client.type(key) == "list"
+    assert driver.client.lrange(key, 0, -1) == ['{"vsn":2,"at":1000.0,"by":null,"data":{"t":2}}',
+                                                '{"vsn":3,"at":1000.0,"by":null,"data":{"t":3}}']
+    assert driver.client.ttl(key) == -1  # kept like the record, never expired
+    # A model that keeps no history has no list.
+    assert not driver.client.exists(driver.keys.history(domain, "Plain", "q"))

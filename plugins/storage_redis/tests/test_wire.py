@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
+from bastion_storage_redis import RedisDriver
 from redis.crc import key_slot
 
 from kernel import Change, ServiceUnavailable
-from kernel.testing import FakeClock
+from kernel.testing import FakeClock, RedisServer
 
 
 @pytest.fixture
@@ -108,3 +111,39 @@ def test_a_caller_waits_for_a_free_connection_then_fails_as_an_outage(open_drive
         timer.join()
     finally:
         held.disconnect()
+
+
+def test_wait_replicas_acknowledges_a_write_only_once_a_replica_has_it(redis_server, domain):
+    """One server and its replica (redis://): WAIT rides in the write's round trip; without the replica, writes are 503."""
+    driver = RedisDriver(redis_server.url, clock=FakeClock(), options={"wait_replicas": 1, "wait_timeout": 0.2})
+    driver.client.config_set("repl-diskless-sync-delay", 0)  # sync the replica at once
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(redis_server.port)]).start()
+    try:
+        from_replica = redis.Redis.from_url(replica.url, decode_responses=True)
+        deadline = time.monotonic() + 30
+        while from_replica.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.05)  # replication gives no event to wait on
+        # The scripts are known to Redis from here on (another test flushes them).
+        driver.set(domain, "k", "v", 60)
+        driver.commit(domain, [Change("insert", "M", "warm", 0, {}, {})])
+        driver.get(domain, "k")
+        before = _calls(driver.client)
+        driver.set(domain, "k", "v2", 60)
+        driver.commit(domain, [Change("insert", "M", "a", 0, {"n": 1}, {})])
+        assert driver.get(domain, "k") == "v2"
+        after = _calls(driver.client)
+        assert (after["evalsha"] - before["evalsha"], after.get("wait", 0) - before.get("wait", 0)) == (3, 2)
+        # Acknowledged: the replica has both writes already.
+        assert from_replica.hget(driver.keys.state(domain, "k"), "v") == '"v2"'
+        assert from_replica.hget(driver.keys.record(domain, "M", "a"), "v") == "1"
+        from_replica.close()
+        replica.kill()
+        for write in (lambda: driver.set(domain, "k", "v3", 60), driver.ping,
+                      lambda: driver.commit(domain, [Change("insert", "M", "b", 0, {}, {})])):
+            with pytest.raises(ServiceUnavailable):
+                write()
+        assert driver.get(domain, "k") == "v3"  # reads serve; the unacknowledged write was applied all the same
+    finally:
+        driver.close()
+        replica.stop()

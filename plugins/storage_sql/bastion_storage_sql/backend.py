@@ -46,6 +46,7 @@ from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
 from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
 from bastion_storage_sql.schema import state
+from bastion_storage_sql.watchdog import Watch, Watchdog
 from kernel import PROBE_DOMAIN, VersionConflict
 
 log = logging.getLogger("bastion.storage_sql")
@@ -64,6 +65,10 @@ WAL_CHECK_EVERY = 64
 
 #: Milliseconds the driver's own TRUNCATE checkpoint waits for readers and writers before giving up for now.
 CHECKPOINT_WAIT_MS = 100
+
+#: Seconds past ``statement_timeout`` a PostgreSQL call may wait for an answer before the driver cuts its
+#: connection: PostgreSQL's own cancellation (which keeps the connection) comes first when the server runs.
+WATCHDOG_GRACE = 1.0
 
 
 class Sql:
@@ -118,6 +123,9 @@ class SqlBackend:
         self._busy_ms = int(float(self.settings["sqlite_busy_timeout"]) * 1000)
         self._sqlite_writes = 0
         self._checkpoint_lock = threading.Lock()
+        # PostgreSQL cancels a statement past statement_timeout; the watchdog ends a call that gets no answer at all.
+        timeout = float(self.settings["statement_timeout"])
+        self._watchdog = Watchdog(timeout + WATCHDOG_GRACE, self.label) if self._postgresql and timeout else None
         try:
             if schema == "upgrade":
                 migrate.upgrade(self.engine)
@@ -146,6 +154,7 @@ class SqlBackend:
                 # The pool timed out, or no new connection could be made: nothing was sent.
                 raise self._failure(error, conflicts) from None
             connection = fairy.dbapi_connection
+            watch = self._watch(fairy, connection)
             applied = False  # whether the database may have applied something
             try:
                 if kind == READ or (kind == STATEMENT and self._postgresql):
@@ -172,18 +181,31 @@ class SqlBackend:
                     self._after_sqlite_write(connection)
                 return result
             except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
+                timed_out, watch = self._release(watch), None
                 if not self._postgresql:
                     # A COMMIT that failed (a full disk) may leave SQLite's transaction open.
                     self._rollback(connection)
-                broken = self._is_disconnect(error, connection)
+                broken = timed_out or self._is_disconnect(error, connection)
                 if broken:
                     fairy.invalidate(error)
-                if broken and not applied and attempt == 1:
+                if broken and not applied and attempt == 1 and not timed_out:
                     continue  # nothing was applied: once more, on a fresh connection
                 raise self._failure(error, conflicts) from None
             finally:
+                if self._release(watch):
+                    fairy.invalidate()  # cut just as the answer came: the connection is no use now
                 fairy.close()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _watch(self, fairy: Any, connection: Any) -> Watch | None:
+        """Start the deadline of a PostgreSQL call (None without a statement timeout, or on SQLite)."""
+        if self._watchdog is None:
+            return None
+        return self._watchdog.watch(fairy.info, connection.fileno())
+
+    def _release(self, watch: Watch | None) -> bool:
+        """End a call's deadline; return whether it passed (the connection was cut)."""
+        return watch is not None and self._watchdog.release(watch)  # type: ignore[union-attr]
 
     def _rollback(self, connection: Any) -> None:
         try:
@@ -288,6 +310,8 @@ class SqlBackend:
 
     def close(self) -> None:
         """Close every pooled connection."""
+        if self._watchdog is not None:
+            self._watchdog.close()
         self.engine.dispose()
 
     def __repr__(self) -> str:

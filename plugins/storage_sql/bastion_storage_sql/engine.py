@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
+from bastion_storage_sql.watchdog import forget
 from kernel import ConfigError, StorageURL, redact
 
 
@@ -82,10 +83,12 @@ def create_engine(url: str | URL, settings: Mapping[str, Any]) -> Engine:
 def _postgresql_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
     # No pool_pre_ping (a round trip at every checkout): a connection the
     # server has closed is seen locally at checkout instead, and replaced.
-    engine = sa.create_engine(url, pool_recycle=settings["pool_recycle"], **pool, connect_args={
-        "connect_timeout": settings["connect_timeout"],
-        "application_name": "bastion",
-    })
+    connect_args: dict[str, Any] = {"connect_timeout": settings["connect_timeout"], "application_name": "bastion"}
+    timeout_ms = round(float(settings["statement_timeout"]) * 1000)
+    if timeout_ms:
+        # PostgreSQL cancels any statement of the driver's that runs longer (a lock held by another session).
+        connect_args["options"] = f"-c statement_timeout={timeout_ms}"
+    engine = sa.create_engine(url, pool_recycle=settings["pool_recycle"], **pool, connect_args=connect_args)
 
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection, _record, _proxy) -> None:
@@ -94,6 +97,10 @@ def _postgresql_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, An
         # Raising DisconnectionError makes the pool replace it before any use.
         if dbapi_connection.closed or not socket_is_quiet(dbapi_connection.fileno()):
             raise DisconnectionError("the server closed the pooled connection")
+
+    @event.listens_for(engine, "close")
+    def _on_close(_dbapi_connection, record) -> None:
+        forget(record.info)  # the watchdog's duplicate of the connection's socket
 
     return engine
 

@@ -1,6 +1,6 @@
 """Schema lifecycle: Alembic revisions inside the package, run programmatically under a lock.
 
-Several processes may start at once (gunicorn workers in development mode):
+Several processes may start at once (gunicorn workers in development mode, `bastion initdb` on several nodes):
 each upgrade runs in one transaction that first takes a lock — a PostgreSQL
 transaction-level advisory lock, SQLite's write lock (``BEGIN IMMEDIATE``) —
 and then re-reads the schema version, so that exactly one process migrates and
@@ -87,6 +87,8 @@ def upgrade(engine: Engine) -> tuple[SchemaStatus, SchemaStatus]:
         connection.execution_options(**{WRITE: True})
         with connection.begin():
             if connection.dialect.name == "postgresql":
+                # A migration may wait for another node's (the lock) and take its time: no statement timeout.
+                connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             # Another process may have migrated while this one waited for the lock.
             before = SchemaStatus(_current(connection), before.head)

@@ -1,9 +1,10 @@
 """Versioned records: reads by id or by index, and atomic, version-checked commits.
 
-Statements are compiled once (select's per number of filters). fetch, select
-and domains are one SELECT each, outside any transaction; commit is one
-transaction (on PostgreSQL: BEGIN, one statement per change plus the index
-writes, COMMIT).
+Statements are compiled once (select's per number of filters). fetch, select,
+history and domains are one SELECT each, outside any transaction; commit is
+one transaction (on PostgreSQL: BEGIN, one statement per change plus the index
+writes, plus two for each change that keeps history — the new entry and the
+trim of the oldest beyond the limit — COMMIT).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
-from bastion_storage_sql.schema import MAX_TOKEN, index_entries, records
+from bastion_storage_sql.schema import MAX_TOKEN, history, index_entries, records
 from kernel import (
     Change,
+    RecordVersion,
     Scalar,
     StoredRecord,
     VersionConflict,
@@ -76,6 +78,20 @@ class SqlRecords(SqlBackend):
             i.domain == _p("d"), i.model == _p("m"), i.id == _p("id")))
         self._index_sql = compile_(index_entries.insert().values(
             domain=_p("d"), model=_p("m"), field=_p("field"), token=_p("token"), id=_p("id")))
+        # History: entries numbered per record in commit order. Writers of one record are serialised by
+        # the record's own compare-and-set (its row lock or primary key), so max + 1 is race-free.
+        h = history.c
+        entries_of = sa.and_(h.domain == _p("d"), h.model == _p("m"), h.id == _p("id"))
+        # An alias, so that the trim's subquery reads the table rather than correlating with the row deleted.
+        latest = history.alias("latest").c
+        last = (sa.select(sa.func.max(latest.n))
+                .where(latest.domain == _p("d"), latest.model == _p("m"), latest.id == _p("id")).scalar_subquery())
+        self._history_sql = compile_(sa.select(h.vsn, h.committed_at, h.committed_by, h.data)
+                                     .where(entries_of).order_by(h.n))
+        self._keep_sql = compile_(history.insert().inline().values(
+            domain=_p("d"), model=_p("m"), id=_p("id"), n=sa.func.coalesce(last, 0) + 1, vsn=_p("hvsn"),
+            committed_at=_p("at"), committed_by=_p("by"), data=_p("data")))
+        self._trim_sql = compile_(history.delete().where(entries_of, h.n <= last - _p("keep")))
 
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         """Return the record, or None when the domain has no such record (or ``id`` breaks the record-id rule)."""
@@ -117,6 +133,14 @@ class SqlRecords(SqlBackend):
                 self._select_sql[count] = sql
         return sql, values
 
+    def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
+        """Return the kept versions of a record, oldest first (empty for an id that breaks the record-id rule)."""
+        if not is_record_id(id):
+            return []
+        values = {"d": domain, "m": model, "id": id}
+        rows = self._run(READ, lambda connection: self._all(connection, self._history_sql, values))
+        return [RecordVersion(vsn, at, by, None if data is None else json.loads(data)) for vsn, at, by, data in rows]
+
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model``."""
         rows = self._run(READ, lambda connection: self._all(connection, self._domains_sql, {"m": model}))
@@ -132,6 +156,7 @@ class SqlRecords(SqlBackend):
         # A fixed order of row locks keeps two PostgreSQL transactions from deadlocking.
         ordered = [(change, None if change.op == "delete" else dumps_text(change.data or {}))
                    for change in sorted(changes, key=lambda change: (change.model, change.id))]
+        at = self.clock() if any(change.history for change in changes) else None  # the commit's time
 
         def work(connection):
             for change, data in ordered:
@@ -142,6 +167,8 @@ class SqlRecords(SqlBackend):
                     self._update_record(connection, values, change)
                 else:
                     self._delete_record(connection, values)
+                if change.history:
+                    self._keep(connection, values, change, at)
 
         self._run(TRANSACTION, work, conflicts=True)
 
@@ -166,6 +193,12 @@ class SqlRecords(SqlBackend):
         # The index entries go with the record (ON DELETE CASCADE).
         if self._count(connection, self._delete_sql_record, values) != 1:
             raise VersionConflict("record changed")
+
+    def _keep(self, connection: Any, values: dict, change: Change, at: float | None) -> None:
+        """Append the change to its record's history, then drop the entries beyond its limit."""
+        entry = {**values, "hvsn": change.history_vsn, "at": at, "by": change.by, "keep": change.history}
+        connection.execute(self._keep_sql.text, self._keep_sql.params(entry))
+        connection.execute(self._trim_sql.text, self._trim_sql.params(entry))
 
     def _index(self, connection: Any, values: dict, change: Change) -> None:
         sql = self._index_sql

@@ -11,6 +11,9 @@ The Alembic revisions in ``migrations/versions`` create exactly these tables;
 * ``bastion_state`` — plain short-lived keys; ``n`` holds integer values (so
   that counters increment in SQL), ``value`` every other JSON value.
 * ``bastion_windows`` — members of windows, each with its own expiry.
+* ``bastion_history`` — the kept versions of records whose model keeps
+  history, ``n`` numbering each record's entries in commit order (a deleted
+  record's history stays, so there is no foreign key to the record).
 
 Every expiry is an absolute Unix time computed from the driver's clock.
 """
@@ -77,4 +80,18 @@ windows = sa.Table(
     sa.Column("expires", sa.Double, nullable=False),
     sa.Index("ix_bastion_windows_expires", "expires"),
     **_WITHOUT_ROWID,
+)
+
+history = sa.Table(
+    "bastion_history", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("model", sa.String, primary_key=True),
+    sa.Column("id", sa.String, primary_key=True),
+    # 1, 2, 3, ... per record in commit order; the oldest entries are trimmed, the numbers never reused.
+    sa.Column("n", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("vsn", sa.Integer, nullable=False),
+    sa.Column("committed_at", sa.Double, nullable=False),
+    sa.Column("committed_by", sa.String, nullable=True),
+    # The version's data as JSON; NULL for a deletion.
+    sa.Column("data", sa.Text, nullable=True),
 )

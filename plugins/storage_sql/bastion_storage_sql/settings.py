@@ -16,6 +16,9 @@ SCHEMA: dict[str, Option] = {
     "pool_timeout": Float(10.0, "seconds a call waits for a free connection before 503", min=0.0),
     "pool_recycle": Int(1800, "seconds after which a pooled connection is replaced (-1: never)", min=-1),
     "connect_timeout": Int(5, "seconds to wait for PostgreSQL to accept a connection", min=1, max=3600),
+    "statement_timeout": Float(10.0, "seconds PostgreSQL lets one statement run before cancelling it (503); a call "
+                               "without any answer that long plus a second has its connection closed (503); 0: "
+                               "no limit", min=0.0),
     "sqlite_busy_timeout": Float(30.0, "seconds a SQLite writer waits for another process's lock", min=0.0),
     "sqlite_wal_limit": Int(16 * 1024 * 1024, "bytes the SQLite WAL file is cut back to after a checkpoint; "
                             "the driver also checkpoints when the WAL grows past it", min=0),

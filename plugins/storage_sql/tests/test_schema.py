@@ -58,6 +58,40 @@ def test_initdb_creates_then_finds_the_schema(empty_url, tmp_path, capsys):
     assert not password or password not in output
 
 
+def test_two_nodes_running_initdb_at_once_create_one_schema(fresh_pg_url, tmp_path):
+    """Two `bastion initdb` processes held at the migration lock, then released together: one creates, one finds."""
+    import time
+    from pathlib import Path
+
+    import psycopg
+
+    ini = tmp_path / "bastion.ini"
+    ini.write_text(f"[bastion]\nstorage = {fresh_pg_url}\n")
+    holder = psycopg.connect(fresh_pg_url, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATION_LOCK,))
+        command = [str(Path(sys.executable).with_name("bastion")), "--config", str(ini), "initdb"]
+        nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 60
+        while holder.execute(waiting).fetchone()[0] < 2:  # both have read "no schema" and wait for the lock
+            assert time.monotonic() < deadline and all(node.poll() is None for node in nodes), "initdb did not wait"
+            time.sleep(0.02)  # processes starting up: nothing to wait on but the lock table
+        holder.execute("SELECT pg_advisory_unlock(%s)", (migrate.MIGRATION_LOCK,))
+        outcomes = [node.communicate(timeout=120) + (node.returncode,) for node in nodes]
+    finally:
+        holder.close()
+    assert [code for _, _, code in outcomes] == [0, 0], outcomes
+    said = sorted(out.split(": ", 2)[2].strip() for out, _, _ in outcomes)
+    assert said[0].startswith("created the schema at revision") and said[1].startswith("the schema is already"), said
+    driver = SqlDriver(fresh_pg_url, schema="check")
+    try:
+        with driver.engine.connect() as connection:
+            assert connection.exec_driver_sql(f"SELECT count(*) FROM {VERSION_TABLE}").scalar() == 1
+    finally:
+        driver.close()
+
+
 def test_initdb_covers_a_separate_state_url(tmp_path, fresh_pg_url, capsys):
     records_url = f"sqlite:///{tmp_path}/records.sqlite3"
     ini = tmp_path / "bastion.ini"
@@ -133,3 +167,32 @@ def test_development_start_of_many_processes_at_once_is_safe(empty_url):
     driver = SqlDriver(empty_url, schema="check")
     assert driver.get("race.test", "opened") == 4
     driver.close()
+
+
+def test_a_database_at_the_first_revision_upgrades_and_keeps_its_records(empty_url):
+    """A database made before record history existed (revision 0001) gets the history table at the next open."""
+    from alembic import command
+    from bastion_storage_sql import settings
+    from bastion_storage_sql.engine import create_engine, parse_url
+
+    from kernel import Change
+
+    engine = create_engine(parse_url(empty_url), settings.defaults())
+    with engine.begin() as connection:
+        command.upgrade(migrate._config(connection), "0001")
+    engine.dispose()
+    old = SqlDriver(empty_url, schema="none")
+    old.commit("upgrade.test", [Change("insert", "M", "a", 0, {"x": 1}, {})])
+    assert migrate.status(old.engine).current == "0001"
+    old.close()
+
+    with pytest.raises(ConfigError, match="run `bastion initdb` to upgrade it"):
+        bastion_storage_driver(empty_url, PRODUCTION, FakeClock())
+    driver = bastion_storage_driver(empty_url, DEVELOPMENT, FakeClock())  # development upgrades
+    try:
+        assert migrate.status(driver.engine).up_to_date
+        assert driver.fetch("upgrade.test", "M", "a").data == {"x": 1}
+        driver.commit("upgrade.test", [Change("update", "M", "a", 1, {"x": 2}, {}, 5, "alice")])
+        assert [(v.vsn, v.by, v.data) for v in driver.history("upgrade.test", "M", "a")] == [(2, "alice", {"x": 2})]
+    finally:
+        driver.close()

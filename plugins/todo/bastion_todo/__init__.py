@@ -1,4 +1,4 @@
-"""The todo application: a Todo model, five services and a TodoMVC web UI.
+"""The todo application: a Todo model that keeps its history, six services and a TodoMVC web UI.
 
 Written the way the Fanery tutorial writes it: a model of four classmethods,
 and services that each open one unit of work with ``with storage() as db:``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bastion_todo.model import Todo
-from bastion_todo.services import add, clear_completed, get_all, remove, update
+from bastion_todo.services import add, clear_completed, get_all, history, remove, update
 from kernel import hookimpl
 
 #: The web UI, served at ``/`` on every allowed host.
@@ -26,7 +26,7 @@ def bastion_models():
 @hookimpl
 def bastion_services():
     """Register the todo services."""
-    return [get_all, add, update, remove, clear_completed]
+    return [get_all, add, update, remove, clear_completed, history]
 
 
 @hookimpl
@@ -35,4 +35,4 @@ def bastion_static():
     return [("/", str(STATIC_DIR))]
 
 
-__all__ = ["Todo", "get_all", "add", "update", "remove", "clear_completed", "STATIC_DIR"]
+__all__ = ["Todo", "get_all", "add", "update", "remove", "clear_completed", "history", "STATIC_DIR"]

@@ -11,7 +11,11 @@ MAX_TEXT = 1000
 
 
 class Todo:
-    """One thing to do, private to its domain."""
+    """One thing to do, private to its domain, with its last versions kept (who changed it, and how)."""
+
+    #: Keep every committed version of each todo (``history(id)``), at most this many, oldest dropped.
+    history = True
+    history_limit = 100
 
     @classmethod
     def initialize(cls, record: Record) -> Record:

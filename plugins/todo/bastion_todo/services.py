@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion_todo.model import Todo
-from kernel import service, storage
+from kernel import RecordNotFound, is_record_id, service, storage
 
 
 class _Omitted:
@@ -71,3 +71,18 @@ def clear_completed() -> int:
         for record in completed:
             db.delete(record)
     return len(completed)
+
+
+@service
+def history(id: str) -> list[dict]:
+    """Return the kept versions of a todo, oldest first: ``{"vsn", "at", "by", "data"}`` each.
+
+    ``data`` is ``{"done", "text"}`` as that version stored it, or null for
+    its removal (a removed todo's history stays). RecordNotFound when the
+    domain has no version of such a todo.
+    """
+    with storage() as db:
+        versions = db.history(Todo, id) if is_record_id(id) else []
+    if not versions:
+        raise RecordNotFound(f"no Todo with id {id!r}")
+    return versions

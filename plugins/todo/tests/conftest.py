@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 
 from kernel import BastionError
+from kernel.testing import import_or_skip, skip_or_fail
 
 
 class Caller:
@@ -98,9 +99,9 @@ def live_url(make_app) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def browser():
     """Debian's Chromium, driven by Playwright."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = import_or_skip("playwright.sync_api", "Playwright is not installed (make test installs it)")
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
+        skip_or_fail(f"{CHROMIUM} is not installed (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -190,7 +191,7 @@ USERS = ("alice@localhost", "alice@alpha.localhost", "bob@beta.localhost")
 @pytest.fixture(scope="session")
 def password_hash() -> str:
     """A cheap argon2id hash of PASSWORD (the server is told to use the same cheap parameters)."""
-    argon2 = pytest.importorskip("passlib.hash").argon2
+    argon2 = import_or_skip("passlib.hash").argon2
     return argon2.using(type="ID", memory_cost=64, rounds=1).hash(PASSWORD)
 
 
@@ -201,7 +202,7 @@ def todo_server(password_hash, gunicorn_server):
     The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
     """
     if importlib.util.find_spec("bastion_auth") is None:
-        pytest.skip("the auth plugin is not installed")
+        skip_or_fail("the auth plugin is not installed")
 
     def start(**auth):
         sections = {

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kernel import UnknownSession
+from kernel.testing import Client, import_or_skip
+
 pytestmark = pytest.mark.slow
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "protocol-vectors.json").read_text("utf-8"))["vectors"]
@@ -125,7 +128,7 @@ ARTIFACTS = Path(__file__).resolve().parents[3] / "tests" / "artifacts"
 
 
 def expect(target):
-    return pytest.importorskip("playwright.sync_api").expect(target)
+    return import_or_skip("playwright.sync_api").expect(target)
 
 
 def login(page, username="alice", password=PASSWORD):
@@ -511,6 +514,174 @@ def test_the_ui_fits_a_phone(server, browser, page_errors):
         expect(items(page).first.locator("button.destroy")).to_be_visible()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "todo-phone.png"), full_page=True, animations="disabled")
+    finally:
+        phone.close()
+
+
+# -- the account panel: change the password, see the sessions, sign out the others ---------------------
+
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def open_account(page):
+    page.click("button.account-open")
+    expect(page.locator("#account")).to_be_visible()
+    expect(page.locator("#account-title")).to_be_focused()
+
+
+def change_password(page, old, new, again=None):
+    page.fill("#password-old", old)
+    page.fill("#password-new", new)
+    page.fill("#password-again", new if again is None else again)
+    page.click("#password button[type=submit]")
+
+
+def sessions(page):
+    return page.locator("ul.session-list li")
+
+
+def test_a_user_changes_their_password_and_their_other_sessions_end(server, context, browser, page_errors):
+    page_errors.expect_statuses(401, 422)
+    page = context.new_page()
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    elsewhere_context = browser.new_context()
+    try:
+        elsewhere = page_errors.watch(elsewhere_context.new_page())
+        elsewhere.goto(f"http://localhost:{server}/")
+        login_and_load(elsewhere)
+        add(elsewhere, "from elsewhere")
+        expect(items(elsewhere)).to_have_count(1)
+
+        open_account(page)
+        expect(page.locator("section.main")).to_be_hidden()
+        expect(page.locator("input.new-todo")).to_be_hidden()
+        expect(sessions(page)).to_have_count(2)
+        expect(page.locator("ul.session-list li.current strong")).to_have_text("This device")
+
+        # Mistakes, each said in plain words; the first never reaches the server.
+        change_password(page, PASSWORD, NEW_PASSWORD, again="something else entirely")
+        expect(page.get_by_role("alert")).to_have_text("The two new passwords do not match.")
+        change_password(page, "not my password", NEW_PASSWORD)
+        expect(page.get_by_role("alert")).to_have_text("Your current password is wrong.")
+        expect(page.locator("#password-old")).to_be_focused()
+        change_password(page, PASSWORD, "short")
+        expect(page.get_by_role("alert")).to_have_text("A password has at least 8 characters.")
+        expect(page.locator("#password-new")).to_be_focused()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "todo-account-error.png"), animations="disabled")
+
+        change_password(page, PASSWORD, NEW_PASSWORD)
+        expect(page.get_by_role("status")).to_have_text("Your password was changed. Your other sessions were signed out.")
+        expect(page.locator("[role=alert]")).to_be_empty()
+        expect(sessions(page)).to_have_count(1)
+        expect(page.locator("ul.session-list li.current")).to_have_count(1)
+        expect(page.locator("#password-old")).to_have_value("")
+
+        # The other browser's session has ended: its next call says so and asks to sign in.
+        add(elsewhere, "too late")
+        expect(elsewhere.get_by_role("alert")).to_have_text("Your session has ended. Please sign in again.")
+        expect(elsewhere.locator("form#login")).to_be_visible()
+        login(elsewhere)
+        expect(elsewhere.get_by_role("alert")).to_have_text("Wrong username or password.")
+        login(elsewhere, password=NEW_PASSWORD)
+        expect(items(elsewhere).locator("label")).to_have_text(["from elsewhere"])
+
+        # This tab's session stayed: back to the list, which still works.
+        page.click("button.account-close")
+        expect(page.locator("#account")).to_be_hidden()
+        expect(page.locator("button.account-open")).to_be_focused()
+        expect(items(page).locator("label")).to_have_text(["from elsewhere"])
+        add(page, "still signed in")
+        expect(items(page)).to_have_count(2)
+    finally:
+        elsewhere_context.close()
+
+
+def test_a_user_sees_their_sessions_and_signs_out_the_others(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    others = []
+    for _ in range(2):
+        other = Client(f"http://localhost:{server}", host="localhost")
+        other.login("alice", PASSWORD)
+        others.append(other)
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    open_account(page)
+    expect(sessions(page)).to_have_count(3)
+    expect(page.locator("ul.session-list li.current")).to_have_count(1)
+    expect(page.locator("ul.session-list li.current strong")).to_have_text("This device")
+    expect(page.locator("ul.session-list li:not(.current) strong")).to_have_text(["Another device", "Another device"])
+    expect(page.locator("ul.session-list .origin")).to_have_text(["from 127.0.0.1"] * 3)
+    # Nothing shown is a key or a whole session id.
+    shown = page.locator("ul.session-list").inner_text()
+    for other in others:
+        assert other.session.sid not in shown and other.session.sid[:8] not in shown
+    assert {page.evaluate("() => Bastion.session().sid")[:8]} <= set(sessions(page).evaluate_all(
+        "(items) => items.map((li) => li.dataset.id)"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "todo-account.png"), full_page=True, animations="disabled")
+
+    page.click("button.end-sessions")
+    expect(page.get_by_role("status")).to_have_text("Signed out 2 other sessions.")
+    expect(sessions(page)).to_have_count(1)
+    expect(page.locator("button.end-sessions")).to_be_hidden()
+    for other in others:
+        with pytest.raises(UnknownSession):
+            other.call("get_all")
+    # This session goes on.
+    page.click("button.account-close")
+    add(page, "after signing out the others")
+    expect(items(page)).to_have_count(1)
+    # A sign-out hides the panel and forgets its contents.
+    open_account(page)
+    page.click("button.logout")
+    expect(page.locator("form#login")).to_be_visible()
+    expect(page.locator("#account")).to_be_hidden()
+    expect(sessions(page)).to_have_count(0)
+
+
+def test_wrong_current_passwords_lock_the_account_in_plain_words(todo_server, page, page_errors):
+    port = todo_server(account_max_failures=2, account_lock=300)
+    page_errors.expect_statuses(401, 429)
+    page.goto(f"http://localhost:{port}/")
+    login_and_load(page)
+    open_account(page)
+    for _ in range(2):
+        change_password(page, "not my password", NEW_PASSWORD)
+        expect(page.get_by_role("alert")).to_have_text("Your current password is wrong.")
+        page.evaluate("() => document.querySelector('[role=alert]').textContent = ''")
+    change_password(page, PASSWORD, NEW_PASSWORD)
+    expect(page.get_by_role("alert")).to_have_text(
+        "Too many failed sign-ins for this account: it is locked for 5 minutes.")
+    # Still signed in: the lock keeps the password, not the session.
+    page.click("button.account-close")
+    add(page, "locked, not signed out")
+    expect(items(page)).to_have_count(1)
+
+
+def test_the_account_panel_is_usable_from_the_keyboard_and_fits_a_phone(server, browser, page_errors):
+    phone = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True, is_mobile=True)
+    try:
+        page = page_errors.watch(phone.new_page())
+        page.goto(f"http://localhost:{server}/")
+        login_and_load(page)
+        page.locator("button.account-open").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#account-title")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.locator("#password-old")).to_be_focused()
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Tab")
+        page.keyboard.type(NEW_PASSWORD)
+        page.keyboard.press("Tab")
+        page.keyboard.type(NEW_PASSWORD)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("status")).to_have_text("Your password was changed. Your other sessions were signed out.")
+        expect(sessions(page)).to_have_count(1)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "todo-account-phone.png"), full_page=True, animations="disabled")
     finally:
         phone.close()
 

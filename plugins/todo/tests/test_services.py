@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from bastion_todo import Todo
 
-from kernel import storage
+from kernel import BastionError, storage
 
-ALL_SERVICES = ["add", "clear_completed", "get_all", "remove", "update"]
+ALL_SERVICES = ["add", "clear_completed", "get_all", "history", "remove", "update"]
 
 
 def status(error) -> tuple[int, str]:
@@ -361,3 +361,74 @@ def test_to_dict_is_the_wire_form(app):
         with storage() as db:
             record = db.insert(Todo, text="x")
         assert Todo.to_dict(record) == {"id": record._id, "vsn": 1, "text": "x", "done": False}
+
+
+# -- history -----------------------------------------------------------------
+
+
+def test_the_model_keeps_its_history():
+    assert (Todo.history, Todo.history_limit) == (True, 100)
+
+
+def test_history_returns_every_version_oldest_first(app, call, fake_clock):
+    todo = call("add", "one")
+    fake_clock.advance(10)
+    call("update", todo["id"], 1, text="two")
+    call("update", todo["id"], 2, done=True)
+    fake_clock.advance(5)
+    call("remove", todo["id"], 3)
+    start = fake_clock() - 15
+    # Outside a signed call (here: a caller bound by the kernel) nobody is named.
+    assert call("history", todo["id"]) == [
+        {"vsn": 1, "at": start, "by": None, "data": {"done": False, "text": "one"}},
+        {"vsn": 2, "at": start + 10, "by": None, "data": {"done": False, "text": "two"}},
+        {"vsn": 3, "at": start + 10, "by": None, "data": {"done": True, "text": "two"}},
+        {"vsn": 4, "at": start + 15, "by": None, "data": None},  # removed: its history stays
+    ]
+
+
+def test_history_names_who_committed_each_version(users_app, login):
+    users_app({"alice@localhost": "alice's password", "bob@localhost": "bob's password"}, only=["storage_mem", "todo"])
+    alice, bob = login("alice"), login("bob")
+    todo = alice.call("add", "shared")
+    bob.call("update", todo["id"], 1, done=True)
+    done = [todo["id"] for todo in alice.call("get_all") if todo["done"]]
+    assert alice.call("clear_completed") == 1 and done == [todo["id"]]
+    assert [(v["vsn"], v["by"], v["data"] and v["data"]["done"]) for v in bob.call("history", todo["id"])] == [
+        (1, "alice", False), (2, "bob", True), (3, "alice", None)]
+
+
+def test_a_change_that_fails_writes_no_version(call):
+    todo = call("add", "one")
+    for name, args, kwargs in (("update", (todo["id"], 1), {"text": "  "}), ("update", (todo["id"], 7), {"done": True}),
+                               ("remove", (todo["id"], 9), {}), ("update", (todo["id"], 1), {"done": "yes"})):
+        with pytest.raises(BastionError):
+            call(name, *args, **kwargs)
+    assert [v["vsn"] for v in call("history", todo["id"])] == [1]
+
+
+def test_history_keeps_the_last_hundred_versions(call):
+    todo = call("add", "v1")
+    for vsn in range(1, 120):
+        call("update", todo["id"], vsn, text=f"v{vsn + 1}")
+    versions = call("history", todo["id"])
+    assert len(versions) == 100
+    assert [v["vsn"] for v in versions] == list(range(21, 121))
+    assert versions[-1]["data"]["text"] == "v120"
+
+
+@pytest.mark.parametrize("id", ["no such todo", "", "a\u0000b", "x" * 257])
+def test_history_of_an_unknown_todo_is_record_not_found(call, id):
+    assert status(call.error("history", id)) == (404, "RecordNotFound")
+
+
+@pytest.mark.parametrize("args", [[], [1], [None], ["a", "b"]])
+def test_history_needs_one_string_id(call, args):
+    assert status(call.error("history", *args)) == (400, "InvalidCall")
+
+
+def test_history_is_private_to_its_domain(caller):
+    alpha, beta = caller("alpha.localhost"), caller("beta.localhost")
+    todo = alpha("add", "alpha's")
+    assert status(beta.error("history", todo["id"])) == (404, "RecordNotFound")
+    assert len(alpha("history", todo["id"])) == 1

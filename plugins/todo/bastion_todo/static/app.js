@@ -5,6 +5,9 @@
  * the version the previous one returned and the tab never conflicts with
  * itself; a VersionConflict therefore means another tab or user changed the
  * todo, and the list is reloaded.
+ *
+ * The account panel changes the password (with the current one) and lists
+ * where the user is signed in, with a button that signs out the others.
  */
 (function () {
   "use strict";
@@ -21,8 +24,16 @@
     account: $(".account"),
     username: $(".username"),
     logout: $(".logout"),
+    accountOpen: $(".account-open"),
+    accountPanel: $("#account"),
+    accountTitle: $("#account-title"),
+    accountClose: $(".account-close"),
+    password: $("#password"),
+    sessionList: $(".session-list"),
+    endSessions: $(".end-sessions"),
     newTodo: $(".new-todo"),
     alert: $(".alert"),
+    notice: $(".notice"),
     login: $("#login"),
     force: $("#login .force"),
     main: $(".main"),
@@ -40,6 +51,7 @@
   var editing = null;      // id of the todo being edited
   var queue = Promise.resolve();
   var signedIn = false;
+  var view = "todos";      // or "account": the account panel instead of the list
 
   // -- words ----------------------------------------------------------------
 
@@ -50,6 +62,14 @@
   function minutes(seconds) {
     var n = Math.max(1, Math.ceil((Number(seconds) || 60) / 60));
     return n + " " + plural(n, "minute", "minutes");
+  }
+
+  function number(n) {
+    return Number(n).toLocaleString("en-US");
+  }
+
+  function when(seconds) {
+    return new Date(seconds * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
   }
 
   /** A failure in plain words. */
@@ -94,8 +114,33 @@
     }
   }
 
+  /** A failure of a password change, in plain words; the rest as everywhere else. */
+  function describePasswordChange(error) {
+    var rules = (error && error.fields && error.fields["new"]) || {};
+    switch (error && error.exc) {
+      case "InvalidCredential":
+        return "Your current password is wrong.";
+      case "ValidationError":
+        if (rules.min_length) return "A password has at least " + number(rules.min_length) + " characters.";
+        if (rules.max_length) return "A password has at most " + number(rules.max_length) + " characters.";
+        return "The server refused this password.";
+      case "VersionConflict":
+        return "Your password was changed elsewhere meanwhile. Please try again.";
+      default:
+        return describe(error);
+    }
+  }
+
+  /** An error, in the alert (and no good news beside it). */
   function say(message) {
     el.alert.textContent = message || "";
+    if (message) el.notice.textContent = "";
+  }
+
+  /** Good news, in the status line (and no error beside it). */
+  function tell(message) {
+    el.notice.textContent = message || "";
+    if (message) el.alert.textContent = "";
   }
 
   // -- screens --------------------------------------------------------------
@@ -104,6 +149,8 @@
     signedIn = false;
     todos = [];
     editing = null;
+    closeAccount(false);
+    tell("");
     el.login.hidden = false;
     el.account.hidden = true;
     el.newTodo.hidden = true;
@@ -126,6 +173,112 @@
   function sessionEnded(error) {
     say(describe(error));
     showLogin();
+  }
+
+  // -- the account panel ----------------------------------------------------
+
+  function openAccount() {
+    view = "account";
+    say("");
+    tell("");
+    el.accountPanel.hidden = false;
+    el.newTodo.hidden = true;
+    el.accountOpen.setAttribute("aria-expanded", "true");
+    render();
+    el.accountTitle.focus();
+    loadSessions();
+  }
+
+  function closeAccount(focus) {
+    var wasOpen = view === "account";
+    view = "todos";
+    el.accountPanel.hidden = true;
+    el.accountOpen.setAttribute("aria-expanded", "false");
+    el.password.reset();
+    el.sessionList.replaceChildren();
+    el.endSessions.hidden = true;
+    if (!wasOpen || !signedIn) return;
+    el.newTodo.hidden = false;
+    render();
+    if (focus) el.accountOpen.focus();
+    enqueue(reload);  // what others changed meanwhile
+  }
+
+  /** Report an account call's failure; a session that ended has shown the sign-in form already. */
+  function accountFailed(error, words) {
+    var exc = error && error.exc;
+    if (exc === "UnknownSession" || exc === "ExpiredSession") return;
+    say((words || describe)(error));
+  }
+
+  function loadSessions() {
+    return Bastion.safe_call("sessions").then(renderSessions, accountFailed);
+  }
+
+  function renderSessions(sessions) {
+    if (view !== "account") return;
+    el.sessionList.replaceChildren();
+    sessions.forEach(function (session) {
+      var li = document.createElement("li");
+      li.className = "session" + (session.current ? " current" : "");
+      li.dataset.id = session.id;
+      var where = document.createElement("strong");
+      where.textContent = session.current ? "This device" : "Another device";
+      var origin = document.createElement("span");
+      origin.className = "origin";
+      origin.textContent = "from " + (session.origin || "an unknown address");
+      var times = document.createElement("span");
+      times.className = "times";
+      times.textContent = "signed in " + when(session.created) + " · last active " + when(session.last_seen);
+      li.append(where, " ", origin, times);
+      el.sessionList.append(li);
+    });
+    var others = sessions.filter(function (s) { return !s.current; }).length;
+    el.endSessions.hidden = others === 0;
+  }
+
+  function changePassword(event) {
+    event.preventDefault();
+    var form = el.password.elements;
+    if (!form.old.value || !form["new"].value) {
+      say("Please enter your current password and a new one.");
+      (form.old.value ? form["new"] : form.old).focus();
+      return;
+    }
+    if (form["new"].value !== form.again.value) {
+      say("The two new passwords do not match.");
+      form.again.select();
+      return;
+    }
+    say("");
+    tell("");
+    var button = $("button[type=submit]", el.password);
+    button.disabled = true;
+    Bastion.safe_call("change_password", form.old.value, form["new"].value).then(function () {
+      el.password.reset();
+      tell("Your password was changed. Your other sessions were signed out.");
+      return loadSessions();
+    }, function (error) {
+      accountFailed(error, describePasswordChange);
+      var exc = error && error.exc;
+      if (exc === "InvalidCredential") form.old.select();
+      else if (exc === "ValidationError") form["new"].select();
+    }).then(function () {
+      button.disabled = false;
+    });
+  }
+
+  function endOtherSessions() {
+    say("");
+    tell("");
+    el.endSessions.disabled = true;
+    Bastion.safe_call("end_sessions").then(function (ended) {
+      tell(ended === 0 ? "There was no other session to sign out."
+        : "Signed out " + ended + " other " + plural(ended, "session", "sessions") + ".");
+      return loadSessions();
+    }, accountFailed).then(function () {
+      el.endSessions.disabled = false;
+    });
   }
 
   // -- server ---------------------------------------------------------------
@@ -247,7 +400,8 @@
   }
 
   function render() {
-    var shown = signedIn ? todos.filter(visible) : [];
+    var listing = signedIn && view === "todos";
+    var shown = listing ? todos.filter(visible) : [];
     var keep = new Set();
     shown.forEach(function (todo, i) {
       var li = itemFor(todo);
@@ -262,7 +416,7 @@
       }
     });
 
-    var any = signedIn && todos.length > 0;
+    var any = listing && todos.length > 0;
     var left = todos.filter(function (t) { return !t.done; }).length;
     var completed = todos.length - left;
     el.main.hidden = !any;
@@ -395,6 +549,20 @@
       button.disabled = false;
     });
   });
+
+  el.accountOpen.addEventListener("click", function () {
+    if (view === "account") closeAccount(true);
+    else openAccount();
+  });
+
+  el.accountClose.addEventListener("click", function () {
+    say("");
+    tell("");
+    closeAccount(true);
+  });
+
+  el.password.addEventListener("submit", changePassword);
+  el.endSessions.addEventListener("click", endOtherSessions);
 
   el.logout.addEventListener("click", function () {
     say("");
