@@ -27,7 +27,7 @@ import sys
 
 from kernel.config import load_config
 from kernel.errors import BastionError, ConfigError
-from kernel.logs import configure_logging
+from kernel.logs import claim_logging_sections
 from kernel.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 
 _log = logging.getLogger("gunicorn.error")
@@ -37,12 +37,9 @@ try:
     _server = _config.server
     _bastion = _config.bastion
     _config.metrics  # noqa: B018 - checked before any worker starts
-    configure_logging(_config)
+    claim_logging_sections(_config)  # applied by the logger class, when gunicorn's master starts
 except ConfigError as exc:
     sys.exit(f"bastion: {exc}")
-
-# Before the child below opens a runtime: every process then counts in the shared folder.
-prepare_multiprocess_dir()
 
 
 def _process_local() -> bool:
@@ -102,7 +99,8 @@ __all__ = ["bind", "workers", "threads", "timeout", "graceful_timeout", "keepali
 
 
 def on_starting(server):
-    """Say where the server listens and in which mode."""
+    """Make the workers' metrics folder, and say where the server listens and in which mode."""
+    prepare_multiprocess_dir()
     from kernel.urls import StorageURL
     from kernel.version import __version__
 

@@ -104,7 +104,7 @@ class Metrics:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.multiprocess = _multiprocess()
         self._scrape_gauges: list[tuple[str, str, Callable[[], float | None]]] = []
         self._call_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._registry = None
@@ -225,6 +225,15 @@ class _ScrapeGauges:
                 yield GaugeMetricFamily(name, documentation, value=float(value))
 
 
+def _multiprocess() -> bool:
+    """Whether prometheus-client keeps values in the shared folder: what it chose when it was first imported."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return False
+    from prometheus_client import values
+
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
 def _without_total(name: str) -> str:
     # prometheus-client adds the _total suffix of a counter itself
     return name[: -len("_total")] if name.endswith("_total") else name
@@ -237,29 +246,36 @@ def prepare_multiprocess_dir() -> str:
     starts. ``$PROMETHEUS_MULTIPROC_DIR``, when the operator set it, is used
     and emptied of an earlier run's files; otherwise a new temporary folder is
     made (and removed at exit by :func:`remove_multiprocess_dir`). A reload of
-    the configuration keeps the folder and what it counted.
+    the configuration keeps the folder and what it counted; a master started
+    by a process that had one of its own (a test, a command) makes its own.
     """
-    owned = os.environ.get(OWNED_ENV)
-    if owned and os.environ.get(MULTIPROC_ENV) == owned.removeprefix("tmp:"):
-        return os.environ[MULTIPROC_ENV]
+    pid, made, folder = _owned()
     given = os.environ.get(MULTIPROC_ENV)
-    if given:
+    if pid == os.getpid() and given == folder and os.path.isdir(folder):
+        return folder  # this master's, on a reload: what it counted stays
+    if given and not (pid is not None and given == folder):  # the operator's (not another master's, inherited)
         os.makedirs(given, exist_ok=True)
         for path in glob.glob(os.path.join(given, "*.db")):
             os.unlink(path)
-        os.environ[OWNED_ENV] = given
+        os.environ[OWNED_ENV] = f"{os.getpid()}::{given}"
         return given
     folder = tempfile.mkdtemp(prefix="bastion-metrics-")
     os.environ[MULTIPROC_ENV] = folder
-    os.environ[OWNED_ENV] = "tmp:" + folder
+    os.environ[OWNED_ENV] = f"{os.getpid()}:tmp:{folder}"
     return folder
+
+
+def _owned() -> tuple[int | None, bool, str]:
+    """``(pid of the master that prepared the folder, whether it made it, the folder)`` from the environment."""
+    pid, made, folder = (os.environ.get(OWNED_ENV, "").split(":", 2) + ["", ""])[:3]
+    return (int(pid) if pid.isdigit() else None), made == "tmp", folder
 
 
 def remove_multiprocess_dir() -> None:
     """Remove the folder :func:`prepare_multiprocess_dir` made (never one the operator named)."""
-    owned = os.environ.get(OWNED_ENV, "")
-    if owned.startswith("tmp:"):
-        shutil.rmtree(owned.removeprefix("tmp:"), ignore_errors=True)
+    pid, made, folder = _owned()
+    if made and pid == os.getpid():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 __all__ = ["Metrics", "Counter", "Histogram", "prepare_multiprocess_dir", "remove_multiprocess_dir", "CONTENT_TYPE"]

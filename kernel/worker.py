@@ -53,6 +53,7 @@ import errno
 import logging
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -72,9 +73,18 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from kernel.config import SERVER_SCHEMA, load_config
-from kernel.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout, ServiceUnavailable
+from kernel.errors import (
+    BastionError,
+    ConfigError,
+    Error,
+    Forbidden,
+    InvalidCall,
+    InvalidHost,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from kernel.jsonio import dumps
-from kernel.logs import CALL, clip, configure_logging, is_configured, log_event, new_request_id
+from kernel.logs import CALL, clip, configure_logging, log_event, new_request_id
 
 if gunicorn.version_info < (27, 0):  # the worker relies on the structure of gunicorn 27's threaded worker
     raise ImportError(f"kernel.worker needs gunicorn 27 or later, found {gunicorn.__version__}")
@@ -762,8 +772,11 @@ class BastionLogger(glogging.Logger):
             log.propagate = True
         self.error_log.setLevel(self.loglevel)
         self.access_log.setLevel(logging.WARNING)
-        if not is_configured():  # kernel.gunicorn_conf configured logging already, before the first worker
+        # In the master, when gunicorn starts (and again on a reload): workers inherit what it set up.
+        try:
             configure_logging(load_config())
+        except ConfigError as exc:
+            sys.exit(f"bastion: {exc}")
 
     def access(self, resp, req, environ, request_time):
         """Nothing: ``bastion.call`` has the line of every request."""
