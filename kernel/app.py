@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import traceback
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,8 @@ FORWARDED_NOTE_EVERY = 60.0
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
+#: What a redirect's ``Location`` keeps as it was sent in a target (its escapes included); the rest is escaped.
+_TARGET_SAFE = "/%;=,:@!$&'()*+~-._"
 _HTTP_ERRORS: dict[int, type[BastionError]] = {
     400: InvalidCall, 404: NotFound, 413: PayloadTooLarge, 415: UnsupportedMediaType,
 }
@@ -127,7 +130,8 @@ def create_app(runtime: Runtime) -> BastionApp:
     if not runtime.started:
         raise RuntimeError("start the runtime before building its app (Runtime(...).start())")
     http = HttpSettings.from_config(runtime.config)
-    app = BastionApp(middleware=[KernelMiddleware(runtime, http)])
+    middleware = KernelMiddleware(runtime, http)
+    app = BastionApp(middleware=[middleware])
     app.runtime = runtime
     app.req_options.auto_parse_form_urlencoded = False
     app.resp_options.secure_cookies_by_default = True
@@ -139,7 +143,7 @@ def create_app(runtime: Runtime) -> BastionApp:
     for pairs in runtime.hook.bastion_static():
         mounts.extend(pairs or [])
     if mounts:
-        app.add_sink(StaticFiles(mounts), "/")
+        app.add_sink(RoutedSink(StaticFiles(mounts), middleware), "/")
     app.add_error_handler((Exception, falcon.HTTPError, BastionError), ErrorHandler(runtime))
     return app
 
@@ -150,7 +154,10 @@ class KernelMiddleware:
     What a request must pass is decided by the route it matched (a resource's
     ``protected`` and ``signed`` attributes), never by a prefix of its path:
     ``process_request`` runs for every request, ``process_resource`` once
-    routing has found the resource.
+    routing has found the resource (the static files' sink included, see
+    :class:`RoutedSink`). In production, a protected route refuses plain HTTP
+    (403 RequireSSL), and a GET or HEAD of any other route but the operator's
+    (``plain_http``) is redirected to HTTPS (301).
     """
 
     def __init__(self, runtime: Runtime, http: HttpSettings):
@@ -234,9 +241,12 @@ class KernelMiddleware:
         """Steps 2 to 5 of docs/protocol.md section 4 for a protected route, and steps 3, 6 to 10 for a signed one."""
         if "service" in params:
             req.context.service = params["service"]
-        if not getattr(resource, "protected", False):
-            return
         request: context.Request = req.context.request
+        if not getattr(resource, "protected", False):
+            if (not self.http.development and request.scheme != "https" and req.method in ("GET", "HEAD")
+                    and not getattr(resource, "plain_http", False)):
+                self._to_https(resp, request)
+            return
         request._protected = True
         if not self.http.development and request.scheme != "https":
             raise RequireSSL("this server only accepts HTTPS")
@@ -248,6 +258,23 @@ class KernelMiddleware:
             self._authenticate(req, request, params.get("service"))
         else:
             self._admit(request)
+
+    def _to_https(self, resp: falcon.Response, request: context.Request) -> None:
+        """Answer a page asked for over plain HTTP in production: 301 to the same host and target over HTTPS.
+
+        The host is the request's domain (checked against the allowed hosts,
+        without its port: HTTPS is on its default port, the proxy's), the
+        target the one sent, so nothing the client wrote but a served host and
+        a canonical path ends up in ``Location``.
+        """
+        target = urllib.parse.quote(request.path, safe=_TARGET_SAFE)
+        if request.query is not None:
+            target += "?" + urllib.parse.quote(request.query, safe=_TARGET_SAFE + "?")
+        resp.status = 301
+        resp.location = f"https://{request.domain}{target}"
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.data = b""
+        resp.complete = True  # the responder does not run; process_response adds the headers and the call line
 
     def _admit(self, request: context.Request) -> None:
         """Step 3: the auth plugin refuses a banned origin."""
@@ -412,6 +439,21 @@ def parse_call(body: bytes) -> tuple[list, dict]:
     return args, kwargs
 
 
+class RoutedSink:
+    """A sink that passes through ``process_resource`` as a routed resource does (Falcon skips the resource
+    middleware for sinks): what the request must pass is decided by the same attributes, here those of the
+    static files (a page: unprotected, redirected to HTTPS in production)."""
+
+    def __init__(self, sink, middleware: KernelMiddleware):
+        self.sink = sink
+        self.middleware = middleware
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params) -> None:
+        self.middleware.process_resource(req, resp, self.sink, params)
+        if not resp.complete:
+            self.sink(req, resp, **params)
+
+
 class HealthResource:
     """``GET /healthz``: 200 when the records' and the state's backends both take writes, 503 otherwise.
 
@@ -419,7 +461,10 @@ class HealthResource:
     or the 503 ServiceUnavailable body with ``records`` and ``state`` beside
     ``exc`` and ``err``, each ``"ok"`` or ``"unavailable"``. A ping writes
     (docs/storage.md), so a full disk or a read-only database is a 503 too.
+    Answered over plain HTTP in production too: a load balancer probes a node directly.
     """
+
+    plain_http = True
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -450,8 +495,11 @@ class HealthResource:
 class MetricsResource:
     """``GET /metrics``: every worker's metrics in the Prometheus text format, for ``[metrics] allow`` only.
 
-    To anyone else it is an unknown resource (404), as if it were not there.
+    To anyone else it is an unknown resource (404), as if it were not there. Answered over plain HTTP in
+    production too: Prometheus scrapes a node directly.
     """
+
+    plain_http = True
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime

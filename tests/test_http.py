@@ -143,6 +143,46 @@ def test_production_requires_https_and_sends_hsts(kernel_app):
     assert c.simulate_get("/healthz").status_code == 200  # only /api and /auth need HTTPS
 
 
+def test_production_redirects_plain_http_pages_to_https(kernel_app, tmp_path):
+    """A page (the static files, a plugin's GET route) asked for over plain HTTP in production is a 301 to the
+    same host and target over HTTPS; protected routes still refuse (403 RequireSSL); the operator's paths and
+    HTTPS, direct or seen through a trusted proxy, are served as they are."""
+    (tmp_path / "index.html").write_text("<h1>hi</h1>")
+    (tmp_path / "a b.txt").write_text("x")
+
+    class Page:
+        @hookimpl
+        def bastion_routes(self, routes):
+            routes.get("/page/{name}", lambda request, name: {"name": name})
+
+    sections = {"bastion": {"development": False, "allowed_hosts": "alpha.example.com", "static": str(tmp_path),
+                            "trusted_proxies": "10.0.0.1"}}
+    c = falcon.testing.TestClient(kernel_app(sections, plugins=[Page()]), headers={"Host": "alpha.example.com:8080"})
+    for method in ("GET", "HEAD"):
+        result = c.simulate_request(method, "/")
+        assert result.status_code == 301 and result.headers["location"] == "https://alpha.example.com/"
+        assert result.headers["strict-transport-security"] and result.headers["x-request-id"]
+    result = c.simulate_get("/page/x", query_string="q=1&r=%20")
+    assert (result.status_code, result.headers["location"]) == (301, "https://alpha.example.com/page/x?q=1&r=%20")
+    assert c.simulate_get("/a%20b.txt").headers["location"] == "https://alpha.example.com/a%20b.txt"
+    assert c.simulate_get("/no-such-file").status_code == 301  # the sink's answer, not a path rule
+    assert c.simulate_get("/../x").status_code == 404  # a path that is not canonical names nothing to redirect to
+    assert c.simulate_post("/api/x", json={}).json["exc"] == "RequireSSL"
+    assert c.simulate_get("/api/x").json["exc"] == "RequireSSL"  # protected: refused, never redirected
+    assert c.simulate_get("/healthz").status_code == 200
+    assert "location" not in c.simulate_get("/metrics").headers  # answered (here 404: not an operator's address)
+    assert c.simulate_get("/", protocol="https").status_code == 200
+    assert c.simulate_get("/page/x", protocol="https").json == {"name": "x"}
+    proxied = c.simulate_get("/", headers={"X-Forwarded-Proto": "https"}, remote_addr="10.0.0.1")
+    assert proxied.status_code == 200 and proxied.text == "<h1>hi</h1>"
+    plain = c.simulate_get("/", headers={"X-Forwarded-Proto": "http"}, remote_addr="10.0.0.1")
+    assert plain.status_code == 301
+    forged = c.simulate_get("/", headers={"X-Forwarded-Proto": "https"}, remote_addr="192.0.2.9")
+    assert forged.status_code == 301  # an untrusted peer's header is not believed
+    dev = falcon.testing.TestClient(kernel_app({"bastion": {"static": str(tmp_path)}}), headers={"Host": "localhost"})
+    assert dev.simulate_get("/").status_code == 200  # development serves plain HTTP
+
+
 def test_forwarded_proto_believed_only_from_trusted_proxy(kernel_app):
     sections = {"bastion": {"development": False, "allowed_hosts": "localhost", "trusted_proxies": "10.0.0.0/8"}}
     c = falcon.testing.TestClient(kernel_app(sections), headers={"Host": "localhost", "X-Forwarded-Proto": "https"})
