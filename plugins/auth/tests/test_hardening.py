@@ -110,7 +110,10 @@ def test_production_refuses_plain_http_on_every_protected_route_and_only_there(a
     for path in ("/auth/login", "/api/notes", "/admin/stats"):
         assert_error(send(app, path, b"{}"), 403, "RequireSSL")
     assert send(app, "//api/notes", b"{}").status_code == 404
-    assert send(app, "/api-docs", method="GET").json == {"docs": True}
+    # an unprotected route is a page: over plain HTTP it moves to HTTPS, where it is served
+    page = send(app, "/api-docs", method="GET")
+    assert (page.status_code, page.headers["location"]) == (301, "https://localhost/api-docs")
+    assert send(app, "/api-docs", method="GET", protocol="https").json == {"docs": True}
 
 
 def test_a_plugin_route_declared_protected_gets_the_ban_check(app):
