@@ -380,6 +380,11 @@ def test_plain_http_pages_are_redirected_and_the_api_is_refused(deployment):
     assert http_get(deployment, "/metrics", tls=True).status == 404  # never through the proxy
 
 
+def test_a_body_over_max_body_is_refused_by_nginx_in_the_protocols_shape(deployment):
+    answer = deployment.client().request("/auth/login", b"{" + b" " * (1024 * 1024) + b"}")
+    assert answer.status == 413 and answer.json()["exc"] == "PayloadTooLarge"
+
+
 def test_without_x_forwarded_proto_a_login_is_refused(deployment):
     """What the nginx site's X-Forwarded-Proto is for: the same login, without it, is a 403 RequireSSL."""
     from kernel.errors import RequireSSL
