@@ -553,6 +553,7 @@ def test_a_node_killed_mid_load_loses_no_acknowledged_write(deployment):
     stored = {t["text"] for t in reader.call("get_all")}
     lost = [text for text in acknowledged if text not in stored]
     assert not lost, f"acknowledged but lost: {lost}"
+    assert '"service":"add"' in victim.log()  # node 2 had its share of the adds before it died
     # node 2 starts again, from the same file, and serves a session made while it was down
     victim.start()
     again = deployment.node_client(1, "192.0.2.30").use(reader)
