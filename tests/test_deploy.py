@@ -46,7 +46,7 @@ import pytest
 
 from kernel.client import Client
 from kernel.errors import Abusive, AccountLocked, InvalidCredential, ServiceUnavailable, UnknownSession
-from kernel.testing import BastionServer, RedisServer, RedisServerError, free_port, skip_or_fail
+from kernel.testing import BastionServer, RedisServer, free_port, launched, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -203,15 +203,8 @@ def wait_for_site(port: int, cafile: str, process: subprocess.Popen, timeout: fl
 
 @pytest.fixture(scope="module")
 def redis_with_password() -> Iterator[RedisServer]:
-    server = RedisServer(password=uuid.uuid4().hex)
-    try:
-        server.start()
-    except RedisServerError as exc:
-        pytest.fail(f"cannot start redis-server: {exc}", pytrace=False)
-    try:
+    with launched(RedisServer(password=uuid.uuid4().hex), "redis-server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import redis
 
 from kernel.client import Client, Response
 from kernel.errors import VersionConflict
-from kernel.testing import GunicornServer, PostgresServer, PostgresServerError, RedisServer, RedisServerError
+from kernel.testing import GunicornServer, PostgresServer, RedisServer, launched
 
 from .e2e_support import (
     DOMAIN,
@@ -63,28 +63,15 @@ REPORT: dict[str, dict[str, object]] = {}
 @pytest.fixture(scope="session")
 def e2e_postgres() -> Iterator[object]:
     """One private PostgreSQL server on 127.0.0.1 for the whole run; each deployment has its own database."""
-    try:
-        server = PostgresServer().start()
-    except PostgresServerError as exc:
-        pytest.fail(f"cannot run the PostgreSQL end-to-end tests: {exc}", pytrace=False)
-    try:
+    with launched(PostgresServer(), "PostgreSQL for the end-to-end tests") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")
 def e2e_redis() -> Iterator[object]:
     """One redis-server on 127.0.0.1 for the whole run; each deployment uses its own DB number."""
-    server = RedisServer()
-    try:
-        server.start()
-    except RedisServerError as exc:
-        pytest.fail(f"cannot run the Redis end-to-end tests: {exc}", pytrace=False)
-    try:
+    with launched(RedisServer(), "redis-server for the end-to-end tests") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _redis_url(server, db: int) -> str:

@@ -20,7 +20,8 @@ is the guide.
 * :class:`FakeClock`: an injectable clock that only moves when told.
 * :func:`skip_or_fail` (and :func:`import_or_skip`, :func:`in_ci`): a test that
   cannot run for want of a browser, a server or a plugin is skipped, or
-  failed when ``CI=true``.
+  failed when ``CI=true``; :func:`launched` runs a launcher below for a
+  fixture, and fails the test (everywhere) when its server cannot start.
 * :func:`open_app`: an in-process app; :class:`Client` (with :class:`Response`,
   :class:`Session`, :class:`InvalidResponseSignature`) calls it in process or
   over HTTP; the signing helpers build or check signed calls by hand.
@@ -56,7 +57,7 @@ from kernel.signing import (
     string_to_sign,
 )
 from kernel.testing.apps import open_app
-from kernel.testing.ci import import_or_skip, in_ci, skip_or_fail
+from kernel.testing.ci import import_or_skip, in_ci, launched, skip_or_fail
 from kernel.testing.clock import FakeClock
 from kernel.testing.ports import free_port
 from kernel.testing.postgres import PostgresServer, PostgresServerError, find_bindir
@@ -80,7 +81,7 @@ __all__ = [
     # time and in-process apps
     "FakeClock", "open_app",
     # what a test needs, skipped here and failed on CI (CI=true)
-    "skip_or_fail", "import_or_skip", "in_ci",
+    "skip_or_fail", "import_or_skip", "in_ci", "launched",
     # launchers of real servers
     "RedisServer", "RedisServerError", "find_redis_server", "RedisClusterServer", "find_redis_cli",
     "PostgresServer", "PostgresServerError", "find_bindir",

@@ -4,17 +4,25 @@ A suite that needs a browser, a server or a plugin must not pass in CI by
 skipping what it could not run: with ``CI`` set to ``true`` (as CI services
 set it, and ``.ci/run`` does), :func:`skip_or_fail` fails the test with the
 same reason it would otherwise skip it for. The servers of
-:mod:`kernel.testing.fixtures` (redis-server, PostgreSQL) fail everywhere.
+:mod:`kernel.testing.fixtures` (redis-server, PostgreSQL) fail everywhere,
+through :func:`launched`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
+
+from kernel.testing.postgres import PostgresServerError
+from kernel.testing.redis import RedisServerError
+
+L = TypeVar("L")
 
 
 def in_ci() -> bool:
@@ -35,3 +43,23 @@ def import_or_skip(name: str, reason: str | None = None) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         skip_or_fail(reason or f"{name} is not installed")
+
+
+@contextmanager
+def launched(server: L, what: str) -> Iterator[L]:
+    """Run a launcher's ``with`` block: the started server, stopped (and its files removed) at the end.
+
+    A server that cannot start fails the test with ``what`` and the reason
+    (``cannot start a private PostgreSQL server: initdb not found; …``),
+    everywhere, not only on CI: a test that needs a backend must not pass by
+    skipping it. What fails once the server runs is the test's own error.
+    """
+    running = False
+    try:
+        with server as started:
+            running = True
+            yield started
+    except (RedisServerError, PostgresServerError) as exc:
+        if running:
+            raise
+        pytest.fail(f"cannot start {what}: {exc}", pytrace=False)

@@ -28,9 +28,10 @@ from collections.abc import Iterable, Iterator, Mapping
 import pytest
 
 from kernel.testing.apps import open_app
+from kernel.testing.ci import launched
 from kernel.testing.clock import FakeClock
-from kernel.testing.postgres import PostgresServer, PostgresServerError
-from kernel.testing.redis import RedisServer, RedisServerError
+from kernel.testing.postgres import PostgresServer
+from kernel.testing.redis import RedisServer
 from kernel.testing.redis_cluster import RedisClusterServer
 from kernel.testing.servers import GunicornServer
 from kernel.testing.suite.base import MARK
@@ -71,15 +72,8 @@ def make_app(fake_clock):
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server on 127.0.0.1 for the whole session (its :attr:`~RedisServer.url` is DB 0); a missing binary fails."""
-    server = RedisServer()
-    try:
-        server.start()
-    except RedisServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with launched(RedisServer(), "redis-server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -89,28 +83,15 @@ def redis_cluster() -> Iterator[RedisClusterServer]:
     Tests that kill a node (:meth:`~RedisClusterServer.fail_over`) bring it back and wait until the
     cluster is healthy again, so that the next test finds every master with its replica.
     """
-    cluster = RedisClusterServer()
-    try:
-        cluster.start()
-    except RedisServerError as exc:
-        pytest.fail(f"cannot make a Redis Cluster: {exc}", pytrace=False)
-    try:
+    with launched(RedisClusterServer(), "a Redis Cluster") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A private PostgreSQL server on 127.0.0.1 for the whole session; ``create_database(name)`` returns a fresh URL."""
-    try:
-        server = PostgresServer().start()
-    except PostgresServerError as exc:
-        pytest.fail(f"cannot start a private PostgreSQL server: {exc}", pytrace=False)
-    try:
+    with launched(PostgresServer(), "a private PostgreSQL server") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -7,20 +7,14 @@ import uuid
 
 import pytest
 
-from kernel.testing import PostgresServer, PostgresServerError
+from kernel.testing import PostgresServer, launched
 
 
 @pytest.fixture
 def private_postgres():
     """A PostgreSQL server of the test's own, which the test may stop and start."""
-    try:
-        server = PostgresServer().start()
-    except PostgresServerError as exc:
-        pytest.fail(f"cannot start a private PostgreSQL server: {exc}", pytrace=False)
-    try:
+    with launched(PostgresServer(), "a private PostgreSQL server") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
