@@ -7,9 +7,15 @@ of three kinds:
 
 * ``READ``: one SELECT, outside any transaction (SQLite autocommit, PostgreSQL
   autocommit): one round trip, no BEGIN/COMMIT;
-* ``STATEMENT``: one writing statement. On PostgreSQL it runs in autocommit
-  mode, a transaction of its own (one round trip); on SQLite it runs within
-  ``BEGIN IMMEDIATE`` ... ``COMMIT`` like any write;
+* ``STATEMENT``: one writing statement, in autocommit mode: a transaction
+  of its own (one round trip on PostgreSQL, one ``execute`` on SQLite). On
+  SQLite a writing statement outside a transaction takes the write lock when
+  it starts, through the busy handler, exactly as ``BEGIN IMMEDIATE`` would:
+  it can never fail at once with "database is locked" for a snapshot that a
+  concurrent writer made stale (only a transaction that read first, then
+  writes, can), so the BEGIN and the COMMIT around it would be two
+  ``execute`` calls for nothing. Its rows (RETURNING) are read to the end, so
+  the statement, and with it the transaction, is over when the call returns;
 * ``TRANSACTION``: several statements within BEGIN (``BEGIN IMMEDIATE`` on
   SQLite) ... COMMIT.
 
@@ -157,15 +163,18 @@ class SqlBackend:
             watch = self._watch(fairy, connection)
             applied = False  # whether the database may have applied something
             try:
-                if kind == READ or (kind == STATEMENT and self._postgresql):
+                if kind != TRANSACTION:
                     if self._postgresql:
                         connection.autocommit = True
                     try:
                         applied = kind != READ
-                        return work(connection)
+                        result = work(connection)
                     finally:
                         if self._postgresql and not connection.closed:
                             connection.autocommit = False
+                    if applied and not self._postgresql:
+                        self._after_sqlite_write(connection)
+                    return result
                 if not self._postgresql:
                     connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -238,8 +247,9 @@ class SqlBackend:
 
     @staticmethod
     def _one(connection: Any, sql: Sql, values: Mapping[str, Any]) -> Any:
-        """Execute ``sql`` and return its first row, or None."""
-        return connection.execute(sql.text, sql.params(values)).fetchone()
+        """Execute ``sql`` and return its first row, or None (the rows read to the end: the statement is over)."""
+        rows = connection.execute(sql.text, sql.params(values)).fetchall()
+        return rows[0] if rows else None
 
     @staticmethod
     def _all(connection: Any, sql: Sql, values: Mapping[str, Any]) -> list:
