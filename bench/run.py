@@ -117,13 +117,14 @@ class Bench:
 
     # -- measuring --------------------------------------------------------
 
-    def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=()) -> load.RunResult:
+    def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=(),
+            ok: tuple[str, ...] = ("200",)) -> load.RunResult:
         path = load.write_lines(lines, self.tmp)
         try:
             pid = server.process.pid
             return load.run_wrk(server.url, path, seconds, connections=self.plan.connections,
                                 threads=self.plan.wrk_threads, cycle=cycle, server_pid=pid,
-                                worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids))
+                                worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids), ok=ok)
         finally:
             path.unlink(missing_ok=True)
             self.wait_idle(server)
@@ -291,6 +292,52 @@ class Bench:
             self.stop(server)
             store.stop()
 
+    # -- the peer -----------------------------------------------------------
+
+    def peer(self) -> None:
+        """The Django + DRF peer (bench/peers/): get_all of 10 and 1,000 todos, add and update, served like
+        Bastion's SQLite case and replayed by wrk against the same ceilings."""
+        from bench.peers import drf
+
+        why = drf.available()
+        label = "Django + DRF (SQLite, WAL)"
+        if why:
+            self.out.skipped.append({"backend": "django", "label": label, "why": why})
+            print(f"  skip django peer: {why}", flush=True)
+            return
+        plan, workers = self.plan, self.plan.workers
+        update_ceiling = self.ceiling[(workers, "update", 0)]
+        n_update = self.count(update_ceiling, plan.warm) + self.count(update_ceiling, plan.seconds)
+        sizes = [n for n in plan.sizes if n <= 1000]
+        users = [("upd", n_update + 1), ("a10", 10)] + [(f"n{n}", n) for n in sizes]
+        db = Path(self.tmp) / f"peer-{secrets.token_hex(4)}.sqlite3"
+        started = time.monotonic()
+        ids = drf.fill(db, users, self.password, REPO_ROOT)
+        sections = {"bastion": {"development": True, "storage": "sqlite:///peer-does-not-open-it.sqlite3"}}
+        server = self.gunicorn(sections, workers, app=drf.APP, env=drf.environment(db))
+        print(f"  django: filled {sum(n for _, n in users)} todos and started in {time.monotonic() - started:.1f} s",
+              flush=True)
+        backend = Backend(name="django", label=label, available=True)
+        try:
+            # Correctness first: list, create, update, a stale update (409), a create without CSRF (403).
+            checker = drf.login(server.url, "a10", self.password)
+            drf.check(server.url, checker, 10, drf.login(server.url, "upd", self.password), ids["upd"][1])
+            print("  django: list/create/update answer as expected (CSRF and versions checked)", flush=True)
+            update_ids = iter(range(ids["upd"][0], ids["upd"][1]))
+            cases = [("get_all", "n10", 10, "base"), ("add", "a10", 10, "base"), ("update", "upd", 10, "base")]
+            cases += [("get_all", f"n{n}", n, "scale") for n in sizes[1:]]
+            for op, user, todos, group in cases:
+                ceiling = self.ceiling[(workers, op, todos if op == "get_all" else 0)]
+                session = drf.login(server.url, user, self.password)
+                ok = ("201",) if op == "add" else ("200",)
+                warm = self.wrk(server, drf.lines(session, op, self.count(ceiling, plan.warm), update_ids),
+                                plan.warm, cycle=False, ok=ok)
+                result = self.wrk(server, drf.lines(session, op, self.count(ceiling, plan.seconds), update_ids),
+                                  plan.seconds, cycle=False, ok=ok)
+                self.record(backend, workers, op, todos, group, 0, result, ceiling, warm)
+        finally:
+            self.stop(server)
+
     # -- the whole run ------------------------------------------------------
 
     def run(self) -> Outcome:
@@ -312,7 +359,8 @@ class Bench:
                     self.out.skipped.append({"backend": b.name, "label": b.label, "why": "not run in --quick"})
             chosen = [b for b in chosen if b.in_process] + persistent
         login_backend = next((b for b in chosen if not b.in_process), chosen[0] if chosen else None)
-        worker_counts = sorted({1 if b.in_process else plan.workers for b in chosen})
+        peer = not plan.only or "django" in plan.only
+        worker_counts = sorted({1 if b.in_process else plan.workers for b in chosen} | ({plan.workers} if peer else set()))
         print(f"ceilings (bare Falcon, {plan.seconds:g} s runs, {plan.connections} connections)", flush=True)
         for workers in worker_counts:
             login = login_backend is not None and (1 if login_backend.in_process else plan.workers) == workers
@@ -324,6 +372,14 @@ class Bench:
             except Exception as exc:  # one broken configuration must not lose the others' figures
                 print(f"  FAILED {backend.name}: {exc}", flush=True)
                 self.out.skipped.append({"backend": backend.name, "label": backend.label,
+                                         "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
+        if peer:
+            print("Django + DRF peer (SQLite, WAL)", flush=True)
+            try:
+                self.peer()
+            except Exception as exc:
+                print(f"  FAILED django peer: {exc}", flush=True)
+                self.out.skipped.append({"backend": "django", "label": "Django + DRF (SQLite, WAL)",
                                          "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
         self.logging_cost(chosen)
         return self.out
