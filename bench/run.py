@@ -31,6 +31,14 @@ from kernel.testing.servers import GunicornServer, write_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USERNAME = "bench"
 SKEW = 60  # the default [auth] skew: every run is far shorter, so ts stays valid
+#: The login rate: this many users of one domain, logging in in turn over this many connections (one origin).
+LOGIN_USERS = 16
+LOGIN_CONNECTIONS = 8
+LOGIN_DOMAIN = "login.localhost"
+
+
+def login_users() -> list[str]:
+    return [f"login{i:02d}" for i in range(LOGIN_USERS)]
 
 
 @dataclass
@@ -98,8 +106,9 @@ class Bench:
         bastion = {"development": True, "storage": store.storage}
         if store.state:
             bastion["state"] = store.state
-        sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False},
-                    "users": {f"{USERNAME}@{d}": self.hash for d in domains}}
+        users = {f"{USERNAME}@{d}": self.hash for d in domains}
+        users.update({f"{name}@{LOGIN_DOMAIN}": self.hash for name in login_users()})
+        sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False}, "users": users}
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
         return sections
@@ -118,11 +127,11 @@ class Bench:
     # -- measuring --------------------------------------------------------
 
     def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=(),
-            ok: tuple[str, ...] = ("200",)) -> load.RunResult:
+            ok: tuple[str, ...] = ("200",), connections: int | None = None) -> load.RunResult:
         path = load.write_lines(lines, self.tmp)
         try:
             pid = server.process.pid
-            return load.run_wrk(server.url, path, seconds, connections=self.plan.connections,
+            return load.run_wrk(server.url, path, seconds, connections=connections or self.plan.connections,
                                 threads=self.plan.wrk_threads, cycle=cycle, server_pid=pid,
                                 worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids), ok=ok)
         finally:
@@ -205,10 +214,11 @@ class Bench:
         self.record(backend, workers, op, todos, group, other_domains, result, ceiling, warm)
 
     def record(self, backend: Backend, workers: int, op: str, todos: int, group: str, other_domains: int,
-               result: load.RunResult, ceiling: load.RunResult, warm: load.RunResult | None = None) -> None:
+               result: load.RunResult, ceiling: load.RunResult, warm: load.RunResult | None = None,
+               connections: int | None = None) -> None:
         case = {"group": group, "backend": backend.name, "label": backend.label, "op": op, "todos": todos,
                 "other_domains": other_domains, "workers": workers, "threads": self.plan.threads,
-                "connections": self.plan.connections, "result": result.to_dict(),
+                "connections": connections or self.plan.connections, "result": result.to_dict(),
                 "ceiling_rps": ceiling.rps, "ceiling_cpu_us_per_req": ceiling.server_cpu_us_per_req,
                 "ceiling_p99_ms": ceiling.p99_ms,
                 "ratio": round(result.rps / ceiling.rps, 3) if ceiling.rps else None,
@@ -225,11 +235,20 @@ class Bench:
               f"{flag}", flush=True)
 
     def login_rate(self, backend: Backend, server: GunicornServer, store: Store, workers: int) -> None:
+        """Logins of :data:`LOGIN_USERS` distinct users from one origin, at :data:`LOGIN_CONNECTIONS`
+        connections: under the in-flight limits (docs/security.md: at most ``abuse_max`` = 10 attempts of an
+        origin, ``account_max_failures`` = 5 of an account), so that it measures the login rate, not the
+        limits (every answer must be 200)."""
         ceiling = self.ceiling[(workers, "login", 0)]
-        body = json.dumps({"username": USERNAME, "password": self.password}).encode()
-        lines = load.plain_lines("n10.localhost", "/auth/login", body, 2000)
-        result = self.wrk(server, lines, self.plan.seconds, cycle=True, backend_pids=store.backend_pids)
-        self.record(backend, workers, "login", 0, "login", 0, result, ceiling)
+        bodies = [json.dumps({"username": name, "password": self.password}).encode() for name in login_users()]
+
+        def lines():
+            for i in range(2000):
+                yield from load.plain_lines(LOGIN_DOMAIN, "/auth/login", bodies[i % len(bodies)], 1)
+
+        result = self.wrk(server, lines(), self.plan.seconds, cycle=True, backend_pids=store.backend_pids,
+                          connections=LOGIN_CONNECTIONS)
+        self.record(backend, workers, "login", 0, "login", 0, result, ceiling, connections=LOGIN_CONNECTIONS)
 
     # -- a configuration ----------------------------------------------------
 

@@ -148,11 +148,63 @@ def measure(backend, calls: int, bench: Bench) -> dict:
         store.stop()
 
 
+class Clock:
+    """A clock the bounded run moves by hand."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bounded(url: str, calls: int, sessions: int = 10, rate: float = 200.0) -> dict:
+    """The state traffic of ``calls`` signed calls, on the SQL driver's state store with a clock moved by hand:
+    ``sessions`` sessions each sending ``rate / sessions`` calls a (simulated) second, each call reading the
+    session, recording its nonce (``add(..., if_live=session)``, TTL 2 × skew + 1 = 121 s) and sliding the
+    session once a second, as bastion_auth does. Returns the rows held at the end, and the bound: the live
+    sessions, plus the nonces of the last 121 s, plus what the adaptive purge may leave behind (one interval
+    of writes, ``PURGE_INTERVAL`` s, or ``PURGE_EVERY`` writes, whichever comes first)."""
+    from bastion_storage_sql import SqlDriver
+    from bastion_storage_sql.state import PURGE_EVERY, PURGE_INTERVAL
+
+    clock = Clock()
+    driver = SqlDriver(url, clock=clock)
+    domain, nonce_ttl, idle = "bounded.localhost", 121, 1800
+    try:
+        for s in range(sessions):
+            driver.set(domain, f"session:s{s}", {"u": f"user{s}", "i": clock.now + idle}, idle * 2)
+        last_slide = [clock.now] * sessions
+        peak = 0
+        for call in range(calls):
+            s = call % sessions
+            session = f"session:s{s}"
+            driver.get_many(domain, ["abuse:127.0.0.1", session])
+            assert driver.add(domain, f"nonce:s{s}:{call}", 1, nonce_ttl, if_live=session)
+            if clock.now - last_slide[s] >= 1:
+                driver.replace(domain, session, {"u": f"user{s}", "i": clock.now + idle}, idle * 2)
+                last_slide[s] = clock.now
+            clock.now += 1 / rate
+            if call % 1000 == 999:
+                peak = max(peak, driver.state_count())
+        held = driver.state_count()
+        window = min(calls, int(nonce_ttl * rate))
+        slack = min(int(PURGE_INTERVAL * rate), PURGE_EVERY)
+        return {"calls": calls, "simulated_s": round(calls / rate), "held": held, "peak": peak,
+                "bound": sessions + window + slack, "sessions": sessions, "nonces_in_window": window}
+    finally:
+        driver.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.statements", description=__doc__)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--only", nargs="*", default=("sqlite", "postgresql", "redis", "mixed"))
+    parser.add_argument("--bounded", type=int, default=0, metavar="N",
+                        help="instead: the state rows held after N signed calls' state traffic (SQL drivers)")
     args = parser.parse_args(argv)
+    if args.bounded:
+        return main_bounded(args)
     bench = Bench(Plan.make(True))
     try:
         for backend in backends():
@@ -164,6 +216,28 @@ def main(argv: list[str] | None = None) -> int:
             for op, figures in result["ops"].items():
                 print(f"  {op:8} {figures['statements_per_call']:5.2f} per call  {figures['by_kind']}"
                       f"  ({figures['us_per_call']:.0f} us/call, non-200 {figures['non200']})", flush=True)
+    finally:
+        bench.close()
+    return 0
+
+
+def main_bounded(args) -> int:
+    bench = Bench(Plan.make(True))
+    try:
+        for backend in backends():
+            if backend.name not in args.only or not backend.available or backend.name not in ("sqlite", "postgresql"):
+                continue
+            store = backend.start()
+            try:
+                started = time.monotonic()
+                result = bounded(store.storage, args.bounded)
+            finally:
+                store.stop()
+            print(f"{backend.label}: {result['held']} state rows after {result['calls']:,} signed calls "
+                  f"({result['simulated_s']} s simulated; peak {result['peak']}); bound {result['bound']} "
+                  f"= {result['sessions']} sessions + {result['nonces_in_window']} nonces of the last 121 s + purge "
+                  f"slack; {'within' if result['held'] <= result['bound'] else 'OVER'} "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         bench.close()
     return 0

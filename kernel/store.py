@@ -148,6 +148,31 @@ class Record:
 #: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).
 _FIELDS: dict[type, frozenset[str]] = {}
 
+#: The record class of each registered model that declares its fields: :class:`Record` with a property per
+#: field, so that reading ``record.text`` is one dictionary lookup rather than a failed attribute lookup
+#: followed by ``__getattr__`` (a field absent from a record still raises AttributeError, as ``__getattr__`` does).
+_RECORD_CLASSES: dict[type, type[Record]] = {}
+
+
+def _field_property(name: str) -> property:
+    def get(self: Record) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"{self._model.__name__} record has no field {name!r}") from None
+
+    return property(get, doc=f"The {name!r} field.")
+
+
+def _record_class(model: type, fields: frozenset[str]) -> type[Record]:
+    """A subclass of :class:`Record` reading each declared field through a property (never a name Record
+    itself has: ``get``, ``merge``, ``fields``, ...; those stay methods, read with ``record.get(name)``)."""
+    names = sorted(name for name in fields if name.isidentifier() and not name.startswith("_")
+                   and not hasattr(Record, name))
+    namespace: dict[str, Any] = {"__slots__": (), "__qualname__": f"Record[{model.__name__}]"}
+    namespace.update({name: _field_property(name) for name in names})
+    return type("Record", (Record,), namespace)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -233,6 +258,7 @@ class Models:
                          _history_limit(cls, name))
         if info.fields is not None:
             _FIELDS[cls] = info.fields
+            _RECORD_CLASSES[cls] = _record_class(cls, info.fields)
         self._by_cls[cls] = info
         self._by_name[name] = info
         return info
@@ -388,7 +414,7 @@ class UnitOfWork:
         key = (info.name, id)
         if key in self._loaded and key not in self._deleted:
             raise VersionConflict(f"{info.name} {id!r} already exists")
-        record = Record(model, id, 1, {})
+        record = _RECORD_CLASSES.get(model, Record)(model, id, 1, {})
         info.initialize(record)
         record.merge(**fields)
         self._deleted.pop(key, None)
@@ -474,7 +500,7 @@ class UnitOfWork:
         if key in self._loaded:
             return self._loaded[key]
         # Drivers hand over data the caller owns (the conformance suite checks it): no second copy.
-        record = Record(info.cls, stored.id, stored.vsn, info.complete(stored.data))
+        record = _RECORD_CLASSES.get(info.cls, Record)(info.cls, stored.id, stored.vsn, info.complete(stored.data))
         self._loaded[key] = record
         self._read_vsn[key] = stored.vsn
         return record

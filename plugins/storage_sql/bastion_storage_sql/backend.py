@@ -203,6 +203,8 @@ class SqlBackend:
             finally:
                 if self._release(watch):
                     fairy.invalidate()  # cut just as the answer came: the connection is no use now
+                elif not self._postgresql:
+                    self._rollback(connection)  # if a transaction is open (the pool does not reset SQLite connections)
                 fairy.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -223,7 +225,7 @@ class SqlBackend:
                     connection.rollback()
             elif connection.in_transaction:
                 connection.execute("ROLLBACK")
-        except self._dbapi_error:
+        except (self._dbapi_error, sa_exc.SQLAlchemyError):
             pass  # a broken connection: the pool discards it
 
     def _is_disconnect(self, error: BaseException, connection: Any) -> bool:
