@@ -12,8 +12,9 @@ long the load lasts, without a DELETE on every write.
 Statements are compiled once, when the driver opens (``_StateSql``). Round
 trips per call, PostgreSQL: one for get, get_many, set, replace, add, incr,
 delete, window_entries and window_discard (each a single statement in
-autocommit mode); window_add is a transaction. SQLite has no round trips, and
-every write runs within BEGIN IMMEDIATE ... COMMIT.
+autocommit mode); window_add is a transaction. SQLite has no round trips; its
+single statements run in autocommit mode too, window_add within BEGIN
+IMMEDIATE ... COMMIT.
 """
 
 from __future__ import annotations
