@@ -99,11 +99,12 @@ class Record:
     __slots__ = ("_model", "_id", "_vsn", "_data", "_dirty")
 
     def __init__(self, model: type, id: str, vsn: int, data: dict[str, Any]):
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "_id", id)
-        object.__setattr__(self, "_vsn", vsn)
-        object.__setattr__(self, "_data", data)
-        object.__setattr__(self, "_dirty", False)
+        # The slots' own setters (bound below the class): half the cost of object.__setattr__ by name.
+        _set_model(self, model)
+        _set_id(self, id)
+        _set_vsn(self, vsn)
+        _set_data(self, data)
+        _set_dirty(self, False)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -144,6 +145,8 @@ class Record:
         # The field names, never their values: a record may hold a password hash, and reprs end up in logs.
         return f"<{self._model.__name__} {self._id} v{self._vsn} fields: {', '.join(self._data)}>"
 
+
+_set_model, _set_id, _set_vsn, _set_data, _set_dirty = (Record.__dict__[name].__set__ for name in Record.__slots__)
 
 #: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).
 _FIELDS: dict[type, frozenset[str]] = {}
@@ -351,7 +354,17 @@ class UnitOfWork:
                              f"indexed fields: {', '.join(sorted(info.index_fields)) or 'none'}")
         for field, value in where.items():
             check_scalar(value, f"where[{field!r}]")
-        return [self._track(info, stored) for stored in self.driver.select(self.domain, info.name, where)]
+        # _track, inlined: a select may read thousands of records.
+        cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
+        loaded, read_vsn, out = self._loaded, self._read_vsn, []
+        for stored in self.driver.select(self.domain, name, where):
+            key = (name, stored.id)
+            record = loaded.get(key)
+            if record is None:
+                record = loaded[key] = cls(info.cls, stored.id, stored.vsn, complete(stored.data))
+                read_vsn[key] = stored.vsn
+            out.append(record)
+        return out
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
         """Return one record; RecordNotFound if absent, VersionConflict if ``vsn`` is not its version."""
