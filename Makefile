@@ -37,11 +37,16 @@ test:
 lint: $(VENV)/.test-tools
 	$(BIN)/ruff check kernel plugins tests bench
 
-## bench: the full benchmark (under 15 minutes); bench-quick: under 2 minutes
-bench: $(VENV)/.test-tools
+## bench: the full benchmark (under 15 minutes); bench-quick: under 2 minutes; both install the `bench` extra
+## (Django and Django REST framework, for the peer in bench/peers/)
+$(VENV)/.bench-tools: $(VENV)/.test-tools setup.cfg
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-tools
 	$(BIN)/python -m bench
 
-bench-quick: $(VENV)/.test-tools
+bench-quick: $(VENV)/.bench-tools
 	$(BIN)/python -m bench --quick
 
 clean:

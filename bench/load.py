@@ -115,8 +115,9 @@ class RunResult:
 
 def run_wrk(url: str, requests_file: Path, seconds: float, *, connections: int, threads: int, cycle: bool,
             server_pid: int | None, worker_pids: Callable[[], list[int]], backend_pids: list[int] = (),
-            timeout_s: int = 30) -> RunResult:
-    """Run wrk against ``url`` for ``seconds`` and measure it, the server and the backend."""
+            timeout_s: int = 30, ok: tuple[str, ...] = ("200",)) -> RunResult:
+    """Run wrk against ``url`` for ``seconds`` and measure it, the server and the backend; statuses other
+    than ``ok`` count as non-200 (a peer's create answers 201)."""
     out = requests_file.with_suffix(".json")
     env = {**os.environ, "BENCH_REQUESTS": str(requests_file), "BENCH_MODE": "cycle" if cycle else "once",
            "BENCH_THREADS": str(threads), "BENCH_OUT": str(out)}
@@ -153,7 +154,7 @@ def run_wrk(url: str, requests_file: Path, seconds: float, *, connections: int, 
         requests=n, seconds=round(secs, 3), rps=round(n / secs, 1) if secs else 0.0,
         p50_ms=lat["p50"] / 1000, p90_ms=lat["p90"] / 1000, p99_ms=lat["p99"] / 1000,
         mean_ms=round(lat["mean"] / 1000, 3), max_ms=lat["max"] / 1000,
-        statuses=statuses, non200=sum(v for k, v in statuses.items() if k != "200"),
+        statuses=statuses, non200=sum(v for k, v in statuses.items() if k not in ok),
         socket_errors={k: v for k, v in data["socket_errors"].items() if k != "status"},
         exhausted=data["exhausted"], loaded=data["loaded"],
         server_cpu_s=round(server_cpu, 2), server_cpu_us_per_req=round(server_cpu / n * 1e6, 1) if n else 0.0,

@@ -1,4 +1,5 @@
--- Replays pre-built requests, one per line: host TAB target TAB authorization TAB body.
+-- Replays pre-built requests, one per line: host TAB target TAB authorization TAB body
+-- (a POST), or @METHOD TAB host TAB target TAB Name:value|Name:value TAB body (a peer's).
 -- BENCH_REQUESTS names the file; BENCH_MODE is "once" (signed calls: each nonce is
 -- sent at most once; running out stops the thread and is reported) or "cycle"
 -- (the unsigned ceiling and logins: the file is replayed in a loop).
@@ -21,11 +22,22 @@ function init(args)
    local k = 0
    for line in io.lines(os.getenv("BENCH_REQUESTS")) do
       if k % total == id - 1 then
+         local method, peer = "POST", false
+         if line:sub(1, 1) == "@" then
+            -- A peer's request: @METHOD TAB host TAB target TAB Name:value|Name:value TAB body
+            method, line = line:match("^@([A-Z]+)\t(.*)$")
+            peer = true
+         end
          local host, target, auth, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
          local headers = {["Host"] = host, ["Content-Type"] = "application/json"}
-         if auth ~= "" then headers["Authorization"] = auth end
+         if peer then
+            for name, value in auth:gmatch("([^:|]+):([^|]*)") do headers[name] = value end
+         elseif auth ~= "" then
+            headers["Authorization"] = auth
+         end
+         if body == "" then body = nil end
          n = n + 1
-         reqs[n] = wrk.format("POST", target, headers, body)
+         reqs[n] = wrk.format(method, target, headers, body)
       end
       k = k + 1
    end

@@ -31,6 +31,14 @@ from kernel.testing.servers import GunicornServer, write_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USERNAME = "bench"
 SKEW = 60  # the default [auth] skew: every run is far shorter, so ts stays valid
+#: The login rate: this many users of one domain, logging in in turn over this many connections (one origin).
+LOGIN_USERS = 16
+LOGIN_CONNECTIONS = 8
+LOGIN_DOMAIN = "login.localhost"
+
+
+def login_users() -> list[str]:
+    return [f"login{i:02d}" for i in range(LOGIN_USERS)]
 
 
 @dataclass
@@ -98,8 +106,9 @@ class Bench:
         bastion = {"development": True, "storage": store.storage}
         if store.state:
             bastion["state"] = store.state
-        sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False},
-                    "users": {f"{USERNAME}@{d}": self.hash for d in domains}}
+        users = {f"{USERNAME}@{d}": self.hash for d in domains}
+        users.update({f"{name}@{LOGIN_DOMAIN}": self.hash for name in login_users()})
+        sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False}, "users": users}
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
         return sections
@@ -117,13 +126,14 @@ class Bench:
 
     # -- measuring --------------------------------------------------------
 
-    def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=()) -> load.RunResult:
+    def wrk(self, server: GunicornServer, lines, seconds: float, cycle: bool, backend_pids=(),
+            ok: tuple[str, ...] = ("200",), connections: int | None = None) -> load.RunResult:
         path = load.write_lines(lines, self.tmp)
         try:
             pid = server.process.pid
-            return load.run_wrk(server.url, path, seconds, connections=self.plan.connections,
+            return load.run_wrk(server.url, path, seconds, connections=connections or self.plan.connections,
                                 threads=self.plan.wrk_threads, cycle=cycle, server_pid=pid,
-                                worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids))
+                                worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids), ok=ok)
         finally:
             path.unlink(missing_ok=True)
             self.wait_idle(server)
@@ -204,10 +214,11 @@ class Bench:
         self.record(backend, workers, op, todos, group, other_domains, result, ceiling, warm)
 
     def record(self, backend: Backend, workers: int, op: str, todos: int, group: str, other_domains: int,
-               result: load.RunResult, ceiling: load.RunResult, warm: load.RunResult | None = None) -> None:
+               result: load.RunResult, ceiling: load.RunResult, warm: load.RunResult | None = None,
+               connections: int | None = None) -> None:
         case = {"group": group, "backend": backend.name, "label": backend.label, "op": op, "todos": todos,
                 "other_domains": other_domains, "workers": workers, "threads": self.plan.threads,
-                "connections": self.plan.connections, "result": result.to_dict(),
+                "connections": connections or self.plan.connections, "result": result.to_dict(),
                 "ceiling_rps": ceiling.rps, "ceiling_cpu_us_per_req": ceiling.server_cpu_us_per_req,
                 "ceiling_p99_ms": ceiling.p99_ms,
                 "ratio": round(result.rps / ceiling.rps, 3) if ceiling.rps else None,
@@ -224,11 +235,20 @@ class Bench:
               f"{flag}", flush=True)
 
     def login_rate(self, backend: Backend, server: GunicornServer, store: Store, workers: int) -> None:
+        """Logins of :data:`LOGIN_USERS` distinct users from one origin, at :data:`LOGIN_CONNECTIONS`
+        connections: under the in-flight limits (docs/security.md: at most ``abuse_max`` = 10 attempts of an
+        origin, ``account_max_failures`` = 5 of an account), so that it measures the login rate, not the
+        limits (every answer must be 200)."""
         ceiling = self.ceiling[(workers, "login", 0)]
-        body = json.dumps({"username": USERNAME, "password": self.password}).encode()
-        lines = load.plain_lines("n10.localhost", "/auth/login", body, 2000)
-        result = self.wrk(server, lines, self.plan.seconds, cycle=True, backend_pids=store.backend_pids)
-        self.record(backend, workers, "login", 0, "login", 0, result, ceiling)
+        bodies = [json.dumps({"username": name, "password": self.password}).encode() for name in login_users()]
+
+        def lines():
+            for i in range(2000):
+                yield from load.plain_lines(LOGIN_DOMAIN, "/auth/login", bodies[i % len(bodies)], 1)
+
+        result = self.wrk(server, lines(), self.plan.seconds, cycle=True, backend_pids=store.backend_pids,
+                          connections=LOGIN_CONNECTIONS)
+        self.record(backend, workers, "login", 0, "login", 0, result, ceiling, connections=LOGIN_CONNECTIONS)
 
     # -- a configuration ----------------------------------------------------
 
@@ -291,6 +311,52 @@ class Bench:
             self.stop(server)
             store.stop()
 
+    # -- the peer -----------------------------------------------------------
+
+    def peer(self) -> None:
+        """The Django + DRF peer (bench/peers/): get_all of 10 and 1,000 todos, add and update, served like
+        Bastion's SQLite case and replayed by wrk against the same ceilings."""
+        from bench.peers import drf
+
+        why = drf.available()
+        label = "Django + DRF (SQLite, WAL)"
+        if why:
+            self.out.skipped.append({"backend": "django", "label": label, "why": why})
+            print(f"  skip django peer: {why}", flush=True)
+            return
+        plan, workers = self.plan, self.plan.workers
+        update_ceiling = self.ceiling[(workers, "update", 0)]
+        n_update = self.count(update_ceiling, plan.warm) + self.count(update_ceiling, plan.seconds)
+        sizes = [n for n in plan.sizes if n <= 1000]
+        users = [("upd", n_update + 1), ("a10", 10)] + [(f"n{n}", n) for n in sizes]
+        db = Path(self.tmp) / f"peer-{secrets.token_hex(4)}.sqlite3"
+        started = time.monotonic()
+        ids = drf.fill(db, users, self.password, REPO_ROOT)
+        sections = {"bastion": {"development": True, "storage": "sqlite:///peer-does-not-open-it.sqlite3"}}
+        server = self.gunicorn(sections, workers, app=drf.APP, env=drf.environment(db))
+        print(f"  django: filled {sum(n for _, n in users)} todos and started in {time.monotonic() - started:.1f} s",
+              flush=True)
+        backend = Backend(name="django", label=label, available=True)
+        try:
+            # Correctness first: list, create, update, a stale update (409), a create without CSRF (403).
+            checker = drf.login(server.url, "a10", self.password)
+            drf.check(server.url, checker, 10, drf.login(server.url, "upd", self.password), ids["upd"][1])
+            print("  django: list/create/update answer as expected (CSRF and versions checked)", flush=True)
+            update_ids = iter(range(ids["upd"][0], ids["upd"][1]))
+            cases = [("get_all", "n10", 10, "base"), ("add", "a10", 10, "base"), ("update", "upd", 10, "base")]
+            cases += [("get_all", f"n{n}", n, "scale") for n in sizes[1:]]
+            for op, user, todos, group in cases:
+                ceiling = self.ceiling[(workers, op, todos if op == "get_all" else 0)]
+                session = drf.login(server.url, user, self.password)
+                ok = ("201",) if op == "add" else ("200",)
+                warm = self.wrk(server, drf.lines(session, op, self.count(ceiling, plan.warm), update_ids),
+                                plan.warm, cycle=False, ok=ok)
+                result = self.wrk(server, drf.lines(session, op, self.count(ceiling, plan.seconds), update_ids),
+                                  plan.seconds, cycle=False, ok=ok)
+                self.record(backend, workers, op, todos, group, 0, result, ceiling, warm)
+        finally:
+            self.stop(server)
+
     # -- the whole run ------------------------------------------------------
 
     def run(self) -> Outcome:
@@ -312,7 +378,8 @@ class Bench:
                     self.out.skipped.append({"backend": b.name, "label": b.label, "why": "not run in --quick"})
             chosen = [b for b in chosen if b.in_process] + persistent
         login_backend = next((b for b in chosen if not b.in_process), chosen[0] if chosen else None)
-        worker_counts = sorted({1 if b.in_process else plan.workers for b in chosen})
+        peer = not plan.only or "django" in plan.only
+        worker_counts = sorted({1 if b.in_process else plan.workers for b in chosen} | ({plan.workers} if peer else set()))
         print(f"ceilings (bare Falcon, {plan.seconds:g} s runs, {plan.connections} connections)", flush=True)
         for workers in worker_counts:
             login = login_backend is not None and (1 if login_backend.in_process else plan.workers) == workers
@@ -320,10 +387,19 @@ class Bench:
         for backend in chosen:
             print(f"{backend.label}", flush=True)
             try:
-                self.configuration(backend, scaling=True, login=backend is login_backend)
+                # The split SQLite configuration: the signed calls only (its scaling is the one-file case's).
+                self.configuration(backend, scaling=backend.name != "sqlite-split", login=backend is login_backend)
             except Exception as exc:  # one broken configuration must not lose the others' figures
                 print(f"  FAILED {backend.name}: {exc}", flush=True)
                 self.out.skipped.append({"backend": backend.name, "label": backend.label,
+                                         "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
+        if peer:
+            print("Django + DRF peer (SQLite, WAL)", flush=True)
+            try:
+                self.peer()
+            except Exception as exc:
+                print(f"  FAILED django peer: {exc}", flush=True)
+                self.out.skipped.append({"backend": "django", "label": "Django + DRF (SQLite, WAL)",
                                          "why": f"failed during the run: {str(exc).splitlines()[0][:200]}"})
         self.logging_cost(chosen)
         return self.out

@@ -75,7 +75,7 @@ from kernel.errors import (  # noqa: E402
 )
 from kernel.hookspecs import hookimpl  # noqa: E402
 from kernel.hosts import parse_domain  # noqa: E402
-from kernel.jsonio import dumps, dumps_text, loads  # noqa: E402
+from kernel.jsonio import dumps, dumps_text, loads, loads_stored  # noqa: E402
 from kernel.routes import Routes  # noqa: E402
 from kernel.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
 from kernel.services import json_type, service  # noqa: E402
@@ -91,7 +91,7 @@ __all__ = [
     # configuration
     "Config", "load_config", "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
     # JSON and text
-    "dumps", "dumps_text", "loads", "json_type", "b64url", "b64url_decode", "parse_domain",
+    "dumps", "dumps_text", "loads", "loads_stored", "json_type", "b64url", "b64url_decode", "parse_domain",
     # authentication
     "Credentials", "Authentication",
     # operations: bastion check --deploy

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 Scalar = str | int | float | bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StoredRecord:
     """A record as the driver stores it."""
 
@@ -45,6 +45,18 @@ class StoredRecord:
     id: str
     vsn: int
     data: dict[str, Any]
+
+    def __init__(self, model: str, id: str, vsn: int, data: dict[str, Any]):
+        # The slots' own setters: a frozen dataclass's __init__ calls object.__setattr__ by name per field,
+        # twice the cost, and a select makes one of these per record.
+        _stored_model(self, model)
+        _stored_id(self, id)
+        _stored_vsn(self, vsn)
+        _stored_data(self, data)
+
+
+_stored_model, _stored_id, _stored_vsn, _stored_data = (StoredRecord.__dict__[name].__set__
+                                                        for name in ("model", "id", "vsn", "data"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,22 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 #: The one JSON writer: compact, UTF-8 text kept as it is (no \u escapes), no NaN or Infinity.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
+try:  # orjson (a dependency; the stdlib serves alike where it cannot be installed) writes bodies and reads stored text
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the fallback is tested by forcing it
+    _orjson = None
+
+#: orjson writes a subclass of str, int, dict or list, a datetime and a dataclass only through ``default``,
+#: which refuses: such a value, like one orjson cannot write, is written by the stdlib writer instead.
+_OR_OPTIONS = 0 if _orjson is None else (_orjson.OPT_PASSTHROUGH_SUBCLASS | _orjson.OPT_PASSTHROUGH_DATETIME
+                                         | _orjson.OPT_PASSTHROUGH_DATACLASS)
+_OR_ERRORS: tuple[type[BaseException], ...] = (TypeError,) if _orjson is None else (TypeError, _orjson.JSONEncodeError)
+_OR_STORED_ERRORS: tuple[type[BaseException], ...] = (ValueError,) if _orjson is None else (_orjson.JSONDecodeError,)
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError("not for orjson")
+
 
 def dumps_text(value: Any) -> str:
     """Encode a JSON value as compact text (what drivers store); ValueError for NaN or Infinity."""
@@ -31,8 +47,40 @@ def dumps_text(value: Any) -> str:
 
 
 def dumps(value: Any) -> bytes:
-    """Encode a body: compact UTF-8 JSON, no NaN or Infinity."""
+    """Encode a body: compact UTF-8 JSON, no NaN or Infinity.
+
+    With orjson, the body is written by orjson when it can write it exactly
+    as this module promises: orjson writes NaN and Infinity as ``null``, so a
+    body in which ``null`` appears at all is written again by the stdlib
+    writer, which refuses NaN; an integer beyond 64 bits, a lone surrogate, a
+    subclass, a datetime or a dataclass makes orjson refuse, and the stdlib
+    writer decides. (orjson writes an enum member as its value and a UUID as
+    its text, where the stdlib writer would refuse a plain ``Enum`` or a
+    ``UUID``: the one difference, and only in what a service returns.)
+    """
+    if _orjson is not None:
+        try:
+            body = _orjson.dumps(value, default=_refuse, option=_OR_OPTIONS)
+        except _OR_ERRORS:
+            pass
+        else:
+            if b"null" not in body:
+                return body
     return _ENCODER.encode(value).encode("utf-8")
+
+
+def loads_stored(text: str | bytes) -> Any:
+    """Decode JSON text a driver wrote with :func:`dumps_text` (never a client's body: that is :func:`loads`).
+
+    orjson where it can read the text, else the stdlib (an integer beyond 64
+    bits): the same value either way, for text that :func:`dumps_text` wrote.
+    """
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except _OR_STORED_ERRORS:
+            pass
+    return json.loads(text)
 
 
 def loads(body: bytes) -> Any:

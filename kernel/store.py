@@ -99,11 +99,12 @@ class Record:
     __slots__ = ("_model", "_id", "_vsn", "_data", "_dirty")
 
     def __init__(self, model: type, id: str, vsn: int, data: dict[str, Any]):
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "_id", id)
-        object.__setattr__(self, "_vsn", vsn)
-        object.__setattr__(self, "_data", data)
-        object.__setattr__(self, "_dirty", False)
+        # The slots' own setters (bound below the class): half the cost of object.__setattr__ by name.
+        _set_model(self, model)
+        _set_id(self, id)
+        _set_vsn(self, vsn)
+        _set_data(self, data)
+        _set_dirty(self, False)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -145,8 +146,35 @@ class Record:
         return f"<{self._model.__name__} {self._id} v{self._vsn} fields: {', '.join(self._data)}>"
 
 
+_set_model, _set_id, _set_vsn, _set_data, _set_dirty = (Record.__dict__[name].__set__ for name in Record.__slots__)
+
 #: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).
 _FIELDS: dict[type, frozenset[str]] = {}
+
+#: The record class of each registered model that declares its fields: :class:`Record` with a property per
+#: field, so that reading ``record.text`` is one dictionary lookup rather than a failed attribute lookup
+#: followed by ``__getattr__`` (a field absent from a record still raises AttributeError, as ``__getattr__`` does).
+_RECORD_CLASSES: dict[type, type[Record]] = {}
+
+
+def _field_property(name: str) -> property:
+    def get(self: Record) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"{self._model.__name__} record has no field {name!r}") from None
+
+    return property(get, doc=f"The {name!r} field.")
+
+
+def _record_class(model: type, fields: frozenset[str]) -> type[Record]:
+    """A subclass of :class:`Record` reading each declared field through a property (never a name Record
+    itself has: ``get``, ``merge``, ``fields``, ...; those stay methods, read with ``record.get(name)``)."""
+    names = sorted(name for name in fields if name.isidentifier() and not name.startswith("_")
+                   and not hasattr(Record, name))
+    namespace: dict[str, Any] = {"__slots__": (), "__qualname__": f"Record[{model.__name__}]"}
+    namespace.update({name: _field_property(name) for name in names})
+    return type("Record", (Record,), namespace)
 
 
 @dataclass(frozen=True)
@@ -233,6 +261,7 @@ class Models:
                          _history_limit(cls, name))
         if info.fields is not None:
             _FIELDS[cls] = info.fields
+            _RECORD_CLASSES[cls] = _record_class(cls, info.fields)
         self._by_cls[cls] = info
         self._by_name[name] = info
         return info
@@ -325,7 +354,17 @@ class UnitOfWork:
                              f"indexed fields: {', '.join(sorted(info.index_fields)) or 'none'}")
         for field, value in where.items():
             check_scalar(value, f"where[{field!r}]")
-        return [self._track(info, stored) for stored in self.driver.select(self.domain, info.name, where)]
+        # _track, inlined: a select may read thousands of records.
+        cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
+        loaded, read_vsn, out = self._loaded, self._read_vsn, []
+        for stored in self.driver.select(self.domain, name, where):
+            key = (name, stored.id)
+            record = loaded.get(key)
+            if record is None:
+                record = loaded[key] = cls(info.cls, stored.id, stored.vsn, complete(stored.data))
+                read_vsn[key] = stored.vsn
+            out.append(record)
+        return out
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
         """Return one record; RecordNotFound if absent, VersionConflict if ``vsn`` is not its version."""
@@ -388,7 +427,7 @@ class UnitOfWork:
         key = (info.name, id)
         if key in self._loaded and key not in self._deleted:
             raise VersionConflict(f"{info.name} {id!r} already exists")
-        record = Record(model, id, 1, {})
+        record = _RECORD_CLASSES.get(model, Record)(model, id, 1, {})
         info.initialize(record)
         record.merge(**fields)
         self._deleted.pop(key, None)
@@ -474,7 +513,7 @@ class UnitOfWork:
         if key in self._loaded:
             return self._loaded[key]
         # Drivers hand over data the caller owns (the conformance suite checks it): no second copy.
-        record = Record(info.cls, stored.id, stored.vsn, info.complete(stored.data))
+        record = _RECORD_CLASSES.get(info.cls, Record)(info.cls, stored.id, stored.vsn, info.complete(stored.data))
         self._loaded[key] = record
         self._read_vsn[key] = stored.vsn
         return record

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from kernel import (
     hookimpl,
     index_token,
     is_record_id,
+    loads_stored,
 )
 
 #: Most due heap entries one write examines: more than a write can add, so reclamation keeps up.
@@ -83,7 +83,7 @@ class MemoryDriver:
         with self._lock:
             row = self._records.get((domain, model), {}).get(id)
         # Rows are replaced by commits, never changed in place: copying outside the lock is safe.
-        return None if row is None else StoredRecord(model, id, row.vsn, json.loads(row.data))
+        return None if row is None else StoredRecord(model, id, row.vsn, loads_stored(row.data))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         with self._lock:
@@ -95,7 +95,7 @@ class MemoryDriver:
                 picked = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
             else:
                 picked = list(rows.items())
-        return [StoredRecord(model, i, row.vsn, json.loads(row.data)) for i, row in picked]
+        return [StoredRecord(model, i, row.vsn, loads_stored(row.data)) for i, row in picked]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         for change in changes:
@@ -140,7 +140,7 @@ class MemoryDriver:
             return []
         with self._lock:
             versions = list(self._history.get((domain, model, id), ()))
-        return [RecordVersion(**json.loads(text)) for text in versions]
+        return [RecordVersion(**loads_stored(text)) for text in versions]
 
     def domains(self, model: str) -> list[str]:
         with self._lock:
@@ -213,13 +213,13 @@ class MemoryDriver:
             entry = self._live(domain, key, self.clock())
             if entry is None or isinstance(entry, dict):
                 return None
-            return json.loads(entry[0])
+            return loads_stored(entry[0])
 
     def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
         with self._lock:
             now = self.clock()
             entries = [self._live(domain, key, now) for key in keys]
-        return [None if e is None or isinstance(e, dict) else json.loads(e[0]) for e in entries]
+        return [None if e is None or isinstance(e, dict) else loads_stored(e[0]) for e in entries]
 
     def replace(self, domain: str, key: str, value: Any, ttl: float) -> bool:
         check_json(value)
@@ -263,7 +263,7 @@ class MemoryDriver:
         with self._lock:
             now = self.clock()
             entry = self._live(domain, key, now)
-            current = json.loads(entry[0]) if entry is not None and not isinstance(entry, dict) else None
+            current = loads_stored(entry[0]) if entry is not None and not isinstance(entry, dict) else None
             if not isinstance(current, int) or isinstance(current, bool):
                 current, expires = 0, now + ttl
             else:

@@ -15,7 +15,6 @@ caller's ``ttl`` lets Redis reclaim memory by itself.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import time
@@ -57,6 +56,7 @@ from kernel import (
     dumps_text,
     index_token,
     is_record_id,
+    loads_stored,
 )
 
 log = logging.getLogger("bastion.storage_redis")
@@ -87,7 +87,7 @@ def _translated(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
-_loads = json.loads
+_loads = loads_stored
 
 
 #: Native TTL of the probe key ping writes.

@@ -7,9 +7,15 @@ of three kinds:
 
 * ``READ``: one SELECT, outside any transaction (SQLite autocommit, PostgreSQL
   autocommit): one round trip, no BEGIN/COMMIT;
-* ``STATEMENT``: one writing statement. On PostgreSQL it runs in autocommit
-  mode, a transaction of its own (one round trip); on SQLite it runs within
-  ``BEGIN IMMEDIATE`` ... ``COMMIT`` like any write;
+* ``STATEMENT``: one writing statement, in autocommit mode: a transaction
+  of its own (one round trip on PostgreSQL, one ``execute`` on SQLite). On
+  SQLite a writing statement outside a transaction takes the write lock when
+  it starts, through the busy handler, exactly as ``BEGIN IMMEDIATE`` would:
+  it can never fail at once with "database is locked" for a snapshot that a
+  concurrent writer made stale (only a transaction that read first, then
+  writes, can), so the BEGIN and the COMMIT around it would be two
+  ``execute`` calls for nothing. Its rows (RETURNING) are read to the end, so
+  the statement, and with it the transaction, is over when the call returns;
 * ``TRANSACTION``: several statements within BEGIN (``BEGIN IMMEDIATE`` on
   SQLite) ... COMMIT.
 
@@ -123,6 +129,10 @@ class SqlBackend:
         self._busy_ms = int(float(self.settings["sqlite_busy_timeout"]) * 1000)
         self._sqlite_writes = 0
         self._checkpoint_lock = threading.Lock()
+        #: SQLite: pooled connections this process keeps checked out between calls (see :meth:`_checkout`).
+        self._idle: list[Any] = []
+        self._kept_connections = int(self.settings["pool_size"])
+        self._closed = False
         # PostgreSQL cancels a statement past statement_timeout; the watchdog ends a call that gets no answer at all.
         timeout = float(self.settings["statement_timeout"])
         self._watchdog = Watchdog(timeout + WATCHDOG_GRACE, self.label) if self._postgresql and timeout else None
@@ -149,7 +159,7 @@ class SqlBackend:
         """
         for attempt in (1, 2):
             try:
-                fairy = self.engine.raw_connection()
+                fairy = self._checkout()
             except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
                 # The pool timed out, or no new connection could be made: nothing was sent.
                 raise self._failure(error, conflicts) from None
@@ -157,15 +167,18 @@ class SqlBackend:
             watch = self._watch(fairy, connection)
             applied = False  # whether the database may have applied something
             try:
-                if kind == READ or (kind == STATEMENT and self._postgresql):
+                if kind != TRANSACTION:
                     if self._postgresql:
                         connection.autocommit = True
                     try:
                         applied = kind != READ
-                        return work(connection)
+                        result = work(connection)
                     finally:
                         if self._postgresql and not connection.closed:
                             connection.autocommit = False
+                    if applied and not self._postgresql:
+                        self._after_sqlite_write(connection)
+                    return result
                 if not self._postgresql:
                     connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -194,8 +207,38 @@ class SqlBackend:
             finally:
                 if self._release(watch):
                     fairy.invalidate()  # cut just as the answer came: the connection is no use now
-                fairy.close()
+                elif not self._postgresql:
+                    self._rollback(connection)  # if a transaction is open (the pool does not reset SQLite connections)
+                self._checkin(fairy)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _checkout(self) -> Any:
+        """A pooled connection for one call.
+
+        SQLite: one this process used before and kept, when there is one
+        (``list.pop`` and ``list.append`` are atomic: no lock), else a new
+        checkout from the pool; so a call costs no pool checkout and return.
+        At most ``pool_size`` are kept: past that, connections go back to
+        the pool, so the pool's limits and its wait (``pool_timeout``) hold
+        as before. PostgreSQL
+        checks out from the pool every time, where the checkout sees a
+        connection the server has closed.
+        """
+        if not self._postgresql:
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass
+        return self.engine.raw_connection()
+
+    def _checkin(self, fairy: Any) -> None:
+        """Keep a valid SQLite connection for the next call while the process holds at most ``pool_size``
+        (in use or kept); give anything else back to the pool, where a call waiting for one gets it."""
+        if (not self._postgresql and fairy.is_valid and not self._closed
+                and self.engine.pool.checkedout() <= self._kept_connections):
+            self._idle.append(fairy)
+        else:
+            fairy.close()
 
     def _watch(self, fairy: Any, connection: Any) -> Watch | None:
         """Start the deadline of a PostgreSQL call (None without a statement timeout, or on SQLite)."""
@@ -214,7 +257,7 @@ class SqlBackend:
                     connection.rollback()
             elif connection.in_transaction:
                 connection.execute("ROLLBACK")
-        except self._dbapi_error:
+        except (self._dbapi_error, sa_exc.SQLAlchemyError):
             pass  # a broken connection: the pool discards it
 
     def _is_disconnect(self, error: BaseException, connection: Any) -> bool:
@@ -238,8 +281,9 @@ class SqlBackend:
 
     @staticmethod
     def _one(connection: Any, sql: Sql, values: Mapping[str, Any]) -> Any:
-        """Execute ``sql`` and return its first row, or None."""
-        return connection.execute(sql.text, sql.params(values)).fetchone()
+        """Execute ``sql`` and return its first row, or None (the rows read to the end: the statement is over)."""
+        rows = connection.execute(sql.text, sql.params(values)).fetchall()
+        return rows[0] if rows else None
 
     @staticmethod
     def _all(connection: Any, sql: Sql, values: Mapping[str, Any]) -> list:
@@ -308,10 +352,21 @@ class SqlBackend:
         except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
             raise unavailable(error, self.dialect) from None  # whatever refused the write, the database cannot serve
 
+    def dispose_connections(self) -> None:
+        """Close every connection not in use now (the next calls open new ones)."""
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:  # another thread took the last one
+                break
+        self.engine.pool.dispose()
+
     def close(self) -> None:
         """Close every pooled connection."""
         if self._watchdog is not None:
             self._watchdog.close()
+        self._closed = True
+        self.dispose_connections()
         self.engine.dispose()
 
     def __repr__(self) -> str:

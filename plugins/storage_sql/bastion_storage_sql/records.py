@@ -10,7 +10,6 @@ trim of the oldest beyond the limit — COMMIT).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from kernel import (
     dumps_text,
     index_token,
     is_record_id,
+    loads_stored,
 )
 
 
@@ -99,13 +99,13 @@ class SqlRecords(SqlBackend):
             return None  # it cannot be stored, and PostgreSQL text would refuse a NUL
         values = {"d": domain, "m": model, "id": id}
         row = self._run(READ, lambda connection: self._one(connection, self._fetch_sql, values))
-        return None if row is None else StoredRecord(model, id, row[0], json.loads(row[1]))
+        return None if row is None else StoredRecord(model, id, row[0], loads_stored(row[1]))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first."""
         sql, values = self._select_query(domain, model, where)
         rows = self._run(READ, lambda connection: self._all(connection, sql, values))
-        return [StoredRecord(model, id, vsn, json.loads(data)) for id, vsn, data in rows]
+        return [StoredRecord(model, id, vsn, loads_stored(data)) for id, vsn, data in rows]
 
     def _select_query(self, domain: str, model: str, where: Mapping[str, Scalar] | None) -> tuple[Sql, dict]:
         """The statement :meth:`select` runs, and its parameters."""
@@ -139,7 +139,7 @@ class SqlRecords(SqlBackend):
             return []
         values = {"d": domain, "m": model, "id": id}
         rows = self._run(READ, lambda connection: self._all(connection, self._history_sql, values))
-        return [RecordVersion(vsn, at, by, None if data is None else json.loads(data)) for vsn, at, by, data in rows]
+        return [RecordVersion(vsn, at, by, None if data is None else loads_stored(data)) for vsn, at, by, data in rows]
 
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model``."""

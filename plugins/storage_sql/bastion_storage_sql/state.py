@@ -12,14 +12,14 @@ long the load lasts, without a DELETE on every write.
 Statements are compiled once, when the driver opens (``_StateSql``). Round
 trips per call, PostgreSQL: one for get, get_many, set, replace, add, incr,
 delete, window_entries and window_discard (each a single statement in
-autocommit mode); window_add is a transaction. SQLite has no round trips, and
-every write runs within BEGIN IMMEDIATE ... COMMIT.
+autocommit mode); window_add is a transaction. SQLite has no round trips; its
+single statements run in autocommit mode too, window_add within BEGIN
+IMMEDIATE ... COMMIT.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, STATEMENT, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import state, windows
-from kernel import PROBE_DOMAIN, ServiceUnavailable, WindowEntry, check_json, check_text, dumps_text
+from kernel import PROBE_DOMAIN, ServiceUnavailable, WindowEntry, check_json, check_text, dumps_text, loads_stored
 
 #: Seconds of the driver's clock after which one process purges expired state at its next write.
 PURGE_INTERVAL = 60.0
@@ -57,7 +57,7 @@ def _columns(value: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load(value: str | None, n: int | None) -> Any:
-    return n if value is None else json.loads(value)
+    return n if value is None else loads_stored(value)
 
 
 _p = sa.bindparam
@@ -177,7 +177,7 @@ class SqlState(SqlBackend):
         if len(unique) == len(keys):
             return [found.get(key) for key in keys]
         # A key asked twice gets two equal values, not one shared object.
-        return [json.loads(dumps_text(found[key])) if key in found else None for key in keys]
+        return [loads_stored(dumps_text(found[key])) if key in found else None for key in keys]
 
     def _get_many_statement(self, count: int) -> Sql:
         sql = self._get_many_sql.get(count)

@@ -53,7 +53,7 @@ def test_the_driver_checkpoints_a_wal_past_its_limit_by_itself(sqlite_url):
     limit = 64 * 1024
     driver = SqlDriver(sqlite_url, options={"sqlite_wal_limit": limit})
     try:
-        driver.engine.pool.dispose()
+        driver.dispose_connections()
 
         @event.listens_for(driver.engine, "connect")
         def _no_automatic_checkpoint(dbapi_connection, _record):
