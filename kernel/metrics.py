@@ -18,6 +18,11 @@ every method is then a no-op.
 
 On a signed call's path: one counter increment and one histogram observation
 (label children are looked up once and kept).
+
+A value that cannot be recorded (in multiprocess mode, a metrics file that
+cannot grow: a full disk, a file-size limit) is lost, never the answer: the
+call is answered as if metrics were off for it, and ``bastion.metrics`` says
+so, at warning level the first time in a process and at debug after that.
 """
 
 from __future__ import annotations
@@ -33,6 +38,17 @@ from typing import Any
 from kernel.config import Config
 
 log = logging.getLogger("bastion.metrics")
+
+_lost = 0  # values this process could not record
+
+
+def _not_recorded(error: OSError) -> None:
+    """A value that could not be recorded: say so (a warning once per process), and go on."""
+    global _lost
+    _lost += 1
+    level = logging.WARNING if _lost == 1 else logging.DEBUG
+    log.log(level, "a metric value could not be recorded (%s: %s); the answer goes on without it%s",
+            type(error).__name__, error, "" if _lost > 1 else " (later ones are logged at debug)")
 
 #: The variable prometheus-client reads, before its first metric is made, to work across processes.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -57,10 +73,13 @@ class Counter:
 
     def inc(self, *labels: str, amount: float = 1) -> None:
         """Add ``amount`` to the series of these label values."""
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
-        child.inc(amount)
+        try:
+            child = self._children.get(labels)
+            if child is None:
+                child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
+            child.inc(amount)
+        except OSError as error:  # a metrics file that cannot grow
+            _not_recorded(error)
 
 
 class Histogram:
@@ -74,10 +93,13 @@ class Histogram:
 
     def observe(self, value: float, *labels: str) -> None:
         """Count one observation of ``value`` in the series of these label values."""
-        child = self._children.get(labels)
-        if child is None:
-            child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
-        child.observe(value)
+        try:
+            child = self._children.get(labels)
+            if child is None:
+                child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
+            child.observe(value)
+        except OSError as error:  # a metrics file that cannot grow
+            _not_recorded(error)
 
 
 class _Nothing:
@@ -166,12 +188,15 @@ class Metrics:
         """Count an answered request and its duration."""
         if self.enabled:
             key = (service, status)
-            children = self._call_children.get(key)
-            if children is None:  # once per service and status: the label children, looked up and kept
-                children = self._call_children[key] = (self.calls._metric.labels(service, str(status)),
-                                                       self.duration._metric.labels(service))
-            children[0].inc()
-            children[1].observe(seconds)
+            try:
+                children = self._call_children.get(key)
+                if children is None:  # once per service and status: the label children, looked up and kept
+                    children = self._call_children[key] = (self.calls._metric.labels(service, str(status)),
+                                                           self.duration._metric.labels(service))
+                children[0].inc()
+                children[1].observe(seconds)
+            except OSError as error:  # a metrics file that cannot grow
+                _not_recorded(error)
 
     def storage_error(self, backend: str) -> None:
         """Count a storage operation the backend could not serve."""
