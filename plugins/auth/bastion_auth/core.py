@@ -170,7 +170,8 @@ class Auth:
 
         The password is printed once, on the terminal of a development server,
         and never logged. At a later start (the data kept) the banner says how
-        to reset it; of several workers starting together, one says so.
+        to reset it; of several workers starting together, one says so (the
+        one that made the user, when one did).
         """
         url = demo_url(runtime.config.server.bind)
         where = f"at {url} " if url else ""
@@ -181,6 +182,7 @@ class Auth:
             with runtime.bind("localhost", origin="[demo]"):
                 if users.create("demo", self.passwords.hash(password), now):
                     self.event("user_created", "demo")
+                    self.state.add("localhost", "demo:banner", 1, DEMO_BANNER_TTL)  # the others of this start: silent
                     print(f"\n  Development mode: log in {where}as demo / {password}\n{tenant}\n",
                           file=sys.stderr, flush=True)
             return
