@@ -62,42 +62,44 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Counter:
-    """A counter with fixed label names: ``inc(*label_values, amount=1)``."""
+class _Series:
+    """A metric with fixed label names, and the children of the label values it has met."""
 
     __slots__ = ("_metric", "_children")
 
     def __init__(self, metric: Any):
         self._metric = metric
         self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, labels: tuple[str, ...]) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
+        return child
+
+
+class Counter(_Series):
+    """A counter with fixed label names: ``inc(*label_values, amount=1)``."""
+
+    __slots__ = ()
 
     def inc(self, *labels: str, amount: float = 1) -> None:
         """Add ``amount`` to the series of these label values."""
         try:
-            child = self._children.get(labels)
-            if child is None:
-                child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
-            child.inc(amount)
+            self._child(labels).inc(amount)
         except OSError as error:  # a metrics file that cannot grow
             _not_recorded(error)
 
 
-class Histogram:
+class Histogram(_Series):
     """A histogram with fixed label names: ``observe(value, *label_values)``."""
 
-    __slots__ = ("_metric", "_children")
-
-    def __init__(self, metric: Any):
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
+    __slots__ = ()
 
     def observe(self, value: float, *labels: str) -> None:
         """Count one observation of ``value`` in the series of these label values."""
         try:
-            child = self._children.get(labels)
-            if child is None:
-                child = self._children[labels] = self._metric.labels(*labels) if labels else self._metric
-            child.observe(value)
+            self._child(labels).observe(value)
         except OSError as error:  # a metrics file that cannot grow
             _not_recorded(error)
 
