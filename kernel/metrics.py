@@ -31,6 +31,7 @@ import glob
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -211,10 +212,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, generate_latest
 
         if self.multiprocess:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
             registry = CollectorRegistry(auto_describe=False)
-            MultiProcessCollector(registry)
+            registry.register(_WorkerFiles(os.environ[MULTIPROC_ENV]))
         else:
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Own(self._registry))
@@ -231,6 +230,36 @@ class _Own:
 
     def collect(self):
         yield from self.registry.collect()
+
+
+class _WorkerFiles:
+    """Every worker's values, from the files in the shared folder, as prometheus-client adds them up.
+
+    A file a worker could not finish making (a full disk: it stays empty, and
+    its values were lost, see :func:`_not_recorded`) is left out of the scrape
+    with a warning, rather than failing the whole scrape; the worker makes it
+    again at its next value once it can.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def collect(self):
+        from prometheus_client.mmap_dict import MmapedDict
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        readable = []
+        for path in glob.glob(os.path.join(self.folder, "*.db")):
+            try:
+                MmapedDict.read_all_values_from_file(path)
+            except FileNotFoundError:  # a live gauge's file, removed since the glob
+                continue
+            except (OSError, ValueError, struct.error) as error:
+                log.warning("metrics file %s left out of this scrape: it cannot be read (%s: %s)",
+                            os.path.basename(path), type(error).__name__, error)
+                continue
+            readable.append(path)
+        return MultiProcessCollector.merge(readable, accumulate=True)
 
 
 class _ScrapeGauges:

@@ -289,6 +289,21 @@ def test_metrics_count_a_known_scenario_across_two_workers(gunicorn_server, tmp_
     assert workers <= pids
 
 
+def test_a_metrics_file_no_worker_could_finish_is_left_out_of_the_scrape(gunicorn_server, tmp_path):
+    """A worker that meets a full disk while it makes its file leaves it empty: the scrape still answers."""
+    folder = tmp_path / "metrics"
+    server = gunicorn_server(sections(f"sqlite:///{tmp_path / 'b.sqlite3'}"), workers=2,
+                             env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    two_workers_serving(server)
+    (folder / "histogram_999999.db").touch()  # what a full disk leaves of a new file
+    for _ in range(3):
+        assert get(server, "/healthz").status == 200
+    samples = scrape(server)
+    assert value(samples, "bastion_calls_total", service="/healthz", status="200") >= 3
+    wait_for_log(server, lambda line: "metrics file histogram_999999.db left out of this scrape" in line,
+                 "the scrape said which file it left out")
+
+
 def test_metrics_survive_a_worker_restart(gunicorn_server, tmp_path):
     server = gunicorn_server(sections("sqlite:///" + str(tmp_path / "b.sqlite3")), workers=2)
     two_workers_serving(server)
