@@ -56,6 +56,14 @@ def two_workers_serving(server: GunicornServer) -> None:
     poll_until(lambda: server.log().count("Booting worker") >= 2, 30, "two workers booted")
 
 
+def both_workers_counted(server: GunicornServer, folder: Path) -> None:
+    """Health probes on new connections until both workers have answered one (each makes its own metrics files)."""
+    workers = children(server.process.pid)
+    poll_until(lambda: get(server, "/healthz").status == 200 and
+               {int(p.rsplit("_", 1)[1][:-3]) for p in glob.glob(f"{folder}/counter_*.db")} >= workers,
+               30, "both workers counted something")
+
+
 # -- 1. logging from the INI ---------------------------------------------------------------------------------------
 
 
@@ -239,10 +247,7 @@ def test_metrics_count_a_known_scenario_across_two_workers(gunicorn_server, tmp_
     server = gunicorn_server(sections(f"sqlite:///{store}"), workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
     two_workers_serving(server)
     workers = children(server.process.pid)
-    # Health probes on new connections until both workers have answered one (each writes its own file).
-    poll_until(lambda: get(server, "/healthz").status == 200 and
-               {int(p.rsplit("_", 1)[1][:-3]) for p in glob.glob(f"{folder}/counter_*.db")} >= workers,
-               30, "both workers counted something")
+    both_workers_counted(server, folder)
     before = scrape(server)
     clients = [Client(server.url, host=DOMAIN) for _ in range(3)]
     for client in clients:
@@ -351,10 +356,10 @@ def test_health_answers_any_host_from_the_allowed_addresses_only(gunicorn_server
 
 
 def test_health_is_503_when_the_disk_is_full(gunicorn_server, tmp_path):
-    store = tmp_path / "b.sqlite3"
-    server = gunicorn_server(sections(f"sqlite:///{store}"), workers=2)
+    store, folder = tmp_path / "b.sqlite3", tmp_path / "metrics"
+    server = gunicorn_server(sections(f"sqlite:///{store}"), workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
     two_workers_serving(server)
-    assert get(server, "/healthz").status == 200
+    both_workers_counted(server, folder)  # their metrics files exist before the disk is full: they count the errors
     workers = children(server.process.pid)
     limits = {pid: resource.prlimit(pid, resource.RLIMIT_FSIZE) for pid in workers}
     try:
