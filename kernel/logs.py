@@ -41,7 +41,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kernel.errors import ConfigError
@@ -122,23 +122,7 @@ class Event:
         parts = ["event=" + self.name]
         if self.request_id:
             parts.append("request_id=" + self.request_id)
-        memo = _TEXT_MEMO
-        for key, value in self.fields.items():
-            if value is None:
-                continue
-            kind = type(value)
-            if kind is str:
-                text = memo.get(value)
-                if text is None:
-                    text = value if _BARE_MATCH(value) else _ASCII.encode(value)
-                    if len(memo) >= _TEXT_MEMO_SIZE:
-                        memo.clear()
-                    memo[value] = text
-            elif kind is int or kind is float:
-                text = repr(value)
-            else:
-                text = text_value(value)
-            parts.append(f"{key}={text}")
+        parts.extend(f"{key}={text}" for key, text in self._texts(_TEXT_MEMO, _text_string, text_value, False))
         return " ".join(parts)
 
     def json_members(self) -> str:
@@ -147,10 +131,16 @@ class Event:
         Written by hand for the same reason as the text: strings' JSON kept, numbers as Python writes them
         (finite), anything else through the JSON encoder.
         """
-        memo = _JSON_MEMO
         parts = ['"event":' + _json_string(self.name)]
         if self.request_id:
             parts.append('"request_id":' + _json_string(self.request_id))
+        parts.extend(f'"{key}":{text}' for key, text in self._texts(_JSON_MEMO, _json_string, _JSON.encode, True))
+        return ",".join(parts)
+
+    def _texts(self, memo: dict[str, str], string: Callable[[str], str], other: Callable[[Any], str],
+               finite: bool) -> Iterator[tuple[str, str]]:
+        """Each field that has a value, with its text: ``string`` of a string (kept in ``memo``), a number as
+        Python writes it (only a finite one when ``finite``), ``other`` of anything else."""
         for key, value in self.fields.items():
             if value is None:
                 continue
@@ -158,16 +148,15 @@ class Event:
             if kind is str:
                 text = memo.get(value)
                 if text is None:
-                    text = _json_string(value)
+                    text = string(value)
                     if len(memo) >= _TEXT_MEMO_SIZE:
                         memo.clear()
                     memo[value] = text
-            elif kind is int or (kind is float and math.isfinite(value)):
+            elif kind is int or (kind is float and (not finite or math.isfinite(value))):
                 text = repr(value)
             else:
-                text = _JSON.encode(value)
-            parts.append(f'"{key}":{text}')
-        return ",".join(parts)
+                text = other(value)
+            yield key, text
 
     def data(self, head: dict[str, Any]) -> dict[str, Any]:
         """``head`` with ``event``, ``request_id`` and the fields added (the JSON line's object)."""
@@ -196,6 +185,11 @@ _JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
 _ASCII = json.JSONEncoder(ensure_ascii=True)
 
 
+def _text_string(value: str) -> str:
+    """A string field in a text line: bare when it is safe, else quoted (what :func:`text_value` writes)."""
+    return value if _BARE_MATCH(value) else _ASCII.encode(value)
+
+
 def text_value(value: Any) -> str:
     """One field's value in a text line: bare when it is safe, else a quoted JSON string (no new line, no control
     character, ASCII only), so that no value can forge a field or a line."""
@@ -205,10 +199,7 @@ def text_value(value: Any) -> str:
         return "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    text = str(value)
-    if _BARE.fullmatch(text):
-        return text
-    return _ASCII.encode(text)
+    return _text_string(str(value))
 
 
 def clip(text: str | None, limit: int = MAX_FIELD) -> str | None:
