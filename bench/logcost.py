@@ -96,7 +96,7 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     the formatter) in short interleaved chunks: each variant's figure is its
     fastest chunk, so that other jobs on the machine hardly move the difference.
     """
-    from bench.profile import _call_all, _requests
+    from bench.profile import _requests, per_call
     from kernel.app import create_app
     from kernel.client import Client
     from kernel.config import load_config
@@ -122,13 +122,7 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
 
     def cpu_per_call(make, n: int) -> float:
         """CPU µs per call of this thread (other jobs on the machine take wall time, not this thread's CPU)."""
-        environs = make(n)
-        start = time.thread_time()
-        bad = _call_all(app, environs)
-        elapsed = time.thread_time() - start
-        if bad:
-            raise RuntimeError(f"{bad} of {n} calls did not answer 200")
-        return elapsed / n * 1e6
+        return per_call(app, make, n, clock=time.thread_time)
 
     def switch(variant: str) -> None:
         CALL.setLevel(logging.WARNING if variant in ("off", "metrics") else logging.INFO)

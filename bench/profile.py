@@ -22,6 +22,9 @@ from bench.backends import backends
 from kernel.client import Client
 from kernel.testing.servers import write_config
 
+#: The checkout this bench runs from: its files are named relative to it in the profiles.
+REPOSITORY = Path(__file__).resolve().parent.parent
+
 RESULTS = Path(__file__).with_name("results")
 
 #: Functions whose cumulative time is reported as a share of the call (file suffix, function name).
@@ -104,19 +107,20 @@ def _stat_rows(stats: pstats.Stats, n: int) -> tuple[list[dict], dict, dict]:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", str(REPOSITORY) + "/", "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
 
 
-def _time_per_call(app, make, n: int) -> float:
+def per_call(app, make, n: int, clock=time.perf_counter) -> float:
+    """µs of ``clock`` per call of ``n`` requests made by ``make(n)``; RuntimeError if any does not answer 200."""
     environs = make(n)
-    start = time.perf_counter()
+    start = clock()
     bad = _call_all(app, environs)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if bad:
-        raise RuntimeError(f"{bad} of {n} profiled calls did not answer 200")
+        raise RuntimeError(f"{bad} of {n} calls did not answer 200")
     return elapsed / n * 1e6
 
 
@@ -141,9 +145,9 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
             bare = ceiling.create_app(10)
             for op in ("get_all", "add"):
                 make = lambda n, op=op: _requests(signer, op, n)  # noqa: E731
-                _time_per_call(app, make, min(200, calls))  # warm up
-                bastion_us = _time_per_call(app, make, calls)
-                ceiling_us = _time_per_call(bare, make, calls)
+                per_call(app, make, min(200, calls))  # warm up
+                bastion_us = per_call(app, make, calls)
+                ceiling_us = per_call(bare, make, calls)
                 environs = make(calls)
                 profiler = cProfile.Profile()
                 profiler.enable()
