@@ -51,6 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
 from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
+from bastion_storage_sql.gate import WriteGate
 from bastion_storage_sql.schema import state
 from bastion_storage_sql.watchdog import Watch, Watchdog
 from kernel import PROBE_DOMAIN, VersionConflict
@@ -114,7 +115,7 @@ class SqlBackend:
         self._postgresql = self.dialect == "postgresql"
         # Dialect-specific INSERT, for ON CONFLICT upserts.
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
-        dbapi = self.engine.dialect.loaded_dbapi
+        dbapi = self._dbapi = self.engine.dialect.loaded_dbapi
         self._dbapi_error = dbapi.Error
         self._outage_errors = (dbapi.OperationalError, dbapi.InterfaceError)
         self._integrity_error = dbapi.IntegrityError
@@ -133,6 +134,9 @@ class SqlBackend:
         self._idle: list[Any] = []
         self._kept_connections = int(self.settings["pool_size"])
         self._closed = False
+        #: SQLite: writers take turns here rather than in SQLite's sleeping busy handler.
+        self._gate = (WriteGate(self.engine.url.database, self._busy_ms / 1000)
+                      if not self._postgresql and self.settings["sqlite_write_gate"] else None)
         # PostgreSQL cancels a statement past statement_timeout; the watchdog ends a call that gets no answer at all.
         timeout = float(self.settings["statement_timeout"])
         self._watchdog = Watchdog(timeout + WATCHDOG_GRACE, self.label) if self._postgresql and timeout else None
@@ -156,7 +160,19 @@ class SqlBackend:
 
         ``conflicts``: a PostgreSQL transaction rolled back for a deadlock or a
         serialisation failure is a VersionConflict (else ServiceUnavailable).
+        A SQLite write waits for its turn at the write gate first (:mod:`.gate`).
         """
+        gate = self._gate
+        if gate is None or kind == READ:
+            return self._attempts(kind, work, conflicts)
+        if not gate.acquire():
+            raise self._failure(self._dbapi.OperationalError("database is locked (the write gate)"), conflicts)
+        try:
+            return self._attempts(kind, work, conflicts)
+        finally:
+            gate.release()
+
+    def _attempts(self, kind: str, work: Callable[[Any], T], conflicts: bool) -> T:
         for attempt in (1, 2):
             try:
                 fairy = self._checkout()
@@ -368,6 +384,8 @@ class SqlBackend:
         self._closed = True
         self.dispose_connections()
         self.engine.dispose()
+        if self._gate is not None:
+            self._gate.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.label!r})"

@@ -22,6 +22,9 @@ SCHEMA: dict[str, Option] = {
     "sqlite_busy_timeout": Float(30.0, "seconds a SQLite writer waits for another process's lock", min=0.0),
     "sqlite_wal_limit": Int(16 * 1024 * 1024, "bytes the SQLite WAL file is cut back to after a checkpoint; "
                             "the driver also checkpoints when the WAL grows past it", min=0),
+    "sqlite_write_gate": Bool(True, "SQLite writers of every process take turns on a lock file next to the "
+                              "database (<database>-lock), handed over at once, rather than polling SQLite's "
+                              "lock: a flat latency tail under concurrent writes"),
     "sqlite_synchronous": Choice("normal", ("normal", "full"),
                                  "SQLite fsync policy in WAL mode: normal (fast, safe from corruption) or full"),
     "echo": Bool(False, "log every SQL statement (debugging only)"),
