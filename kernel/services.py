@@ -63,6 +63,9 @@ class Service:
         params = self.signature.parameters.values()
         self.open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
         self.keywords = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        #: Whether a call without arguments binds (no parameter needs a value): it then skips the binding.
+        self.takes_nothing = all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                 for p in params)
 
     def bind(self, args: list, kwargs: dict) -> inspect.BoundArguments:
         """Bind JSON arguments to the signature; raise InvalidCall naming what does not bind."""
@@ -81,6 +84,8 @@ class Service:
         return bound
 
     def __call__(self, args: list, kwargs: dict) -> Any:
+        if not args and not kwargs and self.takes_nothing:
+            return self.fn()  # what binding nothing gives: every parameter keeps its default
         bound = self.bind(args, kwargs)
         return self.fn(*bound.args, **bound.kwargs)
 
