@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the short run (under 2 minutes)")
     parser.add_argument("--only", nargs="*", default=(), metavar="NAME",
-                        help="only these configurations: mem sqlite postgresql redis mixed django")
+                        help="only these configurations: mem sqlite sqlite-split sqlite-nogate postgresql redis mixed django")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile")
     parser.add_argument("--no-docs", action="store_true", help="write the JSON but leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)

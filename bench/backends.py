@@ -35,6 +35,8 @@ class Store:
 
     storage: str
     state: str = ""
+    #: More INI sections for the server (a configuration that differs in a setting).
+    sections: dict = field(default_factory=dict)
     backend_pids: list[int] = field(default_factory=list)
     stoppers: list = field(default_factory=list)
 
@@ -99,13 +101,16 @@ class Backend:
         """Start the backend servers of a fresh, empty store."""
         if self.name == "mem":
             return Store("mem://")
-        if self.name in ("sqlite", "sqlite-split"):
+        if self.name in ("sqlite", "sqlite-split", "sqlite-nogate"):
             directory = tempfile.mkdtemp(prefix="bastion-bench-sqlite-")
             store = Store(f"sqlite:///{Path(directory) / 'bench.sqlite3'}")
             if self.name == "sqlite-split":
                 # Sessions, nonces and abuse weights in a file of their own: their writes no longer wait
                 # for the records' write lock, nor the records' for theirs.
                 store.state = f"sqlite:///{Path(directory) / 'state.sqlite3'}"
+            if self.name == "sqlite-nogate":
+                # Writers wait in SQLite's own busy handler (it sleeps and looks again), as before the write gate.
+                store.sections = {"storage_sql": {"sqlite_write_gate": False}}
             store.stoppers.append(lambda: shutil.rmtree(directory, ignore_errors=True))
             return store
         store = Store("")
@@ -138,6 +143,7 @@ def backends() -> list[Backend]:
         Backend("mem", "mem://", "storage_mem" in plugins, "" if "storage_mem" in plugins else "plugin missing"),
         Backend("sqlite", "SQLite (WAL)", sql, "" if sql else no_sql),
         Backend("sqlite-split", "SQLite (WAL), state in its own file", sql, "" if sql else no_sql),
+        Backend("sqlite-nogate", "SQLite (WAL), no write gate", sql, "" if sql else no_sql),
         Backend("postgresql", "PostgreSQL", pg_ok, "" if pg_ok else no_pg),
         Backend("redis", "Redis", bool(redis_ok and redis_bin), "" if redis_ok and redis_bin else no_redis),
         Backend("mixed", "PostgreSQL records + Redis state", pg_ok and bool(redis_ok and redis_bin),

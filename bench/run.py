@@ -109,6 +109,8 @@ class Bench:
         users = {f"{USERNAME}@{d}": self.hash for d in domains}
         users.update({f"{name}@{LOGIN_DOMAIN}": self.hash for name in login_users()})
         sections = {"bastion": bastion, "auth": {"skew": SKEW, "demo_user": False}, "users": users}
+        for name, values in store.sections.items():
+            sections.setdefault(name, {}).update(values)
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
         return sections
@@ -387,8 +389,9 @@ class Bench:
         for backend in chosen:
             print(f"{backend.label}", flush=True)
             try:
-                # The split SQLite configuration: the signed calls only (its scaling is the one-file case's).
-                self.configuration(backend, scaling=backend.name != "sqlite-split", login=backend is login_backend)
+                # The other SQLite configurations: the signed calls only (their scaling is the one-file case's).
+                self.configuration(backend, scaling=backend.name not in ("sqlite-split", "sqlite-nogate"),
+                                   login=backend is login_backend)
             except Exception as exc:  # one broken configuration must not lose the others' figures
                 print(f"  FAILED {backend.name}: {exc}", flush=True)
                 self.out.skipped.append({"backend": backend.name, "label": backend.label,
