@@ -50,11 +50,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion_storage_sql import migrate, settings
 from bastion_storage_sql.engine import create_engine, parse_url, redact
-from bastion_storage_sql.errors import is_read_only, is_transaction_conflict, unavailable
-from bastion_storage_sql.gate import WriteGate
+from bastion_storage_sql.errors import UNAVAILABLE, is_read_only, is_transaction_conflict, unavailable
+from bastion_storage_sql.gate import Write, WriteGate
 from bastion_storage_sql.schema import state
 from bastion_storage_sql.watchdog import Watch, Watchdog
-from kernel import PROBE_DOMAIN, VersionConflict
+from kernel import PROBE_DOMAIN, ServiceUnavailable, VersionConflict
 
 log = logging.getLogger("bastion.storage_sql")
 
@@ -76,6 +76,10 @@ CHECKPOINT_WAIT_MS = 100
 #: Seconds past ``statement_timeout`` a PostgreSQL call may wait for an answer before the driver cuts its
 #: connection: PostgreSQL's own cancellation (which keeps the connection) comes first when the server runs.
 WATCHDOG_GRACE = 1.0
+
+
+class _BatchFailed(Exception):
+    """A write of a shared transaction met a database error: the transaction is rolled back."""
 
 
 class Sql:
@@ -162,15 +166,79 @@ class SqlBackend:
         serialisation failure is a VersionConflict (else ServiceUnavailable).
         A SQLite write waits for its turn at the write gate first (:mod:`.gate`).
         """
+        if self._gate is None or kind == READ:
+            return self._attempts(kind, work, conflicts)
+        return self._gated(Write(kind, work, conflicts))
+
+    def _gated(self, write: Write) -> Any:
+        """Queue a SQLite write at the gate; write it, with whatever else is queued, when this thread's turn comes."""
         gate = self._gate
-        if gate is None or kind == READ:
-            return self._attempts(kind, work, conflicts)
-        if not gate.acquire():
-            raise self._failure(self._dbapi.OperationalError("database is locked (the write gate)"), conflicts)
+        gate.submit(write)
+        if not gate.turn():
+            if gate.withdraw(write):
+                raise self._failure(self._dbapi.OperationalError("database is locked (the write gate)"), write.conflicts)
+            gate.turn(timeout=-1)  # a turn took it and is writing it now: its end is bounded by the busy timeout
         try:
-            return self._attempts(kind, work, conflicts)
+            while not write.done:
+                batch = gate.take()
+                gate.enter()
+                try:
+                    self._write_batch(batch)
+                finally:
+                    gate.leave()
         finally:
-            gate.release()
+            gate.end_turn()
+        return write.outcome()
+
+    def _write_batch(self, batch: list[Write]) -> None:
+        """Run the writes of one turn and settle each: one transaction for several, a savepoint each."""
+        try:
+            if len(batch) > 1:
+                try:
+                    outcomes = self._attempts(TRANSACTION, lambda connection: self._savepoints(connection, batch), False)
+                except _BatchFailed as failed:
+                    # One write met a database error (a constraint): the transaction was rolled back, and
+                    # each write is run again on its own, below, to get the outcome it would have had.
+                    log.info("a batch of %d SQLite writes was rolled back and is written one by one: %s",
+                             len(batch), failed)
+                    outcomes = None
+                except ServiceUnavailable:
+                    # The database refused the transaction (locked past the busy timeout, a full disk):
+                    # nothing of it was applied, and one by one would wait as long again for each.
+                    for write in batch:
+                        write.settle(False, ServiceUnavailable(UNAVAILABLE, backend=self.dialect))
+                    return
+                if outcomes is not None:
+                    for write, (ok, value) in zip(batch, outcomes):
+                        write.settle(ok, value)
+                    return
+            for write in batch:
+                try:
+                    write.settle(True, self._attempts(write.kind, write.work, write.conflicts))
+                except Exception as error:  # noqa: BLE001 - handed to the thread that asked for this write
+                    write.settle(False, error)
+        finally:
+            for write in batch:  # a failure of the code above must never leave a thread waiting for ever
+                if not write.done:
+                    write.settle(False, ServiceUnavailable(UNAVAILABLE, backend=self.dialect))
+
+    def _savepoints(self, connection: Any, batch: list[Write]) -> list[tuple[bool, Any]]:
+        """Run each write of ``batch`` within a savepoint of the open transaction; a database error fails them all."""
+        outcomes: list[tuple[bool, Any]] = []
+        for write in batch:
+            connection.execute("SAVEPOINT bastion_write")
+            try:
+                value = write.work(connection)
+            except self._dbapi_error as error:
+                raise _BatchFailed(type(error).__name__) from None  # the transaction may be gone with it
+            except Exception as error:  # noqa: BLE001 - this write's own refusal (a VersionConflict)
+                connection.execute("ROLLBACK TO bastion_write")
+                connection.execute("RELEASE bastion_write")
+                outcomes.append((False, error))
+                continue
+            connection.execute("RELEASE bastion_write")
+            outcomes.append((True, value))
+        return outcomes
 
     def _attempts(self, kind: str, work: Callable[[Any], T], conflicts: bool) -> T:
         for attempt in (1, 2):

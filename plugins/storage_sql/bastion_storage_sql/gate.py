@@ -15,6 +15,19 @@ takes the gate, then SQLite's lock, which is then free: the busy handler
 stays for writers that do not use the gate (the ``sqlite3`` shell, another
 program).
 
+Writes that queue at the gate meanwhile are committed together: the
+thread whose turn comes takes every write its process queued by then and
+runs them in one transaction, each within a savepoint of its own, in the
+order they came (see ``SqlBackend._write_batch``). A write is still one
+atomic statement, or one atomic transaction of statements, that sees the
+writes before it; a write that fails (a VersionConflict) is rolled back to
+its savepoint alone; each thread gets its own result once the COMMIT is
+done. So the many small writes of a busy process (a nonce per signed call)
+cost one COMMIT, its WAL frames and its locks, per turn rather than per
+write. Should the shared transaction itself fail, it is rolled back and
+every write of it is run again on its own, as it would have been without
+the gate.
+
 Correctness never depends on the gate: SQLite's own lock still serialises
 every write, so a lock file that cannot be made (a read-only folder) only
 costs the tail (the driver logs it once and goes on without the gate). A
@@ -32,6 +45,7 @@ import fcntl
 import logging
 import os
 import threading
+from typing import Any
 
 log = logging.getLogger("bastion.storage_sql")
 
@@ -39,20 +53,51 @@ log = logging.getLogger("bastion.storage_sql")
 SUFFIX = "-lock"
 
 
+#: Most writes one turn at the gate commits together.
+MAX_BATCH = 32
+
+
+class Write:
+    """One write waiting at the gate: what to run, and once ``done``, its result or its error."""
+
+    __slots__ = ("kind", "work", "conflicts", "done", "ok", "value")
+
+    def __init__(self, kind: str, work: Any, conflicts: bool):
+        self.kind, self.work, self.conflicts = kind, work, conflicts
+        self.done, self.ok, self.value = False, False, None
+
+    def settle(self, ok: bool, value: Any) -> None:
+        self.ok, self.value, self.done = ok, value, True
+
+    def outcome(self) -> Any:
+        if self.ok:
+            return self.value
+        raise self.value
+
+
 class WriteGate:
-    """One writer at a time across the threads and processes that write one SQLite file."""
+    """One writer at a time across the threads and processes that write one SQLite file.
+
+    A thread that writes puts its :class:`Write` in the process's queue, then
+    waits for the process's turn (:meth:`turn`); the thread that gets it
+    takes every write queued by then (:meth:`take`), takes the process's
+    turn at the file (:meth:`enter`), and writes them all in one
+    transaction; the others find theirs done when their turn comes.
+    """
 
     def __init__(self, database: str, timeout: float):
         self.path = database + SUFFIX
         self.timeout = timeout
         self._pid = -1
         self._lock = threading.Lock()
+        self._queue: list[Write] = []
+        self._queue_lock = threading.Lock()
         self._fd: int | None = None
         self._setup = threading.Lock()
         self._warned = False
 
-    def _for_this_process(self) -> tuple[threading.Lock, int | None]:
-        """The process's thread lock and its descriptor of the lock file (made again after a fork)."""
+    def _for_this_process(self) -> threading.Lock:
+        """The process's thread lock (made again after a fork, with the queue and the lock file's descriptor)."""
         pid = os.getpid()
         if self._pid != pid:
             with self._setup:
@@ -60,10 +105,10 @@ class WriteGate:
                     if self._fd is not None:
                         # A parent's descriptor: closing this copy never unlocks the parent's flock.
                         os.close(self._fd)
-                    self._lock = threading.Lock()
+                    self._lock, self._queue_lock, self._queue = threading.Lock(), threading.Lock(), []
                     self._fd = self._open()
                     self._pid = pid
-        return self._lock, self._fd
+        return self._lock
 
     def _open(self) -> int | None:
         try:
@@ -83,27 +128,73 @@ class WriteGate:
             log.warning("SQLite write gate off (writers fall back on SQLite's busy handler): %s: %s",
                         type(error).__name__, error.strerror or error)
 
-    def acquire(self) -> bool:
-        """Take the gate; False when this process's turn did not come within the timeout."""
-        lock, fd = self._for_this_process()
-        if not lock.acquire(timeout=self.timeout):
-            return False
+    # -- the queue of this process ------------------------------------------
+
+    def submit(self, write: Write) -> None:
+        """Queue a write for the next turn of this process."""
+        self._for_this_process()
+        with self._queue_lock:
+            self._queue.append(write)
+
+    def take(self) -> list[Write]:
+        """The writes queued by now, oldest first (at most :data:`MAX_BATCH`); the caller must settle each."""
+        with self._queue_lock:
+            batch, self._queue[:MAX_BATCH] = self._queue[:MAX_BATCH], []
+        return batch
+
+    def withdraw(self, write: Write) -> bool:
+        """Take a write back out of the queue; False when a turn has taken it already."""
+        with self._queue_lock:
+            try:
+                self._queue.remove(write)
+            except ValueError:
+                return False
+            return True
+
+    def queued(self) -> int:
+        """How many writes wait in this process's queue."""
+        return len(self._queue)
+
+    # -- turns ----------------------------------------------------------------
+
+    def turn(self, timeout: float | None = None) -> bool:
+        """Wait for this thread's turn in its process (at most ``timeout``, default the busy timeout)."""
+        lock = self._for_this_process()
+        return lock.acquire(timeout=self.timeout if timeout is None else timeout)
+
+    def enter(self) -> None:
+        """Take the process's turn at the file (it holds the thread's turn): wait for the other processes."""
+        fd = self._fd
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as error:  # not expected on a local file; SQLite's lock still holds
                 self._without(error)
-        return True
 
-    def release(self) -> None:
-        """Hand the gate over (to a thread of this process, or to the next process)."""
+    def leave(self) -> None:
+        """Hand the file over to the next process."""
         fd = self._fd
         if fd is not None and self._pid == os.getpid():
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             except OSError:
                 pass  # closed by a fork's setup; nothing is held then
+
+    def end_turn(self) -> None:
+        """Hand the turn over to the next thread of this process."""
         self._lock.release()
+
+    def acquire(self) -> bool:
+        """Take the gate outright (the thread's turn and the file); False when the turn did not come in time."""
+        if not self.turn():
+            return False
+        self.enter()
+        return True
+
+    def release(self) -> None:
+        """Give back what :meth:`acquire` took."""
+        self.leave()
+        self.end_turn()
 
     def close(self) -> None:
         fd, self._fd, self._pid = self._fd, None, -1
