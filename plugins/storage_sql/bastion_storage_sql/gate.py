@@ -24,9 +24,11 @@ writes before it; a write that fails (a VersionConflict) is rolled back to
 its savepoint alone; each thread gets its own result once the COMMIT is
 done. So the many small writes of a busy process (a nonce per signed call)
 cost one COMMIT, its WAL frames and its locks, per turn rather than per
-write. Should the shared transaction itself fail, it is rolled back and
-every write of it is run again on its own, as it would have been without
-the gate.
+write. Should one write of it meet a database error, the shared
+transaction is rolled back and every write of it is run again on its own,
+to get the outcome it would have had without the gate; should the
+database refuse the transaction itself (locked past the busy timeout, a
+full disk), every write of it is refused with 503 and none is written.
 
 Correctness never depends on the gate: SQLite's own lock still serialises
 every write, so a lock file that cannot be made (a read-only folder) only
@@ -51,7 +53,6 @@ log = logging.getLogger("bastion.storage_sql")
 
 #: What the lock file's name adds to the database's.
 SUFFIX = "-lock"
-
 
 #: Most writes one turn at the gate commits together.
 MAX_BATCH = 32
@@ -183,18 +184,6 @@ class WriteGate:
     def end_turn(self) -> None:
         """Hand the turn over to the next thread of this process."""
         self._lock.release()
-
-    def acquire(self) -> bool:
-        """Take the gate outright (the thread's turn and the file); False when the turn did not come in time."""
-        if not self.turn():
-            return False
-        self.enter()
-        return True
-
-    def release(self) -> None:
-        """Give back what :meth:`acquire` took."""
-        self.leave()
-        self.end_turn()
 
     def close(self) -> None:
         fd, self._fd, self._pid = self._fd, None, -1

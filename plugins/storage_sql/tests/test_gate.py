@@ -79,13 +79,13 @@ def test_a_thread_waits_for_its_process_turn_at_most_the_busy_timeout(sqlite_url
     driver = SqlDriver(sqlite_url, options={"sqlite_busy_timeout": 0.2})
     try:
         driver.set(DOMAIN, "k", "old", 60)
-        assert driver._gate.acquire()  # another thread of this process is writing, and does not end
+        assert driver._gate.turn()  # another thread of this process is writing, and does not end
         try:
             thread, outcome = _in_thread(lambda: driver.set(DOMAIN, "k", "new", 60))
             thread.join(30)
             assert isinstance(outcome[0], ServiceUnavailable) and outcome[0].status == 503
         finally:
-            driver._gate.release()
+            driver._gate.end_turn()
         assert driver.get(DOMAIN, "k") == "old"  # nothing was written
         driver.set(DOMAIN, "k", "new", 60)  # and the next turn is free
         assert driver.get(DOMAIN, "k") == "new"
