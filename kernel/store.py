@@ -307,6 +307,18 @@ def _history_limit(cls: type, name: str) -> int:
 Validator = Callable[[type, Record, Errors], None]
 
 
+def _checked_where(info: ModelInfo, where: Mapping[str, Scalar] | None) -> dict[str, Scalar]:
+    """``where`` as a new dict, its fields indexed ones and its values scalars (ValueError, TypeError)."""
+    where = dict(where or {})
+    unknown = set(where) - info.index_fields
+    if unknown:
+        raise ValueError(f"{info.name} has no index on {', '.join(sorted(unknown))}; "
+                         f"indexed fields: {', '.join(sorted(info.index_fields)) or 'none'}")
+    for field, value in where.items():
+        check_scalar(value, f"where[{field!r}]")
+    return where
+
+
 class UnitOfWork:
     """A set of reads and writes in one domain, committed atomically at exit.
 
@@ -347,13 +359,7 @@ class UnitOfWork:
     def select(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[Record]:
         """Return the model's records in creation order, filtered by equality on indexed fields."""
         info = self.models.info(model)
-        where = dict(where or {})
-        unknown = set(where) - info.index_fields
-        if unknown:
-            raise ValueError(f"{info.name} has no index on {', '.join(sorted(unknown))}; "
-                             f"indexed fields: {', '.join(sorted(info.index_fields)) or 'none'}")
-        for field, value in where.items():
-            check_scalar(value, f"where[{field!r}]")
+        where = _checked_where(info, where)
         # _track, inlined: a select may read thousands of records.
         cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
         loaded, read_vsn, out = self._loaded, self._read_vsn, []
@@ -364,6 +370,31 @@ class UnitOfWork:
                 record = loaded[key] = cls(info.cls, stored.id, stored.vsn, complete(stored.data))
                 read_vsn[key] = stored.vsn
             out.append(record)
+        return out
+
+    def values(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[dict[str, Any]]:
+        """Return what :meth:`select` would, as plain dictionaries: ``{"id", "vsn", field: value, ...}`` each.
+
+        The same records in the same order, with the same fields (a field the
+        record lacks gets its default; a field that is no longer the model's
+        is left out), and a record this unit of work holds as it holds it. They
+        are snapshots, not records: nothing tracks them, a change to one is
+        never saved, and they cost no record object: the way to answer a list.
+        """
+        info = self.models.info(model)
+        where = _checked_where(info, where)
+        name, loaded, fields = info.name, self._loaded, info.fields
+        out = []
+        for stored in self.driver.select(self.domain, name, where):
+            record = loaded.get((name, stored.id)) if loaded else None
+            if record is not None:
+                data = info.stored(info.complete(copy.deepcopy(record._data)))
+                out.append({"id": record._id, "vsn": record._vsn, **data})
+                continue
+            data = stored.data
+            if fields is not None and fields != data.keys():
+                data = info.stored(info.complete(data))
+            out.append({"id": stored.id, "vsn": stored.vsn, **data})
         return out
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:

@@ -252,3 +252,46 @@ class UnitOfWorkSuite(SuiteBase):
         assert record._vsn == 2
         assert driver.fetch(domain, "SuiteLoose", "loose") == StoredRecord(
             "SuiteLoose", "loose", 2, {"a": 1, "b": {"x": [1]}, "c": "a field never seen before"})
+
+    # -- values: what select gives, as plain dictionaries
+
+    def test_values_are_what_select_gives_as_plain_dictionaries(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            for i, text in enumerate(("first", "second", "third")):
+                db.insert(Note, id=f"n{i}", text=text, done=i == 1, tag="t")
+        with self.uow(driver, domain, models) as db:
+            values = db.values(Note)
+            records = db.select(Note)
+            assert values == [{"id": r._id, "vsn": r._vsn, **r.fields()} for r in records]
+            assert [v["id"] for v in values] == ["n0", "n1", "n2"]  # creation order
+            assert values[0] == {"id": "n0", "vsn": 1, "text": "first", "done": False, "tag": "t", "extra": None}
+            assert [v["id"] for v in db.values(Note, {"done": True})] == ["n1"]
+            assert db.values(Note, {"tag": "none of them"}) == []
+            with pytest.raises(ValueError):
+                db.values(Note, {"text": "first"})  # not an indexed field, as for select
+
+    def test_values_give_an_added_field_its_default_and_leave_a_removed_one_out(self, driver, domain):
+        self._store_card_v1(driver, domain)
+        with self.uow(driver, domain, Models([CardV2])) as db:
+            assert db.values(CardV2) == [{"id": "card", "vsn": 1, "title": "first", "tags": ["new"]}]
+        with self.uow(driver, domain, Models([Loose])) as db:
+            db.insert(Loose, id="loose", a=1, b={"x": [1]})
+        with self.uow(driver, domain, Models([Loose])) as db:
+            assert db.values(Loose) == [{"id": "loose", "vsn": 1, "a": 1, "b": {"x": [1]}}]
+
+    def test_values_show_what_the_unit_of_work_holds_and_are_never_saved(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            db.insert(Note, id="n", text="stored", tag="t")
+        with self.uow(driver, domain, models) as db:
+            record = db.fetch(Note, "n")
+            record.text = "changed here"
+            [value] = db.values(Note)
+            assert (value["text"], value["vsn"]) == ("changed here", 1)  # as held, at the version read
+            value["text"] = "changed in the snapshot"
+            value["done"] = True
+            assert record.text == "changed here" and record.done is False
+        with self.uow(driver, domain, models) as db:
+            [value] = db.values(Note)
+            assert (value["text"], value["done"], value["vsn"]) == ("changed here", False, 2)
+            value["text"] = "only a snapshot"
+        assert driver.fetch(domain, "SuiteNote", "n").vsn == 2  # reading values wrote nothing
