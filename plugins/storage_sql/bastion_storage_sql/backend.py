@@ -196,18 +196,19 @@ class SqlBackend:
             if len(batch) > 1:
                 try:
                     outcomes = self._attempts(TRANSACTION, lambda connection: self._savepoints(connection, batch), False)
-                except _BatchFailed as failed:
-                    # One write met a database error (a constraint): the transaction was rolled back, and
-                    # each write is run again on its own, below, to get the outcome it would have had.
-                    log.info("a batch of %d SQLite writes was rolled back and is written one by one: %s",
-                             len(batch), failed)
-                    outcomes = None
                 except ServiceUnavailable:
                     # The database refused the transaction (locked past the busy timeout, a full disk):
                     # nothing of it was applied, and one by one would wait as long again for each.
                     for write in batch:
                         write.settle(False, ServiceUnavailable(UNAVAILABLE, backend=self.dialect))
                     return
+                except Exception as failed:  # noqa: BLE001 - _BatchFailed, or an error the batch did not expect
+                    # One write met a database error (a constraint), or the COMMIT failed otherwise: the
+                    # transaction was rolled back, and each write is run again on its own, below, to get the
+                    # outcome it would have had.
+                    log.info("a batch of %d SQLite writes was rolled back and is written one by one: %s",
+                             len(batch), failed if isinstance(failed, _BatchFailed) else type(failed).__name__)
+                    outcomes = None
                 if outcomes is not None:
                     for write, (ok, value) in zip(batch, outcomes):
                         write.settle(ok, value)
