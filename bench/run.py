@@ -138,19 +138,25 @@ class Bench:
                                 worker_pids=lambda: procs.children(pid), backend_pids=list(backend_pids), ok=ok)
         finally:
             path.unlink(missing_ok=True)
-            self.wait_idle(server)
+            self.wait_idle(server, backend_pids)
 
     @staticmethod
-    def wait_idle(server: GunicornServer, limit_s: float = 60.0) -> None:
-        """Wait until the server stops computing answers to requests wrk gave up on (big get_all)."""
+    def wait_idle(server: GunicornServer, backend_pids=(), limit_s: float = 60.0) -> None:
+        """Wait until the server and its backend (redis-server running a select script, PostgreSQL) stop
+        computing answers to requests wrk gave up on (big get_all)."""
+        roots = [server.process.pid, *backend_pids]
+
+        def spent(before: list[procs.CpuSnapshot]) -> tuple[float, list[procs.CpuSnapshot]]:
+            after = [procs.CpuSnapshot.take(root) for root in roots]
+            return sum(a.since(b) for a, b in zip(after, before)), after
+
         deadline = time.monotonic() + limit_s
-        before = procs.CpuSnapshot.take(server.process.pid)
+        before = [procs.CpuSnapshot.take(root) for root in roots]
         while time.monotonic() < deadline:
             time.sleep(0.25)  # sampling CPU use: there is no event to wait on
-            after = procs.CpuSnapshot.take(server.process.pid)
-            if after.since(before) < 0.25 * 0.1:  # under a tenth of a core
+            seconds, before = spent(before)
+            if seconds < 0.25 * 0.1:  # under a tenth of a core
                 return
-            before = after
 
     def count(self, ceiling: load.RunResult, seconds: float) -> int:
         """Requests to pre-sign: more than the ceiling could take in that time (Bastion is slower)."""
