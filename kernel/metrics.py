@@ -131,7 +131,6 @@ class Metrics:
         self.enabled = enabled
         self.multiprocess = _multiprocess()
         self._scrape_gauges: list[tuple[str, str, Callable[[], float | None]]] = []
-        self._call_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._registry = None
         if enabled:
             from prometheus_client import CollectorRegistry
@@ -189,17 +188,8 @@ class Metrics:
 
     def call(self, service: str, status: int, seconds: float) -> None:
         """Count an answered request and its duration."""
-        if self.enabled:
-            key = (service, status)
-            try:
-                children = self._call_children.get(key)
-                if children is None:  # once per service and status: the label children, looked up and kept
-                    children = self._call_children[key] = (self.calls._metric.labels(service, str(status)),
-                                                           self.duration._metric.labels(service))
-                children[0].inc()
-                children[1].observe(seconds)
-            except OSError as error:  # a metrics file that cannot grow
-                _not_recorded(error)
+        self.calls.inc(service, str(status))
+        self.duration.observe(seconds, service)
 
     def storage_error(self, backend: str) -> None:
         """Count a storage operation the backend could not serve."""
