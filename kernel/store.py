@@ -204,6 +204,12 @@ class ModelInfo:
                 data[name] = copy.deepcopy(self.defaults[name])  # type: ignore[index]
         return data
 
+    def shaped(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (owned by the caller) with exactly the model's fields: :meth:`complete`, then :meth:`stored`."""
+        if self.fields is None or self.fields == data.keys():
+            return data
+        return self.stored(self.complete(data))
+
     def stored(self, data: dict[str, Any]) -> dict[str, Any]:
         """The data to write: without the fields that are no longer the model's."""
         if self.fields is None or self.fields.issuperset(data):
@@ -359,18 +365,7 @@ class UnitOfWork:
     def select(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[Record]:
         """Return the model's records in creation order, filtered by equality on indexed fields."""
         info = self.models.info(model)
-        where = _checked_where(info, where)
-        # _track, inlined: a select may read thousands of records.
-        cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
-        loaded, read_vsn, out = self._loaded, self._read_vsn, []
-        for stored in self.driver.select(self.domain, name, where):
-            key = (name, stored.id)
-            record = loaded.get(key)
-            if record is None:
-                record = loaded[key] = cls(info.cls, stored.id, stored.vsn, complete(stored.data))
-                read_vsn[key] = stored.vsn
-            out.append(record)
-        return out
+        return self._track(info, self.driver.select(self.domain, info.name, _checked_where(info, where)))
 
     def values(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[dict[str, Any]]:
         """Return what :meth:`select` would, as plain dictionaries: ``{"id", "vsn", field: value, ...}`` each.
@@ -382,19 +377,14 @@ class UnitOfWork:
         never saved, and they cost no record object: the way to answer a list.
         """
         info = self.models.info(model)
-        where = _checked_where(info, where)
-        name, loaded, fields = info.name, self._loaded, info.fields
+        name, loaded, shaped = info.name, self._loaded, info.shaped
         out = []
-        for stored in self.driver.select(self.domain, name, where):
+        for stored in self.driver.select(self.domain, name, _checked_where(info, where)):
             record = loaded.get((name, stored.id)) if loaded else None
-            if record is not None:
-                data = info.stored(info.complete(copy.deepcopy(record._data)))
-                out.append({"id": record._id, "vsn": record._vsn, **data})
-                continue
-            data = stored.data
-            if fields is not None and fields != data.keys():
-                data = info.stored(info.complete(data))
-            out.append({"id": stored.id, "vsn": stored.vsn, **data})
+            if record is None:
+                out.append({"id": stored.id, "vsn": stored.vsn, **shaped(stored.data)})
+            else:
+                out.append({"id": record._id, "vsn": record._vsn, **shaped(record.fields())})
         return out
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
@@ -424,7 +414,7 @@ class UnitOfWork:
         if key in self._loaded:
             return self._loaded[key]
         stored = self.driver.fetch(self.domain, info.name, id)
-        return None if stored is None else self._track(info, stored)
+        return None if stored is None else self._track(info, [stored])[0]
 
     def history(self, model: type, id: str) -> list[dict[str, Any]]:
         """Return the committed versions of a record, oldest first: ``{"vsn", "at", "by", "data"}`` each.
@@ -539,15 +529,22 @@ class UnitOfWork:
 
     # -- internals --------------------------------------------------------
 
-    def _track(self, info: ModelInfo, stored: StoredRecord) -> Record:
-        key = (info.name, stored.id)
-        if key in self._loaded:
-            return self._loaded[key]
-        # Drivers hand over data the caller owns (the conformance suite checks it): no second copy.
-        record = _RECORD_CLASSES.get(info.cls, Record)(info.cls, stored.id, stored.vsn, info.complete(stored.data))
-        self._loaded[key] = record
-        self._read_vsn[key] = stored.vsn
-        return record
+    def _track(self, info: ModelInfo, stored: list[StoredRecord]) -> list[Record]:
+        """The records of ``stored``: the one this unit of work already holds, else a new one it now holds.
+
+        One loop for a select of thousands as for one fetch. Drivers hand over
+        data the caller owns (the conformance suite checks it): no second copy.
+        """
+        cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
+        loaded, read_vsn, out = self._loaded, self._read_vsn, []
+        for one in stored:
+            key = (name, one.id)
+            record = loaded.get(key)
+            if record is None:
+                record = loaded[key] = cls(info.cls, one.id, one.vsn, complete(one.data))
+                read_vsn[key] = one.vsn
+            out.append(record)
+        return out
 
     def _key_of(self, record: Record) -> tuple[str, str]:
         key = (self.models.info(record._model).name, record._id)
