@@ -119,7 +119,7 @@ class SqlBackend:
         self._postgresql = self.dialect == "postgresql"
         # Dialect-specific INSERT, for ON CONFLICT upserts.
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
-        dbapi = self._dbapi = self.engine.dialect.loaded_dbapi
+        dbapi = self.engine.dialect.loaded_dbapi
         self._dbapi_error = dbapi.Error
         self._outage_errors = (dbapi.OperationalError, dbapi.InterfaceError)
         self._integrity_error = dbapi.IntegrityError
@@ -176,7 +176,7 @@ class SqlBackend:
         gate.submit(write)
         if not gate.turn():
             if gate.withdraw(write):
-                raise self._failure(self._dbapi.OperationalError("database is locked (the write gate)"), write.conflicts)
+                raise unavailable(TimeoutError("no turn at the SQLite write gate within sqlite_busy_timeout"), self.dialect)
             gate.turn(timeout=-1)  # a turn took it and is writing it now: its end is bounded by the busy timeout
         try:
             while not write.done:

@@ -89,16 +89,18 @@ class WriteGate:
     def __init__(self, database: str, timeout: float):
         self.path = database + SUFFIX
         self.timeout = timeout
-        self._pid = -1
-        self._lock = threading.Lock()
-        self._queue: list[Write] = []
-        self._queue_lock = threading.Lock()
-        self._fd: int | None = None
         self._setup = threading.Lock()
         self._warned = False
+        self._fd: int | None = None
+        self._start(os.getpid())
 
-    def _for_this_process(self) -> threading.Lock:
-        """The process's thread lock (made again after a fork, with the queue and the lock file's descriptor)."""
+    def _start(self, pid: int) -> None:
+        """This process's turn lock and queue; the lock file is opened at the first turn (:meth:`enter`)."""
+        self._pid, self._opened = pid, False
+        self._lock, self._queue_lock, self._queue = threading.Lock(), threading.Lock(), []
+
+    def _for_this_process(self) -> None:
+        """After a fork, start over: the parent's turn lock, queue and lock file descriptor are not this process's."""
         pid = os.getpid()
         if self._pid != pid:
             with self._setup:
@@ -106,10 +108,8 @@ class WriteGate:
                     if self._fd is not None:
                         # A parent's descriptor: closing this copy never unlocks the parent's flock.
                         os.close(self._fd)
-                    self._lock, self._queue_lock, self._queue = threading.Lock(), threading.Lock(), []
-                    self._fd = self._open()
-                    self._pid = pid
-        return self._lock
+                        self._fd = None
+                    self._start(pid)
 
     def _open(self) -> int | None:
         try:
@@ -132,7 +132,7 @@ class WriteGate:
     # -- the queue of this process ------------------------------------------
 
     def submit(self, write: Write) -> None:
-        """Queue a write for the next turn of this process."""
+        """Queue a write for the next turn of this process (every write starts here: so does a forked process)."""
         self._for_this_process()
         with self._queue_lock:
             self._queue.append(write)
@@ -160,11 +160,12 @@ class WriteGate:
 
     def turn(self, timeout: float | None = None) -> bool:
         """Wait for this thread's turn in its process (at most ``timeout``, default the busy timeout)."""
-        lock = self._for_this_process()
-        return lock.acquire(timeout=self.timeout if timeout is None else timeout)
+        return self._lock.acquire(timeout=self.timeout if timeout is None else timeout)
 
     def enter(self) -> None:
         """Take the process's turn at the file (it holds the thread's turn): wait for the other processes."""
+        if not self._opened:
+            self._fd, self._opened = self._open(), True
         fd = self._fd
         if fd is not None:
             try:
@@ -174,18 +175,17 @@ class WriteGate:
 
     def leave(self) -> None:
         """Hand the file over to the next process."""
-        fd = self._fd
-        if fd is not None and self._pid == os.getpid():
+        if self._fd is not None:  # the thread that entered, in this process: it holds the turn
             try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError:
-                pass  # closed by a fork's setup; nothing is held then
+                pass  # not expected; the kernel releases it with the descriptor
 
     def end_turn(self) -> None:
         """Hand the turn over to the next thread of this process."""
         self._lock.release()
 
     def close(self) -> None:
-        fd, self._fd, self._pid = self._fd, None, -1
+        fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
