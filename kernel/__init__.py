@@ -26,6 +26,7 @@ from kernel.context import Request, current  # noqa: E402
 from kernel.deploy import Problem, is_loopback_host  # noqa: E402
 from kernel.driver import (  # noqa: E402
     MAX_ID_LENGTH,
+    PAGED_SELECT,
     PROBE_DOMAIN,
     Change,
     Driver,
@@ -99,7 +100,7 @@ __all__ = [
     # storage drivers
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar", "check_change",
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
-    "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL",
+    "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL", "PAGED_SELECT",
     # errors
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",

@@ -36,6 +36,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 #: What an index entry may hold.
 Scalar = str | int | float | bool | None
 
+#: The capability of a driver whose ``select`` takes ``after`` and ``limit`` and reads one page only.
+PAGED_SELECT = "paged_select"
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class StoredRecord:
@@ -138,7 +141,16 @@ class RecordStore(Protocol):
         """
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
-        """Return the model's records whose index entries equal every ``where`` item, oldest first."""
+        """Return the model's records whose index entries equal every ``where`` item, oldest first.
+
+        A driver that declares :data:`PAGED_SELECT` also takes two keywords,
+        and reads no more than they ask for: ``after``, a record id, keeps
+        only the records created after that one (its own ``where`` items
+        need not match; :class:`kernel.errors.RecordNotFound` when the domain
+        has no record of the model with that id), and ``limit``, an int of at
+        least 1, keeps the first that many. The kernel checks both before it
+        calls; for a driver without the capability it pages the whole answer.
+        """
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         """Check every change's version and apply them all atomically, or raise VersionConflict and apply none.

@@ -36,7 +36,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel import context
-from kernel.driver import Change, Driver, Scalar, StoredRecord, check_json, check_record_id, check_scalar, is_record_id
+from kernel.driver import (
+    PAGED_SELECT,
+    Change,
+    Driver,
+    Scalar,
+    StoredRecord,
+    check_json,
+    check_record_id,
+    check_scalar,
+    is_record_id,
+)
 from kernel.errors import RecordNotFound, ValidationError, VersionConflict
 
 _MISSING = object()
@@ -325,6 +335,22 @@ def _checked_where(info: ModelInfo, where: Mapping[str, Scalar] | None) -> dict[
     return where
 
 
+def _page(driver: Driver, domain: str, model: str, where: dict[str, Scalar], after: str | None,
+          limit: int | None) -> list[StoredRecord]:
+    """The page of a driver without ``paged_select``: its whole answer, cut (the same page, at full cost)."""
+    rows = driver.select(domain, model, where)
+    if after is not None:
+        ids = [row.id for row in rows]
+        if after in ids:
+            rows = rows[ids.index(after) + 1:]
+        else:  # ``after`` may not match ``where``: its place is found among every record
+            order = {row.id: n for n, row in enumerate(driver.select(domain, model, {}) if where else ())}
+            if after not in order:
+                raise RecordNotFound(f"no {model} with id {after!r}")
+            rows = [row for row in rows if order.get(row.id, -1) > order[after]]
+    return rows if limit is None else rows[:limit]
+
+
 class UnitOfWork:
     """A set of reads and writes in one domain, committed atomically at exit.
 
@@ -362,30 +388,57 @@ class UnitOfWork:
 
     # -- reads ------------------------------------------------------------
 
-    def select(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[Record]:
-        """Return the model's records in creation order, filtered by equality on indexed fields."""
-        info = self.models.info(model)
-        return self._track(info, self.driver.select(self.domain, info.name, _checked_where(info, where)))
+    def select(self, model: type, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[Record]:
+        """Return the model's records in creation order, filtered by equality on indexed fields.
 
-    def values(self, model: type, where: Mapping[str, Scalar] | None = None) -> list[dict[str, Any]]:
+        One page of them with ``after`` (a record id: only the records created
+        after it, whether or not it matches ``where``; RecordNotFound when the
+        domain has no such record) and ``limit`` (at most that many, an int of
+        at least 1). A page costs what it holds on a driver that declares
+        ``paged_select`` (every shipped one does).
+        """
+        info = self.models.info(model)
+        return self._track(info, self._select(info, where, after, limit))
+
+    def values(self, model: type, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Return what :meth:`select` would, as plain dictionaries: ``{"id", "vsn", field: value, ...}`` each.
 
-        The same records in the same order, with the same fields (a field the
-        record lacks gets its default; a field that is no longer the model's
-        is left out), and a record this unit of work holds as it holds it. They
-        are snapshots, not records: nothing tracks them, a change to one is
-        never saved, and they cost no record object: the way to answer a list.
+        The same records in the same order (the same page, for ``after`` and
+        ``limit``), with the same fields (a field the record lacks gets its
+        default; a field that is no longer the model's is left out), and a
+        record this unit of work holds as it holds it. They are snapshots, not
+        records: nothing tracks them, a change to one is never saved, and they
+        cost no record object: the way to answer a list.
         """
         info = self.models.info(model)
         name, loaded, shaped = info.name, self._loaded, info.shaped
         out = []
-        for stored in self.driver.select(self.domain, name, _checked_where(info, where)):
+        for stored in self._select(info, where, after, limit):
             record = loaded.get((name, stored.id)) if loaded else None
             if record is None:
                 out.append({"id": stored.id, "vsn": stored.vsn, **shaped(stored.data)})
             else:
                 out.append({"id": record._id, "vsn": record._vsn, **shaped(record.fields())})
         return out
+
+    def _select(self, info: ModelInfo, where: Mapping[str, Scalar] | None, after: str | None,
+                limit: int | None) -> list[StoredRecord]:
+        """What the driver selects: every record, or the page ``after`` and ``limit`` name (checked here)."""
+        where = _checked_where(info, where)
+        if after is None and limit is None:
+            return self.driver.select(self.domain, info.name, where)
+        if after is not None:
+            if not isinstance(after, str):
+                raise TypeError("after is a record id, a string")
+            if not is_record_id(after):
+                raise RecordNotFound(f"no {info.name} with id {after!r}")
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise ValueError(f"limit is a number of records, at least 1, not {limit!r}")
+        if PAGED_SELECT in getattr(self.driver, "capabilities", ()):
+            return self.driver.select(self.domain, info.name, where, after=after, limit=limit)
+        return _page(self.driver, self.domain, info.name, where, after, limit)
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
         """Return one record; RecordNotFound if absent, VersionConflict if ``vsn`` is not its version."""

@@ -77,7 +77,31 @@ class ForgetfulHistoryDriver(MemoryDriver):
         return None
 
 
+class OverreadingPageDriver(MemoryDriver):
+    """Broken on purpose: a page is cut from the whole answer at the wrong place (one record too late)."""
+
+    def select(self, domain, model, where=None, *, after=None, limit=None):
+        rows = super().select(domain, model, where)
+        ids = [row.id for row in rows]
+        if after is not None:
+            rows = rows[ids.index(after) + 2:] if after in ids else []
+        return rows if limit is None else rows[:limit]
+
+
+class LostPlaceDriver(MemoryDriver):
+    """Broken on purpose: a page after a record that is gone answers the records after nothing, not an error."""
+
+    def select(self, domain, model, where=None, *, after=None, limit=None):
+        if after is not None and super().fetch(domain, model, after) is None:
+            return []
+        return super().select(domain, model, where, after=after, limit=limit)
+
+
 @pytest.mark.parametrize("broken, test_name", [
+    (OverreadingPageDriver, "test_select_reads_one_page_of_the_creation_order"),
+    (OverreadingPageDriver, "test_select_and_values_read_pages_of_the_creation_order"),
+    (LostPlaceDriver, "test_select_after_a_record_the_domain_does_not_hold_is_record_not_found"),
+    (LostPlaceDriver, "test_a_page_after_a_record_the_domain_does_not_hold_is_record_not_found"),
     (LostUpdateDriver, "test_update_with_stale_version_conflicts"),
     (LostUpdateDriver, "test_concurrent_writers_never_both_win"),
     (LostUpdateDriver, "test_unit_of_work_conflict_between_readers"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kernel.driver import MAX_ID_LENGTH, Change, StoredRecord
-from kernel.errors import VersionConflict
+from kernel.errors import RecordNotFound, VersionConflict
 from kernel.testing.suite.base import BAD_IDS, THREADS, UNENCODABLE, SuiteBase, requires, run_together
 
 
@@ -91,6 +91,46 @@ class RecordsSuite(SuiteBase):
         assert [r.id for r in driver.select(domain, "M", {"done": True})] == ["a", "b", "c"]
         driver.commit(domain, [Change("delete", "M", "b", 1)])
         assert [r.id for r in driver.select(domain, "M", {"done": True})] == ["a", "c"]
+
+    @requires("paged_select")
+    def test_select_reads_one_page_of_the_creation_order(self, driver, domain, other_domain):
+        ids = [f"r{i}" for i in (5, 4, 9, 1, 8, 7)]
+        for i in ids:
+            driver.commit(domain, [Change("insert", "M", i, 0, {"n": i}, {"odd": int(i[1:]) % 2 == 1})])
+        driver.commit(domain, [Change("update", "M", "r5", 1, {"n": "changed"}, {"odd": True})])
+        every = driver.select(domain, "M")
+        assert [r.id for r in driver.select(domain, "M", limit=4)] == ids[:4]
+        assert driver.select(domain, "M", after="r9") == every[3:]  # the same records, data and versions
+        assert [r.id for r in driver.select(domain, "M", after="r9", limit=2)] == ["r1", "r8"]
+        assert driver.select(domain, "M", after="r7") == []
+        assert [r.id for r in driver.select(domain, "M", limit=100)] == ids
+        pages, after = [], None
+        while True:
+            page = driver.select(domain, "M", after=after, limit=4)
+            if not page:
+                break
+            pages.append([r.id for r in page])
+            after = page[-1].id
+        assert pages == [ids[:4], ids[4:]]
+        # With a filter: the page starts after a record that need not match it.
+        assert [r.id for r in driver.select(domain, "M", {"odd": True}, after="r4")] == ["r9", "r1", "r7"]
+        assert [r.id for r in driver.select(domain, "M", {"odd": True}, after="r4", limit=2)] == ["r9", "r1"]
+        assert [r.id for r in driver.select(domain, "M", {"odd": True}, limit=1)] == ["r5"]
+        assert driver.select(domain, "M", {"odd": True}, after="r7") == []
+
+    @requires("paged_select")
+    def test_select_after_a_record_the_domain_does_not_hold_is_record_not_found(self, driver, domain, other_domain):
+        driver.commit(domain, [Change("insert", "M", "a", 0, {}, {"k": 1}), Change("insert", "M", "b", 0, {}, {"k": 1})])
+        driver.commit(other_domain, [Change("insert", "M", "elsewhere", 0, {}, {"k": 1})])
+        driver.commit(domain, [Change("delete", "M", "a", 1)])
+        for after in ("a", "ghost", "elsewhere"):
+            with pytest.raises(RecordNotFound):
+                driver.select(domain, "M", after=after)
+            with pytest.raises(RecordNotFound):
+                driver.select(domain, "M", {"k": 1}, after=after, limit=5)
+        with pytest.raises(RecordNotFound):
+            driver.select(domain, "Other", after="b")  # another model's record is not a place in this one
+        assert [r.id for r in driver.select(other_domain, "M", limit=5)] == ["elsewhere"]
 
     def test_index_values_keep_their_json_type(self, driver, domain):
         driver.commit(domain, [

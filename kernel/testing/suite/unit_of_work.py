@@ -29,6 +29,21 @@ class _CountingDriver:
         return getattr(self._driver, name)
 
 
+class _Unpaged:
+    """Passes every call to a driver, but declares no capability: the kernel pages its whole answers itself."""
+
+    capabilities = frozenset()
+
+    def __init__(self, driver):
+        self._driver = driver
+
+    def select(self, domain, model, where=None):
+        return self._driver.select(domain, model, where)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
 class Note:
     """A model for the suite: text, a done flag, and an index on both."""
 
@@ -295,3 +310,62 @@ class UnitOfWorkSuite(SuiteBase):
             assert (value["text"], value["done"], value["vsn"]) == ("changed here", False, 2)
             value["text"] = "only a snapshot"
         assert driver.fetch(domain, "SuiteNote", "n").vsn == 2  # reading values wrote nothing
+
+    # -- pages of a select: after and limit
+
+    def _store_notes(self, driver, domain, models) -> list[str]:
+        ids = [f"n{i}" for i in range(7)]
+        with self.uow(driver, domain, models) as db:
+            for n, id in enumerate(ids):
+                db.insert(Note, id=id, text=f"note {n}", done=n % 3 == 0)
+        return ids
+
+    def test_select_and_values_read_pages_of_the_creation_order(self, driver, domain, models):
+        ids = self._store_notes(driver, domain, models)
+        for source in (driver, _Unpaged(driver)):  # the driver's own pages, and the kernel's of its whole answer
+            with self.uow(source, domain, models) as db:
+                assert [v["id"] for v in db.values(Note, limit=3)] == ids[:3]
+                assert [v["id"] for v in db.values(Note, after="n2", limit=3)] == ids[3:6]
+                assert [v["id"] for v in db.values(Note, after="n5")] == ["n6"]
+                assert db.values(Note, after="n6", limit=3) == []
+                assert db.values(Note, after="n1") == db.values(Note)[2:]
+                assert [r._id for r in db.select(Note, after="n3", limit=2)] == ["n4", "n5"]
+                done = [v["id"] for v in db.values(Note, {"done": True})]
+                assert done == ["n0", "n3", "n6"]
+                assert [v["id"] for v in db.values(Note, {"done": True}, after="n1")] == ["n3", "n6"]  # n1 is not done
+                assert [v["id"] for v in db.values(Note, {"done": True}, after="n3", limit=1)] == ["n6"]
+                assert [r._id for r in db.select(Note, {"done": False}, limit=2)] == ["n1", "n2"]
+
+    def test_a_page_shows_what_the_unit_of_work_holds(self, driver, domain, models):
+        self._store_notes(driver, domain, models)
+        with self.uow(driver, domain, models) as db:
+            record = db.fetch(Note, "n4")
+            record.text = "held"
+            assert [v["text"] for v in db.values(Note, after="n3", limit=2)] == ["held", "note 5"]
+            assert db.select(Note, after="n3", limit=1) == [record]
+
+    def test_a_page_after_a_record_the_domain_does_not_hold_is_record_not_found(self, driver, domain, other_domain,
+                                                                                  models):
+        self._store_notes(driver, domain, models)
+        with self.uow(driver, other_domain, models) as db:
+            db.insert(Note, id="elsewhere", text="another tenant's")
+        with self.uow(driver, domain, models) as db:
+            db.delete(db.fetch(Note, "n2"))
+        for source in (driver, _Unpaged(driver)):
+            with self.uow(source, domain, models) as db:
+                for after in ("n2", "ghost", "elsewhere", "", "x" * (MAX_ID_LENGTH + 1)):
+                    with pytest.raises(RecordNotFound):
+                        db.values(Note, after=after)
+                    with pytest.raises(RecordNotFound):
+                        db.select(Note, {"done": True}, after=after, limit=2)
+
+    def test_a_page_refuses_a_limit_that_is_not_a_positive_int_and_an_after_that_is_not_a_string(self, driver, domain,
+                                                                                                  models):
+        self._store_notes(driver, domain, models)
+        with self.uow(driver, domain, models) as db:
+            for limit in (0, -1, True, 2.0, "2"):
+                with pytest.raises(ValueError):
+                    db.values(Note, limit=limit)
+            for after in (1, ["n1"], b"n1"):
+                with pytest.raises(TypeError):
+                    db.select(Note, after=after)

@@ -16,13 +16,15 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kernel import (
     PROBE_DOMAIN,
+    PAGED_SELECT,
     PROCESS_LOCAL,
     Change,
+    RecordNotFound,
     RecordVersion,
     Scalar,
     StorageURL,
@@ -55,8 +57,8 @@ class MemoryDriver:
     """Records and short-lived state in dictionaries, behind one lock."""
 
     #: Its data lives in this process only: gunicorn serves it with one worker process. It counts live keys
-    #: by prefix in one pass over its dictionary (``count_live``).
-    capabilities = frozenset({PROCESS_LOCAL, "count_live"})
+    #: by prefix in one pass over its dictionary (``count_live``), and reads one page of a select (``paged_select``).
+    capabilities = frozenset({PROCESS_LOCAL, "count_live", PAGED_SELECT})
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
@@ -85,16 +87,24 @@ class MemoryDriver:
         # Rows are replaced by commits, never changed in place: copying outside the lock is safe.
         return None if row is None else StoredRecord(model, id, row.vsn, loads_stored(row.data))
 
-    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
+    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[StoredRecord]:
         with self._lock:
             rows = self._records.get((domain, model), {})
+            if after is not None and after not in rows:
+                raise RecordNotFound(f"no {model} with id {after!r}")
             if where:
                 sets = [self._index.get((domain, model, f, index_token(v)), {}) for f, v in where.items()]
                 smallest = min(sets, key=len)
                 ids = [i for i in smallest if all(i in s for s in sets)]
-                picked = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
+                picked: Iterable[tuple[str, _Row]] = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
             else:
-                picked = list(rows.items())
+                picked = rows.items()  # in creation order: an update keeps a row's place, a new row goes last
+            if after is not None:
+                start = rows[after].seq
+                picked = itertools.dropwhile(lambda pair: pair[1].seq <= start, picked)
+            # Only the page's rows are decoded, outside the lock (rows are replaced, never changed in place).
+            picked = list(picked if limit is None else itertools.islice(picked, limit))
         return [StoredRecord(model, i, row.vsn, loads_stored(row.data)) for i, row in picked]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:

@@ -41,8 +41,10 @@ from bastion_storage_redis.settings import (
 )
 from bastion_storage_redis.wire import Script, Wire
 from kernel import (
+    PAGED_SELECT,
     PROBE_DOMAIN,
     Change,
+    RecordNotFound,
     RecordVersion,
     Scalar,
     ServiceUnavailable,
@@ -110,7 +112,7 @@ class RedisDriver:
     """
 
     #: Its data is shared by every process and node using the URL, and outlives them (as Redis keeps it).
-    capabilities = frozenset({"persistent"})
+    capabilities = frozenset({"persistent", PAGED_SELECT})
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time, options: Mapping[str, Any] | None = None):
         if scheme_of(url) not in SCHEMES:
@@ -170,17 +172,23 @@ class RedisDriver:
         return StoredRecord(model, id, int(vsn), _loads(data))
 
     @_translated
-    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
+    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first.
 
         With ``where``, the index sets of its items are intersected on the
-        server; without, the creation-ordered set is read. Never a scan.
+        server; without, the creation-ordered set is read. Never a scan. A
+        page (``after``, ``limit``: ``paged_select``) without ``where`` is a
+        range of the creation order, and only its records are read.
         """
         k = self.keys
         for field, value in (where or {}).items():
             check_scalar(value, f"where {field}")
         index_keys = [k.index(domain, model, field, index_token(value)) for field, value in (where or {}).items()]
-        flat = self._wire.eval(self._select, (k.order(domain, model),), (k.record_prefix(domain, model), *index_keys))
+        flat = self._wire.eval(self._select, (k.order(domain, model),),
+                               (k.record_prefix(domain, model), after or "", limit or 0, *index_keys))
+        if flat == 0:
+            raise RecordNotFound(f"no {model} with id {after!r}")
         if not flat:
             return []
         # One decode for every record: the stored texts are JSON values written by commit.

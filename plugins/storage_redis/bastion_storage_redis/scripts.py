@@ -174,26 +174,42 @@ if score and tonumber(score) > tonumber(ARGV[1]) then return 1 end
 return 0
 """
 
-#: KEYS: the model's order key. ARGV: record key prefix, then index set keys.
-#: Returns a flat list: id, version, JSON data, ... in creation order.
+#: KEYS: the model's order key. ARGV: record key prefix, the id the page starts after ('' for none),
+#: the most records to read ('0' for no limit), then index set keys.
+#: Returns a flat list: id, version, JSON data, ... in creation order; 0 when the id to start after is no record.
 SELECT = """
-local order, prefix = KEYS[1], ARGV[1]
+local order, prefix, after, limit = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local start
+if after ~= '' then
+  start = redis.call('ZSCORE', order, after)
+  if not start then return 0 end
+  start = tonumber(start)
+end
 local ids
-if #ARGV > 1 then
+if #ARGV > 3 then
   local sets = {}
-  for i = 2, #ARGV do sets[#sets + 1] = ARGV[i] end
+  for i = 4, #ARGV do sets[#sets + 1] = ARGV[i] end
   -- Index sets are intersected; records are never scanned.
   local found = redis.call('SINTER', unpack(sets))
   local scored = {}
   for _, id in ipairs(found) do
     local seq = redis.call('ZSCORE', order, id)
-    if seq then scored[#scored + 1] = {id, tonumber(seq)} end
+    if seq then
+      seq = tonumber(seq)
+      if not start or seq > start then scored[#scored + 1] = {id, seq} end
+    end
   end
   table.sort(scored, function(a, b) return a[2] < b[2] end)
   ids = {}
-  for i, pair in ipairs(scored) do ids[i] = pair[1] end
+  for i, pair in ipairs(scored) do
+    if limit > 0 and i > limit then break end
+    ids[i] = pair[1]
+  end
+elseif start then
+  -- One page: a range of the creation order past the record it starts after.
+  ids = redis.call('ZRANGEBYSCORE', order, '(' .. start, '+inf', 'LIMIT', 0, limit > 0 and limit or -1)
 else
-  ids = redis.call('ZRANGE', order, 0, -1)
+  ids = redis.call('ZRANGE', order, 0, limit > 0 and limit - 1 or -1)
 end
 local out = {}
 for _, id in ipairs(ids) do

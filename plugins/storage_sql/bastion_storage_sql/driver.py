@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bastion_storage_sql.records import SqlRecords
 from bastion_storage_sql.state import SqlState
+from kernel import PAGED_SELECT
 
 
 class SqlDriver(SqlRecords, SqlState):
@@ -17,5 +18,5 @@ class SqlDriver(SqlRecords, SqlState):
     """
 
     #: Its data outlives the process and is shared by every process and node using the URL; it counts live
-    #: keys by prefix in one SELECT (``count_live``).
-    capabilities = frozenset({"persistent", "count_live"})
+    #: keys by prefix in one SELECT (``count_live``), and a select reads one page only (``paged_select``).
+    capabilities = frozenset({"persistent", "count_live", PAGED_SELECT})

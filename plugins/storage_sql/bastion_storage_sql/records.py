@@ -1,6 +1,6 @@
 """Versioned records: reads by id or by index, and atomic, version-checked commits.
 
-Statements are compiled once (select's per number of filters). fetch, select,
+Statements are compiled once (select's per number of filters, paged or not). fetch, select,
 history and domains are one SELECT each, outside any transaction; commit is
 one transaction (on PostgreSQL: BEGIN, one statement per change plus the index
 writes, plus two for each change that keeps history — the new entry and the
@@ -19,6 +19,7 @@ from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
 from bastion_storage_sql.schema import MAX_TOKEN, history, index_entries, records
 from kernel import (
     Change,
+    RecordNotFound,
     RecordVersion,
     Scalar,
     StoredRecord,
@@ -45,8 +46,8 @@ def stored_token(value: Scalar) -> str:
     return token
 
 
-#: Most distinct filter counts of select whose statement is kept compiled.
-MAX_COMPILED_FILTERS = 16
+#: Most distinct shapes of select (its number of filters, whether it pages) whose statement is kept compiled.
+MAX_COMPILED_SELECTS = 64
 
 _p = sa.bindparam
 
@@ -63,7 +64,7 @@ class SqlRecords(SqlBackend):
         record_is = sa.and_(r.domain == _p("d"), r.model == _p("m"), r.id == _p("id"))
         compile_ = self.compile
         self._fetch_sql = compile_(sa.select(r.vsn, r.data).where(record_is))
-        self._select_sql: dict[int, Sql] = {}
+        self._select_sql: dict[tuple[int, bool, bool], Sql] = {}
         self._domains_sql = compile_(sa.select(r.domain).where(r.model == _p("m")).distinct().order_by(r.domain))
         values = {"domain": _p("d"), "model": _p("m"), "id": _p("id"), "vsn": sa.literal_column("1"), "data": _p("data")}
         if not self._postgresql:
@@ -101,24 +102,44 @@ class SqlRecords(SqlBackend):
         row = self._run(READ, lambda connection: self._one(connection, self._fetch_sql, values))
         return None if row is None else StoredRecord(model, id, row[0], loads_stored(row[1]))
 
-    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
-        """Return the model's records whose index entries equal every ``where`` item, oldest first."""
-        sql, values = self._select_query(domain, model, where)
+    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[StoredRecord]:
+        """Return the model's records whose index entries equal every ``where`` item, oldest first.
+
+        ``after`` and ``limit`` (``paged_select``) go into the statement: a
+        page is one index range on ``seq`` past the ``after`` record's own,
+        and at most ``limit`` rows are read.
+        """
+        sql, values = self._select_query(domain, model, where, after, limit)
         rows = self._run(READ, lambda connection: self._all(connection, sql, values))
+        if after is not None and not rows and self.fetch(domain, model, after) is None:
+            raise RecordNotFound(f"no {model} with id {after!r}")  # an empty page, or no such record: asked apart
         return [StoredRecord(model, id, vsn, loads_stored(data)) for id, vsn, data in rows]
 
-    def _select_query(self, domain: str, model: str, where: Mapping[str, Scalar] | None) -> tuple[Sql, dict]:
+    def _select_query(self, domain: str, model: str, where: Mapping[str, Scalar] | None,
+                      after: str | None = None, limit: int | None = None) -> tuple[Sql, dict]:
         """The statement :meth:`select` runs, and its parameters."""
         values: dict[str, Any] = {"d": domain, "m": model}
         for n, (field, value) in enumerate((where or {}).items()):
             check_scalar(value, f"where {field}")
             values[f"f{n}"] = field
             values[f"t{n}"] = stored_token(value)
-        count = len(where or ())
-        sql = self._select_sql.get(count)
+        if after is not None:
+            values["after"] = after
+        if limit is not None:
+            values["n"] = limit
+        shape = (len(where or ()), after is not None, limit is not None)
+        sql = self._select_sql.get(shape)
         if sql is None:
+            count = shape[0]
             r = records.c
             query = sa.select(r.id, r.vsn, r.data).where(r.domain == _p("d"), r.model == _p("m"))
+            if after is not None:
+                start = records.alias("start").c
+                query = query.where(r.seq > sa.select(start.seq).where(
+                    start.domain == _p("d"), start.model == _p("m"), start.id == _p("after")).scalar_subquery())
+            if limit is not None:
+                query = query.limit(_p("n"))
             for n in range(count):
                 # One join per filter, each an equality range on the index's primary key.
                 entry = index_entries.alias(f"i{n}")
@@ -129,8 +150,8 @@ class SqlRecords(SqlBackend):
             # planner: SQLite would otherwise walk the whole domain in seq order
             # to skip a sort, rather than start from the index entries.
             sql = self.compile(query.order_by(r.seq + 0 if count else r.seq))
-            if len(self._select_sql) < MAX_COMPILED_FILTERS:
-                self._select_sql[count] = sql
+            if len(self._select_sql) < MAX_COMPILED_SELECTS:
+                self._select_sql[shape] = sql
         return sql, values
 
     def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:

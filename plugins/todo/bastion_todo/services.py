@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion_todo.model import Todo
-from kernel import RecordNotFound, is_record_id, service, storage
+from kernel import InvalidCall, RecordNotFound, is_record_id, service, storage
 
 
 class _Omitted:
@@ -26,15 +26,26 @@ class _Omitted:
 OMITTED: Any = _Omitted()
 
 
-@service
-def get_all() -> list[dict]:
-    """Return every todo of the domain, oldest first.
+#: The most todos one get_all answers, and how many it answers when ``limit`` is not given.
+PAGE_LIMIT = 1000
 
-    ``db.values`` gives each todo as ``{"id", "vsn", "text", "done"}``, which is
-    ``Todo.to_dict`` of its record, without making the record objects.
+
+@service
+def get_all(after: str | None = None, limit: int = PAGE_LIMIT) -> list[dict]:
+    """Return a page of the domain's todos, oldest first: at most ``limit``, those added after the todo ``after``.
+
+    Without arguments, the first 1,000 (``PAGE_LIMIT``): a call costs one
+    page, whatever the domain holds. The next page starts after the last
+    todo of this one; a page shorter than ``limit`` is the last. ``after``
+    names a todo the domain holds (RecordNotFound otherwise: it was removed
+    since, so the list is read again from the start). ``db.values`` gives
+    each todo as ``{"id", "vsn", "text", "done"}``, which is ``Todo.to_dict``
+    of its record, without making the record objects.
     """
+    if not 1 <= limit <= PAGE_LIMIT:
+        raise InvalidCall(f"get_all: limit is a number of todos from 1 to {PAGE_LIMIT}, not {limit}")
     with storage() as db:
-        return db.values(Todo)
+        return db.values(Todo, after=after, limit=limit)
 
 
 @service

@@ -199,17 +199,20 @@ def password_hash() -> str:
 def todo_server(password_hash, gunicorn_server):
     """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)`` returns its port.
 
+    ``todo_server(storage="sqlite:///...")`` serves that database with storage_sql instead.
+
     The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
     """
     if importlib.util.find_spec("bastion_auth") is None:
         skip_or_fail("the auth plugin is not installed")
 
-    def start(**auth):
+    def start(storage="mem://", **auth):
         sections = {
-            "bastion": {"development": True, "storage": "mem://"},
+            "bastion": {"development": True, "storage": storage},
             "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
             "users": {user: password_hash for user in USERS},
         }
-        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": "storage_mem,auth,todo"}).port
+        driver = "storage_mem" if storage == "mem://" else "storage_sql"
+        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": f"{driver},auth,todo"}).port
 
     return start

@@ -152,6 +152,68 @@ def server(todo_server):
     return todo_server()
 
 
+def seeded_sqlite(tmp_path, count: int):
+    """A SQLite database whose domain ``localhost`` holds ``count`` todos; its URL and a driver on it."""
+    from bastion_todo import Todo
+
+    from kernel.store import Models, UnitOfWork
+
+    sql = import_or_skip("bastion_storage_sql", "the SQL storage plugin is not installed")
+    url = f"sqlite:///{tmp_path / 'todos.sqlite3'}"
+    driver = sql.SqlDriver(url)
+    with UnitOfWork(driver, "localhost", Models([Todo])) as db:
+        for n in range(count):
+            db.insert(Todo, text=f"todo {n}")
+    return url, driver
+
+
+def test_the_list_reads_every_page_of_a_domain_with_more_than_a_page_of_todos(todo_server, tmp_path, page):
+    from bastion_todo import PAGE_LIMIT
+
+    url, driver = seeded_sqlite(tmp_path, PAGE_LIMIT + 1)
+    last = driver.select("localhost", "Todo")[-1].data["text"]
+    driver.close()
+    port = todo_server(storage=url)
+    answers = []
+    page.on("response", lambda response: "/api/get_all" in response.url and answers.append(response.status))
+    page.goto(f"http://localhost:{port}/")
+    login(page)
+    expect(items(page)).to_have_count(PAGE_LIMIT + 1)
+    expect(items(page).last.locator("label")).to_have_text(last)
+    expect(page.locator(".todo-count")).to_contain_text(str(PAGE_LIMIT + 1))
+    assert answers == [200, 200]  # a page of 1,000, then the one todo after it
+
+
+def test_a_todo_removed_while_the_pages_are_read_makes_the_list_start_again(todo_server, tmp_path, page, page_errors):
+    from bastion_todo import PAGE_LIMIT
+
+    from kernel import Change
+
+    page_errors.expect_statuses(404)
+    url, driver = seeded_sqlite(tmp_path, PAGE_LIMIT + 1)
+    port = todo_server(storage=url)
+    answers = []
+    page.on("response", lambda response: "/api/get_all" in response.url and answers.append(response.status))
+
+    calls = []
+
+    def on_get_all(route):
+        calls.append(route.request.post_data)
+        if len(calls) == 2:  # before the second page is read, another client removes the todo it starts after
+            after = json.loads(route.request.post_data)["args"][0]
+            driver.commit("localhost", [Change("delete", "Todo", after, driver.fetch("localhost", "Todo", after).vsn)])
+        route.continue_()
+
+    page.route("**/api/get_all", on_get_all)
+    page.goto(f"http://localhost:{port}/")
+    login(page)
+    expect(items(page)).to_have_count(PAGE_LIMIT)
+    page.unroute("**/api/get_all")
+    driver.close()
+    # The first page, the 404 of the page after the removed todo, then the list again: a full page and an empty one.
+    assert answers == [200, 404, 200, 200]
+
+
 def test_the_tutorial_closing_scenario_through_bastion_js(server, page, page_errors):
     page_errors.expect_statuses(409, 422)
     page.goto(f"http://localhost:{server}/")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from bastion_todo import Todo
+from bastion_todo import PAGE_LIMIT, Todo
 
 from kernel import BastionError, storage
 
@@ -55,6 +55,44 @@ def test_get_all_shows_changes(call):
     todo = call("add", "one")
     changed = call("update", todo["id"], 1, done=True)
     assert call("get_all") == [changed]
+
+
+def test_get_all_answers_pages_after_a_todo(call):
+    todos = [call("add", f"todo {n}") for n in range(7)]
+    assert call("get_all", None, 3) == todos[:3]
+    assert call("get_all", todos[2]["id"], 3) == todos[3:6]
+    assert call("get_all", after=todos[5]["id"], limit=3) == todos[6:]  # shorter than the limit: the last page
+    assert call("get_all", after=todos[6]["id"]) == []
+    assert call("get_all", limit=PAGE_LIMIT) == call("get_all") == todos
+    changed = call("update", todos[0]["id"], 1, done=True)
+    assert call("get_all", limit=1) == [changed]  # a change keeps a todo's place
+
+
+def test_get_all_answers_at_most_a_page_of_1000_todos(app, call):
+    with app.runtime.bind("localhost"), storage() as db:
+        for n in range(PAGE_LIMIT + 1):
+            db.insert(Todo, text=f"todo {n}")
+    first = call("get_all")
+    assert PAGE_LIMIT == 1000 and len(first) == PAGE_LIMIT
+    assert [t["text"] for t in call("get_all", first[-1]["id"])] == ["todo 1000"]
+
+
+def test_get_all_after_a_removed_or_unknown_todo_is_404(call, caller):
+    kept, removed = call("add", "kept"), call("add", "removed")
+    theirs = caller("other.localhost")("add", "another domain's")
+    assert call("remove", removed["id"], 1) is True
+    for after in (removed["id"], "no such todo", theirs["id"], "", "x" * 1000):
+        assert status(call.error("get_all", after)) == (404, "RecordNotFound")
+    assert call("get_all", kept["id"]) == []
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((1,), {}), ((None, 0), {}), ((None, PAGE_LIMIT + 1), {}), ((None, -1), {}), ((None, True), {}), ((None, "10"), {}),
+    ((None, 1.5), {}), ((), {"limit": None}), ((), {"after": ["x"]}), ((), {"page": 2}), ((None, 10, 3), {}),
+])
+def test_get_all_with_an_after_or_limit_of_the_wrong_kind_is_400(call, args, kwargs):
+    call("add", "one")
+    assert status(call.error("get_all", *args, **kwargs)) == (400, "InvalidCall")
 
 
 @pytest.mark.parametrize("args, kwargs", [

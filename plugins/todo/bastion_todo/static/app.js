@@ -299,10 +299,29 @@
     if (exc === "ValidationError") render();
   }
 
+  // get_all answers a page of at most PAGE todos; the next one starts after the last todo of this one.
+  var PAGE = 1000;
+
   function reload() {
-    return Bastion.safe_call("get_all").then(function (result) {
+    return readAll(3).then(function (result) {
       todos = result;
       render();
+    });
+  }
+
+  // Every todo, page after page. A todo removed (in another tab) while the pages are read is the
+  // RecordNotFound of the page after it: the list is read again from the start, a few times at most.
+  function readAll(attempts) {
+    var all = [];
+    function next(after) {
+      return Bastion.safe_call("get_all", after, PAGE).then(function (page) {
+        Array.prototype.push.apply(all, page);
+        return page.length < PAGE ? all : next(page[page.length - 1].id);
+      });
+    }
+    return next(null).catch(function (error) {
+      if (error && error.exc === "RecordNotFound" && attempts > 1) return readAll(attempts - 1);
+      throw error;
     });
   }
 
