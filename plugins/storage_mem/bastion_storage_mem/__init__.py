@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kernel import (
-    PROBE_DOMAIN,
     PAGED_SELECT,
+    PROBE_DOMAIN,
     PROCESS_LOCAL,
     Change,
     RecordNotFound,
@@ -98,11 +98,15 @@ class MemoryDriver:
                 smallest = min(sets, key=len)
                 ids = [i for i in smallest if all(i in s for s in sets)]
                 picked: Iterable[tuple[str, _Row]] = sorted(((i, rows[i]) for i in ids), key=lambda pair: pair[1].seq)
+                if after is not None:
+                    start = rows[after].seq
+                    picked = itertools.dropwhile(lambda pair: pair[1].seq <= start, picked)
+            elif after is not None:
+                # In creation order (an update keeps a row's place, a new row goes last): the ids after its own.
+                ids = list(rows)
+                picked = ((i, rows[i]) for i in itertools.islice(ids, ids.index(after) + 1, None))
             else:
-                picked = rows.items()  # in creation order: an update keeps a row's place, a new row goes last
-            if after is not None:
-                start = rows[after].seq
-                picked = itertools.dropwhile(lambda pair: pair[1].seq <= start, picked)
+                picked = rows.items()
             # Only the page's rows are decoded, outside the lock (rows are replaced, never changed in place).
             picked = list(picked if limit is None else itertools.islice(picked, limit))
         return [StoredRecord(model, i, row.vsn, loads_stored(row.data)) for i, row in picked]

@@ -210,7 +210,7 @@ class SqlBackend:
                              len(batch), failed if isinstance(failed, _BatchFailed) else type(failed).__name__)
                     outcomes = None
                 if outcomes is not None:
-                    for write, (ok, value) in zip(batch, outcomes):
+                    for write, (ok, value) in zip(batch, outcomes, strict=True):
                         write.settle(ok, value)
                     return
             for write in batch:
