@@ -97,7 +97,17 @@ class LostPlaceDriver(MemoryDriver):
         return super().select(domain, model, where, after=after, limit=limit)
 
 
+class StalePlacesDriver(MemoryDriver):
+    """Broken on purpose: the creation order a page is cut from is never made again after a commit."""
+
+    def commit(self, domain, changes):
+        kept = dict(self._places)
+        super().commit(domain, changes)
+        self._places.update(kept)
+
+
 @pytest.mark.parametrize("broken, test_name", [
+    (StalePlacesDriver, "test_a_page_follows_what_was_committed_since_the_last_one"),
     (OverreadingPageDriver, "test_select_reads_one_page_of_the_creation_order"),
     (OverreadingPageDriver, "test_select_and_values_read_pages_of_the_creation_order"),
     (LostPlaceDriver, "test_select_after_a_record_the_domain_does_not_hold_is_record_not_found"),

@@ -119,6 +119,22 @@ class RecordsSuite(SuiteBase):
         assert driver.select(domain, "M", {"odd": True}, after="r7") == []
 
     @requires("paged_select")
+    def test_a_page_follows_what_was_committed_since_the_last_one(self, driver, domain):
+        def page(after, limit=None):
+            return [r.id for r in driver.select(domain, "M", after=after, limit=limit)]
+
+        driver.commit(domain, [Change("insert", "M", i, 0, {}, {}) for i in ("a", "b", "c")])
+        assert page("a") == ["b", "c"]
+        driver.commit(domain, [Change("insert", "M", "d", 0, {}, {})])
+        assert page("a") == ["b", "c", "d"]
+        driver.commit(domain, [Change("delete", "M", "b", 1)])
+        assert page("a") == ["c", "d"] and page("c", 1) == ["d"]
+        driver.commit(domain, [Change("insert", "M", "b", 0, {}, {})])  # a new record again: it comes last
+        assert page("a") == ["c", "d", "b"]
+        driver.commit(domain, [Change("update", "M", "c", 1, {"x": 1}, {})])  # an update keeps its place
+        assert page("a", 2) == ["c", "d"] and driver.select(domain, "M", after="a", limit=1)[0].data == {"x": 1}
+
+    @requires("paged_select")
     def test_select_after_a_record_the_domain_does_not_hold_is_record_not_found(self, driver, domain, other_domain):
         driver.commit(domain, [Change("insert", "M", "a", 0, {}, {"k": 1}), Change("insert", "M", "b", 0, {}, {"k": 1})])
         driver.commit(other_domain, [Change("insert", "M", "elsewhere", 0, {}, {"k": 1})])

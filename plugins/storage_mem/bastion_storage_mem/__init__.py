@@ -66,6 +66,9 @@ class MemoryDriver:
         self._seq = itertools.count(1)
         # (domain, model) -> id -> row; dicts keep creation order
         self._records: dict[tuple[str, str], dict[str, _Row]] = {}
+        # (domain, model) -> its ids in creation order and each one's place: made by a paged select, dropped
+        # by a commit that inserts or deletes one of its records (an update keeps the order).
+        self._places: dict[tuple[str, str], tuple[list[str], dict[str, int]]] = {}
         # (domain, model, field, token) -> ids
         self._index: dict[tuple[str, str, str, str], dict[str, None]] = {}
         # (domain, model, id) -> the record's kept versions, oldest first, as JSON texts
@@ -102,14 +105,23 @@ class MemoryDriver:
                     start = rows[after].seq
                     picked = itertools.dropwhile(lambda pair: pair[1].seq <= start, picked)
             elif after is not None:
-                # In creation order (an update keeps a row's place, a new row goes last): the ids after its own.
-                ids = list(rows)
-                picked = ((i, rows[i]) for i in itertools.islice(ids, ids.index(after) + 1, None))
+                ids, place = self._places_of(domain, model, rows)
+                start = place[after] + 1
+                picked = [(i, rows[i]) for i in ids[start:None if limit is None else start + limit]]
             else:
                 picked = rows.items()
             # Only the page's rows are decoded, outside the lock (rows are replaced, never changed in place).
             picked = list(picked if limit is None else itertools.islice(picked, limit))
         return [StoredRecord(model, i, row.vsn, loads_stored(row.data)) for i, row in picked]
+
+    def _places_of(self, domain: str, model: str, rows: dict[str, _Row]) -> tuple[list[str], dict[str, int]]:
+        """A model's ids in creation order, and each one's place in them (under the lock; kept until a commit
+        inserts or deletes one): a page after a record is a slice, whatever the domain holds."""
+        places = self._places.get((domain, model))
+        if places is None:
+            ids = list(rows)  # dicts keep creation order: an update keeps a row's place, a new row goes last
+            places = self._places[(domain, model)] = (ids, {id: n for n, id in enumerate(ids)})
+        return places
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         for change in changes:
@@ -131,6 +143,8 @@ class MemoryDriver:
                 old = table.get(change.id)
                 if old is not None:
                     self._unindex(domain, change.model, change.id, old.index)
+                if old is None or change.op == "delete":
+                    self._places.pop((domain, change.model), None)  # the creation order changes
                 if change.op == "delete":
                     del table[change.id]
                     continue
