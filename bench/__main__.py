@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_signal_handlers()
     started = time.monotonic()
+    from bench.report import head, write_results
+
+    commit = head()  # the code measured: a commit made during the run does not change it
     plan = Plan.make(args.quick, tuple(args.only))
     bench = Bench(plan)
     try:
@@ -32,10 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         bench.close()
-    from bench.report import write_results
-
     elapsed = time.monotonic() - started
-    json_path, docs_path = write_results(outcome, elapsed, docs=not args.no_docs)
+    json_path, docs_path = write_results(outcome, elapsed, docs=not args.no_docs, commit=commit)
     print(f"\nresults: {json_path}" + (f"\ntable:   {docs_path}" if docs_path else ""))
     print(f"took {elapsed:.0f} s")
     return 0

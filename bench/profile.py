@@ -188,7 +188,7 @@ def profile_all(bench, quick: bool) -> list[dict]:
             if bench.plan.only and backend.name not in bench.plan.only:
                 continue
             try:
-                out.extend(profile_backend(bench, backend, calls, stamp(bench.plan.quick)))
+                out.extend(profile_backend(bench, backend, calls, stamp(bench.plan.quick, bench.plan.only)))
             except Exception as exc:
                 print(f"  profile {backend.name} failed: {exc}", flush=True)
     return out

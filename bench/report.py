@@ -44,10 +44,20 @@ def _git(*args: str) -> str:
         return ""
 
 
-def stamp(quick: bool) -> str:
-    """``<date>-<shortcommit>`` (``-quick`` for the short run)."""
-    commit = _git("rev-parse", "--short", "HEAD") or "nogit"
-    return f"{datetime.date.today().isoformat()}-{commit}" + ("-quick" if quick else "")
+def head() -> str:
+    """The commit checked out (empty outside a git checkout)."""
+    return _git("rev-parse", "HEAD")
+
+
+def stamp(quick: bool, only: tuple[str, ...] = (), commit: str = "") -> str:
+    """``<date>-<shortcommit>``, ``-quick`` for the short run, ``-only-<names>`` for a subset of it.
+
+    ``commit`` is the one the run started on (a commit made during a run does not rename it): a subset
+    never takes the name of the full run it measures again a part of.
+    """
+    short = (commit or head())[:7] or "nogit"
+    return (f"{datetime.date.today().isoformat()}-{short}" + ("-quick" if quick else "")
+            + (f"-only-{'-'.join(only)}" if only else ""))
 
 
 def _version(dist: str) -> str:
@@ -84,14 +94,18 @@ def machine() -> dict:
     }
 
 
-def write_results(outcome, elapsed: float, docs: bool = True) -> tuple[Path, Path | None]:
-    """Write the JSON results and regenerate the docs table; return both paths."""
+def write_results(outcome, elapsed: float, docs: bool = True, commit: str = "") -> tuple[Path, Path | None]:
+    """Write the JSON results and regenerate the docs table; return both paths.
+
+    ``commit``: the one the run started on (default: the one checked out now).
+    """
     from bench.run import Bench  # noqa: F401  (the Plan dataclass lives there)
 
     plan = outcome.plan
+    commit = commit or head()
     data = {
-        "stamp": stamp(plan.quick), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": _git("rev-parse", "HEAD"), "dirty_tree": bool(_git("status", "--porcelain")),
+        "stamp": stamp(plan.quick, plan.only, commit), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": commit, "dirty_tree": bool(_git("status", "--porcelain")),
         "elapsed_s": round(elapsed, 1), "plan": asdict(plan), "machine": machine(),
         "argon2": _argon2(), "ceilings": outcome.ceilings, "cases": outcome.cases, "skipped": outcome.skipped,
         "profiles": outcome.profiles, "logging": outcome.logging,
@@ -106,9 +120,9 @@ def write_results(outcome, elapsed: float, docs: bool = True) -> tuple[Path, Pat
     text = DOCS.read_text() if DOCS.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
+    before, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    DOCS.write_text(head + BEGIN + "\n" + markdown(data, path) + "\n" + END + tail)
+    DOCS.write_text(before + BEGIN + "\n" + markdown(data, path) + "\n" + END + tail)
     return path, DOCS
 
 
