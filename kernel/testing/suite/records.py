@@ -78,6 +78,14 @@ class RecordsSuite(SuiteBase):
         driver.commit(domain, [Change("update", "M", "r5", 1, {"n": "changed"}, {})])
         assert [r.id for r in driver.select(domain, "M")] == ids
 
+    def test_records_inserted_by_one_commit_keep_the_order_of_its_changes(self, driver, domain):
+        ids = ["m", "c", "x", "a", "q"]
+        driver.commit(domain, [Change("insert", "M", "first", 0, {}, {"k": 1})])
+        driver.commit(domain, [Change("update", "M", "first", 1, {"n": 1}, {"k": 1}),
+                               *(Change("insert", "M", i, 0, {}, {"k": 1}) for i in ids)])
+        assert [r.id for r in driver.select(domain, "M")] == ["first", *ids]
+        assert [r.id for r in driver.select(domain, "M", {"k": 1})] == ["first", *ids]
+
     def test_select_filters_on_index(self, driver, domain):
         driver.commit(domain, [
             Change("insert", "M", "a", 0, {}, {"done": False, "tag": "x"}),

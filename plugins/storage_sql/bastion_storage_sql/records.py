@@ -52,6 +52,11 @@ MAX_COMPILED_SELECTS = 64
 _p = sa.bindparam
 
 
+def _write_order(change: Change) -> tuple:
+    """Where a change goes in its commit: updates and deletes by (model, id), then inserts as they came."""
+    return (True,) if change.op == "insert" else (False, change.model, change.id)
+
+
 class SqlRecords(SqlBackend):
     """The record half of the SQL driver (:class:`kernel.driver.RecordStore`)."""
 
@@ -174,9 +179,12 @@ class SqlRecords(SqlBackend):
         if not changes:
             return
         # Encode before the transaction opens: the write lock is held for less time.
-        # A fixed order of row locks keeps two PostgreSQL transactions from deadlocking.
+        # A fixed order of row locks keeps two PostgreSQL transactions from deadlocking: updates and
+        # deletes go first, by model and id. Inserts follow in the order of the changes, which is the
+        # records' creation order (their seq); two transactions inserting one id both wait on the primary
+        # key, and the one PostgreSQL rolls back is a VersionConflict, as it would be without the wait.
         ordered = [(change, None if change.op == "delete" else dumps_text(change.data or {}))
-                   for change in sorted(changes, key=lambda change: (change.model, change.id))]
+                   for change in sorted(changes, key=_write_order)]
         at = self.clock() if any(change.history for change in changes) else None  # the commit's time
 
         def work(connection):
