@@ -336,6 +336,14 @@ class UnitOfWorkSuite(SuiteBase):
                 assert [v["id"] for v in db.values(Note, {"done": True}, after="n3", limit=1)] == ["n6"]
                 assert [r._id for r in db.select(Note, {"done": False}, limit=2)] == ["n1", "n2"]
 
+    def test_records_inserted_by_one_unit_of_work_keep_the_order_of_the_inserts(self, driver, domain, models):
+        with self.uow(driver, domain, models) as db:
+            for id in ("z", "b", "m", "a"):
+                db.insert(Note, id=id, text=id)
+        with self.uow(driver, domain, models) as db:
+            assert [v["id"] for v in db.values(Note)] == ["z", "b", "m", "a"]
+            assert [v["id"] for v in db.values(Note, after="b", limit=2)] == ["m", "a"]
+
     def test_a_page_shows_what_the_unit_of_work_holds(self, driver, domain, models):
         self._store_notes(driver, domain, models)
         with self.uow(driver, domain, models) as db:
