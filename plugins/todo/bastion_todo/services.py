@@ -26,23 +26,24 @@ class _Omitted:
 OMITTED: Any = _Omitted()
 
 
-#: The most todos one get_all answers, and how many it answers when ``limit`` is not given.
+#: The most todos one page of get_all holds (its ``limit``).
 PAGE_LIMIT = 1000
 
 
 @service
-def get_all(after: str | None = None, limit: int = PAGE_LIMIT) -> list[dict]:
-    """Return a page of the domain's todos, oldest first: at most ``limit``, those added after the todo ``after``.
+def get_all(after: str | None = None, limit: int | None = None) -> list[dict]:
+    """Return the domain's todos, oldest first: every one, or a page of at most ``limit`` after the todo ``after``.
 
-    Without arguments, the first 1,000 (``PAGE_LIMIT``): a call costs one
-    page, whatever the domain holds. The next page starts after the last
-    todo of this one; a page shorter than ``limit`` is the last. ``after``
-    names a todo the domain holds (RecordNotFound otherwise: it was removed
-    since, so the list is read again from the start). ``db.values`` gives
-    each todo as ``{"id", "vsn", "text", "done"}``, which is ``Todo.to_dict``
-    of its record, without making the record objects.
+    Without arguments, every todo (the protocol's version 1 contract). With
+    ``limit`` (1 to ``PAGE_LIMIT``), a page: a call costs one page, whatever
+    the domain holds. The next page starts after the last todo of this one;
+    a page shorter than ``limit`` is the last. ``after`` names a todo the
+    domain holds (RecordNotFound otherwise: it was removed since, so the list
+    is read again from the start). ``db.values`` gives each todo as
+    ``{"id", "vsn", "text", "done"}``, which is ``Todo.to_dict`` of its
+    record, without making the record objects.
     """
-    if not 1 <= limit <= PAGE_LIMIT:
+    if limit is not None and not 1 <= limit <= PAGE_LIMIT:
         raise InvalidCall(f"get_all: limit is a number of todos from 1 to {PAGE_LIMIT}, not {limit}")
     with storage() as db:
         return db.values(Todo, after=after, limit=limit)

@@ -63,18 +63,21 @@ def test_get_all_answers_pages_after_a_todo(call):
     assert call("get_all", todos[2]["id"], 3) == todos[3:6]
     assert call("get_all", after=todos[5]["id"], limit=3) == todos[6:]  # shorter than the limit: the last page
     assert call("get_all", after=todos[6]["id"]) == []
-    assert call("get_all", limit=PAGE_LIMIT) == call("get_all") == todos
+    assert call("get_all", limit=PAGE_LIMIT) == call("get_all") == call("get_all", None, None) == todos
     changed = call("update", todos[0]["id"], 1, done=True)
     assert call("get_all", limit=1) == [changed]  # a change keeps a todo's place
 
 
-def test_get_all_answers_at_most_a_page_of_1000_todos(app, call):
+def test_get_all_answers_every_todo_and_pages_of_at_most_1000(app, call):
     with app.runtime.bind("localhost"), storage() as db:
         for n in range(PAGE_LIMIT + 1):
             db.insert(Todo, text=f"todo {n}")
-    first = call("get_all")
-    assert PAGE_LIMIT == 1000 and len(first) == PAGE_LIMIT
-    assert [t["text"] for t in call("get_all", first[-1]["id"])] == ["todo 1000"]
+    every = call("get_all")
+    assert len(every) == PAGE_LIMIT + 1  # without a limit, every todo: the version 1 contract
+    first = call("get_all", None, PAGE_LIMIT)
+    assert PAGE_LIMIT == 1000 and first == every[:PAGE_LIMIT]
+    assert call("get_all", first[-1]["id"], PAGE_LIMIT) == every[PAGE_LIMIT:]
+    assert call("get_all", first[-1]["id"]) == every[PAGE_LIMIT:]  # every todo after that one
 
 
 def test_get_all_after_a_removed_or_unknown_todo_is_404(call, caller):
@@ -88,7 +91,7 @@ def test_get_all_after_a_removed_or_unknown_todo_is_404(call, caller):
 
 @pytest.mark.parametrize("args, kwargs", [
     ((1,), {}), ((None, 0), {}), ((None, PAGE_LIMIT + 1), {}), ((None, -1), {}), ((None, True), {}), ((None, "10"), {}),
-    ((None, 1.5), {}), ((), {"limit": None}), ((), {"after": ["x"]}), ((), {"page": 2}), ((None, 10, 3), {}),
+    ((None, 1.5), {}), ((), {"limit": "all"}), ((), {"after": ["x"]}), ((), {"page": 2}), ((None, 10, 3), {}),
 ])
 def test_get_all_with_an_after_or_limit_of_the_wrong_kind_is_400(call, args, kwargs):
     call("add", "one")
