@@ -335,6 +335,14 @@ def _checked_where(info: ModelInfo, where: Mapping[str, Scalar] | None) -> dict[
     return where
 
 
+def _names_a_record(id: Any) -> bool:
+    """Whether ``id`` can name a record (TypeError if it is not a string): an id that breaks the record-id rule
+    (:func:`kernel.driver.is_record_id`) names none, and no driver is asked about it."""
+    if not isinstance(id, str):
+        raise TypeError("a record id is a string")
+    return is_record_id(id)
+
+
 def _page(driver: Driver, domain: str, model: str, where: dict[str, Scalar], after: str | None,
           limit: int | None) -> list[StoredRecord]:
     """The page of a driver without ``paged_select``: its whole answer, cut (the same page, at full cost)."""
@@ -429,11 +437,8 @@ class UnitOfWork:
         where = _checked_where(info, where)
         if after is None and limit is None:
             return self.driver.select(self.domain, info.name, where)
-        if after is not None:
-            if not isinstance(after, str):
-                raise TypeError("after is a record id, a string")
-            if not is_record_id(after):
-                raise RecordNotFound(f"no {info.name} with id {after!r}")
+        if after is not None and not _names_a_record(after):
+            raise RecordNotFound(f"no {info.name} with id {after!r}")
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ValueError(f"limit is a number of records, at least 1, not {limit!r}")
         if PAGED_SELECT in getattr(self.driver, "capabilities", ()):
@@ -457,9 +462,7 @@ class UnitOfWork:
         without asking the driver.
         """
         info = self.models.info(model)
-        if not isinstance(id, str):
-            raise TypeError("a record id is a string")
-        if not is_record_id(id):
+        if not _names_a_record(id):
             return None
         key = (info.name, id)
         if key in self._deleted:
@@ -483,9 +486,7 @@ class UnitOfWork:
         info = self.models.info(model)
         if not info.history:
             raise ValueError(f"{info.name} keeps no history: give the model history = True")
-        if not isinstance(id, str):
-            raise TypeError("a record id is a string")
-        if not is_record_id(id):
+        if not _names_a_record(id):
             return []
         return [version.to_dict() for version in self.driver.history(self.domain, info.name, id)]
 
