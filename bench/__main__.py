@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile:
             from bench.profile import profile_all
 
-            outcome.profiles = profile_all(bench, quick=args.quick)
+            outcome.profiles = profile_all(bench, quick=args.quick, commit=commit)
     except KeyboardInterrupt:
         print("\ninterrupted: every server is being stopped", file=sys.stderr)
         return 130

@@ -176,8 +176,8 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
     return out
 
 
-def profile_all(bench, quick: bool) -> list[dict]:
-    """Profile mem://, SQLite, PostgreSQL and Redis (those available)."""
+def profile_all(bench, quick: bool, commit: str = "") -> list[dict]:
+    """Profile mem://, SQLite, PostgreSQL and Redis (those available); files named after the run's ``commit``."""
     from bench.report import stamp
 
     print("profile (in process, cProfile)", flush=True)
@@ -188,7 +188,7 @@ def profile_all(bench, quick: bool) -> list[dict]:
             if bench.plan.only and backend.name not in bench.plan.only:
                 continue
             try:
-                out.extend(profile_backend(bench, backend, calls, stamp(bench.plan.quick, bench.plan.only)))
+                out.extend(profile_backend(bench, backend, calls, stamp(bench.plan.quick, bench.plan.only, commit)))
             except Exception as exc:
                 print(f"  profile {backend.name} failed: {exc}", flush=True)
     return out
