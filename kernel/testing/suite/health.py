@@ -16,5 +16,6 @@ class HealthSuite(SuiteBase):
         before = driver.state_count()
         for _ in range(3):
             assert driver.ping() is None
-        assert driver.state_count() == before
+        # At most: suites may share one backend, where another test's key can expire meanwhile.
+        assert driver.state_count() <= before
         assert driver.get(domain, "ping") is None
