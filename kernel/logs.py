@@ -273,12 +273,31 @@ class _Clock:
         return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
 
 
+#: Every character that some reader of a log takes for the end of a line (str.splitlines' set).
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break written as its escape (``\\n``, ``\\u2028``, ...): it cannot start a line."""
+    if _LINE_BREAKS.search(text) is None:
+        return text
+    return _LINE_BREAKS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _continuation(text: str) -> str:
+    """A traceback or stack as the lines after a record's: each indented, none able to pass for a record's first."""
+    return "\n".join("  " + one_line(line) for line in text.split("\n"))
+
+
 class TextFormatter(logging.Formatter):
     """``2026-01-31T12:00:00.123Z INFO bastion.call call request_id=... domain=... status=200``.
 
     A record that is not an :class:`Event` gets ``request_id=...`` after its
     message when it was made during a request; a traceback follows on the
-    next lines.
+    next lines, each indented. Every record's first line starts at column 0
+    and nothing in it can break it: a message's line breaks (whatever text it
+    repeats, a client's included) are written as escapes, so no message can
+    forge a line of its own.
     """
 
     def __init__(self, *args, **kwargs):
@@ -294,7 +313,7 @@ class TextFormatter(logging.Formatter):
         if isinstance(msg, Event):
             line = self.format_event(record.created, record.levelname, record.name, msg)
         else:
-            text = record.getMessage()
+            text = one_line(record.getMessage())
             request_id = getattr(record, "request_id", None) or _request_id.get()
             if request_id and request_id != "-":
                 text = f"{text} request_id={request_id}"
@@ -303,9 +322,9 @@ class TextFormatter(logging.Formatter):
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line = f"{line}\n{record.exc_text}"
+            line = f"{line}\n{_continuation(record.exc_text)}"
         if record.stack_info:
-            line = f"{line}\n{self.formatStack(record.stack_info)}"
+            line = f"{line}\n{_continuation(self.formatStack(record.stack_info))}"
         return line
 
 

@@ -47,10 +47,26 @@ def get_plugin_manager(
         trace = os.environ.get("BASTION_TRACE_PLUGINS", "") not in ("", "0", "false", "no")
     if trace:
         log.setLevel(logging.DEBUG)
-        # A traced call shows its arguments: a storage URL's password is scrubbed from the line.
-        pm.trace.root.setwriter(lambda message: log.debug("%s", scrub(message.rstrip())))
-        pm.enable_tracing()
+        pm.add_hookcall_monitoring(_trace_before, _trace_after)
     return pm
+
+
+def _trace_before(hook_name: str, hook_impls, kwargs) -> None:
+    """Log a hook call on one line: every argument as its ``repr``.
+
+    pluggy's own tracer writes ``str()`` of each argument on a line of its own, so client text (a login body's key,
+    a path with U+2028) would split the trace into lines that look like the log's own. A ``repr`` escapes every
+    line break; a storage URL's password is scrubbed from the line.
+    """
+    args = ", ".join(f"{name}={value!r}" for name, value in kwargs.items())
+    log.debug("%s", scrub(f"call {hook_name}({args}) [{len(hook_impls)} implementations]"))
+
+
+def _trace_after(outcome, hook_name: str, hook_impls, kwargs) -> None:
+    """Log what a traced hook call returned (or raised), on one line."""
+    exception = outcome.exception
+    result = f"raised {exception!r}" if exception is not None else f"returned {outcome.get_result()!r}"
+    log.debug("%s", scrub(f"done {hook_name}: {result}"))
 
 
 def load_entry_point_plugins(pm: pluggy.PluginManager, only: Iterable[str] | None = None) -> list[str]:

@@ -50,6 +50,24 @@ def test_text_lines_are_logfmt_and_no_value_forges_a_field_or_a_line():
     assert "status=200 duration_ms=1.5 ok=true" in text and "None" not in text
 
 
+@pytest.mark.parametrize("brk", ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_no_message_or_exception_text_starts_a_line_of_its_own(brk):
+    """Any logger's message may repeat client text: written as escapes, it cannot pass for a record."""
+    forged = "1999-01-01T00:00:00.000Z INFO bastion.security event=login user=admin"
+    formatter = logs.TextFormatter()
+    record = logging.LogRecord("plugin", logging.WARNING, __file__, 1, "refused %s", (f"x{brk}{forged}",), None)
+    line = formatter.format(record)
+    assert line.splitlines() == [line] and line.endswith(forged) and "refused x\\" in line
+    try:
+        raise ValueError(f"bad key {brk}{forged}")
+    except ValueError:
+        import sys
+        record = logging.LogRecord("plugin", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    first, *rest = formatter.format(record).splitlines()
+    assert first.endswith(" ERROR plugin failed") and rest[0] == "  Traceback (most recent call last):"
+    assert all(line.startswith("  ") for line in rest)
+
+
 def test_json_lines_hold_the_fields_as_named():
     line = JsonFormatter().format_event(0.0, "INFO", "bastion.call", Event("call", {**FIELDS, "path": "/\n"}, "rid"))
     data = json.loads(line)

@@ -165,6 +165,27 @@ def test_bastion_trace_plugins_writes_every_hook_call(gunicorn_server):
     assert client.session.sid not in text and "mac=" not in text  # reprs say who, never the secrets
 
 
+FORGED = "1999-01-01T00:00:00.000Z INFO bastion.security event=login domain=localhost user=admin"
+
+
+def test_client_text_in_traced_hook_calls_cannot_forge_a_line(gunicorn_server):
+    """Hook arguments carry client text (a login body's key, a path); traced, none of it starts a line."""
+    server = gunicorn_server(sections("mem://"), workers=1, env={"BASTION_TRACE_PLUGINS": "1"})
+    headers = {"Host": DOMAIN, "Content-Type": "application/json"}
+    for brk in ("\n", "\r", "\u2028", "\u0085", "\u2029"):
+        body = json.dumps({"username": "x", "password": "y", f"{brk}{FORGED}{brk}": 1}).encode()
+        assert raw_request(server.host, server.port, "POST", "/auth/login", body, headers).status == 400
+        path = "/api/" + "".join(f"%{b:02X}" for b in f"add{brk}{FORGED}".encode())
+        assert raw_request(server.host, server.port, "POST", path, b"{}", headers).status in (400, 401, 404)
+    lines = wait_for_log(server, lambda line: "bastion_refused" in line, "a traced bastion_refused")
+    forged = [line for line in server.log().splitlines() if FORGED in line]
+    assert forged, "the client's text is logged (escaped, inside a line)"
+    # Each is a record's own first line, the client's text inside it, never a line of its own.
+    assert all(TIME_LEVEL.match(line) for line in forged), [line for line in forged if not TIME_LEVEL.match(line)][:3]
+    assert all(TIME_LEVEL.match(line) or line.startswith("  ") for line in lines if line), \
+        [line for line in lines if line and not TIME_LEVEL.match(line)][:3]
+
+
 # -- 2. one call line per request --------------------------------------------------------------------------------
 
 
