@@ -25,9 +25,11 @@ from kernel.config import (  # noqa: E402
 from kernel.context import Request, current  # noqa: E402
 from kernel.deploy import Problem, is_loopback_host  # noqa: E402
 from kernel.driver import (  # noqa: E402
+    DEFAULT_HISTORY_KEEP_REMOVED,
     MAX_ID_LENGTH,
     PAGED_SELECT,
     PROBE_DOMAIN,
+    REMOVED_HISTORY_STEP,
     Change,
     Driver,
     RecordStore,
@@ -101,6 +103,7 @@ __all__ = [
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar", "check_change",
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
     "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL", "PAGED_SELECT",
+    "DEFAULT_HISTORY_KEEP_REMOVED", "REMOVED_HISTORY_STEP",
     # errors
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",

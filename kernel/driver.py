@@ -8,7 +8,11 @@ A driver keeps two kinds of data, both partitioned by domain in every key:
   applies every change atomically, or none; for a model that keeps history,
   the same commit appends each change to its record's **history** (at most the
   number of versions the change names, oldest dropped), read back by
-  :meth:`RecordStore.history`;
+  :meth:`RecordStore.history`; a removed record keeps the history it had
+  until as many removals as its delete names (``keep_removed``) have
+  followed in its domain and model, dropped by the commit that removes, so
+  that what a domain holds of removed records stays bounded however many it
+  removes;
 * **short-lived state** for the auth plugin — keys with a time to live, atomic
   add-if-absent, atomic increments, and *windows* (sets of members that each
   expire on their own, for sliding-window counters and per-user session sets).
@@ -38,6 +42,14 @@ Scalar = str | int | float | bool | None
 
 #: The capability of a driver whose ``select`` takes ``after`` and ``limit`` and reads one page only.
 PAGED_SELECT = "paged_select"
+
+#: How many removals of a model, in a domain, a removed record's history outlives when the model names no
+#: ``history_keep_removed`` (and a delete no ``keep_removed``).
+DEFAULT_HISTORY_KEEP_REMOVED = 100
+
+#: Removed histories beyond the bound a commit drops on top of one per removal it makes: what brings a bound
+#: lowered since (or histories kept before there was one) back within it, a few at a time.
+REMOVED_HISTORY_STEP = 16
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -78,6 +90,24 @@ class Change:
     history and drops its oldest entries beyond ``history`` — in the same
     atomic step, so a commit that fails writes no history either. ``by`` is
     who committed it (a username, or None outside a signed call).
+
+    ``keep_removed`` bounds what removed records keep (its model's
+    ``history_keep_removed``); only a delete with ``history`` set reads it.
+    Such a delete is a *removal*: the removals of a model in a domain are
+    numbered 1, 2, 3, ... in commit order (those of one commit in the order
+    of its changes). A removed record keeps the history it had when it was
+    removed until ``keep_removed`` more removals of its model in its domain
+    have followed its latest one: the commit that makes the ``keep_removed``-th
+    drops that history (every entry up to its last deletion: all of it,
+    unless the id was inserted again since, whose later versions stay), in
+    the same atomic step. So at most ``keep_removed`` removed records of a
+    model keep history in a domain; 0 drops a record's history with its
+    removal. Each such commit drops the histories of the removed records
+    beyond the bound, oldest removal first: all of them, up to one per
+    removal it makes plus :data:`REMOVED_HISTORY_STEP` (bounded work per
+    write, never a scan), so a bound lowered since is reached over the next
+    removals. The bound of a commit's removals of one model is the smallest
+    they name (the unit of work names its model's, the same for each).
     """
 
     op: Literal["insert", "update", "delete"]
@@ -88,6 +118,7 @@ class Change:
     index: Mapping[str, Scalar] | None = None
     history: int = 0
     by: str | None = None
+    keep_removed: int = DEFAULT_HISTORY_KEEP_REMOVED
 
     @property
     def new_vsn(self) -> int:
@@ -158,18 +189,22 @@ class RecordStore(Protocol):
         Every change first passes :func:`check_change` (TypeError, nothing
         written): a valid record id, JSON data, scalar index values, and no
         string that UTF-8 cannot encode. A change whose ``history`` is set is
-        appended to its record's history in the same atomic step (see
-        :class:`Change`); a change without it costs nothing more.
+        appended to its record's history in the same atomic step, and a
+        delete among them drops the histories of the removed records its
+        ``keep_removed`` leaves out (see :class:`Change`); a change without
+        ``history`` costs nothing more.
         """
 
     def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
         """Return the kept versions of a record, oldest first (the last one a deletion, if it was deleted).
 
-        A record's history outlives the record: a deletion is its last entry,
-        and an insert of the same id later appends after it. Empty when
-        nothing was kept (a model without history, an unknown id, an id that
-        breaks the record-id rule, which finds nothing without asking the
-        backend). Returned data belongs to the caller.
+        A record's history outlives the record, for as long as its removal is
+        among the last ``keep_removed`` of its model in its domain (see
+        :class:`Change`): a deletion is its last entry, and an insert of the
+        same id later appends after it. Empty when nothing was kept (a model
+        without history, an unknown id, a removed record whose history was
+        dropped, an id that breaks the record-id rule, which finds nothing
+        without asking the backend). Returned data belongs to the caller.
         """
 
     def domains(self, model: str) -> list[str]:
@@ -324,6 +359,9 @@ def check_change(change: Change) -> None:
     if change.history or change.by is not None:
         if type(change.history) is not int or change.history < 0:
             raise TypeError(f"{change.model} {change.id}: history {change.history!r} is not a number of versions")
+        if type(change.keep_removed) is not int or change.keep_removed < 0:
+            raise TypeError(f"{change.model} {change.id}: keep_removed {change.keep_removed!r} is not a number "
+                            "of removals")
         if change.by is not None:
             check_text(change.by, f"{change.model} {change.id}: history author")
     if change.op == "delete":

@@ -241,8 +241,9 @@ def bastion_models():
     classmethods ``initialize(record)``, ``validate(record)``,
     ``index(record)`` and ``to_dict(record)`` (see docs/storage.md; the fields
     ``initialize`` sets are the model's fields), and optionally ``history =
-    True`` (every committed version kept, at most ``history_limit``). Returns
-    a list of classes, or None for none.
+    True`` (every committed version kept, at most ``history_limit``; a
+    removed record's until ``history_keep_removed`` more are removed).
+    Returns a list of classes, or None for none.
     """
 
 

@@ -19,11 +19,14 @@ A model is a plain class with four optional classmethods:
 ``index(record)``       return ``{field: scalar}`` to filter ``select`` on
 ``to_dict(record)``     the JSON form services return
 
-and two optional class attributes: ``history = True`` makes the storage keep
+and optional class attributes: ``history = True`` makes the storage keep
 every committed version of each record (``db.history(Model, id)``), in the
 same atomic commit as the record itself, at most ``history_limit`` of them
 (:data:`DEFAULT_HISTORY_LIMIT` unless the model says otherwise), oldest
-dropped.
+dropped; a removed record keeps its history until ``history_keep_removed``
+more records of its model have been removed in its domain
+(:data:`DEFAULT_HISTORY_KEEP_REMOVED` unless the model says otherwise), so
+that a domain holds the history of at most that many removed records.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 from kernel import context
 from kernel.driver import (
+    DEFAULT_HISTORY_KEEP_REMOVED,
     PAGED_SELECT,
     Change,
     Driver,
@@ -197,7 +201,9 @@ class ModelInfo:
     from the model) is dropped at the record's next write. A model without
     ``initialize`` has no declared fields (None) and keeps whatever it stores.
     ``history`` is how many versions of each record the storage keeps (the
-    model's ``history_limit`` when it says ``history = True``), 0 for none.
+    model's ``history_limit`` when it says ``history = True``), 0 for none;
+    ``keep_removed`` how many removals of the model in a domain a removed
+    record's history outlives (its ``history_keep_removed``).
     """
 
     cls: type
@@ -206,6 +212,7 @@ class ModelInfo:
     fields: frozenset[str] | None = None
     defaults: Mapping[str, Any] | None = None
     history: int = 0
+    keep_removed: int = DEFAULT_HISTORY_KEEP_REMOVED
 
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         """Give ``data`` (read from a driver, owned by the caller) the default of each field it lacks."""
@@ -274,7 +281,7 @@ class Models:
         declared = getattr(cls, "initialize", None) is not None
         info = ModelInfo(cls, name, frozenset(info.index(template)),
                          frozenset(template._data) if declared else None, template.fields() if declared else None,
-                         _history_limit(cls, name))
+                         _history_limit(cls, name), _history_keep_removed(cls, name))
         if info.fields is not None:
             _FIELDS[cls] = info.fields
             _RECORD_CLASSES[cls] = _record_class(cls, info.fields)
@@ -318,6 +325,23 @@ def _history_limit(cls: type, name: str) -> int:
     if type(limit) is not int or limit < 1:
         raise TypeError(f"model {name}: history_limit is a number of versions, at least 1, not {limit!r}")
     return limit
+
+
+def _history_keep_removed(cls: type, name: str) -> int:
+    """How many removals a removed record's history outlives: the model's ``history_keep_removed``, else the default.
+
+    It is a number of records a domain may hold the history of after their
+    removal, so 0 is allowed (a record's history goes with it). Only a model
+    that keeps history may name it.
+    """
+    keep = getattr(cls, "history_keep_removed", None)
+    if keep is None:
+        return DEFAULT_HISTORY_KEEP_REMOVED
+    if not getattr(cls, "history", False):
+        raise TypeError(f"model {name}: history_keep_removed without history = True keeps nothing; say history = True")
+    if type(keep) is not int or keep < 0:
+        raise TypeError(f"model {name}: history_keep_removed is a number of removed records, 0 or more, not {keep!r}")
+    return keep
 
 
 Validator = Callable[[type, Record, Errors], None]
@@ -478,10 +502,14 @@ class UnitOfWork:
         ``at`` is the commit's time (Unix seconds on the storage's clock),
         ``by`` the username that committed it (None outside a signed call),
         ``data`` the record's data as that version stored it, or None for its
-        deletion. At most the model's ``history_limit`` versions are kept; a
-        deleted record's history stays. Only committed versions are there: a
-        change of this unit of work appears once it commits. ValueError for a
-        model that keeps no history (``history = True`` turns it on).
+        deletion. At most the model's ``history_limit`` versions are kept. A
+        deleted record's history stays until ``history_keep_removed`` more
+        records of the model have been removed in the domain; then it is
+        ``[]``, as for an id never used (or, for an id inserted again since,
+        only the versions after its deletion). Only committed versions are
+        there: a change of this unit of work appears once it commits.
+        ValueError for a model that keeps no history (``history = True``
+        turns it on).
         """
         info = self.models.info(model)
         if not info.history:
@@ -558,9 +586,10 @@ class UnitOfWork:
         if errors:
             raise ValidationError(errors.to_dict())
         for (name, id), vsn in self._deleted.items():
-            history = self.models.named(name).history
-            if history:
-                changes.append(Change("delete", name, id, vsn, history=history, by=self.author))
+            info = self.models.named(name)
+            if info.history:
+                changes.append(Change("delete", name, id, vsn, history=info.history, by=self.author,
+                                      keep_removed=info.keep_removed))
             else:
                 changes.append(Change("delete", name, id, vsn))
         return changes

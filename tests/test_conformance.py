@@ -77,6 +77,13 @@ class ForgetfulHistoryDriver(MemoryDriver):
         return None
 
 
+class RemovedHistoryHoardingDriver(MemoryDriver):
+    """Broken on purpose: a removed record's history stays for ever (every driver before the removed-history bound)."""
+
+    def _drop_removed(self, domain, model, order, last_dropped, most):
+        return None
+
+
 class OverreadingPageDriver(MemoryDriver):
     """Broken on purpose: a page is cut from the whole answer at the wrong place (one record too late)."""
 
@@ -125,6 +132,10 @@ class StalePlacesDriver(MemoryDriver):
     (UnboundedHistoryDriver, "test_unit_of_work_history_limits_hold"),
     (ForgetfulHistoryDriver, "test_history_keeps_every_committed_version_oldest_first"),
     (ForgetfulHistoryDriver, "test_unit_of_work_records_who_and_which_version"),
+    (RemovedHistoryHoardingDriver, "test_removed_records_keep_their_history_until_enough_removals_follow"),
+    (RemovedHistoryHoardingDriver, "test_a_lowered_bound_is_reached_over_the_next_removals"),
+    (RemovedHistoryHoardingDriver, "test_keep_removed_0_drops_the_history_with_the_record_in_the_same_commit"),
+    (RemovedHistoryHoardingDriver, "test_unit_of_work_history_of_removed_records_is_bounded"),
 ])
 def test_the_suite_fails_a_broken_driver(broken, test_name):
     clock = FakeClock()

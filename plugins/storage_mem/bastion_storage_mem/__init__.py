@@ -8,6 +8,12 @@ one entry per key, at the time to look at it again; each write pops a few
 entries that are due, dropping what has expired and pushing a key whose
 expiry has moved later back at its new time. Memory stays bounded by what is
 live, with no full scan on any call.
+
+History is a list per record. The removals of each model in each domain are
+numbered in a dictionary kept in removal order (a record removed again moves
+to its end); the commit that removes drops the histories of the first ones
+its bound leaves out, a few at most, so a domain that adds and removes
+records in a loop holds a bounded number of removed histories.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from kernel import (
     PAGED_SELECT,
     PROBE_DOMAIN,
     PROCESS_LOCAL,
+    REMOVED_HISTORY_STEP,
     Change,
     RecordNotFound,
     RecordVersion,
@@ -71,8 +78,10 @@ class MemoryDriver:
         self._places: dict[tuple[str, str], tuple[list[str], dict[str, int]]] = {}
         # (domain, model, field, token) -> ids
         self._index: dict[tuple[str, str, str, str], dict[str, None]] = {}
-        # (domain, model, id) -> the record's kept versions, oldest first, as JSON texts
-        self._history: dict[tuple[str, str, str], list[str]] = {}
+        # (domain, model, id) -> the record's kept versions, oldest first: (JSON text, whether it is a deletion)
+        self._history: dict[tuple[str, str, str], list[tuple[str, bool]]] = {}
+        # (domain, model) -> removed id -> the number of its latest removal; in that order, oldest first
+        self._removals: dict[tuple[str, str], dict[str, int]] = {}
         # (domain, key) -> (value, expires) or {member: (weight, expires)}
         self._state: dict[tuple[str, str], Any] = {}
         # (when, (domain, key)): when to look at a key again; at most one entry per key,
@@ -135,10 +144,13 @@ class MemoryDriver:
                 elif row is None or row.vsn != change.vsn:
                     raise VersionConflict("record changed")
             now = None  # the commit's time, read once if some change keeps history
+            removals: dict[str, list[Change]] = {}  # by model, in the order of the changes
             for change in changes:
                 if change.history:
                     now = self.clock() if now is None else now
                     self._keep(domain, change, now)
+                    if change.op == "delete":
+                        removals.setdefault(change.model, []).append(change)
                 table = self._records.setdefault((domain, change.model), {})
                 old = table.get(change.id)
                 if old is not None:
@@ -153,22 +165,55 @@ class MemoryDriver:
                 table[change.id] = _Row(seq, change.new_vsn, dumps_text(change.data or {}), tokens)
                 for field, token in tokens.items():
                     self._index.setdefault((domain, change.model, field, token), {})[change.id] = None
+            for model, removed in removals.items():
+                self._count_removals(domain, model, removed)
 
     def _keep(self, domain: str, change: Change, now: float) -> None:
         """Append a change to its record's history and drop what is beyond its limit (under the lock)."""
-        entry = {"vsn": change.history_vsn, "at": now, "by": change.by,
-                 "data": None if change.op == "delete" else change.data}
+        deletion = change.op == "delete"
+        entry = {"vsn": change.history_vsn, "at": now, "by": change.by, "data": None if deletion else change.data}
         versions = self._history.setdefault((domain, change.model, change.id), [])
-        versions.append(dumps_text(entry))
+        versions.append((dumps_text(entry), deletion))
         if len(versions) > change.history:
             del versions[:len(versions) - change.history]
+
+    def _count_removals(self, domain: str, model: str, removed: list[Change]) -> None:
+        """Number a commit's removals of ``model`` after the domain's earlier ones, then drop the histories
+        their bound leaves out (under the lock, after the commit's writes)."""
+        order = self._removals.setdefault((domain, model), {})
+        last = next(reversed(order.values()), 0)
+        for change in removed:
+            last += 1
+            order.pop(change.id, None)  # a record removed again counts from its latest removal
+            order[change.id] = last
+        self._drop_removed(domain, model, order, last - min(change.keep_removed for change in removed),
+                           len(removed) + REMOVED_HISTORY_STEP)
+        if not order:
+            del self._removals[(domain, model)]
+
+    def _drop_removed(self, domain: str, model: str, order: dict[str, int], last_dropped: int, most: int) -> None:
+        """Drop the removed histories of the oldest removals numbered up to ``last_dropped``, at most ``most``:
+        each record's entries up to its last deletion (all of them, unless it was inserted again since)."""
+        while most and order:
+            id, number = next(iter(order.items()))
+            if number > last_dropped:
+                return
+            most -= 1
+            del order[id]
+            key = (domain, model, id)
+            versions = self._history.get(key, [])
+            ends = [n for n, (_, deletion) in enumerate(versions) if deletion]
+            if ends:
+                del versions[:ends[-1] + 1]
+            if not versions:
+                self._history.pop(key, None)
 
     def history(self, domain: str, model: str, id: str) -> list[RecordVersion]:
         if not is_record_id(id):
             return []
         with self._lock:
             versions = list(self._history.get((domain, model, id), ()))
-        return [RecordVersion(**loads_stored(text)) for text in versions]
+        return [RecordVersion(**loads_stored(text)) for text, _ in versions]
 
     def domains(self, model: str) -> list[str]:
         with self._lock:

@@ -43,6 +43,7 @@ from bastion_storage_redis.wire import Script, Wire
 from kernel import (
     PAGED_SELECT,
     PROBE_DOMAIN,
+    REMOVED_HISTORY_STEP,
     Change,
     RecordNotFound,
     RecordVersion,
@@ -205,6 +206,7 @@ class RedisDriver:
         k = self.keys
         args: list[Any] = [k.domain(domain), len(changes)]
         kept: list[Any] = []  # history entries: list key, how many it keeps, the JSON entry
+        removals: dict[str, list[Change]] = {}  # deletes that keep history, by model, in the order of the changes
         now = None
         for change in changes:
             index = (change.index or {}) if change.op != "delete" else {}
@@ -226,8 +228,16 @@ class RedisDriver:
                 head = dumps_text({"vsn": change.history_vsn, "at": now, "by": change.by})[:-1]
                 entry = f'{head},"data":{"null" if change.op == "delete" else data}}}'
                 kept += [k.history(domain, change.model, change.id), change.history, entry]
+                if change.op == "delete":
+                    removals.setdefault(change.model, []).append(change)
         if kept:
             args += [len(kept) // 3, *kept]
+        if removals:
+            args.append(len(removals))
+            for model, removed in removals.items():
+                args += [k.removals(domain, model), k.history_prefix(domain, model),
+                         min(change.keep_removed for change in removed), len(removed) + REMOVED_HISTORY_STEP,
+                         len(removed), *(change.id for change in removed)]
         inserted = sorted({c.model for c in changes if c.op == "insert"})
         if inserted:
             # The registry key lies outside the domain's hash tag, so the script

@@ -8,6 +8,7 @@ hash tag, so one domain's keys share one slot)::
     P o:<model>                 zset  id scored by creation sequence
     P i:<model>:<field>:<token> set   ids whose indexed field has that value
     P h:<model>:<id>            list  a record's kept versions, oldest first, each a JSON object
+    P hr:<model>                zset  removed ids whose history is kept, scored by the number of their latest removal
     P s:<key>                   hash  v=JSON value  e=expiry (plain key)
                                 zset  member scored by expiry (window)
     P w:<key>                   hash  member=weight (window weights)
@@ -76,9 +77,17 @@ class Keys:
         """An index key without its domain prefix, as records list their own index keys."""
         return f"i:{escape(model)}:{escape(field)}:{token}"
 
+    def history_prefix(self, domain: str, model: str) -> str:
+        """The history list key of ``model`` without its id."""
+        return f"{self.domain(domain)}h:{escape(model)}:"
+
     def history(self, domain: str, model: str, id: str) -> str:
         """The list of a record's kept versions (a model that keeps history)."""
-        return f"{self.domain(domain)}h:{escape(model)}:{id}"
+        return self.history_prefix(domain, model) + id
+
+    def removals(self, domain: str, model: str) -> str:
+        """The sorted set of a model's removed ids whose history is kept, by the number of their latest removal."""
+        return f"{self.domain(domain)}hr:{escape(model)}"
 
     def state(self, domain: str, key: str) -> str:
         """The plain key or window ``key``."""

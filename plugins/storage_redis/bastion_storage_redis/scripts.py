@@ -230,9 +230,18 @@ CHANGE_FIELDS = 8
 #: changes, then per change: op, record key, order key, id, expected version,
 #: new version, JSON data, JSON list of index keys (relative to the prefix);
 #: then, when some change keeps history, the number of history entries and per
-#: entry: the history list's key, how many entries it keeps, the JSON entry.
+#: entry: the history list's key, how many entries it keeps, the JSON entry;
+#: then, when some delete keeps history (a removal), the number of models
+#: removed from and per model: its removals key, its history key prefix, its
+#: bound (keep_removed), the most removed histories to drop, the number of
+#: removals and their ids, in the order of the changes.
 #: Checks every version first and writes only if all hold; returns 0, or the
 #: 1-based position of the first change that conflicts (nothing written).
+#: The removals of a model are numbered after the highest number its removals
+#: key holds (a record removed again takes its new number); the histories of
+#: the lowest numbers the bound leaves out are dropped up to their last
+#: deletion entry (the only entries ending in ``"data":null}``: every other
+#: entry's data is an object), the whole list unless the id was inserted again.
 COMMIT = """
 local P, n, F = ARGV[1], tonumber(ARGV[2]), @FIELDS@
 for i = 0, n - 1 do
@@ -265,10 +274,42 @@ for i = 0, n - 1 do
   end
 end
 local h = 3 + n * F
-for j = 0, (tonumber(ARGV[h]) or 0) - 1 do
+local kept = tonumber(ARGV[h]) or 0
+for j = 0, kept - 1 do
   local e = h + 1 + j * 3
   redis.call('RPUSH', ARGV[e], ARGV[e + 2])
   redis.call('LTRIM', ARGV[e], -tonumber(ARGV[e + 1]), -1)
+end
+local r = h + 1 + kept * 3
+local models = tonumber(ARGV[r]) or 0
+r = r + 1
+for _ = 1, models do
+  local zkey, prefix, bound, most, count = ARGV[r], ARGV[r + 1], tonumber(ARGV[r + 2]), ARGV[r + 3], tonumber(ARGV[r + 4])
+  local top = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  local last = tonumber(top[2]) or 0
+  for i = 1, count do
+    last = last + 1
+    redis.call('ZADD', zkey, last, ARGV[r + 4 + i])
+  end
+  local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', last - bound, 'LIMIT', 0, most)
+  for _, id in ipairs(gone) do
+    local hkey = prefix .. id
+    local entries = redis.call('LRANGE', hkey, 0, -1)
+    local cut = 0
+    for i = #entries, 1, -1 do
+      if string.sub(entries[i], -13) == ',"data":null}' then
+        cut = i
+        break
+      end
+    end
+    if cut == #entries then
+      redis.call('DEL', hkey)
+    elseif cut > 0 then
+      redis.call('LTRIM', hkey, cut, -1)
+    end
+    redis.call('ZREM', zkey, id)
+  end
+  r = r + 5 + count
 end
 return 0
 """.replace("@FIELDS@", str(CHANGE_FIELDS))

@@ -24,7 +24,9 @@ def test_every_key_of_a_domain_shares_its_hash_tag(open_driver, domain):
     driver = open_driver()
     driver.commit(domain, [Change("insert", "Note", "a", 0, {"t": 1}, {"done": False, "tag": "x"}),
                            Change("insert", "Other:Model", "b", 0, {}, {"k": 1})])
-    driver.commit(domain, [Change("update", "Note", "a", 1, {"t": 2}, {"done": True, "tag": "x"}, 5, "ann")])
+    driver.commit(domain, [Change("update", "Note", "a", 1, {"t": 2}, {"done": True, "tag": "x"}, 5, "ann"),
+                           Change("insert", "Note", "gone", 0, {}, {}, 5, "ann")])
+    driver.commit(domain, [Change("delete", "Note", "gone", 1, history=5, by="ann")])
     driver.set(domain, "session", {"user": "ann"}, 60)
     driver.add(domain, "nonce", 1, 60)
     driver.incr(domain, "hits", 1, 60)
@@ -33,6 +35,7 @@ def test_every_key_of_a_domain_shares_its_hash_tag(open_driver, domain):
     keys = _keys_of(driver.client, domain)
     assert len(keys) >= 9, keys
     assert driver.keys.history(domain, "Note", "a") in keys
+    assert driver.keys.removals(domain, "Note") in keys  # the removed records whose history is kept
     tag = f"bastion:{{{domain}}}:"
     assert all(k.startswith(tag) for k in keys), keys
     assert len({key_slot(k.encode()) for k in keys}) == 1

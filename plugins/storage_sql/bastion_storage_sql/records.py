@@ -5,6 +5,17 @@ history and domains are one SELECT each, outside any transaction; commit is
 one transaction (on PostgreSQL: BEGIN, one statement per change plus the index
 writes, plus two for each change that keeps history — the new entry and the
 trim of the oldest beyond the limit — COMMIT).
+
+A commit that removes records of a model that keeps history (deletes with
+``history``) also numbers those removals and drops the histories its bound
+leaves out (:class:`kernel.driver.Change`), per model: one ``executemany``
+upsert of ``bastion_history_removed``, one DELETE ... RETURNING of the
+oldest numbers beyond the bound (at most one per removal plus
+``REMOVED_HISTORY_STEP``, an index range), and, when it returned any, one
+``executemany`` that deletes their history up to their last deletion. On
+PostgreSQL the transaction first takes an advisory lock per (domain, model)
+it removes from, so that two commits never take the same number; SQLite's
+writers are serialised already.
 """
 
 from __future__ import annotations
@@ -16,8 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
-from bastion_storage_sql.schema import MAX_TOKEN, history, index_entries, records
+from bastion_storage_sql.schema import MAX_TOKEN, history, index_entries, records, removals
 from kernel import (
+    REMOVED_HISTORY_STEP,
     Change,
     RecordNotFound,
     RecordVersion,
@@ -49,7 +61,17 @@ def stored_token(value: Scalar) -> str:
 #: Most distinct shapes of select (its number of filters, whether it pages) whose statement is kept compiled.
 MAX_COMPILED_SELECTS = 64
 
+#: The first key of the PostgreSQL advisory locks that serialise the removals of one model in one domain
+#: ("bhrv" in ASCII); the second is a digest of the pair (two-key locks never meet the migration's one-key lock).
+REMOVALS_LOCK = int.from_bytes(b"bhrv", "big")
+
 _p = sa.bindparam
+
+
+def removals_lock_key(domain: str, model: str) -> int:
+    """The second key of the advisory lock of a (domain, model)'s removals: a signed 32-bit digest of the pair."""
+    digest = hashlib.blake2b(f"{domain}\x00{model}".encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _write_order(change: Change) -> tuple:
@@ -98,6 +120,31 @@ class SqlRecords(SqlBackend):
             domain=_p("d"), model=_p("m"), id=_p("id"), n=sa.func.coalesce(last, 0) + 1, vsn=_p("hvsn"),
             committed_at=_p("at"), committed_by=_p("by"), data=_p("data")))
         self._trim_sql = compile_(history.delete().where(entries_of, h.n <= last - _p("keep")))
+        # Removals: the next number of a (domain, model) is one past its highest (the newest removal is never
+        # dropped by a bound of 1 or more; with 0 every number goes, and counting starts again, as it may).
+        x = removals.c
+        numbered = sa.select(sa.func.coalesce(sa.func.max(x.n), 0) + 1).where(
+            x.domain == _p("d"), x.model == _p("m")).scalar_subquery()
+        upsert = self._insert(removals).values(domain=_p("d"), model=_p("m"), id=_p("id"), n=numbered)
+        self._removal_sql = compile_(upsert.on_conflict_do_update(
+            index_elements=[x.domain, x.model, x.id], set_={"n": upsert.excluded.n}))
+        newest = removals.alias("newest").c
+        oldest = removals.alias("oldest").c
+        beyond = (sa.select(oldest.id)
+                  .where(oldest.domain == _p("d"), oldest.model == _p("m"), oldest.n <= sa.select(
+                      sa.func.max(newest.n)).where(newest.domain == _p("d"), newest.model == _p("m"))
+                      .scalar_subquery() - _p("keep"))
+                  .order_by(oldest.n).limit(_p("most")))
+        self._drop_removed_sql = compile_(removals.delete().where(x.domain == _p("d"), x.model == _p("m"),
+                                                                 x.id.in_(beyond)).returning(x.id))
+        # A dropped record's entries up to its last deletion: all of them, unless it was inserted again since.
+        deletions = history.alias("deletions").c
+        last_deletion = (sa.select(sa.func.max(deletions.n))
+                         .where(deletions.domain == _p("d"), deletions.model == _p("m"), deletions.id == _p("id"),
+                                deletions.data.is_(None)).scalar_subquery())
+        self._forget_sql = compile_(history.delete().where(entries_of, h.n <= last_deletion))
+        self._lock_removals_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(
+            sa.literal_column(str(REMOVALS_LOCK)), _p("key")))) if self._postgresql else None
 
     def fetch(self, domain: str, model: str, id: str) -> StoredRecord | None:
         """Return the record, or None when the domain has no such record (or ``id`` breaks the record-id rule)."""
@@ -186,8 +233,17 @@ class SqlRecords(SqlBackend):
         ordered = [(change, None if change.op == "delete" else dumps_text(change.data or {}))
                    for change in sorted(changes, key=_write_order)]
         at = self.clock() if any(change.history for change in changes) else None  # the commit's time
+        removed: dict[str, list[Change]] = {}  # deletes that keep history, by model, in the order of the changes
+        for change in changes:
+            if change.history and change.op == "delete":
+                removed.setdefault(change.model, []).append(change)
 
         def work(connection):
+            if removed and self._lock_removals_sql is not None:
+                # Taken before any row lock, in one order: a commit waiting here holds nothing another needs.
+                lock = self._lock_removals_sql
+                for key in sorted({removals_lock_key(domain, model) for model in removed}):
+                    connection.execute(lock.text, lock.params({"key": key})).fetchall()
             for change, data in ordered:
                 values = {"d": domain, "m": change.model, "id": change.id, "vsn": change.vsn, "data": data}
                 if change.op == "insert":
@@ -198,6 +254,8 @@ class SqlRecords(SqlBackend):
                     self._delete_record(connection, values)
                 if change.history:
                     self._keep(connection, values, change, at)
+            for model, changes_of_model in removed.items():
+                self._count_removals(connection, domain, model, changes_of_model)
 
         self._run(TRANSACTION, work, conflicts=True)
 
@@ -228,6 +286,20 @@ class SqlRecords(SqlBackend):
         entry = {**values, "hvsn": change.history_vsn, "at": at, "by": change.by, "keep": change.history}
         connection.execute(self._keep_sql.text, self._keep_sql.params(entry))
         connection.execute(self._trim_sql.text, self._trim_sql.params(entry))
+
+    def _count_removals(self, connection: Any, domain: str, model: str, removed: list[Change]) -> None:
+        """Number a commit's removals of ``model`` after the domain's earlier ones, then drop the histories
+        their bound leaves out, oldest removal first (see :class:`kernel.driver.Change`)."""
+        upsert = self._removal_sql
+        connection.cursor().executemany(upsert.text, [upsert.params({"d": domain, "m": model, "id": change.id})
+                                                      for change in removed])
+        bound = {"d": domain, "m": model, "keep": min(change.keep_removed for change in removed),
+                 "most": len(removed) + REMOVED_HISTORY_STEP}
+        gone = self._all(connection, self._drop_removed_sql, bound)
+        if gone:
+            forget = self._forget_sql
+            connection.cursor().executemany(forget.text, [forget.params({"d": domain, "m": model, "id": row[0]})
+                                                          for row in gone])
 
     def _index(self, connection: Any, values: dict, change: Change) -> None:
         sql = self._index_sql

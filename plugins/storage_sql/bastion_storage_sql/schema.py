@@ -13,7 +13,11 @@ The Alembic revisions in ``migrations/versions`` create exactly these tables;
 * ``bastion_windows`` — members of windows, each with its own expiry.
 * ``bastion_history`` — the kept versions of records whose model keeps
   history, ``n`` numbering each record's entries in commit order (a deleted
-  record's history stays, so there is no foreign key to the record).
+  record's history outlives it, so there is no foreign key to the record).
+* ``bastion_history_removed`` — the removed records whose history is kept,
+  ``n`` the number of each one's latest removal among its model's in its
+  domain (1, 2, 3, ...): the commit that removes drops the histories of the
+  lowest numbers the model's bound leaves out (``Change.keep_removed``).
 
 Every expiry is an absolute Unix time computed from the driver's clock.
 """
@@ -94,4 +98,16 @@ history = sa.Table(
     sa.Column("committed_by", sa.String, nullable=True),
     # The version's data as JSON; NULL for a deletion.
     sa.Column("data", sa.Text, nullable=True),
+)
+
+removals = sa.Table(
+    "bastion_history_removed", metadata,
+    sa.Column("domain", sa.String, primary_key=True),
+    sa.Column("model", sa.String, primary_key=True),
+    sa.Column("id", sa.String, primary_key=True),
+    # The number of the record's latest removal, counted per domain and model; removing it again renumbers it.
+    sa.Column("n", sa.BigInteger, nullable=False),
+    # The newest removal (the next number) and the oldest ones (those to drop) are the ends of one range.
+    sa.Index("ix_bastion_history_removed_order", "domain", "model", "n"),
+    **_WITHOUT_ROWID,
 )

@@ -43,6 +43,20 @@ def test_select_with_where_starts_from_the_index_on_sqlite(sqlite_url):
     assert not any(step.startswith("SCAN") for step in plan), plan
 
 
+def test_removals_are_numbered_and_dropped_through_indexes_on_sqlite(sqlite_url):
+    """The statements a commit that removes runs read index ranges of one domain and model, never a scan."""
+    driver = SqlDriver(sqlite_url)
+    driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {}, {}, 5) for i in range(50)])
+    driver.commit(DOMAIN, [Change("delete", "M", f"r{i}", 1, history=5, keep_removed=10) for i in range(50)])
+    values = {"d": DOMAIN, "m": "M", "id": "r3", "keep": 10, "most": 17}
+    with driver.engine.connect() as connection:
+        for sql in (driver._removal_sql, driver._drop_removed_sql, driver._forget_sql):
+            plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql.text, sql.params(values))]
+            assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
+            assert any(step.startswith("SEARCH") for step in plan), (sql, plan)
+    driver.close()
+
+
 def test_long_and_nul_index_values_are_found_exactly(driver):
     long_a, long_b = "a" * 5000, "a" * 4999 + "b"
     driver.commit(DOMAIN, [

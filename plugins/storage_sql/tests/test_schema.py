@@ -1,5 +1,6 @@
 """Schema lifecycle: development creates it, production refuses without it, `bastion initdb` makes it."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -194,5 +195,54 @@ def test_a_database_at_the_first_revision_upgrades_and_keeps_its_records(empty_u
         assert driver.fetch("upgrade.test", "M", "a").data == {"x": 1}
         driver.commit("upgrade.test", [Change("update", "M", "a", 1, {"x": 2}, {}, 5, "alice")])
         assert [(v.vsn, v.by, v.data) for v in driver.history("upgrade.test", "M", "a")] == [(2, "alice", {"x": 2})]
+    finally:
+        driver.close()
+
+
+def test_a_database_at_revision_0002_numbers_the_records_it_had_removed(empty_url):
+    """Records removed before removed histories were bounded (revision 0002) keep their history through the
+    upgrade, numbered in the order of their removal, and the removals after it drop the oldest beyond the bound."""
+    from alembic import command
+    from bastion_storage_sql import settings
+    from bastion_storage_sql.engine import create_engine, parse_url
+
+    from kernel import Change
+
+    engine = create_engine(parse_url(empty_url), settings.defaults())
+    with engine.begin() as connection:
+        command.upgrade(migrate._config(connection), "0002")
+        # What revision 0002 held: "b" removed first, then "a"; "c" removed and inserted again; "live" never removed.
+        rows = [("a", 1, 1, 10.0, {"x": 1}), ("a", 2, 2, 30.0, None), ("b", 1, 1, 5.0, {"x": 1}),
+                ("b", 2, 2, 20.0, None), ("c", 1, 1, 1.0, {"x": 1}), ("c", 2, 2, 2.0, None),
+                ("c", 3, 1, 3.0, {"x": 2}), ("live", 1, 1, 1.0, {"x": 1})]
+        for id, n, vsn, at, data in rows:
+            connection.execute(sa.text("INSERT INTO bastion_history (domain, model, id, n, vsn, committed_at, "
+                                       "committed_by, data) VALUES ('old.test', 'M', :id, :n, :vsn, :at, 'ann', :data)"),
+                               {"id": id, "n": n, "vsn": vsn, "at": at,
+                                "data": None if data is None else json.dumps(data)})
+    engine.dispose()
+
+    driver = bastion_storage_driver(empty_url, DEVELOPMENT, FakeClock())  # development upgrades
+    try:
+        assert migrate.status(driver.engine).up_to_date
+        with driver.engine.connect() as connection:
+            numbered = connection.execute(sa.text("SELECT id, n FROM bastion_history_removed "
+                                                  "WHERE domain = 'old.test' ORDER BY n")).all()
+        assert [tuple(row) for row in numbered] == [("b", 1), ("a", 2)]
+        assert [v.vsn for v in driver.history("old.test", "M", "a")] == [1, 2]
+        driver.commit("old.test", [Change("insert", "M", "new", 0, {}, {}, 5, "ann")])
+        driver.commit("old.test", [Change("delete", "M", "new", 1, history=5, by="ann", keep_removed=2)])
+        # The third removal, with a bound of 2: b's history goes, a's stays.
+        assert driver.history("old.test", "M", "b") == []
+        assert [v.vsn for v in driver.history("old.test", "M", "a")] == [1, 2]
+        driver.commit("old.test", [Change("insert", "M", "other", 0, {}, {}, 5, "ann")])
+        driver.commit("old.test", [Change("delete", "M", "other", 1, history=5, by="ann", keep_removed=1)])
+        assert driver.history("old.test", "M", "a") == []
+        assert driver.history("old.test", "M", "new") == []
+        assert [v.vsn for v in driver.history("old.test", "M", "other")] == [1, 2]
+        # Inserted again after its removal, c was no removed record: its history is untouched, as is a live one's.
+        assert [(v.vsn, v.data) for v in driver.history("old.test", "M", "c")] == [(1, {"x": 1}), (2, None),
+                                                                                   (1, {"x": 2})]
+        assert [v.vsn for v in driver.history("old.test", "M", "live")] == [1]
     finally:
         driver.close()
