@@ -374,6 +374,7 @@ SERVER_SCHEMA: dict[str, Option] = {
                                "workers are not replaced all at once", min=0),
     "reload": Choice("auto", ("auto", "on", "off"), "restart workers when code changes; auto: in development mode"),
     "header_timeout": Float(10.0, "seconds a client has to send a request's whole header block, else 408", min=0.1),
-    "body_timeout": Float(20.0, "seconds the application has to read a request's whole body from its start, else 408",
-                          min=0.1),
+    "body_timeout": Float(20.0, "seconds a request's whole body has to arrive once its head has, else 408", min=0.1),
+    "worker_connections": Int(1000, "connections each worker holds at once; beyond, a new one closes the oldest idle "
+                              "or still-arriving connection", min=1, max=100000),
 }

@@ -76,8 +76,10 @@ graceful_timeout = _server.graceful_timeout
 keepalive = _server.keepalive
 max_requests = _server.max_requests
 max_requests_jitter = _server.max_requests_jitter
-# Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers request heads without a
-# thread, bounds the head and the body by [server] header_timeout and body_timeout, and answers its refusals in JSON.
+# Per worker; at the limit Bastion's worker closes an idle or still-arriving connection for a new one.
+worker_connections = _server.worker_connections
+# Bastion's threaded worker (kernel/worker.py), with one thread too: it gathers requests, head and body, without a
+# thread, bounds them by [server] header_timeout and body_timeout, and answers its refusals in JSON.
 worker_class = "kernel.worker.BastionWorker"
 # gunicorn's messages through the INI file's logging (kernel.logs); bastion.call replaces gunicorn's access log.
 logger_class = "kernel.worker.BastionLogger"
@@ -94,8 +96,8 @@ if _process_local():
 
 
 __all__ = ["bind", "workers", "threads", "timeout", "graceful_timeout", "keepalive", "max_requests",
-           "max_requests_jitter", "worker_class", "logger_class", "reload", "control_socket_disable",
-           "forwarded_allow_ips", "on_starting", "on_exit"]
+           "max_requests_jitter", "worker_connections", "worker_class", "logger_class", "reload",
+           "control_socket_disable", "forwarded_allow_ips", "on_starting", "on_exit"]
 
 
 def on_starting(server):

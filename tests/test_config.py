@@ -47,6 +47,8 @@ def test_typed_values():
     ("[bastion]\nmax_body = lots\n", "[bastion] max_body = 'lots': invalid value; accepted: a size in bytes"),
     ("[bastion]\ntrusted_proxies = not-an-ip\n", "[bastion] trusted_proxies"),
     ("[server]\nworkers = 0\n", "[server] workers = '0': invalid value; accepted: an integer from 1 to 64"),
+    ("[server]\nworker_connections = 0\n",
+     "[server] worker_connections = '0': invalid value; accepted: an integer from 1 to 100000"),
     ("[server]\nbind = nowhere\n", "[server] bind"),
     ("[bastoin]\n", "test.ini: [bastoin]: unknown section"),
     ("[users]\nalice = $argon2id$x\n", "[users] alice: expected username@domain"),

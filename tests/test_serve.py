@@ -153,13 +153,13 @@ def test_every_server_key_reaches_gunicorns_settings(tmp_path, monkeypatch):
     ini = write_config({"bastion": {"development": True, "storage": f"sqlite:///{tmp_path}/b.sqlite3"},
                         "server": {"bind": f"127.0.0.1:{port}", "reload": "off", "workers": 3, "threads": 2, "timeout": 40,
                                    "graceful_timeout": 7, "keepalive": 9, "max_requests": 1000,
-                                   "max_requests_jitter": 50}}, tmp_path)
+                                   "max_requests_jitter": 50, "worker_connections": 50}}, tmp_path)
     monkeypatch.setenv("BASTION_CONFIG", str(ini))
     monkeypatch.delitem(sys.modules, "kernel.gunicorn_conf", raising=False)
     cfg = BastionApplication().cfg
     assert cfg.bind == [f"127.0.0.1:{port}"]
     assert (cfg.workers, cfg.threads, cfg.timeout, cfg.graceful_timeout) == (3, 2, 40, 7)
-    assert (cfg.keepalive, cfg.max_requests, cfg.max_requests_jitter) == (9, 1000, 50)
+    assert (cfg.keepalive, cfg.max_requests, cfg.max_requests_jitter, cfg.worker_connections) == (9, 1000, 50, 50)
     assert cfg.worker_class_str == "kernel.worker.BastionWorker" and cfg.reload is False
     assert cfg.forwarded_allow_ips == [] and cfg.control_socket_disable is True
 
