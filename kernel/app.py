@@ -253,7 +253,7 @@ class KernelMiddleware:
         if req.method != "POST":
             self._admit(request)  # the route answers 405 itself, after the ban check
             return
-        request._body = self._read_body(req, request)
+        request._body = self._read_body(req, request, getattr(resource, "max_body", None))
         if getattr(resource, "signed", False):
             self._authenticate(req, request, params.get("service"))
         else:
@@ -285,9 +285,10 @@ class KernelMiddleware:
         self._admit(request)
         raise error
 
-    def _read_body(self, req: falcon.Request, request: context.Request) -> bytes:
-        """Steps 4 and 5: the body limit, its type, no query string; then the body itself."""
-        limit = self.http.max_body
+    def _read_body(self, req: falcon.Request, request: context.Request, route_limit: int | None = None) -> bytes:
+        """Steps 4 and 5: the body limit (the route's own, when it is lower), its type, no query string; then the
+        body itself."""
+        limit = self.http.max_body if route_limit is None else min(route_limit, self.http.max_body)
         length = req.content_length
         if length is not None and length > limit:
             self._refuse(request, PayloadTooLarge(f"request body over {limit} bytes"))

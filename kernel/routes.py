@@ -24,10 +24,11 @@ def answer(resp: falcon.Response, value: Any, status: int = 200) -> None:
 class HandlerResource:
     """A Falcon resource serving one handler for one method."""
 
-    def __init__(self, method: str, handler: Handler, protected: bool, signed: bool):
+    def __init__(self, method: str, handler: Handler, protected: bool, signed: bool, max_body: int | None = None):
         self.handler = handler
         self.protected = protected
         self.signed = signed
+        self.max_body = max_body
         setattr(self, "on_" + method.lower(), self._respond)
 
     def _respond(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
@@ -40,12 +41,20 @@ class Routes:
     def __init__(self, app: falcon.App):
         self._app = app
 
-    def post(self, path: str, handler: Handler, *, protected: bool = False, signed: bool = False) -> None:
+    def post(self, path: str, handler: Handler, *, protected: bool = False, signed: bool = False,
+             max_body: int | None = None) -> None:
         """Serve ``POST path``. ``protected``: the checks of docs/protocol.md section 4 run first (steps 2 to
-        5); ``signed``: the call is authenticated too (steps 6 to 10) and its answers are signed."""
+        5); ``signed``: the call is authenticated too (steps 6 to 10) and its answers are signed.
+
+        ``max_body`` (protected routes only) lowers ``[bastion] max_body`` for this route: a body over it is
+        413 before it is read, so that a route whose bodies are small (a login's) never reads, hashes or
+        parses a mebibyte for whoever sends one. It never raises the server's limit.
+        """
         if signed and not protected:
             raise ValueError(f"{path}: a signed route is protected too")
-        self._app.add_route(path, HandlerResource("POST", handler, protected, signed))
+        if max_body is not None and (not protected or type(max_body) is not int or max_body < 1):
+            raise ValueError(f"{path}: max_body is a number of bytes, at least 1, of a protected route")
+        self._app.add_route(path, HandlerResource("POST", handler, protected, signed, max_body))
 
     def get(self, path: str, handler: Handler) -> None:
         """Serve ``GET path`` (and HEAD), unprotected: for pages and public data, never for secrets."""

@@ -84,3 +84,69 @@ def test_loads_stored_gives_new_objects():
 def test_the_body_reader_stays_strict(body):
     with pytest.raises(ValueError):
         jsonio.loads(body)
+
+
+# -- the nesting of a body is read from its bytes, before it is parsed --------------------------
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _random_value(rng, depth: int):
+    """A JSON value whose strings hold what could fool a reader of bytes: brackets, quotes, backslashes."""
+    if depth <= 0 or rng.random() < 0.25:
+        return rng.choice([1, -2.5, True, None, "", "[", "]]", "{\"[", "\\", "\\\"[{", "\\\\", "a\\\\\"]b", "é[",
+                           "\U0001f600{"])
+    if rng.random() < 0.5:
+        return [_random_value(rng, depth - 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["[", "}", "k\\\"", "x", "\\\\{"]) + str(i): _random_value(rng, depth - 1)
+            for i in range(rng.randrange(4))}
+
+
+def test_the_nesting_read_from_the_bytes_is_the_parsed_values():
+    import random
+
+    rng = random.Random(20261201)
+    for _ in range(600):
+        value = _random_value(rng, rng.randrange(1, 9))
+        for ascii_only in (False, True):
+            body = json.dumps(value, ensure_ascii=ascii_only).encode()
+            depth = _depth(value)
+            for limit in (1, 2, 3, depth - 1, depth, depth + 1):
+                if limit >= 1:
+                    assert jsonio.nesting_within(body, limit) == (depth <= limit), (body, limit)
+
+
+def test_a_body_nested_too_deep_is_refused_before_any_object_is_built(monkeypatch):
+    """The reader refuses it from its bytes: the parser never runs (what it costs is a few passes in C)."""
+    parsed = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *args, **kwargs: parsed.append(1) or real(*args, **kwargs))
+    deep = b'{"args": [' + b"[" * 64 + b"]" * 64 + b"]}"
+    review = b'{"username": [' + b",".join([b"[]"] * 5000) + b'], "password": "x"}'  # docs/security.md
+    for body, limit in ((deep, jsonio.MAX_DEPTH), (b"[" * 100_000 + b"]" * 100_000, jsonio.MAX_DEPTH),
+                        (review, 1), (b'{"a": {}}', 1)):
+        with pytest.raises(ValueError, match="nested deeper"):
+            jsonio.loads(body, max_depth=limit)
+    assert parsed == []
+    assert jsonio.loads(review, max_depth=3)["password"] == "x"
+    assert jsonio.loads(b'{"p": "[[{{"}', max_depth=1) == {"p": "[[{{"}
+    assert parsed == [1, 1]
+
+
+@pytest.mark.parametrize("text, lone", [('"\\ud800"', True), ('"\\udc00"', True), ('"\\udc00\\ud800"', True),
+                                        ('"\\ud800\\u0041"', True), ('"\\\\\\ud800"', True), ('"a\\ud83d"', True),
+                                        ('"\\\\ud800"', False), ('"\\ud83d\\ude00"', False), ('"\\u00e9\\n"', False),
+                                        ('["\\\\", "ud800"]', False), ('"\\\\\\\\ud800"', False)])
+def test_a_lone_surrogate_is_found_in_the_escapes_without_writing_the_value_again(monkeypatch, text, lone):
+    monkeypatch.setattr(json, "dumps", None)  # the check must not encode the value again
+    if lone:
+        with pytest.raises(ValueError, match="surrogate"):
+            jsonio.loads(text.encode())
+    else:
+        assert jsonio.loads(text.encode()) == __import__("json").JSONDecoder().decode(text)
