@@ -15,7 +15,11 @@
  * `Bastion.exc[exc]` (or `Bastion.exc.Error` when there is none for that
  * name). Failures the client itself detects use these `exc` names:
  * InsecureContext (no WebCrypto), NetworkError, InvalidResponseSignature,
- * and UnknownSession (with `local: true`) for a call made while logged out.
+ * UnknownSession (with `local: true`) for a call made while logged out, and
+ * ExpiredSession (with `local: true`) for a call of a session whose expiry,
+ * as the last answer set it, has passed: such a call is never sent. After an
+ * UnknownSession or ExpiredSession, signed or not, the session is forgotten,
+ * so a page sends a dead session's sid once at most (docs/security.md).
  *
  * Calls are signed with HMAC-SHA256 (WebCrypto) exactly as section 4 says,
  * and every answer to a signed call is verified (`Server-Authorization`)
@@ -25,7 +29,7 @@
  * The session key is imported at login as a non-extractable CryptoKey (no
  * script, this one included, can read its bytes afterwards) and kept in
  * IndexedDB under a random per-tab id; sessionStorage keeps only {sid,
- * expires, user, offset, idle, kid}, so a reload of the tab stays logged in.
+ * expires, user, offset, idle, seen, kid}, so a reload of the tab stays logged in.
  * `Bastion.ready` is a Promise of the session restored at start-up. Without
  * IndexedDB the session lives in this page's memory only.
  */
@@ -55,8 +59,17 @@
     InvalidSignature: 401,
     ServiceUnavailable: 503
   };
-  // After these the session is gone for good: forget it.
+  // After these the session is gone for good: forget it, signed or not, so that no later call
+  // of this page sends its sid again (each would be one more refusal for the server to weigh).
   var SESSION_ENDED = { UnknownSession: true, ExpiredSession: true };
+  // Signed refusals of steps 9 and 10: the server did not slide the session's idle expiry for them.
+  // Every other answer it signed (a Forbidden, a NotFound, a service's error) passed step 10 and did.
+  var NOT_SLID = { StaleCall: true, ReplayedCall: true, UnknownSession: true, ExpiredSession: true };
+  // Seconds past its idle timeout, counted on this page's clock from the last answer that slid the session,
+  // after which a session is taken as ended without asking: the server slid it before that answer left, so
+  // its idle expiry has passed too. (A wrong clock offset changes nothing here; a session that reached its
+  // absolute lifetime is still asked about, and the server says so.)
+  var EXPIRY_MARGIN = 2;
 
   var encoder = new TextEncoder();
   var decoder = new TextDecoder("utf-8");
@@ -237,7 +250,7 @@
   // non-extractable HMAC CryptoKey and its bytes are dropped. The CryptoKey
   // object (structured-clonable, but never exportable) is kept in IndexedDB
   // under a random per-tab key id `kid`; sessionStorage keeps only what is not
-  // secret on its own: {sid, expires, user, offset, idle, kid}. A reload
+  // secret on its own: {sid, expires, user, offset, idle, seen, kid}. A reload
   // restores the session from the two. Without IndexedDB (or sessionStorage)
   // the session lives only in this page's memory.
 
@@ -246,7 +259,7 @@
   var IDB_OPEN_TIMEOUT = 5000;  // ms; a browser that never answers counts as no IndexedDB
   var NO_EXPIRY = 43200;        // s an entry is kept when the server gave no expiry
 
-  var state = null;     // {sid, key: CryptoKey, kid, expires, user, offset, idle, keptUntil}
+  var state = null;     // {sid, key: CryptoKey, kid, expires, user, offset, idle, seen, keptUntil}
   var clockOffset = 0;  // server time minus local time, in seconds
   var database = null;  // Promise of the IDBDatabase, or of null when there is none
 
@@ -395,6 +408,7 @@
         user: state.user,
         offset: state.offset,
         idle: state.idle,
+        seen: state.seen,
         kid: state.kid
       }));
     } catch (e) {
@@ -438,6 +452,7 @@
         user: saved.user,
         offset: Number(saved.offset) || 0,
         idle: Number(saved.idle) || 0,
+        seen: typeof saved.seen === "number" ? saved.seen : null,
         keptUntil: entry.expires
       };
       clockOffset = state.offset;
@@ -506,6 +521,11 @@
     if (!state) {
       return Promise.reject(failure("UnknownSession", 401, "not logged in", { local: true }));
     }
+    if (expiredHere(state)) {
+      // Idle past its expiry (a tab left open): the server would only refuse it. Ask nothing.
+      var expired = failure("ExpiredSession", 401, "session expired; log in again", { local: true });
+      return forget().then(function () { throw expired; });
+    }
     var session = state;
     var key = session.key;
     var ts = String(Math.floor(now() + clockOffset));
@@ -546,14 +566,25 @@
             setOffset(payload.server_time, answer.sentAt, answer.receivedAt);
             if (!retried) return signedPost(path, body, true);
           }
+          var exc = status >= 400 && payload ? payload.exc : null;
+          if (!Object.prototype.hasOwnProperty.call(NOT_SLID, exc)) slideExpiry(session);
           if (status >= 200 && status < 300) {
-            slideExpiry(session);
             return { status: status, payload: payload };
           }
-          throw errorFromBody(payload, status);
+          var refused = errorFromBody(payload, status);
+          if (Object.prototype.hasOwnProperty.call(SESSION_ENDED, exc) && state === session) {
+            // A session that ended between steps 7 and 10: signed, and just as final.
+            return forget().then(function () { throw refused; });
+          }
+          throw refused;
         });
       });
     });
+  }
+
+  /** Whether the session has been idle longer than its idle timeout, on this page's clock. */
+  function expiredHere(session) {
+    return session.idle > 0 && typeof session.seen === "number" && now() - session.seen >= session.idle + EXPIRY_MARGIN;
   }
 
   function retryAfter(response, payload) {
@@ -564,6 +595,7 @@
 
   function slideExpiry(session) {
     if (state !== session || !session.idle) return;
+    session.seen = now();
     session.expires = Math.floor(now() + clockOffset + session.idle);
     save();
     // Keep the key entry's expiry ahead of the session's, so no start-up purges a live tab's key.
@@ -627,6 +659,7 @@
         offset: clockOffset,
         idle: typeof body.expires === "number" && typeof body.server_time === "number"
           ? Math.max(0, body.expires - body.server_time) : 0,
+        seen: answer.receivedAt,
         keptUntil: 0
       };
       var kept = session.kid ? keepKey(session).then(function () { return true; }, function () { return false; })

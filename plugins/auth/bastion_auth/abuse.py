@@ -10,8 +10,6 @@ from kernel import (
     Abusive,
     AccountLocked,
     BastionError,
-    ExpiredSession,
-    Forbidden,
     InvalidCredential,
     InvalidSignature,
     ReplayedCall,
@@ -22,24 +20,49 @@ from kernel import (
     WindowEntry,
 )
 
-#: The weight of each refusal (docs/protocol.md section 6); others weigh nothing.
+#: The weight of each refusal (docs/protocol.md section 6); others weigh nothing. A weight is evidence that
+#: someone is guessing a secret (a password, a session's key) or replaying what they captured, never a mistake
+#: of a client that holds its session: a call that passed step 10 proved its key, so what it is refused after
+#: (Forbidden, NotFound, ...) weighs nothing, and neither does a refusal naming a session this server made and
+#: ended or let expire (see :func:`weight_of`).
 WEIGHTS: dict[type[BastionError], int] = {
     Unauthorized: 1,
-    UnknownSession: 1,
-    ExpiredSession: 1,
+    UnknownSession: 1,  # 0 for a session the server ended (see weight_of)
     InvalidCredential: 1,  # weighed by the attempt's reservation (RESERVED)
     AccountLocked: 1,  # weighed by the attempt's reservation (RESERVED)
     StaleCall: 1,
     InvalidSignature: 3,
     ReplayedCall: 3,
-    Forbidden: 3,
 }
 
 
 #: Refusals of a login attempt, weighed by the attempt's own reservation (see :meth:`Abuse.reserve`).
 RESERVED: frozenset[type[BastionError]] = frozenset({InvalidCredential, AccountLocked})
 
+#: The prefix of a window member that stands for a login attempt still running (see :meth:`Abuse.reserve`).
+IN_FLIGHT = "try:"
+
 _UNREAD: Any = object()
+
+
+def weight_of(error: BastionError) -> int:
+    """The weight of a refusal against its origin: the table's, or 0 for one that names a known session.
+
+    An UnknownSession whose sid names a session this server ended (a stale
+    tab after a logout, "sign out everywhere else" or a password change;
+    ``error.ended`` set by the auth plugin) proves only that a client was
+    late, and an ExpiredSession is never in the table: both name a session
+    the server made, so nothing was guessed. A sid the server never made, or
+    has forgotten, still weighs 1.
+    """
+    if getattr(error, "ended", False):
+        return 0
+    return WEIGHTS.get(type(error), 0)
+
+
+def _settled(entries: list[WindowEntry]) -> list[WindowEntry]:
+    """The entries that weigh toward a ban: refusals and failures, not the attempts still running."""
+    return [e for e in entries if not e.member.startswith(IN_FLIGHT)]
 
 
 def _release_time(entries: list[WindowEntry], maximum: int) -> float:
@@ -56,11 +79,14 @@ class Abuse:
     """Weighs refusals in a sliding window and bans an origin once the weight reaches the maximum.
 
     A refusal of a signed call is weighed when it happens. A login attempt
-    is weighed before its password is checked: it takes a place of weight 1
-    in the window (:meth:`reserve`), atomically with reading the window, so
-    that however many attempts run at once, no more than ``abuse_max``
-    passwords are ever checked for one origin in the window. The failure
-    keeps the place (:meth:`confirm`); a success gives it back (:meth:`release`).
+    takes a place of weight 1 in the window before its password is checked
+    (:meth:`reserve`), atomically with reading the window, so that however
+    many attempts run at once, no more than ``abuse_max`` passwords are ever
+    checked for one origin in the window. The place of an attempt still
+    running is a member of its own (:data:`IN_FLIGHT`): it counts toward
+    that bound, never toward a ban, since most attempts succeed. A failure
+    turns it into a weight (:meth:`confirm`); a success gives it back
+    (:meth:`release`).
     """
 
     def __init__(self, state: StateStore, settings):
@@ -94,39 +120,59 @@ class Abuse:
 
     def weigh(self, domain: str, origin: str, error: BastionError, now: float) -> float | None:
         """Add the error's weight for the origin; ban it when the window holds the maximum (return the ban's end)."""
-        weight = WEIGHTS.get(type(error), 0)
+        weight = weight_of(error)
         if not weight or not self.maximum or type(error) in RESERVED:
             return None
         entries = self.state.window_add(domain, self.window_key(origin), secrets.token_hex(8), weight, self.window)
         return self._ban_if_due(domain, origin, entries, now)
 
     def reserve(self, domain: str, origin: str, attempt: str, now: float) -> None:
-        """Take a place of weight 1 for a login attempt; Abusive (and no place) if the origin is banned."""
+        """Take a place of weight 1 for a login attempt; Abusive (and no place) if the window is full.
+
+        Full means banned (the weight of failures and refusals reached the
+        maximum) or, with the attempts still running, as many places taken
+        as the maximum: then the refusal says so, with ``retry_after`` 1,
+        and ``error.in_flight`` is set (a login in progress is no abuse).
+        """
         if not self.maximum:
             return
-        entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
-        others = [e for e in entries if e.member != attempt]
+        member = IN_FLIGHT + attempt
+        entries = self.state.window_add(domain, self.window_key(origin), member, 1, self.window)
+        others = [e for e in entries if e.member != member]
         if sum(e.weight for e in others) >= self.maximum:
-            self.state.window_discard(domain, self.window_key(origin), attempt)
-            until = _release_time(others, self.maximum)
-            raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
+            self.state.window_discard(domain, self.window_key(origin), member)
+            settled = _settled(others)
+            if sum(e.weight for e in settled) >= self.maximum:
+                until = _release_time(settled, self.maximum)
+                raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
+            busy = Abusive(f"too many logins in progress from your address (at most {self.maximum} at once); "
+                           "retry after 1 s", retry_after=1)
+            busy.in_flight = True  # type: ignore[attr-defined]  # for the security log
+            raise busy
 
     def confirm(self, domain: str, origin: str, attempt: str, now: float) -> float | None:
-        """Keep a failed attempt's place as its weight (re-added if it went meanwhile); ban at the maximum (return
-        the ban's end)."""
+        """Turn a failed attempt's place into its weight; ban at the maximum (return the ban's end)."""
         if not self.maximum:
             return None
         entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
+        self.state.window_discard(domain, self.window_key(origin), IN_FLIGHT + attempt)
         return self._ban_if_due(domain, origin, entries, now)
 
     def release(self, domain: str, origin: str, attempt: str) -> None:
         """Give back the place of an attempt that succeeded (a correct login weighs nothing)."""
         if self.maximum:
-            self.state.window_discard(domain, self.window_key(origin), attempt)
+            self.state.window_discard(domain, self.window_key(origin), IN_FLIGHT + attempt)
+
+    def forgive(self, domain: str, origin: str, attempts: list[str]) -> None:
+        """Take back the weight of earlier failed attempts (of one account, which then logged in from here)."""
+        if self.maximum:
+            for attempt in attempts:
+                self.state.window_discard(domain, self.window_key(origin), attempt)
 
     def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float) -> float | None:
-        if sum(e.weight for e in entries) >= self.maximum:
-            until = _release_time(entries, self.maximum)
+        settled = _settled(entries)
+        if sum(e.weight for e in settled) >= self.maximum:
+            until = _release_time(settled, self.maximum)
             self.state.set(domain, self.key(origin), until, max(until - now, 1))
             return until
         return None
@@ -150,14 +196,22 @@ LOCK = "lock"
 class Accounts:
     """Counts failed logins per account and locks it for a while at the limit.
 
-    One window per account holds a member per attempt in flight (weight 0)
-    or failed (weight 1), and, while the account is locked, the member
-    :data:`LOCK` expiring with the lock. An attempt takes its place before
-    its password is checked, atomically with reading the window: it is
-    refused (AccountLocked, nothing checked) when the account is locked or
-    when the attempts already in the window reach the limit. So no more than
-    ``account_max_failures`` passwords are ever checked per lock period,
-    whatever the concurrency.
+    One window per account holds a member per failed attempt (weight 1,
+    named after the attempt) and, while the account is locked, the member
+    :data:`LOCK` expiring with the lock. An attempt is refused before its
+    password is checked only while the account is locked
+    (:meth:`check`): attempts running side by side are never refused for
+    running, so eight parallel logins of one user all pass.
+
+    What keeps parallel guesses from passing the limit is that an outcome is
+    told only while the account is not locked: a failure is told
+    (:meth:`failed`) only if it is one of the first ``account_max_failures``
+    of the window, the one that reaches the limit locks the account; a
+    success is told (:meth:`succeeded`) only while fewer failures than the
+    limit are there. An attempt whose password was checked while other
+    attempts locked the account is answered AccountLocked whatever its
+    password was, so that no more than ``account_max_failures`` wrong
+    passwords are ever told per lock period, whatever the concurrency.
     """
 
     def __init__(self, state: StateStore, settings):
@@ -166,33 +220,59 @@ class Accounts:
         self.limit = settings.account_max_failures
         self.lock = settings.account_lock
 
-    def reserve(self, domain: str, username: str, attempt: str, now: float) -> None:
-        """Take a place for a login attempt; AccountLocked (and no place) if the account is locked or full."""
+    def check(self, domain: str, username: str, now: float) -> None:
+        """AccountLocked while the account is locked: its password is not checked then."""
         if not self.limit:
             return
-        key = account_key("failures", username)
-        entries = self.state.window_add(domain, key, attempt, 0, self.window)
-        lock = [e for e in entries if e.member == LOCK]
-        others = [e for e in entries if e.member not in (attempt, LOCK)]
-        if lock or len(others) >= self.limit:
-            self.state.window_discard(domain, key, attempt)
-            retry_after = lock[0].expires - now if lock else 1
-            raise AccountLocked("too many failed logins for this account; try again later", retry_after=retry_after)
+        until = self.locked_until(domain, username)
+        if until is not None:
+            raise _locked(until - now)
 
     def failed(self, domain: str, username: str, attempt: str, now: float) -> float | None:
-        """Count a failure; at the limit, lock the account, and its count starts afresh (return the lock's end)."""
+        """Count a failure and return the end of the lock it starts, if any.
+
+        AccountLocked, the failure not counted, when the account was locked
+        meanwhile or the limit is already reached by failures of other
+        attempts: its outcome is not told (see the class). At the limit,
+        the lock first: from that moment every attempt is refused or hidden;
+        then the count restarts.
+        """
         if not self.limit:
             return None
         key = account_key("failures", username)
         entries = self.state.window_add(domain, key, attempt, 1, self.window)
+        lock = [e for e in entries if e.member == LOCK]
         failures = [e for e in entries if e.member != LOCK and e.weight]
-        if len(failures) >= self.limit and not any(e.member == LOCK for e in entries):
-            # The lock first: from this moment every new attempt is refused; then the count restarts.
+        if lock or len(failures) > self.limit:
+            self.state.window_discard(domain, key, attempt)
+            raise _locked(lock[0].expires - now if lock else self.lock)
+        if len(failures) == self.limit:
             self.state.window_add(domain, key, LOCK, 0, self.lock)
             for entry in failures:
                 self.state.window_discard(domain, key, entry.member)
             return now + self.lock
         return None
+
+    def succeeded(self, domain: str, username: str, now: float) -> list[str]:
+        """A correct password resets the account's count: return the failed attempts it clears.
+
+        AccountLocked, nothing reset, when the account was locked meanwhile
+        or holds as many failures as the limit (their lock is being set):
+        its outcome is not told either (see the class). The count is reset
+        member by member, never by deleting the window, so that a lock set
+        by a concurrent failure stays.
+        """
+        if not self.limit:
+            return []
+        key = account_key("failures", username)
+        entries = self.state.window_entries(domain, key)
+        lock = [e for e in entries if e.member == LOCK]
+        failures = [e.member for e in entries if e.member != LOCK and e.weight]
+        if lock or len(failures) >= self.limit:
+            raise _locked(lock[0].expires - now if lock else self.lock)
+        for member in failures:
+            self.state.window_discard(domain, key, member)
+        return failures
 
     def locked_until(self, domain: str, username: str) -> float | None:
         """When the account's lock ends, or None when it is not locked."""
@@ -205,7 +285,6 @@ class Accounts:
         self.state.delete(domain, account_key("failures", username))
         return locked
 
-    def succeeded(self, domain: str, username: str) -> None:
-        """A successful login resets the account's count."""
-        if self.limit:
-            self.state.delete(domain, account_key("failures", username))
+
+def _locked(retry_after: float) -> AccountLocked:
+    return AccountLocked("too many failed logins for this account; try again later", retry_after=retry_after)

@@ -29,10 +29,12 @@ from kernel import (
     Request,
     Routes,
     Runtime,
+    ServiceUnavailable,
     Settings,
     StaleCall,
     StateStore,
     Unauthorized,
+    UnknownSession,
     ValidationError,
     VersionConflict,
     b64url,
@@ -67,6 +69,21 @@ CALL_EVENTS: dict[type[BastionError], tuple[str, int]] = {
 #: Seconds during which one worker's start-up message about the demo user stands for every worker's.
 DEMO_BANNER_TTL = 30
 
+#: The most bytes one character of a login body's strings can take: a character beyond the BMP written as
+#: two ``\\uXXXX`` escapes (a client that escapes all non-ASCII text, as ``json.dumps`` does by default).
+ESCAPED_CHARACTER = 12
+#: Room in a login body besides its two strings: the keys, ``force``, spaces.
+LOGIN_BODY_OVERHEAD = 1024
+#: The largest logout body: the server hashes it and reads it no further; clients send ``{}`` or nothing.
+LOGOUT_MAX_BODY = 1024
+
+
+def login_max_body(max_password_length: int) -> int:
+    """The largest login body (bytes): a username of 150 characters and a password of the longest length
+    checked, every character escaped its longest way. A body over it is 413 before it is read, since its
+    password could not be checked anyway; 15,112 bytes with the default ``max_password_length``."""
+    return ESCAPED_CHARACTER * (users.MAX_USERNAME + max_password_length) + LOGIN_BODY_OVERHEAD
+
 
 def sid_prefix(sid: str) -> str:
     """What logs and ``bastion sessions`` show of a session id: its first 8 characters, never the whole sid."""
@@ -100,6 +117,7 @@ class Auth:
         self.skew = settings.skew
         # a nonce can pass while |now - ts| <= skew, and ts may lie up to skew ahead of now
         self.nonce_ttl = 2 * settings.skew + 1
+        self.login_max_body = login_max_body(settings.max_password_length)
 
     @functools.cached_property
     def state(self) -> StateStore:
@@ -194,10 +212,12 @@ class Auth:
 
     @hookimpl
     def bastion_routes(self, routes: Routes) -> None:
-        """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed)."""
-        routes.post("/auth/login", self.login, protected=True)
+        """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed), each with the body limit
+        its bodies need (a few hundred bytes), far below the server's: a client with no session cannot make
+        the server read, hash or parse a mebibyte here."""
+        routes.post("/auth/login", self.login, protected=True, max_body=self.login_max_body)
         routes.post("/auth/logout", lambda request: {"result": self.logout(request.session)}, protected=True,
-                    signed=True)
+                    signed=True, max_body=LOGOUT_MAX_BODY)
 
     @hookimpl
     def bastion_services(self) -> list:
@@ -236,7 +256,8 @@ class Auth:
     def bastion_refused(self, request: Request, error: BastionError) -> None:
         """Weigh the refusal against the origin (a ban is a security event); count a refused login."""
         if request.path == LOGIN_PATH:
-            self.logins.inc(LOGIN_OUTCOMES.get(type(error), "refused"))
+            outcome = "in_progress" if getattr(error, "in_flight", False) else None
+            self.logins.inc(outcome or LOGIN_OUTCOMES.get(type(error), "refused"))
         if request.domain:
             banned = self.abuse.weigh(request.domain, request.origin, error, self.clock())
             if banned is not None:
@@ -251,12 +272,15 @@ class Auth:
     def login(self, request: Request) -> dict[str, Any]:
         """Check a login body and credentials; open a session and return the docs/protocol.md answer.
 
-        Every limit is reserved before the password is checked, atomically in
-        the state store, so that concurrent attempts can never check more
-        passwords than the limits allow: the attempt first takes a place in
-        its origin's abuse window (a banned origin is refused there), then in
-        its account's window (a locked account is refused there). A failure
-        keeps both places as the failure's weight; a success gives them back.
+        The password is checked as one attempt against the limits (see
+        :meth:`check_password`). Then the session is stored, and the login
+        reads the user again and, last, its own session: a password change
+        (the user's, ``bastion passwd``) or a removal replaces the user first
+        and ends its sessions second, so a login that verified the old
+        password either reads the new user (InvalidCredential, its session
+        ended) or finds its session already ended by them (InvalidCredential
+        too), or answers before they end it, which they then do. No login
+        answers 200 with a session it can tell has ended.
         """
         username, password, force = parse_login(request.body)
         domain, origin = request.domain, request.origin
@@ -274,12 +298,14 @@ class Auth:
             raise
         # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
         # before this one existed changed or removed the user first, which this read sees.
-        current = users.find(username)
-        if current is None or (current.password not in hashes and not self.passwords.verify(password, current.password)[0]):
-            # (A hash that differs but still verifies is a concurrent login's upgrade of the same password.)
-            self.sessions.end(domain, session.sid, username)
-            self.event("login_failed", username, logging.WARNING, reason="invalid_credential", known_user=current is not None)
-            raise InvalidCredential("invalid username or password")
+        if not self._still_valid(username, password, hashes):
+            self._raced(domain, username, session.sid)
+        # Last, the session itself: one that a change ended after the read above was ended after the password
+        # was replaced, which a second read sees. (Ended by the user's own "sign out everywhere" or a forced
+        # login, the password unchanged, it is answered: its first call learns UnknownSession, as theirs do.)
+        if self.state.get(domain, self.sessions.key(session.sid)) is None and not self._still_valid(
+                username, password, hashes):
+            self._raced(domain, username, session.sid)
         self.logins.inc("success")
         self.event("login", username, session=sid_prefix(session.sid), forced=force or None,
                    rehashed=len(hashes) > 1 or None)
@@ -290,6 +316,22 @@ class Auth:
             "server_time": now,
             "user": {"username": username, "domain": domain},
         }
+
+    def _still_valid(self, username: str, password: str, hashes: set[str]) -> bool:
+        """Whether the user still exists with a password this login verified.
+
+        A hash that differs but still verifies is a concurrent login's upgrade of the same password.
+        """
+        current = users.find(username)
+        return current is not None and (current.password in hashes or self.passwords.verify(password,
+                                                                                             current.password)[0])
+
+    def _raced(self, domain: str, username: str, sid: str) -> None:
+        """The user changed or went while this login ran: end its session (no client holds it) and refuse."""
+        self.sessions.end(domain, sid, username, mark=False)
+        self.event("login_failed", username, logging.WARNING, reason="invalid_credential",
+                   known_user=users.find(username) is not None)
+        raise InvalidCredential("invalid username or password")
 
     def _confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Keep a failed attempt's weight; the origin's ban, if it starts now, is a security event."""
@@ -303,30 +345,46 @@ class Auth:
 
         Every login, and every ``change_password`` (its ``old``), goes through
         here, so that both count alike: the attempt takes its place in its
-        origin's abuse window (429 Abusive) and its account's window (429
-        AccountLocked) before the password is checked, atomically; a failure
-        keeps both places as its weight and may lock the account (401
-        InvalidCredential, with ``refusal``); a success gives them back and
-        resets the account's count. A failure is a ``login_failed`` event
-        (with ``attempt``: ``attempt_of``, when it is not a login), a lock an
-        ``account_locked`` one, a ban a ``banned`` one.
+        origin's abuse window (429 Abusive: banned, or too many attempts of
+        the origin running) and is refused while its account is locked (429
+        AccountLocked), before the password is checked; a failure keeps the
+        origin's place as its weight and counts toward the account's lock
+        (401 InvalidCredential, with ``refusal``); a success gives the place
+        back, resets the account's count and takes back the weight of the
+        account's earlier failures from this origin (a typo, then the right
+        password, is no attack). An attempt whose account locked while its
+        password was checked is told neither outcome: AccountLocked, weight 1,
+        right or wrong (see :class:`~bastion_auth.abuse.Accounts`). A failure
+        is a ``login_failed`` event (with ``attempt``: ``attempt_of``, when it
+        is not a login), a lock an ``account_locked`` one, a ban a ``banned``
+        one.
         """
         shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
         extra = {} if attempt_of == "login" else {"attempt": attempt_of}
         attempt = secrets.token_hex(8)
-        self.abuse.reserve(domain, origin, attempt, self.clock())
         try:
-            self.accounts.reserve(domain, username, attempt, self.clock())
+            self.abuse.reserve(domain, origin, attempt, self.clock())
+        except Abusive as refused:
+            if getattr(refused, "in_flight", False):
+                self.event("login_failed", shown, logging.INFO, reason="in_progress", retry_after=1, **extra)
+            raise
+        try:
+            self.accounts.check(domain, username, self.clock())
         except AccountLocked as locked:
-            self.event("login_failed", shown, logging.WARNING, reason="account_locked",
-                       retry_after=locked.extra.get("retry_after"), **extra)
-            self._confirm(domain, origin, attempt, self.clock())  # an attempt on a locked account weighs 1
+            self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
             raise
         record = users.find(username)
         valid, outdated = self.passwords.verify(password, record.password if record is not None else None)
+        now = self.clock()
+        try:
+            if valid:
+                forgiven = self.accounts.succeeded(domain, username, now)
+            else:
+                locked_until = self.accounts.failed(domain, username, attempt, now)
+        except AccountLocked as locked:  # locked while this password was checked: its outcome is not told
+            self._locked_attempt(domain, origin, attempt, shown, locked, extra)
+            raise
         if not valid:
-            now = self.clock()
-            locked_until = self.accounts.failed(domain, username, attempt, now)
             self.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
                        known_user=record is not None, **extra)
             if locked_until is not None:
@@ -337,8 +395,15 @@ class Auth:
                 time.sleep(self.settings.dummy_delay)
             raise InvalidCredential(refusal)
         self.abuse.release(domain, origin, attempt)
-        self.accounts.succeeded(domain, username)
+        self.abuse.forgive(domain, origin, forgiven)
         return record, outdated
+
+    def _locked_attempt(self, domain: str, origin: str, attempt: str, shown: str, locked: AccountLocked,
+                        extra: dict[str, Any]) -> None:
+        """An attempt answered AccountLocked: its ``login_failed`` event, and its weight of 1 for the origin."""
+        self.event("login_failed", shown, logging.WARNING, reason="account_locked",
+                   retry_after=locked.extra.get("retry_after"), **extra)
+        self._confirm(domain, origin, attempt, self.clock())
 
     # -- account services (signed calls of the user on their own account) ----
 
@@ -412,6 +477,13 @@ class Auth:
         except ExpiredSession as expired:
             self._call_event(expired, getattr(expired, "username", None), sid)
             raise
+        except UnknownSession as unknown:
+            # A read on the refusal's path only: a session this server ended is a late client (weight 0).
+            try:
+                unknown.ended = self.sessions.was_ended(request.domain, sid)  # type: ignore[attr-defined]
+            except ServiceUnavailable:
+                pass  # the refusal stands; unread, it weighs as the table says
+            raise
         if not credentials.verify(session.key, request):
             error = InvalidSignature("the call's signature does not verify")
             self._call_event(error, session.username, sid)
@@ -426,6 +498,7 @@ class Auth:
             try:
                 self.sessions.load(request.domain, sid, self.clock())
             except BastionError as ended:
+                ended.ended = True  # type: ignore[attr-defined]  # the session was live at step 7: no guess
                 return self._refusal(session, ended)
             return self._refusal(session, ReplayedCall("this call was already made"))
         self.sessions.touch(session, now, request.origin)
@@ -449,9 +522,13 @@ class Auth:
 
 
 def parse_login(body: bytes) -> tuple[str, str, bool]:
-    """Parse ``{"username", "password", "force"?}``; InvalidCall on any other shape."""
+    """Parse ``{"username", "password", "force"?}``; InvalidCall on any other shape.
+
+    A login body is one flat object: a body holding any other array or object
+    is refused from its bytes, before the parser builds anything.
+    """
     try:
-        payload = loads(body) if body.strip() else None
+        payload = loads(body, max_depth=1) if body.strip() else None
     except ValueError:
         raise InvalidCall("malformed JSON body") from None
     if not isinstance(payload, dict):

@@ -80,7 +80,12 @@ class Sessions:
 
     A session is kept ``idle_timeout`` seconds past its end, so that a late
     call learns ExpiredSession rather than UnknownSession; after that the
-    server forgets it. Sliding the idle expiry is an atomic replace of a live
+    server forgets it. A session ended before its time (a logout, "sign out
+    everywhere else", a password change, a forced login, the user's removal)
+    leaves a mark, ``ended:<sid>``, for as long as it could have lived and
+    been remembered (:meth:`was_ended`): the UnknownSession of a tab that
+    still holds it is then a late client, not a guessed sid, and weighs
+    nothing against its origin. Sliding the idle expiry is an atomic replace of a live
     key, so a call that loaded the session just before a concurrent logout
     cannot bring it back. The slide is written only when it moves the expiry
     by at least :data:`SLIDE_STEP` seconds, which spares a write per call to
@@ -116,7 +121,7 @@ class Sessions:
                 for sid in live:
                     self.end(domain, sid, username)
             elif len(live) >= self.max_active:
-                self.end(domain, session.sid, username)
+                self.end(domain, session.sid, username, mark=False)
                 raise MaxActiveSessions(f"already {len(live)} active sessions; log in with force to end them")
         return session
 
@@ -146,6 +151,15 @@ class Sessions:
     def key(sid: str) -> str:
         """The state key of a session."""
         return f"session:{sid}"
+
+    @staticmethod
+    def ended_key(sid: str) -> str:
+        """The state key of the mark an ended session leaves."""
+        return f"ended:{sid}"
+
+    def was_ended(self, domain: str, sid: str) -> bool:
+        """Whether ``sid`` names a session of this domain that was ended (and could still be alive otherwise)."""
+        return self.state.get(domain, self.ended_key(sid)) is not None
 
     def touch(self, session: Session, now: float, origin: str | None = None) -> None:
         """Slide the idle expiry forward (never past the absolute lifetime) and note when and from where the
@@ -189,9 +203,13 @@ class Sessions:
             self.end(domain, sid, username)
         return sum(_is_live(value, now) for value in values)
 
-    def end(self, domain: str, sid: str, username: str) -> None:
-        """Forget one session: every later use of its sid is UnknownSession."""
-        self._forget(domain, sid)
+    def end(self, domain: str, sid: str, username: str, mark: bool = True) -> None:
+        """Forget one session: every later use of its sid is UnknownSession.
+
+        ``mark``: leave the ``ended:`` mark (see the class); not for a session
+        its own login ends before answering, which no client ever held.
+        """
+        self._forget(domain, sid, mark)
         self.state.window_discard(domain, account_key("user-sessions", username), sid)
 
     def end_all(self, domain: str, username: str) -> int:
@@ -203,7 +221,10 @@ class Sessions:
         self.state.delete(domain, index)
         return len(entries)
 
-    def _forget(self, domain: str, sid: str) -> None:
+    def _forget(self, domain: str, sid: str, mark: bool = True) -> None:
+        if mark:
+            # First the mark, then the session: a call refused in between is told UnknownSession with the mark.
+            self.state.set(domain, self.ended_key(sid), 1, self.absolute + self.grace)
         self.state.delete(domain, self.key(sid))
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from kernel import Errors, InvalidHost, VersionConflict, parse_domain, storage
 
-USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+#: The longest username, in characters.
+MAX_USERNAME = 150
+USERNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{MAX_USERNAME}}}")
 #: A role's name: 1 to 64 letters, digits or ``_.-`` (the permissions plugin accepts the same).
 ROLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The most roles one user holds.

@@ -200,6 +200,100 @@ def test_a_login_racing_a_password_change_with_the_old_password_keeps_no_session
     assert [s["current"] for s in alice.call("sessions")] == [True]
 
 
+class ChangeDuringLogin:
+    """Runs alice's password change to its end at one point of a concurrent login with the old password.
+
+    The points, in the login's order: ``verified`` (the old password verified, no session stored yet),
+    ``stored`` (its session stored, the user not read again), ``read`` (the user read again, still with the old
+    password: the login's last step before it answers is still to come).
+    """
+
+    def __init__(self, app, changer, point):
+        self.auth, self.changer, self.point, self.done = auth_of(app), changer, point, False
+
+    def change(self):
+        if not self.done:
+            self.done = True
+            assert self.changer.call("change_password", PASSWORD, NEW) is True
+
+    def __enter__(self):
+        auth, point = self.auth, self.point
+        create, find = auth.sessions.create, users.find
+        stored = []
+
+        def create_around(domain, username, now, force=False, origin=""):
+            if point == "verified":
+                self.change()
+            session = create(domain, username, now, force=force, origin=origin)
+            stored.append(session.sid)
+            if point == "stored":
+                self.change()
+            return session
+
+        def find_then(username):
+            record = find(username)
+            if point == "read" and stored:  # the login's first read of the user once its session exists
+                self.change()
+            return record
+
+        auth.sessions.create = create_around
+        users.find = find_then
+        self.undo = lambda: (delattr(auth.sessions, "create"), setattr(users, "find", find))
+        return self
+
+    def __exit__(self, *exc):
+        self.undo()
+
+
+@pytest.mark.parametrize("point", ["verified", "stored", "read"])
+def test_a_login_with_the_old_password_that_the_change_overtakes_answers_invalid_credential(app, client_for,
+                                                                                          point):
+    """Wherever the change lands in the login, once the change has answered the login says InvalidCredential and
+    no session opened with the old password is left: docs/protocol.md section 5."""
+    changer = logged_in(client_for, remote_addr="192.0.2.1")
+    with ChangeDuringLogin(app, changer, point) as race:
+        answer = send(app, "/auth/login", login_body(), remote_addr="192.0.2.2")
+    assert race.done
+    assert_error(answer, 401, "InvalidCredential")
+    assert [s["current"] for s in changer.call("sessions")] == [True]
+
+
+def test_logins_racing_a_password_change_keep_no_session_once_it_answered(auth_app):
+    """Many threads log in with the old password while it changes, in whatever order the threads run: a login
+    that answered 200 did so before the change ended the sessions, which ends its session too; every login that
+    starts once the change answered is InvalidCredential; at the end the changer's session is the only one."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = auth_app(auth={"account_max_failures": 0, "abuse_max": 0})
+    auth = auth_of(app)
+    changer = Client(app=app, host="localhost", remote_addr="192.0.2.1", clock=auth.clock)
+    changer.login("alice", PASSWORD)
+    started, changed = threading.Barrier(7, timeout=10), threading.Event()
+
+    def log_in_until_changed(i):
+        answers = []
+        started.wait()
+        while True:
+            after_change = changed.is_set()
+            result = send(app, "/auth/login", login_body(), remote_addr=f"192.0.2.{10 + i}")
+            answers.append((after_change, result.status_code, result.json.get("sid")))
+            if after_change:
+                return answers
+
+    with ThreadPoolExecutor(6) as pool:
+        runs = [pool.submit(log_in_until_changed, i) for i in range(6)]
+        started.wait()
+        assert changer.call("change_password", PASSWORD, NEW) is True
+        changed.set()
+        answers = [answer for run in runs for answer in run.result()]
+    assert {status for _, status, _ in answers} <= {200, 401}
+    assert all(status == 401 for after, status, _ in answers if after)
+    opened = [sid for _, status, sid in answers if status == 200]
+    assert all(auth.state.get("localhost", auth.sessions.key(sid)) is None for sid in opened)
+    assert [s["current"] for s in changer.call("sessions")] == [True]
+
+
 def test_no_password_and_no_key_reach_the_log(app, alice, client_for, caplog):
     other = logged_in(client_for)
     with caplog.at_level(logging.DEBUG):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -295,7 +296,7 @@ def at_once(n, fn):
 SLOW_HASH = {"argon2_memory_cost": 4096, "argon2_time_cost": 1}  # a few ms: a wide check-then-act window
 
 
-def test_forty_parallel_wrong_passwords_check_at_most_five(auth_app):
+def test_forty_parallel_wrong_passwords_are_told_wrong_at_most_five_times(auth_app):
     app = auth_app(auth={**SLOW_HASH, "abuse_max": 0}, users={"bob@localhost": cheap_hash(PASSWORD, 4096)})
     answers = at_once(40, lambda i: send(app, "/auth/login", login_body("bob", f"wrong {i}"),
                                          remote_addr=f"10.0.0.{i + 1}").json["exc"])
@@ -339,6 +340,107 @@ def test_forty_parallel_logins_never_exceed_max_active_sessions(auth_app):
     assert set(answers) <= {200, 409}
 
 
+class Checking:
+    """Holds every login whose password is ``password`` inside its check until the test says go.
+
+    ``arrived(n)`` waits until n of them are inside (each holding its places in the windows), ``go()`` lets
+    them all finish. Nothing sleeps: the test knows when the logins are where it wants them.
+    """
+
+    def __init__(self, app, password=PASSWORD):
+        self.auth = auth_of(app)
+        self.password = password
+        self.inside = threading.Semaphore(0)
+        self.released = threading.Event()
+        self.real = self.auth.passwords.verify
+
+    def __enter__(self):
+        def verify(password, hashed):
+            if password == self.password:
+                self.inside.release()
+                assert self.released.wait(10)
+            return self.real(password, hashed)
+
+        self.auth.passwords.verify = verify
+        return self
+
+    def arrived(self, n):
+        for _ in range(n):
+            assert self.inside.acquire(timeout=10), "a login never reached its password check"
+
+    def go(self):
+        self.released.set()
+
+    def __exit__(self, *exc):
+        self.released.set()
+        del self.auth.passwords.verify
+
+
+def live_sessions(app, username="alice"):
+    auth = auth_of(app)
+    return auth.sessions.live("localhost", username, auth.clock())
+
+
+def test_eight_parallel_correct_logins_of_one_user_all_open_a_session(app):
+    """Attempts running side by side are never refused for running: nothing about them is a failure."""
+    with Checking(app) as checking, ThreadPoolExecutor(8) as pool:
+        logins = [pool.submit(send, app, "/auth/login", login_body(), remote_addr=f"10.2.0.{i}") for i in range(8)]
+        checking.arrived(8)  # all eight are checking the password at once
+        checking.go()
+        assert [login.result().status_code for login in logins] == [200] * 8
+    assert len(live_sessions(app)) == 8
+
+
+def test_parallel_wrong_passwords_are_all_checked_but_at_most_five_are_told(app):
+    """The lock's guarantee under concurrency: beyond the fifth failure, an outcome is not told."""
+    with Checking(app, password="wrong") as checking, ThreadPoolExecutor(8) as pool:
+        logins = [pool.submit(send, app, "/auth/login", login_body("alice", "wrong"), remote_addr=f"10.3.0.{i}")
+                  for i in range(8)]
+        checking.arrived(8)
+        checking.go()
+        answers = Counter(login.result().json["exc"] for login in logins)
+    assert answers == {"InvalidCredential": 5, "AccountLocked": 3}, answers
+    locked = assert_error(send(app, "/auth/login", login_body(), remote_addr="10.3.1.1"), 429, "AccountLocked")
+    assert locked["err"] == ["too many failed logins for this account; try again later"]
+
+
+def test_a_right_password_checked_while_the_account_locks_is_not_told(app, caplog):
+    """Right or wrong, an attempt whose account locked during its check answers the same AccountLocked, with
+    the same weight: a guesser learns nothing from attempts beyond the limit, even when one was right."""
+    with Checking(app) as checking, ThreadPoolExecutor(1) as pool:
+        right = pool.submit(send, app, "/auth/login", login_body(), remote_addr="10.4.0.1")
+        checking.arrived(1)
+        for i in range(5):
+            assert_error(send(app, "/auth/login", login_body("alice", "wrong"), remote_addr=f"10.4.1.{i}"), 401,
+                         "InvalidCredential")
+        with caplog.at_level(logging.INFO, logger="bastion.security"):
+            checking.go()
+            answer = assert_error(right.result(), 429, "AccountLocked")
+    assert answer["err"] == ["too many failed logins for this account; try again later"]
+    assert 299 <= answer["retry_after"] <= 300
+    assert live_sessions(app) == []
+    assert "reason=account_locked" in caplog.text and "event=login " not in caplog.text
+    assert auth_of(app).state.window_entries("localhost", "abuse:10.4.0.1")[0].weight == 1
+
+
+def test_logins_in_progress_beyond_the_origins_limit_are_told_so(auth_app, caplog):
+    """The eleventh login running at once from one address is refused for that, and says so: not a ban, not a
+    lock; it weighs nothing, and the ten finish."""
+    app = auth_app(users={f"user{i}@localhost": cheap_hash(PASSWORD) for i in range(10)})
+    with Checking(app) as checking, ThreadPoolExecutor(10) as pool:
+        logins = [pool.submit(send, app, "/auth/login", login_body(f"user{i}")) for i in range(10)]
+        checking.arrived(10)
+        with caplog.at_level(logging.INFO, logger="bastion.security"):
+            busy = assert_error(send(app, "/auth/login", login_body()), 429, "Abusive")
+        checking.go()
+        assert [login.result().status_code for login in logins] == [200] * 10
+    assert busy["retry_after"] == 1
+    assert busy["err"] == ["too many logins in progress from your address (at most 10 at once); retry after 1 s"]
+    assert "event=login_failed" in caplog.text and "reason=in_progress" in caplog.text
+    assert auth_of(app).abuse.banned_until("localhost", "127.0.0.1", auth_of(app).clock()) is None
+    assert send(app, "/auth/login", login_body()).status_code == 200
+
+
 def test_a_correct_login_gives_back_its_place(auth_app):
     app = auth_app(auth={"abuse_max": 3, "account_max_failures": 2})
     for _ in range(6):
@@ -351,7 +453,11 @@ def test_a_correct_login_gives_back_its_place(auth_app):
 @pytest.mark.parametrize("depth", [65, 1000, 100_000])
 def test_deep_nesting_is_an_invalid_call(app, alice, depth):
     deep = b"[" * depth + b"]" * depth
-    assert_error(send(app, "/auth/login", b'{"username": ' + deep + b', "password": "x"}'), 400, "InvalidCall")
+    login = b'{"username": ' + deep + b', "password": "x"}'
+    if len(login) <= auth_of(app).login_max_body:
+        assert_error(send(app, "/auth/login", login), 400, "InvalidCall")
+    else:  # far more than a login needs: refused before it is read
+        assert_error(send(app, "/auth/login", login), 413, "PayloadTooLarge")
     body = b'{"args": [' + deep + b"]}"
     assert_error(send(app, "/api/note", body, sign(alice, "/api/note", body)[0]), 400, "InvalidCall")
 
@@ -382,3 +488,74 @@ def test_a_surrogate_pair_is_text(app, alice):
 def test_a_number_too_large_for_a_float_is_an_invalid_call(app, alice):
     body = b'{"args": [1e400]}'
     assert_error(send(app, "/api/note", body, sign(alice, "/api/note", body)[0]), 400, "InvalidCall")
+
+
+# -- 6. a malformed login costs about what a 404 does (docs/security.md, "Malformed bodies") ---------
+
+
+class CountedBody(io.RawIOBase):
+    """A request body that counts the bytes the server reads from it."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def readable(self):
+        return True
+
+    def read(self, size=-1):
+        chunk = self.data.read(size)
+        self.read_bytes += len(chunk)
+        return chunk
+
+
+def raw_post(app, path, body, headers=None):
+    """POST a body through the WSGI app from a stream that counts what is read; return (status, answer, stream)."""
+    env = falcon.testing.create_environ(path, method="POST", host="localhost",
+                                        headers={"Content-Type": "application/json",
+                                                 "Content-Length": str(len(body)), **(headers or {})})
+    stream = env["wsgi.input"] = CountedBody(body)
+    start = falcon.testing.StartResponseMock()
+    answer = json.loads(b"".join(app(env, start)))
+    return int(start.status.split()[0]), answer, stream
+
+
+def test_a_login_body_over_what_a_login_needs_is_refused_before_it_is_read(app):
+    """A login is a few hundred bytes; the server's limit is a mebibyte: 16 KiB is already too much."""
+    body = b'{"username": "alice", "password": "' + b"x" * (16 * 1024) + b'"}'
+    status, answer, stream = raw_post(app, "/auth/login", body)
+    assert (status, answer["exc"], stream.read_bytes) == (413, "PayloadTooLarge", 0)
+    # The longest password checked, from a client that escapes every character its longest way, still fits.
+    longest = json.dumps({"username": "u" * 150, "password": "\U0001f600" * 1024}).encode()
+    assert len(longest) <= auth_of(app).login_max_body < 16 * 1024
+    assert_error(send(app, "/auth/login", longest), 401, "InvalidCredential")
+
+
+def test_a_logout_body_over_what_a_logout_needs_is_refused_before_it_is_read(app, alice):
+    body = b'{"padding": "' + b"x" * 2048 + b'"}'
+    status, answer, stream = raw_post(app, "/auth/logout", body, sign(alice, "/auth/logout", body)[0])
+    assert (status, answer["exc"], stream.read_bytes) == (413, "PayloadTooLarge", 0)
+    assert alice.logout() is True  # {} and an empty body are what clients send
+
+
+def test_the_malformed_login_of_the_review_is_refused_before_it_is_parsed(app, monkeypatch):
+    """``{"username": [[],[],...], "password": "x"}``: any array or object inside a login body is refused from
+    its bytes, so the parser never builds the arrays; and the body is as large as a login may be at most."""
+    parsed = []
+    real = json.loads
+
+    def strict_reads(*args, **kwargs):
+        if "object_pairs_hook" in kwargs:  # the strict reader of bodies, not the drivers' reads
+            parsed.append(args[0][:20])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", strict_reads)
+    body = b'{"username": [' + b",".join([b"[]"] * 5000) + b'], "password": "x"}'  # 15,032 bytes
+    for _ in range(20):
+        assert_error(send(app, "/auth/login", body, remote_addr="192.0.2.50"), 400, "InvalidCall")
+    assert parsed == []
+    assert len(body) <= auth_of(app).login_max_body < len(body) + 100  # as large as a login body may be
+    # A flat body is parsed, once: the reader's refusal of nesting costs no more than that.
+    assert_error(send(app, "/auth/login", b'{"username": "alice", "password": "[{x"}', remote_addr="192.0.2.50"),
+                 401, "InvalidCredential")
+    assert len(parsed) == 1

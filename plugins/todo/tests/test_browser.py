@@ -859,7 +859,7 @@ def test_after_login_no_storage_holds_the_key_and_indexeddb_holds_a_key_no_scrip
     # Neither storage holds the key, in any value (or name).
     assert_no_storage_holds(page, answer["key"])
     saved = saved_session(page)
-    assert sorted(saved) == ["expires", "idle", "kid", "offset", "sid", "user"]
+    assert sorted(saved) == ["expires", "idle", "kid", "offset", "seen", "sid", "user"]
     assert (saved["sid"], saved["expires"], saved["user"]) == (answer["sid"], answer["expires"], answer["user"])
     assert len(b64url_decode(saved["kid"])) == 16
     assert sorted(page.evaluate("() => Object.keys(Bastion.session())")) == ["expires", "offset", "sid", "user"]
@@ -963,6 +963,66 @@ def test_an_expired_session_answer_removes_the_key_entry(server, page, page_erro
     assert got == ["ExpiredSession", True]
     assert page.evaluate(KEY_ENTRIES) == {}
     assert saved_session(page) is None
+
+
+def test_a_signed_unknown_session_ends_the_session_too_and_nothing_more_is_sent(server, page, page_errors):
+    """A session that ended between steps 7 and 10 is answered UnknownSession, signed: the page forgets it as it
+    forgets an unsigned one, shows the sign-in form, and sends that sid no more (the server weighs refusals)."""
+    from kernel import b64url_decode
+    from kernel.testing import parse_authorization, response_mac
+
+    page_errors.expect_statuses(401)
+    answer = {}
+
+    def keep_login_answer(route):
+        response = route.fetch()
+        answer.update(response.json())
+        route.fulfill(response=response)
+
+    page.route("**/auth/login", keep_login_answer)
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    sent = []
+
+    def ended_between_steps_7_and_10(route):
+        nonce = parse_authorization(route.request.headers["authorization"])["nonce"]
+        body = b'{"exc":"UnknownSession","err":["unknown session; log in again"]}'
+        mac = response_mac(b64url_decode(answer["key"]), nonce, 401, body)
+        sent.append(route.request.url)
+        route.fulfill(status=401, content_type="application/json", body=body,
+                      headers={"Server-Authorization": f'Bastion-HMAC mac="{mac}"'})
+
+    page.route("**/api/**", ended_between_steps_7_and_10)
+    got = page.evaluate("""() => Bastion.safe_call('get_all').then(() => null, (e) => [e.exc, !!e.unsigned])""")
+    assert got == ["UnknownSession", False]
+    expect(page.locator("form#login")).to_be_visible()
+    assert page.evaluate("() => Bastion.session()") is None and saved_session(page) is None
+    assert page.evaluate(KEY_ENTRIES) == {}
+    again = page.evaluate("() => Bastion.safe_call('get_all').then(() => null, (e) => [e.exc, !!e.local])")
+    assert again == ["UnknownSession", True]
+    assert len(sent) == 1
+
+
+def test_a_session_idle_past_its_timeout_is_not_sent(todo_server, page, page_errors):
+    """A tab left open: once the session has been idle longer than its timeout on the page's clock, the next
+    call goes to the sign-in form without asking (the server has forgotten it, or soon will)."""
+    page_errors.expect_statuses(401)  # the page's clock runs ahead of the server's: one StaleCall, corrected
+    server = todo_server(idle_timeout=600, absolute_timeout=3600)
+    page.clock.install()
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    sent = []
+    page.on("request", lambda request: sent.append(request.url) if "/api/" in request.url else None)
+    page.clock.run_for(590 * 1000)  # idle, but not for long enough: asked, and answered
+    add(page, "still here")
+    expect(items(page).locator("label")).to_have_text(["still here"])
+    asked = len(sent)
+    assert asked >= 1
+    page.clock.run_for(603 * 1000)  # past the idle timeout since that call
+    add(page, "too late")
+    expect(page.get_by_role("alert")).to_have_text("Your session has ended. Please sign in again.")
+    expect(page.locator("form#login")).to_be_visible()
+    assert len(sent) == asked and page.evaluate(KEY_ENTRIES) == {} and saved_session(page) is None
 
 
 def test_a_closed_tabs_key_entry_is_purged_at_a_start_up_after_it_expired(server, context):
