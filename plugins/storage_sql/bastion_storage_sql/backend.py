@@ -73,6 +73,14 @@ WAL_CHECK_EVERY = 64
 #: Milliseconds the driver's own TRUNCATE checkpoint waits for readers and writers before giving up for now.
 CHECKPOINT_WAIT_MS = 100
 
+#: Most seconds a ping (``/healthz``, ``bastion check``) waits at the SQLite write gate (less when
+#: ``sqlite_busy_timeout`` is less): the gate's queue takes milliseconds, so longer means a writer is held back.
+PING_WAIT = 1.0
+
+#: Seconds between two looks, by a thread whose write's deadline passed while a turn held it, at whether
+#: that turn put it back in the queue (it waits for the turn to settle it meanwhile: woken at once by that).
+SETTLE_LOOK = 0.05
+
 #: Seconds past ``statement_timeout`` a PostgreSQL call may wait for an answer before the driver cuts its
 #: connection: PostgreSQL's own cancellation (which keeps the connection) comes first when the server runs.
 WATCHDOG_GRACE = 1.0
@@ -159,29 +167,47 @@ class SqlBackend:
 
     # -- running calls ----------------------------------------------------
 
-    def _run(self, kind: str, work: Callable[[Any], T], conflicts: bool = False) -> T:
+    def _run(self, kind: str, work: Callable[[Any], T], conflicts: bool = False, wait: float | None = None) -> T:
         """Run ``work(dbapi_connection)`` as a call of ``kind``; translate the backend's errors.
 
         ``conflicts``: a PostgreSQL transaction rolled back for a deadlock or a
         serialisation failure is a VersionConflict (else ServiceUnavailable).
-        A SQLite write waits for its turn at the write gate first (:mod:`.gate`).
+        A SQLite write waits for its turn at the write gate first (:mod:`.gate`),
+        at most ``wait`` seconds (default ``sqlite_busy_timeout``).
         """
         if self._gate is None or kind == READ:
             return self._attempts(kind, work, conflicts)
-        return self._gated(Write(kind, work, conflicts))
+        return self._gated(Write(kind, work, conflicts), wait)
 
-    def _gated(self, write: Write) -> Any:
-        """Queue a SQLite write at the gate; write it, with whatever else is queued, when this thread's turn comes."""
+    def _gated(self, write: Write, wait: float | None = None) -> Any:
+        """Queue a SQLite write at the gate; write it, with whatever else is queued, when this thread's turn comes.
+
+        Every write of a turn is refused (503) once its deadline passes while
+        another process holds the lock file, and the others of the turn wait
+        on (in the queue again once the write of the thread whose turn it is
+        was refused): nothing any process does keeps a writer at the gate
+        longer than its deadline.
+        """
         gate = self._gate
-        gate.submit(write)
-        if not gate.turn():
-            if gate.withdraw(write):
-                raise unavailable(TimeoutError("no turn at the SQLite write gate within sqlite_busy_timeout"), self.dialect)
-            gate.turn(timeout=-1)  # a turn took it and is writing it now: its end is bounded by the busy timeout
+        gate.submit(write, wait)
+        if not gate.turn(max(0.0, write.deadline - time.monotonic())):
+            # Past its deadline. A turn that took it refuses it by then, or is writing it: this thread waits for
+            # that, not for the turn, which may wait on for the other writes of the turn (up to their deadlines),
+            # and takes it back should the turn have put it back in the queue (its own write refused).
+            while not gate.withdraw(write):
+                if write.wait(SETTLE_LOOK):
+                    return write.outcome()
+            raise unavailable(TimeoutError("no turn at the SQLite write gate within sqlite_busy_timeout"), self.dialect)
         try:
             while not write.done:
                 batch = gate.take()
-                gate.enter()
+                while batch and not gate.enter(min(queued.deadline for queued in batch)):
+                    batch = self._refuse_late(batch)
+                    if write.done:  # refused: the others of the turn go back to the queue, for their own threads
+                        gate.put_back(batch)
+                        batch = []
+                if not batch:
+                    continue
                 try:
                     self._write_batch(batch)
                 finally:
@@ -189,6 +215,19 @@ class SqlBackend:
         finally:
             gate.end_turn()
         return write.outcome()
+
+    def _refuse_late(self, batch: list[Write]) -> list[Write]:
+        """Refuse the writes of ``batch`` whose deadline has passed (503); return the others."""
+        now, error = time.monotonic(), None
+        for write in batch:
+            if write.deadline <= now:
+                if error is None:  # one line in the log for the turn, however many writes it refuses
+                    error = unavailable(TimeoutError("the SQLite write gate's lock file stayed locked by another "
+                                                     "process past the write's deadline"), self.dialect)
+                    write.settle(False, error)
+                else:
+                    write.settle(False, ServiceUnavailable(UNAVAILABLE, backend=self.dialect))
+        return [write for write in batch if not write.done]
 
     def _write_batch(self, batch: list[Write]) -> None:
         """Run the writes of one turn and settle each: one transaction for several, a savepoint each."""
@@ -429,11 +468,15 @@ class SqlBackend:
 
         The write is one upsert of a probe row in a domain no tenant can have
         (:data:`kernel.driver.PROBE_DOMAIN`), expired as soon as written: a
-        full disk, a read-only database or a lock held too long fails it.
+        full disk, a read-only database or a lock held too long fails it. On
+        SQLite it waits at the write gate at most :data:`PING_WAIT`: a probe
+        (``/healthz``) is answered within a load balancer's timeout, and a
+        worker's threads do not pile up behind a gate another process holds.
         """
         values = {"d": PROBE_DOMAIN, "k": "ping", "n": next(self._probes), "e": self.clock()}
         try:
-            self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)))
+            self._run(STATEMENT, lambda connection: connection.execute(self._probe.text, self._probe.params(values)),
+                      wait=min(self._busy_ms / 1000, PING_WAIT))
         except (sa_exc.SQLAlchemyError, self._dbapi_error) as error:
             raise unavailable(error, self.dialect) from None  # whatever refused the write, the database cannot serve
 

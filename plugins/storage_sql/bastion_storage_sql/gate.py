@@ -32,13 +32,31 @@ full disk), every write of it is refused with 503 and none is written.
 
 Correctness never depends on the gate: SQLite's own lock still serialises
 every write, so a lock file that cannot be made (a read-only folder) only
-costs the tail (the driver logs it once and goes on without the gate). A
-thread waits for its process's turn at most ``sqlite_busy_timeout`` seconds
-(then its call is refused with 503, as a writer SQLite kept waiting would
-be); the process's turn comes when the writer of another process ends its
-write, which is bounded the same way; a process that stops while holding
-the gate (killed, or frozen past gunicorn's ``timeout`` and killed) drops
-it, since the kernel releases a dead process's ``flock``.
+costs the tail (the driver logs it once and goes on without the gate).
+
+A write waits at the gate, for its thread's turn and then for the file, at
+most ``sqlite_busy_timeout`` seconds from when it was queued (its
+*deadline*); then its call is refused with 503, as a writer SQLite kept
+waiting would be. The file's wait is bounded too, not only the thread's:
+any process that can open the lock file can take its ``flock`` (a
+read-only descriptor is enough) and keep it, and a writer blocked in
+``flock`` for ever would hold its process's turn, and with it every write
+and every ``/healthz`` ping of that process, for ever. ``flock`` itself has
+no timeout, so a writer that finds the file taken has the process's helper
+thread (one, started at the first such wait) block in ``flock`` on its
+behalf, and waits for the helper until its deadline: it is still woken the
+moment the file is free; past the deadline it gives up, and the helper,
+once it gets the file, hands it to the writer of the process that waits
+for it by then, or lets it go at once if none does. The writes of one
+turn are refused each at its own deadline; once the write of the thread
+whose turn it is has been, the others go back to the queue for their own
+threads. A process that stops while holding the gate (killed, or frozen
+past gunicorn's ``timeout`` and killed) drops it, since the kernel
+releases a dead process's ``flock``.
+
+The lock file is the server account's alone (mode 0600, made so when it is
+found more open, as earlier versions made it 0644): another account that
+could open it could hold every writer back, each up to its deadline.
 """
 
 from __future__ import annotations
@@ -46,7 +64,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("bastion.storage_sql")
@@ -57,18 +77,36 @@ SUFFIX = "-lock"
 #: Most writes one turn at the gate commits together.
 MAX_BATCH = 32
 
+#: The lock file's mode: the server account's alone (whoever can open it can hold every writer back).
+MODE = 0o600
+
 
 class Write:
-    """One write waiting at the gate: what to run, and once ``done``, its result or its error."""
+    """One write waiting at the gate: what to run, by when (``deadline``, on ``time.monotonic()``, set when it is
+    queued), and once ``done``, its result or its error."""
 
-    __slots__ = ("kind", "work", "conflicts", "done", "ok", "value")
+    __slots__ = ("kind", "work", "conflicts", "deadline", "done", "ok", "value", "_settled")
 
     def __init__(self, kind: str, work: Any, conflicts: bool):
         self.kind, self.work, self.conflicts = kind, work, conflicts
+        self.deadline = 0.0
         self.done, self.ok, self.value = False, False, None
+        self._settled: threading.Event | None = None
 
     def settle(self, ok: bool, value: Any) -> None:
         self.ok, self.value, self.done = ok, value, True
+        settled = self._settled  # read after done: see wait
+        if settled is not None:
+            settled.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the write to be settled, without the turn; return whether it is:
+        for a thread whose write a turn of another thread took (that turn settles it by the write's deadline,
+        writes it, or puts it back in the queue)."""
+        settled = self._settled
+        if settled is None:
+            settled = self._settled = threading.Event()  # before done is read, as settle sets done before reading it
+        return self.done or settled.wait(timeout)
 
     def outcome(self) -> Any:
         if self.ok:
@@ -95,9 +133,16 @@ class WriteGate:
         self._start(os.getpid())
 
     def _start(self, pid: int) -> None:
-        """This process's turn lock and queue; the lock file is opened at the first turn (:meth:`enter`)."""
+        """This process's turn lock, queue and file wait; the lock file is opened at the first turn (:meth:`enter`)."""
         self._pid, self._opened = pid, False
         self._lock, self._queue_lock, self._queue = threading.Lock(), threading.Lock(), []
+        #: Guards the helper's state below, and the ``wanted`` of the :class:`_FileWait` in ``_waiting``.
+        self._file_lock = threading.Lock()
+        self._helper_asked = threading.Condition(self._file_lock)
+        self._helper: threading.Thread | None = None
+        #: The wait the helper is at (blocked in ``flock``, or about to be) for this process, if it is at one.
+        self._waiting: _FileWait | None = None
+        self._closed = False
 
     def _for_this_process(self) -> None:
         """After a fork, start over: the parent's turn lock, queue and lock file descriptor are not this process's."""
@@ -112,16 +157,33 @@ class WriteGate:
                     self._start(pid)
 
     def _open(self) -> int | None:
+        # O_NOFOLLOW: a link planted in the folder never makes the driver lock, or change the mode of, another file.
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | flags, MODE)
         except PermissionError:
             try:  # flock needs no write access: a file another account made will do
-                return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_RDONLY | flags)
             except OSError as error:
                 self._without(error)
+                return None
         except OSError as error:
             self._without(error)
-        return None
+            return None
+        self._tighten(fd)
+        return fd
+
+    def _tighten(self, fd: int) -> None:
+        """Make a lock file that other accounts may open (earlier versions made it 0644) the owner's alone."""
+        mode = 0
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode) and stat.S_IMODE(mode) & ~MODE:
+                os.fchmod(fd, MODE)
+        except OSError as error:  # another account's file: it stays open to others, and the operator is told
+            log.warning("the SQLite write gate's lock file %s is not this account's and stays mode %o: any account "
+                        "that can open it can hold every writer back (each up to sqlite_busy_timeout, then 503): "
+                        "%s", self.path, stat.S_IMODE(mode), error.strerror or error)
 
     def _without(self, error: OSError) -> None:
         if not self._warned:
@@ -131,9 +193,11 @@ class WriteGate:
 
     # -- the queue of this process ------------------------------------------
 
-    def submit(self, write: Write) -> None:
-        """Queue a write for the next turn of this process (every write starts here: so does a forked process)."""
+    def submit(self, write: Write, wait: float | None = None) -> None:
+        """Queue a write for the next turn of this process, to be written within ``wait`` seconds (default the
+        busy timeout) or refused (every write starts here: so does a forked process)."""
         self._for_this_process()
+        write.deadline = time.monotonic() + (self.timeout if wait is None else wait)
         with self._queue_lock:
             self._queue.append(write)
 
@@ -142,6 +206,12 @@ class WriteGate:
         with self._queue_lock:
             batch, self._queue[:MAX_BATCH] = self._queue[:MAX_BATCH], []
         return batch
+
+    def put_back(self, writes: list[Write]) -> None:
+        """Queue writes a turn took, and did not settle, again at the front, oldest first, for the next turn."""
+        if writes:
+            with self._queue_lock:
+                self._queue[:0] = writes
 
     def withdraw(self, write: Write) -> bool:
         """Take a write back out of the queue; False when a turn has taken it already."""
@@ -162,16 +232,75 @@ class WriteGate:
         """Wait for this thread's turn in its process (at most ``timeout``, default the busy timeout)."""
         return self._lock.acquire(timeout=self.timeout if timeout is None else timeout)
 
-    def enter(self) -> None:
-        """Take the process's turn at the file (it holds the thread's turn): wait for the other processes."""
+    def enter(self, deadline: float) -> bool:
+        """Take the process's turn at the file (it holds the thread's turn): wait for the other processes until
+        ``deadline`` (``time.monotonic()``) at most; False when the file is still taken then.
+
+        A free file is taken at once. A taken one is waited for by the
+        process's helper thread blocked in ``flock`` (:meth:`_help`), which
+        hands the file over the moment it gets it, or lets go of it if no
+        writer waits for it by then; a writer that comes meanwhile waits for
+        the same ``flock``.
+        """
         if not self._opened:
             self._fd, self._opened = self._open(), True
         fd = self._fd
-        if fd is not None:
+        if fd is None:
+            return True
+        with self._file_lock:
+            wait = self._waiting
+            if wait is None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass  # another process has its turn: the helper waits for it
+                except OSError as error:  # not expected on a local file; SQLite's lock still holds
+                    self._without(error)
+                    return True
+                wait = self._waiting = _FileWait()
+                if self._helper is None:
+                    self._helper = threading.Thread(target=self._help, args=(fd,), name="bastion-sqlite-gate",
+                                                    daemon=True)
+                    self._helper.start()
+                else:
+                    self._helper_asked.notify()
+            wait.wanted = True
+        remaining = deadline - time.monotonic()
+        while remaining > 0 and not wait.granted.acquire(timeout=remaining):
+            remaining = deadline - time.monotonic()
+        with self._file_lock:
+            if wait.given:  # it came, if only just now: the file is this writer's
+                return True
+            wait.wanted = False
+            return False
+
+    def _help(self, fd: int) -> None:
+        """The helper's thread (one per process, started at the first wait): for each wait it is asked for,
+        block in ``flock`` until the file is this process's, then hand it to the writer that waits for it, or
+        let it go at once when none does any more (each gave up at its deadline)."""
+        while True:
+            with self._file_lock:
+                while self._waiting is None and not self._closed:
+                    self._helper_asked.wait()
+                if self._closed:
+                    return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
             except OSError as error:  # not expected on a local file; SQLite's lock still holds
                 self._without(error)
+                held = False
+            with self._file_lock:
+                wait, self._waiting = self._waiting, None
+                if self._closed:  # the gate left the descriptor to this thread, which was using it
+                    os.close(fd)
+                    return
+                if wait.wanted:
+                    wait.given = True  # the writer goes on (without the file, on an error: as without the gate)
+                    wait.granted.release()
+                elif held:
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # nobody waits for it any more: the other processes' turn
 
     def leave(self) -> None:
         """Hand the file over to the next process."""
@@ -186,6 +315,21 @@ class WriteGate:
         self._lock.release()
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._file_lock:
+            fd, self._fd, self._closed = self._fd, None, True
+            if fd is not None and self._waiting is None:
+                os.close(fd)
+            # else the helper, blocked in flock on it, closes it when flock returns
+            self._helper_asked.notify()
+
+
+class _FileWait:
+    """One wait of the helper for the lock file: whether a writer still wants it, whether it was given, and the
+    lock (held until then) the writer waits on: one writer at a time, the one whose turn it is."""
+
+    __slots__ = ("wanted", "given", "granted")
+
+    def __init__(self):
+        self.wanted = self.given = False
+        self.granted = threading.Lock()
+        self.granted.acquire()
