@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bastion_todo.model import Todo
-from bastion_todo.services import PAGE_LIMIT, add, clear_completed, get_all, history, remove, update
+from bastion_todo.services import CLEAR_CHUNK, PAGE_LIMIT, add, clear_completed, get_all, history, remove, update
 from kernel import hookimpl
 
 #: The web UI, served at ``/`` on every allowed host.
@@ -35,4 +35,4 @@ def bastion_static():
     return [("/", str(STATIC_DIR))]
 
 
-__all__ = ["Todo", "PAGE_LIMIT", "get_all", "add", "update", "remove", "clear_completed", "history", "STATIC_DIR"]
+__all__ = ["Todo", "PAGE_LIMIT", "CLEAR_CHUNK", "get_all", "add", "update", "remove", "clear_completed", "history", "STATIC_DIR"]

@@ -1,4 +1,4 @@
-"""The todo services (docs/protocol.md section 10), each one unit of work.
+"""The todo services (docs/protocol.md section 10), each one unit of work (clear_completed one per chunk).
 
 Errors come in the protocol's order by construction: the kernel checks the
 annotated ``id: str`` and ``vsn: int`` while binding (400 InvalidCall);
@@ -28,6 +28,10 @@ OMITTED: Any = _Omitted()
 
 #: The most todos one page of get_all holds (its ``limit``).
 PAGE_LIMIT = 1000
+
+#: The most todos one unit of work of clear_completed removes: what bounds the time it holds the storage's
+#: write turn (on SQLite, every tenant's) to that of 500 removals, however many todos are done.
+CLEAR_CHUNK = 500
 
 
 @service
@@ -81,12 +85,42 @@ def remove(id: str, vsn: int) -> bool:
 
 @service
 def clear_completed() -> int:
-    """Remove every done todo at once (all or none); return how many."""
+    """Remove every done todo, :data:`CLEAR_CHUNK` at most per unit of work; return how many this call removed.
+
+    One unit of work is one write transaction, and on SQLite every tenant's
+    writes take turns at one lock: removing 40,000 todos in one held it for
+    1.5 s, and every other tenant's calls waited. So the done todos are
+    removed a chunk at a time, oldest first, each chunk a unit of work of its
+    own, committed (atomically) before the next begins, and other writes
+    take their turns in between; the call still answers what version 1 says,
+    how many it removed, once all are. Up to one chunk, this is the version
+    1 call exactly: one read, one atomic commit.
+
+    The list of done todos is read once; each later chunk reads its own
+    todos again, one by one, and removes those still done (a todo removed or
+    marked not done since stays out of it, and out of the count). Reading
+    the list again for each chunk would cost what is left per chunk (a page
+    filtered on ``done`` costs every done todo on the shipped drivers),
+    quadratic in their number.
+
+    A chunk that fails (a VersionConflict: one of its todos changed between
+    its read and its commit; a ServiceUnavailable) removes nothing and ends
+    the call with its error: the chunks before it stay removed, and calling
+    again removes the rest.
+    """
     with storage() as db:
         completed = db.select(Todo, {"done": True})
-        for record in completed:
+        for record in completed[:CLEAR_CHUNK]:
             db.delete(record)
-    return len(completed)
+    removed = min(len(completed), CLEAR_CHUNK)
+    for start in range(CLEAR_CHUNK, len(completed), CLEAR_CHUNK):
+        with storage() as db:
+            chunk = [db.get(Todo, record._id) for record in completed[start:start + CLEAR_CHUNK]]
+            chunk = [record for record in chunk if record is not None and record.done]
+            for record in chunk:
+                db.delete(record)
+        removed += len(chunk)
+    return removed
 
 
 @service

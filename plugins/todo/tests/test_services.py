@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from bastion_todo import PAGE_LIMIT, Todo
+from bastion_todo import CLEAR_CHUNK, PAGE_LIMIT, Todo
 
-from kernel import BastionError, storage
+from kernel import BastionError, ServiceUnavailable, storage
 
 ALL_SERVICES = ["add", "clear_completed", "get_all", "history", "remove", "update"]
 
@@ -357,6 +357,109 @@ def test_clear_completed_is_all_or_nothing(app, call):
     app.runtime.records = RacingDriver(app.runtime.records, someone_else_edits_b)
     assert status(call.error("clear_completed")) == (409, "VersionConflict")
     assert call("get_all") == [a, {**b, "vsn": 3, "text": "edited meanwhile"}]
+
+
+class CommitLog:
+    """Delegates to a driver, keeping the changes of each commit it is asked for; ``fail`` (an error to raise,
+    or a callable to run first) acts on the commit whose number (from 1) is ``at``."""
+
+    def __init__(self, driver, fail=None, at: int = 0):
+        self._driver = driver
+        self._fail, self._at = fail, at
+        self.commits: list[list] = []
+
+    def commit(self, domain, changes):
+        self.commits.append(list(changes))
+        if len(self.commits) == self._at:
+            if isinstance(self._fail, BaseException):
+                raise self._fail
+            self._fail()
+        return self._driver.commit(domain, changes)
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+
+def _fill(app, count: int) -> tuple[list[dict], list[str]]:
+    """``count`` todos, every fifth one not done, added in one unit of work; return them and the done ones' ids."""
+    with app.runtime.bind("localhost"), storage() as db:
+        records = [db.insert(Todo, text=f"todo {n}", done=n % 5 != 0) for n in range(count)]
+    todos = [Todo.to_dict(record) for record in records]
+    return todos, [todo["id"] for todo in todos if todo["done"]]
+
+
+@pytest.fixture(params=["mem", "sqlite"])
+def any_app(request, make_app, tmp_path):
+    """An app on the in-memory storage, or on a SQLite file."""
+    if request.param == "mem":
+        return make_app(only=["storage_mem", "todo"])
+    pytest.importorskip("bastion_storage_sql", reason="the SQL storage plugin is not installed")
+    return make_app({"bastion": {"storage": f"sqlite:///{tmp_path}/todo.sqlite3"}}, only=["storage_sql", "todo"])
+
+
+def test_clear_completed_removes_every_done_todo_a_chunk_per_commit(any_app):
+    def call(name, *args):
+        with any_app.runtime.bind("localhost"):
+            return any_app.runtime.services.get(name)(list(args), {})
+
+    todos, done = _fill(any_app, 1300)  # 1,040 done: chunks of 500, 500 and 40
+    log = any_app.runtime.records = CommitLog(any_app.runtime.records)
+    assert call("clear_completed") == len(done) == 1040
+    assert call("get_all") == [todo for todo in todos if not todo["done"]]  # only the done ones went
+    assert [len(changes) for changes in log.commits] == [CLEAR_CHUNK, CLEAR_CHUNK, 40]
+    assert [[(c.op, c.id) for c in changes] for changes in log.commits] == [
+        [("delete", id) for id in done[start:start + CLEAR_CHUNK]] for start in range(0, len(done), CLEAR_CHUNK)]
+    assert [v["data"] for v in call("history", done[-1])][-1] is None  # its removal is in its history
+    assert call("clear_completed") == 0 and len(log.commits) == 3  # nothing to remove: no commit
+
+
+def test_clear_completed_of_exactly_one_chunk_answers_it_after_one_commit(app, call):
+    _, done = _fill(app, CLEAR_CHUNK * 5 // 4)  # every fifth not done: CLEAR_CHUNK done
+    log = app.runtime.records = CommitLog(app.runtime.records)
+    assert len(done) == CLEAR_CHUNK and call("clear_completed") == CLEAR_CHUNK
+    assert [len(changes) for changes in log.commits] == [CLEAR_CHUNK]  # the next read found none: nothing to commit
+    assert [todo for todo in call("get_all") if todo["done"]] == []
+
+
+def test_a_later_chunk_reads_its_todos_again_and_removes_only_those_still_done(app, call):
+    todos, done = _fill(app, 1300)
+    undone, gone = done[CLEAR_CHUNK + 100], done[CLEAR_CHUNK + 200]  # of the second chunk
+
+    def others_change_the_second_chunk_meanwhile():  # after the list was read, before the second chunk is
+        with storage() as db:
+            db.update(Todo, undone, 1, done=False)
+            db.delete(Todo, gone, 1)
+
+    app.runtime.records = CommitLog(app.runtime.records, others_change_the_second_chunk_meanwhile, at=1)
+    assert call("clear_completed") == len(done) - 2  # neither is counted: this call did not remove them
+    assert [todo["id"] for todo in call("get_all")] == [todo["id"] for todo in todos
+                                                         if not todo["done"] or todo["id"] == undone]
+
+
+@pytest.mark.parametrize("failure", ["conflict", "outage"])
+def test_a_chunk_that_fails_removes_nothing_and_leaves_the_chunks_before_it_removed(app, call, failure):
+    todos, done = _fill(app, 1300)
+    first_of_second = next(todo for todo in todos if todo["id"] == done[CLEAR_CHUNK])
+
+    def someone_else_edits_a_todo_of_the_second_chunk():
+        with storage() as db:
+            db.update(Todo, first_of_second["id"], 1, text="edited meanwhile")
+
+    if failure == "conflict":  # the driver refuses the second chunk's commit: one of its todos changed once read
+        log = CommitLog(app.runtime.records, someone_else_edits_a_todo_of_the_second_chunk, at=2)
+    else:
+        log = CommitLog(app.runtime.records, ServiceUnavailable("storage unavailable"), at=2)
+    app.runtime.records = log
+    expected = (409, "VersionConflict") if failure == "conflict" else (503, "ServiceUnavailable")
+    assert status(call.error("clear_completed")) == expected
+    removals = [changes for changes in log.commits if all(change.op == "delete" for change in changes)]
+    assert len(removals) == 2  # nothing was tried after the chunk that failed (the edit was a commit too)
+    left = {todo["id"]: todo for todo in call("get_all")}
+    assert not set(done[:CLEAR_CHUNK]) & set(left)  # the first chunk stays removed
+    assert set(done[CLEAR_CHUNK:]) <= set(left)  # the second removed nothing (nor did anything after it)
+    assert [todo["id"] for todo in todos if not todo["done"]] == [id for id in left if not left[id]["done"]]
+    assert call("clear_completed") == len(done) - CLEAR_CHUNK  # calling again removes the rest
+    assert [todo for todo in call("get_all") if todo["done"]] == []
 
 
 # -- tenants -------------------------------------------------------------------
