@@ -16,6 +16,8 @@ class Todo:
     #: Keep every committed version of each todo (``history(id)``), at most this many, oldest dropped.
     history = True
     history_limit = 100
+    #: A removed todo's history stays until this many more todos of its domain were removed after it.
+    history_keep_removed = 100
 
     @classmethod
     def initialize(cls, record: Record) -> Record:

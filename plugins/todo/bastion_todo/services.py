@@ -128,8 +128,9 @@ def history(id: str) -> list[dict]:
     """Return the kept versions of a todo, oldest first: ``{"vsn", "at", "by", "data"}`` each.
 
     ``data`` is ``{"done", "text"}`` as that version stored it, or null for
-    its removal (a removed todo's history stays). RecordNotFound when the
-    domain has no version of such a todo.
+    its removal. A removed todo's history stays until ``Todo.history_keep_removed``
+    more todos of its domain were removed after it (docs/storage.md, "History").
+    RecordNotFound when the domain has no version of such a todo.
     """
     with storage() as db:
         versions = db.history(Todo, id) if is_record_id(id) else []

@@ -527,7 +527,7 @@ def test_history_returns_every_version_oldest_first(app, call, fake_clock):
         {"vsn": 1, "at": start, "by": None, "data": {"done": False, "text": "one"}},
         {"vsn": 2, "at": start + 10, "by": None, "data": {"done": False, "text": "two"}},
         {"vsn": 3, "at": start + 10, "by": None, "data": {"done": True, "text": "two"}},
-        {"vsn": 4, "at": start + 15, "by": None, "data": None},  # removed: its history stays
+        {"vsn": 4, "at": start + 15, "by": None, "data": None},  # removed: its history stays (within the bound)
     ]
 
 
