@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterable
 
-from kernel.driver import Change
+from kernel.core.driver import Change
 
 BATCH = 1000
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import CpuSnapshot, rss_bytes
-from kernel import signing
+from kernel.core import signing
 
 LUA = Path(__file__).with_name("replay.lua")
 WRK = shutil.which("wrk") or "/usr/bin/wrk"

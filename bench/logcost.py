@@ -97,11 +97,11 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     fastest chunk, so that other jobs on the machine hardly move the difference.
     """
     from bench.profile import _requests, per_call
-    from kernel.app import create_app
     from kernel.client import Client
-    from kernel.config import load_config
-    from kernel.logs import CALL, JsonFormatter, LoggingState, TextFormatter, configure_logging
-    from kernel.runtime import Runtime
+    from kernel.core.config import load_config
+    from kernel.core.runtime import Runtime
+    from kernel.http.app import create_app
+    from kernel.ops.logs import CALL, JsonFormatter, LoggingState, TextFormatter, configure_logging
     from kernel.testing.servers import write_config
 
     rows = []

@@ -6,9 +6,9 @@ worker start (gunicorn runs one worker for mem://).
 """
 
 from bench.fill import fill_plan, plan_from_env
-from kernel.app import create_app
-from kernel.config import load_config
-from kernel.runtime import Runtime
+from kernel.core.config import load_config
+from kernel.core.runtime import Runtime
+from kernel.http.app import create_app
 
 app = create_app(Runtime(load_config()).start())
 fill_plan(app.runtime.records, plan_from_env())

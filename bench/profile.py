@@ -33,14 +33,14 @@ WATCH = [
     ("bastion_auth/sessions.py", "load", "session load"),
     ("bastion_auth/sessions.py", "touch", "session slide (touch)"),
     ("bastion_auth/abuse.py", "check", "abuse ban check"),
-    ("kernel/signing.py", "parse_authorization", "parse Authorization"),
-    ("kernel/signing.py", "request_mac", "request MAC"),
-    ("kernel/signing.py", "response_mac", "response MAC"),
-    ("kernel/services.py", "__call__", "service (bind + run)"),
-    ("kernel/store.py", "commit", "unit of work commit"),
-    ("kernel/store.py", "select", "unit of work select"),
-    ("kernel/app.py", "dumps", "response JSON encode"),
-    ("kernel/app.py", "parse_call", "request JSON parse"),
+    ("kernel/core/signing.py", "parse_authorization", "parse Authorization"),
+    ("kernel/core/signing.py", "request_mac", "request MAC"),
+    ("kernel/core/signing.py", "response_mac", "response MAC"),
+    ("kernel/core/services.py", "__call__", "service (bind + run)"),
+    ("kernel/core/store.py", "commit", "unit of work commit"),
+    ("kernel/core/store.py", "select", "unit of work select"),
+    ("kernel/http/app.py", "dumps", "response JSON encode"),
+    ("kernel/http/app.py", "parse_call", "request JSON parse"),
     ("copy.py", "deepcopy", "copy.deepcopy"),
 ]
 #: Calls that are one round trip to the backend each.
@@ -126,9 +126,9 @@ def per_call(app, make, n: int, clock=time.perf_counter) -> float:
 
 def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
     """Profile get_all (10 todos) and add on one configuration, in process."""
-    from kernel.app import create_app
-    from kernel.config import load_config
-    from kernel.runtime import Runtime
+    from kernel.core.config import load_config
+    from kernel.core.runtime import Runtime
+    from kernel.http.app import create_app
 
     store = backend.start()
     out = []

@@ -284,8 +284,8 @@ class Bench:
             env[fill.PLAN_ENV] = str(plan_path)
             app = "bench.memapp:app"
         else:
-            from kernel.config import load_config
-            from kernel.runtime import Runtime
+            from kernel.core.config import load_config
+            from kernel.core.runtime import Runtime
 
             directory = tempfile.mkdtemp(dir=self.tmp)
             runtime = Runtime(load_config(write_config(sections, directory)))

@@ -111,9 +111,9 @@ def state_rows(runtime) -> int | None:
 
 
 def measure(backend, calls: int, bench: Bench) -> dict:
-    from kernel.app import create_app
-    from kernel.config import load_config
-    from kernel.runtime import Runtime
+    from kernel.core.config import load_config
+    from kernel.core.runtime import Runtime
+    from kernel.http.app import create_app
 
     store = backend.start()
     try:

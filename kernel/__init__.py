@@ -8,7 +8,7 @@ change without notice::
     from kernel import hookimpl, service, storage, current
 """
 
-from kernel.config import (  # noqa: E402
+from kernel.core.config import (  # noqa: E402
     Bool,
     Choice,
     Config,
@@ -22,9 +22,8 @@ from kernel.config import (  # noqa: E402
     Str,
     load_config,
 )
-from kernel.context import Request, current  # noqa: E402
-from kernel.deploy import Problem, is_loopback_host  # noqa: E402
-from kernel.driver import (  # noqa: E402
+from kernel.core.context import Request, current  # noqa: E402
+from kernel.core.driver import (  # noqa: E402
     DEFAULT_HISTORY_KEEP_REMOVED,
     MAX_ID_LENGTH,
     PAGED_SELECT,
@@ -47,7 +46,7 @@ from kernel.driver import (  # noqa: E402
     is_record_id,
     is_text,
 )
-from kernel.errors import (  # noqa: E402
+from kernel.core.errors import (  # noqa: E402
     BY_NAME,
     Abusive,
     AccountLocked,
@@ -76,15 +75,16 @@ from kernel.errors import (  # noqa: E402
     ValidationError,
     VersionConflict,
 )
-from kernel.hookspecs import hookimpl  # noqa: E402
-from kernel.hosts import parse_domain  # noqa: E402
-from kernel.jsonio import dumps, dumps_text, loads, loads_stored  # noqa: E402
-from kernel.routes import Routes  # noqa: E402
-from kernel.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
-from kernel.services import json_type, service  # noqa: E402
-from kernel.signing import Authentication, Credentials, b64url, b64url_decode  # noqa: E402
-from kernel.store import Errors, Record, storage  # noqa: E402
-from kernel.urls import StorageURL, redact  # noqa: E402
+from kernel.core.hookspecs import hookimpl  # noqa: E402
+from kernel.core.hosts import parse_domain  # noqa: E402
+from kernel.core.jsonio import dumps, dumps_text, loads, loads_stored  # noqa: E402
+from kernel.core.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
+from kernel.core.services import json_type, service  # noqa: E402
+from kernel.core.signing import Authentication, Credentials, b64url, b64url_decode  # noqa: E402
+from kernel.core.store import Errors, Record, storage  # noqa: E402
+from kernel.core.urls import StorageURL, redact  # noqa: E402
+from kernel.http.routes import Routes  # noqa: E402
+from kernel.ops.deploy import Problem, is_loopback_host  # noqa: E402
 from kernel.version import __version__  # noqa: E402
 
 __all__ = [

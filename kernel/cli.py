@@ -6,7 +6,7 @@ hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
 ``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
 ``hash-password``; the SQL plugin ``initdb``).
 
-Commands log through the INI file's logging (``kernel.logs``), as the server
+Commands log through the INI file's logging (``kernel.ops.logs``), as the server
 does: the security events of an administrative command land where the
 server's do.
 """
@@ -17,12 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import kernel.serve as serve
-from kernel.config import load_config
-from kernel.errors import BastionError, ConfigError
-from kernel.logs import LoggingState, configure_logging
-from kernel.plugins import describe, get_plugin_manager
-from kernel.urls import StorageURL
+import kernel.server.serve as serve
+from kernel.core.config import load_config
+from kernel.core.errors import BastionError, ConfigError
+from kernel.core.plugins import describe, get_plugin_manager
+from kernel.core.urls import StorageURL
+from kernel.ops.logs import LoggingState, configure_logging
 from kernel.version import __version__
 
 
@@ -35,7 +35,7 @@ def _cmd_plugins(args, pm, runtime_factory) -> int:
 
 
 def _cmd_check(args, pm, runtime_factory) -> int:
-    from kernel.app import HttpSettings
+    from kernel.http.app import HttpSettings
 
     if args.deploy:
         return _check_deploy(args, pm, runtime_factory)
@@ -73,8 +73,8 @@ def _urls(config) -> str:
 
 def _check_deploy(args, pm, runtime_factory) -> int:
     """``check --deploy``: every plugin's problems, also when the storage cannot be opened."""
-    from kernel.app import HttpSettings
-    from kernel.deploy import ERROR, Problem, collect
+    from kernel.http.app import HttpSettings
+    from kernel.ops.deploy import ERROR, Problem, collect
 
     problems: list[Problem] = []
     try:
@@ -136,7 +136,7 @@ def build_parser(pm, runtime_factory) -> argparse.ArgumentParser:
     p.add_argument("--fail-level", choices=("error", "warning"), default="error",
                    help="with --deploy: the level that makes the command fail (default: error)")
     p.set_defaults(func=lambda a: _cmd_check(a, pm, runtime_factory))
-    # Listed for --help; main() runs it before any plugin loads (see kernel.serve).
+    # Listed for --help; main() runs it before any plugin loads (see kernel.server.serve).
     serve.add_parser(sub).set_defaults(func=lambda a: serve.main([], a.config))
     pm.hook.bastion_cli(subparsers=sub, runtime_factory=runtime_factory)
     return parser
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pm = get_plugin_manager()
 
         def runtime_factory():
-            from kernel.runtime import Runtime
+            from kernel.core.runtime import Runtime
 
             config = load_config(config_path)
             configure_logging(config)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernel.config import BASTION_SCHEMA, METRICS_SCHEMA, SERVER_SCHEMA
-from kernel.deploy import kernel_problems
-from kernel.hookspecs import hookimpl
-from kernel.logs import claim_logging_sections
+from kernel.core.config import BASTION_SCHEMA, METRICS_SCHEMA, SERVER_SCHEMA
+from kernel.core.hookspecs import hookimpl
+from kernel.ops.deploy import kernel_problems
+from kernel.ops.logs import claim_logging_sections
 
 STATIC_DIR = Path(__file__).parent / "static"
 

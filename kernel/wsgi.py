@@ -5,10 +5,10 @@ forking this worker; under another WSGI server it is configured here, from
 the same INI file.
 """
 
-from kernel.app import create_app
-from kernel.config import load_config
-from kernel.logs import configure_logging, is_configured
-from kernel.runtime import Runtime
+from kernel.core.config import load_config
+from kernel.core.runtime import Runtime
+from kernel.http.app import create_app
+from kernel.ops.logs import configure_logging, is_configured
 
 _config = load_config()
 if not is_configured():
@@ -17,6 +17,6 @@ runtime = Runtime(_config)
 try:
     runtime.start()
 except BaseException:
-    runtime.close()  # an outage during start-up: the worker tries again later (kernel.worker.Starting)
+    runtime.close()  # an outage during start-up: the worker tries again later (kernel.server.worker.Starting)
     raise
 app = create_app(runtime)

@@ -20,7 +20,7 @@ class HeaderAuth:
 
     @hookimpl
     def bastion_authenticate(self, request, service):
-        from kernel.errors import Unauthorized
+        from kernel.core.errors import Unauthorized
 
         user = request.header("X-Test-User")
         if not user:

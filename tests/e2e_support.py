@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel import signing
 from kernel.client import Client, Response
+from kernel.core import signing
 from kernel.testing import GunicornServer
 
 DOMAIN = "localhost"
@@ -112,7 +112,7 @@ class SignedRequest:
 
 
 def freeze_call(client: Client, service: str, *args: Any) -> SignedRequest:
-    """Sign a call to ``service`` once with the client's session, as :mod:`kernel.signing` defines it."""
+    """Sign a call to ``service`` once with the client's session, as :mod:`kernel.core.signing` defines it."""
     assert client.session is not None, "log in first"
     path = f"/api/{service}"
     body = json.dumps({"args": list(args)}, separators=(",", ":")).encode("utf-8")

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from bastion_auth import users
 
-from kernel.errors import AccountLocked, Forbidden, InvalidCredential, UnknownSession, ValidationError, VersionConflict
+from kernel.core.errors import AccountLocked, Forbidden, InvalidCredential, UnknownSession, ValidationError, VersionConflict
 
 DRIVERS = ["mem", "sqlite", "postgresql", "redis"]
 PASSWORD = "correct horse battery"

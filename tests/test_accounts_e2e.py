@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from kernel.client import Client, Response
-from kernel.errors import InvalidCredential
+from kernel.core.errors import InvalidCredential
 from kernel.testing import GunicornServer
 
 from .e2e_support import (

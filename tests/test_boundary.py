@@ -90,15 +90,15 @@ def test_the_boundary_check_catches_what_it_forbids(tmp_path):
     test_file.parent.mkdir(parents=True)
     test_file.write_text(
         "import kernel.cli\n"
-        "from kernel import signing\n"
+        "from kernel.core import signing\n"
         "from kernel.testing.servers import GunicornServer\n"
         "from kernel.testing import Client, secret_helper\n"
         "from bastion_storage_mem import MemoryDriver\n"
         "from bastion_auth import users\n"
         "import pytest, redis\n"
         "def f():\n"
-        "    from kernel.errors import Forbidden\n"
-        "SCRIPT = '''\nfrom kernel.driver import Change\n'''\n", encoding="utf-8")
+        "    from kernel.core.errors import Forbidden\n"
+        "SCRIPT = '''\nfrom kernel.core.driver import Change\n'''\n", encoding="utf-8")
     problems = plugin_test_violations(test_file, root=tmp_path)
     flagged = [problem.split(": ", 1)[0].rsplit(":", 1)[1] for problem in problems]
     assert flagged == ["1", "2", "3", "4", "5", "9", "11"], problems

@@ -115,8 +115,8 @@ def test_check_reports_both_urls_and_never_a_password(tmp_path, postgres_server,
 def test_a_bad_value_never_shows_a_password_from_the_environment(tmp_path, capsys):
     ini = tmp_path / "bastion.ini"
     ini.write_text("[bastion]\ndevelopment = true\nstorage = not a url://u:${PW}@h/db\n")
-    from kernel.config import BASTION_SCHEMA, load_config
-    from kernel.errors import ConfigError
+    from kernel.core.config import BASTION_SCHEMA, load_config
+    from kernel.core.errors import ConfigError
 
     try:
         load_config(str(ini), environ={"PW": "hunter2/x"}).section("bastion", BASTION_SCHEMA)

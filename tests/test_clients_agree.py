@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from kernel.client import UNSIGNED
-from kernel.errors import BY_NAME
+from kernel.core.errors import BY_NAME
 
 BASTION_JS = Path(__file__).resolve().parents[1] / "kernel" / "static" / "bastion.js"
 

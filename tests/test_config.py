@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.config import Config, load_config
-from kernel.errors import ConfigError
-from kernel.plugins import get_plugin_manager
-from kernel.runtime import Runtime
+from kernel.core.config import Config, load_config
+from kernel.core.errors import ConfigError
+from kernel.core.plugins import get_plugin_manager
+from kernel.core.runtime import Runtime
 
 
 def runtime_of(text: str, environ=None, path="test.ini") -> Runtime:

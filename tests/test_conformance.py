@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from bastion_storage_mem import MemoryDriver
 
-from kernel.errors import VersionConflict
+from kernel.core.errors import VersionConflict
 from kernel.testing import DriverSuite, FakeClock
 
 

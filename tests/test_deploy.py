@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from kernel.client import Client
-from kernel.errors import Abusive, AccountLocked, InvalidCredential, ServiceUnavailable, UnknownSession
+from kernel.core.errors import Abusive, AccountLocked, InvalidCredential, ServiceUnavailable, UnknownSession
 from kernel.testing import BastionServer, RedisServer, free_port, launched, skip_or_fail
 
 pytestmark = pytest.mark.slow
@@ -273,7 +273,7 @@ def deployment(postgres_server, redis_with_password, tmp_path_factory) -> Iterat
 
 
 def test_the_ini_template_is_read_by_the_real_loader_and_passes_check_deploy(deployment):
-    from kernel.config import load_config
+    from kernel.core.config import load_config
 
     config = load_config(deployment.config, environ={**os.environ, **deployment.env})
     assert config.development is False and config.bastion.log_format == "json"
@@ -380,7 +380,7 @@ def test_a_body_over_max_body_is_refused_by_nginx_in_the_protocols_shape(deploym
 
 def test_without_x_forwarded_proto_a_login_is_refused(deployment):
     """What the nginx site's X-Forwarded-Proto is for: the same login, without it, is a 403 RequireSSL."""
-    from kernel.errors import RequireSSL
+    from kernel.core.errors import RequireSSL
 
     with pytest.raises(RequireSSL):
         deployment.node_client(0, "192.0.2.2", proto=None).login("alice", PASSWORD)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import hookspecs
+from kernel.core import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = hookspecs.hook_names()
@@ -42,7 +42,7 @@ def test_readme_shows_the_two_commands():
 
 
 def test_readme_documents_every_config_key():
-    from kernel.config import BASTION_SCHEMA, METRICS_SCHEMA, SERVER_SCHEMA
+    from kernel.core.config import BASTION_SCHEMA, METRICS_SCHEMA, SERVER_SCHEMA
 
     text = (ROOT / "README.md").read_text()
     assert "### `[metrics]`" in text
@@ -56,7 +56,7 @@ def test_operations_documents_every_event_metric_and_deploy_check():
     import re
 
     text = (ROOT / "docs" / "operations.md").read_text()
-    sources = "\n".join(p.read_text() for p in [*ROOT.glob("kernel/*.py"), *ROOT.glob("plugins/*/bastion_*/*.py")])
+    sources = "\n".join(p.read_text() for p in [*ROOT.glob("kernel/**/*.py"), *ROOT.glob("plugins/*/bastion_*/*.py")])
     events = set(re.findall(r'(?:event|security_event)\(\s*(?:auth, )?"([a-z_]+)"', sources))
     events |= set(re.findall(r'\("([a-z_]+)", logging\.(?:WARNING|INFO)\)', sources))
     assert {"login", "login_failed", "banned", "account_locked", "unbanned"} <= events

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from kernel.client import Client, Response
-from kernel.errors import VersionConflict
+from kernel.core.errors import VersionConflict
 from kernel.testing import GunicornServer, PostgresServer, RedisServer, launched
 
 from .e2e_support import (
@@ -168,8 +168,8 @@ def todo_by_id(todos: list[dict], todo_id: str) -> dict:
 @each(CONFIGURATIONS)
 def test_workers_starting_together_create_each_user_once(deployment):
     """4 workers ran the [users] bootstrap at the same moment: one record, every worker alive."""
-    from kernel.config import Config
-    from kernel.runtime import Runtime
+    from kernel.core.config import Config
+    from kernel.core.runtime import Runtime
 
     assert len(deployment.worker_pids()) == 4, deployment.server.log()
     runtime = Runtime(Config.from_dict(deployment.server.sections))

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel.config import Config
-from kernel.plugins import get_plugin_manager
-from kernel.signing import authorization, new_nonce, request_mac
+from kernel.core.config import Config
+from kernel.core.plugins import get_plugin_manager
+from kernel.core.signing import authorization, new_nonce, request_mac
 from kernel.testing import FakeClock
 
 PASSWORD = "correct horse battery"
@@ -69,8 +69,8 @@ def _hash() -> str:
 
 @pytest.fixture(scope="module")
 def fuzz_app():
-    from kernel.app import create_app
-    from kernel.runtime import Runtime
+    from kernel.core.runtime import Runtime
+    from kernel.http.app import create_app
 
     config = Config.from_dict({
         "bastion": {"development": True, "storage": "mem://", "trusted_proxies": "127.0.0.1"},
@@ -101,7 +101,7 @@ def snapshot(app) -> list:
 def login(app) -> tuple[str, bytes]:
     result = falcon.testing.simulate_post(app, "/auth/login", host="localhost",
                                           json={"username": "alice", "password": PASSWORD})
-    from kernel.signing import b64url_decode
+    from kernel.core.signing import b64url_decode
 
     return result.json["sid"], b64url_decode(result.json["key"])
 

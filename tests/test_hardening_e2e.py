@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from kernel import signing
 from kernel.client import Client
+from kernel.core import signing
 from kernel.testing import GunicornServer
 
 from .e2e_support import DOMAIN, PASSWORD, USERNAME, sections

@@ -6,7 +6,7 @@ import falcon.testing
 import pytest
 
 from kernel import hookimpl, service, storage
-from kernel.errors import ValidationError
+from kernel.core.errors import ValidationError
 
 from .conftest import HeaderAuth
 
@@ -191,7 +191,7 @@ def test_forwarded_proto_believed_only_from_trusted_proxy(kernel_app):
 
 
 def test_production_needs_allowed_hosts(kernel_app):
-    from kernel.errors import ConfigError
+    from kernel.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"\[bastion\] allowed_hosts"):
         kernel_app({"bastion": {"development": False}})
@@ -203,7 +203,7 @@ def test_health(client):
 
 
 def test_health_is_503_when_storage_is_down(kernel_app):
-    from kernel.errors import ServiceUnavailable
+    from kernel.core.errors import ServiceUnavailable
 
     app = kernel_app()
 
@@ -226,7 +226,7 @@ class Note:
 
     @classmethod
     def validate(cls, record):
-        from kernel.store import Errors
+        from kernel.core.store import Errors
 
         errors = Errors()
         if not record.text.strip():
@@ -387,8 +387,8 @@ def test_refused_hook_sees_protocol_errors(kernel_app):
 
 
 def test_signed_path_without_a_raw_target_is_re_encoded():
-    from kernel.errors import NotFound
-    from kernel.target import parse_target
+    from kernel.core.errors import NotFound
+    from kernel.http.target import parse_target
 
     assert parse_target({"SCRIPT_NAME": "", "PATH_INFO": "/api/a b\xc3\xa9"}).path == "/api/a%20b%C3%A9"
     assert parse_target({"RAW_URI": "/api/add?x=1", "PATH_INFO": "/api/add"}).path == "/api/add"

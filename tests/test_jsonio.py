@@ -1,4 +1,4 @@
-"""kernel.jsonio's writer and its reader of stored text: orjson where it writes or reads exactly what the
+"""kernel.core.jsonio's writer and its reader of stored text: orjson where it writes or reads exactly what the
 stdlib would, the stdlib otherwise; the strict reader of bodies is the stdlib's alone."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from kernel import jsonio
+from kernel.core import jsonio
 
 VALUES = [
     {"result": [{"id": "t0000001", "vsn": 1, "text": "todo 1", "done": False}]},

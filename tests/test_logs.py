@@ -1,4 +1,4 @@
-"""kernel.logs in one process: the two line formats, what no value can do to a line, the configuration."""
+"""kernel.ops.logs in one process: the two line formats, what no value can do to a line, the configuration."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from kernel import logs
-from kernel.config import Config
-from kernel.errors import ConfigError
-from kernel.logs import CALL, Event, JsonFormatter, LoggingState, emit
+from kernel.core.config import Config
+from kernel.core.errors import ConfigError
+from kernel.ops import logs
+from kernel.ops.logs import CALL, Event, JsonFormatter, LoggingState, emit
 
 FIELDS = {"domain": "localhost", "origin": "127.0.0.1", "method": "POST", "path": "/api/add", "service": "add",
           "user": None, "status": 200, "duration_ms": 1.5, "ok": True}
@@ -125,7 +125,7 @@ def test_logging_sections_and_here(tmp_path, monkeypatch):
                    "[logger_root]\nlevel = INFO\nhandlers = file\n"
                    "[handler_file]\nclass = FileHandler\nargs = ('%(here)s/out.log', 'a')\nformatter = plain\n"
                    "[formatter_plain]\nformat = %(levelname)-8s [%(request_id)s] %(message)s\n")
-    from kernel.config import load_config
+    from kernel.core.config import load_config
 
     try:
         logs.configure_logging(load_config(str(ini)))

@@ -22,9 +22,9 @@ class FileTooLarge:
 
 
 def test_a_value_that_cannot_be_recorded_is_lost_not_the_answer(make_app, caplog, monkeypatch):
-    import kernel.metrics
+    import kernel.ops.metrics
 
-    monkeypatch.setattr(kernel.metrics, "_lost", 0)  # this process has lost none yet
+    monkeypatch.setattr(kernel.ops.metrics, "_lost", 0)  # this process has lost none yet
     app = make_app()
     metrics = app.runtime.metrics
     assert metrics.enabled

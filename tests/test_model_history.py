@@ -6,7 +6,7 @@ import pytest
 from bastion_storage_mem import MemoryDriver
 
 from kernel import DEFAULT_HISTORY_KEEP_REMOVED, Change
-from kernel.store import Models, UnitOfWork
+from kernel.core.store import Models, UnitOfWork
 from kernel.testing import FakeClock
 
 

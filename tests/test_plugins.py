@@ -8,7 +8,7 @@ import pluggy
 import pytest
 
 from kernel import hookimpl
-from kernel.plugins import describe, get_plugin_manager
+from kernel.core.plugins import describe, get_plugin_manager
 
 
 def names(pm):

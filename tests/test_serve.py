@@ -1,7 +1,7 @@
 """``bastion serve`` as a real process: which file it serves, from any directory, and the ``[server]`` keys it hands gunicorn.
 
-The packaged settings (``kernel.gunicorn_conf``) are the one source: ``bastion serve`` runs gunicorn as a
-library with them, ``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app`` reads them anywhere, and a
+The packaged settings (``kernel.server.gunicorn_conf``) are the one source: ``bastion serve`` runs gunicorn as a
+library with them, ``gunicorn -c python:kernel.server.gunicorn_conf kernel.wsgi:app`` reads them anywhere, and a
 checkout's ``gunicorn.conf.py`` imports them (tests/test_gunicorn.py).
 """
 
@@ -78,7 +78,7 @@ def test_production_from_another_directory_with_config(tmp_path):
         assert get(server.host, server.port, path="/api/get_all")[0] == 400
         log = server.log()
     assert "production mode, storage sqlite:///" in log
-    assert log.count("Booting worker") == 2 and "kernel.worker.BastionWorker" in log
+    assert log.count("Booting worker") == 2 and "kernel.server.worker.BastionWorker" in log
 
 
 def test_the_checkouts_bastion_ini_in_the_working_directory(tmp_path):
@@ -103,13 +103,13 @@ def test_a_relative_bastion_config_is_made_absolute_for_the_workers(tmp_path):
 
 
 def test_plain_gunicorn_with_the_packaged_settings_anywhere(tmp_path):
-    """``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app`` from a folder without gunicorn.conf.py."""
+    """``gunicorn -c python:kernel.server.gunicorn_conf kernel.wsgi:app`` from a folder without gunicorn.conf.py."""
     port = free_port()
     ini = write_config({**MEMORY, "server": {"bind": f"127.0.0.1:{port}", "keepalive": 0}}, tmp_path)
     run = tmp_path / "elsewhere"
     run.mkdir()
     env = {**os.environ, **MEMORY_ONLY, "BASTION_CONFIG": str(ini)}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:kernel.gunicorn_conf", "kernel.wsgi:app"],
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:kernel.server.gunicorn_conf", "kernel.wsgi:app"],
                             cwd=run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_serving("127.0.0.1", port, proc)
@@ -147,7 +147,7 @@ def test_a_missing_config_file_is_one_line(tmp_path, option):
 
 def test_every_server_key_reaches_gunicorns_settings(tmp_path, monkeypatch):
     """What ``bastion serve`` hands gunicorn, read from its application object (the master's settings)."""
-    from kernel.serve import BastionApplication
+    from kernel.server.serve import BastionApplication
 
     port = free_port()
     ini = write_config({"bastion": {"development": True, "storage": f"sqlite:///{tmp_path}/b.sqlite3"},
@@ -155,12 +155,12 @@ def test_every_server_key_reaches_gunicorns_settings(tmp_path, monkeypatch):
                                    "graceful_timeout": 7, "keepalive": 9, "max_requests": 1000,
                                    "max_requests_jitter": 50, "worker_connections": 50}}, tmp_path)
     monkeypatch.setenv("BASTION_CONFIG", str(ini))
-    monkeypatch.delitem(sys.modules, "kernel.gunicorn_conf", raising=False)
+    monkeypatch.delitem(sys.modules, "kernel.server.gunicorn_conf", raising=False)
     cfg = BastionApplication().cfg
     assert cfg.bind == [f"127.0.0.1:{port}"]
     assert (cfg.workers, cfg.threads, cfg.timeout, cfg.graceful_timeout) == (3, 2, 40, 7)
     assert (cfg.keepalive, cfg.max_requests, cfg.max_requests_jitter, cfg.worker_connections) == (9, 1000, 50, 50)
-    assert cfg.worker_class_str == "kernel.worker.BastionWorker" and cfg.reload is False
+    assert cfg.worker_class_str == "kernel.server.worker.BastionWorker" and cfg.reload is False
     assert cfg.forwarded_allow_ips == [] and cfg.control_socket_disable is True
 
 

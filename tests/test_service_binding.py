@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kernel import InvalidCall
-from kernel.services import Service
+from kernel.core.services import Service
 
 
 def test_a_call_without_arguments_gets_every_default():

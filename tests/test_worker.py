@@ -1,4 +1,4 @@
-"""kernel.worker.BastionWorker behind real gunicorn processes, spoken to over raw sockets.
+"""kernel.server.worker.BastionWorker behind real gunicorn processes, spoken to over raw sockets.
 
 Slow heads and bodies wait in the worker's main loop, not in its threads; heads and bodies have deadlines;
 every refusal is the JSON of docs/protocol.md section 2 with the security headers; 100 Continue waits for
@@ -515,8 +515,8 @@ def test_a_pipelined_request_whose_body_is_still_arriving_waits_for_it(server):
 
 
 def test_the_worker_sends_the_same_content_security_policy_as_the_application():
-    from kernel.app import API_CSP
-    from kernel.worker import SECURITY_HEADERS as WORKER_HEADERS
+    from kernel.http.app import API_CSP
+    from kernel.server.worker import SECURITY_HEADERS as WORKER_HEADERS
 
     assert dict(WORKER_HEADERS)["Content-Security-Policy"] == API_CSP
     assert {name.lower(): value for name, value in WORKER_HEADERS} == SECURITY_HEADERS
@@ -530,7 +530,7 @@ def loop_worker():
     """A BastionWorker with its selector but no process: what it hands to the pool is kept in ``handed``."""
     from gunicorn.config import Config
 
-    from kernel.worker import BastionWorker
+    from kernel.server.worker import BastionWorker
 
     cfg = Config()
     cfg.set("threads", 2)
@@ -543,7 +543,7 @@ def loop_worker():
 
     def new_conn(data: bytes = b""):
         """A connection of the worker (gathering its head) and the client's end, which has sent ``data``."""
-        from kernel.worker import BastionConn
+        from kernel.server.worker import BastionConn
 
         ours, client = socket.socketpair()
         pairs.append((ours, client))
@@ -622,7 +622,7 @@ def test_a_connection_closed_to_make_room_gets_no_event_of_the_same_wait(loop_wo
 
 
 def test_bodies_past_the_body_buffer_wait_unread_and_small_ones_do_not(loop_worker):
-    from kernel.worker import BODY_ALLOWANCE
+    from kernel.server.worker import BODY_ALLOWANCE
 
     worker = loop_worker
     worker.body_buffer = 4096
@@ -670,7 +670,7 @@ OVER_MAX_BODY = {
 
 def _ready_at(body: bytes):
     """How many bytes of ``body``, fed one at a time, ChunkedEnd needs to be ready (None: never), and it."""
-    from kernel.worker import ChunkedEnd
+    from kernel.server.worker import ChunkedEnd
 
     head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
     end = ChunkedEnd(len(head), **LIMITS)

@@ -38,12 +38,11 @@ Bastion is installed) offers the ``fake_clock``, ``make_app``,
 ``redis_server``, ``redis_cluster``, ``postgres_server`` and ``gunicorn_server`` fixtures.
 """
 
-from kernel.app import create_app
 from kernel.cli import main
 from kernel.client import Client, InvalidResponseSignature, Response, Session
-from kernel.config import BASTION_SCHEMA, SERVER_SCHEMA
-from kernel.plugins import describe, get_plugin_manager
-from kernel.signing import (
+from kernel.core.config import BASTION_SCHEMA, SERVER_SCHEMA
+from kernel.core.plugins import describe, get_plugin_manager
+from kernel.core.signing import (
     authorization,
     body_hash,
     macs_equal,
@@ -56,6 +55,7 @@ from kernel.signing import (
     server_authorization,
     string_to_sign,
 )
+from kernel.http.app import create_app
 from kernel.testing.apps import open_app
 from kernel.testing.ci import import_or_skip, in_ci, launched, skip_or_fail
 from kernel.testing.clock import FakeClock

@@ -18,10 +18,10 @@ def open_app(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[ob
     ``clock`` (a callable returning Unix seconds, default ``time.time``) is
     the runtime's.
     """
-    from kernel.app import create_app
-    from kernel.config import Config
-    from kernel.plugins import get_plugin_manager
-    from kernel.runtime import Runtime
+    from kernel.core.config import Config
+    from kernel.core.plugins import get_plugin_manager
+    from kernel.core.runtime import Runtime
+    from kernel.http.app import create_app
 
     merged = {name: dict(values) for name, values in DEFAULT_SECTIONS.items()}
     for name, values in (sections or {}).items():

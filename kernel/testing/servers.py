@@ -15,7 +15,7 @@ from pathlib import Path
 from kernel.testing.ports import free_port
 
 #: The packaged gunicorn settings every GunicornServer runs with (read from the [server] section).
-SETTINGS = "python:kernel.gunicorn_conf"
+SETTINGS = "python:kernel.server.gunicorn_conf"
 
 
 def wait_until_serving(host: str, port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kernel.driver import MAX_ID_LENGTH, Driver
+from kernel.core.driver import MAX_ID_LENGTH, Driver
 from kernel.testing.clock import FakeClock
 
 #: The name of the pytest mark :func:`requires` makes (registered by the ``bastion`` pytest plugin).
@@ -36,7 +36,7 @@ THREADS = 16
 #: Strings no driver may store: lone surrogates, which UTF-8 cannot encode.
 UNENCODABLE = ["\ud800", "caf\u00e9 \udfff", "\udc80 at the start", "a pair \ud83d\ude00 is two lone surrogates in Python"]
 
-#: Strings that break the record-id rule (kernel.driver.is_record_id).
+#: Strings that break the record-id rule (kernel.core.driver.is_record_id).
 BAD_IDS = ["", "a\u0000b", "x" * (MAX_ID_LENGTH + 1), "a\ud800"]
 
 

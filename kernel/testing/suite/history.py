@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.driver import DEFAULT_HISTORY_KEEP_REMOVED, REMOVED_HISTORY_STEP, Change, RecordVersion
-from kernel.errors import ValidationError, VersionConflict
-from kernel.store import Errors, Models, UnitOfWork
+from kernel.core.driver import DEFAULT_HISTORY_KEEP_REMOVED, REMOVED_HISTORY_STEP, Change, RecordVersion
+from kernel.core.errors import ValidationError, VersionConflict
+from kernel.core.store import Errors, Models, UnitOfWork
 from kernel.testing.suite.base import BAD_IDS, THREADS, UNENCODABLE, SuiteBase, requires, run_together
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.driver import MAX_ID_LENGTH, Change, StoredRecord
-from kernel.errors import RecordNotFound, VersionConflict
+from kernel.core.driver import MAX_ID_LENGTH, Change, StoredRecord
+from kernel.core.errors import RecordNotFound, VersionConflict
 from kernel.testing.suite.base import BAD_IDS, THREADS, UNENCODABLE, SuiteBase, requires, run_together
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kernel.driver import WindowEntry
+from kernel.core.driver import WindowEntry
 from kernel.testing.suite.base import THREADS, UNENCODABLE, SuiteBase, requires, run_together
 
 

@@ -1,6 +1,6 @@
 """The unit-of-work part of the conformance suite: models, versions, validation and model evolution.
 
-Everything here goes through :class:`kernel.store.UnitOfWork` on the driver
+Everything here goes through :class:`kernel.core.store.UnitOfWork` on the driver
 under test, as a plugin's ``with storage() as db`` does.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.driver import MAX_ID_LENGTH, StoredRecord
-from kernel.errors import RecordNotFound, ValidationError, VersionConflict
-from kernel.store import Errors, Models, UnitOfWork
+from kernel.core.driver import MAX_ID_LENGTH, StoredRecord
+from kernel.core.errors import RecordNotFound, ValidationError, VersionConflict
+from kernel.core.store import Errors, Models, UnitOfWork
 from kernel.testing.suite.base import BAD_IDS, UNENCODABLE, SuiteBase
 
 

@@ -54,7 +54,7 @@ LOGGING = {
     "formatters": {"keys": "json"},
     "logger_root": {"level": "INFO", "handlers": "file"},
     "handler_file": {"class": "FileHandler", "args": "('%(here)s/bastion.log', 'a')", "formatter": "json"},
-    "formatter_json": {"class": "kernel.logs.JsonFormatter"},
+    "formatter_json": {"class": "kernel.ops.logs.JsonFormatter"},
 }
 
 

@@ -103,7 +103,7 @@ def _ttl_ms(ttl: float) -> int:
 
 
 class RedisDriver:
-    """A :class:`kernel.driver.Driver` on one Redis server or a Redis Cluster.
+    """A :class:`kernel.core.driver.Driver` on one Redis server or a Redis Cluster.
 
     ``url`` is ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS),
     ``unix:///path/to/redis.sock?db=0``, or ``redis+cluster://[:password@]host:port[,host:port...]``
@@ -401,7 +401,7 @@ class RedisDriver:
 
         The write is a ``SET`` of a probe key with a 10-second native TTL,
         under the deployment's prefix in a domain no tenant can have
-        (:data:`kernel.driver.PROBE_DOMAIN`): a Redis out of memory, a
+        (:data:`kernel.core.driver.PROBE_DOMAIN`): a Redis out of memory, a
         read-only replica or a lost connection fails it. With
         ``wait_replicas``, the probe waits for the replicas as every write
         does; on a Cluster, every master gets a probe.

@@ -69,7 +69,7 @@ class Keys:
         return f"{self.domain(domain)}o:{escape(model)}"
 
     def index(self, domain: str, model: str, field: str, token: str) -> str:
-        """The set of ids whose ``field`` has the value of ``token`` (kernel.driver.index_token)."""
+        """The set of ids whose ``field`` has the value of ``token`` (kernel.core.driver.index_token)."""
         return self.domain(domain) + self.index_suffix(model, field, token)
 
     @staticmethod

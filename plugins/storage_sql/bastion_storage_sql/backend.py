@@ -467,7 +467,7 @@ class SqlBackend:
         """Return when the database accepts a write; raise ServiceUnavailable otherwise.
 
         The write is one upsert of a probe row in a domain no tenant can have
-        (:data:`kernel.driver.PROBE_DOMAIN`), expired as soon as written: a
+        (:data:`kernel.core.driver.PROBE_DOMAIN`), expired as soon as written: a
         full disk, a read-only database or a lock held too long fails it. On
         SQLite it waits at the write gate at most :data:`PING_WAIT`: a probe
         (``/healthz``) is answered within a load balancer's timeout, and a

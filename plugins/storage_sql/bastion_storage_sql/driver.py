@@ -8,7 +8,7 @@ from kernel import PAGED_SELECT
 
 
 class SqlDriver(SqlRecords, SqlState):
-    """A :class:`kernel.driver.Driver` on SQLite or PostgreSQL.
+    """A :class:`kernel.core.driver.Driver` on SQLite or PostgreSQL.
 
     ``SqlDriver(url, clock=time.time, options=None, schema="upgrade")``:
     ``options`` are ``[storage_sql]`` values (defaults for the missing ones);

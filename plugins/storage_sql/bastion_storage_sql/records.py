@@ -8,7 +8,7 @@ trim of the oldest beyond the limit — COMMIT).
 
 A commit that removes records of a model that keeps history (deletes with
 ``history``) also numbers those removals and drops the histories its bound
-leaves out (:class:`kernel.driver.Change`), per model: one ``executemany``
+leaves out (:class:`kernel.core.driver.Change`), per model: one ``executemany``
 upsert of ``bastion_history_removed``, one DELETE ... RETURNING of the
 oldest numbers beyond the bound (at most one per removal plus
 ``REMOVED_HISTORY_STEP``, an index range), and, when it returned any, one
@@ -80,7 +80,7 @@ def _write_order(change: Change) -> tuple:
 
 
 class SqlRecords(SqlBackend):
-    """The record half of the SQL driver (:class:`kernel.driver.RecordStore`)."""
+    """The record half of the SQL driver (:class:`kernel.core.driver.RecordStore`)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -289,7 +289,7 @@ class SqlRecords(SqlBackend):
 
     def _count_removals(self, connection: Any, domain: str, model: str, removed: list[Change]) -> None:
         """Number a commit's removals of ``model`` after the domain's earlier ones, then drop the histories
-        their bound leaves out, oldest removal first (see :class:`kernel.driver.Change`)."""
+        their bound leaves out, oldest removal first (see :class:`kernel.core.driver.Change`)."""
         upsert = self._removal_sql
         connection.cursor().executemany(upsert.text, [upsert.params({"d": domain, "m": model, "id": change.id})
                                                       for change in removed])

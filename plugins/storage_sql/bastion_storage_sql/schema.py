@@ -6,7 +6,7 @@ The Alembic revisions in ``migrations/versions`` create exactly these tables;
 * ``bastion_records`` — one row per record, keyed by (domain, model, id);
   ``seq`` orders a model's records by creation (updates keep it).
 * ``bastion_index`` — one row per indexed field of a record, holding
-  :func:`kernel.driver.index_token` of its value; its primary key starts with
+  :func:`kernel.core.driver.index_token` of its value; its primary key starts with
   (domain, model, field, token), so an equality filter is an index range scan.
 * ``bastion_state`` — plain short-lived keys; ``n`` holds integer values (so
   that counters increment in SQL), ``value`` every other JSON value.

@@ -69,7 +69,7 @@ def _lock_key(domain: str, key: str) -> int:
 
 
 class SqlState(SqlBackend):
-    """The state half of the SQL driver (:class:`kernel.driver.StateStore`).
+    """The state half of the SQL driver (:class:`kernel.core.driver.StateStore`).
 
     Plain keys and windows share one namespace: ``set`` and ``window_add``
     replace a key of the other kind, ``delete`` removes either. ``get``,

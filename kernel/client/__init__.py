@@ -8,7 +8,7 @@
     client.logout()
 
 ``Client(app=wsgi_app)`` calls a WSGI application in-process instead (tests,
-plugin authors). Failures raise the :mod:`kernel.errors` class named by the
+plugin authors). Failures raise the :mod:`kernel.core.errors` class named by the
 answer's ``exc``; an answer that should be signed and is not (or whose MAC is
 wrong) raises :class:`InvalidResponseSignature`. Over HTTPS the server's
 certificate is verified against the system's CAs (``cafile`` for a private
@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import signing
-from kernel.errors import BY_NAME, BastionError, StaleCall
-from kernel.hosts import parse_domain
-from kernel.jsonio import dumps
+from kernel.core import signing
+from kernel.core.errors import BY_NAME, BastionError, StaleCall
+from kernel.core.hosts import parse_domain
+from kernel.core.jsonio import dumps
 
 #: Answers a server gives before it knows the caller holds the key (steps 1 to 8): never signed.
 UNSIGNED = frozenset({"InvalidHost", "RequireSSL", "Abusive", "PayloadTooLarge", "UnsupportedMediaType",

@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kernel.errors import InvalidCall
+from kernel.core.errors import InvalidCall
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 _ATTR = "__bastion_service__"

@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import context
-from kernel.driver import (
+from kernel.core import context
+from kernel.core.driver import (
     DEFAULT_HISTORY_KEEP_REMOVED,
     PAGED_SELECT,
     Change,
@@ -51,7 +51,7 @@ from kernel.driver import (
     check_scalar,
     is_record_id,
 )
-from kernel.errors import RecordNotFound, ValidationError, VersionConflict
+from kernel.core.errors import RecordNotFound, ValidationError, VersionConflict
 
 _MISSING = object()
 
@@ -361,7 +361,7 @@ def _checked_where(info: ModelInfo, where: Mapping[str, Scalar] | None) -> dict[
 
 def _names_a_record(id: Any) -> bool:
     """Whether ``id`` can name a record (TypeError if it is not a string): an id that breaks the record-id rule
-    (:func:`kernel.driver.is_record_id`) names none, and no driver is asked about it."""
+    (:func:`kernel.core.driver.is_record_id`) names none, and no driver is asked about it."""
     if not isinstance(id, str):
         raise TypeError("a record id is a string")
     return is_record_id(id)
@@ -481,7 +481,7 @@ class UnitOfWork:
     def get(self, model: type, id: str) -> Record | None:
         """Return one record, or None if the domain has none with this id.
 
-        A string that breaks the record-id rule (:func:`kernel.driver.is_record_id`:
+        A string that breaks the record-id rule (:func:`kernel.core.driver.is_record_id`:
         empty, too long, with NUL or a lone surrogate) names no record: None,
         without asking the driver.
         """

@@ -19,8 +19,8 @@ A driver keeps two kinds of data, both partitioned by domain in every key:
 
 Every time to live follows the clock the driver was opened with, so tests can
 move time without sleeping. Drivers translate their backend's connection
-errors into :class:`kernel.errors.ServiceUnavailable`; a conflict is
-:class:`kernel.errors.VersionConflict`. ``kernel.testing`` holds the suite that
+errors into :class:`kernel.core.errors.ServiceUnavailable`; a conflict is
+:class:`kernel.core.errors.VersionConflict`. ``kernel.testing`` holds the suite that
 proves a driver keeps this contract.
 
 No driver stores what it cannot give back: every string written (record data,
@@ -177,7 +177,7 @@ class RecordStore(Protocol):
         A driver that declares :data:`PAGED_SELECT` also takes two keywords,
         and reads no more than they ask for: ``after``, a record id, keeps
         only the records created after that one (its own ``where`` items
-        need not match; :class:`kernel.errors.RecordNotFound` when the domain
+        need not match; :class:`kernel.core.errors.RecordNotFound` when the domain
         has no record of the model with that id), and ``limit``, an int of at
         least 1, keeps the first that many. The kernel checks both before it
         calls; for a driver without the capability it pages the whole answer.
@@ -305,7 +305,7 @@ class Driver(RecordStore, StateStore, Protocol):
 MAX_ID_LENGTH = 256
 
 #: The domain of the probe entry ``ping`` writes: no Host header can name it
-#: (kernel.hosts accepts letters, digits, ``_``, ``-``, dots and bracketed IPv6).
+#: (kernel.core.hosts accepts letters, digits, ``_``, ``-``, dots and bracketed IPv6).
 PROBE_DOMAIN = "#probe"
 
 

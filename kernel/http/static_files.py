@@ -6,7 +6,7 @@ import email.utils
 import mimetypes
 from pathlib import Path
 
-from kernel.errors import MethodNotAllowed, NotFound
+from kernel.core.errors import MethodNotAllowed, NotFound
 
 _TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

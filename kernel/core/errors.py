@@ -1,7 +1,7 @@
 """The exception tree of docs/protocol.md section 2: one class per ``exc`` name.
 
 Nothing below the HTTP layer imports Falcon; code raises these, and exactly
-one error handler (``kernel.app``) turns them into responses.
+one error handler (``kernel.http.app``) turns them into responses.
 """
 
 from __future__ import annotations

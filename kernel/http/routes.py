@@ -7,8 +7,8 @@ from typing import Any
 
 import falcon
 
-from kernel.context import current
-from kernel.jsonio import dumps
+from kernel.core.context import current
+from kernel.core.jsonio import dumps
 
 #: A route's handler: the current request (and the path's fields) in, a JSON value out.
 Handler = Callable[..., Any]

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kernel.context import Request
-    from kernel.errors import BastionError
+    from kernel.core.context import Request
+    from kernel.core.errors import BastionError
 
 SCHEME = "Bastion-HMAC"
 REQUEST_TAG = "bastion-hmac-v1"

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel.errors import ConfigError
-from kernel.hosts import DEVELOPMENT_HOSTS, HostMatcher
-from kernel.urls import redact
+from kernel.core.errors import ConfigError
+from kernel.core.hosts import DEVELOPMENT_HOSTS, HostMatcher
+from kernel.core.urls import redact
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
@@ -359,7 +359,7 @@ METRICS_SCHEMA: dict[str, Option] = {
                       "is counted", default=("127.0.0.0/8", "::1")),
 }
 
-#: The ``[server]`` section, read by kernel.gunicorn_conf (``bastion serve``, and gunicorn with its settings).
+#: The ``[server]`` section, read by kernel.server.gunicorn_conf (``bastion serve``, and gunicorn with its settings).
 SERVER_SCHEMA: dict[str, Option] = {
     "bind": Str("127.0.0.1:9000", "address gunicorn listens on", r"(\S+:\d+|unix:\S+)", "HOST:PORT or unix:PATH"),
     "workers": Int(2, "worker processes (forced to 1 for mem://)", min=1, max=64),

@@ -1,11 +1,11 @@
-"""``bastion serve``: gunicorn run as a library, with the settings of :mod:`kernel.gunicorn_conf`.
+"""``bastion serve``: gunicorn run as a library, with the settings of :mod:`kernel.server.gunicorn_conf`.
 
-``bastion [--config FILE] serve`` is ``gunicorn -c python:kernel.gunicorn_conf kernel.wsgi:app``
+``bastion [--config FILE] serve`` is ``gunicorn -c python:kernel.server.gunicorn_conf kernel.wsgi:app``
 without gunicorn's command line: the configuration file is ``--config``, else ``$BASTION_CONFIG``,
 else ``./bastion.ini`` (else the defaults), from any working directory, in production as in
 development. Its path is made absolute and put in ``$BASTION_CONFIG`` before anything reads it, so the
 packaged settings (the ``[server]`` section), every worker's application (:mod:`kernel.wsgi`) and
-the worker's read timeouts (:mod:`kernel.worker`) all read the same file, and a worker that gunicorn
+the worker's read timeouts (:mod:`kernel.server.worker`) all read the same file, and a worker that gunicorn
 starts again later still finds it.
 
 The process stays gunicorn's master (the same pid: a service manager's main process). It never
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-#: The module whose public names are gunicorn's settings, as ``gunicorn -c python:kernel.gunicorn_conf`` reads them.
-SETTINGS_MODULE = "kernel.gunicorn_conf"
+#: The module whose public names are gunicorn's settings, as ``gunicorn -c python:kernel.server.gunicorn_conf`` reads them.
+SETTINGS_MODULE = "kernel.server.gunicorn_conf"
 #: The WSGI application every worker loads.
 APP = "kernel.wsgi:app"
 

@@ -1,6 +1,6 @@
 """The runtime: configuration, plugins, drivers, models and services of one process.
 
-A runtime knows nothing of HTTP (that is :func:`kernel.app.create_app`'s) and
+A runtime knows nothing of HTTP (that is :func:`kernel.http.app.create_app`'s) and
 sets nothing global. Building one reads the configuration through every
 plugin's ``bastion_configure`` (where plugins register what they keep for
 this runtime), opens the storage drivers, registers the models and services,
@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterator
 
 import pluggy
 
-from kernel import context
-from kernel.config import Config, load_config
-from kernel.driver import Driver
-from kernel.errors import ConfigError
-from kernel.logs import SECURITY, log_event
-from kernel.metrics import Metrics
-from kernel.plugins import get_plugin_manager
-from kernel.services import Services
-from kernel.store import Errors, Models, Record, StorageScope, bind_scope, unbind_scope
-from kernel.urls import StorageURL
+from kernel.core import context
+from kernel.core.config import Config, load_config
+from kernel.core.driver import Driver
+from kernel.core.errors import ConfigError
+from kernel.core.plugins import get_plugin_manager
+from kernel.core.services import Services
+from kernel.core.store import Errors, Models, Record, StorageScope, bind_scope, unbind_scope
+from kernel.core.urls import StorageURL
+from kernel.ops.logs import SECURITY, log_event
+from kernel.ops.metrics import Metrics
 
 log = logging.getLogger("bastion")
 

@@ -15,14 +15,14 @@ import os
 import stat
 from dataclasses import dataclass
 
-from kernel.driver import PROBE_DOMAIN
-from kernel.hosts import DEVELOPMENT_HOSTS
-from kernel.urls import StorageURL
+from kernel.core.driver import PROBE_DOMAIN
+from kernel.core.hosts import DEVELOPMENT_HOSTS
+from kernel.core.urls import StorageURL
 
 ERROR = "error"
 WARNING = "warning"
 
-#: Where the server notes forwarding headers from peers it does not trust (written by :mod:`kernel.app`).
+#: Where the server notes forwarding headers from peers it does not trust (written by :mod:`kernel.http.app`).
 NOTES_DOMAIN = PROBE_DOMAIN
 FORWARDED_NOTE = "note:forwarded"
 

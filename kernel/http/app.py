@@ -24,10 +24,9 @@ from pathlib import Path
 
 import falcon
 
-from kernel import context
-from kernel.config import Config
-from kernel.deploy import FORWARDED_NOTE, NOTES_DOMAIN
-from kernel.errors import (
+from kernel.core import context
+from kernel.core.config import Config
+from kernel.core.errors import (
     BastionError,
     ConfigError,
     Error,
@@ -42,16 +41,17 @@ from kernel.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from kernel.hosts import FORWARDING_HEADERS, HostMatcher, Origins, address_in, forwarding_headers, parse_domain
-from kernel.jsonio import loads
-from kernel.logs import CALL, REQUEST_ID, Event, bind_request_id, clip, emit, new_request_id, unbind_request_id
-from kernel.metrics import CONTENT_TYPE
-from kernel.routes import Routes, answer
-from kernel.runtime import Runtime
-from kernel.signing import Authentication, Credentials, ResponseSigner
-from kernel.static_files import STATIC_CSP, StaticFiles
-from kernel.store import bind_scope, unbind_scope
-from kernel.target import parse_target
+from kernel.core.hosts import FORWARDING_HEADERS, HostMatcher, Origins, address_in, forwarding_headers, parse_domain
+from kernel.core.jsonio import loads
+from kernel.core.runtime import Runtime
+from kernel.core.signing import Authentication, Credentials, ResponseSigner
+from kernel.core.store import bind_scope, unbind_scope
+from kernel.http.routes import Routes, answer
+from kernel.http.static_files import STATIC_CSP, StaticFiles
+from kernel.http.target import parse_target
+from kernel.ops.deploy import FORWARDED_NOTE, NOTES_DOMAIN
+from kernel.ops.logs import CALL, REQUEST_ID, Event, bind_request_id, clip, emit, new_request_id, unbind_request_id
+from kernel.ops.metrics import CONTENT_TYPE
 
 log = logging.getLogger("bastion.http")
 

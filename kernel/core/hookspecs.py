@@ -117,7 +117,7 @@ def bastion_deploy_checks(config, runtime):
 def bastion_routes(routes, app, runtime):
     """Add routes to the application.
 
-    Called by :func:`kernel.app.create_app` once, after the kernel's own
+    Called by :func:`kernel.http.app.create_app` once, after the kernel's own
     routes (``/api/{service}``, ``/healthz``) exist. ``routes`` is a
     :class:`kernel.Routes`: ``routes.post(path, handler, protected=...,
     signed=...)`` and ``routes.get(path, handler)`` serve a function that
@@ -139,7 +139,7 @@ def bastion_routes(routes, app, runtime):
 def bastion_static():
     """Return static directories to serve, as ``(url_prefix, directory)`` pairs.
 
-    Called by :func:`kernel.app.create_app` once. Files are served with
+    Called by :func:`kernel.http.app.create_app` once. Files are served with
     content types, ETag and Last-Modified, ``index.html`` for folders, and
     never outside ``directory``. A directory named in ``[bastion] static``
     comes first at ``/``. Returns a list of pairs, or None for none.

@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kernel.errors import InvalidCall, NotFound
+from kernel.core.errors import InvalidCall, NotFound
 
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _ESCAPE = re.compile(r"%(..)?", re.DOTALL)

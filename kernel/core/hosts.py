@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 
-from kernel.errors import InvalidHost
+from kernel.core.errors import InvalidHost
 
 _NAME = re.compile(r"([a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?)(?::(\d{1,5}))?")
 _BRACKETED = re.compile(r"\[([0-9a-f:.]+)\](?::(\d{1,5}))?")

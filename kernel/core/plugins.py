@@ -9,8 +9,8 @@ from collections.abc import Iterable
 
 import pluggy
 
-from kernel import hookspecs
-from kernel.urls import scrub
+from kernel.core import hookspecs
+from kernel.core.urls import scrub
 
 log = logging.getLogger("bastion.plugins")
 

@@ -3,7 +3,7 @@
 :class:`Metrics` holds the kernel's metrics and those plugins add
 (:meth:`Metrics.counter`, :meth:`Metrics.histogram`, :meth:`Metrics.scrape_gauge`),
 and renders them in the Prometheus text format for ``GET /metrics``
-(:mod:`kernel.app`, served only to ``[metrics] allow``).
+(:mod:`kernel.http.app`, served only to ``[metrics] allow``).
 
 Across processes it uses ``prometheus-client``'s multiprocess mode: when
 ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn's master sets it, see
@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from kernel.config import Config
+from kernel.core.config import Config
 
 log = logging.getLogger("bastion.metrics")
 
@@ -288,7 +288,7 @@ def _without_total(name: str) -> str:
 def prepare_multiprocess_dir() -> str:
     """Make the folder gunicorn's workers share their metrics in, and say so in the environment; return it.
 
-    Called by gunicorn's master (``kernel.gunicorn_conf``) before any worker
+    Called by gunicorn's master (``kernel.server.gunicorn_conf``) before any worker
     starts. ``$PROMETHEUS_MULTIPROC_DIR``, when the operator set it, is used
     and emptied of an earlier run's files; otherwise a new temporary folder is
     made (and removed at exit by :func:`remove_multiprocess_dir`). A reload of
