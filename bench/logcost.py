@@ -102,6 +102,7 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     from kernel.core.runtime import Runtime
     from kernel.http.app import create_app
     from kernel.ops.logs import CALL, JsonFormatter, LoggingState, TextFormatter, configure_logging
+    from kernel.ops.metrics import Metrics
     from kernel.testing.servers import write_config
 
     rows = []
@@ -116,7 +117,7 @@ def in_process(bench, backend: Backend, served_rows: list[dict], calls: int) -> 
     [handler] = [h for h in root.handlers if getattr(h, "_bastion", False)]
     sink = open(folder / "calls.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     terminal, sys.stderr = sys.stderr, sink
-    app = create_app(Runtime(config).start())
+    app = create_app(Runtime(config, metrics=Metrics.from_config(config)).start())
     metrics = app.runtime.metrics
     formatters = {"text": TextFormatter(), "json": JsonFormatter()}
 

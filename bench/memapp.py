@@ -9,6 +9,7 @@ from bench.fill import fill_plan, plan_from_env
 from kernel.core.config import load_config
 from kernel.core.runtime import Runtime
 from kernel.http.app import create_app
+from kernel.ops.metrics import Metrics
 
-app = create_app(Runtime(load_config()).start())
+app = create_app(Runtime(_config := load_config(), metrics=Metrics.from_config(_config)).start())
 fill_plan(app.runtime.records, plan_from_env())

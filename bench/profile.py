@@ -129,6 +129,7 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
     from kernel.core.config import load_config
     from kernel.core.runtime import Runtime
     from kernel.http.app import create_app
+    from kernel.ops.metrics import Metrics
 
     store = backend.start()
     out = []
@@ -136,7 +137,8 @@ def profile_backend(bench, backend, calls: int, stamp: str) -> list[dict]:
         domain = "n10.localhost"
         sections = bench.sections(store, [domain])
         directory = tempfile.mkdtemp(dir=bench.tmp)
-        app = create_app(Runtime(load_config(write_config(sections, directory))).start())
+        config = load_config(write_config(sections, directory))
+        app = create_app(Runtime(config, metrics=Metrics.from_config(config)).start())
         try:
             fill.fill(app.runtime.records, domain, 10)
             client = Client(app=app, host=domain)

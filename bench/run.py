@@ -288,7 +288,7 @@ class Bench:
             from kernel.core.runtime import Runtime
 
             directory = tempfile.mkdtemp(dir=self.tmp)
-            runtime = Runtime(load_config(write_config(sections, directory)))
+            runtime = Runtime(load_config(write_config(sections, directory)))  # to fill the storage: nothing counted
             try:
                 fill.fill_plan(runtime.records, plan)
             finally:

@@ -114,6 +114,7 @@ def measure(backend, calls: int, bench: Bench) -> dict:
     from kernel.core.config import load_config
     from kernel.core.runtime import Runtime
     from kernel.http.app import create_app
+    from kernel.ops.metrics import Metrics
 
     store = backend.start()
     try:
@@ -122,7 +123,8 @@ def measure(backend, calls: int, bench: Bench) -> dict:
         directory = tempfile.mkdtemp(dir=bench.tmp)
         counter = Counter()
         with counting(counter):
-            app = create_app(Runtime(load_config(write_config(sections, directory))).start())
+            config = load_config(write_config(sections, directory))
+            app = create_app(Runtime(config, metrics=Metrics.from_config(config)).start())
             try:
                 fill.fill_plan(app.runtime.records, [("n10.localhost", 10, "t"), ("a10.localhost", 10, "t"),
                                                      ("upd.localhost", calls, "u")])

@@ -9,11 +9,12 @@ from kernel.core.config import load_config
 from kernel.core.runtime import Runtime
 from kernel.http.app import create_app
 from kernel.ops.logs import configure_logging, is_configured
+from kernel.ops.metrics import Metrics
 
 _config = load_config()
 if not is_configured():
     configure_logging(_config)
-runtime = Runtime(_config)
+runtime = Runtime(_config, metrics=Metrics.from_config(_config))
 try:
     runtime.start()
 except BaseException:

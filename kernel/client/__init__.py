@@ -18,8 +18,10 @@ CA, ``ssl_context`` for anything else). docs/client.md is the guide.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import ssl
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -230,11 +232,37 @@ class Client:
             conn.close()
 
     def _wsgi(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
-        import falcon.testing
+        """Call a WSGI application in this process, as a WSGI server would (PEP 3333), with no HTTP in between."""
+        target, _, query = (self.prefix + path).partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": urllib.parse.unquote(target, "latin-1"),
+            "QUERY_STRING": query, "RAW_URI": self.prefix + path, "SERVER_NAME": self.host.split(":")[0],
+            "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": self.remote_addr,
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "HTTP_HOST": self.host,
+        }
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                environ[key] = value
+            else:
+                environ["HTTP_" + key] = value
+        if body and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(len(body))
+        started: list[Any] = []
 
-        result = falcon.testing.simulate_request(self.app, method, path, body=body, headers=headers,
-                                                 remote_addr=self.remote_addr, host=self.host.split(":")[0])
-        return Response(result.status_code, {k.lower(): v for k, v in result.headers.items()}, result.content)
+        def start_response(status: str, response_headers: list[tuple[str, str]], exc_info=None):
+            started[:] = [int(status.split(" ", 1)[0]), {k.lower(): v for k, v in response_headers}]
+
+        chunks = self.app(environ, start_response)
+        try:
+            data = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        return Response(started[0], started[1], data)
 
 
 def _encode(payload: Any) -> bytes:

@@ -10,6 +10,14 @@ Services and plugins read who is calling and for which tenant from here::
 Only the kernel writes a request's fields (the names with an underscore);
 plugins read the properties. A request carries its own fields and nothing
 else: not the runtime, not a driver, not another plugin's state.
+
+This module owns the kernel's only ambient state, three context variables,
+each bound for one request (or one ``Runtime.bind`` block) and unbound after:
+
+* the current :class:`Request` (:func:`current`, :func:`activate`);
+* the request id every log line of the request carries (:func:`bind_request_id`);
+* the storage scope ``storage()`` works on (:func:`bind_scope`: the runtime's
+  records driver and models, and the request's domain).
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kernel.core.store import StorageScope
 
 
 class Request:
@@ -32,8 +43,8 @@ class Request:
     attributes).
     """
 
-    __slots__ = ("_domain", "_origin", "_scheme", "_method", "_path", "_query", "_headers", "_body",
-                 "_session", "_protected", "__weakref__")
+    __slots__ = ("_domain", "_origin", "_scheme", "_method", "_path", "_query", "_authority", "_headers", "_body",
+                 "_session", "_roles", "_protected", "__weakref__")
 
     def __init__(self, domain: str, *, origin: str = "", scheme: str = "http", method: str = "POST",
                  path: str = "/", query: str | None = None, headers: Mapping[str, str] | None = None,
@@ -44,6 +55,7 @@ class Request:
         self._method = method
         self._path = path
         self._query = query
+        self._authority: str | None = None
         self._headers: Mapping[str, str] = headers if headers is not None else {}
         self._body = body
         self._session = session
@@ -156,3 +168,43 @@ def set_current(request: Request) -> contextvars.Token:
 def reset(token: contextvars.Token) -> None:
     """Undo :func:`set_current`."""
     _current.reset(token)
+
+
+# -- request ids ---------------------------------------------------------------------------------------------------
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_request_id", default=None)
+
+
+def bind_request_id(request_id: str | None) -> contextvars.Token:
+    """Make ``request_id`` the current one until :func:`unbind_request_id` with the returned token."""
+    return _request_id.set(request_id)
+
+
+def unbind_request_id(token: contextvars.Token) -> None:
+    """Undo :func:`bind_request_id`."""
+    _request_id.reset(token)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served, or None."""
+    return _request_id.get()
+
+
+# -- the storage scope ---------------------------------------------------------------------------------------------
+
+_scope: contextvars.ContextVar[StorageScope] = contextvars.ContextVar("bastion_storage")
+
+
+def bind_scope(scope: StorageScope) -> contextvars.Token:
+    """Make ``scope`` what ``storage()`` works on until :func:`unbind_scope` with the returned token."""
+    return _scope.set(scope)
+
+
+def unbind_scope(token: contextvars.Token) -> None:
+    """Undo :func:`bind_scope`."""
+    _scope.reset(token)
+
+
+def current_scope() -> StorageScope | None:
+    """The storage scope bound for the current request or ``Runtime.bind`` block, or None."""
+    return _scope.get(None)

@@ -24,12 +24,12 @@ from kernel.core import context
 from kernel.core.config import Config, load_config
 from kernel.core.driver import Driver
 from kernel.core.errors import ConfigError
+from kernel.core.events import SECURITY, log_event
+from kernel.core.instruments import MetricsRegistry, NoMetrics
 from kernel.core.plugins import get_plugin_manager
 from kernel.core.services import Services
-from kernel.core.store import Errors, Models, Record, StorageScope, bind_scope, unbind_scope
+from kernel.core.store import Errors, Models, Record, StorageScope
 from kernel.core.urls import StorageURL
-from kernel.ops.logs import SECURITY, log_event
-from kernel.ops.metrics import Metrics
 
 log = logging.getLogger("bastion")
 
@@ -42,11 +42,13 @@ class Runtime:
 
     ``plugin_manager`` belongs to this runtime alone (the default builds one
     from the installed plugins); ``clock`` returns Unix seconds and decides
-    every expiry.
+    every expiry; ``metrics`` is what it counts with (the operations layer's
+    :class:`kernel.ops.metrics.Metrics` where the server builds it; nothing
+    is counted without).
     """
 
     def __init__(self, config: Config | None = None, plugin_manager: pluggy.PluginManager | None = None,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, *, metrics: MetricsRegistry | None = None):
         self.config = config if config is not None else load_config()
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         if getattr(self.pm, "_bastion_runtime", None) is not None:
@@ -56,7 +58,7 @@ class Runtime:
         self.hook = self.pm.hook
         self.development = self.config.bastion.development
         #: The runtime's Prometheus metrics (``counter``, ``histogram``, ``scrape_gauge`` for plugins).
-        self.metrics = Metrics.from_config(self.config)
+        self.metrics: MetricsRegistry = metrics if metrics is not None else NoMetrics()
         self._registered: list[object] = []
         self._started = False
         self._closed = False
@@ -127,12 +129,12 @@ class Runtime:
     @contextlib.contextmanager
     def bind(self, domain: str, **fields) -> Iterator[context.Request]:
         """Act as a request of ``domain`` outside HTTP (CLI, tests, jobs): ``storage()`` works there."""
-        token = bind_scope(self.scope(domain))
+        token = context.bind_scope(self.scope(domain))
         try:
             with context.activate(context.Request(domain, **fields)) as request:
                 yield request
         finally:
-            unbind_scope(token)
+            context.unbind_scope(token)
 
     def ping(self) -> None:
         """Raise ServiceUnavailable unless every driver answers reads and writes."""

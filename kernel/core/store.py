@@ -31,7 +31,6 @@ that a domain holds the history of at most that many removed records.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -646,25 +645,11 @@ class StorageScope:
     validator: Validator | None = None
 
 
-_scope: contextvars.ContextVar[StorageScope] = contextvars.ContextVar("bastion_storage")
-
-
-def bind_scope(scope: StorageScope) -> contextvars.Token:
-    """Make ``scope`` the one ``storage()`` uses until :func:`unbind_scope` (the kernel calls this per request)."""
-    return _scope.set(scope)
-
-
-def unbind_scope(token: contextvars.Token) -> None:
-    """Undo :func:`bind_scope`."""
-    _scope.reset(token)
-
-
 def storage() -> UnitOfWork:
     """Open a unit of work on the records of the current request's domain, committed as its user."""
-    try:
-        scope = _scope.get()
-    except LookupError:
-        raise LookupError("no Bastion request is active (use Runtime.bind() outside HTTP)") from None
+    scope = context.current_scope()
+    if scope is None:
+        raise LookupError("no Bastion request is active (use Runtime.bind() outside HTTP)")
     request = context.get()
     return UnitOfWork(scope.driver, scope.domain, scope.models, scope.validator,
                       request.user if request is not None else None)

@@ -26,6 +26,7 @@ import falcon
 
 from kernel.core import context
 from kernel.core.config import Config
+from kernel.core.context import bind_scope, unbind_scope
 from kernel.core.errors import (
     BastionError,
     ConfigError,
@@ -45,7 +46,6 @@ from kernel.core.hosts import FORWARDING_HEADERS, HostMatcher, Origins, address_
 from kernel.core.jsonio import loads
 from kernel.core.runtime import Runtime
 from kernel.core.signing import Authentication, Credentials, ResponseSigner
-from kernel.core.store import bind_scope, unbind_scope
 from kernel.http.routes import Routes, answer
 from kernel.http.static_files import STATIC_CSP, StaticFiles
 from kernel.http.target import parse_target

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import falcon
+if TYPE_CHECKING:  # the facade exports Routes: importing kernel must not import Falcon
+    import falcon
 
 from kernel.core.context import current
 from kernel.core.jsonio import dumps
@@ -17,7 +18,7 @@ Handler = Callable[..., Any]
 def answer(resp: falcon.Response, value: Any, status: int = 200) -> None:
     """Write a JSON answer: the status, ``application/json``, the compact UTF-8 body."""
     resp.status = status
-    resp.content_type = falcon.MEDIA_JSON
+    resp.content_type = "application/json"
     resp.data = dumps(value)
 
 

@@ -57,9 +57,11 @@ class BastionApplication(BaseApplication):
 
     def load(self):
         """Build the application in the worker (never in the master): :mod:`kernel.wsgi`."""
-        from kernel.wsgi import app
+        # By name, as plain gunicorn loads it (``gunicorn kernel.wsgi:app``): the WSGI entry point is the module
+        # that puts the layers together, above this one.
+        from gunicorn.util import import_app
 
-        return app
+        return import_app(APP)
 
 
 HELP = "run the server: gunicorn with the [server] settings of the configuration file"

@@ -22,6 +22,7 @@ def open_app(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[ob
     from kernel.core.plugins import get_plugin_manager
     from kernel.core.runtime import Runtime
     from kernel.http.app import create_app
+    from kernel.ops.metrics import Metrics
 
     merged = {name: dict(values) for name, values in DEFAULT_SECTIONS.items()}
     for name, values in (sections or {}).items():
@@ -29,7 +30,8 @@ def open_app(sections: Mapping[str, Mapping] | None = None, plugins: Iterable[ob
     pm = get_plugin_manager(only=only, trace=False)
     for plugin in plugins:
         pm.register(plugin)
-    runtime = Runtime(Config.from_dict(merged), pm, clock=clock).start()
+    config = Config.from_dict(merged)
+    runtime = Runtime(config, pm, clock=clock, metrics=Metrics.from_config(config)).start()
     try:
         return create_app(runtime)
     except BaseException:

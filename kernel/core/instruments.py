@@ -1,0 +1,86 @@
+"""What the runtime counts with: the interface of the operations layer's metrics, and a registry that counts nothing.
+
+The core does not know Prometheus: a :class:`kernel.Runtime` is given its metrics by whoever builds it (the server's
+``kernel.wsgi``, the ``bastion`` command, ``kernel.testing.open_app``: :class:`kernel.ops.metrics.Metrics`), and
+counts nothing without them (:class:`NoMetrics`), which is what a plugin's own tests usually want.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+
+class Series(Protocol):
+    """A counter or histogram with its labels' values given at each sample."""
+
+    def inc(self, *labels: str, amount: float = 1) -> None:
+        """Add ``amount`` to the series of these label values (a counter)."""
+
+    def observe(self, value: float, *labels: str) -> None:
+        """Count one observation (a histogram)."""
+
+
+class MetricsRegistry(Protocol):
+    """The runtime's metrics (``runtime.metrics``): the kernel's own, and those plugins register."""
+
+    enabled: bool
+    security_events: Series
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Series:
+        """Register a counter (``name`` ends in ``_total``) and return it."""
+
+    def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
+                  buckets: Iterable[float] = ...) -> Series:
+        """Register a histogram and return it."""
+
+    def scrape_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        """A gauge read when the metrics are scraped."""
+
+    def call(self, service: str, status: int, seconds: float) -> None:
+        """Count an answered request and its duration."""
+
+    def storage_error(self, backend: str) -> None:
+        """Count a storage operation the backend could not serve."""
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text format."""
+
+
+class _NoSeries:
+    __slots__ = ()
+
+    def inc(self, *labels: str, amount: float = 1) -> None:
+        pass
+
+    def observe(self, value: float, *labels: str) -> None:
+        pass
+
+
+_NO_SERIES = _NoSeries()
+
+
+class NoMetrics:
+    """A :class:`MetricsRegistry` that counts nothing and renders nothing."""
+
+    enabled = False
+    security_events: Series = _NO_SERIES
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Series:
+        return _NO_SERIES
+
+    def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
+                  buckets: Iterable[float] = ()) -> Series:
+        return _NO_SERIES
+
+    def scrape_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        pass
+
+    def call(self, service: str, status: int, seconds: float) -> None:
+        pass
+
+    def storage_error(self, backend: str) -> None:
+        pass
+
+    def render(self) -> bytes:
+        return b""
