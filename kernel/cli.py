@@ -233,17 +233,19 @@ def build_parser(env: CommandEnv) -> argparse.ArgumentParser:
 
 
 def open_runtime(config_path: str | None, pm: pluggy.PluginManager | None) -> Runtime:
-    """The runtime a command acts on, logging configured from the same file.
+    """The runtime a command acts on, logging configured from the same file, counting with the server's metrics
+    (a command's security events are counted where the server's are).
 
     Without ``pm``, a plugin manager of its own: a runtime registers its plugin
     objects in it. A given one serves the runtime too (it unregisters them when
     closed, and a command opens one runtime at a time).
     """
     from kernel.core.runtime import Runtime
+    from kernel.ops.metrics import Metrics
 
     config = load_config(config_path)
     configure_logging(config)
-    return Runtime(config, pm if pm is not None else get_plugin_manager())
+    return Runtime(config, pm if pm is not None else get_plugin_manager(), metrics=Metrics.from_config(config))
 
 
 def _command(argv: Sequence[str]) -> tuple[int | None, str | None]:
@@ -264,7 +266,7 @@ def _command(argv: Sequence[str]) -> tuple[int | None, str | None]:
     return None, config
 
 
-def run(argv: list[str], config_path: str | None, pm: pluggy.PluginManager | None) -> int:
+def _run(argv: list[str], config_path: str | None, pm: pluggy.PluginManager | None) -> int:
     """Parse ``argv`` with every plugin's commands and run the one it names."""
     env = CommandEnv(pm if pm is not None else get_plugin_manager(),
                      functools.partial(open_runtime, config_path, pm), sys.stdout, sys.stderr)
@@ -285,7 +287,7 @@ def main(argv: Sequence[str] | None = None, pm: pluggy.PluginManager | None = No
         return serve.main(argv[command + 1:], config_path)
     logging_state = LoggingState()  # put back on the way out: a test may run commands in its own process
     try:
-        return run(argv, config_path, pm)
+        return _run(argv, config_path, pm)
     except (ConfigError, BastionError, RuntimeError, ValueError) as exc:
         print(f"bastion: {exc}", file=sys.stderr)
         return 1

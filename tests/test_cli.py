@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernel import Problem, hookimpl, service
 from kernel.cli import main
+from kernel.core.plugins import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,6 +185,84 @@ def test_check_deploy_names_a_remote_store_without_a_password(tmp_path, capsys, 
     assert status == 1
     assert "error   redis.E001: [bastion] state = redis://192.0.2.10:6379/0: Redis on 192.0.2.10 with no password" in out
     assert "warning redis.W002" in out
+
+
+# -- the commands' table, and the plugin manager a test gives ------------------------------------------------------
+
+
+@service
+def given_greeting() -> str:
+    return "hello"
+
+
+class _Given:
+    """A plugin only a given plugin manager has: one service and one deploy problem."""
+
+    @hookimpl
+    def bastion_services(self):
+        return [given_greeting]
+
+    @hookimpl
+    def bastion_deploy_checks(self, config, runtime):
+        return [Problem.warning("given.W001", f"the given plugin saw {'a' if runtime else 'no'} runtime")]
+
+
+def _given_pm():
+    pm = get_plugin_manager(only=["storage_mem"], trace=False)
+    pm.register(_Given(), name="given")
+    return pm
+
+
+def _mem_ini(tmp_path: Path) -> Path:
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nstorage = mem://\n")
+    return ini
+
+
+def test_plugins_lists_the_plugin_managers_given(capsys):
+    assert main(["plugins"], pm=_given_pm()) == 0
+    out = capsys.readouterr().out
+    assert "storage_mem  bastion-storage-mem" in out and "given  " in out and "    bastion_deploy_checks" in out
+    assert "auth  bastion-auth" not in out
+
+
+def test_check_builds_its_runtime_with_the_plugin_manager_given(tmp_path, capsys):
+    assert main(["--config", str(_mem_ini(tmp_path)), "check"], pm=_given_pm()) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ") and "; 1 services, 0 models\n" in out, out
+
+
+def test_check_deploy_asks_the_plugin_manager_given(tmp_path, capsys):
+    status = main(["--config", str(_mem_ini(tmp_path)), "check", "--deploy"], pm=_given_pm())
+    out = capsys.readouterr().out
+    assert status == 1 and "error   bastion.E001" in out  # development = true
+    assert "warning given.W001: the given plugin saw a runtime" in out
+
+
+def test_version_and_serve_help_with_the_plugin_manager_given(capsys):
+    from kernel import __version__
+
+    for argv, shown in ((["--version"], f"bastion {__version__}\n"), (["serve", "--help"], "usage: bastion serve")):
+        try:
+            main(argv, pm=_given_pm())
+        except SystemExit as exc:
+            assert exc.code == 0
+        else:
+            raise AssertionError(f"{argv} did not exit")
+        assert capsys.readouterr().out.startswith(shown)
+
+
+def test_the_parser_lists_the_kernels_table_then_the_plugins_commands(capsys):
+    from kernel.cli import COMMANDS
+
+    try:
+        main(["--help"], pm=_given_pm())
+    except SystemExit as exc:
+        assert exc.code == 0
+    listing = capsys.readouterr().out
+    positions = [listing.index(f"\n    {command.name} ") for command in COMMANDS]
+    assert positions == sorted(positions)
+    assert "adduser" not in listing  # the auth plugin is not in this plugin manager
 
 
 # -- the Python client ---------------------------------------------------------------------------------------------

@@ -4,21 +4,35 @@ Every command that changes something acts on the configured storage (any
 driver: the state of sessions, locks and bans lives in the state store the
 servers share) and writes its security event on ``bastion.security``, with
 ``origin`` ``cli`` and the operating-system user who ran it as ``admin``.
+
+Each command is a function of its parsed arguments and a :class:`Console`
+(the runtime it acts on, that runtime's Auth, the output streams), given
+rather than fetched, so that each reads on its own; :data:`COMMANDS` names
+them with their help and arguments, and :func:`register` (the plugin's
+``bastion_cli``) adds that table to the ``bastion`` parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import ipaddress
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
 
 from bastion_auth import events, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import SHOWN_SID
 from bastion_auth.settings import AUTH_SCHEMA
 from kernel import load_config
+
+if TYPE_CHECKING:
+    from bastion_auth.core import Auth
+    from kernel import Runtime
 
 #: The origin of the security events of these commands.
 ORIGIN = "cli"
@@ -45,21 +59,6 @@ def read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return password
 
 
-def hash_password(args: argparse.Namespace) -> int:
-    """Print an argon2id hash for ``[users]``, under the ``[auth]`` policy of the configuration.
-
-    Only ``[auth]`` is read (no storage is opened): the hash is made with the
-    parameters and the length rule the server will apply.
-    """
-    config = load_config(getattr(args, "config", None))
-    passwords = Passwords(config.section("auth", AUTH_SCHEMA))
-    try:
-        print(passwords.hash(read_password(args)))
-    except ValueError as exc:
-        raise SystemExit(f"bastion: {exc}") from None
-    return 0
-
-
 def admin() -> str:
     """Who runs the command: the operating-system user."""
     try:
@@ -73,189 +72,306 @@ def iso(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
-def register(subparsers, runtime_factory, get_auth) -> None:
-    """Add the user-management and administration commands."""
+@dataclass(frozen=True)
+class Console:
+    """What a command that acts on the storage is given: the runtime it opened, its Auth, where to write."""
 
-    def with_runtime(fn):
-        def run(args):
-            runtime = runtime_factory()
-            try:
-                return fn(args, runtime, get_auth(runtime))
-            finally:
-                runtime.close()
-        return run
+    runtime: Runtime
+    auth: Auth
+    out: TextIO
+    err: TextIO
 
-    def event(auth, name, user, domain, **fields):
-        auth.runtime.security_event(name, user=user, domain=domain, origin=ORIGIN, admin=admin(), **fields)
+    def say(self, text: str) -> None:
+        print(text, file=self.out)
 
-    def adduser(args, runtime, auth):
-        domain = _domain(args.domain)
-        _check_username(args.username)
-        if not runtime.config.allows_host(domain):
-            hosts = ", ".join(runtime.config.allowed_hosts) or "none"
-            print(f"bastion: warning: {domain} is not in [bastion] allowed_hosts ({hosts}): the server refuses its "
-                  f"requests (400 InvalidHost), so {args.username} cannot log in until it is added", file=sys.stderr)
-        password = read_password(args)
+    def warn(self, text: str) -> None:
+        print(text, file=self.err)
+
+    def event(self, name: str, user: str | None, domain: str, **fields) -> None:
+        """Write a security event of this command: ``origin=cli`` and the ``admin`` who ran it."""
+        self.runtime.security_event(name, user=user, domain=domain, origin=ORIGIN, admin=admin(), **fields)
+
+
+# -- accounts -----------------------------------------------------------------------------------------------------------
+
+
+def adduser(args: argparse.Namespace, console: Console) -> int:
+    """``bastion adduser USER --domain D``: create a user; never overwrite one."""
+    runtime, domain = console.runtime, _domain(args.domain)
+    _check_username(args.username)
+    if not runtime.config.allows_host(domain):
+        hosts = ", ".join(runtime.config.allowed_hosts) or "none"
+        console.warn(f"bastion: warning: {domain} is not in [bastion] allowed_hosts ({hosts}): the server refuses its "
+                     f"requests (400 InvalidHost), so {args.username} cannot log in until it is added")
+    hashed = _hash(console.auth.passwords, read_password(args))
+    with runtime.bind(domain):
+        if not users.create(args.username, hashed, runtime.clock()):
+            raise SystemExit(f"bastion: user {args.username}@{domain} already exists")
+    console.event("user_created", args.username, domain)
+    console.say(f"created {args.username}@{domain}")
+    return 0
+
+
+def passwd(args: argparse.Namespace, console: Console) -> int:
+    """``bastion passwd USER --domain D``: change a password and end the user's sessions."""
+    domain = _domain(args.domain)
+    with console.runtime.bind(domain):
+        if users.find(args.username) is None:
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+        hashed = _hash(console.auth.passwords, read_password(args, "New password: "))
+        users.set_password(args.username, hashed)
+    # A password is changed because the old one may be known: its sessions go with it.
+    ended = console.auth.sessions.end_all(domain, args.username)
+    console.event("password_changed", args.username, domain, sessions_ended=ended)
+    console.say(f"password of {args.username}@{domain} changed; ended {ended} session(s)")
+    return 0
+
+
+def deluser(args: argparse.Namespace, console: Console) -> int:
+    """``bastion deluser USER --domain D``: delete a user and end its sessions."""
+    domain = _domain(args.domain)
+    with console.runtime.bind(domain):
+        if not users.delete(args.username):
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+    ended = console.auth.sessions.end_all(domain, args.username)
+    console.event("user_deleted", args.username, domain, sessions_ended=ended)
+    console.say(f"deleted {args.username}@{domain}; ended {ended} session(s)")
+    return 0
+
+
+def list_users(args: argparse.Namespace, console: Console) -> int:
+    """``bastion users [--domain D]``: each user, its live sessions, and the end of its lock if locked."""
+    runtime, auth = console.runtime, console.auth
+    now = runtime.clock()
+    for domain in _domains(args, runtime):
+        with runtime.bind(domain):
+            names = users.list_usernames()
+        for username in names:
+            line = f"{username}@{domain}  sessions {len(auth.sessions.live(domain, username, now))}"
+            until = auth.accounts.locked_until(domain, username)
+            if until is not None:
+                line += f"  locked until {iso(until)} ({max(1, round(until - now))} s)"
+            console.say(line)
+    return 0
+
+
+# -- roles --------------------------------------------------------------------------------------------------------------
+
+
+def roles(args: argparse.Namespace, console: Console) -> int:
+    """``bastion roles USER --domain D [--set ROLES]``: show a user's roles, or set them."""
+    domain = _domain(args.domain)
+    _check_username(args.username)
+    if args.set is None:
+        return _show_roles(console, args.username, domain)
+    return _set_roles(console, args.username, domain, args.set)
+
+
+def _show_roles(console: Console, username: str, domain: str) -> int:
+    with console.runtime.bind(domain):
+        if users.find(username) is None:
+            raise SystemExit(f"bastion: no user {username}@{domain}")
+        console.say(f"{username}@{domain}: {', '.join(users.roles_of(username)) or '(no roles)'}")
+    return 0
+
+
+def _set_roles(console: Console, username: str, domain: str, text: str) -> int:
+    """Set the roles; the event only when they changed; a note when ``[roles]`` gives others at the next start."""
+    who = f"{username}@{domain}"
+    with console.runtime.bind(domain):
         try:
-            hashed = auth.passwords.hash(password)
+            wanted = users.parse_roles(text)
         except ValueError as exc:
-            raise SystemExit(f"bastion: {exc}") from None
-        with runtime.bind(domain):
-            if not users.create(args.username, hashed, runtime.clock()):
-                raise SystemExit(f"bastion: user {args.username}@{domain} already exists")
-        event(auth, "user_created", args.username, domain)
-        print(f"created {args.username}@{domain}")
-        return 0
+            raise SystemExit(f"bastion: --set: {exc}") from None
+        changed = users.set_roles(username, wanted)
+    if changed is None:
+        raise SystemExit(f"bastion: no user {who}")
+    if changed:
+        events.roles_assigned(console.runtime, domain, username, wanted, "bastion roles", origin=ORIGIN, admin=admin())
+    console.say(f"{who}: {', '.join(wanted) or '(no roles)'}" + ("" if changed else " (unchanged)"))
+    bootstrap = console.auth.bootstrap_roles
+    if who in bootstrap:
+        console.warn(f"bastion: note: [roles] names {who} ({', '.join(bootstrap[who]) or 'no roles'}): "
+                     "the server gives it those again at its next start")
+    return 0
 
-    def passwd(args, runtime, auth):
-        domain = _domain(args.domain)
-        with runtime.bind(domain):
-            if users.find(args.username) is None:
-                raise SystemExit(f"bastion: no user {args.username}@{domain}")
-            password = read_password(args, "New password: ")
-            try:
-                hashed = auth.passwords.hash(password)
-            except ValueError as exc:
-                raise SystemExit(f"bastion: {exc}") from None
-            users.set_password(args.username, hashed)
-        # A password is changed because the old one may be known: its sessions go with it.
-        ended = auth.sessions.end_all(domain, args.username)
-        event(auth, "password_changed", args.username, domain, sessions_ended=ended)
-        print(f"password of {args.username}@{domain} changed; ended {ended} session(s)")
-        return 0
 
-    def deluser(args, runtime, auth):
-        domain = _domain(args.domain)
-        with runtime.bind(domain):
-            if not users.delete(args.username):
-                raise SystemExit(f"bastion: no user {args.username}@{domain}")
-        ended = auth.sessions.end_all(domain, args.username)
-        event(auth, "user_deleted", args.username, domain, sessions_ended=ended)
-        print(f"deleted {args.username}@{domain}; ended {ended} session(s)")
-        return 0
+# -- sessions, locks, bans ----------------------------------------------------------------------------------------------
 
-    def domains_of(args, runtime) -> list[str]:
-        return [_domain(args.domain)] if args.domain else runtime.records.domains(users.User.__model__)
 
-    def list_users(args, runtime, auth):
-        now = runtime.clock()
-        for domain in domains_of(args, runtime):
+def sessions(args: argparse.Namespace, console: Console) -> int:
+    """``bastion sessions [USER --domain D]``: the live sessions (a sid's first characters, never a key)."""
+    if args.username and not args.domain:
+        raise SystemExit("bastion: sessions USER needs --domain")
+    runtime, now = console.runtime, console.runtime.clock()
+    found = []
+    for domain in _domains(args, runtime):
+        if args.username:
+            names = [args.username]
+        else:
             with runtime.bind(domain):
                 names = users.list_usernames()
-            for username in names:
-                live = len(auth.sessions.live(domain, username, now))
-                line = f"{username}@{domain}  sessions {live}"
-                until = auth.accounts.locked_until(domain, username)
-                if until is not None:
-                    line += f"  locked until {iso(until)} ({max(1, round(until - now))} s)"
-                print(line)
-        return 0
+        for username in names:
+            found.extend(console.auth.sessions.live(domain, username, now))
+    for s in found:
+        console.say(f"{s.username}@{s.domain}  session {s.sid[:SHOWN_SID]}...  created {iso(s.created)}  "
+                    f"last seen {iso(s.last_seen)}  from {s.origin or '?'}  expires {iso(s.expires)}")
+    console.say(f"{len(found)} live session(s)")
+    return 0
 
-    def sessions(args, runtime, auth):
-        now = runtime.clock()
-        if args.username and not args.domain:
-            raise SystemExit("bastion: sessions USER needs --domain")
-        found = []
-        for domain in domains_of(args, runtime):
-            if args.username:
-                names = [args.username]
-            else:
-                with runtime.bind(domain):
-                    names = users.list_usernames()
-            for username in names:
-                found.extend(auth.sessions.live(domain, username, now))
-        for s in found:
-            print(f"{s.username}@{s.domain}  session {s.sid[:SHOWN_SID]}...  created {iso(s.created)}  "
-                  f"last seen {iso(s.last_seen)}  from {s.origin or '?'}  expires {iso(s.expires)}")
-        print(f"{len(found)} live session(s)")
-        return 0
 
-    def end_sessions(args, runtime, auth):
-        domain = _domain(args.domain)
-        live = auth.sessions.live(domain, args.username, runtime.clock())
-        ended = auth.sessions.end_all(domain, args.username)
-        event(auth, "sessions_ended", args.username, domain, sessions_ended=ended,
-              sessions=",".join(s.sid[:SHOWN_SID] for s in live) or None)
-        print(f"ended {ended} session(s) of {args.username}@{domain}")
-        return 0
+def end_sessions(args: argparse.Namespace, console: Console) -> int:
+    """``bastion end-sessions USER --domain D``: log a user out everywhere."""
+    domain, auth = _domain(args.domain), console.auth
+    live = auth.sessions.live(domain, args.username, console.runtime.clock())
+    ended = auth.sessions.end_all(domain, args.username)
+    console.event("sessions_ended", args.username, domain, sessions_ended=ended,
+                  sessions=",".join(s.sid[:SHOWN_SID] for s in live) or None)
+    console.say(f"ended {ended} session(s) of {args.username}@{domain}")
+    return 0
 
-    def unlock(args, runtime, auth):
-        domain = _domain(args.domain)
-        _check_username(args.username)
-        was_locked = auth.accounts.unlock(domain, args.username)
-        event(auth, "account_unlocked", args.username, domain, was_locked=was_locked)
-        print(f"unlocked {args.username}@{domain}" if was_locked else
-              f"{args.username}@{domain} was not locked; its failed logins are forgotten")
-        return 0
 
-    def unban(args, runtime, auth):
-        domain = _domain(args.domain)
-        origin = _origin(args.origin)
-        was_banned = auth.abuse.banned_until(domain, origin, runtime.clock()) is not None
-        auth.abuse.unban(domain, origin)
-        event(auth, "unbanned", None, domain, banned_origin=origin, was_banned=was_banned)
-        print(f"unbanned {origin} in {domain}" if was_banned else
-              f"{origin} was not banned in {domain}; its abuse weight is forgotten")
-        return 0
+def unlock(args: argparse.Namespace, console: Console) -> int:
+    """``bastion unlock USER --domain D``: end an account's lock and forget its failed logins."""
+    domain = _domain(args.domain)
+    _check_username(args.username)
+    was_locked = console.auth.accounts.unlock(domain, args.username)
+    console.event("account_unlocked", args.username, domain, was_locked=was_locked)
+    console.say(f"unlocked {args.username}@{domain}" if was_locked else
+                f"{args.username}@{domain} was not locked; its failed logins are forgotten")
+    return 0
 
-    def roles(args, runtime, auth):
-        domain = _domain(args.domain)
-        _check_username(args.username)
-        who = f"{args.username}@{domain}"
-        with runtime.bind(domain):
-            if args.set is None:
-                record = users.find(args.username)
-                if record is None:
-                    raise SystemExit(f"bastion: no user {who}")
-                print(f"{who}: {', '.join(users.roles_of(args.username)) or '(no roles)'}")
-                return 0
-            try:
-                wanted = users.parse_roles(args.set)
-            except ValueError as exc:
-                raise SystemExit(f"bastion: --set: {exc}") from None
-            changed = users.set_roles(args.username, wanted)
-        if changed is None:
-            raise SystemExit(f"bastion: no user {who}")
-        if changed:
-            events.roles_assigned(runtime, domain, args.username, wanted, "bastion roles", origin=ORIGIN, admin=admin())
-        print(f"{who}: {', '.join(wanted) or '(no roles)'}" + ("" if changed else " (unchanged)"))
-        if who in auth.bootstrap_roles:
-            print(f"bastion: note: [roles] names {who} ({', '.join(auth.bootstrap_roles[who]) or 'no roles'}): "
-                  "the server gives it those again at its next start", file=sys.stderr)
-        return 0
 
-    for name, fn, help_text, prompt in (
-        ("adduser", adduser, "create a user", True),
-        ("passwd", passwd, "change a user's password (and end its sessions)", True),
-        ("deluser", deluser, "delete a user and end its sessions", False),
-        ("end-sessions", end_sessions, "end every session of a user (log out everywhere)", False),
-        ("unlock", unlock, "end the lock of an account locked after failed logins", False),
-    ):
-        p = subparsers.add_parser(name, help=help_text)
-        p.add_argument("username")
-        p.add_argument("--domain", required=True, help="the tenant, e.g. localhost or alpha.example.com")
-        if prompt:
-            p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-        p.set_defaults(func=with_runtime(fn))
-    p = subparsers.add_parser("unban", help="end the ban of an origin (a client address) in a domain")
-    p.add_argument("origin", help="the client address, as the security log shows it (e.g. 203.0.113.7)")
-    p.add_argument("--domain", required=True, help="the tenant the origin is banned in")
-    p.set_defaults(func=with_runtime(unban))
-    p = subparsers.add_parser("hash-password", help="print an argon2id hash for the [users] section")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    p.set_defaults(func=hash_password)
-    p = subparsers.add_parser("users", help="list users, with their live sessions and whether they are locked")
-    p.add_argument("--domain", help="only this domain")
-    p.set_defaults(func=with_runtime(list_users))
-    p = subparsers.add_parser("sessions", help="list live sessions (created, last seen, origin; never a key)")
-    p.add_argument("username", nargs="?", help="only this user's (with --domain)")
-    p.add_argument("--domain", help="only this domain")
-    p.set_defaults(func=with_runtime(sessions))
-    p = subparsers.add_parser("roles", help="show a user's roles, or set them with --set")
-    p.add_argument("username")
-    p.add_argument("--domain", required=True, help="the tenant, e.g. localhost or alpha.example.com")
-    p.add_argument("--set", metavar="ROLES", help="the user's roles from now on, comma-separated (\"\" for none)")
-    p.set_defaults(func=with_runtime(roles))
+def unban(args: argparse.Namespace, console: Console) -> int:
+    """``bastion unban ORIGIN --domain D``: end an origin's ban and forget its abuse weight."""
+    domain, origin, abuse = _domain(args.domain), _origin(args.origin), console.auth.abuse
+    was_banned = abuse.banned_until(domain, origin, console.runtime.clock()) is not None
+    abuse.unban(domain, origin)
+    console.event("unbanned", None, domain, banned_origin=origin, was_banned=was_banned)
+    console.say(f"unbanned {origin} in {domain}" if was_banned else
+                f"{origin} was not banned in {domain}; its abuse weight is forgotten")
+    return 0
+
+
+# -- hash-password (no storage) -----------------------------------------------------------------------------------------
+
+
+def hash_password(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print an argon2id hash for ``[users]``, under the ``[auth]`` policy of the configuration.
+
+    Only ``[auth]`` is read (no storage is opened): the hash is made with the
+    parameters and the length rule the server will apply.
+    """
+    config = load_config(getattr(args, "config", None))
+    passwords = Passwords(config.section("auth", AUTH_SCHEMA))
+    print(_hash(passwords, read_password(args)), file=out if out is not None else sys.stdout)
+    return 0
+
+
+# -- arguments ----------------------------------------------------------------------------------------------------------
+
+
+def user_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("username")
+    parser.add_argument("--domain", required=True, help="the tenant, e.g. localhost or alpha.example.com")
+
+
+def password_stdin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+
+def user_password_arguments(parser: argparse.ArgumentParser) -> None:
+    user_arguments(parser)
+    password_stdin_argument(parser)
+
+
+def unban_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("origin", help="the client address, as the security log shows it (e.g. 203.0.113.7)")
+    parser.add_argument("--domain", required=True, help="the tenant the origin is banned in")
+
+
+def users_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", help="only this domain")
+
+
+def sessions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("username", nargs="?", help="only this user's (with --domain)")
+    parser.add_argument("--domain", help="only this domain")
+
+
+def roles_arguments(parser: argparse.ArgumentParser) -> None:
+    user_arguments(parser)
+    parser.add_argument("--set", metavar="ROLES", help="the user's roles from now on, comma-separated (\"\" for none)")
+
+
+# -- the table ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A row of the plugin's command table.
+
+    ``run(args, console)`` returns the exit status, on a runtime opened for it
+    and closed after; with ``opens_runtime`` false, ``run(args, out)`` opens none.
+    """
+
+    name: str
+    run: Callable[..., int]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    opens_runtime: bool = True
+
+
+#: The plugin's commands, in the order ``bastion --help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("adduser", adduser, "create a user", user_password_arguments),
+    Command("passwd", passwd, "change a user's password (and end its sessions)", user_password_arguments),
+    Command("deluser", deluser, "delete a user and end its sessions", user_arguments),
+    Command("end-sessions", end_sessions, "end every session of a user (log out everywhere)", user_arguments),
+    Command("unlock", unlock, "end the lock of an account locked after failed logins", user_arguments),
+    Command("unban", unban, "end the ban of an origin (a client address) in a domain", unban_arguments),
+    Command("hash-password", hash_password, "print an argon2id hash for the [users] section", password_stdin_argument,
+            opens_runtime=False),
+    Command("users", list_users, "list users, with their live sessions and whether they are locked", users_arguments),
+    Command("sessions", sessions, "list live sessions (created, last seen, origin; never a key)", sessions_arguments),
+    Command("roles", roles, "show a user's roles, or set them with --set", roles_arguments),
+)
+
+
+def register(subparsers, runtime_factory: Callable[[], Runtime], get_auth: Callable[[Runtime], Auth]) -> None:
+    """Add :data:`COMMANDS` to the ``bastion`` parser (``get_auth``: the Auth of a runtime)."""
+    for command in COMMANDS:
+        parser = subparsers.add_parser(command.name, help=command.help)
+        command.arguments(parser)
+        parser.set_defaults(func=functools.partial(run_command, command, runtime_factory, get_auth))
+
+
+def run_command(command: Command, runtime_factory: Callable[[], Runtime], get_auth: Callable[[Runtime], Auth],
+                args: argparse.Namespace) -> int:
+    """Run ``command`` on a runtime of its own (closed after, whatever happens) when it needs one."""
+    if not command.opens_runtime:
+        return command.run(args, sys.stdout)
+    runtime = runtime_factory()
+    try:
+        return command.run(args, Console(runtime, get_auth(runtime), sys.stdout, sys.stderr))
+    finally:
+        runtime.close()
+
+
+# -- input --------------------------------------------------------------------------------------------------------------
+
+
+def _hash(passwords: Passwords, password: str) -> str:
+    """The password's hash, or the one line saying which rule it breaks."""
+    try:
+        return passwords.hash(password)
+    except ValueError as exc:
+        raise SystemExit(f"bastion: {exc}") from None
+
+
+def _domains(args: argparse.Namespace, runtime: Runtime) -> list[str]:
+    """``--domain``, else every domain that has users."""
+    return [_domain(args.domain)] if args.domain else runtime.records.domains(users.User.__model__)
 
 
 def _domain(text: str) -> str:
@@ -280,4 +396,4 @@ def _check_username(username: str) -> None:
         raise SystemExit(f"bastion: {exc}") from None
 
 
-__all__ = ["register", "read_password", "hash_password"]
+__all__ = ["COMMANDS", "Command", "Console", "register", "read_password", "hash_password"]

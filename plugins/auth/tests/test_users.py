@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import time
 
 import pytest
 from auth_helpers import (
@@ -23,7 +24,7 @@ from bastion_auth import users
 from bastion_auth.passwords import Passwords
 from bastion_auth.settings import AUTH_SCHEMA
 
-from kernel import Config, ConfigError, Runtime
+from kernel import Config, ConfigError, Runtime, UnknownSession
 from kernel.testing import Client, create_app, get_plugin_manager, main
 
 
@@ -246,18 +247,19 @@ def cli(tmp_path, monkeypatch, fake_clock):
     ini.write_text("[bastion]\ndevelopment = true\nstorage = shared://\n\n[auth]\nargon2_memory_cost = 64\n"
                    "argon2_time_cost = 1\ndemo_user = false\n", encoding="utf-8")
 
-    def plugin_manager(*args, **kwargs):
+    def plugin_manager():
         pm = get_plugin_manager(only=["storage_mem", "auth"], trace=False)
         pm.register(plugin)
         return pm
 
-    # The command line builds its plugin manager itself: give it the one with the shared:// store.
-    monkeypatch.setattr("kernel.cli.get_plugin_manager", plugin_manager)
-
     def run(*argv: str, password: str | None = None) -> int:
         if password is not None:
             monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-        return main(["--config", str(ini), *argv])
+        # The commands come from, and their runtime is built with, a plugin manager with the shared:// store; that
+        # runtime keeps time with time.time: the app's fake clock, so that both see the same sessions, locks and bans.
+        with monkeypatch.context() as patch:
+            patch.setattr(time, "time", fake_clock)
+            return main(["--config", str(ini), *argv], pm=plugin_manager())
 
     run.app = lambda: shared_app(plugin, None, clock=fake_clock, auth={"demo_user": False})
     return run
@@ -303,6 +305,11 @@ def test_cli_adduser_users_passwd_deluser(cli, capsys, fake_clock):
     (("adduser", "bob", "--domain", "localhost", "--password-stdin"), "", "empty password"),
     (("passwd", "nobody", "--domain", "localhost", "--password-stdin"), "long enough", "no user"),
     (("deluser", "nobody", "--domain", "localhost"), None, "no user"),
+    (("sessions", "bob"), None, "sessions USER needs --domain"),
+    (("end-sessions", "bob", "--domain", "not a host"), None, "not a host name"),
+    (("unlock", "bad name", "--domain", "localhost"), None, "username"),
+    (("unban", "not-an-address", "--domain", "localhost"), None, "is not an IP address"),
+    (("hash-password", "--password-stdin"), "short", "characters"),
 ])
 def test_cli_refuses_bad_input_with_a_message(cli, argv, password, message):
     with pytest.raises(SystemExit, match=message):
@@ -313,6 +320,96 @@ def test_cli_adduser_never_overwrites(cli, capsys):
     assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
     with pytest.raises(SystemExit, match="already exists"):
         cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="other password")
+
+
+def test_cli_sessions_and_end_sessions(cli, capsys, fake_clock):
+    assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
+    app = cli.app()
+    try:
+        bob = Client(app=app, host="localhost", clock=fake_clock)
+        bob.login("bob", "first password")
+        capsys.readouterr()
+        assert cli("sessions", "bob", "--domain", "localhost") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"bob@localhost  session {bob.session.sid[:8]}...  created ") and "from 127.0.0.1" \
+            in lines[0]
+        assert lines[1:] == ["1 live session(s)"]
+        assert cli("end-sessions", "bob", "--domain", "localhost") == 0
+        captured = capsys.readouterr()
+        assert captured.out == "ended 1 session(s) of bob@localhost\n"
+        assert "event=sessions_ended domain=localhost origin=cli user=bob admin=" in captured.err
+        with pytest.raises(UnknownSession):
+            bob.call("echo", "x")
+        assert cli("sessions") == 0
+        assert capsys.readouterr().out == "0 live session(s)\n"
+    finally:
+        app.runtime.close()
+
+
+def test_cli_users_shows_a_lock_and_unlock_ends_it(cli, capsys, fake_clock):
+    assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
+    app = cli.app()
+    try:
+        for _ in range(5):
+            assert_error(send(app, "/auth/login", login_body("bob", "not his")), 401, "InvalidCredential")
+        assert_error(send(app, "/auth/login", login_body("bob", "first password")), 429, "AccountLocked")
+        capsys.readouterr()
+        assert cli("users", "--domain", "localhost") == 0
+        assert re.fullmatch(r"bob@localhost  sessions 0  locked until \S+Z \(\d+ s\)\n", capsys.readouterr().out)
+        assert cli("unlock", "bob", "--domain", "localhost") == 0
+        captured = capsys.readouterr()
+        assert captured.out == "unlocked bob@localhost\n"
+        assert "event=account_unlocked domain=localhost origin=cli user=bob" in captured.err
+        assert "was_locked=true" in captured.err
+        Client(app=app, host="localhost", clock=fake_clock).login("bob", "first password")
+        assert cli("unlock", "bob", "--domain", "localhost") == 0
+        assert capsys.readouterr().out == "bob@localhost was not locked; its failed logins are forgotten\n"
+    finally:
+        app.runtime.close()
+
+
+def test_cli_unban_ends_a_ban(cli, capsys):
+    app = cli.app()
+    origin = "203.0.113.7"
+
+    def attempt(i: int) -> int:  # a new username each time: never an account lock
+        return send(app, "/auth/login", login_body(f"nobody{i}", "guess"), remote_addr=origin).status_code
+
+    try:
+        assert [attempt(i) for i in range(10)] == [401] * 10
+        assert attempt(10) == 429
+        assert cli("unban", origin, "--domain", "localhost") == 0
+        captured = capsys.readouterr()
+        assert captured.out == f"unbanned {origin} in localhost\n"
+        assert "event=unbanned domain=localhost origin=cli admin=" in captured.err
+        assert f"banned_origin={origin} was_banned=true" in captured.err
+        assert attempt(11) == 401
+        assert cli("unban", f"[{origin}]", "--domain", "localhost") == 0
+        assert capsys.readouterr().out == f"{origin} was not banned in localhost; its abuse weight is forgotten\n"
+    finally:
+        app.runtime.close()
+
+
+def test_cli_hash_password_follows_the_auth_section(cli, capsys):
+    assert cli("hash-password", "--password-stdin", password="correct horse battery") == 0
+    hashed = capsys.readouterr().out.strip()
+    assert hashed.startswith("$argon2id$v=19$m=64,t=1,p=1$")  # the fixture's [auth]
+    assert Passwords(Config.from_dict({"auth": CHEAP_AUTH}).section("auth", AUTH_SCHEMA)).verify(
+        "correct horse battery", hashed)[0]
+
+
+def test_cli_commands_come_from_the_plugin_managers_given(cli, capsys):
+    """Without the auth plugin, its commands are not there: the table is the plugin's."""
+    from bastion_auth.cli import COMMANDS
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"], pm=get_plugin_manager(only=["storage_mem", "auth"], trace=False))
+    assert exited.value.code == 0
+    listing = capsys.readouterr().out
+    assert all(f"    {command.name}" in listing for command in COMMANDS)
+    with pytest.raises(SystemExit) as exited:
+        main(["users"], pm=get_plugin_manager(only=["storage_mem"], trace=False))
+    assert exited.value.code == 2 and "invalid choice: 'users'" in capsys.readouterr().err
 
 
 # -- check --deploy ------------------------------------------------------------------------------------------------
