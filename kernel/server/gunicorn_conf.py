@@ -8,110 +8,101 @@ kernel.wsgi:app`` there binds 127.0.0.1:9000. gunicorn's command-line flags
 (``--bind``, ``--workers``) still override them. gunicorn, and ``bastion
 serve``, take every name of this module that is one of gunicorn's settings.
 
-Before any worker starts, the configured runtime is opened once and closed
-again, in a short-lived child of the master (so that the master imports no
-plugin, and development reloads see new plugin code): a bad configuration or
-an unreachable storage stops the start with one line, and a driver whose data
-lives in one process (``mem://``) makes gunicorn run one worker process.
+**Importing this module has no side effect**: no file read, no process, no folder, no logging set up. The
+settings that depend on no file are plain attributes. Those of ``[server]`` are read by
+:func:`gunicorn_settings`, which the module calls itself only while gunicorn loads it as its configuration.
+gunicorn loads a ``-c python:NAME`` configuration by importing the module
+(``Application.get_config_from_module_name``), and a file one (``-c FILE``, or a checkout's
+``gunicorn.conf.py``, which imports this module) by executing it (``get_config_from_filename``); either way
+it then takes the module's attributes that are gunicorn settings, so the module looks for those two loaders
+in the stack of its own import (tests/test_gunicorn_internals.py checks that gunicorn still loads so).
+``bastion serve`` calls :func:`gunicorn_settings` itself, and again on a SIGHUP. A ``python:`` module stays
+imported, as gunicorn keeps it: under plain gunicorn a SIGHUP does not read ``[server]`` again.
 
-Logging is configured here, in the master, from the INI file (``kernel.ops.logs``),
-and gunicorn's own messages go through it (``logger_class``). The master also
-makes the folder where the workers keep their metrics
-(``$PROMETHEUS_MULTIPROC_DIR``, see ``kernel.ops.metrics``), emptied at each start
-and removed at exit when it made it.
+Reading them (:func:`kernel.server.settings.read`) happens once per load, in gunicorn's master: the file is
+read and checked, the configured runtime is opened once and closed again in a short-lived child of the
+master (so that the master imports no plugin, and development reloads see new plugin code), a bad
+configuration or an unreachable storage stops the start with one line, and a driver whose data lives in
+one process (``mem://``) makes gunicorn run one worker process. The result is published for the workers,
+which gunicorn forks from the master: they take their deadlines and ``max_body`` from it instead of reading
+the file again (docs/architecture.md, "What is read where").
+
+Logging is configured in the master from the same reading (the logger class, ``kernel.server.logger``), and
+gunicorn's own messages go through it. When gunicorn starts (:func:`on_starting`) the master also makes the
+folder where the workers keep their metrics (``$PROMETHEUS_MULTIPROC_DIR``, see ``kernel.ops.metrics``),
+emptied at each start and removed at exit (:func:`on_exit`) when it made it.
 """
 
-import logging
-import os
 import sys
 
-from kernel.core.config import load_config
-from kernel.core.errors import BastionError, ConfigError
-from kernel.ops.logs import claim_logging_sections
+from kernel.core.errors import ConfigError
 from kernel.ops.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+from kernel.server.settings import CannotStart, published, read
 
-_log = logging.getLogger("gunicorn.error")
-
-try:
-    _config = load_config()
-    _server = _config.server
-    _bastion = _config.bastion
-    _config.metrics  # noqa: B018 - checked before any worker starts
-    claim_logging_sections(_config)  # applied by the logger class, when gunicorn's master starts
-except ConfigError as exc:
-    sys.exit(f"bastion: {exc}")
-
-
-def _process_local() -> bool:
-    """Whether a configured driver keeps its data in one process: the runtime is opened in a child process."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: open the runtime, say what it found, leave at once
-        os.close(read_end)
-        try:
-            from kernel.core.runtime import Runtime
-
-            with Runtime(_config) as runtime:
-                answer = b"1" if runtime.process_local else b"0"
-        except (ConfigError, BastionError) as exc:
-            answer = b"!" + str(exc).encode("utf-8", "replace")
-        except BaseException as exc:  # noqa: BLE001 - reported to the master, which stops
-            answer = b"!" + f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
-        os.write(write_end, answer)
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read()
-    os.waitpid(pid, 0)
-    if not answer or answer.startswith(b"!"):
-        sys.exit(f"bastion: {answer[1:].decode('utf-8', 'replace') or 'the configuration could not be opened'}")
-    return answer == b"1"
-
-
-bind = [_server.bind]
-workers = _server.workers
-threads = _server.threads
-timeout = _server.timeout
-graceful_timeout = _server.graceful_timeout
-keepalive = _server.keepalive
-max_requests = _server.max_requests
-max_requests_jitter = _server.max_requests_jitter
-# Per worker; at the limit Bastion's worker closes an idle or still-arriving connection for a new one.
-worker_connections = _server.worker_connections
 # Bastion's threaded worker (kernel/server/worker.py), with one thread too: it gathers requests, head and body, without a
 # thread, bounds them by [server] header_timeout and body_timeout, and answers its refusals in JSON.
 worker_class = "kernel.server.worker.BastionWorker"
 # gunicorn's messages through the INI file's logging (kernel.ops.logs); bastion.call replaces gunicorn's access log.
 logger_class = "kernel.server.worker.BastionLogger"
-reload = _bastion.development if _server.reload == "auto" else _server.reload == "on"
 # The admin control socket (gunicorn 24+) lives at one fixed path per user; test servers would collide there.
 control_socket_disable = True
 forwarded_allow_ips = ""  # Bastion reads X-Forwarded-* itself, only from [bastion] trusted_proxies
 
-if _process_local():
-    if workers != 1:
-        _log.warning("the storage keeps its data in one process: each worker would have its own, so running "
-                     "1 worker (with %d threads) instead of %d", threads, workers)
-    workers = 1
-
-
-__all__ = ["bind", "workers", "threads", "timeout", "graceful_timeout", "keepalive", "max_requests",
-           "max_requests_jitter", "worker_connections", "worker_class", "logger_class", "reload",
-           "control_socket_disable", "forwarded_allow_ips", "on_starting", "on_exit"]
-
 
 def on_starting(server):
     """Make the workers' metrics folder, and say where the server listens and in which mode."""
+    settings = published()
+    if settings is None:  # this module's hooks without its settings: gunicorn loaded it in a way it does not know
+        sys.exit("bastion: the [server] settings were not read: run `bastion serve`, or gunicorn with "
+                 "`-c python:kernel.server.gunicorn_conf`")
     prepare_multiprocess_dir()
     from kernel.core.urls import StorageURL
     from kernel.version import __version__
 
-    state = StorageURL(_bastion.state or _bastion.storage).redacted
+    bastion = settings.config.bastion
+    state = StorageURL(bastion.state or bastion.storage).redacted
     server.log.info("Bastion %s, %s mode, storage %s, state %s", __version__,
-                    "development" if _bastion.development else "production", StorageURL(_bastion.storage).redacted,
+                    "development" if bastion.development else "production", StorageURL(bastion.storage).redacted,
                     state)
 
 
 def on_exit(server):
     """Remove the metrics folder the master made."""
     remove_multiprocess_dir()
+
+
+#: The settings that depend on no file: the attributes above.
+FIXED = ("worker_class", "logger_class", "control_socket_disable", "forwarded_allow_ips", "on_starting", "on_exit")
+
+
+def gunicorn_settings() -> dict[str, object]:
+    """Every gunicorn setting of Bastion's: read the configuration (in gunicorn's master), publish it for the
+    workers, and return the settings by gunicorn's names. A bad configuration exits with one line."""
+    try:
+        settings = read()
+    except (ConfigError, CannotStart) as exc:
+        sys.exit(f"bastion: {exc}")
+    return {**{name: globals()[name] for name in FIXED}, **settings.gunicorn()}
+
+
+def _loaded_by_gunicorn() -> bool:
+    """Whether gunicorn's configuration loader is importing this module (``-c python:...``, or a ``-c FILE`` that
+    imports it), rather than anything else that imports it."""
+    base = sys.modules.get("gunicorn.app.base")
+    if base is None:  # gunicorn's loader is not even imported
+        return False
+    loaders = {getattr(getattr(base.Application, name, None), "__code__", None)
+               for name in ("get_config_from_module_name", "get_config_from_filename")}
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code in loaders:
+            return True
+        frame = frame.f_back
+    return False
+
+
+__all__ = list(FIXED)
+if _loaded_by_gunicorn():
+    _loaded = gunicorn_settings()
+    globals().update(_loaded)
+    __all__ = list(_loaded)

@@ -4,9 +4,9 @@
 without gunicorn's command line: the configuration file is ``--config``, else ``$BASTION_CONFIG``,
 else ``./bastion.ini`` (else the defaults), from any working directory, in production as in
 development. Its path is made absolute and put in ``$BASTION_CONFIG`` before anything reads it, so the
-packaged settings (the ``[server]`` section), every worker's application (:mod:`kernel.wsgi`) and
-the worker's read timeouts (:mod:`kernel.server.worker`) all read the same file, and a worker that gunicorn
-starts again later still finds it.
+master (the ``[server]`` section, read once and handed to the workers: :mod:`kernel.server.settings`) and
+every worker's application (:mod:`kernel.wsgi`) read the same file, and a worker that gunicorn starts again
+later still finds it.
 
 The process stays gunicorn's master (the same pid: a service manager's main process). It never
 imports a plugin: the command is dispatched before the CLI loads the plugins' commands, and the
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-#: The module whose public names are gunicorn's settings, as ``gunicorn -c python:kernel.server.gunicorn_conf`` reads them.
+#: The module of gunicorn's settings (``gunicorn -c python:kernel.server.gunicorn_conf``); ``gunicorn_settings()`` reads them.
 SETTINGS_MODULE = "kernel.server.gunicorn_conf"
 #: The WSGI application every worker loads.
 APP = "kernel.wsgi:app"
@@ -41,18 +41,13 @@ class BastionApplication(BaseApplication):
     """gunicorn's application: the settings of :data:`SETTINGS_MODULE`, the app of :mod:`kernel.wsgi`."""
 
     def __init__(self):
-        self._settings_module = None
         super().__init__(usage="bastion serve", prog="bastion serve")
 
     def load_config(self) -> None:
-        """Read the packaged settings (again, on a SIGHUP reload), the way gunicorn reads a ``python:`` config."""
-        if self._settings_module is None:
-            self._settings_module = importlib.import_module(SETTINGS_MODULE)
-        else:
-            self._settings_module = importlib.reload(self._settings_module)
-        for name, value in vars(self._settings_module).items():
-            if name in self.cfg.settings:
-                self.cfg.set(name.lower(), value)
+        """Read the packaged settings: the configuration file, read here in the master (again on a SIGHUP reload)."""
+        settings = importlib.import_module(SETTINGS_MODULE).gunicorn_settings()
+        for name, value in settings.items():
+            self.cfg.set(name.lower(), value)
         self.cfg.set("default_proc_name", APP)
 
     def load(self):
