@@ -5,7 +5,7 @@ from __future__ import annotations
 import falcon.testing
 import pytest
 
-from kernel import hookimpl, service, storage
+from kernel import current, hookimpl, service, storage
 from kernel.core.errors import ValidationError
 
 from .conftest import HeaderAuth
@@ -267,7 +267,7 @@ def explode():
 
 class Hello:
     def on_get(self, req, resp):
-        resp.media = {"hello": req.context.request.domain}
+        resp.media = {"hello": current().domain}  # the request as the pipeline read it
 
 
 class NotesPlugin:

@@ -124,10 +124,10 @@ def bastion_routes(routes, app, runtime):
     takes the current :class:`kernel.Request` (and the path's fields) and
     returns a JSON value; it may raise any :class:`kernel.BastionError`,
     which the kernel's single error handler answers. A protected route gets
-    the checks of docs/protocol.md section 4 before the handler runs (steps 2
-    to 5, and step 3 through ``bastion_admit``); a signed one also steps 6 to
-    10 through ``bastion_authenticate``, so that the handler finds
-    ``request.session`` set. The auth plugin adds ``/auth/login`` (protected)
+    the checks of docs/protocol.md section 4 before the handler runs (the
+    pipeline's steps 2 to 5, step 3 through ``bastion_admit``); a signed one
+    also steps 6 to 10 (7 to 10 through ``bastion_authenticate``), so that
+    the handler finds ``request.session`` set. The auth plugin adds ``/auth/login`` (protected)
     and ``/auth/logout`` (protected and signed) here. ``app`` is the
     ``falcon.App``, for a plugin that needs Falcon itself (a Falcon resource
     whose class says ``protected = True`` or ``signed = True`` gets the same
@@ -152,38 +152,42 @@ def bastion_static():
 
 
 @hookspec
-def bastion_admit(request, runtime):
-    """Refuse a request to a protected route from an origin that may not be served.
+def bastion_admit(request, credentials, runtime):
+    """Refuse a request to a protected route from an origin that may not be served: the pipeline's ``ban`` step.
 
     Called by the kernel at step 3 of docs/protocol.md section 4 for every
-    request to a protected route that is not a signed call (``/auth/login``),
-    and for a signed call refused at step 4 or 5 (so that a banned origin
-    learns nothing more), with the :class:`kernel.Request`. The body is read
-    when the request passed steps 4 and 5. Raise a
-    :class:`kernel.BastionError` (the auth plugin raises Abusive for a
-    banned origin) to refuse. Returns nothing.
+    request to a protected route, before its body is checked (steps 4 and
+    5), with the :class:`kernel.Request` and, for a ``POST`` to a signed
+    route, the :class:`kernel.Credentials` parsed from its ``Authorization``
+    header (None otherwise, or when the header is missing or malformed: step 6
+    refuses those). Raise a :class:`kernel.BastionError` (the auth plugin
+    raises Abusive for a banned origin) to refuse. Returns None, or a value
+    the kernel hands unchanged to ``bastion_authenticate`` as one of its
+    ``admissions`` (the auth plugin reads the session together with the ban,
+    in one round trip to the state store, and hands it on).
     """
 
 
 @hookspec(firstresult=True)
-def bastion_authenticate(request, credentials, service, runtime):
-    """Verify a signed call: steps 3 and 6 to 10 of docs/protocol.md section 4.
+def bastion_authenticate(request, credentials, service, admissions, runtime):
+    """Verify a signed call: steps 7 to 10 of docs/protocol.md section 4, the pipeline's ``authenticate`` step.
 
     Called by the kernel for every ``POST`` to a signed route
-    (``/api/{service}``, ``/auth/logout``) once the whole body has arrived,
-    so that every check of stored state holds at the moment the call runs.
-    ``credentials`` is the :class:`kernel.Credentials` the kernel parsed from
-    the ``Authorization`` header, or None when there is none or it is
-    malformed; ``service`` is the service name (None for a route that is not
-    a service). Raise the protocol error of the first step that fails before
-    the MAC verified; from then on every answer is signed. Returns
-    ``Authentication(session, key)`` on success, or ``Authentication(session,
-    key, refusal=error)`` to refuse with a signed answer (StaleCall,
-    ReplayedCall). The kernel alone writes the session onto the request and
-    signs the answers with ``key``. An authenticator that signs nothing may
-    return the session itself. None from every plugin means no authenticator
-    is installed, and the kernel answers 401 Unauthorized.
-    Stops at the first non-None result.
+    (``/api/{service}``, ``/auth/logout``) that passed steps 1 to 6: the
+    whole body has arrived, so that every check of stored state holds at
+    the moment the call runs. ``credentials`` is the
+    :class:`kernel.Credentials` the kernel parsed from the ``Authorization``
+    header; ``service`` is the service name (None for a route that is not
+    a service); ``admissions`` the values ``bastion_admit`` returned for this
+    request (a list, possibly empty). Raise the protocol error of the first
+    step that fails before the MAC verified; from then on every answer is
+    signed. Returns ``Authentication(session, key)`` on success, or
+    ``Authentication(session, key, refusal=error)`` to refuse with a signed
+    answer (StaleCall, ReplayedCall). The kernel alone writes the session
+    onto the request and signs the answers with ``key``. An authenticator
+    that signs nothing may return the session itself. None from every
+    plugin means no authenticator is installed, and the kernel answers 401
+    Unauthorized. Stops at the first non-None result.
     """
 
 
@@ -208,9 +212,10 @@ def bastion_has_permission(session, service, request):
 def bastion_refused(request, error, runtime):
     """Observe a refused request to a protected route (``/api/*``, ``/auth/*``).
 
-    Called by the kernel's error handler for every protocol error it answers
-    on those routes, with the :class:`kernel.Request` and the
-    :class:`kernel.BastionError`; the auth plugin weighs abuse here.
+    Called by the pipeline's ``account`` step, once the answer is ready, for
+    every protocol error answered on those routes (not the 500s), with the
+    :class:`kernel.Request` and the :class:`kernel.BastionError`; the auth
+    plugin weighs abuse here.
     Returns nothing; an exception is logged and does not change the answer.
     """
 

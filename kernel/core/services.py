@@ -83,11 +83,16 @@ class Service:
                 raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({json_type(value)})")
         return bound
 
-    def __call__(self, args: list, kwargs: dict) -> Any:
+    def arguments(self, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """The positional and keyword arguments of a call, bound and checked (InvalidCall otherwise)."""
         if not args and not kwargs and self.takes_nothing:
-            return self.fn()  # what binding nothing gives: every parameter keeps its default
+            return (), {}  # what binding nothing gives: every parameter keeps its default
         bound = self.bind(args, kwargs)
-        return self.fn(*bound.args, **bound.kwargs)
+        return bound.args, bound.kwargs
+
+    def __call__(self, args: list, kwargs: dict) -> Any:
+        positional, keywords = self.arguments(args, kwargs)
+        return self.fn(*positional, **keywords)
 
 
 class Services:

@@ -68,7 +68,7 @@ class StaticFiles:
         found = self.find(req.path)
         if found is None:
             raise NotFound(f"no such resource: {req.path}")
-        req.context.static = True
+        req.context.call.static = True
         stat = found.stat()
         etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
         last_modified = email.utils.formatdate(stat.st_mtime, usegmt=True)

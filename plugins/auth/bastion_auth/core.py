@@ -7,12 +7,13 @@ import logging
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bastion_auth import events, users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.passwords import Passwords
-from bastion_auth.sessions import Session, Sessions
+from bastion_auth.sessions import UNREAD, Session, Sessions
 from kernel import (
     Abusive,
     AccountLocked,
@@ -95,6 +96,17 @@ def demo_url(bind: str) -> str | None:
     if bind.startswith("unix:"):
         return None
     return f"http://localhost:{bind.rsplit(':', 1)[-1]}/"
+
+
+@dataclass(frozen=True)
+class SessionRead:
+    """What step 3 read of a signed call's session, with the origin's ban: step 7 uses it instead of reading again."""
+
+    sid: str
+    stored: Any
+
+    def __repr__(self) -> str:  # reprs end up in logs (BASTION_TRACE_PLUGINS): never the key or the whole sid
+        return f"SessionRead({self.sid[:8]}…)"
 
 
 class Auth:
@@ -242,15 +254,23 @@ class Auth:
         return [change_password, sessions, end_sessions]
 
     @hookimpl
-    def bastion_admit(self, request: Request) -> None:
-        """Step 3 for a request that is not a signed call (or a call refused at step 4 or 5): one read."""
+    def bastion_admit(self, request: Request, credentials: Credentials | None) -> SessionRead | None:
+        """Step 3: the origin's ban, in one read with the session of a signed call, which step 7 then uses."""
+        keys = [self.abuse.key(request.origin)] if self.abuse.enabled else []
+        if credentials is not None:
+            keys.append(self.sessions.key(credentials.sid))
+        if not keys:
+            return None
+        values = self.state.get_many(request.domain, keys)
         if self.abuse.enabled:
-            self.abuse.check(request.domain, request.origin, self.clock())
+            self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
+        return SessionRead(credentials.sid, values[-1]) if credentials is not None else None
 
     @hookimpl
-    def bastion_authenticate(self, request: Request, credentials: Credentials | None) -> Authentication:
-        """Steps 3 and 6 to 10 for ``/api/*`` and ``/auth/logout``."""
-        return self.authenticate(request, credentials)
+    def bastion_authenticate(self, request: Request, credentials: Credentials | None,
+                             admissions: list) -> Authentication:
+        """Steps 7 to 10 for ``/api/*`` and ``/auth/logout``."""
+        return self.authenticate(request, credentials, admissions)
 
     @hookimpl
     def bastion_refused(self, request: Request, error: BastionError) -> None:
@@ -455,25 +475,21 @@ class Auth:
 
     # -- signed calls -----------------------------------------------------
 
-    def authenticate(self, request: Request, credentials: Credentials | None) -> Authentication:
-        """Steps 3 and 6 to 10 of docs/protocol.md section 4, once the body has arrived.
+    def authenticate(self, request: Request, credentials: Credentials | None, admissions: list = ()) -> Authentication:
+        """Steps 7 to 10 of docs/protocol.md section 4, once the body has arrived.
 
-        Two round trips to the state store: the origin's ban and the session
-        in one read, then the nonce, recorded only while the session is still
-        live, so that a call can never pass after a concurrent logout, however
-        late its body arrived (plus a third when the idle expiry slides).
+        Two round trips to the state store for a call: the origin's ban and the
+        session in one read (step 3, :meth:`bastion_admit`, handed here in
+        ``admissions``), then the nonce, recorded only while the session is
+        still live, so that a call can never pass after a concurrent logout,
+        however late its body arrived (plus a third when the idle expiry slides).
         """
-        keys = [self.abuse.key(request.origin)] if self.abuse.enabled else []
-        if credentials is not None:
-            keys.append(self.sessions.key(credentials.sid))
-        values = self.state.get_many(request.domain, keys) if keys else []
-        if self.abuse.enabled:
-            self.abuse.check(request.domain, request.origin, self.clock(), until=values[0])
         if credentials is None:
             raise Unauthorized("a signed Authorization header is required")
         sid = credentials.sid
+        stored = next((a.stored for a in admissions if isinstance(a, SessionRead) and a.sid == sid), UNREAD)
         try:
-            session = self.sessions.load(request.domain, sid, self.clock(), values[-1])
+            session = self.sessions.load(request.domain, sid, self.clock(), stored)
         except ExpiredSession as expired:
             self._call_event(expired, getattr(expired, "username", None), sid)
             raise

@@ -67,7 +67,8 @@ class Session:
 #: Seconds an idle expiry must move before the slide is written.
 SLIDE_STEP = 1.0
 
-_UNREAD: Any = object()
+#: What a caller passes for a stored value it did not read (the session is then read).
+UNREAD: Any = object()
 
 
 def account_key(prefix: str, username: str) -> str:
@@ -130,13 +131,13 @@ class Sessions:
         ttl = max(session.expires + self.grace - now, 1)
         self.state.set(session.domain, self.key(session.sid), session.to_state(), ttl)
 
-    def load(self, domain: str, sid: str, now: float, value: Any = _UNREAD) -> Session:
+    def load(self, domain: str, sid: str, now: float, value: Any = UNREAD) -> Session:
         """Return the session; UnknownSession or ExpiredSession otherwise.
 
         ``value`` is the stored value when the caller already read it (see
         :meth:`key`); otherwise it is read here.
         """
-        if value is _UNREAD:
+        if value is UNREAD:
             value = self.state.get(domain, self.key(sid))
         if not isinstance(value, dict):
             raise UnknownSession("unknown session; log in again")
