@@ -134,7 +134,7 @@ def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) 
     synchronous = settings["sqlite_synchronous"].upper()
     wal_limit = int(settings["sqlite_wal_limit"])
     # No rollback when a connection goes back to the pool: the driver ends every transaction it begins
-    # (and rolls back whatever a failure left open, see SqlBackend._run), and sqlite3 in autocommit mode
+    # (and rolls back whatever a failure left open, see SqlExecutor._finish), and sqlite3 in autocommit mode
     # has nothing to reset; migrations run on SQLAlchemy connections, which end theirs too.
     engine = sa.create_engine(url, poolclass=sa.QueuePool, **pool, pool_reset_on_return=None,
                               connect_args={"timeout": busy, "check_same_thread": False})

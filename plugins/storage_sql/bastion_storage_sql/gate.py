@@ -18,7 +18,7 @@ program).
 Writes that queue at the gate meanwhile are committed together: the
 thread whose turn comes takes every write its process queued by then and
 runs them in one transaction, each within a savepoint of its own, in the
-order they came (see ``SqlBackend._write_batch``). A write is still one
+order they came (see ``SqlExecutor._write_batch``). A write is still one
 atomic statement, or one atomic transaction of statements, that sees the
 writes before it; a write that fails (a VersionConflict) is rolled back to
 its savepoint alone; each thread gets its own result once the COMMIT is

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import sqlalchemy as sa
 from alembic import command
@@ -32,6 +33,10 @@ SCRIPT_LOCATION = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = int.from_bytes(b"bastion", "big")
 
 _ALEMBIC = threading.Lock()
+
+#: What the driver does with the schema when it opens: create or upgrade it,
+#: insist that it is current (production), or trust it (tests of the schema itself).
+SchemaMode = Literal["upgrade", "check", "none"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,11 @@ def require_current(engine: Engine, label: str) -> None:
     _check_known(found, engine, label)
     raise ConfigError(f"{label}: the database schema is at revision {found.current}, this version needs "
                       f"{found.head}; run `bastion initdb` to upgrade it")
+
+
+def prepare(engine: Engine, mode: SchemaMode, label: str) -> None:
+    """Make sure the schema is what ``mode`` asks of a driver that opens (see :data:`SchemaMode`)."""
+    if mode == "upgrade":
+        upgrade(engine)
+    elif mode == "check":
+        require_current(engine, label)

@@ -21,13 +21,15 @@ writers are serialised already.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from bastion_storage_sql.backend import READ, TRANSACTION, Sql, SqlBackend
+from bastion_storage_sql.executor import READ, TRANSACTION, SqlExecutor
 from bastion_storage_sql.schema import MAX_TOKEN, history, index_entries, records, removals
+from bastion_storage_sql.sql import Sql, all_rows, first_row, row_count
 from kernel import (
     REMOVED_HISTORY_STEP,
     Change,
@@ -79,17 +81,37 @@ def _write_order(change: Change) -> tuple:
     return (True,) if change.op == "insert" else (False, change.model, change.id)
 
 
-class SqlRecords(SqlBackend):
-    """The record half of the SQL driver (:class:`kernel.core.driver.RecordStore`)."""
+def _removed_by_model(changes: Sequence[Change]) -> dict[str, list[Change]]:
+    """The deletes of ``changes`` that keep history, by model, in the order of the changes: the removals the
+    commit numbers (see :class:`kernel.core.driver.Change`)."""
+    removed: dict[str, list[Change]] = {}
+    for change in changes:
+        if change.history and change.op == "delete":
+            removed.setdefault(change.model, []).append(change)
+    return removed
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._build_record_statements()
 
-    def _build_record_statements(self) -> None:
+class SqlRecords:
+    """The records of the SQL driver (:class:`kernel.core.driver.RecordStore`): ``SqlRecords(executor, clock)``.
+
+    It builds the statements and says what each call runs; the
+    :class:`~bastion_storage_sql.executor.SqlExecutor` it is given runs them
+    (connections, retries, the write gate), and may serve a state store too.
+    ``clock`` dates the history entries.
+    """
+
+    def __init__(self, executor: SqlExecutor, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._run = executor.run
+        self._compile = executor.compile
+        self._postgresql = executor.postgresql
+        self._integrity_error = executor.integrity_error
+        self._build_statements(executor)
+
+    def _build_statements(self, executor: SqlExecutor) -> None:
         r, i = records.c, index_entries.c
         record_is = sa.and_(r.domain == _p("d"), r.model == _p("m"), r.id == _p("id"))
-        compile_ = self.compile
+        compile_ = self._compile
         self._fetch_sql = compile_(sa.select(r.vsn, r.data).where(record_is))
         self._select_sql: dict[tuple[int, bool, bool], Sql] = {}
         self._domains_sql = compile_(sa.select(r.domain).where(r.model == _p("m")).distinct().order_by(r.domain))
@@ -125,7 +147,7 @@ class SqlRecords(SqlBackend):
         x = removals.c
         numbered = sa.select(sa.func.coalesce(sa.func.max(x.n), 0) + 1).where(
             x.domain == _p("d"), x.model == _p("m")).scalar_subquery()
-        upsert = self._insert(removals).values(domain=_p("d"), model=_p("m"), id=_p("id"), n=numbered)
+        upsert = executor.insert(removals).values(domain=_p("d"), model=_p("m"), id=_p("id"), n=numbered)
         self._removal_sql = compile_(upsert.on_conflict_do_update(
             index_elements=[x.domain, x.model, x.id], set_={"n": upsert.excluded.n}))
         newest = removals.alias("newest").c
@@ -151,7 +173,7 @@ class SqlRecords(SqlBackend):
         if not is_record_id(id):
             return None  # it cannot be stored, and PostgreSQL text would refuse a NUL
         values = {"d": domain, "m": model, "id": id}
-        row = self._run(READ, lambda connection: self._one(connection, self._fetch_sql, values))
+        row = self._run(READ, lambda connection: first_row(connection, self._fetch_sql, values))
         return None if row is None else StoredRecord(model, id, row[0], loads_stored(row[1]))
 
     def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None, *,
@@ -163,7 +185,7 @@ class SqlRecords(SqlBackend):
         and at most ``limit`` rows are read.
         """
         sql, values = self._select_query(domain, model, where, after, limit)
-        rows = self._run(READ, lambda connection: self._all(connection, sql, values))
+        rows = self._run(READ, lambda connection: all_rows(connection, sql, values))
         if after is not None and not rows and self.fetch(domain, model, after) is None:
             raise RecordNotFound(f"no {model} with id {after!r}")  # an empty page, or no such record: asked apart
         return [StoredRecord(model, id, vsn, loads_stored(data)) for id, vsn, data in rows]
@@ -201,7 +223,7 @@ class SqlRecords(SqlBackend):
             # With a filter, "seq + 0" hides the creation-order index from the
             # planner: SQLite would otherwise walk the whole domain in seq order
             # to skip a sort, rather than start from the index entries.
-            sql = self.compile(query.order_by(r.seq + 0 if count else r.seq))
+            sql = self._compile(query.order_by(r.seq + 0 if count else r.seq))
             if len(self._select_sql) < MAX_COMPILED_SELECTS:
                 self._select_sql[shape] = sql
         return sql, values
@@ -211,12 +233,12 @@ class SqlRecords(SqlBackend):
         if not is_record_id(id):
             return []
         values = {"d": domain, "m": model, "id": id}
-        rows = self._run(READ, lambda connection: self._all(connection, self._history_sql, values))
+        rows = self._run(READ, lambda connection: all_rows(connection, self._history_sql, values))
         return [RecordVersion(vsn, at, by, None if data is None else loads_stored(data)) for vsn, at, by, data in rows]
 
     def domains(self, model: str) -> list[str]:
         """Return the domains holding records of ``model``."""
-        rows = self._run(READ, lambda connection: self._all(connection, self._domains_sql, {"m": model}))
+        rows = self._run(READ, lambda connection: all_rows(connection, self._domains_sql, {"m": model}))
         return [row[0] for row in rows]
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
@@ -233,31 +255,36 @@ class SqlRecords(SqlBackend):
         ordered = [(change, None if change.op == "delete" else dumps_text(change.data or {}))
                    for change in sorted(changes, key=_write_order)]
         at = self.clock() if any(change.history for change in changes) else None  # the commit's time
-        removed: dict[str, list[Change]] = {}  # deletes that keep history, by model, in the order of the changes
-        for change in changes:
-            if change.history and change.op == "delete":
-                removed.setdefault(change.model, []).append(change)
+        removed = _removed_by_model(changes)
+        self._run(TRANSACTION, lambda connection: self._apply(connection, domain, ordered, removed, at), conflicts=True)
 
-        def work(connection):
-            if removed and self._lock_removals_sql is not None:
-                # Taken before any row lock, in one order: a commit waiting here holds nothing another needs.
-                lock = self._lock_removals_sql
-                for key in sorted({removals_lock_key(domain, model) for model in removed}):
-                    connection.execute(lock.text, lock.params({"key": key})).fetchall()
-            for change, data in ordered:
-                values = {"d": domain, "m": change.model, "id": change.id, "vsn": change.vsn, "data": data}
-                if change.op == "insert":
-                    self._insert_record(connection, values, change)
-                elif change.op == "update":
-                    self._update_record(connection, values, change)
-                else:
-                    self._delete_record(connection, values)
-                if change.history:
-                    self._keep(connection, values, change, at)
-            for model, changes_of_model in removed.items():
-                self._count_removals(connection, domain, model, changes_of_model)
+    def _apply(self, connection: Any, domain: str, ordered: list[tuple[Change, str | None]],
+               removed: dict[str, list[Change]], at: float | None) -> None:
+        """The statements of one commit, within its transaction: the changes in ``ordered``, each with its
+        encoded data, then the numbering of the ``removed`` records of each model."""
+        lock = self._lock_removals_sql
+        if removed and lock is not None:
+            self._lock_removals(connection, lock, domain, removed)
+        for change, data in ordered:
+            values = {"d": domain, "m": change.model, "id": change.id, "vsn": change.vsn, "data": data}
+            if change.op == "insert":
+                self._insert_record(connection, values, change)
+            elif change.op == "update":
+                self._update_record(connection, values, change)
+            else:
+                self._delete_record(connection, values)
+            if change.history:
+                self._keep(connection, values, change, at)
+        for model, changes_of_model in removed.items():
+            self._count_removals(connection, domain, model, changes_of_model)
 
-        self._run(TRANSACTION, work, conflicts=True)
+    @staticmethod
+    def _lock_removals(connection: Any, lock: Sql, domain: str, removed: dict[str, list[Change]]) -> None:
+        """PostgreSQL: take the advisory lock of each (domain, model) the commit removes from, so that two commits
+        never give a removal the same number. Taken before any row lock, in one order: a commit waiting here holds
+        nothing another needs."""
+        for key in sorted({removals_lock_key(domain, model) for model in removed}):
+            connection.execute(lock.text, lock.params({"key": key})).fetchall()
 
     # -- one change each, as compare-and-set statements --------------------
 
@@ -271,14 +298,14 @@ class SqlRecords(SqlBackend):
 
     def _update_record(self, connection: Any, values: dict, change: Change) -> None:
         values["new_vsn"] = change.vsn + 1
-        if self._count(connection, self._update_sql, values) != 1:
+        if row_count(connection, self._update_sql, values) != 1:
             raise VersionConflict("record changed")
         connection.execute(self._unindex_sql.text, self._unindex_sql.params(values))
         self._index(connection, values, change)
 
     def _delete_record(self, connection: Any, values: dict) -> None:
         # The index entries go with the record (ON DELETE CASCADE).
-        if self._count(connection, self._delete_sql_record, values) != 1:
+        if row_count(connection, self._delete_sql_record, values) != 1:
             raise VersionConflict("record changed")
 
     def _keep(self, connection: Any, values: dict, change: Change, at: float | None) -> None:
@@ -295,7 +322,7 @@ class SqlRecords(SqlBackend):
                                                       for change in removed])
         bound = {"d": domain, "m": model, "keep": min(change.keep_removed for change in removed),
                  "most": len(removed) + REMOVED_HISTORY_STEP}
-        gone = self._all(connection, self._drop_removed_sql, bound)
+        gone = all_rows(connection, self._drop_removed_sql, bound)
         if gone:
             forget = self._forget_sql
             connection.cursor().executemany(forget.text, [forget.params({"d": domain, "m": model, "id": row[0]})

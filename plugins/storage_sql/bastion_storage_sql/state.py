@@ -9,25 +9,29 @@ Each process purges after every ``PURGE_EVERY`` state writes, or when
 purge deleted a full batch: the tables stay bounded by what is live, however
 long the load lasts, without a DELETE on every write.
 
-Statements are compiled once, when the driver opens (``_StateSql``). Round
-trips per call, PostgreSQL: one for get, get_many, set, replace, add, incr,
-delete, window_entries and window_discard (each a single statement in
-autocommit mode); window_add is a transaction. SQLite has no round trips; its
-single statements run in autocommit mode too, window_add within BEGIN
-IMMEDIATE ... COMMIT.
+Statements are compiled once, when the driver opens
+(``SqlState._build_statements``), and run by the executor it is given
+(:mod:`.executor`). Round trips per call, PostgreSQL: one for get, get_many,
+set, replace, add, incr, delete, window_entries, window_discard and ping
+(each a single statement in autocommit mode); window_add is a transaction.
+SQLite has no round trips; its single statements run in autocommit mode too,
+window_add within BEGIN IMMEDIATE ... COMMIT.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from bastion_storage_sql.backend import READ, STATEMENT, TRANSACTION, Sql, SqlBackend
+from bastion_storage_sql.executor import READ, STATEMENT, TRANSACTION, SqlExecutor
 from bastion_storage_sql.schema import state, windows
+from bastion_storage_sql.sql import Sql, all_rows, first_row, row_count
 from kernel import PROBE_DOMAIN, ServiceUnavailable, WindowEntry, check_json, check_text, dumps_text, loads_stored
 
 #: Seconds of the driver's clock after which one process purges expired state at its next write.
@@ -68,8 +72,14 @@ def _lock_key(domain: str, key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class SqlState(SqlBackend):
-    """The state half of the SQL driver (:class:`kernel.core.driver.StateStore`).
+class SqlState:
+    """The short-lived state of the SQL driver (:class:`kernel.core.driver.StateStore`), and its health probe:
+    ``SqlState(executor, clock)``.
+
+    It builds the statements and says what each call runs; the
+    :class:`~bastion_storage_sql.executor.SqlExecutor` it is given runs them
+    (connections, retries, the write gate), and may serve a record store too.
+    Every expiry is a time of ``clock``.
 
     Plain keys and windows share one namespace: ``set`` and ``window_add``
     replace a key of the other kind, ``delete`` removes either. ``get``,
@@ -77,22 +87,28 @@ class SqlState(SqlBackend):
     keys' table.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, executor: SqlExecutor, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._executor = executor
+        self._run = executor.run
+        self._compile = executor.compile
+        self._postgresql = executor.postgresql
         self._purge_lock = threading.Lock()
         self._next_purge = float("-inf")
         self._writes_since_purge = 0
-        self._build_state_statements()
+        self._probes = itertools.count(1)
+        self._build_statements(executor)
 
-    def _build_state_statements(self) -> None:
+    def _build_statements(self, executor: SqlExecutor) -> None:
+        insert_into = executor.insert
         c, w = state.c, windows.c
         key_is = sa.and_(c.domain == _p("d"), c.key == _p("k"))
         window_is = sa.and_(w.domain == _p("d"), w.key == _p("k"))
-        compile_ = self.compile
+        compile_ = self._compile
         self._get_sql = compile_(sa.select(c.value, c.n).where(key_is, c.expires > _p("now")))
         self._get_many_sql: dict[int, Sql] = {}
 
-        insert = self._insert(state).values(domain=_p("d"), key=_p("k"), value=_p("v"), n=_p("n"), expires=_p("e"))
+        insert = insert_into(state).values(domain=_p("d"), key=_p("k"), value=_p("v"), n=_p("n"), expires=_p("e"))
         overwrite = {"value": insert.excluded.value, "n": insert.excluded.n, "expires": insert.excluded.expires}
         upsert = insert.on_conflict_do_update(index_elements=[c.domain, c.key], set_=overwrite)
         drop_window = windows.delete().where(window_is)
@@ -112,7 +128,7 @@ class SqlState(SqlBackend):
         guard_is_live = sa.exists().where(guard.c.domain == _p("d"), guard.c.key == _p("g"), guard.c.expires > _p("now"))
         row = sa.select(_p("d", type_=sa.String), _p("k", type_=sa.String), _p("v", type_=sa.Text),
                         _p("n", type_=sa.BigInteger), _p("e", type_=sa.Double)).where(guard_is_live)
-        guarded = self._insert(state).from_select([c.domain, c.key, c.value, c.n, c.expires], row)
+        guarded = insert_into(state).from_select([c.domain, c.key, c.value, c.n, c.expires], row)
         self._add_if_live_sql = compile_(guarded.on_conflict_do_update(
             index_elements=[c.domain, c.key],
             set_={"value": guarded.excluded.value, "n": guarded.excluded.n, "expires": guarded.excluded.expires},
@@ -120,7 +136,7 @@ class SqlState(SqlBackend):
         # Set-if-live in one statement: a concurrent delete wins (the row is gone).
         self._replace_sql = compile_(state.update().where(key_is, c.expires > _p("now"))
                                      .values(value=_p("v"), n=_p("n"), expires=_p("e")))
-        counter = self._insert(state).values(domain=_p("d"), key=_p("k"), value=None, n=_p("n"), expires=_p("e"))
+        counter = insert_into(state).values(domain=_p("d"), key=_p("k"), value=None, n=_p("n"), expires=_p("e"))
         restart = sa.or_(c.expires <= _p("now"), c.n.is_(None))
         self._incr_sql = compile_(counter.on_conflict_do_update(
             index_elements=[c.domain, c.key],
@@ -142,8 +158,8 @@ class SqlState(SqlBackend):
         self._window_lock_sql = compile_(sa.select(sa.func.pg_advisory_xact_lock(_p("lock", type_=sa.BigInteger))))
         self._delete_key_sql = compile_(state.delete().where(key_is))
         self._drop_expired_members_sql = compile_(windows.delete().where(window_is, w.expires <= _p("now")))
-        member = self._insert(windows).values(domain=_p("d"), key=_p("k"), member=_p("m"), weight=_p("weight"),
-                                              expires=_p("e"))
+        member = insert_into(windows).values(domain=_p("d"), key=_p("k"), member=_p("m"), weight=_p("weight"),
+                                             expires=_p("e"))
         self._window_upsert_sql = compile_(member.on_conflict_do_update(
             index_elements=[w.domain, w.key, w.member],
             set_={"weight": member.excluded.weight, "expires": member.excluded.expires}))
@@ -155,13 +171,17 @@ class SqlState(SqlBackend):
         members = sa.select(sa.func.count()).select_from(windows).scalar_subquery()
         self._count_sql = compile_(sa.select(keys + members))
         self._count_live_sql: dict[str, Sql] = {}
+        # ping writes this probe row (expired at once, so no call ever sees it) in a domain no tenant has.
+        probe = insert_into(state).values(domain=_p("d"), key=_p("k"), value=None, n=_p("n"), expires=_p("e"))
+        self._probe_sql = compile_(probe.on_conflict_do_update(
+            index_elements=[c.domain, c.key], set_={"n": probe.excluded.n, "expires": probe.excluded.expires}))
 
     # -- plain keys -------------------------------------------------------
 
     def get(self, domain: str, key: str) -> Any:
         """Return the live value of a key, or None."""
         values = {"d": domain, "k": key, "now": self.clock()}
-        row = self._run(READ, lambda connection: self._one(connection, self._get_sql, values))
+        row = self._run(READ, lambda connection: first_row(connection, self._get_sql, values))
         return None if row is None else _load(row[0], row[1])
 
     def get_many(self, domain: str, keys: Sequence[str]) -> list[Any]:
@@ -172,7 +192,7 @@ class SqlState(SqlBackend):
         unique = list(dict.fromkeys(keys))
         sql = self._get_many_statement(len(unique))
         values = {"d": domain, "now": self.clock(), **{f"k{i}": key for i, key in enumerate(unique)}}
-        rows = self._run(READ, lambda connection: self._all(connection, sql, values))
+        rows = self._run(READ, lambda connection: all_rows(connection, sql, values))
         found = {row[0]: _load(row[1], row[2]) for row in rows}
         if len(unique) == len(keys):
             return [found.get(key) for key in keys]
@@ -183,7 +203,7 @@ class SqlState(SqlBackend):
         sql = self._get_many_sql.get(count)
         if sql is None:
             c = state.c
-            sql = self.compile(sa.select(c.key, c.value, c.n).where(
+            sql = self._compile(sa.select(c.key, c.value, c.n).where(
                 c.domain == _p("d"), c.key.in_([_p(f"k{i}") for i in range(count)]), c.expires > _p("now")))
             if len(self._get_many_sql) < MAX_COMPILED_COUNTS:
                 self._get_many_sql[count] = sql
@@ -207,7 +227,7 @@ class SqlState(SqlBackend):
         check_json(value)
         now = self.clock()
         values = _columns(value, {"d": domain, "k": key, "e": now + ttl, "now": now})
-        return self._run(STATEMENT, lambda connection: self._count(connection, self._replace_sql, values)) == 1
+        return self._run(STATEMENT, lambda connection: row_count(connection, self._replace_sql, values)) == 1
 
     def add(self, domain: str, key: str, value: Any, ttl: float, if_live: str | None = None) -> bool:
         """Store a value only if the key is absent or expired (and ``if_live`` is live); return whether it was stored.
@@ -224,7 +244,7 @@ class SqlState(SqlBackend):
         if if_live is not None:
             values["g"] = if_live
             sql = self._add_if_live_sql
-        stored = self._run(STATEMENT, lambda connection: self._one(connection, sql, values)) is not None
+        stored = self._run(STATEMENT, lambda connection: first_row(connection, sql, values)) is not None
         self._purge_if_due(now)
         return stored
 
@@ -232,7 +252,7 @@ class SqlState(SqlBackend):
         """Add ``amount`` to a counter and return the new value; a missing or expired one starts a new window."""
         now = self.clock()
         values = {"d": domain, "k": key, "n": amount, "e": now + ttl, "now": now}
-        row = self._run(STATEMENT, lambda connection: self._one(connection, self._incr_sql, values))
+        row = self._run(STATEMENT, lambda connection: first_row(connection, self._incr_sql, values))
         self._purge_if_due(now)
         return int(row[0])
 
@@ -242,7 +262,7 @@ class SqlState(SqlBackend):
         values = {"d": domain, "k": key}
 
         def work(connection):
-            return [row[0] for sql in self._delete_sql for row in self._all(connection, sql, values)]
+            return [row[0] for sql in self._delete_sql for row in all_rows(connection, sql, values)]
 
         expiries = self._run(STATEMENT if len(self._delete_sql) == 1 else TRANSACTION, work)
         return any(expires is not None and expires > now for expires in expiries)
@@ -260,10 +280,10 @@ class SqlState(SqlBackend):
             if self._postgresql:
                 # Serialise the adders of one window, so that the last sees every
                 # member (SQLite's BEGIN IMMEDIATE already serialises all writers).
-                self._one(connection, self._window_lock_sql, values)
+                first_row(connection, self._window_lock_sql, values)
             for sql in (self._delete_key_sql, self._drop_expired_members_sql, self._window_upsert_sql):
                 connection.execute(sql.text, sql.params(values))
-            return self._all(connection, self._entries_sql, values)
+            return all_rows(connection, self._entries_sql, values)
 
         entries = self._entries(self._run(TRANSACTION, work))
         self._purge_if_due(now)
@@ -272,13 +292,13 @@ class SqlState(SqlBackend):
     def window_entries(self, domain: str, key: str) -> list[WindowEntry]:
         """Return the live entries of a window, oldest expiry first."""
         values = {"d": domain, "k": key, "now": self.clock()}
-        return self._entries(self._run(READ, lambda connection: self._all(connection, self._entries_sql, values)))
+        return self._entries(self._run(READ, lambda connection: all_rows(connection, self._entries_sql, values)))
 
     def window_discard(self, domain: str, key: str, member: str) -> bool:
         """Remove one member; return whether it was live."""
         now = self.clock()
         values = {"d": domain, "k": key, "m": member}
-        rows = self._run(STATEMENT, lambda connection: self._all(connection, self._discard_sql, values))
+        rows = self._run(STATEMENT, lambda connection: all_rows(connection, self._discard_sql, values))
         return any(row[0] > now for row in rows)
 
     @staticmethod
@@ -304,13 +324,13 @@ class SqlState(SqlBackend):
                     victims = victims.with_for_update(skip_locked=True)
                 # The outer test re-checks each row, so a key refreshed since the
                 # sub-select (a new nonce under an old name) is never deleted.
-                statements.append(self.compile(
+                statements.append(self._compile(
                     table.delete().where(table.c.expires <= _p("now"), sa.tuple_(*key).in_(victims))))
             statements = self._purge_sql[limit] = tuple(statements)
         values = {"now": self.clock()}
 
         def work(connection):
-            return tuple(max(self._count(connection, sql, values), 0) for sql in statements)
+            return tuple(max(row_count(connection, sql, values), 0) for sql in statements)
 
         return self._run(TRANSACTION, work)
 
@@ -334,14 +354,29 @@ class SqlState(SqlBackend):
         sql = self._count_live_sql.get(prefix)
         if sql is None:
             c = state.c
-            sql = self.compile(sa.select(sa.func.count()).select_from(state).where(
+            sql = self._compile(sa.select(sa.func.count()).select_from(state).where(
                 c.key.startswith(prefix, autoescape=True), c.expires > _p("now"), c.domain != _p("probe")))
             if len(self._count_live_sql) < MAX_COMPILED_COUNTS:
                 self._count_live_sql[prefix] = sql
         values = {"now": self.clock(), "probe": PROBE_DOMAIN}
-        return int(self._run(READ, lambda connection: self._one(connection, sql, values))[0])
+        return int(self._run(READ, lambda connection: first_row(connection, sql, values))[0])
 
     def state_count(self) -> int:
         """How many state rows (plain keys and window members, live or expired) the database holds; one SELECT."""
         sql = self._count_sql
-        return int(self._run(READ, lambda connection: self._one(connection, sql, {"probe": PROBE_DOMAIN}))[0])
+        return int(self._run(READ, lambda connection: first_row(connection, sql, {"probe": PROBE_DOMAIN}))[0])
+
+    # -- health -----------------------------------------------------------
+
+    def ping(self) -> None:
+        """Return when the database accepts a write; raise ServiceUnavailable otherwise.
+
+        The write is one upsert of a probe row in a domain no tenant can have
+        (:data:`kernel.core.driver.PROBE_DOMAIN`), expired as soon as written: a
+        full disk, a read-only database or a lock held too long fails it. On
+        SQLite it waits at the write gate at most a moment
+        (:data:`~bastion_storage_sql.executor.PING_WAIT`).
+        """
+        values = {"d": PROBE_DOMAIN, "k": "ping", "n": next(self._probes), "e": self.clock()}
+        sql = self._probe_sql
+        self._executor.ping(lambda connection: connection.execute(sql.text, sql.params(values)))

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 
 import pytest
 from bastion_storage_sql import SqlDriver
-from bastion_storage_sql.backend import STATEMENT
 from bastion_storage_sql.gate import SUFFIX
-from sqlalchemy import event
 
-from kernel import Change, ServiceUnavailable, VersionConflict
+from kernel import Change, ServiceUnavailable
 
 DOMAIN = "gate.test"
 
@@ -75,24 +72,6 @@ def test_a_write_waits_while_another_process_holds_the_gate_and_reads_do_not(sql
         driver.close()
 
 
-def test_a_thread_waits_for_its_process_turn_at_most_the_busy_timeout(sqlite_url):
-    driver = SqlDriver(sqlite_url, options={"sqlite_busy_timeout": 0.2})
-    try:
-        driver.set(DOMAIN, "k", "old", 60)
-        assert driver._gate.turn()  # another thread of this process is writing, and does not end
-        try:
-            thread, outcome = _in_thread(lambda: driver.set(DOMAIN, "k", "new", 60))
-            thread.join(30)
-            assert isinstance(outcome[0], ServiceUnavailable) and outcome[0].status == 503
-        finally:
-            driver._gate.end_turn()
-        assert driver.get(DOMAIN, "k") == "old"  # nothing was written
-        driver.set(DOMAIN, "k", "new", 60)  # and the next turn is free
-        assert driver.get(DOMAIN, "k") == "new"
-    finally:
-        driver.close()
-
-
 def test_threads_of_one_process_take_turns(sqlite_url):
     driver = SqlDriver(sqlite_url)
     try:
@@ -128,104 +107,6 @@ def test_the_gate_is_a_setting(sqlite_url, gate):
         assert os.path.exists(_path(sqlite_url) + SUFFIX) is gate
         assert driver.get(DOMAIN, "k") == 1
     finally:
-        driver.close()
-
-
-# -- writes that queue meanwhile are committed together ----------------------------
-
-
-def _traced(driver) -> list[str]:
-    """The statements the driver's (new) connections run from now on."""
-    statements: list[str] = []
-    driver.dispose_connections()
-
-    @event.listens_for(driver.engine, "connect")
-    def _trace(dbapi_connection, _record):
-        dbapi_connection.set_trace_callback(statements.append)
-
-    return statements
-
-
-def _queued_together(driver, works) -> list:
-    """Run each of ``works`` in a thread of its own while this thread holds the gate; let them go once all
-    wait in the queue (so that one turn takes them all); return their outcomes in order."""
-    gate = driver._gate
-    assert gate.turn()
-    try:
-        threads = [_in_thread(work) for work in works]
-        while gate.queued() < len(works):
-            threading.Event().wait(0.01)  # polling the queue's length: nothing signals it
-    finally:
-        gate.end_turn()
-    for thread, _ in threads:
-        thread.join(60)
-    return [outcome[0] for _, outcome in threads]
-
-
-def test_writes_queued_meanwhile_are_one_transaction_with_each_its_own_outcome(sqlite_url):
-    driver = SqlDriver(sqlite_url)
-    try:
-        driver.set(DOMAIN, "session", "live", 60)
-        statements = _traced(driver)
-        keys = ["n1", "n2", "n1", "n3", "n1"]  # the same nonce three times: exactly one may be stored
-        outcomes = _queued_together(driver, [lambda k=k: driver.add(DOMAIN, k, 1, 60, if_live="session")
-                                             for k in keys])
-        assert outcomes == [True, True, False, True, False]
-        assert [driver.get(DOMAIN, k) for k in ("n1", "n2", "n3")] == [1, 1, 1]
-        assert statements.count("COMMIT") == 1 and statements.count("BEGIN IMMEDIATE") == 1
-        assert statements.count("SAVEPOINT bastion_write") == len(keys)
-    finally:
-        driver.close()
-
-
-def test_a_refused_write_of_a_batch_is_rolled_back_alone(sqlite_url):
-    driver = SqlDriver(sqlite_url)
-    try:
-        driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {"v": 0}, {}) for i in range(4)])
-        stale = 7  # r2 is at version 1: this update must meet a VersionConflict, and only it
-        outcomes = _queued_together(driver, [
-            lambda i=i: driver.commit(DOMAIN, [Change("update", "M", f"r{i}", stale if i == 2 else 1, {"v": i}, {})])
-            for i in range(4)])
-        assert isinstance(outcomes[2], VersionConflict)
-        assert [o is None for o in outcomes] == [True, True, False, True]
-        assert {r.id: (r.vsn, r.data["v"]) for r in driver.select(DOMAIN, "M")} == {
-            "r0": (2, 0), "r1": (2, 1), "r2": (1, 0), "r3": (2, 3)}
-    finally:
-        driver.close()
-
-
-def test_a_database_error_in_a_batch_runs_each_write_again_on_its_own(sqlite_url, caplog):
-    driver = SqlDriver(sqlite_url)
-    try:
-        def broken(connection):
-            connection.execute("INSERT INTO no_such_table VALUES (1)")
-
-        works = [lambda: driver.set(DOMAIN, "a", 1, 60), lambda: driver._run(STATEMENT, broken),
-                 lambda: driver.set(DOMAIN, "b", 2, 60)]
-        with caplog.at_level(logging.INFO, logger="bastion.storage_sql"):
-            outcomes = _queued_together(driver, works)
-        assert outcomes[0] is None and outcomes[2] is None
-        assert isinstance(outcomes[1], ServiceUnavailable)
-        with pytest.raises(ServiceUnavailable):  # what it raises on its own, too
-            driver._run(STATEMENT, broken)
-        assert driver.get(DOMAIN, "a") == 1 and driver.get(DOMAIN, "b") == 2
-        assert any("written one by one" in r.getMessage() for r in caplog.records)
-    finally:
-        driver.close()
-
-
-def test_a_batch_the_database_refuses_fails_every_write_of_it_and_writes_nothing(sqlite_url):
-    driver = SqlDriver(sqlite_url, options={"sqlite_busy_timeout": 0.2})
-    other = sqlite3.connect(_path(sqlite_url), isolation_level=None)
-    try:
-        driver.set(DOMAIN, "k0", 0, 60)
-        other.execute("BEGIN IMMEDIATE")  # a program that does not use the gate holds SQLite's write lock
-        outcomes = _queued_together(driver, [lambda i=i: driver.set(DOMAIN, f"k{i}", i, 60) for i in range(1, 4)])
-        assert all(isinstance(o, ServiceUnavailable) and o.status == 503 for o in outcomes)
-        other.execute("ROLLBACK")
-        assert [driver.get(DOMAIN, f"k{i}") for i in range(4)] == [0, None, None, None]
-    finally:
-        other.close()
         driver.close()
 
 
@@ -336,7 +217,7 @@ def test_writes_of_one_turn_are_refused_each_by_its_own_deadline(sqlite_url):
     driver, lock_file = _held(sqlite_url, {"sqlite_busy_timeout": 600})
     holder = _Holder(lock_file)
     try:
-        gate = driver._gate
+        gate = driver.executor.gate
         assert gate.turn()  # hold this process's turn until both writes wait in its queue: one turn takes both
         try:
             pinger, pinged = _in_thread(driver.ping)  # deadline: PING_WAIT

@@ -34,7 +34,7 @@ def test_select_with_where_starts_from_the_index_on_sqlite(sqlite_url):
     driver = SqlDriver(sqlite_url)
     driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {}, {"done": i == 7}) for i in range(50)])
     assert [r.id for r in driver.select(DOMAIN, "M", {"done": True})] == ["r7"]
-    sql, values = driver._select_query(DOMAIN, "M", {"done": True})  # the statement select just ran
+    sql, values = driver.records._select_query(DOMAIN, "M", {"done": True})  # the statement select just ran
     with driver.engine.connect() as connection:
         plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql.text, sql.params(values))]
     driver.close()
@@ -50,7 +50,7 @@ def test_removals_are_numbered_and_dropped_through_indexes_on_sqlite(sqlite_url)
     driver.commit(DOMAIN, [Change("delete", "M", f"r{i}", 1, history=5, keep_removed=10) for i in range(50)])
     values = {"d": DOMAIN, "m": "M", "id": "r3", "keep": 10, "most": 17}
     with driver.engine.connect() as connection:
-        for sql in (driver._removal_sql, driver._drop_removed_sql, driver._forget_sql):
+        for sql in (driver.records._removal_sql, driver.records._drop_removed_sql, driver.records._forget_sql):
             plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql.text, sql.params(values))]
             assert not any(step.startswith("SCAN") for step in plan), (sql, plan)
             assert any(step.startswith("SEARCH") for step in plan), (sql, plan)

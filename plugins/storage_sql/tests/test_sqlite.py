@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from bastion_storage_sql import SqlDriver
-from bastion_storage_sql.backend import WAL_CHECK_EVERY
+from bastion_storage_sql.wal import WAL_CHECK_EVERY
 from sqlalchemy import event
 
 from kernel import Change
@@ -75,7 +75,7 @@ def test_the_driver_checkpoints_a_wal_past_its_limit_by_itself(sqlite_url):
 _FULL_DISK = r"""
 import json, os, resource, signal, sys
 from bastion_storage_sql import SqlDriver
-from bastion_storage_sql.backend import WAL_CHECK_EVERY
+from bastion_storage_sql.wal import WAL_CHECK_EVERY
 from sqlalchemy import event
 from kernel import Change, ServiceUnavailable
 
