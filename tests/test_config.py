@@ -91,3 +91,28 @@ def test_shipped_bastion_ini_loads(tmp_path, monkeypatch):
         runtime.ping()
     finally:
         runtime.close()
+
+
+def test_a_section_has_one_owner():
+    """A second claim of a section with another schema names both claimers; asking again with the same one reads it."""
+    from kernel import Int
+
+    config = Config.from_string("[shop]\nsize = 3\n", "shop.ini")
+    first = {"size": Int(1)}
+    assert config.section("shop", first, owner="bastion_shop").size == 3
+    assert config.section("shop", first) is config.section("shop", first)
+    assert config.owner("shop") == "bastion_shop"
+    with pytest.raises(ConfigError, match=r"shop.ini: \[shop\]: claimed by bastion_shop and again by tests"):
+        config.section("shop", {"size": Int(2), "color": Int(0)})
+    with pytest.raises(ConfigError, match=r"\[shop\]: claimed by bastion_shop and again by other"):
+        config.raw_section("shop", owner="other")
+    config.raw_section("notes", owner="bastion_notes")
+    assert config.raw_section("notes", owner="bastion_notes") == {}
+    with pytest.raises(ConfigError, match=r"\[notes\]: claimed by bastion_notes and again by tests"):
+        config.raw_section("notes")
+
+
+def test_the_kernel_owns_its_sections_whoever_reads_them_first():
+    config = Config.from_string("[bastion]\ndevelopment = true\n")
+    assert config.bastion.development is True
+    assert config.owner("bastion") == "kernel" and config.owner("server") is None

@@ -13,6 +13,7 @@ import configparser
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,15 +166,33 @@ class Settings(Mapping[str, Any]):
         return f"Settings({self._name!r}, {shown!r})"
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """Who claimed a section, with which schema (None: free-form), and what it read."""
+
+    owner: str
+    schema: Mapping[str, Option] | None
+    value: Settings | dict[str, str]
+
+
+def _caller_package() -> str:
+    """The top-level package of the code that called into :class:`Config` (the claimer of a section)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back  # type: ignore[assignment]
+    module = frame.f_globals.get("__name__", "?") if frame is not None else "?"
+    return module.split(".")[0]
+
+
 class Config:
-    """A parsed INI file whose sections are claimed and typed by their readers."""
+    """A parsed INI file whose sections are claimed and typed by their readers, one owner per section."""
 
     def __init__(self, parser: configparser.ConfigParser, path: str | None, environ: Mapping[str, str] | None = None):
         self.parser = parser
         self.path = path
         self.label = path or "<defaults>"
         self.environ = os.environ if environ is None else environ
-        self._claimed: dict[str, Settings | dict[str, str]] = {}
+        self._claims: dict[str, _Claim] = {}
 
     # -- construction -----------------------------------------------------
 
@@ -217,13 +236,21 @@ class Config:
         """Whether the file has the section."""
         return self.parser.has_section(name)
 
-    def section(self, name: str, schema: Mapping[str, Option]) -> Settings:
-        """Claim a section and return its typed values, defaults filled in.
+    def section(self, name: str, schema: Mapping[str, Option], owner: str | None = None) -> Settings:
+        """Claim a section and return its typed values, defaults filled in (read once: later calls get them).
 
-        Raises ConfigError on an unknown key or a bad value.
+        Each section has one owner: the first to claim it (``owner``, by
+        default the top-level package of the caller, e.g.
+        ``bastion_storage_sql``). Asking again with the same schema reads the
+        same values; another schema for the same section is a second claim, a
+        ConfigError naming both owners, so that two plugins can never read one
+        section two ways. Raises ConfigError on an unknown key or a bad value.
         """
-        if name in self._claimed and isinstance(self._claimed[name], Settings):
-            return self._claimed[name]  # type: ignore[return-value]
+        claim = self._claims.get(name)
+        if claim is not None:
+            if claim.schema is schema:
+                return claim.value  # type: ignore[return-value]
+            raise self._second_claim(name, claim, owner or _caller_package())
         values = {key: option.default for key, option in schema.items()}
         for key, raw in self._items(name):
             option = schema.get(key)
@@ -237,12 +264,20 @@ class Config:
                 raise ConfigError(f"{self.label}: [{name}] {key} = {redact(raw)!r}: invalid value; "
                                   f"accepted: {option.accepted}") from None
         settings = Settings(name, values)
-        self._claimed[name] = settings
+        self._claims[name] = _Claim(owner or _caller_package(), schema, settings)
         return settings
 
-    def raw_section(self, name: str, check_key: Callable[[str], None] | None = None) -> dict[str, str]:
-        """Claim a free-form section and return its keys and expanded values."""
-        if name not in self._claimed:
+    def raw_section(self, name: str, check_key: Callable[[str], None] | None = None,
+                    owner: str | None = None) -> dict[str, str]:
+        """Claim a free-form section and return its keys and expanded values.
+
+        One owner per section, as for :meth:`section`: a free-form section
+        claimed by another package (or claimed with a schema) is a ConfigError
+        naming both.
+        """
+        claim = self._claims.get(name)
+        owner = owner or _caller_package()
+        if claim is None:
             items = dict(self._items(name))
             if check_key:
                 for key in items:
@@ -250,14 +285,25 @@ class Config:
                         check_key(key)
                     except ValueError as exc:
                         raise ConfigError(f"{self.label}: [{name}] {key}: {exc}") from None
-            self._claimed[name] = items
-        return dict(self._claimed[name])  # type: ignore[arg-type]
+            claim = self._claims[name] = _Claim(owner, None, items)
+        elif claim.schema is not None or claim.owner != owner:
+            raise self._second_claim(name, claim, owner)
+        return dict(claim.value)  # type: ignore[arg-type]
+
+    def owner(self, name: str) -> str | None:
+        """Who claimed a section (a package name), or None while nobody has."""
+        claim = self._claims.get(name)
+        return claim.owner if claim is not None else None
+
+    def _second_claim(self, name: str, claim: _Claim, owner: str) -> ConfigError:
+        return ConfigError(f"{self.label}: [{name}]: claimed by {claim.owner} and again by {owner}; a section "
+                           "belongs to one plugin")
 
     def check_unclaimed(self) -> None:
         """Raise ConfigError for a section no kernel part or plugin has read."""
         for name in self.parser.sections():
-            if name not in self._claimed:
-                known = ", ".join(sorted(self._claimed))
+            if name not in self._claims:
+                known = ", ".join(sorted(self._claims))
                 raise ConfigError(f"{self.label}: [{name}]: unknown section; no installed plugin reads it (known: {known})")
 
     def _items(self, name: str):
@@ -279,17 +325,17 @@ class Config:
     @property
     def bastion(self) -> Settings:
         """The typed ``[bastion]`` section."""
-        return self.section("bastion", BASTION_SCHEMA)
+        return self.section("bastion", BASTION_SCHEMA, owner="kernel")
 
     @property
     def server(self) -> Settings:
         """The typed ``[server]`` section."""
-        return self.section("server", SERVER_SCHEMA)
+        return self.section("server", SERVER_SCHEMA, owner="kernel")
 
     @property
     def metrics(self) -> Settings:
         """The typed ``[metrics]`` section."""
-        return self.section("metrics", METRICS_SCHEMA)
+        return self.section("metrics", METRICS_SCHEMA, owner="kernel")
 
     @property
     def development(self) -> bool:
