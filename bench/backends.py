@@ -140,7 +140,7 @@ def backends() -> list[Backend]:
     no_redis = ("plugin bastion-storage-redis or the RedisServer launcher of kernel.testing not installed" if not redis_ok
                 else "redis-server binary not found")
     return [
-        Backend("mem", "mem://", "storage_mem" in plugins, "" if "storage_mem" in plugins else "plugin missing"),
+        Backend("mem", "mem://", True, ""),  # built into the kernel (kernel/storage_mem.py): always there
         Backend("sqlite", "SQLite (WAL)", sql, "" if sql else no_sql),
         Backend("sqlite-split", "SQLite (WAL), state in its own file", sql, "" if sql else no_sql),
         Backend("sqlite-nogate", "SQLite (WAL), no write gate", sql, "" if sql else no_sql),

@@ -1,7 +1,9 @@
 """Bastion: a small, secure-by-default application server.
 
 This module is the whole public API: everything a plugin may import, and the
-only module of the kernel a plugin imports (``kernel.testing`` is the
+one module of the kernel app and plugin authors import (``kernel.drivers`` is
+the storage-driver author's facade, the same objects plus the built-in
+``MemoryDriver`` and the conformance suite; ``kernel.testing`` is the
 test-side API). Names not listed in ``__all__`` are the kernel's own and may
 change without notice::
 

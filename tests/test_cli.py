@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_plugins_lists_the_memory_driver_with_its_hooks(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "storage_mem  bastion-storage-mem" in out
+    assert "storage_mem  bastion (built in)" in out
     assert "    bastion_storage_driver" in out
 
 
@@ -222,7 +222,7 @@ def _mem_ini(tmp_path: Path) -> Path:
 def test_plugins_lists_the_plugin_managers_given(capsys):
     assert main(["plugins"], pm=_given_pm()) == 0
     out = capsys.readouterr().out
-    assert "storage_mem  bastion-storage-mem" in out and "given  " in out and "    bastion_deploy_checks" in out
+    assert "storage_mem  bastion (built in)" in out and "given  " in out and "    bastion_deploy_checks" in out
     assert "auth  bastion-auth" not in out
 
 

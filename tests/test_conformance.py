@@ -1,13 +1,13 @@
-"""The conformance suite runs against the in-memory driver, and catches a broken driver."""
+"""The conformance suite runs against the kernel's built-in in-memory driver, and catches a broken driver."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
-from bastion_storage_mem import MemoryDriver
 
 from kernel.core.errors import VersionConflict
+from kernel.storage_mem import MemoryDriver
 from kernel.testing import DriverSuite, FakeClock
 
 

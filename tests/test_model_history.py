@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from bastion_storage_mem import MemoryDriver
 
 from kernel import DEFAULT_HISTORY_KEEP_REMOVED, Change
 from kernel.core.store import Models, UnitOfWork
+from kernel.storage_mem import MemoryDriver
 from kernel.testing import FakeClock
 
 

@@ -7,6 +7,7 @@ import logging
 import pluggy
 import pytest
 
+import kernel
 from kernel import hookimpl
 from kernel.core.plugins import describe, get_plugin_manager
 
@@ -23,8 +24,8 @@ def test_defaults_then_entry_points():
 def test_load_plugins_restricts(monkeypatch):
     monkeypatch.setenv("BASTION_LOAD_PLUGINS", "storage_mem")
     assert names(get_plugin_manager()) == {"kernel.defaults", "storage_mem"}
-    monkeypatch.setenv("BASTION_LOAD_PLUGINS", "")
-    assert names(get_plugin_manager()) == {"kernel.defaults"}
+    monkeypatch.setenv("BASTION_LOAD_PLUGINS", "")  # no entry point: the built-in plugins only
+    assert names(get_plugin_manager()) == {"kernel.defaults", "storage_mem"}
 
 
 def test_load_plugins_names_a_missing_plugin(monkeypatch):
@@ -63,8 +64,8 @@ def test_trace_from_environment(monkeypatch, caplog):
 def test_describe_lists_distribution_version_and_hooks():
     rows = {row["name"]: row for row in describe(get_plugin_manager(only=["storage_mem"]))}
     mem = rows["storage_mem"]
-    assert mem["distribution"] == "bastion-storage-mem"
-    assert mem["version"]
+    assert mem["distribution"] == "bastion (built in)"
+    assert mem["version"] == kernel.__version__
     assert "bastion_storage_driver" in mem["hooks"]
 
 

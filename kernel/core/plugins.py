@@ -17,8 +17,10 @@ log = logging.getLogger("bastion.plugins")
 #: The entry-point group under which plugins register.
 ENTRY_POINT_GROUP = "bastion"
 
-#: Modules of the kernel that are registered as plugins, like third-party ones.
-DEFAULT_PLUGINS = ("kernel.defaults",)
+#: The kernel's own plugins, ``(name, module)``: registered first, each under its name, like third-party ones.
+#: ``storage_mem`` is the ``mem://`` driver, the default storage, so that the kernel's distribution alone serves;
+#: an entry point of that name (an older ``bastion-storage-mem``) is then not loaded: one plugin answers ``mem://``.
+DEFAULT_PLUGINS = (("kernel.defaults", "kernel.defaults"), ("storage_mem", "kernel.storage_mem"))
 
 
 def get_plugin_manager(
@@ -29,15 +31,17 @@ def get_plugin_manager(
     """Build a plugin manager with the kernel's hooks and every installed plugin.
 
     ``only`` restricts the entry points loaded to those names; by default it is
-    read from ``BASTION_LOAD_PLUGINS`` (comma-separated; empty loads none).
+    read from ``BASTION_LOAD_PLUGINS`` (comma-separated; empty loads none). The
+    built-in plugins are always there, and naming one is allowed (it loads
+    nothing more): ``only=["storage_mem"]`` is the kernel alone, on ``mem://``.
     ``trace`` logs every hook call at DEBUG on ``bastion.plugins`` (and sets
     that logger to DEBUG, so that the lines come out under any ``log_level``);
     by default it follows ``BASTION_TRACE_PLUGINS``.
     """
     pm = pluggy.PluginManager("bastion")
     pm.add_hookspecs(hookspecs)
-    for name in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(name), name=name)
+    for name, module in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module), name=name)
     if load_entry_points:
         if only is None and "BASTION_LOAD_PLUGINS" in os.environ:
             only = [n.strip() for n in os.environ["BASTION_LOAD_PLUGINS"].split(",") if n.strip()]
@@ -90,11 +94,12 @@ def load_entry_point_plugins(pm: pluggy.PluginManager, only: Iterable[str] | Non
 def describe(pm: pluggy.PluginManager) -> list[dict]:
     """List each registered plugin: name, distribution, version and hooks it implements."""
     dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    built_in = {name for name, _ in DEFAULT_PLUGINS}
     rows = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist = dists.get(name)
+        dist = None if name in built_in else dists.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         rows.append({
             "name": name,

@@ -40,7 +40,7 @@ from bastion_storage_redis.settings import (
     scheme_of,
 )
 from bastion_storage_redis.wire import Script, Wire
-from kernel import (
+from kernel.drivers import (
     PAGED_SELECT,
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,

@@ -12,7 +12,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kernel import Bool, Choice, Float, Int, Option, StorageURL, Str, redact
+from kernel import Bool, Choice, Float, Int, Option, Str
+from kernel.drivers import StorageURL, redact
 
 #: The section this plugin claims.
 SECTION = "storage_redis"
