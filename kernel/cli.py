@@ -24,7 +24,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import pluggy
 
@@ -51,12 +51,18 @@ class CommandEnv:
     err: TextIO
 
 
+class CommandFunction(Protocol):
+    """A kernel command: a function of its parsed arguments and its :class:`CommandEnv`, returning the exit status."""
+
+    def __call__(self, args: argparse.Namespace, env: CommandEnv) -> int: ...
+
+
 @dataclass(frozen=True)
 class Command:
     """A row of the kernel's command table: ``run(args, env)`` returns the exit status."""
 
     name: str
-    run: Callable[[argparse.Namespace, CommandEnv], int]
+    run: CommandFunction
     help: str
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
     description: str | None = None

@@ -130,7 +130,7 @@ class Client:
         if force:
             payload["force"] = True
         answer = self.request("/auth/login", _encode(payload))
-        data = self._result_or_raise(answer, signed=False)
+        data = self._result_or_raise(answer)
         self.offset = float(data["server_time"]) - self.clock()
         self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"])
         return data["user"]
@@ -160,7 +160,7 @@ class Client:
         for attempt in (1, 2):
             response, nonce = self.send_signed(path, body)
             try:
-                return self._result_or_raise(response, signed=True, nonce=nonce)
+                return self._result_or_raise(response, nonce=nonce)
             except StaleCall as exc:
                 self.offset = float(exc.extra.get("server_time", self.clock())) - self.clock()
                 if attempt == 2:
@@ -192,12 +192,15 @@ class Client:
 
     def verify(self, response: Response, nonce: str) -> None:
         """Raise InvalidResponseSignature unless the answer carries the right MAC."""
+        if self.session is None:
+            raise RuntimeError("log in first")
         mac = signing.parse_server_authorization(response.headers.get("server-authorization"))
         expected = signing.response_mac(self.session.key, nonce, response.status, response.body)
         if mac is None or not signing.macs_equal(mac, expected):
             raise InvalidResponseSignature()
 
-    def _result_or_raise(self, response: Response, signed: bool, nonce: str | None = None) -> dict[str, Any]:
+    def _result_or_raise(self, response: Response, nonce: str | None = None) -> dict[str, Any]:
+        """The answer's JSON object; an answer to a signed call (the ``nonce`` it was sent with) is verified."""
         try:
             data = response.json()
         except (ValueError, UnicodeDecodeError):
@@ -205,7 +208,7 @@ class Client:
         exc_name = data.get("exc") if isinstance(data, dict) and response.status >= 400 else None
         # Answers of steps 1 to 8 cannot be signed: act on their status, trust nothing else in them.
         unsigned_allowed = exc_name in UNSIGNED and "server-authorization" not in response.headers
-        if signed and not unsigned_allowed:
+        if nonce is not None and not unsigned_allowed:
             self.verify(response, nonce)
         if exc_name is not None:
             if exc_name in ("UnknownSession", "ExpiredSession"):

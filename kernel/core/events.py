@@ -116,7 +116,7 @@ _TEXT_MEMO: dict[str, str] = {}
 _TEXT_MEMO_SIZE = 4096
 #: The same for the JSON lines.
 _JSON_MEMO: dict[str, str] = {}
-_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_json_string = json.encoder.encode_basestring_ascii
 #: A string as a JSON string, ASCII only.
 json_string = _json_string
 _JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
@@ -152,4 +152,4 @@ def log_event(logger: logging.Logger, level: int, name: str, fields: Mapping[str
     """Write one structured line through :mod:`logging` (``request_id`` defaults to the current request's)."""
     if logger.isEnabledFor(level):
         event = Event(name, fields, request_id or current_request_id())
-        logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, None, None))
+        logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, (), None))

@@ -11,27 +11,34 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 
-class Series(Protocol):
-    """A counter or histogram with its labels' values given at each sample."""
+class CounterSeries(Protocol):
+    """A counter with its labels' values given at each sample."""
 
     def inc(self, *labels: str, amount: float = 1) -> None:
-        """Add ``amount`` to the series of these label values (a counter)."""
+        """Add ``amount`` to the series of these label values."""
+
+
+class HistogramSeries(Protocol):
+    """A histogram with its labels' values given at each sample."""
 
     def observe(self, value: float, *labels: str) -> None:
-        """Count one observation (a histogram)."""
+        """Count one observation in the series of these label values."""
 
 
 class MetricsRegistry(Protocol):
     """The runtime's metrics (``runtime.metrics``): the kernel's own, and those plugins register."""
 
     enabled: bool
-    security_events: Series
 
-    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Series:
+    @property
+    def security_events(self) -> CounterSeries:
+        """``bastion_security_events_total{event}``: every line of ``bastion.security``."""
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> CounterSeries:
         """Register a counter (``name`` ends in ``_total``) and return it."""
 
     def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
-                  buckets: Iterable[float] = ...) -> Series:
+                  buckets: Iterable[float] = ...) -> HistogramSeries:
         """Register a histogram and return it."""
 
     def scrape_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
@@ -64,13 +71,13 @@ class NoMetrics:
     """A :class:`MetricsRegistry` that counts nothing and renders nothing."""
 
     enabled = False
-    security_events: Series = _NO_SERIES
+    security_events: CounterSeries = _NO_SERIES
 
-    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Series:
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> CounterSeries:
         return _NO_SERIES
 
     def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
-                  buckets: Iterable[float] = ()) -> Series:
+                  buckets: Iterable[float] = ()) -> HistogramSeries:
         return _NO_SERIES
 
     def scrape_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:

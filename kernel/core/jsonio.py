@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import re
+from types import ModuleType
 from typing import Any
 
 #: The deepest nesting of arrays and objects a body may have.
@@ -39,6 +40,7 @@ _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 #: The one JSON writer: compact, UTF-8 text kept as it is (no \u escapes), no NaN or Infinity.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
+_orjson: ModuleType | None
 try:  # orjson (a dependency; the stdlib serves alike where it cannot be installed) writes bodies and reads stored text
     import orjson as _orjson
 except ImportError:  # pragma: no cover - the fallback is tested by forcing it

@@ -53,7 +53,7 @@ class Runtime:
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
         if getattr(self.pm, "_bastion_runtime", None) is not None:
             raise RuntimeError("this plugin manager already serves another runtime; build one per runtime")
-        self.pm._bastion_runtime = self  # type: ignore[attr-defined]
+        self.pm._bastion_runtime = self  # type: ignore[attr-defined]  # a mark of ours on pluggy's manager
         self.clock = clock or time.time
         self.hook = self.pm.hook
         self.development = self.config.bastion.development
@@ -95,7 +95,7 @@ class Runtime:
         for plugin in reversed(self._registered):
             self.pm.unregister(plugin)
         self._registered.clear()
-        self.pm._bastion_runtime = None  # type: ignore[attr-defined]
+        self.pm._bastion_runtime = None  # type: ignore[attr-defined]  # a mark of ours on pluggy's manager
 
     # -- storage ----------------------------------------------------------
 

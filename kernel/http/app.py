@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 
 import falcon
 
@@ -91,7 +92,7 @@ def create_app(runtime: Runtime, steps: Iterable[Step] | None = None) -> Bastion
     app.add_route(HEALTH_PATH, HealthResource(runtime))
     app.add_route(METRICS_PATH, MetricsResource(runtime))
     runtime.hook.bastion_routes(routes=Routes(app), app=app, runtime=runtime)
-    mounts = [("/", str(http.static_dir))] if http.static_dir else []
+    mounts: list[tuple[str, str | Path]] = [("/", str(http.static_dir))] if http.static_dir else []
     for pairs in runtime.hook.bastion_static():
         mounts.extend(pairs or [])
     if mounts:
@@ -232,29 +233,29 @@ class ErrorHandler:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    def __call__(self, req: falcon.Request, resp: falcon.Response, error: Exception, params: dict) -> None:
         call: Call | None = getattr(req.context, "call", None)
         request_id = call.request_id if call is not None else None
-        error = self.translate(ex, request_id)
-        body = error.body()
-        if isinstance(error, Error):
+        answered = self.translate(error, request_id)
+        body = answered.body()
+        if isinstance(answered, Error):
             body["request_id"] = request_id
             if self.runtime.development:
-                body["trace"] = "".join(traceback.format_exception(ex))
-        elif isinstance(error, ServiceUnavailable) and error.backend:
-            self.runtime.metrics.storage_error(error.backend)
+                body["trace"] = "".join(traceback.format_exception(error))
+        elif isinstance(answered, ServiceUnavailable) and answered.backend:
+            self.runtime.metrics.storage_error(answered.backend)
         if call is not None:
-            call.error = error  # the answer phase weighs it (bastion_refused) and writes it in the call line
-        for name, value in error.headers.items():
+            call.error = answered  # the answer phase weighs it (bastion_refused) and writes it in the call line
+        for name, value in answered.headers.items():
             resp.set_header(name, value)
-        answer(resp, body, error.status)
+        answer(resp, body, answered.status)
 
     def translate(self, ex: Exception, request_id: str | None = None) -> BastionError:
         """Map any exception to a protocol error; log the unexpected ones (the request id is their log id)."""
         if isinstance(ex, BastionError):
             return ex
         if isinstance(ex, falcon.HTTPMethodNotAllowed):
-            allow = (ex.headers or {}).get("Allow", "")
+            allow = dict(ex.headers or {}).get("Allow", "")
             return MethodNotAllowed([m.strip() for m in allow.split(",") if m.strip()])
         if isinstance(ex, falcon.HTTPError):
             cls = _HTTP_ERRORS.get(ex.status_code, InvalidCall if ex.status_code < 500 else Error)

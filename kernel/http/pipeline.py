@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import falcon
 
     from kernel.core.runtime import Runtime
+    from kernel.core.services import Service
     from kernel.http.settings import HttpSettings
 
 log = logging.getLogger("bastion.http")
@@ -442,7 +443,9 @@ class AuthenticateStep(_PostStep):
         if result is None:
             raise Unauthorized("no authenticator is installed")
         if isinstance(result, Authentication):
-            call.signer = ResponseSigner(result.key, credentials.nonce)  # type: ignore[union-attr]
+            if credentials is None:  # what signs the answers is the nonce of the Bastion-HMAC credentials
+                raise TypeError("an authenticator returned an Authentication for a call without Bastion-HMAC credentials")
+            call.signer = ResponseSigner(result.key, credentials.nonce)
             if result.refusal is not None:
                 raise result.refusal
             result = result.session
@@ -460,6 +463,13 @@ class _ServiceStep(Step):
 
     def applies(self, call: Call) -> bool:
         return call.service is not None
+
+    def service_of(self, call: Call) -> Service:
+        """The service the call names (404 NotFound when there is none)."""
+        service = self.runtime.services.get(call.service) if call.service is not None else None
+        if service is None:
+            raise NotFound(f"no such service: {call.service}")
+        return service
 
 
 class AuthorizeStep(_ServiceStep):
@@ -482,8 +492,7 @@ class LookupStep(_ServiceStep):
     does = "the service exists (404 NotFound)"
 
     def run(self, call: Call) -> None:
-        if self.runtime.services.get(call.service) is None:  # type: ignore[arg-type]
-            raise NotFound(f"no such service: {call.service}")
+        self.service_of(call)
 
 
 class BindStep(_ServiceStep):
@@ -493,7 +502,7 @@ class BindStep(_ServiceStep):
 
     def run(self, call: Call) -> None:
         args, kwargs = parse_call(call.request.body)
-        call.bound = self.runtime.services.get(call.service).arguments(args, kwargs)  # type: ignore[union-attr]
+        call.bound = self.service_of(call).arguments(args, kwargs)
 
 
 class RunStep(_ServiceStep):
@@ -502,8 +511,10 @@ class RunStep(_ServiceStep):
     does = "the service runs; its answer is {\"result\": ...} (its own errors: 404 RecordNotFound, 409, 422, ...)"
 
     def run(self, call: Call) -> None:
-        args, kwargs = call.bound  # type: ignore[misc]
-        answer(call.resp, {"result": self.runtime.services.get(call.service).fn(*args, **kwargs)})  # type: ignore[union-attr]
+        if call.bound is None:  # the bind step runs before, for every call of a service
+            raise TypeError(f"the call of {call.service} was not bound to its arguments")
+        args, kwargs = call.bound
+        answer(call.resp, {"result": self.service_of(call).fn(*args, **kwargs)})
 
 
 def parse_call(body: bytes) -> tuple[list, dict]:
@@ -540,8 +551,9 @@ class SignStep(Step):
         return call.signer is not None and isinstance(call.resp.data, bytes)
 
     def run(self, call: Call) -> None:
-        resp = call.resp
-        resp.set_header("Server-Authorization", call.signer.header(resp.status_code, resp.data))  # type: ignore[union-attr]
+        resp, signer, data = call.resp, call.signer, call.resp.data
+        if signer is not None and isinstance(data, bytes):  # as applies() found
+            resp.set_header("Server-Authorization", signer.header(resp.status_code, data))
 
 
 class HeadersStep(Step):

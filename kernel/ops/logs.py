@@ -82,7 +82,7 @@ def emit(logger: logging.Logger, level: int, event: Event) -> None:
     if handler is not None and handler.level <= level and _only_to(handler, logger):
         handler.write_event(level, logger.name, event)
         return
-    logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, None, None))
+    logger.handle(logger.makeRecord(logger.name, level, "(event)", 0, event, (), None))
 
 
 def _only_to(handler: logging.Handler, logger: logging.Logger) -> bool:
@@ -220,11 +220,14 @@ class JsonFormatter(logging.Formatter):
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record is emitted (as :data:`logging.lastResort` does)."""
 
+    #: Set on the handler :func:`configure_logging` installs, so that it replaces its own and no other.
+    _bastion: bool = False
+
     def __init__(self, level: int = logging.NOTSET):
         logging.Handler.__init__(self, level)
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -235,10 +238,11 @@ class StderrHandler(logging.StreamHandler):
         """Format and write an event's line as :meth:`emit` would a record's (see :func:`kernel.ops.logs.emit`)."""
         formatter = self.formatter
         try:
+            # Duck-typed: a formatter without format_event (or None) raises here and takes the ordinary way below.
             line = formatter.format_event(time.time(), logging.getLevelName(level), name, event)  # type: ignore[union-attr]
         except Exception:  # a formatter without format_event, or a value it cannot write: the ordinary way
             logging.getLogger(name).handle(logging.getLogger(name).makeRecord(name, level, "(event)", 0, event,
-                                                                              None, None))
+                                                                              (), None))
             return
         self.acquire()
         try:
@@ -307,7 +311,7 @@ def configure_logging(config) -> None:
             if getattr(handler, "_bastion", False):
                 root.removeHandler(handler)
         handler = StderrHandler()
-        handler._bastion = True  # type: ignore[attr-defined]
+        handler._bastion = True
         handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
         root.addHandler(handler)
         _direct = handler
@@ -350,7 +354,7 @@ def _file_config(config, names: list[str]) -> None:
     """``logging.config.fileConfig`` over the logging sections, ``${NAME}`` expanded, ``%(here)s`` the file's folder."""
     parser = configparser.ConfigParser(defaults={"here": str(config.base_dir), "__file__": config.path or ""},
                                        interpolation=_StoredAsWritten())
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's way to keep the keys' case
     for name in names:
         parser.add_section(name)
         for key, value in config.raw_section(name).items():

@@ -10,6 +10,7 @@ deadline, sending the ``100 Continue`` a client waits for on the application's f
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from gunicorn.http import errors as http_errors
 from gunicorn.http.message import Request
@@ -37,8 +38,9 @@ class BastionUnreader(SocketUnreader):
         self.over_limit: int | None = None  # the body is over this many bytes (max_body)
         self.deadline: float | None = None
         self.body_timeout = 0.0
-        self.req = None
-        self.resp = None
+        #: gunicorn's request and response while the application runs (gunicorn ships no types).
+        self.req: Any = None
+        self.resp: Any = None
         self.continue_pending = False
 
     def start_body(self, req, resp, expect_continue: bool, timeout: float) -> None:
@@ -120,8 +122,8 @@ class BastionConn(TConn):
     def __init__(self, cfg, sock, client, server, gathers: bool):
         super().__init__(cfg, sock, client, server)
         self.gathers = gathers
-        #: What arrived of the request being gathered: its head, then its body (None once handed over).
-        self.buf: bytearray | None = None
+        #: What arrived of the request being gathered: its head, then its body (emptied once handed over).
+        self.buf = bytearray()
         self.head_deadline = 0.0
         self.body_deadline = 0.0
         self.linger_deadline = 0.0

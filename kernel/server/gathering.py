@@ -42,6 +42,7 @@ from kernel.ops.logs import new_request_id
 from kernel.server.connection import BastionConn
 from kernel.server.framing import BODY_FIELDS, HEADER_CAP, ChunkedEnd, head_complete
 from kernel.server.refusals import error_response, log_refusal
+from kernel.server.room import Room
 
 #: How long a closing connection is read and discarded after the answer, and how much of it at most.
 LINGER_SECONDS = 2.0
@@ -58,7 +59,7 @@ BODY_BUFFER = 64 * 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Gathering:
+class Gathering(Room):
     """The main loop's gathering of heads and bodies, its deadlines and its lingering closes (a worker mixin)."""
 
     header_timeout: float = SERVER_SCHEMA["header_timeout"].default
@@ -180,6 +181,7 @@ class Gathering:
         """Whether the thread will find in ``conn.buf`` every byte it reads of the body."""
         if conn.chunks is not None:
             return conn.chunks.ready(conn.buf)
+        assert conn.body_end is not None  # a Content-Length body: head_arrived set where it ends
         return len(conn.buf) >= conn.body_end
 
     def on_body_readable(self, conn: BastionConn, _sock) -> None:
@@ -190,7 +192,11 @@ class Gathering:
             conn.paused = True
             self.paused_conns.append(conn)
             return
-        wanted = RECV_SIZE if conn.chunks is not None else conn.body_end - len(conn.buf)
+        if conn.chunks is not None:
+            wanted = RECV_SIZE
+        else:
+            assert conn.body_end is not None  # a Content-Length body: head_arrived set where it ends
+            wanted = conn.body_end - len(conn.buf)
         try:
             data = conn.sock.recv(min(wanted, room, RECV_SIZE))
         except (BlockingIOError, InterruptedError):
@@ -225,7 +231,7 @@ class Gathering:
         unreader.unread(bytes(conn.buf))
         unreader.sealed = not conn.continuing
         unreader.over_limit = self.max_body if over else None
-        conn.buf = None
+        conn.buf = bytearray()
         conn.look = conn.chunks = None
         conn.whole_body = whole
         conn.data_ready = True  # gunicorn's thread must not wait for a first byte again
@@ -302,7 +308,8 @@ class Gathering:
         """Answer ``error`` from the main loop (one non-blocking send, best effort) and close."""
         request_id = new_request_id()
         log_refusal(conn.client, error, request_id, conn.look)
-        conn.buf = conn.look = conn.chunks = None
+        conn.buf = bytearray()
+        conn.look = conn.chunks = None
         try:
             conn.sock.send(error_response(error, request_id))
         except OSError:

@@ -34,10 +34,14 @@ emptied at each start and removed at exit (:func:`on_exit`) when it made it.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from kernel.core.errors import ConfigError
 from kernel.ops.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 from kernel.server.settings import CannotStart, published, read
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 # Bastion's threaded worker (kernel/server/worker.py), with one thread too: it gathers requests, head and body, without a
 # thread, bounds them by [server] header_timeout and body_timeout, and answers its refusals in JSON.
@@ -93,7 +97,7 @@ def _loaded_by_gunicorn() -> bool:
         return False
     loaders = {getattr(getattr(base.Application, name, None), "__code__", None)
                for name in ("get_config_from_module_name", "get_config_from_filename")}
-    frame = sys._getframe()
+    frame: FrameType | None = sys._getframe()
     while frame is not None:
         if frame.f_code in loaders:
             return True

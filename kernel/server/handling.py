@@ -24,9 +24,10 @@ from gunicorn.http import wsgi
 from kernel.server.connection import BastionUnreader
 from kernel.server.framing import body_consumed
 from kernel.server.refusals import RequestBody, peer
+from kernel.server.room import Room
 
 
-class Handling:
+class Handling(Room):
     """gunicorn's ``handle_request`` and ``_keepalive_after``, for requests the main loop gathered (a worker mixin)."""
 
     def _keepalive_after(self, conn, keepalive):

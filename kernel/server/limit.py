@@ -24,6 +24,8 @@ import errno
 import resource
 import time
 
+from kernel.server.room import Room
+
 #: Open files a worker keeps for other uses than its connections (the listeners, the storage's pools,
 #: log files, the selector): its soft limit of open files is raised to ``worker_connections`` plus this.
 SPARE_FILES = 256
@@ -31,7 +33,7 @@ SPARE_FILES = 256
 EVICTION_LOG_INTERVAL = 10.0
 
 
-class ConnectionLimit:
+class ConnectionLimit(Room):
     """At ``worker_connections``, close the connection that gives up least instead of refusing new ones."""
 
     def __init__(self, *args, **kwargs):
@@ -98,8 +100,9 @@ class ConnectionLimit:
 
     def out_of_files(self, exc: OSError) -> None:
         """The process cannot open another file: lower the connection limit to what is open, and make room."""
+        code = exc.errno
         self.log.warning("cannot accept a connection (%s): at most %d connections per worker from now on",
-                         errno.errorcode.get(exc.errno, exc.errno), max(1, self.nr_conns))
+                         errno.errorcode.get(code, code) if code is not None else None, max(1, self.nr_conns))
         self.worker_connections = max(1, self.nr_conns)
         if not self.make_room():
             super().set_accept_enabled(False)

@@ -46,10 +46,10 @@ class BastionLogger(glogging.Logger):
         # file the server's settings were just read from; a reload that read no settings (gunicorn keeps a
         # ``python:`` settings module imported) reads the file for its logging, as a reload always did.
         settings = published()
-        fresh = settings is not None and settings is not getattr(self, "_settings", None)
+        fresh = settings if settings is not getattr(self, "_settings", None) else None
         self._settings = settings
         try:
-            configure_logging(settings.config if fresh else load_config())
+            configure_logging(fresh.config if fresh is not None else load_config())
         except ConfigError as exc:
             sys.exit(f"bastion: {exc}")
 

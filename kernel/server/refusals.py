@@ -23,6 +23,7 @@ from gunicorn.http import wsgi
 from kernel.core.errors import BastionError, Error, Forbidden, InvalidCall, InvalidHost, RequestTimeout
 from kernel.core.jsonio import dumps
 from kernel.ops.logs import CALL, clip, log_event, new_request_id
+from kernel.server.room import Room
 
 #: The headers every Bastion answer carries (``kernel.http.app`` adds them to the application's answers;
 #: ``kernel.http.app.API_CSP`` is the same policy, not imported here: the worker is imported by gunicorn's
@@ -94,10 +95,10 @@ def refusal(exc: BaseException) -> BastionError:
 def error_response(error: BastionError, request_id: str | None = None) -> bytes:
     """A complete HTTP/1.1 answer for ``error``, closing the connection (a 500's body carries ``request_id``)."""
     request_id = request_id or new_request_id()
-    body = error.body()
+    fields = error.body()
     if isinstance(error, Error):
-        body["request_id"] = request_id
-    body = dumps(body)
+        fields["request_id"] = request_id
+    body = dumps(fields)
     lines = [
         f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
         f"Date: {util.http_date()}",
@@ -163,8 +164,8 @@ class RequestBody:
     def _guard(self, method, arg):
         try:
             return method(arg)
-        except BastionError as error:
-            self._refused(error)
+        except BastionError as refused:
+            self._refused(refused)
             raise
         except http_errors.NoMoreData:
             error = InvalidCall("the request body ended before its end")
@@ -181,7 +182,7 @@ class RequestBody:
         self._log.debug("request body refused from %s: %d %s: %s", self._peer, error.status, error.exc, "; ".join(error.err))
 
 
-class JsonRefusals:
+class JsonRefusals(Room):
     """The worker's ``handle_error`` (gunicorn's ``Worker.handle_error``, called in a pool thread): JSON, then close.
 
     A mixin of :class:`kernel.server.worker.BastionWorker`: it uses the worker's ``cfg`` and ``log``.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
 from typing import NoReturn, TypeVar
 
@@ -22,7 +22,7 @@ import pytest
 from kernel.testing.postgres import PostgresServerError
 from kernel.testing.redis import RedisServerError
 
-L = TypeVar("L")
+L = TypeVar("L", bound=AbstractContextManager)
 
 
 def in_ci() -> bool:

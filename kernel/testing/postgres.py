@@ -136,6 +136,7 @@ class PostgresServer:
         if first:
             self._initdb()
             atexit.register(self.close)
+        assert self.root is not None  # _initdb made it
         options = " ".join(shlex.quote(o) for o in (
             "-h", self.host, "-p", str(self.port), "-k", str(self.root),
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",

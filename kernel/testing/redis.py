@@ -111,7 +111,7 @@ class RedisServer:
         fixed = self.port is not None
         # A port found free may be taken before redis binds it; pick another then.
         for _ in range(1 if fixed else 5):
-            port = self.port if fixed else free_port()
+            port = self.port if self.port is not None else free_port()
             self.process = self._spawn(binary, port)
             if self._wait_ready(port):
                 self.port = port

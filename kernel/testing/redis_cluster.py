@@ -246,7 +246,9 @@ class RedisClusterServer:
                 others = self.running()
                 owners = {self.owner(slot, asked).port for slot in slots for asked in others}
                 if len(owners) == 1 and master.port not in owners:
-                    found.append(self._node(owners.pop()))
+                    owner = owners.pop()
+                    assert owner is not None  # a running node has its port
+                    found.append(self._node(owner))
                     return True
             except (OSError, ReplyError, RedisServerError):
                 pass
@@ -266,6 +268,7 @@ class RedisClusterServer:
         target_id = self.command(target, "CLUSTER", "MYID")
         self.command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         self.command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        assert target.port is not None  # a running node has its port
         while keys := self.command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
             auth = ["AUTH", self.password] if self.password else []
             self.command(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, *auth, "KEYS", *keys)

@@ -88,7 +88,7 @@ class GunicornServer:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.environment(), stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready()
+        self._wait_ready(self.process)
         return self
 
     @property
@@ -104,9 +104,9 @@ class GunicornServer:
         """The server's command line."""
         return [sys.executable, "-m", "gunicorn", "-c", SETTINGS, self.app]
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, process: subprocess.Popen) -> None:
         try:
-            wait_until_serving(self.host, self.port, self.process, self.startup_timeout)
+            wait_until_serving(self.host, self.port, process, self.startup_timeout)
         except RuntimeError as exc:
             self.stop()
             raise RuntimeError(f"{exc}:\n{self.log()}") from None

@@ -12,6 +12,8 @@ through the unit of work (``history = True`` on a model, ``db.history``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kernel.core.driver import DEFAULT_HISTORY_KEEP_REMOVED, REMOVED_HISTORY_STEP, Change, RecordVersion
@@ -127,7 +129,8 @@ class HistorySuite(SuiteBase):
             ])
         with pytest.raises(VersionConflict):
             driver.commit(domain, [_update("a", 1, {"x": 2}), _insert("b", {"x": 2})])  # b exists
-        for data in [{"text": UNENCODABLE[0]}, {"deep": [{UNENCODABLE[1]: 1}]}]:
+        bad_data: list[dict[str, Any]] = [{"text": UNENCODABLE[0]}, {"deep": [{UNENCODABLE[1]: 1}]}]
+        for data in bad_data:
             with pytest.raises(TypeError):
                 driver.commit(domain, [_update("a", 1, {"x": 2}), _insert("bad", data)])
         assert driver.history(domain, "H", "new") == []

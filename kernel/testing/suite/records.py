@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kernel.core.driver import MAX_ID_LENGTH, Change, StoredRecord
@@ -212,7 +214,7 @@ class RecordsSuite(SuiteBase):
 
     def test_unencodable_strings_in_records_are_refused(self, driver, domain):
         driver.commit(domain, [Change("insert", "M", "kept", 0, {"text": "before"}, {"tag": "t"})])
-        bad_data = [{"text": text} for text in UNENCODABLE] + [
+        bad_data: list[dict[str, Any]] = [{"text": text} for text in UNENCODABLE] + [
             {"nested": {"list": ["fine", {"deep": [UNENCODABLE[0]]}]}},
             {UNENCODABLE[1]: "a key"},
             {"deep": [{"k": {UNENCODABLE[2]: 1}}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -215,7 +216,7 @@ class StateSuite(SuiteBase):
         driver.set(domain, "k", "kept", 60)
         driver.window_add(domain, "w", "m", 1, 60)
         for text in UNENCODABLE:
-            writes = [
+            writes: list[tuple[Any, ...]] = [
                 (driver.set, "k", text, 60),
                 (driver.set, "n", {"a": [1, {"b": text}]}, 60),
                 (driver.set, "n", {text: 1}, 60),

@@ -6,6 +6,8 @@ under test, as a plugin's ``with storage() as db`` does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kernel.core.driver import MAX_ID_LENGTH, StoredRecord
@@ -32,7 +34,7 @@ class _CountingDriver:
 class _Unpaged:
     """Passes every call to a driver, but declares no capability: the kernel pages its whole answers itself."""
 
-    capabilities = frozenset()
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, driver):
         self._driver = driver
@@ -371,9 +373,11 @@ class UnitOfWorkSuite(SuiteBase):
                                                                                                   models):
         self._store_notes(driver, domain, models)
         with self.uow(driver, domain, models) as db:
-            for limit in (0, -1, True, 2.0, "2"):
+            bad_limits: tuple[Any, ...] = (0, -1, True, 2.0, "2")  # what the signature refuses, on purpose
+            for limit in bad_limits:
                 with pytest.raises(ValueError):
                     db.values(Note, limit=limit)
-            for after in (1, ["n1"], b"n1"):
+            bad_afters: tuple[Any, ...] = (1, ["n1"], b"n1")
+            for after in bad_afters:
                 with pytest.raises(TypeError):
                     db.select(Note, after=after)
