@@ -35,6 +35,7 @@ import copy
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from kernel.core import context
@@ -109,15 +110,16 @@ class Record:
     of work exits.
     """
 
-    __slots__ = ("_model", "_id", "_vsn", "_data", "_dirty")
+    __slots__ = ("_model", "_id", "_vsn", "_data", "_dirty", "_fields")
 
-    def __init__(self, model: type, id: str, vsn: int, data: dict[str, Any]):
+    def __init__(self, model: type, id: str, vsn: int, data: dict[str, Any], fields: frozenset[str] | None = None):
         # The slots' own setters (bound below the class): half the cost of object.__setattr__ by name.
         _set_model(self, model)
         _set_id(self, id)
         _set_vsn(self, vsn)
         _set_data(self, data)
         _set_dirty(self, False)
+        _set_fields(self, fields)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -128,7 +130,7 @@ class Record:
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             raise AttributeError(f"{name!r} is not a data field")
-        fields = _FIELDS.get(self._model)
+        fields = self._fields  # the model's declared fields, from its registration (None: it declares none)
         if fields is not None and name not in fields and name not in self._data:
             raise AttributeError(f"{self._model.__name__} has no field {name!r}; its fields are what its initialize "
                                  f"sets: {', '.join(sorted(fields)) or 'none'}")
@@ -159,15 +161,8 @@ class Record:
         return f"<{self._model.__name__} {self._id} v{self._vsn} fields: {', '.join(self._data)}>"
 
 
-_set_model, _set_id, _set_vsn, _set_data, _set_dirty = (Record.__dict__[name].__set__ for name in Record.__slots__)
-
-#: The fields of each registered model class that has an ``initialize`` (see :class:`ModelInfo`).
-_FIELDS: dict[type, frozenset[str]] = {}
-
-#: The record class of each registered model that declares its fields: :class:`Record` with a property per
-#: field, so that reading ``record.text`` is one dictionary lookup rather than a failed attribute lookup
-#: followed by ``__getattr__`` (a field absent from a record still raises AttributeError, as ``__getattr__`` does).
-_RECORD_CLASSES: dict[type, type[Record]] = {}
+_set_model, _set_id, _set_vsn, _set_data, _set_dirty, _set_fields = (
+    Record.__dict__[name].__set__ for name in Record.__slots__)
 
 
 def _field_property(name: str) -> property:
@@ -212,6 +207,14 @@ class ModelInfo:
     defaults: Mapping[str, Any] | None = None
     history: int = 0
     keep_removed: int = DEFAULT_HISTORY_KEEP_REMOVED
+    #: The class of the model's records: for a model that declares its fields, :class:`Record` with a property per
+    #: field, so that reading ``record.text`` is one dictionary lookup rather than a failed attribute lookup followed
+    #: by ``__getattr__`` (a field absent from a record still raises AttributeError, as ``__getattr__`` does).
+    record_class: type[Record] = dataclass_field(default=Record, compare=False)
+
+    def record(self, id: str, vsn: int, data: dict[str, Any]) -> Record:
+        """A record of this model: it knows the model's fields (to refuse a field the model does not have)."""
+        return self.record_class(self.cls, id, vsn, data, self.fields)
 
     def complete(self, data: dict[str, Any]) -> dict[str, Any]:
         """Give ``data`` (read from a driver, owned by the caller) the default of each field it lacks."""
@@ -278,12 +281,11 @@ class Models:
         info = ModelInfo(cls, name, frozenset())
         info.initialize(template)
         declared = getattr(cls, "initialize", None) is not None
-        info = ModelInfo(cls, name, frozenset(info.index(template)),
-                         frozenset(template._data) if declared else None, template.fields() if declared else None,
-                         _history_limit(cls, name), _history_keep_removed(cls, name))
-        if info.fields is not None:
-            _FIELDS[cls] = info.fields
-            _RECORD_CLASSES[cls] = _record_class(cls, info.fields)
+        fields = frozenset(template._data) if declared else None
+        info = ModelInfo(cls, name, frozenset(info.index(template)), fields,
+                         template.fields() if declared else None, _history_limit(cls, name),
+                         _history_keep_removed(cls, name),
+                         _record_class(cls, fields) if fields is not None else Record)
         self._by_cls[cls] = info
         self._by_name[name] = info
         return info
@@ -529,7 +531,7 @@ class UnitOfWork:
         key = (info.name, id)
         if key in self._loaded and key not in self._deleted:
             raise VersionConflict(f"{info.name} {id!r} already exists")
-        record = _RECORD_CLASSES.get(model, Record)(model, id, 1, {})
+        record = info.record(id, 1, {})
         info.initialize(record)
         record.merge(**fields)
         self._deleted.pop(key, None)
@@ -617,13 +619,13 @@ class UnitOfWork:
         One loop for a select of thousands as for one fetch. Drivers hand over
         data the caller owns (the conformance suite checks it): no second copy.
         """
-        cls, name, complete = _RECORD_CLASSES.get(info.cls, Record), info.name, info.complete
+        cls, model, fields, name, complete = info.record_class, info.cls, info.fields, info.name, info.complete
         loaded, read_vsn, out = self._loaded, self._read_vsn, []
         for one in stored:
             key = (name, one.id)
             record = loaded.get(key)
             if record is None:
-                record = loaded[key] = cls(info.cls, one.id, one.vsn, complete(one.data))
+                record = loaded[key] = cls(model, one.id, one.vsn, complete(one.data), fields)
                 read_vsn[key] = one.vsn
             out.append(record)
         return out

@@ -3,6 +3,7 @@
 import pytest
 from bastion_storage_sql import SqlDriver, bastion_configure, bastion_storage_driver
 from bastion_storage_sql.engine import is_sql_url
+from bastion_storage_sql.settings import SCHEMA
 
 from kernel import Config, ConfigError
 from kernel.testing import FakeClock, get_plugin_manager
@@ -16,7 +17,7 @@ def test_plugin_is_registered_under_its_entry_point():
 def test_section_defaults():
     config = Config.from_dict({})
     bastion_configure(config)
-    settings = config.section("storage_sql", {})
+    settings = config.section("storage_sql", SCHEMA)  # the plugin's claim, read again
     assert settings.pool_size == 5 and settings.max_overflow == 10 and settings.pool_timeout == 10.0
     assert settings.connect_timeout == 5 and settings.sqlite_busy_timeout == 30.0 and settings.echo is False
     assert settings.sqlite_wal_limit == 16 * 1024 * 1024
