@@ -288,7 +288,7 @@ class Config:
             claim = self._claims[name] = _Claim(owner, None, items)
         elif claim.schema is not None or claim.owner != owner:
             raise self._second_claim(name, claim, owner)
-        return dict(claim.value)  # type: ignore[arg-type]
+        return dict(claim.value)
 
     def owner(self, name: str) -> str | None:
         """Who claimed a section (a package name), or None while nobody has."""

@@ -32,6 +32,7 @@ is refused with TypeError before anything is written (:func:`check_json`,
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +41,29 @@ from typing import Any, Literal, Protocol, runtime_checkable
 #: What an index entry may hold.
 Scalar = str | int | float | bool | None
 
+class Capability(enum.StrEnum):
+    """What a driver may declare in its ``capabilities`` (a frozenset; none by default), and the kernel reads.
+
+    Members are strings too: a driver that declares ``"paged_select"`` declares :attr:`PAGED_SELECT`.
+    """
+
+    #: ``select`` reads one page only when given ``after`` and ``limit`` (else the kernel cuts the whole answer).
+    PAGED_SELECT = "paged_select"
+    #: The data lives in this process: gunicorn then runs one worker, and ``bastion check --deploy`` says so.
+    PROCESS_LOCAL = "process_local"
+    #: The data outlives the driver: a new driver on the same URL finds it (the suite's persistence tests).
+    PERSISTENT = "persistent"
+    #: The driver counts the live keys of a prefix cheaply (:class:`LiveCounts`), for the sessions gauge.
+    COUNT_LIVE = "count_live"
+
+
 #: The capability of a driver whose ``select`` takes ``after`` and ``limit`` and reads one page only.
-PAGED_SELECT = "paged_select"
+PAGED_SELECT = Capability.PAGED_SELECT
+
+
+def capabilities_of(driver: object) -> frozenset[str]:
+    """What a driver declares it can do (its ``capabilities`` attribute; none when it has none)."""
+    return frozenset(getattr(driver, "capabilities", ()))
 
 #: How many removals of a model, in a domain, a removed record's history outlives when the model names no
 #: ``history_keep_removed`` (and a delete no ``keep_removed``).
@@ -171,16 +193,18 @@ class RecordStore(Protocol):
         (the same holds for ``select``).
         """
 
-    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None) -> list[StoredRecord]:
+    def select(self, domain: str, model: str, where: Mapping[str, Scalar] | None = None, *,
+               after: str | None = None, limit: int | None = None) -> list[StoredRecord]:
         """Return the model's records whose index entries equal every ``where`` item, oldest first.
 
-        A driver that declares :data:`PAGED_SELECT` also takes two keywords,
+        A driver that declares :data:`PAGED_SELECT` takes the two keywords,
         and reads no more than they ask for: ``after``, a record id, keeps
         only the records created after that one (its own ``where`` items
         need not match; :class:`kernel.core.errors.RecordNotFound` when the domain
         has no record of the model with that id), and ``limit``, an int of at
         least 1, keeps the first that many. The kernel checks both before it
-        calls; for a driver without the capability it pages the whole answer.
+        calls; for a driver without the capability it pages the whole answer,
+        and never passes them (such a driver may leave them out).
         """
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
@@ -270,6 +294,14 @@ class StateStore(Protocol):
 
     def window_discard(self, domain: str, key: str, member: str) -> bool:
         """Remove one member; return whether it was live."""
+
+
+@runtime_checkable
+class LiveCounts(Protocol):
+    """What a driver that declares :attr:`Capability.COUNT_LIVE` also offers."""
+
+    def count_live(self, prefix: str) -> int:
+        """How many live plain keys start with ``prefix``, in every domain (the auth plugin's sessions gauge)."""
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import pluggy
 
 from kernel.core import context
 from kernel.core.config import Config, load_config
-from kernel.core.driver import Driver
+from kernel.core.driver import Capability, Driver, capabilities_of
 from kernel.core.errors import ConfigError
 from kernel.core.events import SECURITY, log_event
 from kernel.core.instruments import MetricsRegistry, NoMetrics
@@ -34,7 +34,7 @@ from kernel.core.urls import StorageURL
 log = logging.getLogger("bastion")
 
 #: The capability of a driver whose data lives in one process (gunicorn then runs one worker).
-PROCESS_LOCAL = "process_local"
+PROCESS_LOCAL = Capability.PROCESS_LOCAL
 
 
 class Runtime:
@@ -116,7 +116,7 @@ class Runtime:
     @property
     def process_local(self) -> bool:
         """Whether some driver keeps its data in this process (so only one process may serve it)."""
-        return any(PROCESS_LOCAL in getattr(driver, "capabilities", ()) for driver in self.drivers)
+        return any(PROCESS_LOCAL in capabilities_of(driver) for driver in self.drivers)
 
     def validate_record(self, model: type, record: Record, errors: Errors) -> None:
         """Run the ``bastion_validate`` hook for a record about to be saved."""

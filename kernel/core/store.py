@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any
+from typing import Any, Literal
 
 from kernel.core import context
 from kernel.core.driver import (
@@ -46,6 +46,7 @@ from kernel.core.driver import (
     Driver,
     Scalar,
     StoredRecord,
+    capabilities_of,
     check_json,
     check_record_id,
     check_scalar,
@@ -466,7 +467,7 @@ class UnitOfWork:
             raise RecordNotFound(f"no {info.name} with id {after!r}")
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ValueError(f"limit is a number of records, at least 1, not {limit!r}")
-        if PAGED_SELECT in getattr(self.driver, "capabilities", ()):
+        if PAGED_SELECT in capabilities_of(self.driver):
             return self.driver.select(self.domain, info.name, where, after=after, limit=limit)
         return _page(self.driver, self.domain, info.name, where, after, limit)
 
@@ -579,7 +580,8 @@ class UnitOfWork:
                 continue
             data = info.stored(record.fields())
             check_json(data, f"{info.name} {record._id}")
-            op, vsn = ("insert", 0) if inserting else ("update", self._read_vsn[key])
+            op: Literal["insert", "update"] = "insert" if inserting else "update"
+            vsn = 0 if inserting else self._read_vsn[key]
             if info.history:
                 changes.append(Change(op, info.name, record._id, vsn, data, info.index(record), info.history, self.author))
             else:
