@@ -54,7 +54,9 @@ class MetricsRegistry(Protocol):
         """Every metric in the Prometheus text format."""
 
 
-class _NoSeries:
+class NoSeries:
+    """A series that counts nothing: what a registry that counts nothing (or is switched off) hands out."""
+
     __slots__ = ()
 
     def inc(self, *labels: str, amount: float = 1) -> None:
@@ -64,21 +66,22 @@ class _NoSeries:
         pass
 
 
-_NO_SERIES = _NoSeries()
+#: The one series that counts nothing.
+NO_SERIES = NoSeries()
 
 
 class NoMetrics:
     """A :class:`MetricsRegistry` that counts nothing and renders nothing."""
 
     enabled = False
-    security_events: CounterSeries = _NO_SERIES
+    security_events: CounterSeries = NO_SERIES
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> CounterSeries:
-        return _NO_SERIES
+        return NO_SERIES
 
     def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
                   buckets: Iterable[float] = ()) -> HistogramSeries:
-        return _NO_SERIES
+        return NO_SERIES
 
     def scrape_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
         pass

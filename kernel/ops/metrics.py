@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kernel.core.config import Config
+from kernel.core.instruments import NO_SERIES, NoSeries
 
 log = logging.getLogger("bastion.metrics")
 
@@ -105,19 +106,6 @@ class Histogram(_Series):
             _not_recorded(error)
 
 
-class _Nothing:
-    """What a disabled :class:`Metrics` hands out: every call does nothing."""
-
-    __slots__ = ()
-
-    def inc(self, *labels: str, amount: float = 1) -> None:
-        pass
-
-    def observe(self, value: float, *labels: str) -> None:
-        pass
-
-
-_NOTHING = _Nothing()
 
 
 class Metrics:
@@ -157,19 +145,19 @@ class Metrics:
 
     # -- what plugins add ---------------------------------------------------
 
-    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter | _Nothing:
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter | NoSeries:
         """Register a counter (``name`` ends in ``_total``) and return it: ``counter.inc("label value", ...)``."""
         if not self.enabled:
-            return _NOTHING
+            return NO_SERIES
         from prometheus_client import Counter as PromCounter
 
         return Counter(PromCounter(_without_total(name), documentation, list(labels), registry=self._registry))
 
     def histogram(self, name: str, documentation: str, labels: Sequence[str] = (),
-                  buckets: Iterable[float] = DURATION_BUCKETS) -> Histogram | _Nothing:
+                  buckets: Iterable[float] = DURATION_BUCKETS) -> Histogram | NoSeries:
         """Register a histogram and return it: ``histogram.observe(seconds, "label value", ...)``."""
         if not self.enabled:
-            return _NOTHING
+            return NO_SERIES
         from prometheus_client import Histogram as PromHistogram
 
         return Histogram(PromHistogram(name, documentation, list(labels), registry=self._registry,
