@@ -1,5 +1,9 @@
 """The storage API: models, records and the unit of work.
 
+(Over 500 lines on purpose: a record, its model's registration and the unit of work that tracks it are one
+mechanism — the unit of work builds records from registrations and commits what their setters mark — and every
+path from ``storage()`` to ``Driver.commit`` reads in order here.)
+
 Written the way the Fanery tutorial writes it::
 
     with storage() as db:
