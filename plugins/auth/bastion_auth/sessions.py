@@ -14,6 +14,11 @@ from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession
 SHOWN_SID = 8
 
 
+def sid_prefix(sid: str) -> str:
+    """What logs and ``bastion sessions`` show of a session id: its first 8 characters, never the whole sid."""
+    return sid[:SHOWN_SID]
+
+
 @dataclass
 class Session:
     """A live session: who, its key, when it ends, and where and when it was last used.

@@ -162,7 +162,7 @@ def test_wrong_old_passwords_weigh_against_the_origin_like_failed_logins(auth_ap
 
 def test_a_password_changed_meanwhile_is_a_conflict(app, alice):
     auth = auth_of(app)
-    original = auth.check_password
+    original = auth.login.check_password
 
     def then_someone_else_changes_it(*args):
         found = original(*args)
@@ -170,12 +170,12 @@ def test_a_password_changed_meanwhile_is_a_conflict(app, alice):
             users.set_password("alice", auth.passwords.hash("changed by the admin"))
         return found
 
-    auth.check_password = then_someone_else_changes_it
+    auth.login.check_password = then_someone_else_changes_it
     try:
         with pytest.raises(VersionConflict):
             alice.call("change_password", PASSWORD, NEW)
     finally:
-        del auth.check_password
+        del auth.login.check_password
     with app.runtime.bind("localhost"):
         assert auth.passwords.verify("changed by the admin", users.find("alice").password)[0]
 
@@ -458,4 +458,4 @@ def test_bad_roles_entries_stop_the_start(auth_app, roles, message):
 def test_the_account_services_need_a_session_of_the_auth_plugin(app):
     auth = auth_of(app)
     with app.runtime.bind("localhost"), pytest.raises(Forbidden):
-        auth.list_sessions(current())
+        auth.account.sessions()

@@ -1,0 +1,130 @@
+"""Signed calls: the origin's ban with the session (step 3), then the session, MAC, skew and nonce (steps 7 to
+10 of docs/protocol.md section 4).
+
+What a call costs: two round trips to the state store (the ban and the session in one read at step 3, the
+nonce at step 10; a third when the idle expiry slides).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bastion_auth.sessions import UNREAD, Session, sid_prefix
+from kernel import (
+    Authentication,
+    BastionError,
+    Credentials,
+    ExpiredSession,
+    InvalidSignature,
+    ReplayedCall,
+    Request,
+    ServiceUnavailable,
+    StaleCall,
+    Unauthorized,
+    UnknownSession,
+)
+
+if TYPE_CHECKING:
+    from bastion_auth.core import Auth
+
+#: The security event of a refused signed call, and its level.
+CALL_EVENTS: dict[type[BastionError], tuple[str, int]] = {
+    InvalidSignature: ("bad_signature", logging.WARNING),
+    ReplayedCall: ("replayed_call", logging.WARNING),
+    StaleCall: ("stale_call", logging.INFO),
+    ExpiredSession: ("session_expired", logging.INFO),
+}
+
+@dataclass(frozen=True)
+class SessionRead:
+    """What step 3 read of a signed call's session, with the origin's ban: step 7 uses it instead of reading again."""
+
+    sid: str
+    stored: Any
+
+    def __repr__(self) -> str:  # reprs end up in logs (BASTION_TRACE_PLUGINS): never the key or the whole sid
+        return f"SessionRead({self.sid[:8]}…)"
+
+
+class SignedCalls:
+    """The verification of signed calls for one runtime's auth plugin (the :class:`Auth`'s stores and events)."""
+
+    def __init__(self, auth: Auth):
+        self.auth = auth
+        self.skew = auth.settings.skew
+        # a nonce can pass while |now - ts| <= skew, and ts may lie up to skew ahead of now
+        self.nonce_ttl = 2 * auth.settings.skew + 1
+
+    def admit(self, request: Request, credentials: Credentials | None) -> SessionRead | None:
+        """Step 3: the origin's ban, in one read with the session of a signed call, which step 7 then uses."""
+        auth = self.auth
+        keys = [auth.abuse.key(request.origin)] if auth.abuse.enabled else []
+        if credentials is not None:
+            keys.append(auth.sessions.key(credentials.sid))
+        if not keys:
+            return None
+        values = auth.state.get_many(request.domain, keys)
+        if auth.abuse.enabled:
+            auth.abuse.check(request.domain, request.origin, auth.clock(), until=values[0])
+        return SessionRead(credentials.sid, values[-1]) if credentials is not None else None
+
+    def authenticate(self, request: Request, credentials: Credentials | None,
+                     admissions: Sequence[Any] = ()) -> Authentication:
+        """Steps 7 to 10 of docs/protocol.md section 4, once the body has arrived.
+
+        Two round trips to the state store for a call: the origin's ban and the
+        session in one read (step 3, :meth:`admit`, handed here in
+        ``admissions``), then the nonce, recorded only while the session is
+        still live, so that a call can never pass after a concurrent logout,
+        however late its body arrived (plus a third when the idle expiry
+        slides).
+        """
+        auth = self.auth
+        if credentials is None:
+            raise Unauthorized("a signed Authorization header is required")
+        sid = credentials.sid
+        stored = next((a.stored for a in admissions if isinstance(a, SessionRead) and a.sid == sid), UNREAD)
+        try:
+            session = auth.sessions.load(request.domain, sid, auth.clock(), stored)
+        except ExpiredSession as expired:
+            self._call_event(expired, getattr(expired, "username", None), sid)
+            raise
+        except UnknownSession as unknown:
+            # A read on the refusal's path only: a session this server ended is a late client (weight 0).
+            try:
+                unknown.ended = auth.sessions.was_ended(request.domain, sid)  # type: ignore[attr-defined]
+            except ServiceUnavailable:
+                pass  # the refusal stands; unread, it weighs as the table says
+            raise
+        if not credentials.verify(session.key, request):
+            error = InvalidSignature("the call's signature does not verify")
+            self._call_event(error, session.username, sid)
+            raise error
+        now = auth.clock()
+        if abs(now - int(credentials.ts)) > self.skew:
+            return self._refusal(session, StaleCall("the call's timestamp is outside the allowed skew", server_time=now),
+                                 skew=round(now - int(credentials.ts)))
+        nonce_key = f"nonce:{sid}:{credentials.nonce}"
+        if not auth.state.add(request.domain, nonce_key, 1, self.nonce_ttl, if_live=auth.sessions.key(sid)):
+            # Either the nonce was used, or the session ended since it was read: say which.
+            try:
+                auth.sessions.load(request.domain, sid, auth.clock())
+            except BastionError as ended:
+                ended.ended = True  # type: ignore[attr-defined]  # the session was live at step 7: no guess
+                return self._refusal(session, ended)
+            return self._refusal(session, ReplayedCall("this call was already made"))
+        auth.sessions.touch(session, now, request.origin)
+        return Authentication(session, session.key)
+
+    def _refusal(self, session: Session, error: BastionError, **fields: Any) -> Authentication:
+        """A signed refusal, and its security event."""
+        self._call_event(error, session.username, session.sid, **fields)
+        return Authentication(session, session.key, error)
+
+    def _call_event(self, error: BastionError, username: str | None, sid: str, **fields: Any) -> None:
+        event = CALL_EVENTS.get(type(error))
+        if event is not None:
+            self.auth.event(event[0], username, event[1], session=sid_prefix(sid), **fields)

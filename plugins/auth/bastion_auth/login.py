@@ -1,0 +1,256 @@
+"""Logging in and out: ``/auth/login`` and ``/auth/logout`` (docs/protocol.md sections 3 and 5).
+
+A login is one password check against the limits (:meth:`Login.check_password`, which ``change_password``
+shares), then a session, then the answer; it counts in ``bastion_logins_total{outcome}``. A logout ends the
+session of its signed call.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from bastion_auth import users
+from bastion_auth.sessions import Session, sid_prefix
+from kernel import (
+    Abusive,
+    AccountLocked,
+    BastionError,
+    InvalidCall,
+    InvalidCredential,
+    MaxActiveSessions,
+    Request,
+    Routes,
+    b64url,
+    loads,
+)
+
+if TYPE_CHECKING:
+    from bastion_auth.core import Auth
+
+LOGIN_PATH = "/auth/login"
+LOGOUT_PATH = "/auth/logout"
+
+#: The outcome of a refused login, for ``bastion_logins_total{outcome}``; any other refusal is ``refused``.
+LOGIN_OUTCOMES: dict[type[BastionError], str] = {
+    InvalidCredential: "invalid_credential",
+    AccountLocked: "account_locked",
+    Abusive: "banned",
+    MaxActiveSessions: "max_sessions",
+    InvalidCall: "invalid_call",
+}
+
+#: The most bytes one character of a login body's strings can take: a character beyond the BMP written as
+#: two ``\\uXXXX`` escapes (a client that escapes all non-ASCII text, as ``json.dumps`` does by default).
+ESCAPED_CHARACTER = 12
+#: Room in a login body besides its two strings: the keys, ``force``, spaces.
+LOGIN_BODY_OVERHEAD = 1024
+#: The largest logout body: the server hashes it and reads it no further; clients send ``{}`` or nothing.
+LOGOUT_MAX_BODY = 1024
+
+
+def login_max_body(max_password_length: int) -> int:
+    """The largest login body (bytes): a username of 150 characters and a password of the longest length
+    checked, every character escaped its longest way. A body over it is 413 before it is read, since its
+    password could not be checked anyway; 15,112 bytes with the default ``max_password_length``."""
+    return ESCAPED_CHARACTER * (users.MAX_USERNAME + max_password_length) + LOGIN_BODY_OVERHEAD
+
+
+def parse_login(body: bytes) -> tuple[str, str, bool]:
+    """Parse ``{"username", "password", "force"?}``; InvalidCall on any other shape.
+
+    A login body is one flat object: a body holding any other array or object
+    is refused from its bytes, before the parser builds anything.
+    """
+    try:
+        payload = loads(body, max_depth=1) if body.strip() else None
+    except ValueError:
+        raise InvalidCall("malformed JSON body") from None
+    if not isinstance(payload, dict):
+        raise InvalidCall("the body must be a JSON object with username and password")
+    extra = set(payload) - {"username", "password", "force"}
+    if extra:
+        raise InvalidCall(f"unexpected key in body: {', '.join(sorted(extra))}")
+    username, password, force = payload.get("username"), payload.get("password"), payload.get("force", False)
+    if not isinstance(username, str):
+        raise InvalidCall("'username' must be a string")
+    if not isinstance(password, str):
+        raise InvalidCall("'password' must be a string")
+    if not isinstance(force, bool):
+        raise InvalidCall("'force' must be a boolean")
+    return username, password, force
+
+
+class Login:
+    """The login and logout of one runtime's auth plugin (its stores, clock and events are the :class:`Auth`'s)."""
+
+    def __init__(self, auth: Auth):
+        self.auth = auth
+        self.max_body = login_max_body(auth.settings.max_password_length)
+
+    def routes(self, routes: Routes) -> None:
+        """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed), each with the body limit
+        its bodies need (a few hundred bytes), far below the server's: a client with no session cannot make
+        the server read, hash or parse a mebibyte here."""
+        routes.post(LOGIN_PATH, self.login, protected=True, max_body=self.max_body)
+        routes.post(LOGOUT_PATH, lambda request: {"result": self.logout(request.session)}, protected=True,
+                    signed=True, max_body=LOGOUT_MAX_BODY)
+
+    def refused(self, request: Request, error: BastionError) -> None:
+        """Count a refused login in ``bastion_logins_total`` by its outcome (``in_progress``: its origin's
+        attempts were all running)."""
+        if request.path == LOGIN_PATH:
+            outcome = "in_progress" if getattr(error, "in_flight", False) else None
+            self.auth.logins.inc(outcome or LOGIN_OUTCOMES.get(type(error), "refused"))
+
+    # -- the login --------------------------------------------------------
+
+    def login(self, request: Request) -> dict[str, Any]:
+        """Check a login body and credentials; open a session and return the docs/protocol.md answer.
+
+        The password is checked as one attempt against the limits (see
+        :meth:`check_password`). Then the session is stored, and the login
+        reads the user again and, last, its own session: a password change
+        (the user's, ``bastion passwd``) or a removal replaces the user first
+        and ends its sessions second, so a login that verified the old
+        password either reads the new user (InvalidCredential, its session
+        ended) or finds its session already ended by them (InvalidCredential
+        too), or answers before they end it, which they then do. No login
+        answers 200 with a session it can tell has ended.
+        """
+        auth = self.auth
+        username, password, force = parse_login(request.body)
+        domain, origin = request.domain, request.origin
+        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        hashes = {record.password}
+        if outdated:
+            upgraded = auth.passwords.context.hash(password)
+            if users.set_password(username, upgraded, expected_hash=record.password):
+                hashes.add(upgraded)
+        now = auth.clock()
+        try:
+            session = auth.sessions.create(domain, username, now, force=force, origin=origin)
+        except MaxActiveSessions:
+            auth.event("login_failed", username, logging.WARNING, reason="max_sessions")
+            raise
+        # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
+        # before this one existed changed or removed the user first, which this read sees.
+        if not self._still_valid(username, password, hashes):
+            self._raced(domain, username, session.sid)
+        # Last, the session itself: one that a change ended after the read above was ended after the password
+        # was replaced, which a second read sees. (Ended by the user's own "sign out everywhere" or a forced
+        # login, the password unchanged, it is answered: its first call learns UnknownSession, as theirs do.)
+        if auth.state.get(domain, auth.sessions.key(session.sid)) is None and not self._still_valid(
+                username, password, hashes):
+            self._raced(domain, username, session.sid)
+        auth.logins.inc("success")
+        auth.event("login", username, session=sid_prefix(session.sid), forced=force or None,
+                   rehashed=len(hashes) > 1 or None)
+        return {
+            "sid": session.sid,
+            "key": b64url(session.key),
+            "expires": int(session.expires),
+            "server_time": now,
+            "user": {"username": username, "domain": domain},
+        }
+
+    def _still_valid(self, username: str, password: str, hashes: set[str]) -> bool:
+        """Whether the user still exists with a password this login verified.
+
+        A hash that differs but still verifies is a concurrent login's upgrade of the same password.
+        """
+        current = users.find(username)
+        return current is not None and (current.password in hashes or self.auth.passwords.verify(
+            password, current.password)[0])
+
+    def _raced(self, domain: str, username: str, sid: str) -> None:
+        """The user changed or went while this login ran: end its session (no client holds it) and refuse."""
+        self.auth.sessions.end(domain, sid, username, mark=False)
+        self.auth.event("login_failed", username, logging.WARNING, reason="invalid_credential",
+                        known_user=users.find(username) is not None)
+        raise InvalidCredential("invalid username or password")
+
+    # -- one password checked against the limits ---------------------------
+
+    def check_password(self, domain: str, origin: str, username: str, password: str, refusal: str,
+                       attempt_of: str = "login"):
+        """Check a user's password as one attempt against the limits; return ``(record, outdated)``.
+
+        Every login, and every ``change_password`` (its ``old``), goes through
+        here, so that both count alike: the attempt takes its place in its
+        origin's abuse window (429 Abusive: banned, or too many attempts of
+        the origin running) and is refused while its account is locked (429
+        AccountLocked), before the password is checked; a failure keeps the
+        origin's place as its weight and counts toward the account's lock
+        (401 InvalidCredential, with ``refusal``); a success gives the place
+        back, resets the account's count and takes back the weight of the
+        account's earlier failures from this origin (a typo, then the right
+        password, is no attack). An attempt whose account locked while its
+        password was checked is told neither outcome: AccountLocked, weight 1,
+        right or wrong (see :class:`~bastion_auth.abuse.Accounts`). A failure
+        is a ``login_failed`` event (with ``attempt``: ``attempt_of``, when it
+        is not a login), a lock an ``account_locked`` one, a ban a ``banned``
+        one.
+        """
+        auth = self.auth
+        shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
+        extra = {} if attempt_of == "login" else {"attempt": attempt_of}
+        attempt = secrets.token_hex(8)
+        try:
+            auth.abuse.reserve(domain, origin, attempt, auth.clock())
+        except Abusive as refused:
+            if getattr(refused, "in_flight", False):
+                auth.event("login_failed", shown, logging.INFO, reason="in_progress", retry_after=1, **extra)
+            raise
+        try:
+            auth.accounts.check(domain, username, auth.clock())
+        except AccountLocked as locked:
+            self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
+            raise
+        record = users.find(username)
+        valid, outdated = auth.passwords.verify(password, record.password if record is not None else None)
+        now = auth.clock()
+        try:
+            if valid:
+                forgiven = auth.accounts.succeeded(domain, username, now)
+            else:
+                locked_until = auth.accounts.failed(domain, username, attempt, now)
+        except AccountLocked as locked:  # locked while this password was checked: its outcome is not told
+            self._locked_attempt(domain, origin, attempt, shown, locked, extra)
+            raise
+        if not valid:
+            auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
+                       known_user=record is not None, **extra)
+            if locked_until is not None:
+                auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
+                           failures=auth.accounts.limit)
+            self._confirm(domain, origin, attempt, now)
+            if auth.settings.dummy_delay:
+                time.sleep(auth.settings.dummy_delay)
+            raise InvalidCredential(refusal)
+        auth.abuse.release(domain, origin, attempt)
+        auth.abuse.forgive(domain, origin, forgiven)
+        return record, outdated
+
+    def _confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
+        """Keep a failed attempt's weight; the origin's ban, if it starts now, is a security event."""
+        until = self.auth.abuse.confirm(domain, origin, attempt, now)
+        if until is not None:
+            self.auth.banned(until)
+
+    def _locked_attempt(self, domain: str, origin: str, attempt: str, shown: str, locked: AccountLocked,
+                        extra: dict[str, Any]) -> None:
+        """An attempt answered AccountLocked: its ``login_failed`` event, and its weight of 1 for the origin."""
+        self.auth.event("login_failed", shown, logging.WARNING, reason="account_locked",
+                        retry_after=locked.extra.get("retry_after"), **extra)
+        self._confirm(domain, origin, attempt, self.auth.clock())
+
+    # -- the logout -------------------------------------------------------
+
+    def logout(self, session: Session) -> bool:
+        """End the session of a signed logout call (the kernel authenticated it)."""
+        self.auth.sessions.end(session.domain, session.sid, session.username)
+        self.auth.event("logout", session.username, session=sid_prefix(session.sid))
+        return True
