@@ -403,3 +403,76 @@ def test_a_result_that_is_not_json_is_a_500_that_says_nothing(notes_client):
     assert result.status_code == 500
     assert set(result.json) == {"exc", "err", "request_id"} and result.json["exc"] == "Error"
     assert "set" not in result.text
+
+
+# -- roles: they come with the authentication ----------------------------------------------------------------------
+
+@service
+def my_roles() -> list:
+    """The caller's roles, read twice, as a service and a permission check may."""
+    assert current().roles == current().roles
+    return sorted(current().roles)
+
+
+class RolesPlugin:
+    @hookimpl
+    def bastion_services(self):
+        return [my_roles]
+
+
+class SignedRolesAuth:
+    """A toy authenticator answering an ``Authentication`` whose roles ``X-Test-Roles`` names (no MAC checked)."""
+
+    @hookimpl
+    def bastion_authenticate(self, request, credentials):
+        from kernel import Authentication
+
+        from .conftest import Caller
+
+        named = request.header("X-Test-Roles")
+        return Authentication(Caller("alice"), b"k" * 32, roles=frozenset(named.split(",")) if named else None)
+
+
+class CountedRoles:
+    """A session that keeps its roles itself, counting how often they are read."""
+
+    reads = 0
+
+    def __init__(self, username: str):
+        self.username = username
+
+    @property
+    def roles(self):
+        CountedRoles.reads += 1
+        return ("viewer",)
+
+
+class SessionRolesAuth:
+    @hookimpl
+    def bastion_authenticate(self, request, service):
+        return CountedRoles("bob")
+
+
+def test_the_roles_of_the_authentication_are_the_requests_and_reading_them_reads_nothing(kernel_app):
+    from kernel.core.signing import authorization, new_nonce, response_mac
+
+    app = kernel_app(plugins=[SignedRolesAuth(), RolesPlugin()])
+    nonce = new_nonce()
+    header = authorization("s" * 22, "1", nonce, "m" * 43)
+    c = falcon.testing.TestClient(app, headers={"Host": "localhost", "Authorization": header})
+    result = c.simulate_post("/api/my_roles", headers={"X-Test-Roles": "editor,admin"})
+    assert result.json == {"result": ["admin", "editor"]}
+    assert result.headers["server-authorization"] == f'Bastion-HMAC mac="{response_mac(b"k" * 32, nonce, 200, result.content)}"'
+    # None: the authenticator read none, and its session has no roles attribute: no roles.
+    assert c.simulate_post("/api/my_roles").json == {"result": []}
+
+
+def test_an_authenticator_that_reads_no_roles_may_keep_them_on_its_session_read_once(kernel_app):
+    c = falcon.testing.TestClient(kernel_app(plugins=[SessionRolesAuth(), RolesPlugin()]), headers={"Host": "localhost"})
+    CountedRoles.reads = 0
+    assert c.simulate_post("/api/my_roles").json == {"result": ["viewer"]}
+    assert CountedRoles.reads == 1  # at authentication; current().roles then reads the request's field
+    # A session without roles (the conftest's Caller) gives none.
+    app = kernel_app(plugins=[HeaderAuth(), RolesPlugin()])
+    plain = falcon.testing.TestClient(app, headers={"Host": "localhost", "X-Test-User": "carol"})
+    assert plain.simulate_post("/api/my_roles").json == {"result": []}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ class Request:
     the target's path exactly as sent (the signed one), ``query`` its query
     string (None when the target had no ``?``). ``session`` is what the
     authenticator returned once a signed call passed step 10, else None;
-    ``user`` and ``roles`` are read from it (its ``username`` and ``roles``
-    attributes).
+    ``user`` is its ``username``; ``roles`` are what the authenticator read
+    of the caller's roles with it.
     """
 
     __slots__ = ("_domain", "_origin", "_scheme", "_method", "_path", "_query", "_authority", "_headers", "_body",
@@ -48,7 +48,7 @@ class Request:
 
     def __init__(self, domain: str, *, origin: str = "", scheme: str = "http", method: str = "POST",
                  path: str = "/", query: str | None = None, headers: Mapping[str, str] | None = None,
-                 body: bytes = b"", session: Any = None):
+                 body: bytes = b"", session: Any = None, roles: Iterable[str] = ()):
         self._domain = domain
         self._origin = origin
         self._scheme = scheme
@@ -59,6 +59,7 @@ class Request:
         self._headers: Mapping[str, str] = headers if headers is not None else {}
         self._body = body
         self._session = session
+        self._roles: frozenset[str] = frozenset(roles)
         self._protected = False
 
     @property
@@ -108,15 +109,15 @@ class Request:
 
     @property
     def roles(self) -> frozenset[str]:
-        """The authenticated caller's roles (the session's ``roles``); empty before authentication or without any.
+        """The authenticated caller's roles; empty before authentication or without any.
 
-        With the auth plugin they are the user's roles as stored with the
-        user, read when first asked for in a call (so a change of roles
-        counts from the user's next call, and a call that never asks costs
-        no read).
+        The kernel sets them once, from the authenticator's answer
+        (``Authentication.roles``): reading them reads nothing. With the auth
+        plugin they are the user's roles as stored with the user, read as
+        part of authenticating each call, so a change of roles counts from
+        the user's next call.
         """
-        roles = getattr(self._session, "roles", None)
-        return frozenset(roles) if roles else frozenset()
+        return self._roles
 
     @property
     def protected(self) -> bool:

@@ -148,12 +148,16 @@ class Authentication:
     ``session`` is who is calling (an object with at least ``username``);
     ``key`` the session key every answer to the call is signed with;
     ``refusal`` a protocol error to answer instead of running the call (it is
-    signed too: StaleCall, ReplayedCall).
+    signed too: StaleCall, ReplayedCall); ``roles`` the caller's roles, read
+    as part of authenticating the call, which the kernel sets on the request
+    (``Request.roles``). None: the authenticator reads none, and the kernel
+    takes the session's own ``roles`` attribute, if it has one.
     """
 
     session: Any
     key: bytes = field(repr=False)
     refusal: BastionError | None = None
+    roles: frozenset[str] | None = None
 
 
 class ResponseSigner:

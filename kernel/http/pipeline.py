@@ -442,14 +442,17 @@ class AuthenticateStep(_PostStep):
                                                         runtime=self.runtime)
         if result is None:
             raise Unauthorized("no authenticator is installed")
+        roles = None
         if isinstance(result, Authentication):
             if credentials is None:  # what signs the answers is the nonce of the Bastion-HMAC credentials
                 raise TypeError("an authenticator returned an Authentication for a call without Bastion-HMAC credentials")
             call.signer = ResponseSigner(result.key, credentials.nonce)
             if result.refusal is not None:
                 raise result.refusal
-            result = result.session
+            result, roles = result.session, result.roles
         call.request._session = result
+        # The roles the authenticator read with the call; one that reads none may keep them on its session.
+        call.request._roles = frozenset(roles if roles is not None else getattr(result, "roles", None) or ())
 
 
 # -- call: the responder of /api/{service} ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Signed calls: the origin's ban with the session (step 3), then the session, MAC, skew and nonce (steps 7 to
-10 of docs/protocol.md section 4).
+10 of docs/protocol.md section 4), and the caller's roles, read once the call is proven.
 
 What a call costs: two round trips to the state store (the ban and the session in one read at step 3, the
-nonce at step 10; a third when the idle expiry slides).
+nonce at step 10; a third when the idle expiry slides) and, for a call of a service, one read of the user's
+record in the records store for its roles, after the nonce, so that no refused call reads it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bastion_auth import users
+from bastion_auth.login import LOGOUT_PATH
 from bastion_auth.sessions import UNREAD, Session, sid_prefix
 from kernel import (
     Authentication,
@@ -37,6 +40,11 @@ CALL_EVENTS: dict[type[BastionError], tuple[str, int]] = {
     StaleCall: ("stale_call", logging.INFO),
     ExpiredSession: ("session_expired", logging.INFO),
 }
+
+#: What the authentication of a call that asks for no roles carries: the logout's (its handler ends the session
+#: and reads nothing else, so it needs nothing of the records store).
+NO_ROLES: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True)
 class SessionRead:
@@ -73,14 +81,14 @@ class SignedCalls:
 
     def authenticate(self, request: Request, credentials: Credentials | None,
                      admissions: Sequence[Any] = ()) -> Authentication:
-        """Steps 7 to 10 of docs/protocol.md section 4, once the body has arrived.
+        """Steps 7 to 10 of docs/protocol.md section 4, once the body has arrived, and the caller's roles.
 
         Two round trips to the state store for a call: the origin's ban and the
         session in one read (step 3, :meth:`admit`, handed here in
         ``admissions``), then the nonce, recorded only while the session is
         still live, so that a call can never pass after a concurrent logout,
         however late its body arrived (plus a third when the idle expiry
-        slides).
+        slides). Then the roles (:meth:`roles`).
         """
         auth = self.auth
         if credentials is None:
@@ -116,8 +124,26 @@ class SignedCalls:
                 ended.ended = True  # type: ignore[attr-defined]  # the session was live at step 7: no guess
                 return self._refusal(session, ended)
             return self._refusal(session, ReplayedCall("this call was already made"))
+        try:
+            roles = self.roles(request, session)
+        except ServiceUnavailable as unavailable:
+            return self._refusal(session, unavailable)  # signed, as a 503 of a later step is; nothing slides
         auth.sessions.touch(session, now, request.origin)
-        return Authentication(session, session.key)
+        return Authentication(session, session.key, roles=roles)
+
+    def roles(self, request: Request, session: Session) -> frozenset[str]:
+        """The caller's roles, as stored with the user now: one read of the user's record by its id.
+
+        Read at each call (docs/protocol.md section 4, "Permissions"), so a
+        change of roles counts from the user's next call, and carried with the
+        authentication, so nothing reads them later. The user's record lives
+        in the records store, the session in the state store, which may be
+        another one: the read cannot share the session's, and it needs the
+        session's username first. A logout reads none: nothing asks.
+        """
+        if request.path == LOGOUT_PATH:
+            return NO_ROLES
+        return frozenset(users.roles_of(session.username))
 
     def _refusal(self, session: Session, error: BastionError, **fields: Any) -> Authentication:
         """A signed refusal, and its security event."""

@@ -2,7 +2,7 @@
 
 * :mod:`bastion_auth.login`: ``/auth/login`` and ``/auth/logout``, and the password check against the limits;
 * :mod:`bastion_auth.calls`: signed calls (``bastion_admit``, ``bastion_authenticate``): the ban with the
-  session, the MAC, the skew, the nonce;
+  session, the MAC, the skew, the nonce, and the caller's roles;
 * :mod:`bastion_auth.services`: the account services, ``change_password``, ``sessions``, ``end_sessions``;
 * :mod:`bastion_auth.bootstrap`: the ``[users]`` and ``[roles]`` accounts, the demo user and its banner.
 
@@ -139,7 +139,7 @@ class Auth:
     @hookimpl
     def bastion_authenticate(self, request: Request, credentials: Credentials | None,
                              admissions: list) -> Authentication:
-        """Steps 7 to 10 for ``/api/*`` and ``/auth/logout`` (:meth:`SignedCalls.authenticate`)."""
+        """Steps 7 to 10 for ``/api/*`` and ``/auth/logout``, and the caller's roles (:meth:`SignedCalls.authenticate`)."""
         return self.calls.authenticate(request, credentials, admissions)
 
     @hookimpl

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from bastion_auth import users
 from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
 
 #: How many characters of a sid ``sessions()`` shows: enough to tell a user's sessions apart, never a whole sid.
@@ -24,11 +23,9 @@ class Session:
     """A live session: who, its key, when it ends, and where and when it was last used.
 
     ``origin`` is the address of its latest call (its login's until then),
-    ``last_seen`` the time of that call. ``roles`` are the user's roles as
-    stored with the user, read the first time a call asks for them (the
-    permission check of a service that needs a role, or ``current().roles``),
-    so that a change of roles counts from the next call and a call that never
-    asks costs no read.
+    ``last_seen`` the time of that call. The user's roles are not the
+    session's: they are read with each call (``calls.SignedCalls``) and come
+    with its authentication.
     """
 
     sid: str
@@ -40,7 +37,6 @@ class Session:
     absolute_expires: float
     origin: str = ""
     last_seen: float = 0.0
-    _roles: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
@@ -50,13 +46,6 @@ class Session:
     def expires(self) -> float:
         """When the session ends if left idle."""
         return min(self.idle_expires, self.absolute_expires)
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        """The user's roles, read from the user's record in the current domain the first time (a call's domain)."""
-        if self._roles is None:
-            self._roles = users.roles_of(self.username)
-        return self._roles
 
     def to_state(self) -> dict:
         """The JSON value kept in the state store."""

@@ -21,6 +21,7 @@ from kernel import (
     Forbidden,
     InvalidCall,
     InvalidCredential,
+    ServiceUnavailable,
     UnknownSession,
     ValidationError,
     VersionConflict,
@@ -427,6 +428,49 @@ def test_roles_are_read_at_each_call_so_a_change_counts_at_the_next_one(auth_app
     with app.runtime.bind("localhost"):
         users.set_roles("alice", [])
     assert alice.call("my_roles") == []
+
+
+def test_the_roles_are_read_once_per_call_with_its_authentication_and_never_for_a_refused_call(
+        auth_app, client_for, monkeypatch):
+    """One read of the user's record per call, made by the authenticator once the call is proven; the service
+    and the permission check then read the request's field. A refused call, and a logout, read none."""
+    app = auth_app(plugins=[RolesServicePlugin()], roles={"alice@localhost": "editor"})
+    alice = logged_in(client_for, app)
+    reads, real = [], users.roles_of
+    monkeypatch.setattr(users, "roles_of", lambda username: reads.append(username) or real(username))
+    assert alice.call("my_roles") == ["editor"]
+    assert alice.call("echo", "x")["user"] == "alice"  # a call that asks for none: read all the same
+    assert reads == ["alice", "alice"]
+    headers, _ = sign(alice, "/api/echo", body("x"))
+    assert send(app, "/api/echo", body("x"), headers).status_code == 200
+    assert_error(send(app, "/api/echo", body("x"), headers), 401, "ReplayedCall")
+    stale, _ = sign(alice, "/api/echo", body("x"), ts=str(int(alice.clock()) - 3600))
+    assert_error(send(app, "/api/echo", body("x"), stale), 401, "StaleCall")
+    forged, _ = sign(alice, "/api/echo", body("y"))
+    assert_error(send(app, "/api/echo", body("x"), forged), 401, "InvalidSignature")
+    assert reads == ["alice"] * 3
+    assert alice.logout() is True
+    assert reads == ["alice"] * 3
+
+
+def test_roles_that_cannot_be_read_refuse_the_call_with_a_signed_503_that_slides_nothing(
+        auth_app, client_for, fake_clock, monkeypatch):
+    app = auth_app(plugins=[RolesServicePlugin()])
+    auth = auth_of(app)
+    alice = logged_in(client_for, app)
+    logged_in_at = auth.clock()
+    fake_clock.advance(30)
+
+    def unavailable(username):
+        raise ServiceUnavailable("the records cannot be reached")
+
+    monkeypatch.setattr(users, "roles_of", unavailable)
+    headers, nonce = sign(alice, "/api/echo", body("x"))
+    answer = send(app, "/api/echo", body("x"), headers)
+    assert_error(answer, 503, "ServiceUnavailable")
+    assert is_signed(answer, alice.session.key, nonce)  # the call proved its key: signed, as a 503 at step 11 was
+    assert [live.last_seen for live in auth.sessions.live("localhost", "alice", auth.clock())] == [logged_in_at]
+    assert alice.logout() is True  # the logout needs no roles
 
 
 def test_a_user_stored_before_roles_existed_has_none(app):
