@@ -1,5 +1,8 @@
 """The request pipeline: docs/protocol.md's request processing (section 4) as one ordered list of steps.
 
+(Over 500 lines on purpose: the steps are read in their order, top to bottom, as the protocol lists them; a
+reviewer who moves or adds a check sees its neighbours on the same page.)
+
 :func:`kernel.http.app.create_app` builds one :class:`Pipeline` from :func:`default_steps`; the middleware only
 binds a request's context, runs the steps of each phase and unbinds. Each step is a small class that does one
 numbered check of the protocol (or one of the kernel's own jobs around them: the canonical target, the headers
