@@ -177,7 +177,8 @@ def test_workers_starting_together_create_each_user_once(deployment):
         users = runtime.records.select("localhost", "User")
     finally:
         runtime.close()
-    assert [u.id for u in users] == ["alice"]
+    # Other tests of the module share the deployment and may add users (carol): alice, the bootstrap's, once.
+    assert [u.id for u in users].count("alice") == 1, [u.id for u in users]
     assert "VersionConflict" not in deployment.server.log() and "Traceback" not in deployment.server.log()
 
 
