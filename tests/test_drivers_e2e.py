@@ -29,10 +29,12 @@ from .e2e_support import (
     USERNAME,
     Deployment,
     Repeating,
+    children,
     freeze_call,
     in_threads,
     poll_until,
     post_all_at_once,
+    raw_request,
     sections,
     send_all_at_once,
     timed,
@@ -121,14 +123,34 @@ def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
     else:  # pragma: no cover
         raise ValueError(name)
     report = REPORT.setdefault(name, {})
+    metrics = tmp_path_factory.mktemp(f"metrics-{name}")
     with timed(report, "gunicorn start s"):
-        gunicorn = GunicornServer(config, workers=4, threads=4)
+        gunicorn = GunicornServer(config, workers=4, threads=4, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
         gunicorn.start()
     try:
+        every_worker_serving(gunicorn, metrics)
         yield Deployment(name, gunicorn, stop, start, report)
     finally:
         gunicorn.close()
         print(f"\n[{name}] {report}")
+
+
+def every_worker_serving(server: GunicornServer, metrics) -> None:
+    """Probe on new connections until each of the 4 workers has answered one (each counts in files of its own pid).
+
+    A worker builds its application after gunicorn starts it: until then the others answer. Whichever test runs
+    first must find every worker built, or a backend stopped under a worker still building leaves that worker
+    answering 503 until its next attempt (kernel/server/starting.py), which is another test's subject.
+    """
+    def counted() -> set[int]:
+        return {int(path.stem.rsplit("_", 1)[1]) for path in metrics.glob("counter_*.db")}
+
+    poll_until(lambda: len(children(server.process.pid)) == 4 and server_answers(server)
+               and counted() >= children(server.process.pid), 60, "every worker answered a probe")
+
+
+def server_answers(server: GunicornServer) -> bool:
+    return raw_request(server.host, server.port, "GET", "/healthz", b"", {"Host": "localhost"}).status == 200
 
 
 def each(configurations: list[str]):
@@ -179,7 +201,10 @@ def test_workers_starting_together_create_each_user_once(deployment):
         runtime.close()
     # Other tests of the module share the deployment and may add users (carol): alice, the bootstrap's, once.
     assert [u.id for u in users].count("alice") == 1, [u.id for u in users]
-    assert "VersionConflict" not in deployment.server.log() and "Traceback" not in deployment.server.log()
+    # A worker's bootstrap that lost a race would say so outside a call line (other tests' calls may answer 409).
+    log = deployment.server.log()
+    assert [line for line in log.splitlines() if "VersionConflict" in line and "event=call" not in line] == []
+    assert "Traceback" not in log
 
 
 @each(CONFIGURATIONS)
