@@ -19,6 +19,8 @@ from sqlalchemy import event
 
 from kernel import Change, ServiceUnavailable, VersionConflict
 
+from .sql_helpers import in_thread, sqlite_path
+
 DOMAIN = "executor.test"
 
 
@@ -39,22 +41,6 @@ def executors():
         executor.close()
 
 
-def _path(sqlite_url: str) -> str:
-    return sqlite_url.removeprefix("sqlite:///")
-
-
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run():
-        try:
-            outcome.append(work())
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            outcome.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def _traced(owner) -> list[str]:
@@ -247,7 +233,7 @@ def test_a_thread_waits_for_its_process_turn_at_most_the_busy_timeout(sqlite_url
         driver.set(DOMAIN, "k", "old", 60)
         assert driver.executor.gate.turn()  # another thread of this process is writing, and does not end
         try:
-            thread, outcome = _in_thread(lambda: driver.set(DOMAIN, "k", "new", 60))
+            thread, outcome = in_thread(lambda: driver.set(DOMAIN, "k", "new", 60))
             thread.join(30)
             assert isinstance(outcome[0], ServiceUnavailable) and outcome[0].status == 503
         finally:
@@ -265,7 +251,7 @@ def _queued_together(driver, works) -> list:
     gate = driver.executor.gate
     assert gate.turn()
     try:
-        threads = [_in_thread(work) for work in works]
+        threads = [in_thread(work) for work in works]
         while gate.queued() < len(works):
             threading.Event().wait(0.01)  # polling the queue's length: nothing signals it
     finally:
@@ -329,7 +315,7 @@ def test_a_database_error_in_a_batch_runs_each_write_again_on_its_own(sqlite_url
 
 def test_a_batch_the_database_refuses_fails_every_write_of_it_and_writes_nothing(sqlite_url):
     driver = SqlDriver(sqlite_url, options={"sqlite_busy_timeout": 0.2})
-    other = sqlite3.connect(_path(sqlite_url), isolation_level=None)
+    other = sqlite3.connect(sqlite_path(sqlite_url), isolation_level=None)
     try:
         driver.set(DOMAIN, "k0", 0, 60)
         other.execute("BEGIN IMMEDIATE")  # a program that does not use the gate holds SQLite's write lock

@@ -14,6 +14,8 @@ from bastion_storage_sql.gate import SUFFIX
 
 from kernel import Change, ServiceUnavailable
 
+from .sql_helpers import in_thread, sqlite_path
+
 DOMAIN = "gate.test"
 
 #: A process that holds the gate (an exclusive flock of the lock file) until it reads a line.
@@ -26,35 +28,19 @@ sys.stdin.readline()
 """
 
 
-def _path(sqlite_url: str) -> str:
-    return sqlite_url.removeprefix("sqlite:///")
-
-
-def _in_thread(work) -> tuple[threading.Thread, list]:
-    outcome: list = []
-
-    def run():
-        try:
-            outcome.append(work())
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            outcome.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def test_a_write_waits_while_another_process_holds_the_gate_and_reads_do_not(sqlite_url):
     driver = SqlDriver(sqlite_url)
     try:
         driver.set(DOMAIN, "before", 1, 60)  # makes the lock file, as any first write does
-        lock_file = _path(sqlite_url) + SUFFIX
+        lock_file = sqlite_path(sqlite_url) + SUFFIX
         assert os.path.exists(lock_file) and os.path.getsize(lock_file) == 0
         holder = subprocess.Popen([sys.executable, "-c", HOLDER, lock_file], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout.readline().strip() == "held"
-            writer, outcome = _in_thread(lambda: driver.commit(DOMAIN, [Change("insert", "M", "r1", 0, {"a": 1}, {})]))
+            writer, outcome = in_thread(lambda: driver.commit(DOMAIN, [Change("insert", "M", "r1", 0, {"a": 1}, {})]))
             writer.join(0.5)
             assert writer.is_alive() and not outcome  # at the gate: the other process has its turn
             # Readers never queue at the gate (WAL: they read beside the writer).
@@ -75,7 +61,7 @@ def test_a_write_waits_while_another_process_holds_the_gate_and_reads_do_not(sql
 def test_threads_of_one_process_take_turns(sqlite_url):
     driver = SqlDriver(sqlite_url)
     try:
-        threads = [_in_thread(lambda i=i: driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {"i": i}, {})]))
+        threads = [in_thread(lambda i=i: driver.commit(DOMAIN, [Change("insert", "M", f"r{i}", 0, {"i": i}, {})]))
                    for i in range(16)]
         for thread, _ in threads:
             thread.join(60)
@@ -88,7 +74,7 @@ def test_threads_of_one_process_take_turns(sqlite_url):
 def test_without_a_lock_file_writes_go_on_and_the_operator_is_told(sqlite_url, caplog):
     driver = SqlDriver(sqlite_url)
     try:
-        os.mkdir(_path(sqlite_url) + SUFFIX)  # no file can be made there
+        os.mkdir(sqlite_path(sqlite_url) + SUFFIX)  # no file can be made there
         with caplog.at_level(logging.WARNING, logger="bastion.storage_sql"):
             driver.set(DOMAIN, "a", 1, 60)
             driver.set(DOMAIN, "b", 2, 60)
@@ -104,7 +90,7 @@ def test_the_gate_is_a_setting(sqlite_url, gate):
     driver = SqlDriver(sqlite_url, options={"sqlite_write_gate": gate})
     try:
         driver.set(DOMAIN, "k", 1, 60)
-        assert os.path.exists(_path(sqlite_url) + SUFFIX) is gate
+        assert os.path.exists(sqlite_path(sqlite_url) + SUFFIX) is gate
         assert driver.get(DOMAIN, "k") == 1
     finally:
         driver.close()
@@ -146,7 +132,7 @@ class _Holder:
 def _line_of(process: subprocess.Popen, timeout: float) -> tuple[str | None, bool]:
     """The next line ``process`` prints, read in a thread so that a process that never prints fails the test
     rather than hanging it; and whether it came within ``timeout``."""
-    reader, line = _in_thread(process.stdout.readline)
+    reader, line = in_thread(process.stdout.readline)
     reader.join(timeout)
     return (line[0].strip() if line else None), not reader.is_alive()
 
@@ -155,7 +141,7 @@ def _held(sqlite_url, options: dict):
     """A driver whose lock file exists (a first write made it), and the lock file's path."""
     driver = SqlDriver(sqlite_url, options=options)
     driver.set(DOMAIN, "before", 1, 60)
-    return driver, _path(sqlite_url) + SUFFIX
+    return driver, sqlite_path(sqlite_url) + SUFFIX
 
 
 def test_a_process_holding_the_lock_file_read_only_gets_writers_refused_by_their_deadline(sqlite_url):
@@ -164,7 +150,7 @@ def test_a_process_holding_the_lock_file_read_only_gets_writers_refused_by_their
     try:
         for write in (lambda: driver.commit(DOMAIN, [Change("insert", "M", "r1", 0, {"a": 1}, {})]),
                       lambda: driver.set(DOMAIN, "k", "v", 60)):
-            writer, outcome = _in_thread(write)
+            writer, outcome = in_thread(write)
             writer.join(30)  # the bound is 0.3 s; without one the writer waits as long as the other process holds
             assert not writer.is_alive(), "a writer waited at the gate past its deadline"
             assert isinstance(outcome[0], ServiceUnavailable) and outcome[0].status == 503
@@ -183,7 +169,7 @@ def test_a_ping_waits_at_the_gate_at_most_its_own_bound_whatever_the_busy_timeou
     driver, lock_file = _held(sqlite_url, {"sqlite_busy_timeout": 600})
     holder = _Holder(lock_file)
     try:
-        pinger, outcome = _in_thread(driver.ping)
+        pinger, outcome = in_thread(driver.ping)
         pinger.join(120)  # PING_WAIT, 1 s: far less than the busy timeout, 600 s
         assert not pinger.is_alive(), "a ping waited at the gate past PING_WAIT"
         assert isinstance(outcome[0], ServiceUnavailable) and outcome[0].status == 503
@@ -200,9 +186,9 @@ def test_healthz_answers_503_while_another_process_holds_the_lock_file(make_app,
     app = make_app({"bastion": {"storage": sqlite_url}}, only=["storage_sql"])
     client = falcon.testing.TestClient(app, headers={"Host": "localhost"})
     assert client.simulate_get("/healthz").status_code == 200  # a ping's write makes the lock file
-    holder = _Holder(_path(sqlite_url) + SUFFIX)
+    holder = _Holder(sqlite_path(sqlite_url) + SUFFIX)
     try:
-        probe, outcome = _in_thread(lambda: client.simulate_get("/healthz"))
+        probe, outcome = in_thread(lambda: client.simulate_get("/healthz"))
         probe.join(120)
         assert not probe.is_alive(), "/healthz waited at the gate past PING_WAIT"
         assert outcome[0].status_code == 503
@@ -220,8 +206,8 @@ def test_writes_of_one_turn_are_refused_each_by_its_own_deadline(sqlite_url):
         gate = driver.executor.gate
         assert gate.turn()  # hold this process's turn until both writes wait in its queue: one turn takes both
         try:
-            pinger, pinged = _in_thread(driver.ping)  # deadline: PING_WAIT
-            writer, written = _in_thread(lambda: driver.set(DOMAIN, "k", "v", 60))  # deadline: 600 s
+            pinger, pinged = in_thread(driver.ping)  # deadline: PING_WAIT
+            writer, written = in_thread(lambda: driver.set(DOMAIN, "k", "v", 60))  # deadline: 600 s
             while gate.queued() < 2:
                 threading.Event().wait(0.01)  # polling the queue's length: nothing signals it
         finally:
@@ -254,7 +240,7 @@ def test_a_writer_that_gave_up_leaves_the_file_to_the_other_processes(sqlite_url
     holder = _Holder(lock_file)
     taker = None
     try:
-        writer, outcome = _in_thread(lambda: driver.set(DOMAIN, "k", "v", 60))
+        writer, outcome = in_thread(lambda: driver.set(DOMAIN, "k", "v", 60))
         writer.join(30)
         assert not writer.is_alive() and isinstance(outcome[0], ServiceUnavailable)
         holder.release()
@@ -276,7 +262,7 @@ def test_the_lock_file_is_the_owners_alone(sqlite_url):
 
 
 def test_a_lock_file_open_to_others_is_made_the_owners_alone(sqlite_url):
-    lock_file = _path(sqlite_url) + SUFFIX
+    lock_file = sqlite_path(sqlite_url) + SUFFIX
     os.makedirs(os.path.dirname(lock_file))
     with open(lock_file, "w"):
         pass
@@ -294,7 +280,7 @@ def test_a_link_in_place_of_the_lock_file_is_never_followed(sqlite_url, tmp_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_text("")
     elsewhere.chmod(0o644)
-    lock_file = _path(sqlite_url) + SUFFIX
+    lock_file = sqlite_path(sqlite_url) + SUFFIX
     os.makedirs(os.path.dirname(lock_file))
     os.symlink(elsewhere, lock_file)
     driver = SqlDriver(sqlite_url)
