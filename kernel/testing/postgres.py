@@ -161,9 +161,14 @@ class PostgresServer:
         if self._paused or not self.running:
             return
         master = int((self._data / "postmaster.pid").read_text().split()[0])
-        self._paused = [master, *_children(master)]
-        for pid in self._paused:
-            os.kill(pid, signal.SIGSTOP)
+        # The postmaster first, so that it forks no backend after its children are listed (a connection being
+        # opened meanwhile would otherwise get a backend that keeps answering); then its children until none is new.
+        os.kill(master, signal.SIGSTOP)
+        self._paused = [master]
+        while new := [pid for pid in _children(master) if pid not in self._paused]:
+            for pid in new:
+                os.kill(pid, signal.SIGSTOP)
+            self._paused.extend(new)
 
     def resume(self) -> None:
         """Let a paused server run again (SIGCONT)."""
