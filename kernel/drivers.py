@@ -10,8 +10,11 @@ a driver included (``hookimpl``, configuration sections, ``Problem`` for
 * The driver protocol: :class:`Driver`, made of a :class:`RecordStore` and a
   :class:`StateStore`; what crosses it: :class:`Change`, :class:`StoredRecord`,
   :class:`RecordVersion`, :class:`WindowEntry`, ``Scalar``.
+* Whole tenants, for a driver that declares ``TENANTS``: :class:`TenantStore`
+  (list, count, stream, load and delete a tenant), :class:`TenantRecord`,
+  :class:`TenantCounts`, :func:`check_tenant_record`.
 * The capabilities a driver may declare in its ``capabilities`` frozenset that
-  the kernel names: ``PROCESS_LOCAL``, ``PAGED_SELECT`` (``"persistent"`` and
+  the kernel names: ``PROCESS_LOCAL``, ``PAGED_SELECT``, ``TENANTS`` (``"persistent"`` and
   ``"count_live"`` are the suite's and ``/metrics``' words, docs/testing.md).
 * The checks every driver shares, before anything is written:
   :func:`check_change`, :func:`check_json`, :func:`check_record_id`,
@@ -47,6 +50,7 @@ from kernel.core.driver import (
     MAX_ID_LENGTH,
     PAGED_SELECT,
     PROBE_DOMAIN,
+    TENANTS,
     REMOVED_HISTORY_STEP,
     Change,
     Driver,
@@ -55,11 +59,15 @@ from kernel.core.driver import (
     Scalar,
     StateStore,
     StoredRecord,
+    TenantCounts,
+    TenantRecord,
+    TenantStore,
     WindowEntry,
     check_change,
     check_json,
     check_record_id,
     check_scalar,
+    check_tenant_record,
     check_text,
     index_token,
     is_record_id,
@@ -72,14 +80,16 @@ from kernel.core.urls import StorageURL, redact
 from kernel.storage_mem import MemoryDriver
 
 #: The conformance suite's names, loaded from kernel.testing on first use (it imports pytest).
-_SUITE = ("DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase",
-         "requires")
+_SUITE = ("DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "TenantsSuite",
+          "SuiteBase", "requires")
 
 __all__ = [
     # the protocol, and what crosses it
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar",
+    # whole tenants (the ``tenants`` capability): what a driver that moves them offers, and what crosses it
+    "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record",
     # capabilities the kernel names
-    "PROCESS_LOCAL", "PAGED_SELECT",
+    "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS",
     # the shared checks, ids, the probe's namespace, the history bounds
     "check_change", "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id",
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",

@@ -31,21 +31,26 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kernel.core.driver import (
     PAGED_SELECT,
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,
+    TENANTS,
     Change,
     RecordVersion,
     Scalar,
     StoredRecord,
+    TenantCounts,
+    TenantRecord,
     WindowEntry,
     check_change,
     check_json,
+    check_tenant_record,
     check_text,
+    state_kind,
     index_token,
     is_record_id,
 )
@@ -71,8 +76,9 @@ class MemoryDriver:
     """Records and short-lived state in dictionaries, behind one lock."""
 
     #: Its data lives in this process only: gunicorn serves it with one worker process. It counts live keys
-    #: by prefix in one pass over its dictionary (``count_live``), and reads one page of a select (``paged_select``).
-    capabilities = frozenset({PROCESS_LOCAL, "count_live", PAGED_SELECT})
+    #: by prefix in one pass over its dictionary (``count_live``), reads one page of a select (``paged_select``)
+    #: and moves whole tenants (``tenants``: one pass over its dictionaries, a load swapped in under the lock).
+    capabilities = frozenset({PROCESS_LOCAL, "count_live", PAGED_SELECT, TENANTS})
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
@@ -397,6 +403,106 @@ class MemoryDriver:
     def _entries(entry: dict) -> list[WindowEntry]:
         return sorted((WindowEntry(m, w, e) for m, (w, e) in entry.items()), key=lambda x: (x.expires, x.member))
 
+    # -- whole tenants (TENANTS) ------------------------------------------
+
+    def tenants(self) -> list[str]:
+        """Every domain holding records, kept history or live state (one pass over the dictionaries)."""
+        now = self.clock()
+        with self._lock:
+            found = {domain for (domain, _), rows in self._records.items() if rows}
+            found.update(domain for (domain, _, _), versions in self._history.items() if versions)
+            found.update(domain for (domain, key) in list(self._state) if self._live(domain, key, now) is not None)
+        found.discard(PROBE_DOMAIN)
+        return sorted(found)
+
+    def tenant_counts(self, domain: str) -> TenantCounts:
+        """Live records and history entries per model, live state keys per kind."""
+        counts = TenantCounts()
+        now = self.clock()
+        with self._lock:
+            for (d, model), rows in self._records.items():
+                if d == domain and rows:
+                    counts.records[model] = len(rows)
+            for (d, model, _), versions in self._history.items():
+                if d == domain and versions:
+                    counts.history[model] = counts.history.get(model, 0) + len(versions)
+            for (d, key) in [skey for skey in self._state if skey[0] == domain]:
+                if self._live(d, key, now) is not None:
+                    kind = state_kind(key)
+                    counts.state[kind] = counts.state.get(kind, 0) + 1
+        return counts
+
+    def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
+        """The model's records in creation order with their history, then the ids holding only history."""
+        with self._lock:  # a snapshot of references: rows and history lists are replaced, never changed in place
+            rows = [(id, row.vsn, row.data) for id, row in self._records.get((domain, model), {}).items()]
+            kept = {id: list(versions) for (d, m, id), versions in self._history.items()
+                    if d == domain and m == model and versions}
+            removals = dict(self._removals.get((domain, model), {}))
+        for id, vsn, data in rows:
+            yield TenantRecord(model, id, vsn, loads_stored(data), _versions(kept.pop(id, ())), removals.get(id))
+        for id in sorted(kept, key=lambda id: (removals.get(id, 0), id)):
+            yield TenantRecord(model, id, 0, None, _versions(kept[id]), removals.get(id))
+
+    def load_tenant(self, domain: str, records: Iterable[TenantRecord], replace: bool = False) -> int:
+        """Check and gather every record first, then swap them in under the lock: all of them or none."""
+        staged: list[TenantRecord] = []
+        seen: set[tuple[str, str]] = set()
+        for record in records:
+            check_tenant_record(record)
+            if (record.model, record.id) in seen:
+                raise ValueError(f"{record.model} {record.id!r} is given twice")
+            seen.add((record.model, record.id))
+            staged.append(record)
+        with self._lock:
+            if not replace and self._holds_data(domain):
+                raise VersionConflict(f"{domain} already holds records")
+            self._drop_domain(domain, state=replace)
+            removals: dict[str, list[tuple[int, str]]] = {}
+            for record in staged:
+                self._load(domain, record)
+                if record.removal is not None:
+                    removals.setdefault(record.model, []).append((record.removal, record.id))
+            for model, numbered in removals.items():
+                self._removals[(domain, model)] = {id: n for n, id in sorted(numbered)}
+        return len(staged)
+
+    def _load(self, domain: str, record: TenantRecord) -> None:
+        """Write one loaded record, its index entries and its history (under the lock)."""
+        model, id = record.model, record.id
+        if record.history:
+            self._history[(domain, model, id)] = [(dumps_text(entry.to_dict()), entry.data is None)
+                                                  for entry in record.history]
+        if record.data is None:
+            return
+        tokens = {f: index_token(v) for f, v in (record.index or {}).items()}
+        self._records.setdefault((domain, model), {})[id] = _Row(next(self._seq), record.vsn, dumps_text(record.data),
+                                                                 tokens)
+        self._places.pop((domain, model), None)
+        for field, token in tokens.items():
+            self._index.setdefault((domain, model, field, token), {})[id] = None
+
+    def _holds_data(self, domain: str) -> bool:
+        """Whether the domain holds records or kept history (under the lock)."""
+        return (any(d == domain and rows for (d, _), rows in self._records.items())
+                or any(d == domain and versions for (d, _, _), versions in self._history.items()))
+
+    def _drop_domain(self, domain: str, state: bool = True) -> bool:
+        """Forget every record, index entry, history, removal number (and, with ``state``, state key) of the
+        domain (under the lock); return whether it held any."""
+        held = False
+        for table in (self._records, self._places, self._index, self._history, self._removals,
+                      *((self._state,) if state else ())):
+            for key in [key for key in table if key[0] == domain]:
+                held = held or bool(table[key])
+                del table[key]
+        return held
+
+    def delete_tenant(self, domain: str) -> bool:
+        """Forget everything the domain holds, in one step under the lock."""
+        with self._lock:
+            return self._drop_domain(domain)
+
     # -- health -----------------------------------------------------------
 
     def ping(self) -> None:
@@ -407,6 +513,11 @@ class MemoryDriver:
 
     def close(self) -> None:
         return None
+
+
+def _versions(kept: Iterable[tuple[str, bool]]) -> tuple[RecordVersion, ...]:
+    """Kept history entries, as stored (JSON text), back to versions."""
+    return tuple(RecordVersion(**loads_stored(text)) for text, _ in kept)
 
 
 @hookimpl

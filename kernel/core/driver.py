@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 #: What an index entry may hold.
@@ -55,10 +56,16 @@ class Capability(enum.StrEnum):
     PERSISTENT = "persistent"
     #: The driver counts the live keys of a prefix cheaply (:class:`LiveCounts`), for the sessions gauge.
     COUNT_LIVE = "count_live"
+    #: The driver lists its tenants and moves whole tenants (:class:`TenantStore`): ``bastion tenants``,
+    #: ``export``, ``import``, ``copy`` and ``delete-tenant``.
+    TENANTS = "tenants"
 
 
 #: The capability of a driver whose ``select`` takes ``after`` and ``limit`` and reads one page only.
 PAGED_SELECT = Capability.PAGED_SELECT
+
+#: The capability of a driver that lists, streams, loads and deletes whole tenants (:class:`TenantStore`).
+TENANTS = Capability.TENANTS
 
 
 def capabilities_of(driver: object) -> frozenset[str]:
@@ -304,6 +311,99 @@ class LiveCounts(Protocol):
         """How many live plain keys start with ``prefix``, in every domain (the auth plugin's sessions gauge)."""
 
 
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """One record of a tenant as it moves between backends: what export reads and import writes.
+
+    ``vsn`` and ``data`` are the live record's (``vsn`` 0 and ``data`` None
+    for an id that holds only kept history: a removed record's), ``history``
+    its kept versions oldest first, and ``removal`` the number of its latest
+    removal among its model's in its domain when its history is kept as a
+    removed record's (None otherwise). ``index`` is what import writes as the
+    record's index entries (its model's ``index``); export leaves it None.
+    """
+
+    model: str
+    id: str
+    vsn: int
+    data: dict[str, Any] | None
+    history: tuple[RecordVersion, ...] = ()
+    removal: int | None = None
+    index: Mapping[str, Scalar] | None = None
+
+
+@dataclass(frozen=True)
+class TenantCounts:
+    """What a backend holds for one tenant: live records and history entries per model, live state per kind.
+
+    A state key's kind is the part of its key before the first ``:``
+    (``session`` for ``session:<sid>``); a window counts as one key.
+    """
+
+    records: dict[str, int] = dataclass_field(default_factory=dict)
+    history: dict[str, int] = dataclass_field(default_factory=dict)
+    state: dict[str, int] = dataclass_field(default_factory=dict)
+
+    @property
+    def holds_data(self) -> bool:
+        """Whether the tenant holds records or kept history (what import refuses to overwrite)."""
+        return any(self.records.values()) or any(self.history.values())
+
+    @property
+    def empty(self) -> bool:
+        """Whether the tenant holds nothing at all (records, history or live state)."""
+        return not (self.holds_data or any(self.state.values()))
+
+
+def state_kind(key: str) -> str:
+    """The kind of a state key: the part before its first ``:`` (the whole key without one)."""
+    return key.partition(":")[0]
+
+
+@runtime_checkable
+class TenantStore(Protocol):
+    """What a driver that declares :attr:`Capability.TENANTS` also offers: whole tenants, for administration.
+
+    None of these is on a request's path: they may scan a domain (or, for
+    :meth:`tenants`, the backend).
+    """
+
+    def tenants(self) -> list[str]:
+        """Every domain holding records, kept history or live state, sorted (never :data:`PROBE_DOMAIN`)."""
+
+    def tenant_counts(self, domain: str) -> TenantCounts:
+        """How many live records and history entries the domain holds per model, and live state keys per kind."""
+
+    def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
+        """Yield every record of ``model`` in the domain with its history, then every id holding only history.
+
+        Live records come in creation order, each with its version, data,
+        kept history and removal number; then the ids whose record is gone
+        but whose history is kept (``vsn`` 0, ``data`` None). The driver
+        reads them a page at a time: memory stays bounded whatever the
+        domain holds. Returned data belongs to the caller.
+        """
+
+    def load_tenant(self, domain: str, records: Iterable[TenantRecord], replace: bool = False) -> int:
+        """Write ``records`` into the domain as they are (ids, versions, history, removal numbers); return how many.
+
+        All or nothing, even if the process is killed halfway: the domain
+        then holds either what it held before or every record given. Live
+        records are created in the order given. Each record passes the
+        checks of :func:`check_tenant_record` first (TypeError), and an
+        exception raised by ``records`` itself aborts the load, writing
+        nothing. Without ``replace`` a domain that already holds records or
+        history is refused (VersionConflict); with it, everything the domain
+        held — records, history, and its short-lived state — is replaced.
+        """
+
+    def delete_tenant(self, domain: str) -> bool:
+        """Remove every record, index entry, history entry, removal number and state key of the domain.
+
+        Returns whether it held anything. Other domains are untouched.
+        """
+
+
 @runtime_checkable
 class Driver(RecordStore, StateStore, Protocol):
     """A storage driver: records, short-lived state and its own health."""
@@ -403,6 +503,34 @@ def check_change(change: Change) -> None:
     for field, value in (change.index or {}).items():
         check_text(field, f"{where} index field")
         check_scalar(value, f"{where} index {field}")
+
+
+def check_tenant_record(record: TenantRecord) -> None:
+    """Raise TypeError unless a driver can load ``record``: id, version, data, index values and history entries."""
+    where = f"{record.model} {record.id!r}"
+    check_text(record.model, "model name")
+    check_record_id(record.id, f"{record.model}: record id")
+    if type(record.vsn) is not int or record.vsn < 0 or (record.vsn == 0) != (record.data is None):
+        raise TypeError(f"{where}: version {record.vsn!r} with data {type(record.data).__name__}: a live record has "
+                        "a version of 1 or more and data, a removed one version 0 and no data")
+    if record.data is not None:
+        if not isinstance(record.data, dict):
+            raise TypeError(f"{where}: data is {type(record.data).__name__}, not an object")
+        check_json(record.data, where)
+    if record.removal is not None and (type(record.removal) is not int or record.removal < 1):
+        raise TypeError(f"{where}: removal {record.removal!r} is not a number of 1 or more")
+    for name, value in (record.index or {}).items():
+        check_text(name, f"{where} index field")
+        check_scalar(value, f"{where} index {name}")
+    for entry in record.history:
+        if type(entry.vsn) is not int or entry.vsn < 1 or not isinstance(entry.at, (int, float)) \
+                or isinstance(entry.at, bool) or not math.isfinite(entry.at):
+            raise TypeError(f"{where}: history entry {entry.vsn!r} at {entry.at!r}: a version of 1 or more, a time")
+        if entry.by is not None:
+            check_text(entry.by, f"{where} history author")
+        if entry.data is not None and not isinstance(entry.data, dict):
+            raise TypeError(f"{where}: history entry {entry.vsn}: data is not an object")
+        check_json(entry.data, f"{where} history entry {entry.vsn}")
 
 
 def check_json(value: Any, where: str = "value") -> None:

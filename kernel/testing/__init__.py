@@ -71,13 +71,15 @@ from kernel.testing.suite import (
     RecordsSuite,
     StateSuite,
     SuiteBase,
+    TenantsSuite,
     UnitOfWorkSuite,
     requires,
 )
 
 __all__ = [
     # the conformance suite
-    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase", "requires",
+    "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "TenantsSuite",
+    "SuiteBase", "requires",
     # time and in-process apps
     "FakeClock", "open_app",
     # what a test needs, skipped here and failed on CI (CI=true)

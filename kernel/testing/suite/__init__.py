@@ -10,7 +10,10 @@
 * :class:`StateSuite` (``state``): short-lived state — keys, add/replace/incr,
   windows, expiry, reclamation;
 * :class:`HealthSuite` (``health``): ``ping``;
-* :class:`DriverSuite`: all five, what every driver adopts.
+* :class:`TenantsSuite` (``tenants``): whole tenants listed, counted,
+  streamed, loaded all or nothing and deleted (skipped for a driver that does
+  not declare the ``tenants`` capability);
+* :class:`DriverSuite`: all six, what every driver adopts.
 
 A driver adopts the whole suite with one subclass and a ``driver`` fixture::
 
@@ -40,11 +43,13 @@ from kernel.testing.suite.health import HealthSuite
 from kernel.testing.suite.history import HistorySuite
 from kernel.testing.suite.records import RecordsSuite
 from kernel.testing.suite.state import StateSuite
+from kernel.testing.suite.tenants import TenantsSuite
 from kernel.testing.suite.unit_of_work import UnitOfWorkSuite
 
 
-class DriverSuite(RecordsSuite, UnitOfWorkSuite, HistorySuite, StateSuite, HealthSuite):
+class DriverSuite(RecordsSuite, UnitOfWorkSuite, HistorySuite, StateSuite, HealthSuite, TenantsSuite):
     """Every behaviour a storage driver must have. Subclass and provide ``driver`` (and ``reopen`` if persistent)."""
 
 
-__all__ = ["DriverSuite", "HealthSuite", "HistorySuite", "RecordsSuite", "StateSuite", "SuiteBase", "UnitOfWorkSuite", "requires"]
+__all__ = ["DriverSuite", "HealthSuite", "HistorySuite", "RecordsSuite", "StateSuite", "SuiteBase", "TenantsSuite",
+           "UnitOfWorkSuite", "requires"]
