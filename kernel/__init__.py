@@ -52,6 +52,7 @@ from kernel.core.driver import (  # noqa: E402
     index_token,
     is_record_id,
     is_text,
+    state_kind,
 )
 from kernel.core.errors import (  # noqa: E402
     BY_NAME,
@@ -111,7 +112,7 @@ __all__ = [
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
     "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL", "PAGED_SELECT",
     "DEFAULT_HISTORY_KEEP_REMOVED", "REMOVED_HISTORY_STEP",
-    "TENANTS", "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record",
+    "TENANTS", "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record", "state_kind",
     # errors
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",

@@ -12,7 +12,7 @@ a driver included (``hookimpl``, configuration sections, ``Problem`` for
   :class:`RecordVersion`, :class:`WindowEntry`, ``Scalar``.
 * Whole tenants, for a driver that declares ``TENANTS``: :class:`TenantStore`
   (list, count, stream, load and delete a tenant), :class:`TenantRecord`,
-  :class:`TenantCounts`, :func:`check_tenant_record`.
+  :class:`TenantCounts`, :func:`check_tenant_record`, :func:`state_kind`.
 * The capabilities a driver may declare in its ``capabilities`` frozenset that
   the kernel names: ``PROCESS_LOCAL``, ``PAGED_SELECT``, ``TENANTS`` (``"persistent"`` and
   ``"count_live"`` are the suite's and ``/metrics``' words, docs/testing.md).
@@ -72,6 +72,7 @@ from kernel.core.driver import (
     index_token,
     is_record_id,
     is_text,
+    state_kind,
 )
 from kernel.core.errors import ConfigError, RecordNotFound, ServiceUnavailable, VersionConflict
 from kernel.core.jsonio import dumps_text, loads_stored
@@ -87,7 +88,7 @@ __all__ = [
     # the protocol, and what crosses it
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar",
     # whole tenants (the ``tenants`` capability): what a driver that moves them offers, and what crosses it
-    "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record",
+    "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record", "state_kind",
     # capabilities the kernel names
     "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS",
     # the shared checks, ids, the probe's namespace, the history bounds

@@ -405,15 +405,22 @@ class MemoryDriver:
 
     # -- whole tenants (TENANTS) ------------------------------------------
 
-    def tenants(self) -> list[str]:
-        """Every domain holding records, kept history or live state (one pass over the dictionaries)."""
+    def tenants(self) -> dict[str, TenantCounts]:
+        """Every domain holding records, kept history or live state, with what it holds (one pass)."""
+        found: dict[str, TenantCounts] = {}
         now = self.clock()
         with self._lock:
-            found = {domain for (domain, _), rows in self._records.items() if rows}
-            found.update(domain for (domain, _, _), versions in self._history.items() if versions)
-            found.update(domain for (domain, key) in list(self._state) if self._live(domain, key, now) is not None)
-        found.discard(PROBE_DOMAIN)
-        return sorted(found)
+            for (domain, model), rows in self._records.items():
+                if rows:
+                    found.setdefault(domain, TenantCounts()).records[model] = len(rows)
+            for (domain, model, _), versions in self._history.items():
+                if versions:
+                    _add(found.setdefault(domain, TenantCounts()).history, model, len(versions))
+            for (domain, key) in list(self._state):
+                if self._live(domain, key, now) is not None:
+                    _add(found.setdefault(domain, TenantCounts()).state, state_kind(key), 1)
+        found.pop(PROBE_DOMAIN, None)
+        return dict(sorted(found.items()))
 
     def tenant_counts(self, domain: str) -> TenantCounts:
         """Live records and history entries per model, live state keys per kind."""
@@ -425,11 +432,10 @@ class MemoryDriver:
                     counts.records[model] = len(rows)
             for (d, model, _), versions in self._history.items():
                 if d == domain and versions:
-                    counts.history[model] = counts.history.get(model, 0) + len(versions)
+                    _add(counts.history, model, len(versions))
             for (d, key) in [skey for skey in self._state if skey[0] == domain]:
                 if self._live(d, key, now) is not None:
-                    kind = state_kind(key)
-                    counts.state[kind] = counts.state.get(kind, 0) + 1
+                    _add(counts.state, state_kind(key), 1)
         return counts
 
     def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
@@ -441,7 +447,7 @@ class MemoryDriver:
             removals = dict(self._removals.get((domain, model), {}))
         for id, vsn, data in rows:
             yield TenantRecord(model, id, vsn, loads_stored(data), _versions(kept.pop(id, ())), removals.get(id))
-        for id in sorted(kept, key=lambda id: (removals.get(id, 0), id)):
+        for id in sorted(kept):
             yield TenantRecord(model, id, 0, None, _versions(kept[id]), removals.get(id))
 
     def load_tenant(self, domain: str, records: Iterable[TenantRecord], replace: bool = False) -> int:
@@ -513,6 +519,10 @@ class MemoryDriver:
 
     def close(self) -> None:
         return None
+
+
+def _add(counts: dict[str, int], name: str, n: int) -> None:
+    counts[name] = counts.get(name, 0) + n
 
 
 def _versions(kept: Iterable[tuple[str, bool]]) -> tuple[RecordVersion, ...]:

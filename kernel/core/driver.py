@@ -368,8 +368,12 @@ class TenantStore(Protocol):
     :meth:`tenants`, the backend).
     """
 
-    def tenants(self) -> list[str]:
-        """Every domain holding records, kept history or live state, sorted (never :data:`PROBE_DOMAIN`)."""
+    def tenants(self) -> dict[str, TenantCounts]:
+        """Every domain holding records, kept history or live state, sorted, with what it holds.
+
+        One pass over the backend (never one per domain): ``bastion tenants``
+        lists ten thousand tenants with it. Never :data:`PROBE_DOMAIN`.
+        """
 
     def tenant_counts(self, domain: str) -> TenantCounts:
         """How many live records and history entries the domain holds per model, and live state keys per kind."""
@@ -379,7 +383,8 @@ class TenantStore(Protocol):
 
         Live records come in creation order, each with its version, data,
         kept history and removal number; then the ids whose record is gone
-        but whose history is kept (``vsn`` 0, ``data`` None). The driver
+        but whose history is kept (``vsn`` 0, ``data`` None), in the order
+        of their ids (by code point, as Python sorts them). The driver
         reads them a page at a time: memory stays bounded whatever the
         domain holds. Returned data belongs to the caller.
         """

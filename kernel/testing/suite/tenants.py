@@ -78,7 +78,11 @@ class TenantsSuite(SuiteBase):
         found = driver.tenants()
         assert {domain, other_domain, third} <= set(found)
         assert PROBE_DOMAIN not in found
-        assert found == sorted(found)
+        assert list(found) == sorted(found)
+        assert found[domain].records == {M: 1} and found[domain].history == {}
+        assert found[other_domain].state == {"ban": 1} and not found[other_domain].holds_data
+        assert found[third].history == {M: 2} and found[third].records == {}
+        assert found[domain] == driver.tenant_counts(domain)
 
     @requires("tenants")
     def test_tenant_counts_records_and_history_per_model_and_live_state_per_kind(self, driver, domain, other_domain,

@@ -12,7 +12,7 @@ store it belongs to.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -22,7 +22,18 @@ from bastion_storage_sql.executor import SqlExecutor
 from bastion_storage_sql.migrate import SchemaMode
 from bastion_storage_sql.records import SqlRecords
 from bastion_storage_sql.state import PURGE_BATCH, SqlState
-from kernel import PAGED_SELECT, Change, RecordVersion, Scalar, StoredRecord, WindowEntry
+from bastion_storage_sql.tenants import SqlTenants
+from kernel import (
+    PAGED_SELECT,
+    TENANTS,
+    Change,
+    RecordVersion,
+    Scalar,
+    StoredRecord,
+    TenantCounts,
+    TenantRecord,
+    WindowEntry,
+)
 
 
 class SqlDriver:
@@ -39,8 +50,9 @@ class SqlDriver:
     """
 
     #: Its data outlives the process and is shared by every process and node using the URL; it counts live
-    #: keys by prefix in one SELECT (``count_live``), and a select reads one page only (``paged_select``).
-    capabilities = frozenset({"persistent", "count_live", PAGED_SELECT})
+    #: keys by prefix in one SELECT (``count_live``), a select reads one page only (``paged_select``), and it
+    #: moves whole tenants (``tenants``: a load is one transaction).
+    capabilities = frozenset({"persistent", "count_live", PAGED_SELECT, TENANTS})
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time,
                  options: Mapping[str, Any] | None = None, schema: SchemaMode = "upgrade"):
@@ -48,6 +60,7 @@ class SqlDriver:
         try:
             migrate.prepare(executor.engine, schema, executor.label)
             records, state = SqlRecords(executor, clock), SqlState(executor, clock)
+            tenant_store = SqlTenants(executor, clock)
         except BaseException:
             executor.close()  # a driver that does not open leaves no connection, thread or file behind
             raise
@@ -55,6 +68,8 @@ class SqlDriver:
         self.executor = executor
         self.records = records
         self.state = state
+        #: Whole tenants (:class:`SqlTenants`).
+        self.tenant_store = tenant_store
 
     # -- the database, as the executor holds it ---------------------------------
 
@@ -111,6 +126,23 @@ class SqlDriver:
 
     def commit(self, domain: str, changes: Sequence[Change]) -> None:
         self.records.commit(domain, changes)
+
+    # -- whole tenants (kernel.core.driver.TenantStore): SqlTenants does the work ----
+
+    def tenants(self) -> list[str]:
+        return self.tenant_store.tenants()
+
+    def tenant_counts(self, domain: str) -> TenantCounts:
+        return self.tenant_store.tenant_counts(domain)
+
+    def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
+        return self.tenant_store.tenant_records(domain, model)
+
+    def load_tenant(self, domain: str, records: Iterable[TenantRecord], replace: bool = False) -> int:
+        return self.tenant_store.load_tenant(domain, records, replace)
+
+    def delete_tenant(self, domain: str) -> bool:
+        return self.tenant_store.delete_tenant(domain)
 
     # -- state (kernel.core.driver.StateStore) and health: SqlState does the work ----
 
