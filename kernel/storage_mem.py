@@ -50,9 +50,9 @@ from kernel.core.driver import (
     check_json,
     check_tenant_record,
     check_text,
-    state_kind,
     index_token,
     is_record_id,
+    state_kind,
 )
 from kernel.core.errors import RecordNotFound, VersionConflict
 from kernel.core.hookspecs import hookimpl

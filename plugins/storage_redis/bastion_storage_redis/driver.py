@@ -18,7 +18,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,17 +39,21 @@ from bastion_storage_redis.settings import (
     redact,
     scheme_of,
 )
+from bastion_storage_redis.tenants import RedisTenants
 from bastion_storage_redis.wire import Script, Wire
 from kernel.drivers import (
     PAGED_SELECT,
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,
+    TENANTS,
     Change,
     RecordNotFound,
     RecordVersion,
     Scalar,
     ServiceUnavailable,
     StoredRecord,
+    TenantCounts,
+    TenantRecord,
     VersionConflict,
     WindowEntry,
     check_change,
@@ -112,8 +116,9 @@ class RedisDriver:
     ``clock`` returns Unix seconds and decides every expiry.
     """
 
-    #: Its data is shared by every process and node using the URL, and outlives them (as Redis keeps it).
-    capabilities = frozenset({"persistent", PAGED_SELECT})
+    #: Its data is shared by every process and node using the URL, and outlives them (as Redis keeps it); it
+    #: moves whole tenants (``tenants``: a load staged under the tenant's tag, swapped in by one script).
+    capabilities = frozenset({"persistent", PAGED_SELECT, TENANTS})
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time, options: Mapping[str, Any] | None = None):
         if scheme_of(url) not in SCHEMES:
@@ -151,6 +156,8 @@ class RedisDriver:
         self._window_discard = Script(scripts.WINDOW_DISCARD)
         self._select = Script(scripts.SELECT, writes=False)
         self._commit = Script(scripts.COMMIT)
+        #: Whole tenants (:class:`bastion_storage_redis.tenants.RedisTenants`).
+        self.tenant_store = RedisTenants(self._wire, self.keys, clock)
 
     @property
     def client(self) -> redis.Redis | redis.RedisCluster:
@@ -276,6 +283,38 @@ class RedisDriver:
             if isinstance(reply, Exception):
                 raise reply
         return [domain for domain, n in zip(candidates, held, strict=True) if n]
+
+    # -- whole tenants (kernel.core.driver.TenantStore): RedisTenants does the work ------
+
+    @_translated
+    def tenants(self) -> dict[str, TenantCounts]:
+        return self.tenant_store.tenants()
+
+    @_translated
+    def tenant_counts(self, domain: str) -> TenantCounts:
+        return self.tenant_store.tenant_counts(domain)
+
+    def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
+        # A generator: the outage translation applies to each page as it is read.
+        records = self.tenant_store.tenant_records(domain, model)
+        while True:
+            try:
+                record = self._next(records)
+            except StopIteration:
+                return
+            yield record
+
+    @_translated
+    def _next(self, records: Iterator[TenantRecord]) -> TenantRecord:
+        return next(records)
+
+    @_translated
+    def load_tenant(self, domain: str, records: Iterable[TenantRecord], replace: bool = False) -> int:
+        return self.tenant_store.load_tenant(domain, records, replace)
+
+    @_translated
+    def delete_tenant(self, domain: str) -> bool:
+        return self.tenant_store.delete_tenant(domain)
 
     # -- short-lived state ------------------------------------------------
 

@@ -29,6 +29,13 @@ def escape(part: str) -> str:
     return part.translate(_ESCAPES)
 
 
+def unescape(part: str) -> str:
+    """The key part :func:`escape` was given (administration reads domains and models back from key names)."""
+    if "%" not in part:
+        return part
+    return part.replace("%3A", ":").replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
+
+
 class Keys:
     """Names the keys of one deployment (its ``key_prefix``)."""
 

@@ -66,7 +66,7 @@ class SqlTenants:
         return sa.collate(column, "C") if self._postgresql else column
 
     def _build_statements(self, compile_: Callable[[Any], Sql]) -> None:
-        r, h, x, s, w = records.c, history.c, removals.c, state.c, windows.c
+        r, h, s, w = records.c, history.c, state.c, windows.c
         self._tenants_sql = compile_(sa.union(
             sa.select(r.domain), sa.select(h.domain), sa.select(s.domain).where(s.expires > _p("now")),
             sa.select(w.domain).where(w.expires > _p("now"))))
