@@ -1,7 +1,8 @@
 """The ``bastion`` command line.
 
-The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``) and
-``--version``; plugins add their own commands through the ``bastion_cli``
+The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``),
+``--version``, and the tenant commands of :mod:`kernel.tenants.commands`
+(``tenants``, ``export``, ``import``, ``copy``, ``delete-tenant``); plugins add their own commands through the ``bastion_cli``
 hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
 ``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
 ``hash-password``; the SQL plugin ``initdb``).
@@ -34,6 +35,7 @@ from kernel.core.errors import BastionError, ConfigError
 from kernel.core.plugins import describe, get_plugin_manager
 from kernel.core.urls import StorageURL
 from kernel.ops.logs import LoggingState, configure_logging
+from kernel.tenants.commands import COMMANDS as TENANT_COMMANDS
 from kernel.version import __version__
 
 if TYPE_CHECKING:
@@ -214,6 +216,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("check", check, "load configuration and plugins, open the storage (--deploy: and judge it for "
                             "production)", check_arguments),
     Command("serve", serve_command, serve.HELP, description=serve.DESCRIPTION),
+    # tenants, export, import, copy, delete-tenant (kernel/tenants/commands.py)
+    *(Command(name, run, help, arguments) for name, run, help, arguments in TENANT_COMMANDS),
 )
 
 
