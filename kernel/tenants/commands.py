@@ -42,8 +42,6 @@ def admin() -> str:
         return "?"
 
 
-def _event(runtime: Runtime, name: str, tenant: str, level: int = logging.INFO, **fields: Any) -> None:
-    runtime.security_event(name, domain=tenant, origin=ORIGIN, admin=admin(), level=level, **fields)
 
 
 def _tenant(text: str) -> str:
@@ -149,7 +147,8 @@ def export(args: argparse.Namespace, env: CommandEnv) -> int:
             writer = moves.export(store, chosen, models, out, __version__, progress)
         progress.done()
         for tenant, counts in chosen.items():
-            _event(runtime, "tenant_exported", tenant, records=_total(counts.records), file=args.output or "-")
+            runtime.security_event("tenant_exported", domain=tenant, records=_total(counts.records),
+                                   file=args.output or "-", origin=ORIGIN, admin=admin())
         print(f"exported {writer.tenants} tenant{'s' * (writer.tenants != 1)}: {writer.records} records, "
               f"{writer.history} history entries" + (f" to {args.output}" if args.output else ""), file=env.err)
         return 0
@@ -226,7 +225,8 @@ def import_(args: argparse.Namespace, env: CommandEnv) -> int:
             for other in state:  # replaced: its sessions, nonces, bans and locks go too
                 if args.replace:
                     other.delete_tenant(tenant)
-            _event(runtime, "tenant_imported", tenant, records=records, replaced=args.replace, file=args.file)
+            runtime.security_event("tenant_imported", domain=tenant, records=records, replaced=args.replace,
+                                   file=args.file, origin=ORIGIN, admin=admin())
             print(f"imported {tenant}: {records} records, {history} history entries", file=env.out)
         return 0
 
@@ -279,7 +279,8 @@ def _copy(args: argparse.Namespace, env: CommandEnv, runtime: Runtime, source: T
     progress.done()
     to = StorageURL(args.target).redacted
     for (tenant, counts), records in zip(chosen.items(), copied, strict=True):
-        _event(runtime, "tenant_copied", tenant, records=records, target=to, replaced=args.replace)
+        runtime.security_event("tenant_copied", domain=tenant, records=records, target=to, replaced=args.replace,
+                               origin=ORIGIN, admin=admin())
         print(f"copied {tenant}: {records} records ({_total(counts.history)} history entries) to {to}", file=env.out)
     if not args.verify:
         return 0
@@ -325,8 +326,8 @@ def delete_tenant(args: argparse.Namespace, env: CommandEnv) -> int:
             _confirm(tenant, counts, env)
         for store in stores:
             store.delete_tenant(tenant)
-        _event(runtime, "tenant_deleted", tenant, logging.WARNING, records=_total(counts.records),
-               history=_total(counts.history), state=_total(counts.state))
+        runtime.security_event("tenant_deleted", domain=tenant, level=logging.WARNING, records=_total(counts.records),
+                               history=_total(counts.history), state=_total(counts.state), origin=ORIGIN, admin=admin())
         print(f"deleted {tenant}: {describe(counts)}", file=env.out)
         return 0
 

@@ -125,10 +125,10 @@ def import_file(stream: IO[bytes], target: TenantStore, models: Mapping[str, Mod
         taken = [(tenant, counts) for tenant, counts in taken if counts.holds_data]
         if taken:
             tenant, counts = taken[0]
+            more = f", and {len(taken) - 1} more tenants of the file too" if len(taken) > 1 else ""
             raise ValueError(f"tenant {tenant} already holds data ({sum(counts.records.values())} records, "
-                             f"{sum(counts.history.values())} history entries)"
-                             + (f", and {len(taken) - 1} more tenants of the file too" if len(taken) > 1 else "")
-                             + ": nothing was imported; --replace replaces what " + ("they hold" if len(taken) > 1 else "it holds"))
+                             f"{sum(counts.history.values())} history entries){more}: nothing was imported; "
+                             f"--replace replaces what {'they hold' if more else 'it holds'}")
     done = []
     for section in checked.sections:
         records = counted(indexed(tenant_records(stream, section), models), section.tenant, progress)
