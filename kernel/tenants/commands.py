@@ -146,8 +146,8 @@ def export(args: argparse.Namespace, env: CommandEnv) -> int:
         with _output(args.output, env.out) as out:
             writer = moves.export(store, chosen, models, out, __version__, progress)
         progress.done()
-        for tenant, counts in chosen.items():
-            runtime.security_event("tenant_exported", domain=tenant, records=_total(counts.records),
+        for tenant in chosen:
+            runtime.security_event("tenant_exported", domain=tenant, records=writer.per_tenant[tenant],
                                    file=args.output or "-", origin=ORIGIN, admin=admin())
         print(f"exported {writer.tenants} tenant{'s' * (writer.tenants != 1)}: {writer.records} records, "
               f"{writer.history} history entries" + (f" to {args.output}" if args.output else ""), file=env.err)

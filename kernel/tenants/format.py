@@ -103,6 +103,9 @@ class ExportWriter:
         self._out = out
         self._digest = hashlib.sha256()
         self.tenants = self.records = self.history = 0
+        #: Record lines per tenant (live records and ids holding only history).
+        self.per_tenant: dict[str, int] = {}
+        self._current = ""
         self._write({"format": FORMAT, "version": VERSION, "bastion": version,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "models": dict(models), "tenants": list(tenants)})
@@ -115,11 +118,14 @@ class ExportWriter:
     def tenant(self, name: str) -> None:
         """Start a tenant's section."""
         self.tenants += 1
+        self._current = name
+        self.per_tenant[name] = 0
         self._write({"tenant": name})
 
     def record(self, record: TenantRecord) -> None:
         """Write one record of the current tenant."""
         self.records += 1
+        self.per_tenant[self._current] += 1
         self.history += len(record.history)
         self._write(record_line(record))
 
