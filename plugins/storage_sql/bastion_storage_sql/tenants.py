@@ -6,9 +6,11 @@
 * ``tenant_counts`` is a ``GROUP BY model`` on the records and on the history,
   and the live state keys of the domain;
 * ``tenant_records`` reads :data:`PAGE` records at a time in creation order
-  (an index range on ``seq``), each page joined with its records' history
-  and removal numbers in the same statement; then the ids whose record is
-  gone but whose history is kept, a page of ids at a time, in id order;
+  (an index range on ``seq``), then their history and removal numbers (one
+  statement each, looking the page's ids up by primary key: ``= ANY`` of an
+  array on PostgreSQL, ``IN json_each`` on SQLite, so that no plan depends
+  on the tables' statistics); then the ids whose record is gone but whose
+  history is kept, in id order;
 * ``load_tenant`` is **one transaction** on a connection of its own (no
   statement deadline: a large tenant takes as long as it takes): the check
   that the domain holds no data (or the deletion of what it holds, with
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from bastion_storage_sql.executor import READ, TRANSACTION, SqlExecutor
 from bastion_storage_sql.records import stored_token
@@ -61,10 +64,6 @@ class SqlTenants:
         self._postgresql = executor.postgresql
         self._build_statements(executor.compile)
 
-    def _ordered(self, column: Any) -> Any:
-        """A text column compared and ordered by code point on both databases (PostgreSQL's "C" collation)."""
-        return sa.collate(column, "C") if self._postgresql else column
-
     def _build_statements(self, compile_: Callable[[Any], Sql]) -> None:
         r, h, s, w = records.c, history.c, state.c, windows.c
         self._tenants_sql = compile_(sa.union(
@@ -82,37 +81,35 @@ class SqlTenants:
         self._state_keys_sql = compile_(sa.union(
             sa.select(s.key).where(s.domain == _p("d"), s.expires > _p("now")),
             sa.select(w.key).where(w.domain == _p("d"), w.expires > _p("now"))))
-        self._page_sql = compile_(self._page_query())
-        self._removed_page_sql = compile_(self._removed_page_query())
+        self._build_reads(compile_)
         self._build_writes(compile_)
 
-    def _page_query(self) -> Any:
-        """A page of live records after a ``seq``, each row one of their history entries (or none), in order."""
-        r, h, x = records.c, history.c, removals.c
-        page = (sa.select(r.id, r.vsn, r.data, r.seq)
-                .where(r.domain == _p("d"), r.model == _p("m"), r.seq > _p("after"))
-                .order_by(r.seq).limit(_p("n")).subquery("page"))
-        return (sa.select(page.c.id, page.c.vsn, page.c.data, page.c.seq, h.vsn, h.committed_at, h.committed_by,
-                          h.data, x.n)
-                .select_from(page.outerjoin(history, sa.and_(h.domain == _p("d"), h.model == _p("m"),
-                                                             h.id == page.c.id))
-                             .outerjoin(removals, sa.and_(x.domain == _p("d"), x.model == _p("m"),
-                                                          x.id == page.c.id)))
-                .order_by(page.c.seq, h.n))
+    def _in_ids(self, column: Any) -> Any:
+        """``column`` is one of the ids given as the parameter ``ids`` (:meth:`_ids`): ``= ANY`` of an array on
+        PostgreSQL, ``IN`` the values of a JSON array on SQLite. One statement for any number of ids, an index
+        lookup per id whatever the planner's statistics say."""
+        if self._postgresql:
+            return column == sa.func.any(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+        return column.in_(sa.select(sa.literal_column("value")).select_from(sa.func.json_each(_p("ids"))))
 
-    def _removed_page_query(self) -> Any:
-        """A page of the ids after ``after`` holding history but no live record, with their entries, in order."""
-        h, x = history.c, removals.c
-        held, live = history.alias("held").c, records.alias("live").c
-        ids = (sa.select(held.id.label("id"))
-               .where(held.domain == _p("d"), held.model == _p("m"), self._ordered(held.id) > _p("after"),
-                      ~sa.exists().where(live.domain == _p("d"), live.model == _p("m"), live.id == held.id))
-               .group_by(held.id).order_by(self._ordered(held.id)).limit(_p("n")).subquery("ids"))
-        return (sa.select(ids.c.id, h.vsn, h.committed_at, h.committed_by, h.data, x.n)
-                .select_from(ids.join(history, sa.and_(h.domain == _p("d"), h.model == _p("m"), h.id == ids.c.id))
-                             .outerjoin(removals, sa.and_(x.domain == _p("d"), x.model == _p("m"),
-                                                          x.id == ids.c.id)))
-                .order_by(self._ordered(ids.c.id), h.n))
+    def _ids(self, ids: list[str]) -> Any:
+        return ids if self._postgresql else dumps_text(ids)
+
+    def _build_reads(self, compile_: Callable[[Any], Sql]) -> None:
+        r, h, x = records.c, history.c, removals.c
+        of_model = (h.domain == _p("d"), h.model == _p("m"))
+        self._page_sql = compile_(sa.select(r.id, r.vsn, r.data, r.seq)
+                                  .where(r.domain == _p("d"), r.model == _p("m"), r.seq > _p("after"))
+                                  .order_by(r.seq).limit(_p("n")))
+        self._history_of_sql = compile_(sa.select(h.id, h.vsn, h.committed_at, h.committed_by, h.data)
+                                        .where(*of_model, self._in_ids(h.id)).order_by(h.id, h.n))
+        self._removals_of_sql = compile_(sa.select(x.id, x.n).where(x.domain == _p("d"), x.model == _p("m"),
+                                                                   self._in_ids(x.id)))
+        self._live_of_sql = compile_(sa.select(r.id).where(r.domain == _p("d"), r.model == _p("m"),
+                                                           self._in_ids(r.id)))
+        # The ids holding history, a page at a time in the index's own order (never sorted by the database).
+        self._held_sql = compile_(sa.select(h.id).where(*of_model, h.id > _p("after")).group_by(h.id)
+                                  .order_by(h.id).limit(_p("n")))
 
     def _build_writes(self, compile_: Callable[[Any], Sql]) -> None:
         r = records.c
@@ -170,26 +167,50 @@ class SqlTenants:
         return self._run(READ, read)
 
     def tenant_records(self, domain: str, model: str) -> Iterator[TenantRecord]:
-        """The live records a page at a time in creation order, then the ids holding only history, in id order."""
+        """The live records a page at a time in creation order, then the ids holding only history, in id order.
+
+        A page is three statements: its records (an index range on ``seq``), their history and their removal
+        numbers (index lookups by id). The ids holding only history are found a page of history ids at a time
+        (those without a live record), then sorted: there are at most ``keep_removed`` of them per model, unless
+        a model stopped keeping history.
+        """
         after: Any = 0
         while True:
             values = {"d": domain, "m": model, "after": after, "n": PAGE}
-            rows = self._run(READ, lambda connection, values=values: all_rows(connection, self._page_sql, values))
+            rows = self._read(self._page_sql, values)
             if not rows:
                 break
-            for group in _grouped(rows):
-                id, vsn, data, after = group[0][:4]
-                yield TenantRecord(model, id, vsn, loads_stored(data), _versions(group, 4), group[0][8])
+            after = rows[-1][3]
+            yield from self._with_history(domain, model, [(id, vsn, data) for id, vsn, data, _ in rows])
+        only = sorted(self._history_only(domain, model))
+        for start in range(0, len(only), PAGE):
+            yield from self._with_history(domain, model, [(id, 0, None) for id in only[start:start + PAGE]])
+
+    def _read(self, sql: Sql, values: dict) -> list:
+        return self._run(READ, lambda connection: all_rows(connection, sql, values))
+
+    def _with_history(self, domain: str, model: str, page: list[tuple[str, int, str | None]]) -> Iterator[TenantRecord]:
+        """The page's records (``id, vsn, data text``), each with its history and removal number."""
+        values = {"d": domain, "m": model, "ids": self._ids([id for id, _, _ in page])}
+        kept: dict[str, list[RecordVersion]] = {}
+        for id, vsn, at, by, data in self._read(self._history_of_sql, values):
+            kept.setdefault(id, []).append(RecordVersion(vsn, at, by, None if data is None else loads_stored(data)))
+        removed = dict(self._read(self._removals_of_sql, values))
+        for id, vsn, data in page:
+            yield TenantRecord(model, id, vsn, None if data is None else loads_stored(data), tuple(kept.get(id, ())),
+                               removed.get(id))
+
+    def _history_only(self, domain: str, model: str) -> set[str]:
+        """The ids of ``model`` holding history without a live record."""
+        only: set[str] = set()
         after = ""
         while True:
-            values = {"d": domain, "m": model, "after": after, "n": PAGE}
-            rows = self._run(READ, lambda connection, values=values: all_rows(connection, self._removed_page_sql,
-                                                                              values))
-            if not rows:
-                return
-            for group in _grouped(rows):
-                after = group[0][0]
-                yield TenantRecord(model, after, 0, None, _versions(group, 1), group[0][5])
+            ids = [row[0] for row in self._read(self._held_sql, {"d": domain, "m": model, "after": after, "n": PAGE})]
+            if not ids:
+                return only
+            after = ids[-1]
+            live = {row[0] for row in self._read(self._live_of_sql, {"d": domain, "m": model, "ids": self._ids(ids)})}
+            only.update(id for id in ids if id not in live)
 
     # -- writing -----------------------------------------------------------
 
@@ -269,20 +290,3 @@ class SqlTenants:
         return self._run(TRANSACTION, work)
 
 
-def _grouped(rows: list) -> Iterator[list]:
-    """The rows of a page, one list per record (its rows are consecutive)."""
-    group: list = []
-    for row in rows:
-        if group and row[0] != group[0][0]:
-            yield group
-            group = []
-        group.append(row)
-    if group:
-        yield group
-
-
-def _versions(group: list, start: int) -> tuple[RecordVersion, ...]:
-    """The history entries of a record's rows: ``vsn, at, by, data`` from column ``start`` (none: no entry)."""
-    return tuple(RecordVersion(row[start], row[start + 1], row[start + 2],
-                               None if row[start + 3] is None else loads_stored(row[start + 3]))
-                 for row in group if row[start] is not None)
