@@ -331,3 +331,29 @@ def test_an_import_killed_halfway_leaves_the_tenant_it_was_loading_absent(target
     assert _run(ini, "import", str(path), "--replace") == 0
     assert [driver.tenant_counts(t).records for t in tenants] == [complete, complete]
     assert [len(list(driver.tenant_records(t, "Todo"))) for t in tenants] == [1200, 1200]
+
+
+def test_verify_says_what_differs_record_by_record(filled, tmp_path, capsys):
+    url, ini, tenants = filled
+    target_url = f"sqlite:///{tmp_path / 'copy.sqlite3'}"
+    assert _run(ini, "copy", "--from", url, "--to", target_url, "--tenant", tenants[0], "--verify") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ("verified 1 tenant: 4 records and 4 history entries identical "
+                                                        "on both sides")
+    from bastion_storage_sql import SqlDriver
+    from kernel.core.driver import Change
+
+    source, target = SqlDriver(url), SqlDriver(target_url)
+    try:
+        todo = next(r for r in target.tenant_records(tenants[0], "Todo") if r.vsn)
+        target.commit(tenants[0], [Change("update", "Todo", todo.id, todo.vsn, {**todo.data, "text": "changed"},
+                                          {"done": True})])
+        target.commit(tenants[0], [Change("insert", "ZGate", "extra", 0, {"label": "x"}, {"label": "x"})])
+        records, history, differences = moves.verify(source, target, tenants[0])
+        assert (records, history) == (5, 4)
+        assert differences == [
+            f"{tenants[0]}: Todo {todo.id!r}: version, data differ (version 2, 2 history entries in the source, "
+            "version 3, 2 history entries in the target)",
+            f"{tenants[0]}: ZGate 'extra': only in the target"]
+    finally:
+        source.close()
+        target.close()
