@@ -1,7 +1,7 @@
 """``bastion tenants | export | import | copy | delete-tenant``: whole tenants, on any driver that moves them.
 
 Each command is a function of its parsed arguments and the kernel's
-:class:`kernel.cli.CommandEnv`, as the kernel's other commands are;
+``kernel.cli.CommandEnv``, as the kernel's other commands are;
 :data:`COMMANDS` lists them as ``(name, run, help, arguments)`` rows, which
 :mod:`kernel.cli` adds to its table. Every command that reads or writes a
 tenant's data writes a security event (``origin`` ``cli``, ``admin`` the
@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, Protocol, TextIO
 
 from kernel.core.driver import TenantCounts, TenantStore
 from kernel.core.errors import InvalidHost
@@ -27,8 +27,21 @@ from kernel.tenants.format import ExportError
 from kernel.version import __version__
 
 if TYPE_CHECKING:
-    from kernel.cli import CommandEnv
     from kernel.core.runtime import Runtime
+
+
+class CommandEnv(Protocol):
+    """What a command is given besides its arguments: :class:`kernel.cli.CommandEnv` (named here by its parts,
+    so that this module does not import the one that imports it)."""
+
+    @property
+    def runtime_factory(self) -> Callable[[], Runtime]: ...
+
+    @property
+    def out(self) -> TextIO: ...
+
+    @property
+    def err(self) -> TextIO: ...
 
 #: The origin of these commands' security events.
 ORIGIN = "cli"
