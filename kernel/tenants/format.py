@@ -30,6 +30,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from kernel.core.driver import RecordVersion, TenantRecord, check_tenant_record, is_record_id
+
+try:  # orjson reads a line several times faster, and refuses NaN and Infinity as the format does
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib reads alike
+    _orjson = None  # type: ignore[assignment]
 from kernel.core.hosts import parse_domain
 from kernel.core.jsonio import dumps_text
 
@@ -147,6 +152,14 @@ def parse_line(raw: bytes, number: int) -> dict[str, Any]:
     """One line as a JSON object, or ExportError."""
     if not raw.endswith(b"\n"):
         raise ExportError(number, "the file ends in the middle of a line (truncated)")
+    if _orjson is not None:
+        try:
+            value = _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass  # read again below, for the message
+        else:
+            if isinstance(value, dict):
+                return value
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_constant)
     except UnicodeDecodeError:
@@ -177,8 +190,12 @@ def _header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def record_of(line: dict[str, Any], number: int) -> TenantRecord:
-    """A record line as a :class:`TenantRecord`, or ExportError naming what is wrong."""
+def record_of(line: dict[str, Any], number: int, check: bool = True) -> TenantRecord:
+    """A record line as a :class:`TenantRecord`, or ExportError naming what is wrong.
+
+    ``check``: also apply :func:`check_tenant_record` (the second pass of an
+    import leaves it to the driver, which applies it anyway).
+    """
     unknown = set(line) - {"model", "id", "vsn", "data", "history", "removal"}
     if unknown:
         raise ExportError(number, f"unknown keys {', '.join(sorted(unknown))} in a record line")
@@ -191,7 +208,8 @@ def record_of(line: dict[str, Any], number: int) -> TenantRecord:
     try:
         record = TenantRecord(line["model"], line["id"], line.get("vsn"), line.get("data"),  # type: ignore[arg-type]
                               tuple(RecordVersion(**entry) for entry in history), line.get("removal"))
-        check_tenant_record(record)
+        if check:
+            check_tenant_record(record)
     except TypeError as exc:
         raise ExportError(number, str(exc)) from None
     return record
@@ -300,6 +318,6 @@ def tenant_records(stream: IO[bytes], section: Section) -> Iterator[TenantRecord
         number += 1
         raw = stream.readline()
         digest.update(raw)
-        yield record_of(parse_line(raw, number), number)
+        yield record_of(parse_line(raw, number), number, check=False)
     if digest.digest() != section.sha256.digest():
         raise ExportError(number, f"tenant {section.tenant}'s lines changed while they were imported")
