@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol, TextIO
 
 from kernel.core.driver import TenantCounts, TenantStore
-from kernel.core.errors import InvalidHost
+from kernel.core.errors import BastionError, ConfigError, InvalidHost
 from kernel.core.hosts import parse_domain
 from kernel.core.urls import StorageURL
 from kernel.tenants import moves
@@ -265,9 +265,9 @@ def copy(args: argparse.Namespace, env: CommandEnv) -> int:
         raise SystemExit("bastion: copy: --from and --to name the same storage")
 
     def work(runtime: Runtime) -> int:
-        source = runtime.open_driver(args.source)
+        source = _open(runtime, args.source, "--from")
         try:
-            target = runtime.open_driver(args.target)
+            target = _open(runtime, args.target, "--to")
         except BaseException:
             source.close()
             raise
@@ -278,6 +278,14 @@ def copy(args: argparse.Namespace, env: CommandEnv) -> int:
             target.close()
 
     return _run_on_runtime(env, work)
+
+
+def _open(runtime: Runtime, url: str, option: str) -> Any:
+    """The driver of ``url``, or one line naming the option whose storage cannot be opened, and why."""
+    try:
+        return runtime.open_driver(url)
+    except (ConfigError, BastionError) as exc:
+        raise SystemExit(f"bastion: copy: {option} {StorageURL(url).redacted}: {exc}") from None
 
 
 def _copy(args: argparse.Namespace, env: CommandEnv, runtime: Runtime, source: TenantStore,
