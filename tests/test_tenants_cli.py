@@ -357,3 +357,29 @@ def test_verify_says_what_differs_record_by_record(filled, tmp_path, capsys):
     finally:
         source.close()
         target.close()
+
+
+def test_records_and_state_apart_are_listed_together_and_deleted_together(users_app, login, redis_server, tmp_path,
+                                                                          capsys):
+    """SQLite records, Redis state: the listing adds both up, the deletion empties both."""
+    prefix = f"mixed{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{tmp_path / 'mixed.sqlite3'}"
+    sections = {"bastion": {"storage": url, "state": redis_server.url}, "storage_redis": {"key_prefix": prefix}}
+    tenants = ["one.localhost", "two.localhost"]
+    users_app({f"u@{t}": PASSWORD for t in tenants}, sections=sections, plugins=[GatePlugin()], only=PLUGINS,
+              clock=time.time)
+    for tenant in tenants:
+        login(f"u@{tenant}").call("add", "x")
+    ini = _ini(tmp_path, url, storage_redis={"key_prefix": prefix})
+    text = ini.read_text().replace(f"storage = {url}\n", f"storage = {url}\nstate = {redis_server.url}\n")
+    ini.write_text(text)
+    capsys.readouterr()
+    assert _run(ini, "tenants") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "2 tenants"
+    assert all("records 2 (Todo 1, User 1)" in line and "session 1" in line for line in lines[:-1]), lines
+    assert _run(ini, "delete-tenant", tenants[0], "--yes") == 0
+    assert "session 1" in capsys.readouterr().out
+    assert _run(ini, "tenants") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 tenant" and lines[0].startswith(f"{tenants[1]}  records 2") and "session 1" in lines[0]
