@@ -340,6 +340,7 @@ def test_verify_says_what_differs_record_by_record(filled, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == ("verified 1 tenant: 4 records and 4 history entries identical "
                                                         "on both sides")
     from bastion_storage_sql import SqlDriver
+
     from kernel.core.driver import Change
 
     source, target = SqlDriver(url), SqlDriver(target_url)
