@@ -117,6 +117,15 @@ class TenantsSuite(SuiteBase):
         assert list(driver.tenant_records(domain, "NoSuchModel")) == []
 
     @requires("tenants")
+    def test_ids_holding_only_history_come_after_the_live_records_in_id_order(self, driver, domain):
+        ids = ["zz", "ab", "\u00e9t\u00e9", "Ab", "m"]
+        driver.commit(domain, [_insert(id, {"text": id}, 3) for id in ids])
+        driver.commit(domain, [_delete(id, 1, 3) for id in ids if id != "m"])
+        streamed = list(driver.tenant_records(domain, M))
+        assert [(r.id, r.vsn) for r in streamed] == [("m", 1), ("Ab", 0), ("ab", 0), ("zz", 0), ("\u00e9t\u00e9", 0)]
+        assert [r.removal for r in streamed] == [None, 4, 2, 1, 3]
+
+    @requires("tenants")
     def test_load_keeps_ids_versions_history_order_and_index(self, driver, domain, other_domain):
         _fill(driver, domain)
         source = _stream(driver, domain)
