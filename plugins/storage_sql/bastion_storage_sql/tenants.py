@@ -15,7 +15,8 @@
   statement deadline: a large tenant takes as long as it takes): the check
   that the domain holds no data (or the deletion of what it holds, with
   ``replace``), then the records, index entries, history and removal numbers,
-  :data:`PAGE` records per ``executemany``, then COMMIT. A process killed
+  :data:`PAGE` records at a time (one ``INSERT ... SELECT FROM unnest`` of
+  arrays per table on PostgreSQL, an ``executemany`` on SQLite), then COMMIT. A process killed
   halfway never sent the COMMIT: the database rolls the whole load back, and
   the domain holds what it held before. On SQLite the transaction holds the
   write lock from its first statement (``BEGIN IMMEDIATE``) to its end;
@@ -50,6 +51,31 @@ from kernel.drivers import ServiceUnavailable
 
 #: Records per page of a stream, and per ``executemany`` of a load.
 PAGE = 500
+
+
+def _unnest(table: str, columns: dict[str, tuple[str, str]], ordered: bool = False) -> tuple[str, tuple[str, ...]]:
+    """A PostgreSQL INSERT of a page of rows given as one array per column (``{parameter: (column, type)}``),
+    the domain as ``%(d)s``; ``ordered``: in the arrays' order (the identity ``seq`` follows it)."""
+    names = ", ".join(column for column, _ in columns.values())
+    arrays = ", ".join(f"%({parameter})s::{kind}[]" for parameter, (_, kind) in columns.items())
+    aliases = ", ".join(f"c_{column}" for column, _ in columns.values())
+    text = (f"INSERT INTO {table} (domain, {names}) SELECT %(d)s, {aliases} FROM unnest({arrays}) "
+            f"WITH ORDINALITY AS t({aliases}, ordinal)" + (" ORDER BY ordinal" if ordered else ""))
+    return text, tuple(columns)
+
+
+#: The PostgreSQL statements of a load's pages, by table.
+UNNEST = {
+    records.name: _unnest(records.name, {"m": ("model", "varchar"), "id": ("id", "varchar"),
+                                         "vsn": ("vsn", "integer"), "data": ("data", "text")}, ordered=True),
+    index_entries.name: _unnest(index_entries.name, {"m": ("model", "varchar"), "field": ("field", "varchar"),
+                                                     "token": ("token", "varchar"), "id": ("id", "varchar")}),
+    history.name: _unnest(history.name, {"m": ("model", "varchar"), "id": ("id", "varchar"), "n": ("n", "bigint"),
+                                         "vsn": ("vsn", "integer"), "at": ("committed_at", "float8"),
+                                         "by": ("committed_by", "varchar"), "data": ("data", "text")}),
+    removals.name: _unnest(removals.name, {"m": ("model", "varchar"), "id": ("id", "varchar"),
+                                           "n": ("n", "bigint")}),
+}
 
 _p = sa.bindparam
 
@@ -127,6 +153,8 @@ class SqlTenants:
                                                                    n=_p("n")))
         self._holds_sql = compile_(sa.select(sa.or_(sa.exists().where(records.c.domain == _p("d")),
                                                     sa.exists().where(history.c.domain == _p("d")))))
+        self._tables = {self._load_record_sql: records.name, self._load_index_sql: index_entries.name,
+                        self._load_history_sql: history.name, self._load_removal_sql: removals.name}
         # Index entries first (they refer to the records), then the rest; state and windows too.
         self._delete_sql = [compile_(table.delete().where(table.c.domain == _p("d")))
                             for table in (index_entries, records, history, removals, state, windows)]
@@ -277,7 +305,13 @@ class SqlTenants:
             if record.removal is not None:
                 rows[self._load_removal_sql].append({**key, "n": record.removal})
         for sql, values in rows.items():
-            if values:
+            if not values:
+                continue
+            if self._postgresql:
+                # One INSERT ... SELECT FROM unnest(arrays) per table: executemany sends one statement per row.
+                text, columns = UNNEST[self._tables[sql]]
+                connection.execute(text, {"d": domain, **{c: [v[c] for v in values] for c in columns}})
+            else:
                 connection.cursor().executemany(sql.text, [sql.params(v) for v in values])
         return len(page)
 
