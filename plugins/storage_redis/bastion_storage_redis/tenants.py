@@ -247,7 +247,7 @@ class RedisTenants:
         prefix = self.keys.domain(domain)
         staged_list, old_list = prefix + STAGED + "~staged", prefix + STAGED + "~old"
         self._discard_staged(staged_list, old_list)
-        if not replace and self.tenant_counts(domain).holds_data:
+        if not replace and self._holds_data(domain):
             raise VersionConflict(f"{domain} already holds records")
         try:
             count, created = self._stage(domain, loaded, staged_list)
@@ -258,6 +258,13 @@ class RedisTenants:
             raise
         self._wire.eval(self._commit, (staged_list, old_list, self.keys.seq(domain)), (prefix, created))
         return count
+
+    def _holds_data(self, domain: str) -> bool:
+        """Whether the domain holds records or history. A domain that never had a record has no creation counter
+        (one EXISTS, not a SCAN: loading ten thousand new tenants reads the keyspace no more than once each)."""
+        if not self._wire.execute("EXISTS", self.keys.seq(domain)):
+            return False
+        return self.tenant_counts(domain).holds_data
 
     def _stage(self, domain: str, loaded: Iterable[TenantRecord], staged_list: str) -> tuple[int, int]:
         """Write every record under staged names, a page per pipeline; return how many, and the last creation
