@@ -109,20 +109,19 @@ def export(store: TenantStore, tenants: Mapping[str, TenantCounts], models: Mapp
 
 
 def import_file(stream: IO[bytes], target: TenantStore, models: Mapping[str, ModelInfo], replace: bool = False,
-                progress: Progress = _quiet, held: Callable[[str], TenantCounts] | None = None,
-                ) -> list[tuple[str, int, int]]:
+                progress: Progress = _quiet) -> list[tuple[str, int, int]]:
     """Check the whole file, then load it tenant by tenant; return ``(tenant, records, history)`` of each.
 
     Nothing is written unless the whole file passes :func:`check_export`
-    and, without ``replace``, no tenant of it holds data in the target
-    (``held``: what a tenant holds there, the target's own count by default).
+    and, without ``replace``, no tenant of it holds data in the target (its
+    census, read once).
     Each tenant is loaded all or nothing (:meth:`TenantStore.load_tenant`).
     """
     checked = check_export(stream, models)
-    holding = held or target.tenant_counts
     if not replace:
-        taken = [(section.tenant, holding(section.tenant)) for section in checked.sections]
-        taken = [(tenant, counts) for tenant, counts in taken if counts.holds_data]
+        census = target.tenants()  # one pass, whatever the number of tenants of the file
+        taken = [(section.tenant, census[section.tenant]) for section in checked.sections
+                 if section.tenant in census and census[section.tenant].holds_data]
         if taken:
             tenant, counts = taken[0]
             more = f", and {len(taken) - 1} more tenants of the file too" if len(taken) > 1 else ""
@@ -144,8 +143,9 @@ def copy_tenants(source: TenantStore, target: TenantStore, tenants: Mapping[str,
                  models: Mapping[str, ModelInfo], replace: bool = False, progress: Progress = _quiet) -> list[int]:
     """Load each tenant of ``source`` into ``target`` (all or nothing per tenant); return the records of each."""
     if not replace:
+        census = target.tenants()
         for tenant in tenants:
-            counts = target.tenant_counts(tenant)
+            counts = census.get(tenant, TenantCounts())
             if counts.holds_data:
                 raise ValueError(f"tenant {tenant} already holds data in the target "
                                  f"({sum(counts.records.values())} records): nothing was copied; --replace replaces "
