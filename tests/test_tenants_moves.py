@@ -210,3 +210,27 @@ def test_copy_refuses_a_driver_without_the_capability(tmp_path, capsys):
     assert err == ("bastion: --from (Bare) cannot list or move tenants: its driver does not declare the 'tenants' "
                    "capability")
 
+
+
+def test_ten_thousand_todos_go_from_sqlite_to_a_redis_cluster_with_their_history(engine, users_app, login, tmp_path,
+                                                                                 capsys):
+    tenants = _tenants()[:1]
+    source_url, target_url = engine("sqlite"), engine("cluster")
+    source = _app(users_app, source_url, tenants)
+    todo = source.runtime.models.named("Todo").cls
+    with source.runtime.bind(tenants[0]):
+        for start in range(0, 10_000, 1000):
+            with storage() as db:
+                made = [db.insert(todo, text=f"{UNICODE} {n}") for n in range(start, start + 1000)]
+            with storage() as db:
+                for record in made[::10]:
+                    db.update(todo, record._id, 1, done=True)
+    before = login(f"user0@{tenants[0]}").call("get_all")
+    argv = ["--config", _ini(tmp_path), "copy", "--from", source_url, "--to", target_url, "--tenant", tenants[0],
+            "--verify"]
+    assert main(argv, pm=_pm()) == 0, capsys.readouterr()
+    assert "verified 1 tenant: 10001 records and 11000 history entries identical" in capsys.readouterr().out
+    client = login(f"user0@{tenants[0]}", password=PASSWORD, app=_app(users_app, target_url))
+    assert client.call("get_all") == before
+    assert client.call("get_all", after=before[4999]["id"], limit=2) == before[5000:5002]
+    assert [v["vsn"] for v in client.call("history", before[10]["id"])] == [1, 2]
