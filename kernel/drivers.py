@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.core.config import PluginSettings
 from kernel.core.driver import (
     DEFAULT_HISTORY_KEEP_REMOVED,
     MAX_ID_LENGTH,
@@ -65,7 +66,6 @@ from kernel.core.driver import (
     is_record_id,
     is_text,
 )
-from kernel.core.config import PluginSettings
 from kernel.core.errors import ConfigError, RecordNotFound, ServiceUnavailable, VersionConflict
 from kernel.core.jsonio import dumps_text, loads_stored
 from kernel.core.runtime import PROCESS_LOCAL

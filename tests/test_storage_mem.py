@@ -70,7 +70,8 @@ def test_the_kernel_alone_opens_mem():
     assert pm.get_plugin("storage_mem") is storage_mem
     assert isinstance(pm.hook.bastion_storage_driver(url=StorageURL("mem://"), settings=None, config=None, clock=FakeClock()),
                       MemoryDriver)
-    assert pm.hook.bastion_storage_driver(url=StorageURL("redis://127.0.0.1/0"), settings=None, config=None, clock=FakeClock()) is None
+    assert pm.hook.bastion_storage_driver(url=StorageURL("redis://127.0.0.1/0"), settings=None, config=None,
+                                          clock=FakeClock()) is None
 
 
 def test_naming_storage_mem_loads_nothing_more():

@@ -139,7 +139,7 @@ def call_per_plugin(pm: pluggy.PluginManager, name: str, settings_of: Callable[[
     """
     hook = getattr(pm.hook, name)
     first = bool(hook.spec and hook.spec.opts.get("firstresult"))
-    results = []
+    results: list[Any] = []
     for impl in reversed(hook.get_hookimpls()):
         others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
         result = pm.subset_hook_caller(name, others)(**kwargs, settings=settings_of(owner_of(impl)))

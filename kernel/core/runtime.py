@@ -26,6 +26,7 @@ from kernel.core.driver import Capability, Driver, capabilities_of
 from kernel.core.errors import ConfigError
 from kernel.core.events import SECURITY, log_event
 from kernel.core.instruments import MetricsRegistry, NoMetrics
+from kernel.core.paging import paged
 from kernel.core.plugins import SEAT, call_per_plugin, get_plugin_manager
 from kernel.core.services import Services
 from kernel.core.store import Errors, Models, Record, StorageScope
@@ -105,14 +106,15 @@ class Runtime:
     # -- storage ----------------------------------------------------------
 
     def open_driver(self, url: str) -> Driver:
-        """Open the driver of a storage URL through ``bastion_storage_driver``."""
+        """Open the driver of a storage URL through ``bastion_storage_driver`` (wrapped once when it cannot page)."""
         url = StorageURL(url)
-        found = call_per_plugin(self.pm, "bastion_storage_driver", self.config.for_plugin, url=url, config=self.config, clock=self.clock)
+        found = call_per_plugin(self.pm, "bastion_storage_driver", self.config.for_plugin,
+                                url=url, config=self.config, clock=self.clock)
         driver = found[0] if found else None
         if driver is None:
             raise ConfigError(f"{self.config.label}: [bastion] storage URL {url.redacted!r}: no installed plugin "
                               f"serves the scheme {url.scheme!r}")
-        return driver
+        return paged(driver)
 
     @property
     def drivers(self) -> list[Driver]:

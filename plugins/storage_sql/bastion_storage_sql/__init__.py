@@ -10,7 +10,6 @@ See docs/storage-sql.md.
 from __future__ import annotations
 
 import time
-
 from collections.abc import Callable
 
 from bastion_storage_sql import cli, deploy
