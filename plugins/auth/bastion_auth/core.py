@@ -21,6 +21,7 @@ from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.calls import SessionRead, SignedCalls
 from bastion_auth.login import Login
 from bastion_auth.passwords import Passwords
+from bastion_auth.roles import RolesEpoch
 from bastion_auth.services import AccountServices
 from bastion_auth.sessions import Sessions
 from kernel import (
@@ -74,6 +75,11 @@ class Auth:
     def sessions(self) -> Sessions:
         """Sessions in the state store."""
         return Sessions(self.state, self.settings)
+
+    @functools.cached_property
+    def roles_epoch(self) -> RolesEpoch:
+        """The domains' roles epochs: set when a user's roles change (see :mod:`bastion_auth.roles`)."""
+        return RolesEpoch(self.state, self.settings)
 
     @functools.cached_property
     def abuse(self) -> Abuse:
