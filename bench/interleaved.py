@@ -62,7 +62,11 @@ PROXY_HEADER = "X-Forwarded-Proto:https"
 #: The call shapes measured: (op, todos in the domain).
 CASES = {"get_all-10": ("get_all", 10), "get_all-1000": ("get_all", 1000), "add": ("add", 10),
          "update": ("update", 10)}
-VARIANTS = ("bastion", "no-metrics", "no-call-line", "plain-gthread", "no-gate", "split-state", "in-process")
+VARIANTS = ("bastion", "no-metrics", "no-call-line", "plain-gthread", "no-gate", "split-state", "in-process",
+            "postgresql", "redis")
+#: The variants measured for every case; the others (what each part of a served call costs) only for these cases.
+EVERY_CASE = ("bastion", "postgresql", "redis")
+ACCOUNTING_CASES = ("get_all-10", "add")
 PEERS = ("django", "fastapi")
 
 
@@ -77,6 +81,8 @@ class Target:
     ok: Callable[[str], tuple[str, ...]] = lambda op: ("200",)
     cycle: bool = False  # the ceiling replays its lines; signed calls never replay a nonce
     app: Callable | None = None  # in process: the WSGI app called directly, one call at a time, no HTTP
+    backend_pids: list[int] = field(default_factory=list)  # PostgreSQL's or Redis's, whose CPU is counted apart
+    variant: str = ""
     rps: dict[str, float] = field(default_factory=dict)  # the last measured rate per op, to size the next run
 
 
@@ -118,10 +124,10 @@ class PlainGunicorn:
                 self.process.wait()
 
 
-def bastion_sections(db: Path, password_hash: str, variant: str) -> dict:
+def bastion_sections(storage: str, password_hash: str, variant: str) -> dict:
     """Bastion's production configuration behind a proxy on 127.0.0.1, with ``variant``'s one change."""
     sections: dict[str, dict] = {
-        "bastion": {"development": False, "storage": f"sqlite:///{db}", "allowed_hosts": f"*.{HOST}",
+        "bastion": {"development": False, "storage": storage, "allowed_hosts": f"*.{HOST}",
                     "trusted_proxies": "127.0.0.1/32"},
         "auth": {"demo_user": False},
         "users": {f"{USERNAME}@{tenant}.{HOST}": password_hash for tenant, _ in TENANTS.values()},
@@ -133,7 +139,7 @@ def bastion_sections(db: Path, password_hash: str, variant: str) -> dict:
     elif variant == "no-gate":
         sections["storage_sql"] = {"sqlite_write_gate": False}
     elif variant == "split-state":
-        sections["bastion"]["state"] = f"sqlite:///{db.with_name(db.stem + '-state.sqlite3')}"
+        sections["bastion"]["state"] = storage.replace(".sqlite3", "-state.sqlite3")
     return sections
 
 
@@ -160,8 +166,10 @@ class Interleaved:
         self.hash, _ = password_hash(self.password)
         self.samples: list[dict] = []
         self.notes: list[str] = []
-        self.update_ids = (fill.todo_id("u", i) for i in itertools.count())
+        self.update_ids: dict[str, Iterator[str]] = {}  # per store: every target of one store draws on its own
         self.current_case = ""
+        self.stores: dict[str, tuple[str, list[int]]] = {}
+        self.update_left: dict[str, int] = {}
 
     def close(self) -> None:
         self.stack.close()
@@ -175,16 +183,17 @@ class Interleaved:
         dummy = load.Signer(sid="c" * 32, key=secrets.token_bytes(32), domain=HOST, host=HOST)
 
         def lines(op: str, count: int) -> Iterator[str]:
-            return signed_lines(dummy, op, self.bodies(op, ceiling=True), count)
+            return signed_lines(dummy, op, self.bodies(op), count)
 
         return Target(f"ceiling-{todos}", server.url, server.pid, lines, cycle=True)
 
-    def bastion(self, db: Path, variant: str) -> Target:
-        sections = bastion_sections(db, self.hash, variant)
+    def bastion(self, variant: str) -> Target:
+        storage, backend_pids = self.store(variant)
+        sections = bastion_sections(storage, self.hash, variant)
         if variant == "split-state":
             self.create_schema(sections)
         if variant == "in-process":
-            return self.in_process(sections)
+            return self.in_process(sections, storage)
         if variant == "plain-gthread":
             directory = tempfile.mkdtemp(dir=self.tmp)
             config = write_config(sections, directory)
@@ -201,11 +210,11 @@ class Interleaved:
         signers = {case: self.login(url, f"{tenant}.{HOST}") for case, (tenant, _) in TENANTS.items()}
 
         def lines(op: str, count: int) -> Iterator[str]:
-            return signed_lines(signers[self.current_case], op, self.bodies(op), count)
+            return signed_lines(signers[self.current_case], op, self.bodies(op, storage), self.cap(storage, op, count))
 
-        return Target(variant, url, pid, lines)
+        return Target(variant, url, pid, lines, backend_pids=backend_pids, variant=variant)
 
-    def in_process(self, sections: dict) -> Target:
+    def in_process(self, sections: dict, storage: str) -> Target:
         """Bastion's app in this process, its calls made one at a time with no HTTP: the app's own cost."""
         from kernel.client import Client
         from kernel.core.config import load_config
@@ -229,9 +238,9 @@ class Interleaved:
                                         host=client.domain, offset=client.offset)
 
         def lines(op: str, count: int) -> Iterator[str]:
-            return signed_lines(signers[self.current_case], op, self.bodies(op), count)
+            return signed_lines(signers[self.current_case], op, self.bodies(op, storage), self.cap(storage, op, count))
 
-        return Target("in-process", "", 0, lines, app=app)
+        return Target("in-process", "", 0, lines, app=app, variant="in-process")
 
     def login(self, url: str, domain: str) -> load.Signer:
         body = json.dumps({"username": USERNAME, "password": self.password}).encode()
@@ -301,25 +310,33 @@ class Interleaved:
 
     # -- requests ---------------------------------------------------------
 
-    def bodies(self, op: str, ceiling: bool = False) -> Iterator[bytes]:
+    def cap(self, storage: str, op: str, count: int) -> int:
+        """No more updates than todos left to name in ``storage`` (each update names a todo of its own)."""
+        if op != "update":
+            return count
+        count = min(count, self.update_left[storage])
+        self.update_left[storage] -= count
+        return count
+
+    def bodies(self, op: str, storage: str = "") -> Iterator[bytes]:
         if op == "get_all":
             return itertools.repeat(b"{}")
         if op == "add":
             return itertools.repeat(b'{"args":["buy oat milk"]}')
-        ids = itertools.repeat("u0000000") if ceiling else self.update_ids
+        ids = self.update_ids[storage] if storage else itertools.repeat("u0000000")
         return (json.dumps({"args": [i, 1], "kwargs": {"done": True}}, separators=(",", ":")).encode() for i in ids)
 
     # -- measuring --------------------------------------------------------
 
-    def run_once(self, target: Target, op: str, seconds: float, backend_pids=()) -> load.RunResult:
+    def run_once(self, target: Target, op: str, seconds: float) -> load.RunResult:
         if target.app is not None:
             return self.run_in_process(target, op, seconds)
-        count = 2000 if target.cycle else int(target.rps.get(op, 1500) * seconds * 1.5) + 500
+        count = 2000 if target.cycle else int(max(target.rps.get(op, 1500), 1000) * seconds * 2.5) + 1000
         path = load.write_lines(target.lines(op, count), self.tmp)
         try:
             result = load.run_wrk(target.url, path, seconds, connections=self.args.connections, threads=2,
                                   cycle=target.cycle, server_pid=target.pid,
-                                  worker_pids=lambda: procs.children(target.pid), backend_pids=list(backend_pids),
+                                  worker_pids=lambda: procs.children(target.pid), backend_pids=target.backend_pids,
                                   ok=target.ok(op))
         finally:
             path.unlink(missing_ok=True)
@@ -379,14 +396,14 @@ class Interleaved:
     def run(self) -> dict:
         args = self.args
         started = time.monotonic()
-        db = self.prepare_sqlite()
         ceilings = {10: self.ceiling(10), 1000: self.ceiling(1000)}
-        targets = [self.bastion(db, variant) for variant in args.variants]
+        targets = [self.bastion(variant) for variant in args.variants]
         targets += [t for t in (self.peer(name) for name in args.peers) if t is not None]
         print(f"  {len(targets)} targets and 2 ceilings serving after {time.monotonic() - started:.0f} s", flush=True)
         for case in args.cases:
             _, todos = CASES[case]
-            self.measure(case, ceilings[1000 if todos == 1000 else 10], targets)
+            chosen = [t for t in targets if case in ACCOUNTING_CASES or not t.variant or t.variant in EVERY_CASE]
+            self.measure(case, ceilings[1000 if todos == 1000 else 10], chosen)
         return {"commit": head(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "seconds": round(time.monotonic() - started), "args": vars(args), "notes": self.notes,
                 "load": os.getloadavg(), "samples": self.samples, "summary": summarize(self.samples)}
@@ -399,22 +416,37 @@ class Interleaved:
         development = {**sections, "bastion": {**sections["bastion"], "development": True}}
         Runtime(load_config(write_config(development, tempfile.mkdtemp(dir=self.tmp)))).close()
 
-    def prepare_sqlite(self) -> Path:
-        """One SQLite file every Bastion target serves: a tenant per case (``TENANTS``), filled."""
+    def store(self, variant: str) -> tuple[str, list[int]]:
+        """The storage URL a variant serves, filled with a tenant per case (``TENANTS``), and its backend's pids.
+
+        Every SQLite variant serves one file (filled once); ``postgresql`` and ``redis`` start a server of their
+        own (``bench/backends.py``), filled the same way.
+        """
+        name = variant if variant in ("postgresql", "redis") else "sqlite"
+        if name in self.stores:
+            return self.stores[name]
+        from bench.backends import Backend
         from kernel.core.config import load_config
         from kernel.core.runtime import Runtime
 
-        db = Path(self.tmp) / "bastion.sqlite3"
-        directory = tempfile.mkdtemp(dir=self.tmp)
-        sections = bastion_sections(db, self.hash, "bastion")
+        if name == "sqlite":
+            storage, pids = f"sqlite:///{Path(self.tmp) / 'bastion.sqlite3'}", []
+        else:
+            store = Backend(name, name, True).start()
+            self.stack.callback(store.stop)
+            storage, pids = store.storage, list(store.backend_pids)
+        sections = bastion_sections(storage, self.hash, "bastion")
         sections["bastion"]["development"] = True  # creates the schema (production checks it)
-        runtime = Runtime(load_config(write_config(sections, directory)))
+        runtime = Runtime(load_config(write_config(sections, tempfile.mkdtemp(dir=self.tmp))))
         try:
             for tenant, todos in TENANTS.values():
-                fill.fill(runtime.records, f"{tenant}.{HOST}", todos or self.args.update_budget, "u" if not todos else "t")
+                fill.fill(runtime.records, f"{tenant}.{HOST}", todos or self.args.update_budget, "t" if todos else "u")
         finally:
             runtime.close()
-        return db
+        self.update_ids[storage] = (fill.todo_id("u", i) for i in range(self.args.update_budget))
+        self.update_left[storage] = self.args.update_budget
+        self.stores[name] = storage, pids
+        return storage, pids
 
 
 def _environ(line: str) -> dict:
@@ -475,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--update-budget", type=int, default=150_000,
+    parser.add_argument("--update-budget", type=int, default=60_000,
                         help="todos filled for updates (each update names a new one; every target draws on them)")
     args = parser.parse_args(argv)
     bench = Interleaved(args)
