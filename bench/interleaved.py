@@ -333,6 +333,7 @@ class Interleaved:
             return self.run_in_process(target, op, seconds)
         count = 2000 if target.cycle else int(max(target.rps.get(op, 1500), 1000) * seconds * 2.5) + 1000
         path = load.write_lines(target.lines(op, count), self.tmp)
+        switches = procs.context_switches(target.pid)
         try:
             result = load.run_wrk(target.url, path, seconds, connections=self.args.connections, threads=2,
                                   cycle=target.cycle, server_pid=target.pid,
@@ -340,6 +341,11 @@ class Interleaved:
                                   ok=target.ok(op))
         finally:
             path.unlink(missing_ok=True)
+        # Threads that exited during the run (none should) take their switches with them: a lower bound.
+        after = procs.context_switches(target.pid)
+        if result.requests:
+            result.voluntary_switches_per_req = round((after[0] - switches[0]) / result.requests, 2)
+            result.involuntary_switches_per_req = round((after[1] - switches[1]) / result.requests, 2)
         if result.rps:
             target.rps[op] = result.rps
         return result
@@ -480,6 +486,10 @@ def summarize(samples: list[dict]) -> list[dict]:
                      "ratio": round(statistics.median(ratio), 4), "ratio_min": min(ratio), "ratio_max": max(ratio),
                      "rps": round(statistics.median(s["result"]["rps"] for s in mine), 1),
                      "p99_ms": round(statistics.median(s["result"]["p99_ms"] for s in mine), 2),
+                     "switches_per_req": round(statistics.median(
+                         s["result"].get("voluntary_switches_per_req", 0) for s in mine), 2),
+                     "preempted_per_req": round(statistics.median(
+                         s["result"].get("involuntary_switches_per_req", 0) for s in mine), 2),
                      "valid": all(s["result"]["valid"] for s in mine)})
     return rows
 
@@ -487,11 +497,13 @@ def summarize(samples: list[dict]) -> list[dict]:
 def table(summary: list[dict]) -> str:
     """The summary as a Markdown table."""
     out = ["| case | server | passes | server CPU µs/request (median, min–max) | of the ceiling (median, min–max) "
-           "| req/s | p99 ms |", "|---|---|---:|---:|---:|---:|---:|"]
+           "| req/s | p99 ms | context switches per request (blocked / preempted) |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in summary:
         out.append(f"| {row['case']} | {row['target']} | {row['passes']} | {row['cpu_us_per_req']:.0f} "
                    f"({row['cpu_min']:.0f}–{row['cpu_max']:.0f}) | {row['ratio']:.0%} ({row['ratio_min']:.0%}–"
-                   f"{row['ratio_max']:.0%}) | {row['rps']:.0f} | {row['p99_ms']:.1f} |"
+                   f"{row['ratio_max']:.0%}) | {row['rps']:.0f} | {row['p99_ms']:.1f} | {row['switches_per_req']:.1f} / "
+                   f"{row['preempted_per_req']:.1f} |"
                    + ("" if row["valid"] else " (some answers were not 200)"))
     return "\n".join(out)
 
