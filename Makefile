@@ -33,10 +33,11 @@ test:
 	@$(MAKE) --no-print-directory $(VENV)/.test-tools
 	$(BIN)/python -m pytest tests plugins
 
-## lint: ruff over everything, then mypy over the kernel (settings in pyproject.toml's [tool.mypy])
+## lint: ruff over everything, then mypy over the kernel and every plugin's package (the files and settings
+## are pyproject.toml's [tool.mypy])
 lint: $(VENV)/.test-tools
 	$(BIN)/ruff check kernel plugins tests bench
-	$(BIN)/mypy kernel
+	$(BIN)/mypy
 
 ## bench: the full benchmark (under 15 minutes); bench-quick: under 2 minutes; both install the `bench` extra
 ## (Django and Django REST framework, for the peer in bench/peers/)
