@@ -72,11 +72,13 @@ class Command:
 
 
 def plugins(args: argparse.Namespace, env: CommandEnv) -> int:
-    """``bastion plugins``: each plugin with its distribution and the hooks it implements."""
+    """``bastion plugins``: each plugin with its distribution and every hook it implements (also on the objects it
+    registers when a runtime opens, with their class)."""
     for row in describe(env.pm):
         print(f"{row['name']}  {row['distribution']} {row['version']}", file=env.out)
         for hook in row["hooks"]:
-            print(f"    {hook}", file=env.out)
+            cls = row["registered"].get(hook)
+            print(f"    {hook}" + (f"  (on {cls}, registered when a runtime opens)" if cls else ""), file=env.out)
     return 0
 
 
