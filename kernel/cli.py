@@ -3,7 +3,7 @@
 The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``) and
 ``--version``; plugins add their own commands through the ``bastion_cli``
 hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
-``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
+``roles``, ``sessions``, ``end-sessions``, ``locks``, ``unlock``, ``unban`` and
 ``hash-password``; the SQL plugin ``initdb``).
 
 Each of the kernel's commands is a function of its parsed arguments and a
