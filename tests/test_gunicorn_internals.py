@@ -342,6 +342,13 @@ def test_the_master_binds_only_when_it_was_given_no_listeners():
         sock.close_sockets([listener])
 
 
+def test_the_worker_notes_code_reloading_in_the_words_the_logger_knows():
+    """kernel/server/logger.py makes that one warning an INFO line in development mode, where reloading is the mode's."""
+    from kernel.server.logger import BastionLogger
+
+    assert f'self.log.warning("{BastionLogger.RELOADER_ON}")' in inspect.getsource(base.Worker.init_process)
+
+
 def test_the_logger_is_made_with_the_settings_and_set_up_again_on_a_reload():
     """kernel/server/logger.py configures logging in ``setup``, which gunicorn's Arbiter runs at start and reload."""
     assert "self.setup(cfg)" in inspect.getsource(glogging.Logger.__init__)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,6 +91,8 @@ def test_the_checkouts_bastion_ini_in_the_working_directory(tmp_path):
     status, output = run_serve(["serve"], tmp_path, without_config_variable(), port)
     assert status == 200
     assert "development mode, storage sqlite:///var/bastion.sqlite3" in output
+    assert "; the workers reload on code changes" in output and "INFO gunicorn.error Reloader is on" in output
+    assert not re.search(r"warning|would be ignored|traceback", output, re.IGNORECASE), output  # as `make run` starts
     assert (tmp_path / "var" / "bastion.sqlite3").is_file()  # relative to the working directory, as documented
 
 
