@@ -110,14 +110,19 @@ def check(args: argparse.Namespace, env: CommandEnv) -> int:
             runtime.ping()
         except BastionError as exc:
             return _unavailable(exc, config, env.err)
-        print(f"ok: {config.label}: {_urls(config)} answer; "
-              f"{len(runtime.services.names())} services, {len(list(runtime.models))} models", file=env.out)
+        print(f"ok: {config.label}: {_urls(config)} answer; {_count(len(runtime.services.names()), 'service')} "
+              f"and {_count(len(list(runtime.models)), 'model')}.", file=env.out)
         if config.bastion.development:
-            print("note: development = true: never for production; `bastion check --deploy` names every problem",
+            print("note: development = true is never for production; `bastion check --deploy` names every problem.",
                   file=env.out)
     finally:
         runtime.close()
     return 0
+
+
+def _count(n: int, thing: str) -> str:
+    """``1 service``, ``2 services``, ``no services``."""
+    return f"{n or 'no'} {thing}{'s' * (n != 1)}"
 
 
 def _unavailable(exc: BastionError, config, err: TextIO) -> int:

@@ -229,7 +229,7 @@ def test_plugins_lists_the_plugin_managers_given(capsys):
 def test_check_builds_its_runtime_with_the_plugin_manager_given(tmp_path, capsys):
     assert main(["--config", str(_mem_ini(tmp_path)), "check"], pm=_given_pm()) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: ") and "; 1 services, 0 models\n" in out, out
+    assert out.startswith("ok: ") and "answer; 1 service and no models.\n" in out, out
 
 
 def test_check_deploy_asks_the_plugin_manager_given(tmp_path, capsys):
