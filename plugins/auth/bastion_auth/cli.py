@@ -75,11 +75,9 @@ def iso(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
-def count(n: int, thing: str, things: str | None = None) -> str:
+def count(n: int, thing: str) -> str:
     """``1 live session``, ``2 live sessions``, ``no live session``."""
-    if n == 0:
-        return f"no {thing}"
-    return f"{n} {thing if n == 1 else things or thing + 's'}"
+    return f"no {thing}" if n == 0 else f"{n} {thing}{'s' * (n != 1)}"
 
 
 def ended_sessions(n: int) -> str:
