@@ -127,11 +127,13 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
 
 
 def _class_hooks(pm: pluggy.PluginManager, plugin: object, module_only: bool) -> dict[str, str]:
-    """The hooks that classes of the plugin's package implement (of its module alone when ``module_only``: the
-    kernel's built-in plugins), each with the first class found (``module.Class``). Only modules already imported
-    are looked at: those a plugin registers objects from are imported with it."""
-    module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
-    package = module if module_only else module.partition(".")[0]
+    """The hooks that classes of a plugin module's package implement (of the module alone when ``module_only``: the
+    kernel's built-in plugins), each with the first class found (``module.Class``); none for a plugin that is an
+    object (its hooks are its own). Only modules already imported are looked at: those a plugin registers objects
+    from are imported with it."""
+    if not isinstance(plugin, types.ModuleType):
+        return {}
+    package = plugin.__name__ if module_only else plugin.__name__.partition(".")[0]
     found: dict[str, str] = {}
     for name, loaded in sorted(sys.modules.copy().items()):
         if loaded is None or not (name == package or name.startswith(package + ".")):
