@@ -1276,6 +1276,24 @@ def test_a_rejected_new_todo_keeps_its_text_with_the_reason_beside_it(server, pa
     expect(new_todo).not_to_have_attribute("aria-invalid", "true")
 
 
+def test_a_new_todo_the_server_cannot_store_now_keeps_its_text_too(server, page, page_errors):
+    page_errors.expect_statuses(503)
+    page.goto(f"http://localhost:{server}/")
+    login_and_load(page)
+    # What the server answers while its storage is down (unsigned, as it must be).
+    page.route("**/api/add", lambda route: route.fulfill(
+        status=503, content_type="application/json", headers={"Retry-After": "1"},
+        body='{"exc":"ServiceUnavailable","err":["storage unavailable"],"retry_after":1}'))
+    add(page, "not lost")
+    expect(page.locator("#new-todo-error")).to_have_text(
+        "The server's storage is unavailable. Please try again shortly.")
+    expect(page.locator("input.new-todo")).to_have_value("not lost")
+    page.unroute("**/api/add")
+    page.press("input.new-todo", "Enter")
+    expect(items(page).locator("label")).to_have_text(["not lost"])
+    expect(page.locator("#new-todo-error")).to_be_hidden()
+
+
 def test_a_rejected_edit_keeps_its_text_with_the_reason_beside_it(server, page, page_errors):
     page_errors.expect_statuses(422)
     page.goto(f"http://localhost:{server}/")

@@ -508,10 +508,14 @@
     render();
   }
 
-  /** Hand a ValidationError to `rejected` (when given); any other failure goes on to `fail`. */
+  // Failures that `fail` handles for the whole list: the session ended (the sign-in form), or the todo changed or
+  // went elsewhere (the list is read again). Any other refusal of a text is the text's own, said beside it.
+  var LIST_FAILURES = new Set(["UnknownSession", "ExpiredSession", "VersionConflict", "RecordNotFound"]);
+
+  /** Hand a refusal of a text to `rejected` (when given), so that the text is kept; the rest goes on to `fail`. */
   function refusedWith(rejected) {
     return function (error) {
-      if (rejected && error && error.exc === "ValidationError") return rejected(error);
+      if (rejected && !LIST_FAILURES.has(error && error.exc)) return rejected(error);
       throw error;
     };
   }
