@@ -392,10 +392,12 @@
   /** The versions of a todo, oldest first, each with who made it, when, and what it changed in words. */
   function changes(versions) {
     return versions.map(function (version, i) {
-      return { vsn: version.vsn, at: version.at, by: version.by, what: whatChanged(version.data, i ? versions[i - 1].data : null, version.vsn) };
+      var before = i ? versions[i - 1].data : null;
+      return { vsn: version.vsn, at: version.at, by: version.by, what: whatChanged(version.data, before, version.vsn) };
     });
   }
 
+  /** What a version did, in words, from its data and the data of the version before it (null: none kept). */
   function whatChanged(data, before, vsn) {
     if (!data) return "removed it";
     var state = data.done ? "completed" : "active";
