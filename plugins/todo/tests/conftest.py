@@ -200,8 +200,37 @@ def password_hash() -> str:
     return argon2.using(type="ID", memory_cost=64, rounds=1).hash(PASSWORD)
 
 
+def todo_sections(password_hash: str, storage="mem://", users=(), roles=None, permissions=None, **auth):
+    """The sections and the plugins of a todo server: see :func:`todo_server`."""
+    sections = {
+        "bastion": {"development": True, "storage": storage},
+        "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
+        "users": {user: password_hash for user in (*USERS, *users)},
+    }
+    plugins = ["storage_mem" if storage == "mem://" else "storage_sql", "auth", "todo"]
+    if roles:
+        sections["roles"] = roles
+    if permissions:
+        sections["permissions"] = permissions
+        plugins.append("permissions")
+    return sections, plugins
+
+
 @pytest.fixture
-def todo_server(password_hash, gunicorn_server):
+def todo_gunicorn(password_hash, gunicorn_server):
+    """Like :func:`todo_server`, but returns the server (its port, and its configuration file beside its log)."""
+    if importlib.util.find_spec("bastion_auth") is None:
+        skip_or_fail("the auth plugin is not installed")
+
+    def start(**settings):
+        sections, plugins = todo_sections(password_hash, **settings)
+        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": ",".join(plugins)})
+
+    return start
+
+
+@pytest.fixture
+def todo_server(todo_gunicorn):
     """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)`` returns its port.
 
     ``todo_server(storage="sqlite:///...")`` serves that database with storage_sql instead;
@@ -210,21 +239,4 @@ def todo_server(password_hash, gunicorn_server):
 
     The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
     """
-    if importlib.util.find_spec("bastion_auth") is None:
-        skip_or_fail("the auth plugin is not installed")
-
-    def start(storage="mem://", users=(), roles=None, permissions=None, **auth):
-        sections = {
-            "bastion": {"development": True, "storage": storage},
-            "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
-            "users": {user: password_hash for user in (*USERS, *users)},
-        }
-        plugins = ["storage_mem" if storage == "mem://" else "storage_sql", "auth", "todo"]
-        if roles:
-            sections["roles"] = roles
-        if permissions:
-            sections["permissions"] = permissions
-            plugins.append("permissions")
-        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": ",".join(plugins)}).port
-
-    return start
+    return lambda **settings: todo_gunicorn(**settings).port

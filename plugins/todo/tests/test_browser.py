@@ -1489,3 +1489,29 @@ def test_without_permissions_every_user_sees_the_history(server, page):
     page.locator("button.history-close").focus()
     page.keyboard.press("Enter")
     expect(page.locator("#history")).to_be_hidden()
+
+
+def test_history_refused_after_the_users_roles_changed_is_offered_no_more(todo_gunicorn, tmp_path, page, page_errors,
+                                                                          capsys):
+    """The operator takes the role away while the page is open: the next click is refused, said, and the button
+    goes."""
+    from kernel.cli import main
+
+    page_errors.expect_statuses(403)
+    server = todo_gunicorn(storage=f"sqlite:///{tmp_path / 'todos.sqlite3'}", **AUDITED)
+    page.goto(f"http://localhost:{server.port}/")
+    login_and_load(page)
+    add(page, "audited")
+    history = items(page).first.locator("button.history-open")
+    expect(history).to_have_attribute("aria-label", "History: audited")
+    expect(history).not_to_have_attribute("hidden", "")
+    ini = Path(server.log_path).parent / "bastion.ini"
+    assert main(["--config", str(ini), "roles", "alice", "--domain", "localhost", "--set", ""]) == 0
+    assert "alice@localhost: (no roles)" in capsys.readouterr().out
+    items(page).first.hover()
+    history.click()
+    expect(page.get_by_role("alert")).to_have_text("You are not allowed to do that.")
+    expect(page.locator("#history")).to_be_hidden()
+    expect(items(page).locator("label")).to_have_text(["audited"])
+    items(page).first.hover()
+    expect(history).to_be_hidden()
