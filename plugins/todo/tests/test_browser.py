@@ -1495,7 +1495,7 @@ def test_history_refused_after_the_users_roles_changed_is_offered_no_more(todo_g
                                                                           capsys):
     """The operator takes the role away while the page is open: the next click is refused, said, and the button
     goes."""
-    from kernel.cli import main
+    from kernel.testing import main
 
     page_errors.expect_statuses(403)
     server = todo_gunicorn(storage=f"sqlite:///{tmp_path / 'todos.sqlite3'}", **AUDITED)
