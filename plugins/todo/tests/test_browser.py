@@ -1359,7 +1359,8 @@ def test_a_touch_screen_taps_to_edit_and_its_hint_says_so(server, browser, page_
         expect(first.locator("label")).to_have_text("tap me, tapped")
         # The other buttons are there without hovering, and the page still fits.
         expect(first.locator("button.destroy")).to_be_visible()
-        assert first.locator("button.destroy").evaluate("(b) => getComputedStyle(b).opacity") == "1"
+        expect(first.locator("button.destroy")).to_have_css("opacity", "1")
+        expect(first.locator("button.history-open")).to_have_css("opacity", "1")
         first.locator("input.toggle").tap()
         expect(first).to_have_class("completed")
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 360
