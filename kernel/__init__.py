@@ -19,6 +19,7 @@ from kernel.core.config import (  # noqa: E402
     List,
     Networks,
     Option,
+    PluginSettings,
     Settings,
     Size,
     Str,
@@ -94,7 +95,8 @@ __all__ = [
     # writing a plugin
     "hookimpl", "service", "storage", "current", "Request", "Routes", "Runtime", "Errors", "Record",
     # configuration
-    "Config", "load_config", "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
+    "Config", "load_config", "PluginSettings",
+    "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
     # JSON and text
     "dumps", "dumps_text", "loads", "loads_stored", "json_type", "b64url", "b64url_decode", "parse_domain",
     # authentication

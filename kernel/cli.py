@@ -147,7 +147,7 @@ def check_deploy(args: argparse.Namespace, env: CommandEnv) -> int:
         runtime = env.runtime_factory()
     except BastionError as exc:  # the storage cannot be opened: name the other problems all the same
         config = load_config(args.config)
-        problems = [_no_answer(exc, config), *collect(config, None, env.pm.hook)]
+        problems = [_no_answer(exc, config), *collect(config, None, env.pm)]
     else:
         try:
             problems = _runtime_problems(runtime, env.out)
@@ -172,9 +172,9 @@ def _runtime_problems(runtime: Runtime, out: TextIO) -> list[Problem]:
         runtime.ping()
     except BastionError as exc:
         # The checks that read the storage (runtime given) are skipped when it does not answer.
-        return [*problems, _no_answer(exc, config), *collect(config, None, runtime.hook)]
+        return [*problems, _no_answer(exc, config), *collect(config, None, runtime.pm)]
     print(f"ok: {config.label}: {_urls(config)} answer", file=out)
-    return [*problems, *collect(config, runtime, runtime.hook)]
+    return [*problems, *collect(config, runtime, runtime.pm)]
 
 
 def _report(problems: list[Problem], fail_level: str, out: TextIO) -> int:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.core.config import PluginSettings
 from kernel.core.driver import (
     DEFAULT_HISTORY_KEEP_REMOVED,
     MAX_ID_LENGTH,
@@ -83,8 +84,8 @@ __all__ = [
     # the shared checks, ids, the probe's namespace, the history bounds
     "check_change", "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id",
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",
-    # storage URLs
-    "StorageURL", "redact",
+    # storage URLs, and the settings ``bastion_storage_driver`` is given
+    "StorageURL", "redact", "PluginSettings",
     # what a driver raises, and JSON kept as text
     "VersionConflict", "RecordNotFound", "ServiceUnavailable", "ConfigError", "dumps_text", "loads_stored",
     # the reference driver

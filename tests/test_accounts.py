@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 from bastion_auth import users
+from bastion_auth.plugin import get_auth
 
 from kernel.core.errors import AccountLocked, Forbidden, InvalidCredential, UnknownSession, ValidationError, VersionConflict
 
@@ -105,7 +106,7 @@ def test_permissions_deny_with_403_and_allow_with_the_right_role(deployment, log
     assert len(bob.call("history", todo["id"])) == 3
     # Roles are stored with the user, on this driver too: a change counts from the next call.
     with app.runtime.bind(domain):
-        assert users.set_roles("alice", ["admin"]) is True
+        assert users.set_roles("alice", ["admin"], get_auth(app.runtime).roles_epoch) is True
     assert alice.call("clear_completed") == 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pluggy
+from pluggy import HookImpl
 
 from kernel.core import hookspecs
 from kernel.core.urls import scrub
@@ -21,6 +23,10 @@ ENTRY_POINT_GROUP = "bastion"
 #: ``storage_mem`` is the ``mem://`` driver, the default storage, so that the kernel's distribution alone serves;
 #: an entry point of that name (an older ``bastion-storage-mem``) is then not loaded: one plugin answers ``mem://``.
 DEFAULT_PLUGINS = (("kernel.defaults", "kernel.defaults"), ("storage_mem", "kernel.storage_mem"))
+
+#: The name under which a runtime takes its seat on its plugin manager (an object without hooks): one runtime per
+#: manager, seen by pluggy's own ``get_plugin``; not a plugin, so :func:`describe` leaves it out.
+SEAT = "bastion.runtime"
 
 
 def get_plugin_manager(
@@ -97,7 +103,7 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
     built_in = {name for name, _ in DEFAULT_PLUGINS}
     rows = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:
+        if plugin is None or name == SEAT:
             continue
         dist = None if name in built_in else dists.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
@@ -114,3 +120,32 @@ def _kernel_version() -> str:
     from kernel.version import __version__
 
     return __version__
+
+
+def owner_of(impl: HookImpl) -> str:
+    """The plugin a hook implementation belongs to: the top-level package of its code (``bastion_auth``, ``kernel``)."""
+    return (getattr(impl.function, "__module__", None) or impl.plugin_name).split(".")[0]
+
+
+def call_per_plugin(pm: pluggy.PluginManager, name: str, settings_of: Callable[[str], Any], **kwargs: Any) -> list:
+    """Call the hook ``name`` once per implementation, each given ``settings=settings_of(its owner)`` besides ``kwargs``.
+
+    pluggy gives every implementation of a call the same arguments; a
+    plugin's settings differ from plugin to plugin. So each implementation
+    is called through pluggy on its own (a subset caller holding only its
+    plugin: tracing, ``tryfirst``/``trylast`` order and argument checks are
+    pluggy's), in the order pluggy would call them. Returns the non-None
+    results in that order; for a ``firstresult`` hook, stops at the first.
+    """
+    hook = getattr(pm.hook, name)
+    first = bool(hook.spec and hook.spec.opts.get("firstresult"))
+    results: list[Any] = []
+    for impl in reversed(hook.get_hookimpls()):
+        others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
+        result = pm.subset_hook_caller(name, others)(**kwargs, settings=settings_of(owner_of(impl)))
+        if first:
+            if result is not None:
+                return [result]
+            continue
+        results.extend(r for r in result if r is not None)
+    return results

@@ -183,7 +183,7 @@ def _set_roles(console: Console, username: str, domain: str, text: str) -> int:
             wanted = users.parse_roles(text)
         except ValueError as exc:
             raise SystemExit(f"bastion: --set: {exc}") from None
-        changed = users.set_roles(username, wanted)
+        changed = users.set_roles(username, wanted, console.auth.roles_epoch)
     if changed is None:
         raise SystemExit(f"bastion: no user {who}")
     if changed:

@@ -21,6 +21,7 @@ from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.calls import SessionRead, SignedCalls
 from bastion_auth.login import Login
 from bastion_auth.passwords import Passwords
+from bastion_auth.roles import RolesEpoch
 from bastion_auth.services import AccountServices
 from bastion_auth.sessions import Sessions
 from kernel import (
@@ -34,6 +35,7 @@ from kernel import (
     StateStore,
     hookimpl,
 )
+from kernel.core.driver import Capability, LiveCounts, capabilities_of
 
 
 class Auth:
@@ -76,6 +78,11 @@ class Auth:
         return Sessions(self.state, self.settings)
 
     @functools.cached_property
+    def roles_epoch(self) -> RolesEpoch:
+        """The domains' roles epochs: set when a user's roles change (see :mod:`bastion_auth.roles`)."""
+        return RolesEpoch(self.state, self.settings)
+
+    @functools.cached_property
     def abuse(self) -> Abuse:
         """Abuse weights and bans per origin."""
         return Abuse(self.state, self.settings)
@@ -93,11 +100,13 @@ class Auth:
     def register_metrics(self) -> None:
         """The login counter, and the sessions gauge where the state driver counts keys cheaply."""
         self.logins  # noqa: B018 - registered now, so that a scrape shows it before the first login
-        if "count_live" in getattr(self.runtime.state, "capabilities", ()):
+        state = self.runtime.state
+        # The capability is what a driver declares; LiveCounts is the method it then offers.
+        if Capability.COUNT_LIVE in capabilities_of(state) and isinstance(state, LiveCounts):
             self.runtime.metrics.scrape_gauge(
                 "bastion_sessions", "Sessions the state store holds: live ones, and those past their end for less "
                 "than idle_timeout (remembered to answer ExpiredSession).",
-                lambda: self.runtime.state.count_live(self.sessions.key("")))
+                lambda: state.count_live(self.sessions.key("")))
 
     def event(self, name: str, user: str | None, level: int = logging.INFO, **fields: Any) -> None:
         """One security event (``bastion.security``) for the current request or command."""

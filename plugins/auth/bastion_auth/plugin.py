@@ -5,7 +5,7 @@ from __future__ import annotations
 from bastion_auth import users
 from bastion_auth.core import Auth
 from bastion_auth.settings import deploy_problems, read
-from kernel import Runtime, hookimpl
+from kernel import PluginSettings, Problem, Runtime, hookimpl
 
 #: The name the runtime's Auth is registered under.
 NAME = "bastion_auth.runtime"
@@ -20,10 +20,10 @@ def get_auth(runtime: Runtime) -> Auth:
 
 
 @hookimpl
-def bastion_configure(config, runtime):
+def bastion_configure(settings: PluginSettings, runtime: Runtime) -> None:
     """Claim ``[auth]``, ``[users]`` and ``[roles]``, and register this runtime's :class:`Auth`."""
-    settings, bootstrap, roles = read(config)
-    runtime.register(Auth(runtime, settings, bootstrap, roles), name=NAME)
+    auth, bootstrap, roles = read(settings)
+    runtime.register(Auth(runtime, auth, bootstrap, roles), name=NAME)
 
 
 @hookimpl
@@ -33,9 +33,9 @@ def bastion_models():
 
 
 @hookimpl
-def bastion_deploy_checks(config, runtime):
+def bastion_deploy_checks(settings: PluginSettings, runtime: Runtime | None) -> list[Problem]:
     """argon2 below OWASP's floor, bans or locks turned off, a short password rule, a demo user left behind."""
-    return deploy_problems(config, runtime)
+    return deploy_problems(settings, runtime)
 
 
 @hookimpl

@@ -23,9 +23,11 @@ class Session:
     """A live session: who, its key, when it ends, and where and when it was last used.
 
     ``origin`` is the address of its latest call (its login's until then),
-    ``last_seen`` the time of that call. The user's roles are not the
-    session's: they are read with each call (``calls.SignedCalls``) and come
-    with its authentication.
+    ``last_seen`` the time of that call. ``roles`` are the user's roles as a
+    call last read them from the user's record, and ``roles_epoch`` the
+    domain's roles epoch read before that (:mod:`bastion_auth.roles`): a call
+    uses them only while the epoch is still that one; None until a call
+    reads them.
     """
 
     sid: str
@@ -37,6 +39,8 @@ class Session:
     absolute_expires: float
     origin: str = ""
     last_seen: float = 0.0
+    roles: tuple[str, ...] | None = None
+    roles_epoch: str | None = None
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
@@ -49,8 +53,11 @@ class Session:
 
     def to_state(self) -> dict:
         """The JSON value kept in the state store."""
-        return {"u": self.username, "k": b64url(self.key), "c": self.created,
-                "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
+        value = {"u": self.username, "k": b64url(self.key), "c": self.created,
+                 "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
+        if self.roles is not None:
+            value["r"], value["e"] = list(self.roles), self.roles_epoch
+        return value
 
     def describe(self, current_sid: str | None = None) -> dict[str, Any]:
         """What ``sessions()`` shows of a session: never its key, never its whole sid."""
@@ -156,16 +163,17 @@ class Sessions:
         """Whether ``sid`` names a session of this domain that was ended (and could still be alive otherwise)."""
         return self.state.get(domain, self.ended_key(sid)) is not None
 
-    def touch(self, session: Session, now: float, origin: str | None = None) -> None:
+    def touch(self, session: Session, now: float, origin: str | None = None, changed: bool = False) -> None:
         """Slide the idle expiry forward (never past the absolute lifetime) and note when and from where the
         session was used, never reviving an ended session.
 
-        Written only when the time of last use moves by :data:`SLIDE_STEP` or
-        the call comes from another address: at most one write a second for
-        a busy client, as before ``last_seen`` was kept.
+        Written only when the time of last use moves by :data:`SLIDE_STEP`,
+        the call comes from another address, or ``changed`` (the call read
+        the session's roles again): at most one write a second for a busy
+        client, as before ``last_seen`` was kept.
         """
         moved = origin is not None and origin != session.origin
-        if now - session.last_seen < SLIDE_STEP and not moved:
+        if now - session.last_seen < SLIDE_STEP and not moved and not changed:
             return
         session.idle_expires = max(session.idle_expires, min(now + self.idle, session.absolute_expires))
         session.last_seen = now
@@ -225,9 +233,11 @@ class Sessions:
 
 def _from_state(domain: str, sid: str, value: dict) -> Session:
     """A session from its stored value (one stored before origin and last use were kept reads as its login)."""
+    roles = value.get("r")
     return Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
                    idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
-                   last_seen=value.get("s", value["c"]))
+                   last_seen=value.get("s", value["c"]), roles=tuple(roles) if isinstance(roles, list) else None,
+                   roles_epoch=value.get("e"))
 
 
 def _is_live(value: Any, now: float) -> bool:

@@ -9,7 +9,7 @@ from bastion_auth.passwords import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
 )
-from kernel import Bool, Config, ConfigError, Float, Int, Problem, Settings
+from kernel import Bool, Config, ConfigError, Float, Int, PluginSettings, Problem, Settings
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -32,7 +32,7 @@ AUTH_SCHEMA = {
 }
 
 
-def read(config: Config) -> tuple[Settings, dict[str, str], dict[str, list[str]]]:
+def read(config: PluginSettings | Config) -> tuple[Settings, dict[str, str], dict[str, list[str]]]:
     """Claim and check ``[auth]``, ``[users]`` and ``[roles]``; return the settings, the users (key -> hash) and
     their roles (key -> sorted role names)."""
     from bastion_auth.passwords import Passwords
@@ -71,7 +71,7 @@ def meets_owasp(memory_cost: int, time_cost: int) -> bool:
     return any(memory_cost >= m and time_cost >= t for m, t in OWASP_ARGON2)
 
 
-def deploy_problems(config: Config, runtime) -> list[Problem]:
+def deploy_problems(config: PluginSettings | Config, runtime) -> list[Problem]:
     """The auth plugin's part of ``bastion check --deploy``."""
     settings = config.section("auth", AUTH_SCHEMA)
     problems = []

@@ -8,12 +8,15 @@ from bastion_storage_redis.settings import CLUSTER_SCHEMES, SCHEMES, parse_clust
 from kernel import Problem, StorageURL, is_loopback_host
 
 
-def problems(config) -> list[Problem]:
-    """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS."""
-    settings = config.bastion
-    urls = {"storage": settings.storage}
-    if settings.state and settings.state != settings.storage:
-        urls["state"] = settings.state
+def problems(storage_urls: tuple[str, str]) -> list[Problem]:
+    """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS.
+
+    ``storage_urls`` are the kernel's ``(records, state)`` URLs.
+    """
+    storage, state = storage_urls
+    urls = {"storage": storage}
+    if state != storage:
+        urls["state"] = state
     found: list[Problem] = []
     for key, url in urls.items():
         scheme = scheme_of(url)

@@ -12,12 +12,15 @@ from kernel import Problem, StorageURL, is_loopback_host
 VERIFIED = ("verify-ca", "verify-full")
 
 
-def problems(config) -> list[Problem]:
-    """SQLite (one machine: warned), PostgreSQL on another host without a password or without verified TLS."""
-    settings = config.bastion
-    urls = {"storage": settings.storage}
-    if settings.state and settings.state != settings.storage:
-        urls["state"] = settings.state
+def problems(storage_urls: tuple[str, str]) -> list[Problem]:
+    """SQLite (one machine: warned), PostgreSQL on another host without a password or without verified TLS.
+
+    ``storage_urls`` are the kernel's ``(records, state)`` URLs.
+    """
+    storage, state = storage_urls
+    urls = {"storage": storage}
+    if state != storage:
+        urls["state"] = state
     found: list[Problem] = []
     sqlite_keys = []
     for key, url in urls.items():
