@@ -12,7 +12,7 @@ from pathlib import Path
 from bastion_todo.model import Todo
 from bastion_todo.permitted import NAME, Permitted
 from bastion_todo.services import CLEAR_CHUNK, PAGE_LIMIT, add, clear_completed, get_all, history, remove, update
-from kernel import Config, Runtime, hookimpl
+from kernel import Runtime, hookimpl
 
 #: The web UI, served at ``/`` on every allowed host.
 STATIC_DIR = Path(__file__).parent / "static"
@@ -23,7 +23,7 @@ SERVICES = [get_all, add, update, remove, clear_completed, history]
 
 
 @hookimpl
-def bastion_configure(config: Config, runtime: Runtime) -> None:
+def bastion_configure(runtime: Runtime) -> None:
     """Register this runtime's ``permitted`` service (it asks the runtime's authorization)."""
     runtime.register(Permitted(runtime, [fn.__name__ for fn in SERVICES]), name=NAME)
 
