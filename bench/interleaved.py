@@ -1,11 +1,13 @@
 """``python -m bench.interleaved``: a signed call's server CPU against the bare ceiling, pass by pass, in one run.
 
 Every server is started once and kept running; only one is loaded at a time.
-A *pass* loads the ceiling, then each target in turn (their order rotates
-from pass to pass), with the same request shape, connections and duration;
-a target's ratio in a pass is the ceiling's server CPU per request over its
-own, in that pass. So load elsewhere on the machine hits the ceiling and the
-case alike, and the medians over passes are comparable from run to run.
+A *pass* loads each target in turn (their order rotates from pass to pass),
+with a short run of the ceiling before the first and after every one
+(ceiling, case, ceiling, case, …, ceiling), all with the same request shape
+and connections; a case's ratio is the mean server CPU per request of the
+two ceiling runs around it over its own. So load elsewhere on the machine
+hits the ceiling and the case alike, and the medians over passes are
+comparable from run to run.
 
 The **ceiling** is ``bench/ceiling.py`` (a bare Falcon app that parses the
 same JSON body and answers one of the same size) on *plain* gunicorn: the
@@ -344,7 +346,7 @@ class Interleaved:
     def run_once(self, target: Target, op: str, seconds: float) -> load.RunResult:
         if target.app is not None:
             return self.run_in_process(target, op, seconds)
-        count = 2000 if target.cycle else int(max(target.rps.get(op, 1500), 1000) * seconds * 2.5) + 1000
+        count = 2000 if target.cycle else int(max(target.rps.get(op, 1500), 800) * seconds * 1.8) + 800
         path = load.write_lines(target.lines(op, count), self.tmp)
         switches = procs.context_switches(target.pid)
         try:
@@ -397,15 +399,25 @@ class Interleaved:
             self.run_once(target, op, self.args.warm)
         for n in range(self.args.passes):
             order = targets[n % len(targets):] + targets[:n % len(targets)] if targets else []
-            base = self.run_once(ceiling, op, self.args.seconds)
-            self._sample(case, n, ceiling.name, base, base)
-            for target in order:
-                self._sample(case, n, target.name, self.run_once(target, op, self.args.seconds), base)
+            before = self.run_once(ceiling, op, self.args.ceiling_seconds)
+            self._sample(case, n, ceiling.name, before, before.server_cpu_us_per_req)
+            for target in order:  # ceiling, case, ceiling, case, …: each case between two ceiling runs
+                result = self.run_once(target, op, self.args.seconds)
+                after = self.run_once(ceiling, op, self.args.ceiling_seconds)
+                self._sample(case, n, ceiling.name, after, after.server_cpu_us_per_req)
+                self._sample(case, n, target.name, result,
+                             (before.server_cpu_us_per_req + after.server_cpu_us_per_req) / 2)
+                before = after
 
-    def _sample(self, case: str, n: int, name: str, result: load.RunResult, base: load.RunResult) -> None:
-        ratio = base.server_cpu_us_per_req / result.server_cpu_us_per_req if result.server_cpu_us_per_req else 0.0
+    def _sample(self, case: str, n: int, name: str, result: load.RunResult, ceiling_cpu: float) -> None:
+        """Record one run; its ratio is to ``ceiling_cpu``, the mean of the ceiling runs just before and after it."""
+        if not result.requests:
+            self.notes.append(f"{case} pass {n} {name}: no request was answered (not counted)")
+            print(f"  {case:13} pass {n} {name:14} no request answered: not counted", flush=True)
+            return
+        ratio = ceiling_cpu / result.server_cpu_us_per_req if result.server_cpu_us_per_req else 0.0
         self.samples.append({"case": case, "pass": n, "target": name, "result": result.to_dict(),
-                             "ceiling_cpu_us_per_req": base.server_cpu_us_per_req, "ratio": round(ratio, 4)})
+                             "ceiling_cpu_us_per_req": round(ceiling_cpu, 1), "ratio": round(ratio, 4)})
         flag = "" if result.valid else f"  (not all 200: {result.statuses}, exhausted {result.exhausted})"
         print(f"  {case:13} pass {n} {name:14} {result.rps:8.1f} req/s  cpu {result.server_cpu_us_per_req:7.0f} "
               f"us/req  ceiling {ratio:6.1%}  p99 {result.p99_ms:7.2f} ms{flag}", flush=True)
@@ -528,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.interleaved", description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=3, help="passes per case (the medians are over them)")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of each measured run")
+    parser.add_argument("--ceiling-seconds", type=float, default=2.0,
+                        help="seconds of each ceiling run (one before and one after every case run)")
     parser.add_argument("--warm", type=float, default=1.0, help="seconds of each server's unrecorded warm-up")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -538,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--update-budget", type=int, default=60_000,
+    parser.add_argument("--update-budget", type=int, default=150_000,
                         help="todos filled for updates (each update names a new one; every target draws on them)")
     args = parser.parse_args(argv)
     bench = Interleaved(args)
