@@ -33,10 +33,11 @@ test:
 	@$(MAKE) --no-print-directory $(VENV)/.test-tools
 	$(BIN)/python -m pytest tests plugins
 
-## lint: ruff over everything, then mypy over the kernel (settings in pyproject.toml's [tool.mypy])
+## lint: ruff over everything, then mypy over the kernel and every plugin's package (the files and settings
+## are pyproject.toml's [tool.mypy])
 lint: $(VENV)/.test-tools
 	$(BIN)/ruff check kernel plugins tests bench
-	$(BIN)/mypy kernel
+	$(BIN)/mypy
 
 ## bench: the signed call against the bare ceiling and the peers, every case in passes interleaved with its ceiling
 ## (about 10 minutes; `python -m bench.interleaved --help`); bench-backends: every storage configuration, the scaling

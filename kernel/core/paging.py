@@ -17,17 +17,21 @@ from kernel.core.driver import PAGED_SELECT, Driver, Scalar, StoredRecord, capab
 from kernel.core.errors import RecordNotFound
 
 
-def paged(driver: Driver) -> Driver:
-    """``driver`` itself when it declares ``PAGED_SELECT``, else a :class:`Paged` around it."""
+def paged(driver: Any) -> Driver:
+    """``driver`` itself when it declares ``PAGED_SELECT``, else a :class:`Paged` around it.
+
+    Typed ``Any``: a driver without paging has a ``select`` without ``after`` and ``limit``, which the
+    :class:`kernel.core.driver.Driver` protocol names.
+    """
     if PAGED_SELECT in capabilities_of(driver):
-        return driver
+        return driver  # it declares paging: a Driver
     return Paged(driver)  # a Driver by delegation: every other attribute is the driver's
 
 
 class Paged:
     """A driver without paging, seen through a ``select`` that takes ``after`` and ``limit``."""
 
-    def __init__(self, driver: Driver):
+    def __init__(self, driver: Any):
         self.driver = driver
         self.capabilities = capabilities_of(driver) | {PAGED_SELECT}
 

@@ -37,6 +37,7 @@ from kernel import (
     StateStore,
     hookimpl,
 )
+from kernel.core.driver import Capability, LiveCounts, capabilities_of
 
 
 class Auth:
@@ -109,11 +110,13 @@ class Auth:
     def register_metrics(self) -> None:
         """The login counter, and the sessions gauge where the state driver counts keys cheaply."""
         self.logins  # noqa: B018 - registered now, so that a scrape shows it before the first login
-        if "count_live" in getattr(self.runtime.state, "capabilities", ()):
+        state = self.runtime.state
+        # The capability is what a driver declares; LiveCounts is the method it then offers.
+        if Capability.COUNT_LIVE in capabilities_of(state) and isinstance(state, LiveCounts):
             self.runtime.metrics.scrape_gauge(
                 "bastion_sessions", "Sessions the state store holds: live ones, and those past their end for less "
                 "than idle_timeout (remembered to answer ExpiredSession).",
-                lambda: self.runtime.state.count_live(self.sessions.key("")))
+                lambda: state.count_live(self.sessions.key("")))
 
     def event(self, name: str, user: str | None, level: int = logging.INFO, **fields: Any) -> None:
         """One security event (``bastion.security``) for the current request or command."""
