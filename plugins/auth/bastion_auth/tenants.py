@@ -225,11 +225,11 @@ def read(config: PluginSettings | Config, base: Settings, schema: Mapping[str, O
     # The least specific first (fewer labels), so that an error names the section that brings it in.
     for pattern in sorted(overrides, key=lambda p: (p.count("."), not p.startswith("*."), p)):
         chain = _chain(pattern, overrides)
-        values, sources = dict(base), {key: "[auth]" for key in base}
+        effective, sources = dict(base), {key: "[auth]" for key in base}
         for matched in chain:
             for key, value in overrides[matched][1].items():
-                values[key], sources[key] = value, section_name(matched)
-        settings = Settings(f"{SECTION_PREFIX}{pattern}", values)
+                effective[key], sources[key] = value, section_name(matched)
+        settings = Settings(f"{SECTION_PREFIX}{pattern}", effective)
         _check(config.label, section_name(pattern), settings, sources)
         tenants.append(Tenant(pattern, settings, sources, passwords.with_lengths(settings)))
     return Tenants(Tenant("", base, {key: "[auth]" for key in schema}, passwords), tenants)
