@@ -300,3 +300,46 @@ def test_a_tenants_lower_abuse_max_bounds_its_logins_in_flight_too(tenant_app, f
         abuse.reserve("beta.example.com", ORIGIN, f"attempt{n}", fake_clock())
     with pytest.raises(Abusive, match="at most 6 at once"):
         abuse.reserve("beta.example.com", ORIGIN, "attempt6", fake_clock())
+
+
+# -- the password length rule is the tenant's -------------------------------------------------------------------------
+
+
+def test_adduser_checks_the_length_rule_of_the_users_tenant(tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from kernel.cli import main
+
+    ini = tmp_path / "bastion.ini"
+    ini.write_text(f"[bastion]\nstorage = sqlite:///{tmp_path / 'b.sqlite3'}\ndevelopment = true\n"
+                   "allowed_hosts = *.example.com\n[auth]\nargon2_memory_cost = 64\nargon2_time_cost = 1\n"
+                   "[auth:strict.example.com]\nmin_password_length = 20\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a good password\n"))
+    assert main(["--config", str(ini), "adduser", "alice", "--domain", "easy.example.com", "--password-stdin"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a good password\n"))
+    with pytest.raises(SystemExit, match="a password has 20 to 1024 characters"):
+        main(["--config", str(ini), "adduser", "alice", "--domain", "strict.example.com", "--password-stdin"])
+
+
+def test_change_password_and_the_login_body_follow_the_tenants_length_rule(make_app, fake_clock):
+    hosts = ("strict.example.com", "localhost")
+    app = make_app({"bastion": {"development": True, "allowed_hosts": ", ".join(hosts)}, "auth": dict(CHEAP_AUTH),
+                    "users": {f"alice@{host}": ALICE_HASH for host in hosts},
+                    "auth:strict.example.com": {"min_password_length": 30, "max_password_length": 2048}},
+                   plugins=[ServicesPlugin()], only=["storage_mem", "auth"])
+    from kernel import ValidationError
+
+    strict, easy = (client(app, host, fake_clock) for host in hosts)
+    for c in (strict, easy):
+        c.login("alice", PASSWORD)
+    with pytest.raises(ValidationError) as refused:
+        strict.call("change_password", PASSWORD, "twenty-two characters")
+    assert refused.value.extra["fields"] == {"new": {"min_length": 30}}
+    assert easy.call("change_password", PASSWORD, "twenty-two characters") is True
+    # one login route for every tenant: its body limit lets the longest password of any tenant through
+    from bastion_auth.login import login_max_body
+
+    assert auth_of(app).login_max_body == login_max_body(2048)
+    long_body = login_body("alice", "x" * 1500)
+    assert_error(send(app, "/auth/login", long_body, host="localhost"), 401, "InvalidCredential")
