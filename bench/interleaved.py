@@ -187,7 +187,8 @@ class Interleaved:
 
         return Target(f"ceiling-{todos}", server.url, server.pid, lines, cycle=True)
 
-    def bastion(self, variant: str) -> Target:
+    def bastion(self, variant: str, before: Path | None = None) -> Target:
+        """Bastion as ``variant`` serves it; with ``before``, the code of that checkout instead, as ``before``."""
         storage, backend_pids = self.store(variant)
         sections = bastion_sections(storage, self.hash, variant)
         if variant == "split-state":
@@ -202,8 +203,10 @@ class Interleaved:
             self.stack.callback(server.close)
             url, pid = server.url, server.pid
         else:
+            # The earlier code comes first on the path: its kernel and plugins, the installed distributions' rest.
+            roots = [before, *sorted(before.glob("plugins/*"))] if before is not None else [REPO_ROOT]
             gunicorn = GunicornServer(sections, workers=self.args.workers, threads=self.args.threads,
-                                      env={"PYTHONPATH": str(REPO_ROOT)}, startup_timeout=300)
+                                      env={"PYTHONPATH": os.pathsep.join(map(str, roots))}, startup_timeout=300)
             self.stack.callback(gunicorn.close)
             gunicorn.start()
             url, pid = gunicorn.url, gunicorn.process.pid
@@ -212,7 +215,8 @@ class Interleaved:
         def lines(op: str, count: int) -> Iterator[str]:
             return signed_lines(signers[self.current_case], op, self.bodies(op, storage), self.cap(storage, op, count))
 
-        return Target(variant, url, pid, lines, backend_pids=backend_pids, variant=variant)
+        name = variant if before is None else "before" + ("" if variant == "bastion" else f"-{variant}")
+        return Target(name, url, pid, lines, backend_pids=backend_pids, variant=variant)
 
     def in_process(self, sections: dict, storage: str) -> Target:
         """Bastion's app in this process, its calls made one at a time with no HTTP: the app's own cost."""
@@ -310,6 +314,15 @@ class Interleaved:
 
     # -- requests ---------------------------------------------------------
 
+    def checkout(self, revision: str) -> Path:
+        """The code of ``revision``, checked out in a folder of this run (removed with it)."""
+        folder = Path(self.tmp) / "before"
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(folder), revision],
+                       check=True)
+        self.stack.callback(subprocess.run, ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force",
+                                             str(folder)], check=False)
+        return folder
+
     def cap(self, storage: str, op: str, count: int) -> int:
         """No more updates than todos left to name in ``storage`` (each update names a todo of its own)."""
         if op != "update":
@@ -404,6 +417,9 @@ class Interleaved:
         started = time.monotonic()
         ceilings = {10: self.ceiling(10), 1000: self.ceiling(1000)}
         targets = [self.bastion(variant) for variant in args.variants]
+        if args.before:
+            checkout = self.checkout(args.before)
+            targets += [self.bastion(variant, checkout) for variant in args.variants if variant in EVERY_CASE]
         targets += [t for t in (self.peer(name) for name in args.peers) if t is not None]
         print(f"  {len(targets)} targets and 2 ceilings serving after {time.monotonic() - started:.0f} s", flush=True)
         for case in args.cases:
@@ -516,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    parser.add_argument("--before", metavar="REVISION", default="",
+                        help="also serve the code of this git revision (bastion, postgresql, redis), interleaved: the "
+                             "table before and after in one run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--connections", type=int, default=16)

@@ -3,7 +3,7 @@
 The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``) and
 ``--version``; plugins add their own commands through the ``bastion_cli``
 hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
-``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
+``roles``, ``sessions``, ``end-sessions``, ``locks``, ``unlock``, ``unban`` and
 ``hash-password``; the SQL plugin ``initdb``).
 
 Each of the kernel's commands is a function of its parsed arguments and a
@@ -72,11 +72,13 @@ class Command:
 
 
 def plugins(args: argparse.Namespace, env: CommandEnv) -> int:
-    """``bastion plugins``: each plugin with its distribution and the hooks it implements."""
+    """``bastion plugins``: each plugin with its distribution and every hook it implements (also on the objects it
+    registers when a runtime opens, with their class)."""
     for row in describe(env.pm):
         print(f"{row['name']}  {row['distribution']} {row['version']}", file=env.out)
         for hook in row["hooks"]:
-            print(f"    {hook}", file=env.out)
+            cls = row["registered"].get(hook)
+            print(f"    {hook}" + (f"  (on {cls}, registered when a runtime opens)" if cls else ""), file=env.out)
     return 0
 
 
@@ -111,10 +113,10 @@ def check(args: argparse.Namespace, env: CommandEnv) -> int:
             runtime.ping()
         except BastionError as exc:
             return _unavailable(exc, config, env.err)
-        print(f"ok: {config.label}: {_urls(config)} answer; "
-              f"{len(runtime.services.names())} services, {len(list(runtime.models))} models", file=env.out)
+        print(f"ok: {config.label}: {_urls(config)} answer; {_count(len(runtime.services.names()), 'service')} "
+              f"and {_count(len(list(runtime.models)), 'model')}.", file=env.out)
         if config.bastion.development:
-            print("note: development = true: never for production; `bastion check --deploy` names every problem",
+            print("note: development = true is never for production; `bastion check --deploy` names every problem.",
                   file=env.out)
         if args.tenant is not None:
             return _tenant(args.tenant, runtime, env)
@@ -143,6 +145,11 @@ def _tenant(host: str, runtime: Runtime, env: CommandEnv) -> int:
     if not runtime.config.allows_host(domain):
         print(f"note: {domain} is not in [bastion] allowed_hosts: its requests are refused", file=env.out)
     return 0
+
+
+def _count(n: int, thing: str) -> str:
+    """``1 service``, ``2 services``, ``no services``."""
+    return f"{n or 'no'} {thing}{'s' * (n != 1)}"
 
 
 def _unavailable(exc: BastionError, config, err: TextIO) -> int:

@@ -49,14 +49,17 @@ from kernel.core.driver import (
     PAGED_SELECT,
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,
+    Capability,
     Change,
     Driver,
+    LiveCounts,
     RecordStore,
     RecordVersion,
     Scalar,
     StateStore,
     StoredRecord,
     WindowEntry,
+    capabilities_of,
     check_change,
     check_json,
     check_record_id,
@@ -79,8 +82,8 @@ _SUITE = ("DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "Sta
 __all__ = [
     # the protocol, and what crosses it
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar",
-    # capabilities the kernel names
-    "PROCESS_LOCAL", "PAGED_SELECT",
+    # capabilities the kernel names, every capability, and the optional protocol of one
+    "PROCESS_LOCAL", "PAGED_SELECT", "Capability", "capabilities_of", "LiveCounts",
     # the shared checks, ids, the probe's namespace, the history bounds
     "check_change", "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id",
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import sys
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,7 +100,13 @@ def load_entry_point_plugins(pm: pluggy.PluginManager, only: Iterable[str] | Non
 
 
 def describe(pm: pluggy.PluginManager) -> list[dict]:
-    """List each registered plugin: name, distribution, version and hooks it implements."""
+    """List each registered plugin: name, distribution, version and every hook it implements.
+
+    ``hooks`` holds the hooks of the plugin's own object (its module) and those of the classes of its package
+    whose instances it registers when a runtime opens (``runtime.register(Auth(...))`` in ``bastion_configure``:
+    a plugin's authentication, services or permission checks usually live there, and no runtime is open here);
+    ``registered`` names the class of each hook found only on such a class.
+    """
     dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     built_in = {name for name, _ in DEFAULT_PLUGINS}
     rows = []
@@ -106,14 +114,37 @@ def describe(pm: pluggy.PluginManager) -> list[dict]:
         if plugin is None or name == SEAT:
             continue
         dist = None if name in built_in else dists.get(name)
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        own = {h.name for h in pm.get_hookcallers(plugin) or []}
+        registered = {hook: cls for hook, cls in _class_hooks(pm, plugin, name in built_in).items() if hook not in own}
         rows.append({
             "name": name,
             "distribution": dist.metadata["Name"] if dist else "bastion (built in)",
             "version": dist.version if dist else _kernel_version(),
-            "hooks": hooks,
+            "hooks": sorted(own | set(registered)),
+            "registered": registered,
         })
     return rows
+
+
+def _class_hooks(pm: pluggy.PluginManager, plugin: object, module_only: bool) -> dict[str, str]:
+    """The hooks that classes of a plugin module's package implement (of the module alone when ``module_only``: the
+    kernel's built-in plugins), each with the first class found (``module.Class``); none for a plugin that is an
+    object (its hooks are its own). Only modules already imported are looked at: those a plugin registers objects
+    from are imported with it."""
+    if not isinstance(plugin, types.ModuleType):
+        return {}
+    package = plugin.__name__ if module_only else plugin.__name__.partition(".")[0]
+    found: dict[str, str] = {}
+    for name, loaded in sorted(sys.modules.copy().items()):
+        if loaded is None or not (name == package or name.startswith(package + ".")):
+            continue
+        for cls in vars(loaded).copy().values():
+            if not isinstance(cls, type) or cls.__module__ != name:
+                continue
+            for attribute in dir(cls):
+                if hasattr(pm.hook, attribute) and pm.parse_hookimpl_opts(cls, attribute) is not None:
+                    found.setdefault(attribute, f"{name}.{cls.__qualname__}")
+    return found
 
 
 def _kernel_version() -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from bastion_auth.sessions import account_key
 from kernel import (
+    PROBE_DOMAIN,
     Abusive,
     AccountLocked,
     BastionError,
@@ -204,6 +205,14 @@ class Abuse:
 #: The member of an account's window that stands for its lock.
 LOCK = "lock"
 
+#: The window of a domain's locked usernames, a member each, expiring with its lock: what ``bastion locks`` and
+#: ``bastion users`` list, also for usernames no user has (an account's own window is keyed by a hash of its name).
+LOCKED = "locked-accounts"
+
+#: The window of the domains that had a lock, a member each, expiring with their latest lock, so that the commands
+#: find the locks of domains without users too. It lives in the deployment's own namespace, which no Host names.
+LOCKED_DOMAINS = "auth:locked-domains"
+
 
 class Accounts:
     """Counts failed logins per account and locks it for a while at the limit.
@@ -269,6 +278,8 @@ class Accounts:
             self.state.window_add(domain, key, LOCK, 0, lock_for)
             for entry in failures:
                 self.state.window_discard(domain, key, entry.member)
+            self.state.window_add(domain, LOCKED, username, 0, lock_for)
+            self.state.window_add(PROBE_DOMAIN, LOCKED_DOMAINS, domain, 0, lock_for)
             return now + lock_for
         return None
 
@@ -304,7 +315,22 @@ class Accounts:
         """End the account's lock and forget its failures (``bastion unlock``); return whether it was locked."""
         locked = self.locked_until(domain, username) is not None
         self.state.delete(domain, account_key("failures", username))
+        self.state.window_discard(domain, LOCKED, username)
         return locked
+
+    def locked(self, domain: str) -> list[tuple[str, float]]:
+        """The usernames locked in the domain, whether a user has them or not, each with the end of its lock,
+        soonest first. The account's own window decides (the listing only names the candidates)."""
+        found = []
+        for entry in self.state.window_entries(domain, LOCKED):
+            until = self.locked_until(domain, entry.member)
+            if until is not None:
+                found.append((entry.member, until))
+        return sorted(found, key=lambda pair: (pair[1], pair[0]))
+
+    def locked_domains(self) -> list[str]:
+        """The domains that had a lock lately (their locks may have been ended since), sorted."""
+        return sorted(entry.member for entry in self.state.window_entries(PROBE_DOMAIN, LOCKED_DOMAINS))
 
 
 def _locked(retry_after: float) -> AccountLocked:

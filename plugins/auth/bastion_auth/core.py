@@ -17,7 +17,7 @@ import functools
 import logging
 from typing import Any
 
-from bastion_auth import bootstrap
+from bastion_auth import bootstrap, users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.calls import SessionRead, SignedCalls
 from bastion_auth.login import Login
@@ -29,15 +29,17 @@ from bastion_auth.tenants import Tenant, Tenants
 from kernel import (
     Authentication,
     BastionError,
+    Capability,
     Credentials,
+    LiveCounts,
     Request,
     Routes,
     Runtime,
     Settings,
     StateStore,
+    capabilities_of,
     hookimpl,
 )
-from kernel.core.driver import Capability, LiveCounts, capabilities_of
 
 
 class Auth:
@@ -86,6 +88,12 @@ class Auth:
     def sessions(self) -> Sessions:
         """Sessions in the state store."""
         return Sessions(self.state, self.tenants.settings_of)
+
+    def set_roles(self, domain: str, username: str, roles: list[str]) -> bool | None:
+        """Give a user of ``domain`` exactly these roles (see :func:`bastion_auth.users.set_roles`): True if they
+        changed, False if they were those already, None if there is no such user."""
+        with self.runtime.bind(domain):
+            return users.set_roles(username, roles, self.roles_epoch)
 
     @functools.cached_property
     def roles_epoch(self) -> RolesEpoch:

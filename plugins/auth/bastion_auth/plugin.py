@@ -41,7 +41,7 @@ def bastion_deploy_checks(settings: PluginSettings, runtime: Runtime | None) -> 
 
 @hookimpl
 def bastion_cli(subparsers, runtime_factory):
-    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``roles``, ``sessions``, ``end-sessions``, ``unlock``,
+    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``roles``, ``sessions``, ``end-sessions``, ``locks``, ``unlock``,
     ``unban`` and ``hash-password``."""
     from bastion_auth.cli import register
 

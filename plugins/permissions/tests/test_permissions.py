@@ -95,11 +95,7 @@ def test_a_change_of_roles_counts_from_the_next_call(app, login):
         carol.call("purge")
     # What `bastion roles carol --set admin` does (the auth plugin tests the command): carol's record changes,
     # then the domain's roles epoch, so that her session stops using the roles it carries.
-    from bastion_auth import users
-    from bastion_auth.plugin import get_auth
-
-    with app.runtime.bind("localhost"):
-        users.set_roles("carol", ["admin"], get_auth(app.runtime).roles_epoch)
+    assert app.runtime.get_plugin("bastion_auth.runtime").set_roles("localhost", "carol", ["admin"]) is True
     assert carol.call("purge") == "purged"
     assert carol.call("read_news") == ["admin"]
 
