@@ -19,6 +19,10 @@ The tenants are built once, at start-up (:class:`Tenants`): one :class:`Tenant` 
 section. A request's domain is resolved to its tenant through a bounded cache (:meth:`Tenants.of`); nothing is
 built per request. A tenant's limits use the state keys of its own domain, as ``[auth]``'s always have, so that
 its counts, windows and sessions are never another tenant's.
+
+A key added to ``AUTH_SCHEMA`` is overridable per tenant from then on (the tenants' schema is derived from it),
+unless it is added to :data:`PROCESS_WIDE`: code that acts for a request reads it from the request's tenant,
+``auth.tenant(request.domain).settings``, never from ``auth.settings`` (``[auth]`` alone).
 """
 
 from __future__ import annotations
