@@ -84,6 +84,19 @@ def parse_login(body: bytes) -> tuple[str, str, bool]:
     return username, password, force
 
 
+def locking(refusal: str, retry_after: float) -> AccountLocked:
+    """The answer of the wrong password that locks its account: AccountLocked, for as long as the lock lasts.
+
+    The attempt is told the lock it set rather than a plain InvalidCredential, so that the person at the keyboard
+    learns at once why the next attempt will be refused. It tells nothing a plain failure would not: it is a
+    failure, counted and weighed as one, and locks are counted for usernames that do not exist too.
+    ``locking`` marks it for ``bastion_logins_total``, where it counts as the ``invalid_credential`` it is.
+    """
+    error = AccountLocked(refusal, "too many failed logins for this account; try again later", retry_after=retry_after)
+    error.locking = True  # type: ignore[attr-defined]
+    return error
+
+
 class Login:
     """The login and logout of one runtime's auth plugin (its stores, clock and events are the :class:`Auth`'s)."""
 
@@ -102,9 +115,10 @@ class Login:
 
     def refused(self, request: Request, error: BastionError) -> None:
         """Count a refused login in ``bastion_logins_total`` by its outcome (``in_progress``: its origin's
-        attempts were all running)."""
+        attempts were all running; the wrong password that locks its account is an ``invalid_credential``)."""
         if request.path == LOGIN_PATH:
             outcome = "in_progress" if getattr(error, "in_flight", False) else None
+            outcome = "invalid_credential" if getattr(error, "locking", False) else outcome
             self.auth.logins.inc(outcome or LOGIN_OUTCOMES.get(type(error), "refused"))
 
     # -- the login --------------------------------------------------------
@@ -187,7 +201,9 @@ class Login:
         the origin running) and is refused while its account is locked (429
         AccountLocked), before the password is checked; a failure keeps the
         origin's place as its weight and counts toward the account's lock
-        (401 InvalidCredential, with ``refusal``); a success gives the place
+        (401 InvalidCredential, with ``refusal``; the failure that locks the
+        account answers the lock it set: 429 AccountLocked, with ``refusal``
+        and ``retry_after`` the lock's length); a success gives the place
         back, resets the account's count and takes back the weight of the
         account's earlier failures from this origin (a typo, then the right
         password, is no attack). An attempt whose account locked while its
@@ -225,18 +241,26 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)
             raise
         if not valid:
-            auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
-                       known_user=record is not None, **extra)
-            if locked_until is not None:
-                auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
-                           failures=tenant.settings.account_max_failures)
-            self._confirm(domain, origin, attempt, now)
-            if tenant.settings.dummy_delay:
-                time.sleep(tenant.settings.dummy_delay)
-            raise InvalidCredential(refusal)
+            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra)
+            raise InvalidCredential(refusal) if locked_until is None else locking(refusal, locked_until - now)
         auth.abuse.release(domain, origin, attempt)
         auth.abuse.forgive(domain, origin, forgiven)
         return record, outdated
+
+    def _failed(self, domain: str, origin: str, attempt: str, shown: str, known_user: bool,
+                locked_until: float | None, now: float, extra: dict[str, Any]) -> None:
+        """A wrong password: its ``login_failed`` event (and ``account_locked`` when it locks the account), its
+        weight of 1 for the origin, and the dummy delay."""
+        auth = self.auth
+        settings = auth.tenant(domain).settings
+        auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential", known_user=known_user,
+                   **extra)
+        if locked_until is not None:
+            auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
+                       failures=settings.account_max_failures)
+        self._confirm(domain, origin, attempt, now)
+        if settings.dummy_delay:
+            time.sleep(settings.dummy_delay)
 
     def _confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Keep a failed attempt's weight; the origin's ban, if it starts now, is a security event."""

@@ -109,9 +109,15 @@ def test_a_wrong_old_password_is_a_signed_invalid_credential_and_changes_nothing
 def test_wrong_old_passwords_lock_the_account_after_the_usual_number_of_failures(auth_app, client_for, fake_clock):
     app = auth_app(auth={"account_max_failures": 3, "account_lock": 120, "abuse_max": 0})
     alice = logged_in(client_for, app)
-    for _ in range(3):
+    for _ in range(2):
         with pytest.raises(InvalidCredential):
             alice.call("change_password", "guess", NEW)
+    # The third wrong one locks the account, and says so.
+    with pytest.raises(AccountLocked) as locking:
+        alice.call("change_password", "guess", NEW)
+    assert locking.value.extra["retry_after"] == 120
+    assert locking.value.err == ["the current password is wrong", "too many failed logins for this account; try "
+                                 "again later"]
     # Locked, like after three failed logins: change_password and login alike, from every origin.
     with pytest.raises(AccountLocked) as locked:
         alice.call("change_password", PASSWORD, NEW)
@@ -129,9 +135,10 @@ def test_failed_logins_and_wrong_old_passwords_share_one_count(auth_app, client_
     alice = logged_in(client_for, app)
     for _ in range(2):
         assert_error(send(app, "/auth/login", login_body(password="wrong")), 401, "InvalidCredential")
-    for _ in range(2):
-        with pytest.raises(InvalidCredential):
-            alice.call("change_password", "wrong", NEW)
+    with pytest.raises(InvalidCredential):
+        alice.call("change_password", "wrong", NEW)
+    with pytest.raises(AccountLocked):  # the fourth failure, two of each kind, locks the account
+        alice.call("change_password", "wrong", NEW)
     assert_error(send(app, "/auth/login", login_body()), 429, "AccountLocked")
 
 

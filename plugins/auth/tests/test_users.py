@@ -351,8 +351,9 @@ def test_cli_users_shows_a_lock_and_unlock_ends_it(cli, capsys, fake_clock):
     assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
     app = cli.app()
     try:
-        for _ in range(5):
+        for _ in range(4):
             assert_error(send(app, "/auth/login", login_body("bob", "not his")), 401, "InvalidCredential")
+        assert_error(send(app, "/auth/login", login_body("bob", "not his")), 429, "AccountLocked")  # the lock it sets
         assert_error(send(app, "/auth/login", login_body("bob", "first password")), 429, "AccountLocked")
         capsys.readouterr()
         assert cli("users", "--domain", "localhost") == 0
