@@ -91,6 +91,9 @@ def check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name every problem of this configuration for production; exit 1 on an error")
     parser.add_argument("--fail-level", choices=("error", "warning"), default="error",
                         help="with --deploy: the level that makes the command fail (default: error)")
+    parser.add_argument("--tenant", metavar="DOMAIN",
+                        help="also print the settings that apply to this tenant (a host name), and the section "
+                             "each value comes from")
 
 
 def check(args: argparse.Namespace, env: CommandEnv) -> int:
@@ -115,8 +118,32 @@ def check(args: argparse.Namespace, env: CommandEnv) -> int:
         if config.bastion.development:
             print("note: development = true is never for production; `bastion check --deploy` names every problem.",
                   file=env.out)
+        if args.tenant is not None:
+            return _tenant(args.tenant, runtime, env)
     finally:
         runtime.close()
+    return 0
+
+
+def _tenant(host: str, runtime: Runtime, env: CommandEnv) -> int:
+    """``check --tenant``: every plugin's settings that apply to the tenant, each with the section it comes from."""
+    from kernel.core.errors import InvalidHost
+    from kernel.core.hosts import parse_domain
+
+    try:
+        domain = parse_domain(host)
+    except InvalidHost as exc:
+        print(f"bastion: --tenant {host!r}: {exc}; accepted: a host name such as alpha.example.com",
+              file=env.err)
+        return 2
+    rows = [row for rows in runtime.pm.hook.bastion_tenant_settings(domain=domain, runtime=runtime) or ()
+            for row in rows or ()]
+    print(f"tenant {domain}:", file=env.out)
+    width = max((len(f"{key} = {value}") for key, value, _ in rows), default=0)
+    for key, value, source in rows:
+        print(f"  {f'{key} = {value}':<{width}}  from {source}", file=env.out)
+    if not runtime.config.allows_host(domain):
+        print(f"note: {domain} is not in [bastion] allowed_hosts: its requests are refused", file=env.out)
     return 0
 
 

@@ -73,6 +73,29 @@ def test_a_second_claim_of_a_section_names_both_plugins():
         Runtime(Config.from_dict({}), manager(first, second), FakeClock())
 
 
+def test_a_plugin_lists_a_family_of_sections_by_prefix_and_claims_each():
+    """``sections_with_prefix`` lists, in the file's order, and claims nothing: what the lister leaves unclaimed is
+    still an unknown section, and a member another plugin claimed still names both."""
+    text = ("[greeter]\ngreeting = hi\n[greeter:b.example]\ntimes = 2\n[other]\nx = 1\n"
+            "[greeter:a.example]\ntimes = 3\n[greeterx]\nx = 1\n")
+    config = Config.from_string(text, "family.ini")
+    settings = config.for_plugin("greeter_plugin")
+    assert settings.sections_with_prefix("greeter:") == ("greeter:b.example", "greeter:a.example")
+    assert settings.sections_with_prefix("nothing:") == ()
+    assert config.owner("greeter:b.example") is None  # listing is not claiming
+    with pytest.raises(ValueError):
+        settings.sections_with_prefix("")
+    for name in settings.sections_with_prefix("greeter:"):
+        settings.section(name, GREETER_SCHEMA)
+    assert dict(settings["greeter:a.example"]) == {"greeting": "hello", "times": 3}
+    with pytest.raises(ConfigError, match=r"\[greeter:a.example\]: claimed by greeter_plugin and again by other"):
+        config.for_plugin("other").section("greeter:a.example", {"times": Int(0)})
+    settings.section("greeter", GREETER_SCHEMA)
+    config.for_plugin("other").raw_section("other")
+    with pytest.raises(ConfigError, match=r"family.ini: \[greeterx\]: unknown section"):
+        config.check_unclaimed()
+
+
 def test_a_plugin_written_for_config_still_gets_the_whole_configuration():
     seen = {}
 

@@ -211,6 +211,12 @@ class PluginSettings(Mapping[str, Any]):
         """Claim the free-form section ``name`` for this plugin and return its keys and values."""
         return self._config.raw_section(name, check_key, owner=self.owner)
 
+    def sections_with_prefix(self, prefix: str) -> tuple[str, ...]:
+        """The names of the file's sections that start with ``prefix``, in the file's order (see
+        Config.sections_with_prefix): a plugin that reads a family of sections (``[auth:alpha.example.com]``)
+        lists them here, then claims each with :meth:`section`."""
+        return self._config.sections_with_prefix(prefix)
+
     # -- reading ---------------------------------------------------------
 
     def __getitem__(self, name: str) -> Any:
@@ -313,6 +319,17 @@ class Config:
     def has_section(self, name: str) -> bool:
         """Whether the file has the section."""
         return self.parser.has_section(name)
+
+    def sections_with_prefix(self, prefix: str) -> tuple[str, ...]:
+        """The names of the file's sections that start with ``prefix`` (a non-empty string), in the file's order.
+
+        Listing claims nothing: the reader of a family of sections claims each
+        one it lists (one owner per section still holds), and a section of
+        the family nobody claims is still an unknown section at start-up.
+        """
+        if not prefix:
+            raise ValueError("a section prefix is a non-empty string")
+        return tuple(name for name in self.parser.sections() if name.startswith(prefix))
 
     def section(self, name: str, schema: Mapping[str, Option], owner: str | None = None) -> Settings:
         """Claim a section and return its typed values, defaults filled in (read once: later calls get them).

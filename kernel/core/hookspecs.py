@@ -187,6 +187,29 @@ def bastion_deploy_checks(settings: PluginSettings, config: Config, runtime: Run
     """
 
 
+@hookspec
+def bastion_tenant_settings(domain: str, runtime: Runtime) -> list[tuple[str, str, str]] | None:
+    """Say which values of the plugin's settings apply to one tenant, and where each comes from.
+
+    Called by ``kernel.cli`` for ``bastion check --tenant DOMAIN``, on a
+    runtime built from the configuration (drivers open, not started). A
+    plugin whose settings differ per tenant (the auth plugin's ``[auth]``,
+    overridden by ``[auth:alpha.example.com]`` and ``[auth:*.example.com]``)
+    resolves ``domain`` as a request for it would be, and names every value
+    that applies. The kernel knows none of the keys: it prints the rows.
+
+    Args:
+        domain: The tenant: a normalized host name (lowercase, no port, no trailing dot).
+        runtime: The :class:`kernel.Runtime` built from the configuration.
+
+    Returns:
+        Rows ``(key, value, source)``: the key as the file writes it, its
+        value as the file would write it, and where it comes from (a section
+        such as ``[auth:alpha.example.com]``, or ``default``); or None when
+        nothing of the plugin depends on the tenant.
+    """
+
+
 # ---------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------

@@ -67,20 +67,18 @@ class SignedCalls:
 
     def __init__(self, auth: Auth):
         self.auth = auth
-        self.skew = auth.settings.skew
-        # a nonce can pass while |now - ts| <= skew, and ts may lie up to skew ahead of now
-        self.nonce_ttl = 2 * auth.settings.skew + 1
 
     def admit(self, request: Request, credentials: Credentials | None) -> SessionRead | None:
         """Step 3: the origin's ban, in one read with the session of a signed call, which step 7 then uses."""
         auth = self.auth
-        keys = [auth.abuse.key(request.origin)] if auth.abuse.enabled else []
+        bans = auth.abuse.enabled(request.domain)
+        keys = [auth.abuse.key(request.origin)] if bans else []
         if credentials is not None:
             keys += [auth.sessions.key(credentials.sid), EPOCH_KEY]
         if not keys:
             return None
         values = auth.state.get_many(request.domain, keys)
-        if auth.abuse.enabled:
+        if bans:
             auth.abuse.check(request.domain, request.origin, auth.clock(), until=values[0])
         return SessionRead(credentials.sid, values[-2], values[-1]) if credentials is not None else None
 
@@ -118,11 +116,12 @@ class SignedCalls:
             self._call_event(error, session.username, sid)
             raise error
         now = auth.clock()
-        if abs(now - int(credentials.ts)) > self.skew:
+        tenant = auth.tenant(request.domain)
+        if abs(now - int(credentials.ts)) > tenant.settings.skew:
             return self._refusal(session, StaleCall("the call's timestamp is outside the allowed skew", server_time=now),
                                  skew=round(now - int(credentials.ts)))
         nonce_key = f"nonce:{sid}:{credentials.nonce}"
-        if not auth.state.add(request.domain, nonce_key, 1, self.nonce_ttl, if_live=auth.sessions.key(sid)):
+        if not auth.state.add(request.domain, nonce_key, 1, tenant.nonce_ttl, if_live=auth.sessions.key(sid)):
             # Either the nonce was used, or the session ended since it was read: say which.
             try:
                 auth.sessions.load(request.domain, sid, auth.clock())

@@ -133,7 +133,7 @@ def adduser(args: argparse.Namespace, console: Console) -> int:
         hosts = ", ".join(runtime.config.allowed_hosts) or "none"
         console.warn(f"bastion: warning: {domain} is not in [bastion] allowed_hosts ({hosts}): the server refuses its "
                      f"requests (400 InvalidHost), so {args.username} cannot log in until it is added")
-    hashed = _hash(console.auth.passwords, read_password(args))
+    hashed = _hash(console.auth.tenant(domain).passwords, read_password(args))  # the tenant's length rule
     with runtime.bind(domain):
         if not users.create(args.username, hashed, runtime.clock()):
             raise SystemExit(f"bastion: user {args.username}@{domain} already exists")
@@ -148,7 +148,7 @@ def passwd(args: argparse.Namespace, console: Console) -> int:
     with console.runtime.bind(domain):
         if users.find(args.username) is None:
             raise SystemExit(f"bastion: no user {args.username}@{domain}")
-        hashed = _hash(console.auth.passwords, read_password(args, "New password: "))
+        hashed = _hash(console.auth.tenant(domain).passwords, read_password(args, "New password: "))
         users.set_password(args.username, hashed)
     # A password is changed because the old one may be known: its sessions go with it.
     ended = console.auth.sessions.end_all(domain, args.username)

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bastion_auth import users
+from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, sid_prefix
 from kernel import (
     Abusive,
@@ -101,7 +102,8 @@ class Login:
 
     def __init__(self, auth: Auth):
         self.auth = auth
-        self.max_body = login_max_body(auth.settings.max_password_length)
+        # One route for every tenant: its limit lets the longest password of any tenant through.
+        self.max_body = login_max_body(auth.tenants.most("max_password_length"))
 
     def routes(self, routes: Routes) -> None:
         """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed), each with the body limit
@@ -138,6 +140,7 @@ class Login:
         username, password, force = parse_login(request.body)
         domain, origin = request.domain, request.origin
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:
             upgraded = auth.passwords.context.hash(password)
@@ -151,13 +154,13 @@ class Login:
             raise
         # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
         # before this one existed changed or removed the user first, which this read sees.
-        if not self._still_valid(username, password, hashes):
+        if not self._still_valid(username, password, hashes, passwords):
             self._raced(domain, username, session.sid)
         # Last, the session itself: one that a change ended after the read above was ended after the password
         # was replaced, which a second read sees. (Ended by the user's own "sign out everywhere" or a forced
         # login, the password unchanged, it is answered: its first call learns UnknownSession, as theirs do.)
         if auth.state.get(domain, auth.sessions.key(session.sid)) is None and not self._still_valid(
-                username, password, hashes):
+                username, password, hashes, passwords):
             self._raced(domain, username, session.sid)
         auth.logins.inc("success")
         auth.event("login", username, session=sid_prefix(session.sid), forced=force or None,
@@ -170,13 +173,13 @@ class Login:
             "user": {"username": username, "domain": domain},
         }
 
-    def _still_valid(self, username: str, password: str, hashes: set[str]) -> bool:
-        """Whether the user still exists with a password this login verified.
+    def _still_valid(self, username: str, password: str, hashes: set[str], passwords: Passwords) -> bool:
+        """Whether the user still exists with a password this login verified (under its tenant's ``passwords``).
 
         A hash that differs but still verifies is a concurrent login's upgrade of the same password.
         """
         current = users.find(username)
-        return current is not None and (current.password in hashes or self.auth.passwords.verify(
+        return current is not None and (current.password in hashes or passwords.verify(
             password, current.password)[0])
 
     def _raced(self, domain: str, username: str, sid: str) -> None:
@@ -211,6 +214,7 @@ class Login:
         one.
         """
         auth = self.auth
+        tenant = auth.tenant(domain)
         shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
         extra = {} if attempt_of == "login" else {"attempt": attempt_of}
         attempt = secrets.token_hex(8)
@@ -226,7 +230,7 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
             raise
         record = users.find(username)
-        valid, outdated = auth.passwords.verify(password, record.password if record is not None else None)
+        valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
         now = auth.clock()
         try:
             if valid:
@@ -248,14 +252,15 @@ class Login:
         """A wrong password: its ``login_failed`` event (and ``account_locked`` when it locks the account), its
         weight of 1 for the origin, and the dummy delay."""
         auth = self.auth
+        settings = auth.tenant(domain).settings
         auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential", known_user=known_user,
                    **extra)
         if locked_until is not None:
             auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
-                       failures=auth.accounts.limit)
+                       failures=settings.account_max_failures)
         self._confirm(domain, origin, attempt, now)
-        if auth.settings.dummy_delay:
-            time.sleep(auth.settings.dummy_delay)
+        if settings.dummy_delay:
+            time.sleep(settings.dummy_delay)
 
     def _confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Keep a failed attempt's weight; the origin's ban, if it starts now, is a security event."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bastion_auth import users
 from bastion_auth.core import Auth
-from bastion_auth.settings import deploy_problems, read
+from bastion_auth.settings import deploy_problems, read, read_tenants
 from kernel import PluginSettings, Problem, Runtime, hookimpl
 
 #: The name the runtime's Auth is registered under.
@@ -21,9 +21,10 @@ def get_auth(runtime: Runtime) -> Auth:
 
 @hookimpl
 def bastion_configure(settings: PluginSettings, runtime: Runtime) -> None:
-    """Claim ``[auth]``, ``[users]`` and ``[roles]``, and register this runtime's :class:`Auth`."""
+    """Claim ``[auth]``, its tenants' ``[auth:...]`` sections, ``[users]`` and ``[roles]``, and register this
+    runtime's :class:`Auth`."""
     auth, bootstrap, roles = read(settings)
-    runtime.register(Auth(runtime, auth, bootstrap, roles), name=NAME)
+    runtime.register(Auth(runtime, auth, bootstrap, roles, read_tenants(settings, auth)), name=NAME)
 
 
 @hookimpl

@@ -30,8 +30,9 @@ more, at its next call: changes are rare, calls are not.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
-from kernel import StateStore
+from kernel import Settings, StateStore
 
 #: The state key of a domain's roles epoch.
 EPOCH_KEY = "roles-epoch"
@@ -40,10 +41,15 @@ EPOCH_KEY = "roles-epoch"
 class RolesEpoch:
     """Sets a domain's roles epoch when a user's roles change."""
 
-    def __init__(self, state: StateStore, settings):
+    def __init__(self, state: StateStore, settings_of: Callable[[str], Settings]):
         self.state = state
-        self.ttl = settings.absolute_timeout + settings.idle_timeout
+        self.settings_of = settings_of
+
+    def ttl(self, domain: str) -> int:
+        """Seconds a domain's epoch is kept: as long as a session of its tenant can live and be remembered."""
+        settings = self.settings_of(domain)
+        return settings.absolute_timeout + settings.idle_timeout
 
     def changed(self, domain: str) -> None:
         """Say that a user's roles changed in ``domain`` (after the record is written): a new epoch."""
-        self.state.set(domain, EPOCH_KEY, secrets.token_hex(8), self.ttl)
+        self.state.set(domain, EPOCH_KEY, secrets.token_hex(8), self.ttl(domain))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
+from kernel import ExpiredSession, MaxActiveSessions, Settings, StateStore, UnknownSession, b64url, b64url_decode
 
 #: How many characters of a sid ``sessions()`` shows: enough to tell a user's sessions apart, never a whole sid.
 SHOWN_SID = 8
@@ -92,14 +93,15 @@ class Sessions:
     cannot bring it back. The slide is written only when it moves the expiry
     by at least :data:`SLIDE_STEP` seconds, which spares a write per call to
     a busy client and ends an idle session at most that much early.
+
+    Its limits (``idle_timeout``, ``absolute_timeout``,
+    ``max_active_sessions``) are those of the session's domain:
+    ``settings_of(domain)`` gives them (its tenant's, built at start-up).
     """
 
-    def __init__(self, state: StateStore, settings):
+    def __init__(self, state: StateStore, settings_of: Callable[[str], Settings]):
         self.state = state
-        self.idle = settings.idle_timeout
-        self.absolute = settings.absolute_timeout
-        self.max_active = settings.max_active_sessions
-        self.grace = settings.idle_timeout
+        self.settings_of = settings_of
 
     def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "") -> Session:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
@@ -109,27 +111,34 @@ class Sessions:
         the last place at most one keeps its session (both may lose: that is
         the safe side). ``force`` ends every other session of the user.
         """
+        limits = self.settings_of(domain)
         index = account_key("user-sessions", username)
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
-                          key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
-                          absolute_expires=now + self.absolute, origin=origin, last_seen=now)
+                          key=secrets.token_bytes(32), created=now, idle_expires=now + limits.idle_timeout,
+                          absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now)
         self.save(session, now)
-        entries = self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
-        if self.max_active or force:
+        entries = self.state.window_add(domain, index, session.sid, 0, self.remembered(domain))
+        max_active = limits.max_active_sessions
+        if max_active or force:
             sids = [e.member for e in entries if e.member != session.sid]
             values = self.state.get_many(domain, [self.key(sid) for sid in sids])  # one round trip for all
             live = [sid for sid, value in zip(sids, values, strict=True) if _is_live(value, now)]
             if force:
                 for sid in live:
                     self.end(domain, sid, username)
-            elif len(live) >= self.max_active:
+            elif len(live) >= max_active:
                 self.end(domain, session.sid, username, mark=False)
                 raise MaxActiveSessions(f"already {len(live)} active sessions; log in with force to end them")
         return session
 
+    def remembered(self, domain: str) -> int:
+        """Seconds a session of ``domain`` can live and be remembered: ``absolute_timeout + idle_timeout``."""
+        limits = self.settings_of(domain)
+        return limits.absolute_timeout + limits.idle_timeout
+
     def save(self, session: Session, now: float) -> None:
         """Store a session until ``idle_timeout`` seconds past its end."""
-        ttl = max(session.expires + self.grace - now, 1)
+        ttl = max(session.expires + self.settings_of(session.domain).idle_timeout - now, 1)
         self.state.set(session.domain, self.key(session.sid), session.to_state(), ttl)
 
     def load(self, domain: str, sid: str, now: float, value: Any = UNREAD) -> Session:
@@ -175,11 +184,12 @@ class Sessions:
         moved = origin is not None and origin != session.origin
         if now - session.last_seen < SLIDE_STEP and not moved and not changed:
             return
-        session.idle_expires = max(session.idle_expires, min(now + self.idle, session.absolute_expires))
+        idle = self.settings_of(session.domain).idle_timeout
+        session.idle_expires = max(session.idle_expires, min(now + idle, session.absolute_expires))
         session.last_seen = now
         if origin is not None:
             session.origin = origin
-        ttl = max(session.expires + self.grace - now, 1)
+        ttl = max(session.expires + idle - now, 1)
         self.state.replace(session.domain, self.key(session.sid), session.to_state(), ttl)
 
     def live(self, domain: str, username: str, now: float) -> list[Session]:
@@ -227,7 +237,7 @@ class Sessions:
     def _forget(self, domain: str, sid: str, mark: bool = True) -> None:
         if mark:
             # First the mark, then the session: a call refused in between is told UnknownSession with the mark.
-            self.state.set(domain, self.ended_key(sid), 1, self.absolute + self.grace)
+            self.state.set(domain, self.ended_key(sid), 1, self.remembered(domain))
         self.state.delete(domain, self.key(sid))
 
 
