@@ -55,10 +55,12 @@ def test_listings_say_so_when_there_is_nothing(deployment, capsys):
 
 def test_a_lock_of_a_username_no_user_has_is_listed_and_can_be_ended(deployment, capsys):
     ini, app = deployment
-    for _ in range(5):
+    for _ in range(4):
         assert_error(send(app, "/auth/login", login_body("mallory", "a guess"), host="127.0.0.1"), 401,
                      "InvalidCredential")
-    assert_error(send(app, "/auth/login", login_body("mallory", "a guess"), host="127.0.0.1"), 429, "AccountLocked")
+    for _ in range(2):  # the fifth attempt locks, and says so; the next one finds the lock
+        assert_error(send(app, "/auth/login", login_body("mallory", "a guess"), host="127.0.0.1"), 429,
+                     "AccountLocked")
 
     [lock] = bastion(ini, "locks").splitlines()
     assert re.fullmatch(rf"mallory@127\.0\.0\.1 is {LOCK_END}; no user has that name\.", lock), lock

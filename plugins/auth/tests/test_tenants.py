@@ -182,7 +182,7 @@ def test_deploy_checks_name_the_tenant_section_that_turns_a_protection_off():
 
 
 def test_check_tenant_prints_each_value_and_the_section_it_comes_from(tmp_path, capsys):
-    from kernel.cli import main
+    from kernel.testing import main
 
     ini = tmp_path / "bastion.ini"
     ini.write_text("[bastion]\ndevelopment = true\nallowed_hosts = localhost, *.example.com\n" + FAMILY)
@@ -309,7 +309,7 @@ def test_adduser_checks_the_length_rule_of_the_users_tenant(tmp_path, capsys, mo
     import io
     import sys
 
-    from kernel.cli import main
+    from kernel.testing import main
 
     ini = tmp_path / "bastion.ini"
     ini.write_text(f"[bastion]\nstorage = sqlite:///{tmp_path / 'b.sqlite3'}\ndevelopment = true\n"
