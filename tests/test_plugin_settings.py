@@ -111,8 +111,8 @@ def test_a_plugin_written_for_config_still_gets_the_whole_configuration():
 
 def test_deploy_checks_are_given_the_storage_urls_not_the_kernels_section():
     config = Config.from_dict({"bastion": {"storage": "sqlite:///x.db", "state": "redis://127.0.0.1:6379/0"}})
-    assert config.for_plugin("anyone").storage_urls == ("sqlite:///x.db", "redis://127.0.0.1:6379/0")
-    assert Config.from_dict({}).for_plugin("anyone").storage_urls == ("mem://", "mem://")
+    assert config.for_plugin("anyone").storage_urls == {"storage": "sqlite:///x.db", "state": "redis://127.0.0.1:6379/0"}
+    assert Config.from_dict({}).for_plugin("anyone").storage_urls == {"storage": "mem://"}
     assert config.for_plugin("anyone") is config.for_plugin("anyone")
 
 

@@ -251,10 +251,14 @@ class PluginSettings(Mapping[str, Any]):
         return self._config.resolve_path(value)
 
     @property
-    def storage_urls(self) -> tuple[str, str]:
-        """The kernel's ``(records, state)`` storage URLs (state is records' when not set), for storage plugins."""
+    def storage_urls(self) -> dict[str, str]:
+        """The kernel's storage URLs by the ``[bastion]`` key that names them, for storage plugins' checks:
+        ``storage``, and ``state`` when it is another URL."""
         settings = self._config.bastion
-        return settings.storage, settings.state or settings.storage
+        urls = {"storage": settings.storage}
+        if settings.state and settings.state != settings.storage:
+            urls["state"] = settings.state
+        return urls
 
     def __repr__(self) -> str:
         return f"PluginSettings({self.owner!r}, sections={list(self)!r}, mode={self.mode!r})"

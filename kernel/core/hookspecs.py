@@ -174,7 +174,7 @@ def bastion_deploy_checks(settings: PluginSettings, config: Config, runtime: Run
     a message.
 
     Args:
-        settings: This plugin's :class:`kernel.PluginSettings` (``storage_urls`` names the kernel's storage).
+        settings: This plugin's :class:`kernel.PluginSettings` (``storage_urls``: the kernel's storage URLs by key).
         config: The whole :class:`kernel.Config` checked (for older plugins; prefer ``settings``).
         runtime: A :class:`kernel.Runtime` built from it (its drivers open,
             not started), after the storage answered; None when the storage

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 from bastion_storage_redis.settings import CLUSTER_SCHEMES, SCHEMES, parse_cluster_url, scheme_of
 from kernel import Problem, StorageURL, is_loopback_host
 
 
-def problems(storage_urls: tuple[str, str]) -> list[Problem]:
+def problems(urls: Mapping[str, str]) -> list[Problem]:
     """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS.
 
-    ``storage_urls`` are the kernel's ``(records, state)`` URLs.
+    ``urls`` are the kernel's storage URLs by their ``[bastion]`` key (``PluginSettings.storage_urls``).
     """
-    storage, state = storage_urls
-    urls = {"storage": storage}
-    if state != storage:
-        urls["state"] = state
     found: list[Problem] = []
     for key, url in urls.items():
         scheme = scheme_of(url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -12,15 +14,11 @@ from kernel import Problem, StorageURL, is_loopback_host
 VERIFIED = ("verify-ca", "verify-full")
 
 
-def problems(storage_urls: tuple[str, str]) -> list[Problem]:
+def problems(urls: Mapping[str, str]) -> list[Problem]:
     """SQLite (one machine: warned), PostgreSQL on another host without a password or without verified TLS.
 
-    ``storage_urls`` are the kernel's ``(records, state)`` URLs.
+    ``urls`` are the kernel's storage URLs by their ``[bastion]`` key (``PluginSettings.storage_urls``).
     """
-    storage, state = storage_urls
-    urls = {"storage": storage}
-    if state != storage:
-        urls["state"] = state
     found: list[Problem] = []
     sqlite_keys = []
     for key, url in urls.items():
