@@ -18,7 +18,6 @@ import http.client
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from kernel.testing.servers import GunicornServer
 
 APP = "bench.peers.fastapi_todo.main:app"
 HOST = "peer.localhost"
@@ -67,74 +68,18 @@ def fill(db: Path, plan: list[tuple[str, int]], password: str, repo_root: Path) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-class Server:
-    """gunicorn serving the peer on ``host`` and a free port (:func:`serve_command`), in a folder of its own.
-
-    Like ``kernel.testing.servers.GunicornServer`` where the bench uses it: ``url``, ``process`` (gunicorn's
-    master), :meth:`start`, :meth:`close`, :meth:`log`; also a context manager.
-    """
+class Server(GunicornServer):
+    """gunicorn serving the peer on ``host`` and a free port (:func:`serve_command`), in a folder of its own:
+    ``kernel.testing.servers.GunicornServer`` (``url``, ``process``, :meth:`start`, :meth:`close`, :meth:`log`)
+    with the peer's command line and environment instead of Bastion's."""
 
     def __init__(self, db: Path, workers: int = 2, host: str = "127.0.0.1", repo_root: Path = REPO_ROOT,
                  startup_timeout: float = 120.0):
-        from kernel.testing.ports import free_port
+        super().__init__({}, workers=workers, env={**environment(db), "PYTHONPATH": str(repo_root)}, host=host,
+                         app=APP, startup_timeout=startup_timeout)
 
-        self.db, self.workers, self.host, self.repo_root = db, workers, host, repo_root
-        self.port = free_port(host)
-        self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="bench-fastapi-peer-")
-        self.log_path = Path(self._tmp.name) / "server.log"
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> Server:
-        """Start gunicorn and wait until ``/healthz`` answers."""
-        from kernel.testing.servers import wait_until_serving
-
-        self._log = open(self.log_path, "wb")
-        env = {**os.environ, **environment(self.db), "PYTHONPATH": str(self.repo_root)}
-        self.process = subprocess.Popen(serve_command(self.port, self.workers, self.host), cwd=self._tmp.name,
-                                        env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_until_serving(self.host, self.port, self.process, self.startup_timeout)
-        except RuntimeError as exc:
-            self.stop()
-            raise RuntimeError(f"the FastAPI peer did not start: {exc}:\n{self.log()[-4000:]}") from None
-        return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop gunicorn and its workers (its process group)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.process = None
-
-    def close(self) -> None:
-        """Stop the server and remove its folder."""
-        self.stop()
-        self._tmp.cleanup()
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def command(self) -> list[str]:
+        return serve_command(self.port, self.workers, self.host)
 
 
 @dataclass
