@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGINS := plugins/storage_mem plugins/storage_sql plugins/storage_redis plugins/auth plugins/permissions plugins/todo
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quick clean
+.PHONY: install run test lint bench bench-backends bench-quick wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,21 +33,31 @@ test:
 	@$(MAKE) --no-print-directory $(VENV)/.test-tools
 	$(BIN)/python -m pytest tests plugins
 
-## lint: ruff over everything, then mypy over the kernel (settings in pyproject.toml's [tool.mypy])
+## lint: ruff over everything, then mypy over the kernel and every plugin's package (the files and settings
+## are pyproject.toml's [tool.mypy])
 lint: $(VENV)/.test-tools
 	$(BIN)/ruff check kernel plugins tests bench
-	$(BIN)/mypy kernel
+	$(BIN)/mypy
 
-## bench: the full benchmark (under 15 minutes); bench-quick: under 2 minutes; both install the `bench` extra
-## (Django and Django REST framework, for the peer in bench/peers/)
+## bench: the signed call against the bare ceiling and the peers, every case in passes interleaved with its ceiling
+## (about 10 minutes; `python -m bench.interleaved --help`); bench-backends: every storage configuration, the scaling
+## curve and the in-process profile (under 15 minutes); bench-quick: its short run (under 2 minutes). They install
+## the `bench` extra (the Django and FastAPI peers in bench/peers/) and, as root on Debian, wrk.
 $(VENV)/.bench-tools: $(VENV)/.test-tools setup.cfg
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
-bench: $(VENV)/.bench-tools
+wrk:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get -o DPkg::Lock::Timeout=300 install -y -q wrk >/dev/null; } \
+		|| { echo "bench: wrk is needed (apt-get install wrk)"; exit 1; }
+
+bench: $(VENV)/.bench-tools wrk
+	$(BIN)/python -m bench.interleaved
+
+bench-backends: $(VENV)/.bench-tools wrk
 	$(BIN)/python -m bench
 
-bench-quick: $(VENV)/.bench-tools
+bench-quick: $(VENV)/.bench-tools wrk
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -101,6 +101,8 @@ class RunResult:
     wrk_cpu_cores: float
     worker_rss_mb: list[float] = field(default_factory=list)
     master_rss_mb: float = 0.0
+    voluntary_switches_per_req: float = 0.0  # context switches of the server tree per request (bench.interleaved)
+    involuntary_switches_per_req: float = 0.0
 
     @property
     def valid(self) -> bool:

@@ -79,3 +79,28 @@ class CpuSnapshot:
     def since(self, before: CpuSnapshot) -> float:
         """CPU seconds spent between two snapshots (processes that started in between count fully)."""
         return sum(max(0.0, sec - before.seconds.get(pid, 0.0)) for pid, sec in self.seconds.items())
+
+
+def context_switches(root: int | None) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of a process tree, every thread counted (0, 0 without one).
+
+    Voluntary: a thread blocked (a lock, a socket, a condition, the disk); involuntary: the scheduler took the
+    core away (another runnable thread or process wanted it).
+    """
+    voluntary = involuntary = 0
+    for pid in tree(root) if root else []:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+            except OSError:
+                continue
+    return voluntary, involuntary

@@ -19,6 +19,7 @@ from kernel.core.config import (  # noqa: E402
     List,
     Networks,
     Option,
+    PluginSettings,
     Settings,
     Size,
     Str,
@@ -32,8 +33,10 @@ from kernel.core.driver import (  # noqa: E402
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,
     TENANTS,
+    Capability,
     Change,
     Driver,
+    LiveCounts,
     RecordStore,
     RecordVersion,
     Scalar,
@@ -43,6 +46,7 @@ from kernel.core.driver import (  # noqa: E402
     TenantRecord,
     TenantStore,
     WindowEntry,
+    capabilities_of,
     check_change,
     check_json,
     check_record_id,
@@ -100,7 +104,8 @@ __all__ = [
     # writing a plugin
     "hookimpl", "service", "storage", "current", "Request", "Routes", "Runtime", "Errors", "Record",
     # configuration
-    "Config", "load_config", "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
+    "Config", "load_config", "PluginSettings",
+    "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
     # JSON and text
     "dumps", "dumps_text", "loads", "loads_stored", "json_type", "b64url", "b64url_decode", "parse_domain",
     # authentication
@@ -111,6 +116,7 @@ __all__ = [
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar", "check_change",
     "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id", "is_text",
     "MAX_ID_LENGTH", "PROBE_DOMAIN", "StorageURL", "redact", "PROCESS_LOCAL", "PAGED_SELECT",
+    "Capability", "capabilities_of", "LiveCounts",
     "DEFAULT_HISTORY_KEEP_REMOVED", "REMOVED_HISTORY_STEP",
     "TENANTS", "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record", "state_kind",
     # errors

@@ -4,7 +4,7 @@ The kernel brings ``serve``, ``plugins``, ``check`` (with ``--deploy``),
 ``--version``, and the tenant commands of :mod:`kernel.tenants.commands`
 (``tenants``, ``export``, ``import``, ``copy``, ``delete-tenant``); plugins add their own commands through the ``bastion_cli``
 hook (the auth plugin adds ``adduser``, ``passwd``, ``deluser``, ``users``,
-``roles``, ``sessions``, ``end-sessions``, ``unlock``, ``unban`` and
+``roles``, ``sessions``, ``end-sessions``, ``locks``, ``unlock``, ``unban`` and
 ``hash-password``; the SQL plugin ``initdb``).
 
 Each of the kernel's commands is a function of its parsed arguments and a
@@ -74,11 +74,13 @@ class Command:
 
 
 def plugins(args: argparse.Namespace, env: CommandEnv) -> int:
-    """``bastion plugins``: each plugin with its distribution and the hooks it implements."""
+    """``bastion plugins``: each plugin with its distribution and every hook it implements (also on the objects it
+    registers when a runtime opens, with their class)."""
     for row in describe(env.pm):
         print(f"{row['name']}  {row['distribution']} {row['version']}", file=env.out)
         for hook in row["hooks"]:
-            print(f"    {hook}", file=env.out)
+            cls = row["registered"].get(hook)
+            print(f"    {hook}" + (f"  (on {cls}, registered when a runtime opens)" if cls else ""), file=env.out)
     return 0
 
 
@@ -91,6 +93,9 @@ def check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name every problem of this configuration for production; exit 1 on an error")
     parser.add_argument("--fail-level", choices=("error", "warning"), default="error",
                         help="with --deploy: the level that makes the command fail (default: error)")
+    parser.add_argument("--tenant", metavar="DOMAIN",
+                        help="also print the settings that apply to this tenant (a host name), and the section "
+                             "each value comes from")
 
 
 def check(args: argparse.Namespace, env: CommandEnv) -> int:
@@ -110,14 +115,43 @@ def check(args: argparse.Namespace, env: CommandEnv) -> int:
             runtime.ping()
         except BastionError as exc:
             return _unavailable(exc, config, env.err)
-        print(f"ok: {config.label}: {_urls(config)} answer; "
-              f"{len(runtime.services.names())} services, {len(list(runtime.models))} models", file=env.out)
+        print(f"ok: {config.label}: {_urls(config)} answer; {_count(len(runtime.services.names()), 'service')} "
+              f"and {_count(len(list(runtime.models)), 'model')}.", file=env.out)
         if config.bastion.development:
-            print("note: development = true: never for production; `bastion check --deploy` names every problem",
+            print("note: development = true is never for production; `bastion check --deploy` names every problem.",
                   file=env.out)
+        if args.tenant is not None:
+            return _tenant(args.tenant, runtime, env)
     finally:
         runtime.close()
     return 0
+
+
+def _tenant(host: str, runtime: Runtime, env: CommandEnv) -> int:
+    """``check --tenant``: every plugin's settings that apply to the tenant, each with the section it comes from."""
+    from kernel.core.errors import InvalidHost
+    from kernel.core.hosts import parse_domain
+
+    try:
+        domain = parse_domain(host)
+    except InvalidHost as exc:
+        print(f"bastion: --tenant {host!r}: {exc}; accepted: a host name such as alpha.example.com",
+              file=env.err)
+        return 2
+    rows = [row for rows in runtime.pm.hook.bastion_tenant_settings(domain=domain, runtime=runtime) or ()
+            for row in rows or ()]
+    print(f"tenant {domain}:", file=env.out)
+    width = max((len(f"{key} = {value}") for key, value, _ in rows), default=0)
+    for key, value, source in rows:
+        print(f"  {f'{key} = {value}':<{width}}  from {source}", file=env.out)
+    if not runtime.config.allows_host(domain):
+        print(f"note: {domain} is not in [bastion] allowed_hosts: its requests are refused", file=env.out)
+    return 0
+
+
+def _count(n: int, thing: str) -> str:
+    """``1 service``, ``2 services``, ``no services``."""
+    return f"{n or 'no'} {thing}{'s' * (n != 1)}"
 
 
 def _unavailable(exc: BastionError, config, err: TextIO) -> int:
@@ -149,7 +183,7 @@ def check_deploy(args: argparse.Namespace, env: CommandEnv) -> int:
         runtime = env.runtime_factory()
     except BastionError as exc:  # the storage cannot be opened: name the other problems all the same
         config = load_config(args.config)
-        problems = [_no_answer(exc, config), *collect(config, None, env.pm.hook)]
+        problems = [_no_answer(exc, config), *collect(config, None, env.pm)]
     else:
         try:
             problems = _runtime_problems(runtime, env.out)
@@ -174,9 +208,9 @@ def _runtime_problems(runtime: Runtime, out: TextIO) -> list[Problem]:
         runtime.ping()
     except BastionError as exc:
         # The checks that read the storage (runtime given) are skipped when it does not answer.
-        return [*problems, _no_answer(exc, config), *collect(config, None, runtime.hook)]
+        return [*problems, _no_answer(exc, config), *collect(config, None, runtime.pm)]
     print(f"ok: {config.label}: {_urls(config)} answer", file=out)
-    return [*problems, *collect(config, runtime, runtime.hook)]
+    return [*problems, *collect(config, runtime, runtime.pm)]
 
 
 def _report(problems: list[Problem], fail_level: str, out: TextIO) -> int:

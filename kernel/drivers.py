@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.core.config import PluginSettings
 from kernel.core.driver import (
     DEFAULT_HISTORY_KEEP_REMOVED,
     MAX_ID_LENGTH,
@@ -52,8 +53,10 @@ from kernel.core.driver import (
     PROBE_DOMAIN,
     REMOVED_HISTORY_STEP,
     TENANTS,
+    Capability,
     Change,
     Driver,
+    LiveCounts,
     RecordStore,
     RecordVersion,
     Scalar,
@@ -63,6 +66,7 @@ from kernel.core.driver import (
     TenantRecord,
     TenantStore,
     WindowEntry,
+    capabilities_of,
     check_change,
     check_json,
     check_record_id,
@@ -89,13 +93,13 @@ __all__ = [
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar",
     # whole tenants (the ``tenants`` capability): what a driver that moves them offers, and what crosses it
     "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record", "state_kind",
-    # capabilities the kernel names
-    "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS",
+    # capabilities the kernel names, every capability, and the optional protocols of some
+    "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS", "Capability", "capabilities_of", "LiveCounts",
     # the shared checks, ids, the probe's namespace, the history bounds
     "check_change", "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id",
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",
-    # storage URLs
-    "StorageURL", "redact",
+    # storage URLs, and the settings ``bastion_storage_driver`` is given
+    "StorageURL", "redact", "PluginSettings",
     # what a driver raises, and JSON kept as text
     "VersionConflict", "RecordNotFound", "ServiceUnavailable", "ConfigError", "dumps_text", "loads_stored",
     # the reference driver

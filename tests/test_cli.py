@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernel import Problem, hookimpl, service
+from kernel import Problem, hookimpl, load_config, service
 from kernel.cli import main
 from kernel.core.plugins import get_plugin_manager
 
@@ -229,7 +229,7 @@ def test_plugins_lists_the_plugin_managers_given(capsys):
 def test_check_builds_its_runtime_with_the_plugin_manager_given(tmp_path, capsys):
     assert main(["--config", str(_mem_ini(tmp_path)), "check"], pm=_given_pm()) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: ") and "; 1 services, 0 models\n" in out, out
+    assert out.startswith("ok: ") and "answer; 1 service and no models.\n" in out, out
 
 
 def test_check_deploy_asks_the_plugin_manager_given(tmp_path, capsys):
@@ -308,3 +308,46 @@ def test_check_names_the_bad_line_of_roles(tmp_path, capsys):
     assert main(["--config", str(ini), "check"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"bastion: {ini}: [roles] alice@localhost: 'not a role' is not a role name")
+
+
+def plugins_listed(output: str) -> dict[str, set[str]]:
+    """``bastion plugins``'s output as each plugin's hooks."""
+    rows: dict[str, set[str]] = {}
+    hooks: set[str] = set()
+    for line in output.splitlines():
+        if line.startswith("    "):
+            hooks.add(line.split()[0])
+        else:
+            hooks = rows[line.split()[0]] = set()
+    return rows
+
+
+def test_plugins_lists_every_hook_also_those_of_the_objects_a_plugin_registers_when_a_runtime_opens(tmp_path):
+    """The auth and permissions plugins implement most of their hooks on objects they register in
+    ``bastion_configure``: the console script lists those too, the same hooks as a runtime has for each plugin."""
+    from kernel.core.runtime import Runtime
+
+    result = subprocess.run([str(Path(sys.executable).with_name("bastion")), "plugins"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result
+    listed = plugins_listed(result.stdout)
+    assert {"bastion_services", "bastion_authenticate", "bastion_configure", "bastion_cli"} <= listed["auth"]
+    assert {"bastion_configure", "bastion_check", "bastion_has_permission"} <= listed["permissions"]
+    assert "    bastion_services  (on bastion_auth.core.Auth, registered when a runtime opens)" in result.stdout
+
+    config = load_config(_mem_ini(tmp_path))
+    with Runtime(config, get_plugin_manager()) as runtime:
+        packages = {name: _package(plugin) for name, plugin in runtime.pm.list_name_plugin() if name in listed}
+        opened: dict[str, set[str]] = {name: set() for name in packages}
+        for _, plugin in runtime.pm.list_name_plugin():
+            owner = next((name for name, package in packages.items() if package == _package(plugin)), None)
+            if owner is not None and not owner.startswith("kernel") and owner != "storage_mem":
+                opened[owner] |= {hook.name for hook in runtime.pm.get_hookcallers(plugin) or []}
+    for name in ("auth", "permissions", "todo", "storage_sql", "storage_redis"):
+        assert listed[name] == opened[name], name
+
+
+def _package(plugin: object) -> str:
+    """The top-level package of a plugin object (a module or an instance)."""
+    module = plugin.__name__ if isinstance(plugin, type(sys)) else type(plugin).__module__
+    return module.partition(".")[0]

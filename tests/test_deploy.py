@@ -437,7 +437,7 @@ def test_deluser_ends_the_sessions_on_every_node(deployment):
     for client in (one, two, one_on_two):
         assert isinstance(client.call("get_all"), list)
     done = deployment.bastion("deluser", "carol", "--domain", TENANT)
-    assert done.returncode == 0 and "ended 2 session(s)" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and "; ended its 2 live sessions." in done.stdout, done.stdout + done.stderr
     for client in (one, two, one_on_two):
         with pytest.raises(UnknownSession):
             client.call("get_all")

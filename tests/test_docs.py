@@ -68,3 +68,11 @@ def test_operations_documents_every_event_metric_and_deploy_check():
         assert f"`{metric}`" in text, f"docs/operations.md does not describe the metric {metric}"
     for check in set(re.findall(r'"((?:bastion|auth|sql|redis)\.[EW]\d{3})"', sources)):
         assert f"| `{check}` |" in text, f"docs/operations.md does not describe the check {check}"
+
+
+def test_the_docs_index_names_every_page_and_the_readme_links_it():
+    """docs/README.md says which page answers which question: it links every page of docs/, and README.md links it."""
+    index = (ROOT / "docs" / "README.md").read_text()
+    pages = sorted(path.name for path in (ROOT / "docs").glob("*.md") if path.name != "README.md")
+    assert [page for page in pages if f"]({page})" not in index] == []
+    assert "(docs/README.md)" in (ROOT / "README.md").read_text()

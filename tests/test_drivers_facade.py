@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #: What a driver author finds there (the names that were in `kernel` stay there too).
 PROMISED = {
     "Driver", "RecordStore", "StateStore", "Change", "StoredRecord", "RecordVersion", "WindowEntry", "Scalar",
-    "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS",
+    "PROCESS_LOCAL", "PAGED_SELECT", "TENANTS", "Capability", "capabilities_of", "LiveCounts",
     "TenantStore", "TenantRecord", "TenantCounts", "check_tenant_record", "state_kind",
     "check_change", "check_json", "check_record_id", "check_scalar", "check_text", "index_token", "is_record_id",
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",
-    "StorageURL", "redact",
+    "StorageURL", "redact", "PluginSettings",
     "VersionConflict", "RecordNotFound", "ServiceUnavailable", "ConfigError", "dumps_text", "loads_stored",
     "MemoryDriver",
     "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase",

@@ -23,7 +23,7 @@ from kernel.core.signing import authorization, new_nonce, request_mac
 from kernel.testing import FakeClock
 
 PASSWORD = "correct horse battery"
-SERVICES = ["get_all", "add", "update", "remove", "clear_completed", "history", "change_password", "sessions",
+SERVICES = ["get_all", "add", "update", "remove", "clear_completed", "history", "permitted", "change_password", "sessions",
             "end_sessions", "nope", "", "add/x", "a" * 200]
 #: Examples per test; BASTION_FUZZ_EXAMPLES=5000 digs deeper (by hand, not in CI).
 FUZZ = settings(max_examples=int(os.environ.get("BASTION_FUZZ_EXAMPLES", "150")), deadline=None,
@@ -150,7 +150,7 @@ def test_signed_calls_never_fail_with_a_5xx_nor_half_write(fuzz_app, name, body,
 #: Each todo service and account service, and its parameters (docs/protocol.md sections 10 and 5), so that drawn
 #: arguments mostly bind.
 PARAMETERS = {"add": ["text"], "update": ["id", "vsn", "text", "done"], "remove": ["id", "vsn"],
-              "clear_completed": [], "get_all": [], "history": ["id"], "change_password": ["old", "new"],
+              "clear_completed": [], "get_all": [], "history": ["id"], "permitted": [], "change_password": ["old", "new"],
               "sessions": [], "end_sessions": []}
 
 

@@ -3,10 +3,10 @@
 ``kernel/server/worker.py`` and its rooms subclass gunicorn 27's threaded worker (``ThreadWorker``, ``TConn``),
 its parser and socket reader (``RequestParser``, ``SocketUnreader``), its logger, copy one of its methods
 (``handle_request``) and mirror some of its rules (where a body ends); ``kernel/server/gunicorn_conf.py`` looks for
-gunicorn's configuration loaders in the stack of its import, and ``kernel/server/settings.py`` hands the master's
-settings to workers that gunicorn forks. None of this is gunicorn's public API, which is why setup.cfg pins
-gunicorn to one major release. A gunicorn upgrade that changes any of it fails here, naming what to review,
-instead of misbehaving at run time.
+gunicorn's configuration loaders in the stack of its import, ``kernel/server/settings.py`` hands the master's
+settings to workers that gunicorn forks, and ``kernel/server/serve.py`` binds the master's sockets itself. None of
+this is gunicorn's public API, which is why setup.cfg pins gunicorn to one major release. A gunicorn upgrade that
+changes any of it fails here, naming what to review, instead of misbehaving at run time.
 
 Most checks are on shape (names, signatures, attributes) or behaviour (what a call does). The methods Bastion
 copies, or whose order of calls its overrides depend on, are fingerprinted (a hash of their source): when one
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import gunicorn
 import pytest
-from gunicorn import glogging, util
+from gunicorn import glogging, sock, systemd, util
 from gunicorn.app.base import Application, BaseApplication
 from gunicorn.app.wsgiapp import WSGIApplication
 from gunicorn.arbiter import Arbiter
@@ -128,6 +128,11 @@ SIGNATURES = [
     (Application.get_config_from_filename, "(self, filename)"),
     (BaseApplication.load_config, "(self)"),
     (BaseApplication.load, "(self)"),
+    # binding the addresses before the master starts (kernel/server/serve.py's listen)
+    (sock._sock_type, "(addr)"),
+    (sock.BaseSocket.__init__, "(self, address, conf, log, fd=None)"),
+    (sock.close_sockets, "(listeners, unlink=True)"),
+    (systemd.listen_fds, "(unset_environment=True)"),
 ]
 
 
@@ -321,6 +326,27 @@ def test_the_master_makes_each_worker_then_forks_it():
     made, forked, runs = source.find("self.worker_class("), source.find("os.fork()"), source.find("worker.init_process()")
     assert 0 <= made < forked < runs, "gunicorn's Arbiter.spawn_worker no longer forks the worker from the master"
     assert "os.exec" not in source
+
+
+def test_the_master_binds_only_when_it_was_given_no_listeners():
+    """kernel/server/serve.py binds the addresses itself and hands the sockets to the master (``Arbiter.LISTENERS``)."""
+    source = inspect.getsource(Arbiter.start)
+    given = source.find("if not self.LISTENERS:")
+    assert 0 <= given < source.find("sock.create_sockets("), "gunicorn's Arbiter.start no longer keeps given listeners"
+    cfg = _cfg(bind=["127.0.0.1:0"])
+    [address] = cfg.address
+    listener = sock._sock_type(address)(address, cfg, logging.getLogger("test"))
+    try:
+        assert listener.cfg_addr == address and listener.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close_sockets([listener])
+
+
+def test_the_worker_notes_code_reloading_in_the_words_the_logger_knows():
+    """kernel/server/logger.py makes that one warning an INFO line in development mode, where reloading is the mode's."""
+    from kernel.server.logger import BastionLogger
+
+    assert f'self.log.warning("{BastionLogger.RELOADER_ON}")' in inspect.getsource(base.Worker.init_process)
 
 
 def test_the_logger_is_made_with_the_settings_and_set_up_again_on_a_reload():

@@ -28,8 +28,20 @@ def spec_parameters(name: str) -> list[str]:
     return list(inspect.signature(getattr(hookspecs, name)).parameters)
 
 
+def _per_plugin_hook(node: ast.AST) -> str | None:
+    """The hook a node calls, if it is ``call_per_plugin(pm, "bastion_x", settings_of, ...)``."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "call_per_plugin"):
+        return None
+    if len(node.args) != 3 or not isinstance(node.args[1], ast.Constant) or not isinstance(node.args[1].value, str):
+        return "call_per_plugin without a literal hook name"
+    return node.args[1].value
+
+
 def _hook_called(node: ast.AST) -> str | None:
-    """The hook a node calls, if it is ``<anything>.hook.bastion_x(...)`` or ``hook.bastion_x(...)``."""
+    """The hook a node calls, if it is ``<anything>.hook.bastion_x(...)``, ``hook.bastion_x(...)`` or a per-plugin call."""
+    per_plugin = _per_plugin_hook(node)
+    if per_plugin is not None:
+        return per_plugin
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr.startswith("bastion_")):
         return None
@@ -60,11 +72,14 @@ def wrong_calls(roots: tuple[Path, ...] = SCANNED) -> list[str]:
         if name not in HOOKS:
             wrong.append(f"{where}: {name} is no hook of kernel/core/hookspecs.py")
             continue
-        if call.args:
+        per_plugin = _per_plugin_hook(call) is not None
+        if call.args and not per_plugin:
             wrong.append(f"{where}: {name} is given {len(call.args)} positional argument(s): pluggy takes keywords only")
         if any(keyword.arg is None for keyword in call.keywords):
             wrong.append(f"{where}: {name} is given **arguments, whose names cannot be checked")
         given = [keyword.arg for keyword in call.keywords if keyword.arg is not None]
+        if per_plugin:
+            given.append("settings")  # call_per_plugin gives each implementation its own plugin's settings
         expected = spec_parameters(name)
         missing = [n for n in expected if n not in given]
         unknown = [n for n in given if n not in expected]
@@ -97,16 +112,19 @@ def test_the_check_finds_a_call_that_does_not_match_its_spec(tmp_path):
         "    hook.bastion_storage_driver(url=url, config=config, clock=None, timeout=3)\n"
         "    runtime.pm.hook.bastion_static(**{})\n"
         "    runtime.hook.bastion_no_such_hook()\n"
-        "    runtime.hook.bastion_startup(runtime=runtime, config=config)\n"  # right: not reported
+        "    call_per_plugin(runtime.pm, 'bastion_check', config.for_plugin, runtime=runtime)\n"
+        "    call_per_plugin(runtime.pm, 'bastion_startup', config.for_plugin, runtime=runtime, config=config)\n"  # right
     )
     found = wrong_calls((package,))
     assert found == [
         "broken/calls.py:2: bastion_shutdown is given 1 positional argument(s): pluggy takes keywords only",
         "broken/calls.py:2: bastion_shutdown is not given runtime",
-        "broken/calls.py:3: bastion_configure is not given runtime",
+        "broken/calls.py:3: bastion_configure is not given settings, runtime",
+        "broken/calls.py:4: bastion_storage_driver is not given settings",
         "broken/calls.py:4: bastion_storage_driver is given timeout, which its spec does not name (pluggy would drop it)",
         "broken/calls.py:5: bastion_static is given **arguments, whose names cannot be checked",
         "broken/calls.py:6: bastion_no_such_hook is no hook of kernel/core/hookspecs.py",
+        "broken/calls.py:7: bastion_check is not given config",
     ], found
 
 

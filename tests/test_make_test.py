@@ -71,3 +71,54 @@ def test_what_cannot_run_is_skipped_here_and_fails_on_ci(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="nosuchmodule is not installed"):
         import_or_skip("nosuchmodule")
     assert import_or_skip("json").dumps([]) == "[]"
+
+
+def fake_programs(folder: Path, scripts: dict[str, str]) -> Path:
+    """A folder of shell scripts named like programs, to put first on ``PATH``."""
+    folder.mkdir()
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def test_as_root_it_waits_for_another_apt_get_to_release_its_locks(tmp_path):
+    """Run as root (a fake ``id``), a missing redis-server is installed by a fake ``apt-get`` whose first updates
+    find the lists lock held: test-needs tries again instead of failing, and the install waits for the dpkg lock
+    (``DPkg::Lock::Timeout``). Nothing real is installed or stopped."""
+    redis = tmp_path / "redis-server"
+    calls = tmp_path / "calls"
+    fakes = fake_programs(tmp_path / "bin", {
+        "id": 'echo 0',
+        "systemctl": "exit 0",
+        "service": "exit 0",
+        "apt-get": f"""echo "$*" >> {calls}
+case "$*" in
+  *" update "*)
+    [ "$(grep -c ' update ' {calls})" -gt 2 ] && exit 0
+    echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (apt-get)" >&2; exit 100 ;;
+  *" install "*) printf '#!/bin/sh\\n' > {redis}; chmod +x {redis} ;;
+esac""",
+    })
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "BASTION_REDIS_SERVER": str(redis),
+           "BASTION_APT_LOCK_TIMEOUT": "120"}
+    result = subprocess.run(["sh", str(NEEDS)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, ""), result
+    assert result.stderr.splitlines() == ["make test: installing redis-server with apt-get",
+                                          "make test: waiting for another apt-get to finish (at most 120 s)"]
+    updates, install = calls.read_text().splitlines()[:3], calls.read_text().splitlines()[3:]
+    assert updates == ["-o DPkg::Lock::Timeout=120 update -qq"] * 3
+    assert install == ["-o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends redis-server fonts-liberation"]
+
+
+def test_as_root_it_stops_when_the_lock_is_still_held_at_the_deadline(tmp_path):
+    fakes = fake_programs(tmp_path / "bin", {
+        "id": "echo 0",
+        "apt-get": 'echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (apt-get)" >&2; '
+                   "exit 100",
+    })
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "BASTION_REDIS_SERVER": str(tmp_path / "none"),
+           "BASTION_APT_LOCK_TIMEOUT": "0"}
+    result = subprocess.run(["sh", str(NEEDS)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (apt-get)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import types
 
 import pluggy
 import pytest
@@ -84,3 +86,32 @@ def test_kernel_imports_no_plugin():
                 modules = [node.module]
             for module in modules:
                 assert not module.startswith("bastion_"), f"{path} imports plugin {module}"
+
+
+def test_describe_counts_the_hooks_of_the_classes_a_plugin_registers_when_a_runtime_opens(monkeypatch):
+    """A plugin module whose ``bastion_configure`` registers an object: the object's hooks are the plugin's too,
+    with its class named; an object registered as a plugin has only its own."""
+    package, core = types.ModuleType("someplugin"), types.ModuleType("someplugin.core")
+
+    class Engine:
+        @hookimpl
+        def bastion_services(self):
+            return []
+
+    Engine.__module__, Engine.__qualname__ = core.__name__, "Engine"
+    core.Engine = Engine
+
+    @hookimpl
+    def bastion_configure(config, runtime):
+        runtime.register(Engine(), name="someplugin.engine")
+
+    package.bastion_configure = bastion_configure
+    monkeypatch.setitem(sys.modules, package.__name__, package)
+    monkeypatch.setitem(sys.modules, core.__name__, core)
+    pm = get_plugin_manager(only=["storage_mem"], trace=False)
+    pm.register(package, name="someplugin")
+    pm.register(Engine(), name="an-object")
+    rows = {row["name"]: row for row in describe(pm)}
+    assert rows["someplugin"]["hooks"] == ["bastion_configure", "bastion_services"]
+    assert rows["someplugin"]["registered"] == {"bastion_services": "someplugin.core.Engine"}
+    assert (rows["an-object"]["hooks"], rows["an-object"]["registered"]) == (["bastion_services"], {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,6 +91,8 @@ def test_the_checkouts_bastion_ini_in_the_working_directory(tmp_path):
     status, output = run_serve(["serve"], tmp_path, without_config_variable(), port)
     assert status == 200
     assert "development mode, storage sqlite:///var/bastion.sqlite3" in output
+    assert "; the workers reload on code changes" in output and "INFO gunicorn.error Reloader is on" in output
+    assert not re.search(r"warning|would be ignored|traceback", output, re.IGNORECASE), output  # as `make run` starts
     assert (tmp_path / "var" / "bastion.sqlite3").is_file()  # relative to the working directory, as documented
 
 
@@ -140,6 +143,43 @@ def test_a_missing_config_file_is_one_line(tmp_path, option):
     result = subprocess.run([BASTION, *option, "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr.strip()) == (1, f"bastion: {tmp_path / 'nowhere.ini'}: cannot read "
                                                               "configuration: no such file")
+
+
+def serve_once(tmp_path: Path, bind: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """``bastion serve`` in ``tmp_path`` with ``[server] bind`` and a SQLite storage there, its temporary files in a
+    folder of its own; return how it ended, its configuration file and that folder."""
+    ini = write_config({"bastion": {"development": True, "storage": "sqlite:///var/bastion.sqlite3"},
+                        "server": {"bind": bind}}, tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {key: value for key, value in without_config_variable().items()
+           if key not in ("PROMETHEUS_MULTIPROC_DIR", "BASTION_METRICS_DIR")}
+    result = subprocess.run([BASTION, "serve"], cwd=tmp_path, env={**env, "TMPDIR": str(scratch)},
+                            capture_output=True, text=True, timeout=60)
+    return result, ini, scratch
+
+
+def test_a_taken_address_stops_the_start_at_once_with_one_line_and_leaves_nothing_behind(tmp_path):
+    """No retries and none of gunicorn's messages: one line naming the address and the key; no storage opened
+    (no SQLite file), no metrics folder."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result, ini, scratch = serve_once(tmp_path, f"127.0.0.1:{port}")
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr == (f"bastion: cannot listen on 127.0.0.1:{port}: address already in use; stop what uses it, "
+                             f"or set another address in [server] bind ({ini})\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bastion.ini", "tmp"]
+    assert not list(scratch.iterdir())
+
+
+def test_an_address_not_of_this_machine_is_one_line_too(tmp_path):
+    result, ini, scratch = serve_once(tmp_path, f"192.0.2.1:{free_port()}")  # TEST-NET-1: never a local address
+    assert result.returncode == 1, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith("bastion: cannot listen on 192.0.2.1:") and line.endswith(f"[server] bind ({ini})"), line
+    assert not (tmp_path / "var").exists() and not list(scratch.iterdir())
 
 
 # -- the [server] keys reach gunicorn ------------------------------------------------------------

@@ -68,9 +68,10 @@ def test_the_kernel_alone_opens_mem():
     """No entry point loaded: the built-in plugin ``storage_mem`` is there and opens the default storage."""
     pm = get_plugin_manager(only=[], trace=False)
     assert pm.get_plugin("storage_mem") is storage_mem
-    assert isinstance(pm.hook.bastion_storage_driver(url=StorageURL("mem://"), config=None, clock=FakeClock()),
+    assert isinstance(pm.hook.bastion_storage_driver(url=StorageURL("mem://"), settings=None, config=None, clock=FakeClock()),
                       MemoryDriver)
-    assert pm.hook.bastion_storage_driver(url=StorageURL("redis://127.0.0.1/0"), config=None, clock=FakeClock()) is None
+    assert pm.hook.bastion_storage_driver(url=StorageURL("redis://127.0.0.1/0"), settings=None, config=None,
+                                          clock=FakeClock()) is None
 
 
 def test_naming_storage_mem_loads_nothing_more():
@@ -95,7 +96,7 @@ def test_an_older_entry_point_of_the_same_name_is_not_loaded(monkeypatch):
     pm = get_plugin_manager(only=None, trace=False)
     assert pm.get_plugin("storage_mem") is storage_mem
     assert [impl.plugin for impl in pm.hook.bastion_storage_driver.get_hookimpls()] == [storage_mem]
-    assert isinstance(pm.hook.bastion_storage_driver(url=StorageURL("mem://"), config=None, clock=FakeClock()),
+    assert isinstance(pm.hook.bastion_storage_driver(url=StorageURL("mem://"), settings=None, config=None, clock=FakeClock()),
                       MemoryDriver)
     row = {row["name"]: row for row in describe(pm)}["storage_mem"]
     assert row["distribution"] == "bastion (built in)" and row["hooks"] == ["bastion_storage_driver"]

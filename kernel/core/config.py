@@ -184,6 +184,86 @@ def _caller_package() -> str:
     return module.split(".")[0]
 
 
+class PluginSettings(Mapping[str, Any]):
+    """One plugin's settings: the sections it claims, the mode, and nothing of any other plugin's.
+
+    The kernel hands each plugin's hook implementations (``bastion_configure``,
+    ``bastion_check``, ``bastion_startup``, ``bastion_deploy_checks``,
+    ``bastion_storage_driver``) their own ``settings``: a plugin claims its
+    sections with :meth:`section` or :meth:`raw_section` (one owner per
+    section, checked by the :class:`Config` behind it), reads them back by
+    name (``settings["auth"]``), and learns the mode from :attr:`mode`, not by
+    reading ``[bastion]``. A section another plugin claimed is not readable
+    here (KeyError).
+    """
+
+    def __init__(self, config: Config, owner: str):
+        self._config = config
+        self.owner = owner
+
+    # -- claiming --------------------------------------------------------
+
+    def section(self, name: str, schema: Mapping[str, Option]) -> Settings:
+        """Claim the section ``name`` for this plugin with ``schema`` and return its typed values (see Config.section)."""
+        return self._config.section(name, schema, owner=self.owner)
+
+    def raw_section(self, name: str, check_key: Callable[[str], None] | None = None) -> dict[str, str]:
+        """Claim the free-form section ``name`` for this plugin and return its keys and values."""
+        return self._config.raw_section(name, check_key, owner=self.owner)
+
+    def sections_with_prefix(self, prefix: str) -> tuple[str, ...]:
+        """The names of the file's sections that start with ``prefix``, in the file's order (see
+        Config.sections_with_prefix): a plugin that reads a family of sections (``[auth:alpha.example.com]``)
+        lists them here, then claims each with :meth:`section`."""
+        return self._config.sections_with_prefix(prefix)
+
+    # -- reading ---------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        claim = self._config._claims.get(name)
+        if claim is None or claim.owner != self.owner:
+            raise KeyError(f"[{name}] is not a section of {self.owner}")
+        return claim.value
+
+    def __iter__(self):
+        return (name for name, claim in self._config._claims.items() if claim.owner == self.owner)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @property
+    def mode(self) -> str:
+        """``"development"`` or ``"production"`` (``[bastion] development``)."""
+        return "development" if self.development else "production"
+
+    @property
+    def development(self) -> bool:
+        """Whether development mode is on."""
+        return self._config.development
+
+    @property
+    def label(self) -> str:
+        """The configuration file's path (or ``<defaults>``), to start error messages with."""
+        return self._config.label
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path read from the file relative to the file's folder."""
+        return self._config.resolve_path(value)
+
+    @property
+    def storage_urls(self) -> dict[str, str]:
+        """The kernel's storage URLs by the ``[bastion]`` key that names them, for storage plugins' checks:
+        ``storage``, and ``state`` when it is another URL."""
+        settings = self._config.bastion
+        urls = {"storage": settings.storage}
+        if settings.state and settings.state != settings.storage:
+            urls["state"] = settings.state
+        return urls
+
+    def __repr__(self) -> str:
+        return f"PluginSettings({self.owner!r}, sections={list(self)!r}, mode={self.mode!r})"
+
+
 class Config:
     """A parsed INI file whose sections are claimed and typed by their readers, one owner per section."""
 
@@ -193,6 +273,7 @@ class Config:
         self.label = path or "<defaults>"
         self.environ = os.environ if environ is None else environ
         self._claims: dict[str, _Claim] = {}
+        self._plugin_settings: dict[str, PluginSettings] = {}
 
     # -- construction -----------------------------------------------------
 
@@ -232,9 +313,27 @@ class Config:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
 
+    def for_plugin(self, owner: str) -> PluginSettings:
+        """The :class:`PluginSettings` of the plugin whose top-level package is ``owner`` (one object per owner)."""
+        settings = self._plugin_settings.get(owner)
+        if settings is None:
+            settings = self._plugin_settings[owner] = PluginSettings(self, owner)
+        return settings
+
     def has_section(self, name: str) -> bool:
         """Whether the file has the section."""
         return self.parser.has_section(name)
+
+    def sections_with_prefix(self, prefix: str) -> tuple[str, ...]:
+        """The names of the file's sections that start with ``prefix`` (a non-empty string), in the file's order.
+
+        Listing claims nothing: the reader of a family of sections claims each
+        one it lists (one owner per section still holds), and a section of
+        the family nobody claims is still an unknown section at start-up.
+        """
+        if not prefix:
+            raise ValueError("a section prefix is a non-empty string")
+        return tuple(name for name in self.parser.sections() if name.startswith(prefix))
 
     def section(self, name: str, schema: Mapping[str, Option], owner: str | None = None) -> Settings:
         """Claim a section and return its typed values, defaults filled in (read once: later calls get them).

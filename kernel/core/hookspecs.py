@@ -6,6 +6,15 @@ to a spec in later versions; none is ever removed. The kernel passes every
 argument by keyword, with the names the spec gives (``tests/test_hookspecs.py``
 checks every call site).
 
+Five lifecycle hooks (``bastion_configure``, ``bastion_check``,
+``bastion_startup``, ``bastion_deploy_checks``, ``bastion_storage_driver``)
+take ``settings``: the plugin's own :class:`kernel.PluginSettings` (the
+sections it claims, and the mode), different for each plugin. The kernel
+calls each implementation of those on its own
+(:func:`kernel.core.plugins.call_per_plugin`) to hand it its own. They also
+still take ``config``, the whole :class:`kernel.Config`, for plugins written
+before ``settings`` existed; a new plugin reads only its ``settings``.
+
 A plugin is a module registered through the ``bastion`` entry-point group.
 State that belongs to one runtime (a connection, a cache, settings read from
 the INI) lives in an object the module builds in ``bastion_configure`` and
@@ -33,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from kernel.core.config import Config
+    from kernel.core.config import Config, PluginSettings
     from kernel.core.context import Request
     from kernel.core.driver import Driver
     from kernel.core.errors import BastionError
@@ -53,18 +62,20 @@ hookimpl = pluggy.HookimplMarker("bastion")
 
 
 @hookspec
-def bastion_configure(config: Config, runtime: Runtime) -> None:
+def bastion_configure(settings: PluginSettings, config: Config, runtime: Runtime) -> None:
     """Read and validate the plugin's own INI section, and register what the plugin keeps for this runtime.
 
     Called by the kernel once per runtime, before any driver is opened. A
-    plugin claims its section with ``config.section(name, schema)``, which
+    plugin claims its section with ``settings.section(name, schema)``, which
     checks every key and raises :class:`kernel.ConfigError` naming file,
-    section and key on a bad or unknown one; it may build an object holding
+    section and key on a bad or unknown one (a section another plugin
+    claimed is a ConfigError naming both); it may build an object holding
     its state and register it with ``runtime.register(obj, name)`` (as pytest
     plugins register objects in ``pytest_configure``).
 
     Args:
-        config: The :class:`kernel.Config` the runtime is built from.
+        settings: This plugin's :class:`kernel.PluginSettings`: its sections, the mode.
+        config: The whole :class:`kernel.Config` (for older plugins; prefer ``settings``).
         runtime: The :class:`kernel.Runtime` being built: its ``config``,
             ``clock`` and ``development`` are set; its drivers are not open yet.
 
@@ -74,7 +85,7 @@ def bastion_configure(config: Config, runtime: Runtime) -> None:
 
 
 @hookspec
-def bastion_check(config: Config, runtime: Runtime) -> None:
+def bastion_check(settings: PluginSettings, config: Config, runtime: Runtime) -> None:
     """Check the plugin's configuration against what the runtime assembled: its services and models.
 
     Called by the kernel once per runtime, at the end of building it: after
@@ -89,7 +100,8 @@ def bastion_check(config: Config, runtime: Runtime) -> None:
     any bad key.
 
     Args:
-        config: The :class:`kernel.Config` the runtime was built from.
+        settings: This plugin's :class:`kernel.PluginSettings`, as ``bastion_configure`` claimed them.
+        config: The whole :class:`kernel.Config` (for older plugins; prefer ``settings``).
         runtime: The :class:`kernel.Runtime`, its drivers open and its models
             and services registered, not started.
 
@@ -99,7 +111,7 @@ def bastion_check(config: Config, runtime: Runtime) -> None:
 
 
 @hookspec
-def bastion_startup(runtime: Runtime, config: Config) -> None:
+def bastion_startup(runtime: Runtime, settings: PluginSettings, config: Config) -> None:
     """Bootstrap the plugin once the storage is open.
 
     Called by the kernel in every worker process after configuration, drivers,
@@ -108,7 +120,8 @@ def bastion_startup(runtime: Runtime, config: Config) -> None:
 
     Args:
         runtime: The :class:`kernel.Runtime` being started.
-        config: Its :class:`kernel.Config`.
+        settings: This plugin's :class:`kernel.PluginSettings`.
+        config: The whole :class:`kernel.Config` (for older plugins; prefer ``settings``).
 
     Returns:
         Nothing; raising stops the start.
@@ -151,7 +164,7 @@ def bastion_cli(subparsers: argparse._SubParsersAction, runtime_factory: Callabl
 
 
 @hookspec
-def bastion_deploy_checks(config: Config, runtime: Runtime | None) -> list[Any] | None:
+def bastion_deploy_checks(settings: PluginSettings, config: Config, runtime: Runtime | None) -> list[Any] | None:
     """Name the problems of this configuration for production: ``bastion check --deploy``.
 
     Called by ``kernel.cli`` once per ``bastion check --deploy``. Look at the
@@ -161,7 +174,8 @@ def bastion_deploy_checks(config: Config, runtime: Runtime | None) -> list[Any] 
     a message.
 
     Args:
-        config: The :class:`kernel.Config` checked.
+        settings: This plugin's :class:`kernel.PluginSettings` (``storage_urls``: the kernel's storage URLs by key).
+        config: The whole :class:`kernel.Config` checked (for older plugins; prefer ``settings``).
         runtime: A :class:`kernel.Runtime` built from it (its drivers open,
             not started), after the storage answered; None when the storage
             does not answer (checks that read the storage skip then).
@@ -170,6 +184,29 @@ def bastion_deploy_checks(config: Config, runtime: Runtime | None) -> list[Any] 
         A list of :class:`kernel.Problem` (``Problem.error(id, message,
         hint)``, ``Problem.warning(...)``; the operations layer's type, which
         the core does not import), or None for none.
+    """
+
+
+@hookspec
+def bastion_tenant_settings(domain: str, runtime: Runtime) -> list[tuple[str, str, str]] | None:
+    """Say which values of the plugin's settings apply to one tenant, and where each comes from.
+
+    Called by ``kernel.cli`` for ``bastion check --tenant DOMAIN``, on a
+    runtime built from the configuration (drivers open, not started). A
+    plugin whose settings differ per tenant (the auth plugin's ``[auth]``,
+    overridden by ``[auth:alpha.example.com]`` and ``[auth:*.example.com]``)
+    resolves ``domain`` as a request for it would be, and names every value
+    that applies. The kernel knows none of the keys: it prints the rows.
+
+    Args:
+        domain: The tenant: a normalized host name (lowercase, no port, no trailing dot).
+        runtime: The :class:`kernel.Runtime` built from the configuration.
+
+    Returns:
+        Rows ``(key, value, source)``: the key as the file writes it, its
+        value as the file would write it, and where it comes from (a section
+        such as ``[auth:alpha.example.com]``, or ``default``); or None when
+        nothing of the plugin depends on the tenant.
     """
 
 
@@ -332,7 +369,8 @@ def bastion_refused(request: Request, error: BastionError, runtime: Runtime) -> 
 
 
 @hookspec(firstresult=True)
-def bastion_storage_driver(url: StorageURL, config: Config, clock: Callable[[], float]) -> Driver | None:
+def bastion_storage_driver(url: StorageURL, settings: PluginSettings, config: Config,
+                           clock: Callable[[], float]) -> Driver | None:
     """Open a storage driver for a URL whose scheme the plugin owns.
 
     Called by the kernel when a runtime opens, for ``[bastion] storage`` and
@@ -340,7 +378,8 @@ def bastion_storage_driver(url: StorageURL, config: Config, clock: Callable[[], 
 
     Args:
         url: The :class:`kernel.StorageURL`.
-        config: The :class:`kernel.Config` of the runtime.
+        settings: This plugin's :class:`kernel.PluginSettings` (its options, the mode).
+        config: The whole :class:`kernel.Config` (for older plugins; prefer ``settings``).
         clock: A callable returning Unix seconds, which every time-to-live
             must follow.
 

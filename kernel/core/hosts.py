@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -55,7 +56,9 @@ class HostMatcher:
         return self._any or domain in self._exact or (bool(self._suffixes) and domain.endswith(self._suffixes))
 
 
+@functools.lru_cache(maxsize=1024)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in ``text`` (with or without a port), or None; remembered: every request parses its peer's."""
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
         text = text[1:text.index("]")]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterable
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pluggy
+from pluggy import HookImpl
 
 from kernel.core import hookspecs
 from kernel.core.urls import scrub
@@ -21,6 +25,10 @@ ENTRY_POINT_GROUP = "bastion"
 #: ``storage_mem`` is the ``mem://`` driver, the default storage, so that the kernel's distribution alone serves;
 #: an entry point of that name (an older ``bastion-storage-mem``) is then not loaded: one plugin answers ``mem://``.
 DEFAULT_PLUGINS = (("kernel.defaults", "kernel.defaults"), ("storage_mem", "kernel.storage_mem"))
+
+#: The name under which a runtime takes its seat on its plugin manager (an object without hooks): one runtime per
+#: manager, seen by pluggy's own ``get_plugin``; not a plugin, so :func:`describe` leaves it out.
+SEAT = "bastion.runtime"
 
 
 def get_plugin_manager(
@@ -92,25 +100,83 @@ def load_entry_point_plugins(pm: pluggy.PluginManager, only: Iterable[str] | Non
 
 
 def describe(pm: pluggy.PluginManager) -> list[dict]:
-    """List each registered plugin: name, distribution, version and hooks it implements."""
+    """List each registered plugin: name, distribution, version and every hook it implements.
+
+    ``hooks`` holds the hooks of the plugin's own object (its module) and those of the classes of its package
+    whose instances it registers when a runtime opens (``runtime.register(Auth(...))`` in ``bastion_configure``:
+    a plugin's authentication, services or permission checks usually live there, and no runtime is open here);
+    ``registered`` names the class of each hook found only on such a class.
+    """
     dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     built_in = {name for name, _ in DEFAULT_PLUGINS}
     rows = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:
+        if plugin is None or name == SEAT:
             continue
         dist = None if name in built_in else dists.get(name)
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        own = {h.name for h in pm.get_hookcallers(plugin) or []}
+        registered = {hook: cls for hook, cls in _class_hooks(pm, plugin, name in built_in).items() if hook not in own}
         rows.append({
             "name": name,
             "distribution": dist.metadata["Name"] if dist else "bastion (built in)",
             "version": dist.version if dist else _kernel_version(),
-            "hooks": hooks,
+            "hooks": sorted(own | set(registered)),
+            "registered": registered,
         })
     return rows
+
+
+def _class_hooks(pm: pluggy.PluginManager, plugin: object, module_only: bool) -> dict[str, str]:
+    """The hooks that classes of a plugin module's package implement (of the module alone when ``module_only``: the
+    kernel's built-in plugins), each with the first class found (``module.Class``); none for a plugin that is an
+    object (its hooks are its own). Only modules already imported are looked at: those a plugin registers objects
+    from are imported with it."""
+    if not isinstance(plugin, types.ModuleType):
+        return {}
+    package = plugin.__name__ if module_only else plugin.__name__.partition(".")[0]
+    found: dict[str, str] = {}
+    for name, loaded in sorted(sys.modules.copy().items()):
+        if loaded is None or not (name == package or name.startswith(package + ".")):
+            continue
+        for cls in vars(loaded).copy().values():
+            if not isinstance(cls, type) or cls.__module__ != name:
+                continue
+            for attribute in dir(cls):
+                if hasattr(pm.hook, attribute) and pm.parse_hookimpl_opts(cls, attribute) is not None:
+                    found.setdefault(attribute, f"{name}.{cls.__qualname__}")
+    return found
 
 
 def _kernel_version() -> str:
     from kernel.version import __version__
 
     return __version__
+
+
+def owner_of(impl: HookImpl) -> str:
+    """The plugin a hook implementation belongs to: the top-level package of its code (``bastion_auth``, ``kernel``)."""
+    return (getattr(impl.function, "__module__", None) or impl.plugin_name).split(".")[0]
+
+
+def call_per_plugin(pm: pluggy.PluginManager, name: str, settings_of: Callable[[str], Any], **kwargs: Any) -> list:
+    """Call the hook ``name`` once per implementation, each given ``settings=settings_of(its owner)`` besides ``kwargs``.
+
+    pluggy gives every implementation of a call the same arguments; a
+    plugin's settings differ from plugin to plugin. So each implementation
+    is called through pluggy on its own (a subset caller holding only its
+    plugin: tracing, ``tryfirst``/``trylast`` order and argument checks are
+    pluggy's), in the order pluggy would call them. Returns the non-None
+    results in that order; for a ``firstresult`` hook, stops at the first.
+    """
+    hook = getattr(pm.hook, name)
+    first = bool(hook.spec and hook.spec.opts.get("firstresult"))
+    results: list[Any] = []
+    for impl in reversed(hook.get_hookimpls()):
+        others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
+        result = pm.subset_hook_caller(name, others)(**kwargs, settings=settings_of(owner_of(impl)))
+        if first:
+            if result is not None:
+                return [result]
+            continue
+        results.extend(r for r in result if r is not None)
+    return results

@@ -26,7 +26,8 @@ from kernel.core.driver import Capability, Driver, capabilities_of
 from kernel.core.errors import ConfigError
 from kernel.core.events import SECURITY, log_event
 from kernel.core.instruments import MetricsRegistry, NoMetrics
-from kernel.core.plugins import get_plugin_manager
+from kernel.core.paging import paged
+from kernel.core.plugins import SEAT, call_per_plugin, get_plugin_manager
 from kernel.core.services import Services
 from kernel.core.store import Errors, Models, Record, StorageScope
 from kernel.core.urls import StorageURL
@@ -35,6 +36,10 @@ log = logging.getLogger("bastion")
 
 #: The capability of a driver whose data lives in one process (gunicorn then runs one worker).
 PROCESS_LOCAL = Capability.PROCESS_LOCAL
+
+
+class _Seat:
+    """Registered (no hooks) under :data:`SEAT` while a runtime uses the plugin manager, so that a second is refused."""
 
 
 class Runtime:
@@ -51,9 +56,9 @@ class Runtime:
                  clock: Callable[[], float] | None = None, *, metrics: MetricsRegistry | None = None):
         self.config = config if config is not None else load_config()
         self.pm = plugin_manager if plugin_manager is not None else get_plugin_manager()
-        if getattr(self.pm, "_bastion_runtime", None) is not None:
+        if self.pm.get_plugin(SEAT) is not None:
             raise RuntimeError("this plugin manager already serves another runtime; build one per runtime")
-        self.pm._bastion_runtime = self  # type: ignore[attr-defined]  # a mark of ours on pluggy's manager
+        self.pm.register(_Seat(), name=SEAT)
         self.clock = clock or time.time
         self.hook = self.pm.hook
         self.development = self.config.bastion.development
@@ -63,7 +68,7 @@ class Runtime:
         self._started = False
         self._closed = False
         try:
-            self.hook.bastion_configure(config=self.config, runtime=self)
+            call_per_plugin(self.pm, "bastion_configure", self.config.for_plugin, config=self.config, runtime=self)
             self.config.check_unclaimed()
             settings = self.config.bastion
             self.records: Driver = self.open_driver(settings.storage)
@@ -71,7 +76,7 @@ class Runtime:
             self.state: Driver = self.records if state_url == settings.storage else self.open_driver(state_url)
             self.models = Models(_flatten(self.hook.bastion_models()))
             self.services = Services(_flatten(self.hook.bastion_services()))
-            self.hook.bastion_check(config=self.config, runtime=self)
+            call_per_plugin(self.pm, "bastion_check", self.config.for_plugin, config=self.config, runtime=self)
         except BaseException:
             # Close the drivers a later step found opened (records and state may be one driver).
             opened = [getattr(self, name, None) for name in ("records", "state")]
@@ -95,18 +100,21 @@ class Runtime:
         for plugin in reversed(self._registered):
             self.pm.unregister(plugin)
         self._registered.clear()
-        self.pm._bastion_runtime = None  # type: ignore[attr-defined]  # a mark of ours on pluggy's manager
+        if self.pm.get_plugin(SEAT) is not None:
+            self.pm.unregister(name=SEAT)
 
     # -- storage ----------------------------------------------------------
 
     def open_driver(self, url: str) -> Driver:
-        """Open the driver of a storage URL through ``bastion_storage_driver``."""
+        """Open the driver of a storage URL through ``bastion_storage_driver`` (wrapped once when it cannot page)."""
         url = StorageURL(url)
-        driver = self.hook.bastion_storage_driver(url=url, config=self.config, clock=self.clock)
+        found = call_per_plugin(self.pm, "bastion_storage_driver", self.config.for_plugin,
+                                url=url, config=self.config, clock=self.clock)
+        driver = found[0] if found else None
         if driver is None:
             raise ConfigError(f"{self.config.label}: [bastion] storage URL {url.redacted!r}: no installed plugin "
                               f"serves the scheme {url.scheme!r}")
-        return driver
+        return paged(driver)
 
     @property
     def drivers(self) -> list[Driver]:
@@ -169,7 +177,7 @@ class Runtime:
     def start(self) -> Runtime:
         """Run every plugin's ``bastion_startup`` once; return the runtime."""
         if not self._started:
-            self.hook.bastion_startup(runtime=self, config=self.config)
+            call_per_plugin(self.pm, "bastion_startup", self.config.for_plugin, runtime=self, config=self.config)
             self._started = True
         return self
 

@@ -45,12 +45,10 @@ from typing import Any, Literal
 from kernel.core import context
 from kernel.core.driver import (
     DEFAULT_HISTORY_KEEP_REMOVED,
-    PAGED_SELECT,
     Change,
     Driver,
     Scalar,
     StoredRecord,
-    capabilities_of,
     check_json,
     check_record_id,
     check_scalar,
@@ -373,22 +371,6 @@ def _names_a_record(id: Any) -> bool:
     return is_record_id(id)
 
 
-def _page(driver: Driver, domain: str, model: str, where: dict[str, Scalar], after: str | None,
-          limit: int | None) -> list[StoredRecord]:
-    """The page of a driver without ``paged_select``: its whole answer, cut (the same page, at full cost)."""
-    rows = driver.select(domain, model, where)
-    if after is not None:
-        ids = [row.id for row in rows]
-        if after in ids:
-            rows = rows[ids.index(after) + 1:]
-        else:  # ``after`` may not match ``where``: its place is found among every record
-            order = {row.id: n for n, row in enumerate(driver.select(domain, model, {}) if where else ())}
-            if after not in order:
-                raise RecordNotFound(f"no {model} with id {after!r}")
-            rows = [row for row in rows if order.get(row.id, -1) > order[after]]
-    return rows if limit is None else rows[:limit]
-
-
 class UnitOfWork:
     """A set of reads and writes in one domain, committed atomically at exit.
 
@@ -471,9 +453,8 @@ class UnitOfWork:
             raise RecordNotFound(f"no {info.name} with id {after!r}")
         if limit is not None and (type(limit) is not int or limit < 1):
             raise ValueError(f"limit is a number of records, at least 1, not {limit!r}")
-        if PAGED_SELECT in capabilities_of(self.driver):
-            return self.driver.select(self.domain, info.name, where, after=after, limit=limit)
-        return _page(self.driver, self.domain, info.name, where, after, limit)
+        # Every driver pages: one that cannot is wrapped once, when the runtime opens it (kernel/core/paging.py).
+        return self.driver.select(self.domain, info.name, where, after=after, limit=limit)
 
     def fetch(self, model: type, id: str, vsn: int | None = None) -> Record:
         """Return one record; RecordNotFound if absent, VersionConflict if ``vsn`` is not its version."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kernel.core.driver import PROBE_DOMAIN
 from kernel.core.hosts import DEVELOPMENT_HOSTS
+from kernel.core.plugins import call_per_plugin
 from kernel.core.urls import StorageURL
 
 ERROR = "error"
@@ -164,10 +165,10 @@ def _passwords_in_file(config) -> list[Problem]:
         "write ${NAME} in the URL and pass the password in the environment variable NAME")]
 
 
-def collect(config, runtime, hook) -> list[Problem]:
+def collect(config, runtime, pm) -> list[Problem]:
     """Every plugin's problems (and the kernel's), errors first, in the order the plugins gave them."""
     found: list[Problem] = []
-    for result in hook.bastion_deploy_checks(config=config, runtime=runtime):
+    for result in call_per_plugin(pm, "bastion_deploy_checks", config.for_plugin, config=config, runtime=runtime):
         found.extend(result or [])
     return sorted(found, key=lambda p: p.level != ERROR)
 

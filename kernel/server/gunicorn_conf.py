@@ -65,9 +65,9 @@ def on_starting(server):
 
     bastion = settings.config.bastion
     state = StorageURL(bastion.state or bastion.storage).redacted
-    server.log.info("Bastion %s, %s mode, storage %s, state %s", __version__,
+    server.log.info("Bastion %s, %s mode, storage %s, state %s%s", __version__,
                     "development" if bastion.development else "production", StorageURL(bastion.storage).redacted,
-                    state)
+                    state, "; the workers reload on code changes" if server.cfg.reload else "")
 
 
 def on_exit(server):

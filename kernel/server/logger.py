@@ -53,6 +53,18 @@ class BastionLogger(glogging.Logger):
         except ConfigError as exc:
             sys.exit(f"bastion: {exc}")
 
+    #: What gunicorn's worker says when it starts with code reloading on (``gunicorn.workers.base``).
+    RELOADER_ON = "Reloader is on. Use in development only!"
+
+    def warning(self, msg, *args, **kwargs):
+        """gunicorn's warnings, except its note on code reloading under ``[bastion] development``: reloading is then
+        what development mode does (``[server] reload = auto``), as the master's start line says, so the note is an
+        INFO line, not a WARNING on every ``make run``. In production (``reload = on``) it stays a warning."""
+        if msg == self.RELOADER_ON and self._settings is not None and self._settings.config.bastion.development:
+            self.error_log.info(msg, *args, **kwargs)
+        else:
+            self.error_log.warning(msg, *args, **kwargs)
+
     def access(self, resp, req, environ, request_time):
         """Nothing: ``bastion.call`` has the line of every request."""
 

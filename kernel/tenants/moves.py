@@ -31,8 +31,8 @@ def _quiet(tenant: str, count: int) -> None:
 def tenant_store(driver: object, label: str) -> TenantStore:
     """The driver as a :class:`TenantStore`; ValueError naming ``label`` when it does not declare ``tenants``."""
     if TENANTS not in capabilities_of(driver) or not isinstance(driver, TenantStore):
-        raise ValueError(f"{label} ({type(driver).__name__}) cannot list or move tenants: its driver does not "
-                         "declare the 'tenants' capability")
+        raise ValueError(f"{label} cannot list or move tenants: its driver does not declare the 'tenants' "
+                         "capability")
     return driver
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kernel.core.driver import MAX_ID_LENGTH, StoredRecord
 from kernel.core.errors import RecordNotFound, ValidationError, VersionConflict
+from kernel.core.paging import paged
 from kernel.core.store import Errors, Models, UnitOfWork
 from kernel.testing.suite.base import BAD_IDS, UNENCODABLE, SuiteBase
 
@@ -324,7 +325,8 @@ class UnitOfWorkSuite(SuiteBase):
 
     def test_select_and_values_read_pages_of_the_creation_order(self, driver, domain, models):
         ids = self._store_notes(driver, domain, models)
-        for source in (driver, _Unpaged(driver)):  # the driver's own pages, and the kernel's of its whole answer
+        # The driver's own pages, and the kernel's of its whole answer (a driver without paging, wrapped as it opens).
+        for source in (driver, paged(_Unpaged(driver))):
             with self.uow(source, domain, models) as db:
                 assert [v["id"] for v in db.values(Note, limit=3)] == ids[:3]
                 assert [v["id"] for v in db.values(Note, after="n2", limit=3)] == ids[3:6]
@@ -361,7 +363,7 @@ class UnitOfWorkSuite(SuiteBase):
             db.insert(Note, id="elsewhere", text="another tenant's")
         with self.uow(driver, domain, models) as db:
             db.delete(db.fetch(Note, "n2"))
-        for source in (driver, _Unpaged(driver)):
+        for source in (driver, paged(_Unpaged(driver))):
             with self.uow(source, domain, models) as db:
                 for after in ("n2", "ghost", "elsewhere", "", "x" * (MAX_ID_LENGTH + 1)):
                     with pytest.raises(RecordNotFound):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from bastion_auth.sessions import account_key
 from kernel import (
+    PROBE_DOMAIN,
     Abusive,
     AccountLocked,
     BastionError,
     InvalidCredential,
     InvalidSignature,
     ReplayedCall,
+    Settings,
     StaleCall,
     StateStore,
     Unauthorized,
@@ -87,17 +90,23 @@ class Abuse:
     that bound, never toward a ban, since most attempts succeed. A failure
     turns it into a weight (:meth:`confirm`); a success gives it back
     (:meth:`release`).
+
+    ``abuse_window`` and ``abuse_max`` are those of the domain's tenant
+    (``settings_of(domain)``, built at start-up).
     """
 
-    def __init__(self, state: StateStore, settings):
+    def __init__(self, state: StateStore, settings_of: Callable[[str], Settings]):
         self.state = state
-        self.window = settings.abuse_window
-        self.maximum = settings.abuse_max
+        self.settings_of = settings_of
 
-    @property
-    def enabled(self) -> bool:
-        """Whether bans are on (``abuse_max`` is not 0)."""
-        return bool(self.maximum)
+    def limits(self, domain: str) -> tuple[int, int]:
+        """``(abuse_window, abuse_max)`` of the domain's tenant."""
+        settings = self.settings_of(domain)
+        return settings.abuse_window, settings.abuse_max
+
+    def enabled(self, domain: str) -> bool:
+        """Whether bans are on in the domain (its ``abuse_max`` is not 0)."""
+        return bool(self.settings_of(domain).abuse_max)
 
     @staticmethod
     def key(origin: str) -> str:
@@ -111,7 +120,7 @@ class Abuse:
 
     def check(self, domain: str, origin: str, now: float, until: Any = _UNREAD) -> None:
         """Raise Abusive while the origin is banned in the domain (``until``: the ban already read, if any)."""
-        if not self.maximum:
+        if not self.enabled(domain):
             return
         if until is _UNREAD:
             until = self.state.get(domain, self.key(origin))
@@ -121,10 +130,11 @@ class Abuse:
     def weigh(self, domain: str, origin: str, error: BastionError, now: float) -> float | None:
         """Add the error's weight for the origin; ban it when the window holds the maximum (return the ban's end)."""
         weight = weight_of(error)
-        if not weight or not self.maximum or type(error) in RESERVED:
+        window, maximum = self.limits(domain)
+        if not weight or not maximum or type(error) in RESERVED:
             return None
-        entries = self.state.window_add(domain, self.window_key(origin), secrets.token_hex(8), weight, self.window)
-        return self._ban_if_due(domain, origin, entries, now)
+        entries = self.state.window_add(domain, self.window_key(origin), secrets.token_hex(8), weight, window)
+        return self._ban_if_due(domain, origin, entries, now, maximum)
 
     def reserve(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Take a place of weight 1 for a login attempt; Abusive (and no place) if the window is full.
@@ -134,45 +144,48 @@ class Abuse:
         as the maximum: then the refusal says so, with ``retry_after`` 1,
         and ``error.in_flight`` is set (a login in progress is no abuse).
         """
-        if not self.maximum:
+        window, maximum = self.limits(domain)
+        if not maximum:
             return
         member = IN_FLIGHT + attempt
-        entries = self.state.window_add(domain, self.window_key(origin), member, 1, self.window)
+        entries = self.state.window_add(domain, self.window_key(origin), member, 1, window)
         others = [e for e in entries if e.member != member]
-        if sum(e.weight for e in others) >= self.maximum:
+        if sum(e.weight for e in others) >= maximum:
             self.state.window_discard(domain, self.window_key(origin), member)
             settled = _settled(others)
-            if sum(e.weight for e in settled) >= self.maximum:
-                until = _release_time(settled, self.maximum)
+            if sum(e.weight for e in settled) >= maximum:
+                until = _release_time(settled, maximum)
                 raise Abusive("too many bad requests from your address; try again later", retry_after=until - now)
-            busy = Abusive(f"too many logins in progress from your address (at most {self.maximum} at once); "
+            busy = Abusive(f"too many logins in progress from your address (at most {maximum} at once); "
                            "retry after 1 s", retry_after=1)
             busy.in_flight = True  # type: ignore[attr-defined]  # for the security log
             raise busy
 
     def confirm(self, domain: str, origin: str, attempt: str, now: float) -> float | None:
         """Turn a failed attempt's place into its weight; ban at the maximum (return the ban's end)."""
-        if not self.maximum:
+        window, maximum = self.limits(domain)
+        if not maximum:
             return None
-        entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, self.window)
+        entries = self.state.window_add(domain, self.window_key(origin), attempt, 1, window)
         self.state.window_discard(domain, self.window_key(origin), IN_FLIGHT + attempt)
-        return self._ban_if_due(domain, origin, entries, now)
+        return self._ban_if_due(domain, origin, entries, now, maximum)
 
     def release(self, domain: str, origin: str, attempt: str) -> None:
         """Give back the place of an attempt that succeeded (a correct login weighs nothing)."""
-        if self.maximum:
+        if self.enabled(domain):
             self.state.window_discard(domain, self.window_key(origin), IN_FLIGHT + attempt)
 
     def forgive(self, domain: str, origin: str, attempts: list[str]) -> None:
         """Take back the weight of earlier failed attempts (of one account, which then logged in from here)."""
-        if self.maximum:
+        if self.enabled(domain):
             for attempt in attempts:
                 self.state.window_discard(domain, self.window_key(origin), attempt)
 
-    def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float) -> float | None:
+    def _ban_if_due(self, domain: str, origin: str, entries: list[WindowEntry], now: float,
+                    maximum: int) -> float | None:
         settled = _settled(entries)
-        if sum(e.weight for e in settled) >= self.maximum:
-            until = _release_time(settled, self.maximum)
+        if sum(e.weight for e in settled) >= maximum:
+            until = _release_time(settled, maximum)
             self.state.set(domain, self.key(origin), until, max(until - now, 1))
             return until
         return None
@@ -191,6 +204,14 @@ class Abuse:
 
 #: The member of an account's window that stands for its lock.
 LOCK = "lock"
+
+#: The window of a domain's locked usernames, a member each, expiring with its lock: what ``bastion locks`` and
+#: ``bastion users`` list, also for usernames no user has (an account's own window is keyed by a hash of its name).
+LOCKED = "locked-accounts"
+
+#: The window of the domains that had a lock, a member each, expiring with their latest lock, so that the commands
+#: find the locks of domains without users too. It lives in the deployment's own namespace, which no Host names.
+LOCKED_DOMAINS = "auth:locked-domains"
 
 
 class Accounts:
@@ -212,17 +233,22 @@ class Accounts:
     attempts locked the account is answered AccountLocked whatever its
     password was, so that no more than ``account_max_failures`` wrong
     passwords are ever told per lock period, whatever the concurrency.
+
+    ``account_window``, ``account_max_failures`` and ``account_lock`` are
+    those of the domain's tenant (``settings_of(domain)``, built at start-up).
     """
 
-    def __init__(self, state: StateStore, settings):
+    def __init__(self, state: StateStore, settings_of: Callable[[str], Settings]):
         self.state = state
-        self.window = settings.account_window
-        self.limit = settings.account_max_failures
-        self.lock = settings.account_lock
+        self.settings_of = settings_of
+
+    def limit(self, domain: str) -> int:
+        """The failed logins that lock an account of the domain (its ``account_max_failures``; 0: never)."""
+        return self.settings_of(domain).account_max_failures
 
     def check(self, domain: str, username: str, now: float) -> None:
         """AccountLocked while the account is locked: its password is not checked then."""
-        if not self.limit:
+        if not self.limit(domain):
             return
         until = self.locked_until(domain, username)
         if until is not None:
@@ -237,20 +263,24 @@ class Accounts:
         the lock first: from that moment every attempt is refused or hidden;
         then the count restarts.
         """
-        if not self.limit:
+        settings = self.settings_of(domain)
+        limit, lock_for = settings.account_max_failures, settings.account_lock
+        if not limit:
             return None
         key = account_key("failures", username)
-        entries = self.state.window_add(domain, key, attempt, 1, self.window)
+        entries = self.state.window_add(domain, key, attempt, 1, settings.account_window)
         lock = [e for e in entries if e.member == LOCK]
         failures = [e for e in entries if e.member != LOCK and e.weight]
-        if lock or len(failures) > self.limit:
+        if lock or len(failures) > limit:
             self.state.window_discard(domain, key, attempt)
-            raise _locked(lock[0].expires - now if lock else self.lock)
-        if len(failures) == self.limit:
-            self.state.window_add(domain, key, LOCK, 0, self.lock)
+            raise _locked(lock[0].expires - now if lock else lock_for)
+        if len(failures) == limit:
+            self.state.window_add(domain, key, LOCK, 0, lock_for)
             for entry in failures:
                 self.state.window_discard(domain, key, entry.member)
-            return now + self.lock
+            self.state.window_add(domain, LOCKED, username, 0, lock_for)
+            self.state.window_add(PROBE_DOMAIN, LOCKED_DOMAINS, domain, 0, lock_for)
+            return now + lock_for
         return None
 
     def succeeded(self, domain: str, username: str, now: float) -> list[str]:
@@ -262,14 +292,16 @@ class Accounts:
         member by member, never by deleting the window, so that a lock set
         by a concurrent failure stays.
         """
-        if not self.limit:
+        settings = self.settings_of(domain)
+        limit = settings.account_max_failures
+        if not limit:
             return []
         key = account_key("failures", username)
         entries = self.state.window_entries(domain, key)
         lock = [e for e in entries if e.member == LOCK]
         failures = [e.member for e in entries if e.member != LOCK and e.weight]
-        if lock or len(failures) >= self.limit:
-            raise _locked(lock[0].expires - now if lock else self.lock)
+        if lock or len(failures) >= limit:
+            raise _locked(lock[0].expires - now if lock else settings.account_lock)
         for member in failures:
             self.state.window_discard(domain, key, member)
         return failures
@@ -283,7 +315,22 @@ class Accounts:
         """End the account's lock and forget its failures (``bastion unlock``); return whether it was locked."""
         locked = self.locked_until(domain, username) is not None
         self.state.delete(domain, account_key("failures", username))
+        self.state.window_discard(domain, LOCKED, username)
         return locked
+
+    def locked(self, domain: str) -> list[tuple[str, float]]:
+        """The usernames locked in the domain, whether a user has them or not, each with the end of its lock,
+        soonest first. The account's own window decides (the listing only names the candidates)."""
+        found = []
+        for entry in self.state.window_entries(domain, LOCKED):
+            until = self.locked_until(domain, entry.member)
+            if until is not None:
+                found.append((entry.member, until))
+        return sorted(found, key=lambda pair: (pair[1], pair[0]))
+
+    def locked_domains(self) -> list[str]:
+        """The domains that had a lock lately (their locks may have been ended since), sorted."""
+        return sorted(entry.member for entry in self.state.window_entries(PROBE_DOMAIN, LOCKED_DOMAINS))
 
 
 def _locked(retry_after: float) -> AccountLocked:

@@ -41,7 +41,7 @@ def give_roles(auth: Auth, runtime: Runtime) -> None:
     for key, roles in auth.bootstrap_roles.items():
         username, domain = users.split_key(key)
         with runtime.bind(domain):
-            changed = users.set_roles(username, roles)
+            changed = users.set_roles(username, roles, auth.roles_epoch)
         if changed is None:
             log.warning("[roles] %s@%s: no such user; its roles are given once it exists and the server "
                         "starts again", username, domain)

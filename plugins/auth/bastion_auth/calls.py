@@ -1,9 +1,11 @@
 """Signed calls: the origin's ban with the session (step 3), then the session, MAC, skew and nonce (steps 7 to
-10 of docs/protocol.md section 4), and the caller's roles, read once the call is proven.
+10 of docs/protocol.md section 4), and the caller's roles, once the call is proven.
 
-What a call costs: two round trips to the state store (the ban and the session in one read at step 3, the
-nonce at step 10; a third when the idle expiry slides) and, for a call of a service, one read of the user's
-record in the records store for its roles, after the nonce, so that no refused call reads it.
+What a call costs: two round trips to the state store (the ban, the session and the domain's roles epoch in one
+read at step 3, the nonce at step 10; a third when the idle expiry slides or the session's roles are stored
+again). The roles come with the session while the domain's roles epoch is the one they were read under
+(:mod:`bastion_auth.roles`); otherwise, at a session's first call and after a change of roles, one read of the
+user's record in the records store, after the nonce, so that no refused call reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bastion_auth import users
 from bastion_auth.login import LOGOUT_PATH
+from bastion_auth.roles import EPOCH_KEY
 from bastion_auth.sessions import UNREAD, Session, sid_prefix
 from kernel import (
     Authentication,
@@ -48,10 +51,12 @@ NO_ROLES: frozenset[str] = frozenset()
 
 @dataclass(frozen=True)
 class SessionRead:
-    """What step 3 read of a signed call's session, with the origin's ban: step 7 uses it instead of reading again."""
+    """What step 3 read of a signed call's session and its domain's roles epoch, with the origin's ban: step 7
+    uses them instead of reading again."""
 
     sid: str
     stored: Any
+    epoch: Any = UNREAD
 
     def __repr__(self) -> str:  # reprs end up in logs (BASTION_TRACE_PLUGINS): never the key or the whole sid
         return f"SessionRead({self.sid[:8]}…)"
@@ -62,22 +67,20 @@ class SignedCalls:
 
     def __init__(self, auth: Auth):
         self.auth = auth
-        self.skew = auth.settings.skew
-        # a nonce can pass while |now - ts| <= skew, and ts may lie up to skew ahead of now
-        self.nonce_ttl = 2 * auth.settings.skew + 1
 
     def admit(self, request: Request, credentials: Credentials | None) -> SessionRead | None:
         """Step 3: the origin's ban, in one read with the session of a signed call, which step 7 then uses."""
         auth = self.auth
-        keys = [auth.abuse.key(request.origin)] if auth.abuse.enabled else []
+        bans = auth.abuse.enabled(request.domain)
+        keys = [auth.abuse.key(request.origin)] if bans else []
         if credentials is not None:
-            keys.append(auth.sessions.key(credentials.sid))
+            keys += [auth.sessions.key(credentials.sid), EPOCH_KEY]
         if not keys:
             return None
         values = auth.state.get_many(request.domain, keys)
-        if auth.abuse.enabled:
+        if bans:
             auth.abuse.check(request.domain, request.origin, auth.clock(), until=values[0])
-        return SessionRead(credentials.sid, values[-1]) if credentials is not None else None
+        return SessionRead(credentials.sid, values[-2], values[-1]) if credentials is not None else None
 
     def authenticate(self, request: Request, credentials: Credentials | None,
                      admissions: Sequence[Any] = ()) -> Authentication:
@@ -94,7 +97,8 @@ class SignedCalls:
         if credentials is None:
             raise Unauthorized("a signed Authorization header is required")
         sid = credentials.sid
-        stored = next((a.stored for a in admissions if isinstance(a, SessionRead) and a.sid == sid), UNREAD)
+        read = next((a for a in admissions if isinstance(a, SessionRead) and a.sid == sid), None)
+        stored, epoch = (read.stored, read.epoch) if read is not None else (UNREAD, UNREAD)
         try:
             session = auth.sessions.load(request.domain, sid, auth.clock(), stored)
         except ExpiredSession as expired:
@@ -112,11 +116,12 @@ class SignedCalls:
             self._call_event(error, session.username, sid)
             raise error
         now = auth.clock()
-        if abs(now - int(credentials.ts)) > self.skew:
+        tenant = auth.tenant(request.domain)
+        if abs(now - int(credentials.ts)) > tenant.settings.skew:
             return self._refusal(session, StaleCall("the call's timestamp is outside the allowed skew", server_time=now),
                                  skew=round(now - int(credentials.ts)))
         nonce_key = f"nonce:{sid}:{credentials.nonce}"
-        if not auth.state.add(request.domain, nonce_key, 1, self.nonce_ttl, if_live=auth.sessions.key(sid)):
+        if not auth.state.add(request.domain, nonce_key, 1, tenant.nonce_ttl, if_live=auth.sessions.key(sid)):
             # Either the nonce was used, or the session ended since it was read: say which.
             try:
                 auth.sessions.load(request.domain, sid, auth.clock())
@@ -125,25 +130,34 @@ class SignedCalls:
                 return self._refusal(session, ended)
             return self._refusal(session, ReplayedCall("this call was already made"))
         try:
-            roles = self.roles(request, session)
+            roles, reread = self.roles(request, session, epoch)
         except ServiceUnavailable as unavailable:
             return self._refusal(session, unavailable)  # signed, as a 503 of a later step is; nothing slides
-        auth.sessions.touch(session, now, request.origin)
+        auth.sessions.touch(session, now, request.origin, changed=reread)
         return Authentication(session, session.key, roles=roles)
 
-    def roles(self, request: Request, session: Session) -> frozenset[str]:
-        """The caller's roles, as stored with the user now: one read of the user's record by its id.
+    def roles(self, request: Request, session: Session, epoch: Any = UNREAD) -> tuple[frozenset[str], bool]:
+        """The caller's roles as stored with the user now, and whether they were read from the record.
 
-        Read at each call (docs/protocol.md section 4, "Permissions"), so a
-        change of roles counts from the user's next call, and carried with the
-        authentication, so nothing reads them later. The user's record lives
-        in the records store, the session in the state store, which may be
-        another one: the read cannot share the session's, and it needs the
-        session's username first. A logout reads none: nothing asks.
+        A change of roles counts from the user's next call (docs/protocol.md
+        section 4, "Permissions"). The session carries the roles a call last
+        read, with the domain's roles epoch read before them: while ``epoch``
+        (read at step 3 with the session) is still that one, they are the
+        user's roles now and nothing else is read (:mod:`bastion_auth.roles`
+        says why). Otherwise one read of the user's record by its id gives
+        them, and the session keeps them with ``epoch`` (the caller writes the
+        session). An epoch this call did not read (``UNREAD``) always reads
+        the record. A logout reads none: nothing asks.
         """
         if request.path == LOGOUT_PATH:
-            return NO_ROLES
-        return frozenset(users.roles_of(session.username))
+            return NO_ROLES, False
+        if epoch is not UNREAD and session.roles is not None and session.roles_epoch == epoch:
+            return frozenset(session.roles), False
+        roles = users.roles_of(session.username)
+        if epoch is UNREAD:
+            return frozenset(roles), False
+        session.roles, session.roles_epoch = roles, epoch
+        return frozenset(roles), True
 
     def _refusal(self, session: Session, error: BastionError, **fields: Any) -> Authentication:
         """A signed refusal, and its security event."""

@@ -1,9 +1,12 @@
-"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | unlock | unban | hash-password``.
+"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | locks | unlock | unban | hash-password``.
 
 Every command that changes something acts on the configured storage (any
 driver: the state of sessions, locks and bans lives in the state store the
 servers share) and writes its security event on ``bastion.security``, with
 ``origin`` ``cli`` and the operating-system user who ran it as ``admin``.
+
+Each command answers in sentences: what it did, or what it found, including
+that there is nothing to list ("No users in 127.0.0.1.").
 
 Each command is a function of its parsed arguments and a :class:`Console`
 (the runtime it acts on, that runtime's Auth, the output streams), given
@@ -72,6 +75,33 @@ def iso(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
+def count(n: int, thing: str) -> str:
+    """``1 live session``, ``2 live sessions``, ``no live session``."""
+    return f"no {thing}" if n == 0 else f"{n} {thing}{'s' * (n != 1)}"
+
+
+def ended_sessions(n: int) -> str:
+    """What ending a user's sessions did, as the end of a sentence about the user."""
+    return "it had no live session" if n == 0 else f"ended its {count(n, 'live session')}"
+
+
+def lock_end(until: float, now: float) -> str:
+    """``locked until 2026-01-01T00:00:00Z (in 300 s)``."""
+    return f"locked until {iso(until)} (in {max(1, round(until - now))} s)"
+
+
+def roles_sentence(who: str, roles: tuple[str, ...] | list[str], verb: str = "has") -> str:
+    """``bob@d has the roles admin, editor.``, ``... has the role admin.``, ``... has no roles.``"""
+    if not roles:
+        return f"{who} {verb} no roles."
+    return f"{who} {verb} the role{'s' * (len(roles) != 1)} {', '.join(roles)}."
+
+
+def nothing_in(what: str, args: argparse.Namespace) -> str:
+    """``No users in 127.0.0.1.``, or ``No users.`` without ``--domain``."""
+    return f"No {what} in {_domain(args.domain)}." if args.domain else f"No {what}."
+
+
 @dataclass(frozen=True)
 class Console:
     """What a command that acts on the storage is given: the runtime it opened, its Auth, where to write."""
@@ -103,12 +133,12 @@ def adduser(args: argparse.Namespace, console: Console) -> int:
         hosts = ", ".join(runtime.config.allowed_hosts) or "none"
         console.warn(f"bastion: warning: {domain} is not in [bastion] allowed_hosts ({hosts}): the server refuses its "
                      f"requests (400 InvalidHost), so {args.username} cannot log in until it is added")
-    hashed = _hash(console.auth.passwords, read_password(args))
+    hashed = _hash(console.auth.tenant(domain).passwords, read_password(args))  # the tenant's length rule
     with runtime.bind(domain):
         if not users.create(args.username, hashed, runtime.clock()):
             raise SystemExit(f"bastion: user {args.username}@{domain} already exists")
     console.event("user_created", args.username, domain)
-    console.say(f"created {args.username}@{domain}")
+    console.say(f"Created the user {args.username}@{domain}.")
     return 0
 
 
@@ -118,12 +148,12 @@ def passwd(args: argparse.Namespace, console: Console) -> int:
     with console.runtime.bind(domain):
         if users.find(args.username) is None:
             raise SystemExit(f"bastion: no user {args.username}@{domain}")
-        hashed = _hash(console.auth.passwords, read_password(args, "New password: "))
+        hashed = _hash(console.auth.tenant(domain).passwords, read_password(args, "New password: "))
         users.set_password(args.username, hashed)
     # A password is changed because the old one may be known: its sessions go with it.
     ended = console.auth.sessions.end_all(domain, args.username)
     console.event("password_changed", args.username, domain, sessions_ended=ended)
-    console.say(f"password of {args.username}@{domain} changed; ended {ended} session(s)")
+    console.say(f"Changed the password of {args.username}@{domain}; {ended_sessions(ended)}.")
     return 0
 
 
@@ -135,23 +165,48 @@ def deluser(args: argparse.Namespace, console: Console) -> int:
             raise SystemExit(f"bastion: no user {args.username}@{domain}")
     ended = console.auth.sessions.end_all(domain, args.username)
     console.event("user_deleted", args.username, domain, sessions_ended=ended)
-    console.say(f"deleted {args.username}@{domain}; ended {ended} session(s)")
+    console.say(f"Deleted the user {args.username}@{domain}; {ended_sessions(ended)}.")
     return 0
 
 
 def list_users(args: argparse.Namespace, console: Console) -> int:
-    """``bastion users [--domain D]``: each user, its live sessions, and the end of its lock if locked."""
+    """``bastion users [--domain D]``: each user, its live sessions, and the end of its lock if locked; then the
+    locked usernames no user has (someone guessing them); "No users ..." when a domain, or every one, has none."""
     runtime, auth = console.runtime, console.auth
-    now = runtime.clock()
-    for domain in _domains(args, runtime):
+    now, said = runtime.clock(), False
+    for domain in _domains(args, runtime, locks_of=auth):
         with runtime.bind(domain):
             names = users.list_usernames()
+        if not names and args.domain:
+            console.say(f"No users in {domain}.")
         for username in names:
-            line = f"{username}@{domain}  sessions {len(auth.sessions.live(domain, username, now))}"
+            line = f"{username}@{domain}: {count(len(auth.sessions.live(domain, username, now)), 'live session')}"
             until = auth.accounts.locked_until(domain, username)
-            if until is not None:
-                line += f"  locked until {iso(until)} ({max(1, round(until - now))} s)"
-            console.say(line)
+            console.say(line + (f"; {lock_end(until, now)} after failed logins." if until is not None else "."))
+        for username, until in auth.accounts.locked(domain):
+            if username not in names:
+                console.say(f"{username}@{domain} is no user, but is {lock_end(until, now)} after failed logins.")
+                said = True
+        said = said or bool(names) or bool(args.domain)
+    if not said:
+        console.say("No users.")
+    return 0
+
+
+def locks(args: argparse.Namespace, console: Console) -> int:
+    """``bastion locks [--domain D]``: every locked username, whether a user has it or not, and when its lock ends."""
+    runtime, auth = console.runtime, console.auth
+    now, said = runtime.clock(), False
+    for domain in _domains(args, runtime, locks_of=auth):
+        locked = auth.accounts.locked(domain)
+        with runtime.bind(domain):
+            known = set(users.list_usernames()) if locked else set()
+        for username, until in locked:
+            unknown = "" if username in known else "; no user has that name"
+            console.say(f"{username}@{domain} is {lock_end(until, now)}{unknown}.")
+            said = True
+    if not said:
+        console.say(f"No account is locked in {_domain(args.domain)}." if args.domain else "No account is locked.")
     return 0
 
 
@@ -159,7 +214,14 @@ def list_users(args: argparse.Namespace, console: Console) -> int:
 
 
 def roles(args: argparse.Namespace, console: Console) -> int:
-    """``bastion roles USER --domain D [--set ROLES]``: show a user's roles, or set them."""
+    """``bastion roles [USER] [--domain D] [--set ROLES]``: every user's roles (of a domain, or of all), a user's,
+    or set a user's."""
+    if args.username is None:
+        if args.set is not None:
+            raise SystemExit("bastion: roles --set needs a USER and --domain")
+        return _list_roles(args, console)
+    if not args.domain:
+        raise SystemExit("bastion: roles USER needs --domain")
     domain = _domain(args.domain)
     _check_username(args.username)
     if args.set is None:
@@ -167,11 +229,23 @@ def roles(args: argparse.Namespace, console: Console) -> int:
     return _set_roles(console, args.username, domain, args.set)
 
 
+def _list_roles(args: argparse.Namespace, console: Console) -> int:
+    said = False
+    for domain in _domains(args, console.runtime):
+        with console.runtime.bind(domain):
+            for username in users.list_usernames():
+                console.say(roles_sentence(f"{username}@{domain}", users.roles_of(username)))
+                said = True
+    if not said:
+        console.say(nothing_in("users", args))
+    return 0
+
+
 def _show_roles(console: Console, username: str, domain: str) -> int:
     with console.runtime.bind(domain):
         if users.find(username) is None:
             raise SystemExit(f"bastion: no user {username}@{domain}")
-        console.say(f"{username}@{domain}: {', '.join(users.roles_of(username)) or '(no roles)'}")
+        console.say(roles_sentence(f"{username}@{domain}", users.roles_of(username)))
     return 0
 
 
@@ -183,12 +257,13 @@ def _set_roles(console: Console, username: str, domain: str, text: str) -> int:
             wanted = users.parse_roles(text)
         except ValueError as exc:
             raise SystemExit(f"bastion: --set: {exc}") from None
-        changed = users.set_roles(username, wanted)
+        changed = users.set_roles(username, wanted, console.auth.roles_epoch)
     if changed is None:
         raise SystemExit(f"bastion: no user {who}")
     if changed:
         events.roles_assigned(console.runtime, domain, username, wanted, "bastion roles", origin=ORIGIN, admin=admin())
-    console.say(f"{who}: {', '.join(wanted) or '(no roles)'}" + ("" if changed else " (unchanged)"))
+    console.say(roles_sentence(who, wanted, "now has") if changed else
+                roles_sentence(who, wanted, "already has")[:-1] + ": nothing changed.")
     bootstrap = console.auth.bootstrap_roles
     if who in bootstrap:
         console.warn(f"bastion: note: [roles] names {who} ({', '.join(bootstrap[who]) or 'no roles'}): "
@@ -214,9 +289,10 @@ def sessions(args: argparse.Namespace, console: Console) -> int:
         for username in names:
             found.extend(console.auth.sessions.live(domain, username, now))
     for s in found:
-        console.say(f"{s.username}@{s.domain}  session {s.sid[:SHOWN_SID]}...  created {iso(s.created)}  "
-                    f"last seen {iso(s.last_seen)}  from {s.origin or '?'}  expires {iso(s.expires)}")
-    console.say(f"{len(found)} live session(s)")
+        console.say(f"{s.username}@{s.domain}: session {s.sid[:SHOWN_SID]}..., created {iso(s.created)}, "
+                    f"last seen {iso(s.last_seen)} from {s.origin or 'an unknown address'}, expires {iso(s.expires)}.")
+    total = count(len(found), "live session")
+    console.say(total[0].upper() + total[1:] + ".")
     return 0
 
 
@@ -227,7 +303,8 @@ def end_sessions(args: argparse.Namespace, console: Console) -> int:
     ended = auth.sessions.end_all(domain, args.username)
     console.event("sessions_ended", args.username, domain, sessions_ended=ended,
                   sessions=",".join(s.sid[:SHOWN_SID] for s in live) or None)
-    console.say(f"ended {ended} session(s) of {args.username}@{domain}")
+    console.say(f"Ended {count(ended, 'live session')} of {args.username}@{domain}." if ended else
+                f"{args.username}@{domain} had no live session.")
     return 0
 
 
@@ -237,8 +314,8 @@ def unlock(args: argparse.Namespace, console: Console) -> int:
     _check_username(args.username)
     was_locked = console.auth.accounts.unlock(domain, args.username)
     console.event("account_unlocked", args.username, domain, was_locked=was_locked)
-    console.say(f"unlocked {args.username}@{domain}" if was_locked else
-                f"{args.username}@{domain} was not locked; its failed logins are forgotten")
+    console.say(f"Unlocked {args.username}@{domain}." if was_locked else
+                f"{args.username}@{domain} was not locked; its failed logins are forgotten.")
     return 0
 
 
@@ -248,8 +325,8 @@ def unban(args: argparse.Namespace, console: Console) -> int:
     was_banned = abuse.banned_until(domain, origin, console.runtime.clock()) is not None
     abuse.unban(domain, origin)
     console.event("unbanned", None, domain, banned_origin=origin, was_banned=was_banned)
-    console.say(f"unbanned {origin} in {domain}" if was_banned else
-                f"{origin} was not banned in {domain}; its abuse weight is forgotten")
+    console.say(f"Unbanned {origin} in {domain}." if was_banned else
+                f"{origin} was not banned in {domain}; its abuse weight is forgotten.")
     return 0
 
 
@@ -300,8 +377,13 @@ def sessions_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def roles_arguments(parser: argparse.ArgumentParser) -> None:
-    user_arguments(parser)
+    parser.add_argument("username", nargs="?", help="only this user's (with --domain); without: every user's")
+    parser.add_argument("--domain", help="the tenant (with USER), or only this domain's users")
     parser.add_argument("--set", metavar="ROLES", help="the user's roles from now on, comma-separated (\"\" for none)")
+
+
+def locks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", help="only this domain")
 
 
 # -- the table ----------------------------------------------------------------------------------------------------------
@@ -332,9 +414,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("unban", unban, "end the ban of an origin (a client address) in a domain", unban_arguments),
     Command("hash-password", hash_password, "print an argon2id hash for the [users] section", password_stdin_argument,
             opens_runtime=False),
-    Command("users", list_users, "list users, with their live sessions and whether they are locked", users_arguments),
+    Command("users", list_users, "list users, with their live sessions and whether they are locked (and locked "
+                                 "usernames that are no user)", users_arguments),
     Command("sessions", sessions, "list live sessions (created, last seen, origin; never a key)", sessions_arguments),
-    Command("roles", roles, "show a user's roles, or set them with --set", roles_arguments),
+    Command("roles", roles, "show every user's roles, or a user's, or set them with --set", roles_arguments),
+    Command("locks", locks, "list the accounts locked after failed logins, usernames that are no user included",
+            locks_arguments),
 )
 
 
@@ -369,9 +454,14 @@ def _hash(passwords: Passwords, password: str) -> str:
         raise SystemExit(f"bastion: {exc}") from None
 
 
-def _domains(args: argparse.Namespace, runtime: Runtime) -> list[str]:
-    """``--domain``, else every domain that has users."""
-    return [_domain(args.domain)] if args.domain else runtime.records.domains(users.User.__model__)
+def _domains(args: argparse.Namespace, runtime: Runtime, locks_of: Auth | None = None) -> list[str]:
+    """``--domain``, else every domain that has users (and, with ``locks_of``, every one that had a lock lately)."""
+    if args.domain:
+        return [_domain(args.domain)]
+    found = set(runtime.records.domains(users.User.__model__))
+    if locks_of is not None:
+        found |= set(locks_of.accounts.locked_domains())
+    return sorted(found)
 
 
 def _domain(text: str) -> str:

@@ -6,8 +6,9 @@
 * :mod:`bastion_auth.services`: the account services, ``change_password``, ``sessions``, ``end_sessions``;
 * :mod:`bastion_auth.bootstrap`: the ``[users]`` and ``[roles]`` accounts, the demo user and its banner.
 
-:class:`Auth` holds what they share: the settings, the password policy, the stores (sessions, abuse, accounts,
-over the runtime's state driver), the clock, the login counter and the security events.
+:class:`Auth` holds what they share: the settings, every tenant's (:mod:`bastion_auth.tenants`), the password
+policy, the stores (sessions, abuse, accounts, over the runtime's state driver; each reads its limits from the
+tenant of the domain it acts in), the clock, the login counter and the security events.
 """
 
 from __future__ import annotations
@@ -16,22 +17,27 @@ import functools
 import logging
 from typing import Any
 
-from bastion_auth import bootstrap
+from bastion_auth import bootstrap, users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.calls import SessionRead, SignedCalls
 from bastion_auth.login import Login
 from bastion_auth.passwords import Passwords
+from bastion_auth.roles import RolesEpoch
 from bastion_auth.services import AccountServices
 from bastion_auth.sessions import Sessions
+from bastion_auth.tenants import Tenant, Tenants
 from kernel import (
     Authentication,
     BastionError,
+    Capability,
     Credentials,
+    LiveCounts,
     Request,
     Routes,
     Runtime,
     Settings,
     StateStore,
+    capabilities_of,
     hookimpl,
 )
 
@@ -46,17 +52,25 @@ class Auth:
     """
 
     def __init__(self, runtime: Runtime, settings: Settings, bootstrap: dict[str, str],
-                 bootstrap_roles: dict[str, list[str]] | None = None):
+                 bootstrap_roles: dict[str, list[str]] | None = None, tenants: Tenants | None = None):
         self.runtime = runtime
+        #: ``[auth]``: the settings of every domain no ``[auth:...]`` section matches.
         self.settings = settings
         self.bootstrap = bootstrap
         #: ``[roles]``: ``username@domain`` (normalized) -> the roles it is given at every start.
         self.bootstrap_roles = bootstrap_roles or {}
         self.clock = runtime.clock
-        self.passwords = Passwords(settings)
+        #: Every tenant's settings, built at start-up: ``tenant(domain)`` resolves one (a bounded cache).
+        self.tenants = tenants if tenants is not None else Tenants.single(settings, Passwords(settings))
+        #: ``[auth]``'s password policy; the hash context every tenant shares is its ``context``.
+        self.passwords = self.tenants.base.passwords
         self.login = Login(self)
         self.calls = SignedCalls(self)
         self.account = AccountServices(self)
+
+    def tenant(self, domain: str) -> Tenant:
+        """The settings of ``domain``'s tenant: its ``[auth:...]`` section's, else ``[auth]``'s."""
+        return self.tenants.of(domain)
 
     @property
     def login_max_body(self) -> int:
@@ -73,17 +87,28 @@ class Auth:
     @functools.cached_property
     def sessions(self) -> Sessions:
         """Sessions in the state store."""
-        return Sessions(self.state, self.settings)
+        return Sessions(self.state, self.tenants.settings_of)
+
+    def set_roles(self, domain: str, username: str, roles: list[str]) -> bool | None:
+        """Give a user of ``domain`` exactly these roles (see :func:`bastion_auth.users.set_roles`): True if they
+        changed, False if they were those already, None if there is no such user."""
+        with self.runtime.bind(domain):
+            return users.set_roles(username, roles, self.roles_epoch)
+
+    @functools.cached_property
+    def roles_epoch(self) -> RolesEpoch:
+        """The domains' roles epochs: set when a user's roles change (see :mod:`bastion_auth.roles`)."""
+        return RolesEpoch(self.state, self.tenants.settings_of)
 
     @functools.cached_property
     def abuse(self) -> Abuse:
         """Abuse weights and bans per origin."""
-        return Abuse(self.state, self.settings)
+        return Abuse(self.state, self.tenants.settings_of)
 
     @functools.cached_property
     def accounts(self) -> Accounts:
         """Failed logins and locks per account."""
-        return Accounts(self.state, self.settings)
+        return Accounts(self.state, self.tenants.settings_of)
 
     @functools.cached_property
     def logins(self):
@@ -93,11 +118,13 @@ class Auth:
     def register_metrics(self) -> None:
         """The login counter, and the sessions gauge where the state driver counts keys cheaply."""
         self.logins  # noqa: B018 - registered now, so that a scrape shows it before the first login
-        if "count_live" in getattr(self.runtime.state, "capabilities", ()):
+        state = self.runtime.state
+        # The capability is what a driver declares; LiveCounts is the method it then offers.
+        if Capability.COUNT_LIVE in capabilities_of(state) and isinstance(state, LiveCounts):
             self.runtime.metrics.scrape_gauge(
                 "bastion_sessions", "Sessions the state store holds: live ones, and those past their end for less "
                 "than idle_timeout (remembered to answer ExpiredSession).",
-                lambda: self.runtime.state.count_live(self.sessions.key("")))
+                lambda: state.count_live(self.sessions.key("")))
 
     def event(self, name: str, user: str | None, level: int = logging.INFO, **fields: Any) -> None:
         """One security event (``bastion.security``) for the current request or command."""
@@ -120,6 +147,13 @@ class Auth:
         self.register_metrics()
         if runtime.development and self.settings.demo_user:
             bootstrap.demo_user(self, runtime, now)
+
+    @hookimpl
+    def bastion_tenant_settings(self, domain: str) -> list[tuple[str, str, str]]:
+        """``bastion check --tenant``: every ``[auth]`` key of the domain's tenant, and the section it comes from."""
+        from bastion_auth.settings import AUTH_SCHEMA
+
+        return self.tenant(domain).describe({key: option.default for key, option in AUTH_SCHEMA.items()})
 
     @hookimpl
     def bastion_routes(self, routes: Routes) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bastion_auth import users
+from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, sid_prefix
 from kernel import (
     Abusive,
@@ -83,12 +84,26 @@ def parse_login(body: bytes) -> tuple[str, str, bool]:
     return username, password, force
 
 
+def locking(refusal: str, retry_after: float) -> AccountLocked:
+    """The answer of the wrong password that locks its account: AccountLocked, for as long as the lock lasts.
+
+    The attempt is told the lock it set rather than a plain InvalidCredential, so that the person at the keyboard
+    learns at once why the next attempt will be refused. It tells nothing a plain failure would not: it is a
+    failure, counted and weighed as one, and locks are counted for usernames that do not exist too.
+    ``locking`` marks it for ``bastion_logins_total``, where it counts as the ``invalid_credential`` it is.
+    """
+    error = AccountLocked(refusal, "too many failed logins for this account; try again later", retry_after=retry_after)
+    error.locking = True  # type: ignore[attr-defined]
+    return error
+
+
 class Login:
     """The login and logout of one runtime's auth plugin (its stores, clock and events are the :class:`Auth`'s)."""
 
     def __init__(self, auth: Auth):
         self.auth = auth
-        self.max_body = login_max_body(auth.settings.max_password_length)
+        # One route for every tenant: its limit lets the longest password of any tenant through.
+        self.max_body = login_max_body(auth.tenants.most("max_password_length"))
 
     def routes(self, routes: Routes) -> None:
         """``/auth/login`` (protected) and ``/auth/logout`` (protected and signed), each with the body limit
@@ -100,9 +115,10 @@ class Login:
 
     def refused(self, request: Request, error: BastionError) -> None:
         """Count a refused login in ``bastion_logins_total`` by its outcome (``in_progress``: its origin's
-        attempts were all running)."""
+        attempts were all running; the wrong password that locks its account is an ``invalid_credential``)."""
         if request.path == LOGIN_PATH:
             outcome = "in_progress" if getattr(error, "in_flight", False) else None
+            outcome = "invalid_credential" if getattr(error, "locking", False) else outcome
             self.auth.logins.inc(outcome or LOGIN_OUTCOMES.get(type(error), "refused"))
 
     # -- the login --------------------------------------------------------
@@ -124,6 +140,7 @@ class Login:
         username, password, force = parse_login(request.body)
         domain, origin = request.domain, request.origin
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:
             upgraded = auth.passwords.context.hash(password)
@@ -137,13 +154,13 @@ class Login:
             raise
         # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
         # before this one existed changed or removed the user first, which this read sees.
-        if not self._still_valid(username, password, hashes):
+        if not self._still_valid(username, password, hashes, passwords):
             self._raced(domain, username, session.sid)
         # Last, the session itself: one that a change ended after the read above was ended after the password
         # was replaced, which a second read sees. (Ended by the user's own "sign out everywhere" or a forced
         # login, the password unchanged, it is answered: its first call learns UnknownSession, as theirs do.)
         if auth.state.get(domain, auth.sessions.key(session.sid)) is None and not self._still_valid(
-                username, password, hashes):
+                username, password, hashes, passwords):
             self._raced(domain, username, session.sid)
         auth.logins.inc("success")
         auth.event("login", username, session=sid_prefix(session.sid), forced=force or None,
@@ -156,13 +173,13 @@ class Login:
             "user": {"username": username, "domain": domain},
         }
 
-    def _still_valid(self, username: str, password: str, hashes: set[str]) -> bool:
-        """Whether the user still exists with a password this login verified.
+    def _still_valid(self, username: str, password: str, hashes: set[str], passwords: Passwords) -> bool:
+        """Whether the user still exists with a password this login verified (under its tenant's ``passwords``).
 
         A hash that differs but still verifies is a concurrent login's upgrade of the same password.
         """
         current = users.find(username)
-        return current is not None and (current.password in hashes or self.auth.passwords.verify(
+        return current is not None and (current.password in hashes or passwords.verify(
             password, current.password)[0])
 
     def _raced(self, domain: str, username: str, sid: str) -> None:
@@ -184,7 +201,9 @@ class Login:
         the origin running) and is refused while its account is locked (429
         AccountLocked), before the password is checked; a failure keeps the
         origin's place as its weight and counts toward the account's lock
-        (401 InvalidCredential, with ``refusal``); a success gives the place
+        (401 InvalidCredential, with ``refusal``; the failure that locks the
+        account answers the lock it set: 429 AccountLocked, with ``refusal``
+        and ``retry_after`` the lock's length); a success gives the place
         back, resets the account's count and takes back the weight of the
         account's earlier failures from this origin (a typo, then the right
         password, is no attack). An attempt whose account locked while its
@@ -195,6 +214,7 @@ class Login:
         one.
         """
         auth = self.auth
+        tenant = auth.tenant(domain)
         shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
         extra = {} if attempt_of == "login" else {"attempt": attempt_of}
         attempt = secrets.token_hex(8)
@@ -210,7 +230,7 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
             raise
         record = users.find(username)
-        valid, outdated = auth.passwords.verify(password, record.password if record is not None else None)
+        valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
         now = auth.clock()
         try:
             if valid:
@@ -221,18 +241,26 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)
             raise
         if not valid:
-            auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential",
-                       known_user=record is not None, **extra)
-            if locked_until is not None:
-                auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
-                           failures=auth.accounts.limit)
-            self._confirm(domain, origin, attempt, now)
-            if auth.settings.dummy_delay:
-                time.sleep(auth.settings.dummy_delay)
-            raise InvalidCredential(refusal)
+            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra)
+            raise InvalidCredential(refusal) if locked_until is None else locking(refusal, locked_until - now)
         auth.abuse.release(domain, origin, attempt)
         auth.abuse.forgive(domain, origin, forgiven)
         return record, outdated
+
+    def _failed(self, domain: str, origin: str, attempt: str, shown: str, known_user: bool,
+                locked_until: float | None, now: float, extra: dict[str, Any]) -> None:
+        """A wrong password: its ``login_failed`` event (and ``account_locked`` when it locks the account), its
+        weight of 1 for the origin, and the dummy delay."""
+        auth = self.auth
+        settings = auth.tenant(domain).settings
+        auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential", known_user=known_user,
+                   **extra)
+        if locked_until is not None:
+            auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
+                       failures=settings.account_max_failures)
+        self._confirm(domain, origin, attempt, now)
+        if settings.dummy_delay:
+            time.sleep(settings.dummy_delay)
 
     def _confirm(self, domain: str, origin: str, attempt: str, now: float) -> None:
         """Keep a failed attempt's weight; the origin's ban, if it starts now, is a security event."""

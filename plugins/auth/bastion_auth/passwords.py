@@ -25,13 +25,21 @@ def argon2_context(memory_cost: int = ARGON2_MEMORY_COST, time_cost: int = ARGON
 
 
 class Passwords:
-    """Hashes, verifies and upgrades passwords under one policy (the ``[auth]`` settings)."""
+    """Hashes, verifies and upgrades passwords under one policy (the ``[auth]`` settings).
 
-    def __init__(self, settings):
-        self.context = argon2_context(settings.argon2_memory_cost, settings.argon2_time_cost,
-                                      settings.argon2_parallelism)
+    The hash context (argon2id's parameters) is the server's; the length rule
+    may be a tenant's (:meth:`with_lengths`), sharing the context.
+    """
+
+    def __init__(self, settings, context: CryptContext | None = None):
+        self.context = context if context is not None else argon2_context(
+            settings.argon2_memory_cost, settings.argon2_time_cost, settings.argon2_parallelism)
         self.min_length = settings.min_password_length
         self.max_length = settings.max_password_length
+
+    def with_lengths(self, settings) -> Passwords:
+        """This policy with the length rule of ``settings`` (a tenant's), the same hash context."""
+        return Passwords(settings, self.context)
 
     def warm(self) -> None:
         """Compute the dummy hash now, so the first unknown user costs what every other does."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from bastion_auth import users
 from bastion_auth.core import Auth
-from bastion_auth.settings import deploy_problems, read
-from kernel import Runtime, hookimpl
+from bastion_auth.settings import deploy_problems, read, read_tenants
+from kernel import PluginSettings, Problem, Runtime, hookimpl
 
 #: The name the runtime's Auth is registered under.
 NAME = "bastion_auth.runtime"
@@ -20,10 +20,11 @@ def get_auth(runtime: Runtime) -> Auth:
 
 
 @hookimpl
-def bastion_configure(config, runtime):
-    """Claim ``[auth]``, ``[users]`` and ``[roles]``, and register this runtime's :class:`Auth`."""
-    settings, bootstrap, roles = read(config)
-    runtime.register(Auth(runtime, settings, bootstrap, roles), name=NAME)
+def bastion_configure(settings: PluginSettings, runtime: Runtime) -> None:
+    """Claim ``[auth]``, its tenants' ``[auth:...]`` sections, ``[users]`` and ``[roles]``, and register this
+    runtime's :class:`Auth`."""
+    auth, bootstrap, roles = read(settings)
+    runtime.register(Auth(runtime, auth, bootstrap, roles, read_tenants(settings, auth)), name=NAME)
 
 
 @hookimpl
@@ -33,14 +34,14 @@ def bastion_models():
 
 
 @hookimpl
-def bastion_deploy_checks(config, runtime):
+def bastion_deploy_checks(settings: PluginSettings, runtime: Runtime | None) -> list[Problem]:
     """argon2 below OWASP's floor, bans or locks turned off, a short password rule, a demo user left behind."""
-    return deploy_problems(config, runtime)
+    return deploy_problems(settings, runtime)
 
 
 @hookimpl
 def bastion_cli(subparsers, runtime_factory):
-    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``roles``, ``sessions``, ``end-sessions``, ``unlock``,
+    """Add ``adduser``, ``passwd``, ``deluser``, ``users``, ``roles``, ``sessions``, ``end-sessions``, ``locks``, ``unlock``,
     ``unban`` and ``hash-password``."""
     from bastion_auth.cli import register
 

@@ -47,7 +47,7 @@ class AccountServices:
         request = current()
         session = caller(request)
         domain, username, origin = request.domain, session.username, request.origin
-        broken = auth.passwords.broken_rule(new)
+        broken = auth.tenant(domain).passwords.broken_rule(new)
         if broken is not None:
             rule, bound = broken
             words = "at least" if rule == "min_length" else "at most"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import ExpiredSession, MaxActiveSessions, StateStore, UnknownSession, b64url, b64url_decode
+from kernel import ExpiredSession, MaxActiveSessions, Settings, StateStore, UnknownSession, b64url, b64url_decode
 
 #: How many characters of a sid ``sessions()`` shows: enough to tell a user's sessions apart, never a whole sid.
 SHOWN_SID = 8
@@ -23,9 +24,11 @@ class Session:
     """A live session: who, its key, when it ends, and where and when it was last used.
 
     ``origin`` is the address of its latest call (its login's until then),
-    ``last_seen`` the time of that call. The user's roles are not the
-    session's: they are read with each call (``calls.SignedCalls``) and come
-    with its authentication.
+    ``last_seen`` the time of that call. ``roles`` are the user's roles as a
+    call last read them from the user's record, and ``roles_epoch`` the
+    domain's roles epoch read before that (:mod:`bastion_auth.roles`): a call
+    uses them only while the epoch is still that one; None until a call
+    reads them.
     """
 
     sid: str
@@ -37,6 +40,8 @@ class Session:
     absolute_expires: float
     origin: str = ""
     last_seen: float = 0.0
+    roles: tuple[str, ...] | None = None
+    roles_epoch: str | None = None
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
@@ -49,8 +54,11 @@ class Session:
 
     def to_state(self) -> dict:
         """The JSON value kept in the state store."""
-        return {"u": self.username, "k": b64url(self.key), "c": self.created,
-                "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
+        value = {"u": self.username, "k": b64url(self.key), "c": self.created,
+                 "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
+        if self.roles is not None:
+            value["r"], value["e"] = list(self.roles), self.roles_epoch
+        return value
 
     def describe(self, current_sid: str | None = None) -> dict[str, Any]:
         """What ``sessions()`` shows of a session: never its key, never its whole sid."""
@@ -85,14 +93,15 @@ class Sessions:
     cannot bring it back. The slide is written only when it moves the expiry
     by at least :data:`SLIDE_STEP` seconds, which spares a write per call to
     a busy client and ends an idle session at most that much early.
+
+    Its limits (``idle_timeout``, ``absolute_timeout``,
+    ``max_active_sessions``) are those of the session's domain:
+    ``settings_of(domain)`` gives them (its tenant's, built at start-up).
     """
 
-    def __init__(self, state: StateStore, settings):
+    def __init__(self, state: StateStore, settings_of: Callable[[str], Settings]):
         self.state = state
-        self.idle = settings.idle_timeout
-        self.absolute = settings.absolute_timeout
-        self.max_active = settings.max_active_sessions
-        self.grace = settings.idle_timeout
+        self.settings_of = settings_of
 
     def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "") -> Session:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
@@ -102,27 +111,34 @@ class Sessions:
         the last place at most one keeps its session (both may lose: that is
         the safe side). ``force`` ends every other session of the user.
         """
+        limits = self.settings_of(domain)
         index = account_key("user-sessions", username)
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
-                          key=secrets.token_bytes(32), created=now, idle_expires=now + self.idle,
-                          absolute_expires=now + self.absolute, origin=origin, last_seen=now)
+                          key=secrets.token_bytes(32), created=now, idle_expires=now + limits.idle_timeout,
+                          absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now)
         self.save(session, now)
-        entries = self.state.window_add(domain, index, session.sid, 0, self.absolute + self.grace)
-        if self.max_active or force:
+        entries = self.state.window_add(domain, index, session.sid, 0, self.remembered(domain))
+        max_active = limits.max_active_sessions
+        if max_active or force:
             sids = [e.member for e in entries if e.member != session.sid]
             values = self.state.get_many(domain, [self.key(sid) for sid in sids])  # one round trip for all
             live = [sid for sid, value in zip(sids, values, strict=True) if _is_live(value, now)]
             if force:
                 for sid in live:
                     self.end(domain, sid, username)
-            elif len(live) >= self.max_active:
+            elif len(live) >= max_active:
                 self.end(domain, session.sid, username, mark=False)
                 raise MaxActiveSessions(f"already {len(live)} active sessions; log in with force to end them")
         return session
 
+    def remembered(self, domain: str) -> int:
+        """Seconds a session of ``domain`` can live and be remembered: ``absolute_timeout + idle_timeout``."""
+        limits = self.settings_of(domain)
+        return limits.absolute_timeout + limits.idle_timeout
+
     def save(self, session: Session, now: float) -> None:
         """Store a session until ``idle_timeout`` seconds past its end."""
-        ttl = max(session.expires + self.grace - now, 1)
+        ttl = max(session.expires + self.settings_of(session.domain).idle_timeout - now, 1)
         self.state.set(session.domain, self.key(session.sid), session.to_state(), ttl)
 
     def load(self, domain: str, sid: str, now: float, value: Any = UNREAD) -> Session:
@@ -156,22 +172,24 @@ class Sessions:
         """Whether ``sid`` names a session of this domain that was ended (and could still be alive otherwise)."""
         return self.state.get(domain, self.ended_key(sid)) is not None
 
-    def touch(self, session: Session, now: float, origin: str | None = None) -> None:
+    def touch(self, session: Session, now: float, origin: str | None = None, changed: bool = False) -> None:
         """Slide the idle expiry forward (never past the absolute lifetime) and note when and from where the
         session was used, never reviving an ended session.
 
-        Written only when the time of last use moves by :data:`SLIDE_STEP` or
-        the call comes from another address: at most one write a second for
-        a busy client, as before ``last_seen`` was kept.
+        Written only when the time of last use moves by :data:`SLIDE_STEP`,
+        the call comes from another address, or ``changed`` (the call read
+        the session's roles again): at most one write a second for a busy
+        client, as before ``last_seen`` was kept.
         """
         moved = origin is not None and origin != session.origin
-        if now - session.last_seen < SLIDE_STEP and not moved:
+        if now - session.last_seen < SLIDE_STEP and not moved and not changed:
             return
-        session.idle_expires = max(session.idle_expires, min(now + self.idle, session.absolute_expires))
+        idle = self.settings_of(session.domain).idle_timeout
+        session.idle_expires = max(session.idle_expires, min(now + idle, session.absolute_expires))
         session.last_seen = now
         if origin is not None:
             session.origin = origin
-        ttl = max(session.expires + self.grace - now, 1)
+        ttl = max(session.expires + idle - now, 1)
         self.state.replace(session.domain, self.key(session.sid), session.to_state(), ttl)
 
     def live(self, domain: str, username: str, now: float) -> list[Session]:
@@ -219,15 +237,17 @@ class Sessions:
     def _forget(self, domain: str, sid: str, mark: bool = True) -> None:
         if mark:
             # First the mark, then the session: a call refused in between is told UnknownSession with the mark.
-            self.state.set(domain, self.ended_key(sid), 1, self.absolute + self.grace)
+            self.state.set(domain, self.ended_key(sid), 1, self.remembered(domain))
         self.state.delete(domain, self.key(sid))
 
 
 def _from_state(domain: str, sid: str, value: dict) -> Session:
     """A session from its stored value (one stored before origin and last use were kept reads as its login)."""
+    roles = value.get("r")
     return Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
                    idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
-                   last_seen=value.get("s", value["c"]))
+                   last_seen=value.get("s", value["c"]), roles=tuple(roles) if isinstance(roles, list) else None,
+                   roles_epoch=value.get("e"))
 
 
 def _is_live(value: Any, now: float) -> bool:

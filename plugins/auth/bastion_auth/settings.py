@@ -1,4 +1,5 @@
-"""The ``[auth]`` section: every number of docs/protocol.md section 6 and the password policy."""
+"""The ``[auth]`` section: every number of docs/protocol.md section 6 and the password policy; and the
+``[auth:alpha.example.com]`` sections that override it for some tenants (:mod:`bastion_auth.tenants`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from bastion_auth.passwords import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
 )
-from kernel import Bool, Config, ConfigError, Float, Int, Problem, Settings
+from bastion_auth.tenants import Tenants, tenant_schema
+from kernel import Bool, Config, ConfigError, Float, Int, PluginSettings, Problem, Settings
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -31,8 +33,20 @@ AUTH_SCHEMA = {
     "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
 }
 
+#: The schema of a tenant's section, ``[auth:alpha.example.com]``: ``[auth]``'s keys, each inherited when unset.
+TENANT_SCHEMA = tenant_schema(AUTH_SCHEMA)
 
-def read(config: Config) -> tuple[Settings, dict[str, str], dict[str, list[str]]]:
+
+def read_tenants(config: PluginSettings | Config, settings: Settings, passwords=None) -> Tenants:
+    """Claim and check every ``[auth:...]`` section over ``[auth]``'s ``settings``; return every tenant's settings
+    (``passwords``: ``[auth]``'s policy, whose hash context they share)."""
+    from bastion_auth import tenants
+    from bastion_auth.passwords import Passwords
+
+    return tenants.read(config, settings, AUTH_SCHEMA, TENANT_SCHEMA, passwords or Passwords(settings))
+
+
+def read(config: PluginSettings | Config) -> tuple[Settings, dict[str, str], dict[str, list[str]]]:
     """Claim and check ``[auth]``, ``[users]`` and ``[roles]``; return the settings, the users (key -> hash) and
     their roles (key -> sorted role names)."""
     from bastion_auth.passwords import Passwords
@@ -71,7 +85,7 @@ def meets_owasp(memory_cost: int, time_cost: int) -> bool:
     return any(memory_cost >= m and time_cost >= t for m, t in OWASP_ARGON2)
 
 
-def deploy_problems(config: Config, runtime) -> list[Problem]:
+def deploy_problems(config: PluginSettings | Config, runtime) -> list[Problem]:
     """The auth plugin's part of ``bastion check --deploy``."""
     settings = config.section("auth", AUTH_SCHEMA)
     problems = []
@@ -82,16 +96,20 @@ def deploy_problems(config: Config, runtime) -> list[Problem]:
             "(19456 KiB and 2 iterations, or an equivalent pair); stolen hashes are cheap to guess",
             "use the defaults: argon2_memory_cost = 19456, argon2_time_cost = 2 (hashes are upgraded at the next "
             "login)"))
-    if not settings.abuse_max:
-        problems.append(Problem.warning("auth.W002", "[auth] abuse_max = 0: abusive origins are never banned",
-                                        "use the default, 10"))
-    if not settings.account_max_failures:
-        problems.append(Problem.warning("auth.W003", "[auth] account_max_failures = 0: accounts are never locked "
-                                        "after failed logins", "use the default, 5"))
-    if settings.min_password_length < 8:
-        problems.append(Problem.warning(
-            "auth.W004", f"[auth] min_password_length = {settings.min_password_length}: below the 8 characters of "
-            "OWASP ASVS", "use 8 or more (15 is recommended)"))
+    # [auth], then each tenant's section, for the keys it sets itself.
+    for tenant in read_tenants(config, settings).all():
+        values, where = tenant.settings, tenant.section
+        named = {key for key, source in tenant.sources.items() if source == where}
+        if not values.abuse_max and "abuse_max" in named:
+            problems.append(Problem.warning("auth.W002", f"{where} abuse_max = 0: abusive origins are never banned",
+                                            "use the default, 10"))
+        if not values.account_max_failures and "account_max_failures" in named:
+            problems.append(Problem.warning("auth.W003", f"{where} account_max_failures = 0: accounts are never "
+                                            "locked after failed logins", "use the default, 5"))
+        if values.min_password_length < 8 and "min_password_length" in named:
+            problems.append(Problem.warning(
+                "auth.W004", f"{where} min_password_length = {values.min_password_length}: below the 8 characters "
+                "of OWASP ASVS", "use 8 or more (15 is recommended)"))
     if runtime is not None:
         from bastion_auth.users import find
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kernel import Errors, InvalidHost, VersionConflict, parse_domain, storage
+from kernel import Errors, InvalidHost, VersionConflict, current, parse_domain, storage
+
+if TYPE_CHECKING:
+    from bastion_auth.roles import RolesEpoch
 
 #: The longest username, in characters.
 MAX_USERNAME = 150
@@ -136,9 +139,13 @@ def roles_of(username: str) -> tuple[str, ...]:
     return tuple(record.roles)
 
 
-def set_roles(username: str, roles: list[str]) -> bool | None:
+def set_roles(username: str, roles: list[str], epoch: RolesEpoch) -> bool | None:
     """Give a user of the current domain exactly these roles: True if they changed, False if they were
-    already those, None if there is no such user. A concurrent write of the user is retried, never lost."""
+    already those, None if there is no such user. A concurrent write of the user is retried, never lost.
+
+    Once the record holds them, the domain's roles ``epoch`` changes, so that sessions stop using the roles
+    they carry (:mod:`bastion_auth.roles`) and the user's next call has the new ones.
+    """
     wanted = sorted(set(roles))
     for _ in range(10):
         try:
@@ -149,6 +156,7 @@ def set_roles(username: str, roles: list[str]) -> bool | None:
                 if record.roles == wanted:
                     return False
                 record.roles = wanted
+            epoch.changed(current().domain)
             return True
         except VersionConflict:
             continue  # another worker or command wrote the user meanwhile: read it again

@@ -103,7 +103,7 @@ class SharedDriverPlugin:
     def __init__(self, clock):
         # The storage_mem plugin opens the driver, as it would for a runtime on mem://.
         pm = get_plugin_manager(only=["storage_mem"], trace=False)
-        self.driver = pm.hook.bastion_storage_driver(url="mem://", config=Config.from_dict({}), clock=clock)
+        self.driver = pm.hook.bastion_storage_driver(url="mem://", settings=None, config=Config.from_dict({}), clock=clock)
 
     @hookimpl
     def bastion_storage_driver(self, url):

@@ -109,9 +109,15 @@ def test_a_wrong_old_password_is_a_signed_invalid_credential_and_changes_nothing
 def test_wrong_old_passwords_lock_the_account_after_the_usual_number_of_failures(auth_app, client_for, fake_clock):
     app = auth_app(auth={"account_max_failures": 3, "account_lock": 120, "abuse_max": 0})
     alice = logged_in(client_for, app)
-    for _ in range(3):
+    for _ in range(2):
         with pytest.raises(InvalidCredential):
             alice.call("change_password", "guess", NEW)
+    # The third wrong one locks the account, and says so.
+    with pytest.raises(AccountLocked) as locking:
+        alice.call("change_password", "guess", NEW)
+    assert locking.value.extra["retry_after"] == 120
+    assert locking.value.err == ["the current password is wrong", "too many failed logins for this account; try "
+                                 "again later"]
     # Locked, like after three failed logins: change_password and login alike, from every origin.
     with pytest.raises(AccountLocked) as locked:
         alice.call("change_password", PASSWORD, NEW)
@@ -129,9 +135,10 @@ def test_failed_logins_and_wrong_old_passwords_share_one_count(auth_app, client_
     alice = logged_in(client_for, app)
     for _ in range(2):
         assert_error(send(app, "/auth/login", login_body(password="wrong")), 401, "InvalidCredential")
-    for _ in range(2):
-        with pytest.raises(InvalidCredential):
-            alice.call("change_password", "wrong", NEW)
+    with pytest.raises(InvalidCredential):
+        alice.call("change_password", "wrong", NEW)
+    with pytest.raises(AccountLocked):  # the fourth failure, two of each kind, locks the account
+        alice.call("change_password", "wrong", NEW)
     assert_error(send(app, "/auth/login", login_body()), 429, "AccountLocked")
 
 
@@ -416,31 +423,38 @@ def test_roles_section_gives_users_their_roles_at_start_up(auth_app, client_for)
     assert bob.call("my_roles") == ["viewer"]
 
 
-def test_roles_are_read_at_each_call_so_a_change_counts_at_the_next_one(auth_app, client_for):
+def test_a_change_of_roles_counts_at_the_users_next_call(auth_app, client_for):
     app = auth_app(plugins=[RolesServicePlugin()])
     alice = logged_in(client_for, app)
     assert alice.call("my_roles") == []
     with app.runtime.bind("localhost"):
-        assert users.set_roles("alice", ["editor"]) is True
-        assert users.set_roles("alice", ["editor"]) is False
-        assert users.set_roles("nobody", ["editor"]) is None
+        assert users.set_roles("alice", ["editor"], auth_of(app).roles_epoch) is True
+        assert users.set_roles("alice", ["editor"], auth_of(app).roles_epoch) is False
+        assert users.set_roles("nobody", ["editor"], auth_of(app).roles_epoch) is None
     assert alice.call("my_roles") == ["editor"]
     with app.runtime.bind("localhost"):
-        users.set_roles("alice", [])
+        users.set_roles("alice", [], auth_of(app).roles_epoch)
     assert alice.call("my_roles") == []
 
 
-def test_the_roles_are_read_once_per_call_with_its_authentication_and_never_for_a_refused_call(
-        auth_app, client_for, monkeypatch):
-    """One read of the user's record per call, made by the authenticator once the call is proven; the service
-    and the permission check then read the request's field. A refused call, and a logout, read none."""
+def test_the_session_carries_the_roles_until_a_change_and_a_refused_call_reads_none(auth_app, client_for, monkeypatch):
+    """A session's first call reads the user's record for its roles and keeps them with the domain's roles epoch;
+    later calls read none while the epoch holds; a change of roles sets a new epoch, and the next call reads the
+    record once more. The service and the permission check read the request's field. A refused call, and a
+    logout, read none."""
     app = auth_app(plugins=[RolesServicePlugin()], roles={"alice@localhost": "editor"})
     alice = logged_in(client_for, app)
     reads, real = [], users.roles_of
     monkeypatch.setattr(users, "roles_of", lambda username: reads.append(username) or real(username))
     assert alice.call("my_roles") == ["editor"]
-    assert alice.call("echo", "x")["user"] == "alice"  # a call that asks for none: read all the same
-    assert reads == ["alice", "alice"]
+    assert alice.call("echo", "x")["user"] == "alice"
+    assert alice.call("my_roles") == ["editor"]
+    assert reads == ["alice"]  # the first call only
+    with app.runtime.bind("localhost"):
+        assert users.set_roles("alice", ["admin", "editor"], auth_of(app).roles_epoch) is True
+    assert alice.call("my_roles") == ["admin", "editor"]
+    assert alice.call("my_roles") == ["admin", "editor"]
+    assert reads == ["alice"] * 2
     headers, _ = sign(alice, "/api/echo", body("x"))
     assert send(app, "/api/echo", body("x"), headers).status_code == 200
     assert_error(send(app, "/api/echo", body("x"), headers), 401, "ReplayedCall")
@@ -448,9 +462,29 @@ def test_the_roles_are_read_once_per_call_with_its_authentication_and_never_for_
     assert_error(send(app, "/api/echo", body("x"), stale), 401, "StaleCall")
     forged, _ = sign(alice, "/api/echo", body("y"))
     assert_error(send(app, "/api/echo", body("x"), forged), 401, "InvalidSignature")
-    assert reads == ["alice"] * 3
+    assert reads == ["alice"] * 2
     assert alice.logout() is True
-    assert reads == ["alice"] * 3
+    assert reads == ["alice"] * 2
+
+
+def test_roles_are_never_older_than_the_last_change_whatever_a_session_carries(auth_app, client_for):
+    """Two sessions of one user, and a change of roles between calls of each: every call after the change has the
+    new roles, and a session stored back with older roles (a slide that read it before the change) is read again
+    rather than believed."""
+    app = auth_app(plugins=[RolesServicePlugin()], roles={"alice@localhost": "editor"})
+    auth = auth_of(app)
+    first, second = logged_in(client_for, app), logged_in(client_for, app)
+    assert first.call("my_roles") == second.call("my_roles") == ["editor"]
+    stored = app.runtime.state.get("localhost", auth.sessions.key(first.session.sid))
+    with app.runtime.bind("localhost"):
+        users.set_roles("alice", ["viewer"], auth.roles_epoch)
+    assert first.call("my_roles") == ["viewer"]
+    # A slide written by a call that read the session before the change puts the old roles back: not believed.
+    app.runtime.state.set("localhost", auth.sessions.key(first.session.sid), stored, 600)
+    assert first.call("my_roles") == second.call("my_roles") == ["viewer"]
+    with app.runtime.bind("localhost"):
+        users.set_roles("alice", [], auth.roles_epoch)
+    assert first.call("my_roles") == second.call("my_roles") == []
 
 
 def test_roles_that_cannot_be_read_refuse_the_call_with_a_signed_503_that_slides_nothing(
@@ -480,7 +514,7 @@ def test_a_user_stored_before_roles_existed_has_none(app):
         "username": "old", "password": users_hash(), "created": 1}, {})])
     with app.runtime.bind("localhost"):
         assert users.roles_of("old") == ()
-        assert users.set_roles("old", ["editor"]) is True
+        assert users.set_roles("old", ["editor"], auth_of(app).roles_epoch) is True
         assert users.roles_of("old") == ("editor",)
 
 

@@ -459,9 +459,13 @@ def fail_login(app, times: int, origin: str = "127.0.0.1", username: str = "alic
             for _ in range(times)]
 
 
-def test_the_fifth_failure_is_401_and_the_sixth_attempt_is_account_locked(app):
+def test_the_fifth_failure_locks_the_account_and_says_so_and_the_sixth_attempt_is_account_locked(app):
     results = fail_login(app, 5)
-    assert [r.json["exc"] for r in results] == ["InvalidCredential"] * 5
+    assert [r.json["exc"] for r in results] == ["InvalidCredential"] * 4 + ["AccountLocked"]
+    locking = assert_error(results[-1], 429, "AccountLocked")
+    assert locking["err"] == ["invalid username or password", "too many failed logins for this account; try again "
+                              "later"]
+    assert (locking["retry_after"], results[-1].headers["Retry-After"]) == (300, "300")
     result = send(app, "/auth/login", login_body(), remote_addr="127.0.0.1")
     body = assert_error(result, 429, "AccountLocked")
     assert body["retry_after"] == 300
@@ -514,7 +518,8 @@ def test_after_a_lock_the_failure_count_restarts(app, fake_clock):
 
 def test_an_unknown_user_locks_the_same_way(app):
     results = fail_login(app, 6, origin="10.0.0.2", username="nobody")
-    assert [r.json["exc"] for r in results] == ["InvalidCredential"] * 5 + ["AccountLocked"]
+    assert [r.json["exc"] for r in results] == ["InvalidCredential"] * 4 + ["AccountLocked"] * 2
+    assert [r.json.get("retry_after") for r in results[4:]] == [300, 300]  # a lock tells nothing about the user
 
 
 def test_account_max_failures_zero_disables_locks(auth_app):

@@ -85,8 +85,10 @@ def test_a_day_of_ordinary_use_behind_one_address_bans_nobody(office, client_for
         alice_phone.call("echo", "x")
     later(1)
     # Dave tests the account lock on purpose: five wrong passwords, then the right one, refused.
-    for _ in range(5):
+    for _ in range(4):
         typo("dave", "not my password")
+    assert_error(send(office, "/auth/login", login_body("dave", "not my password"), remote_addr=OFFICE), 429,
+                 "AccountLocked")  # the fifth locks the account, and says so
     with pytest.raises(AccountLocked):
         tab("dave")
     assert dave.call("echo", "still signed in")["user"] == "dave"  # a lock ends no session

@@ -272,24 +272,25 @@ def test_cli_adduser_users_passwd_deluser(cli, capsys, fake_clock):
     assert cli("adduser", "eve", "--domain", "localhost", "--password-stdin", password="eve password") == 0
     assert cli("users") == 0
     out = capsys.readouterr().out
-    assert "created bob@alpha.localhost" in out
-    assert "bob@alpha.localhost  sessions 0" in out.splitlines() and "eve@localhost  sessions 0" in out.splitlines()
+    assert "Created the user bob@alpha.localhost." in out
+    assert "bob@alpha.localhost: no live session." in out.splitlines()
+    assert "eve@localhost: no live session." in out.splitlines()
     assert cli("users", "--domain", "localhost") == 0
-    assert capsys.readouterr().out.splitlines() == ["eve@localhost  sessions 0"]
+    assert capsys.readouterr().out.splitlines() == ["eve@localhost: no live session."]
 
     app = cli.app()
     try:
         bob = Client(app=app, host="alpha.localhost", clock=fake_clock)
         bob.login("bob", "first password")
         assert cli("passwd", "bob", "--domain", "alpha.localhost", "--password-stdin", password="second password") == 0
-        assert "ended 1 session(s)" in capsys.readouterr().out
+        assert "Changed the password of bob@alpha.localhost; ended its 1 live session.\n" in capsys.readouterr().out
         with pytest.raises(UnknownSession):
             bob.call("echo", "x")
         assert_error(send(app, "/auth/login", login_body("bob", "first password"), host="alpha.localhost"),
                      401, "InvalidCredential")
         bob.login("bob", "second password")
         assert cli("deluser", "bob", "--domain", "alpha.localhost") == 0
-        assert "deleted bob@alpha.localhost; ended 1 session(s)" in capsys.readouterr().out
+        assert "Deleted the user bob@alpha.localhost; ended its 1 live session.\n" in capsys.readouterr().out
         with pytest.raises(UnknownSession):
             bob.call("echo", "x")
         assert_error(send(app, "/auth/login", login_body("bob", "second password"), host="alpha.localhost"),
@@ -331,17 +332,17 @@ def test_cli_sessions_and_end_sessions(cli, capsys, fake_clock):
         capsys.readouterr()
         assert cli("sessions", "bob", "--domain", "localhost") == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"bob@localhost  session {bob.session.sid[:8]}...  created ") and "from 127.0.0.1" \
+        assert lines[0].startswith(f"bob@localhost: session {bob.session.sid[:8]}..., created ") and "from 127.0.0.1," \
             in lines[0]
-        assert lines[1:] == ["1 live session(s)"]
+        assert lines[1:] == ["1 live session."]
         assert cli("end-sessions", "bob", "--domain", "localhost") == 0
         captured = capsys.readouterr()
-        assert captured.out == "ended 1 session(s) of bob@localhost\n"
+        assert captured.out == "Ended 1 live session of bob@localhost.\n"
         assert "event=sessions_ended domain=localhost origin=cli user=bob admin=" in captured.err
         with pytest.raises(UnknownSession):
             bob.call("echo", "x")
         assert cli("sessions") == 0
-        assert capsys.readouterr().out == "0 live session(s)\n"
+        assert capsys.readouterr().out == "No live session.\n"
     finally:
         app.runtime.close()
 
@@ -350,20 +351,26 @@ def test_cli_users_shows_a_lock_and_unlock_ends_it(cli, capsys, fake_clock):
     assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
     app = cli.app()
     try:
-        for _ in range(5):
+        for _ in range(4):
             assert_error(send(app, "/auth/login", login_body("bob", "not his")), 401, "InvalidCredential")
+        assert_error(send(app, "/auth/login", login_body("bob", "not his")), 429, "AccountLocked")  # the lock it sets
         assert_error(send(app, "/auth/login", login_body("bob", "first password")), 429, "AccountLocked")
         capsys.readouterr()
         assert cli("users", "--domain", "localhost") == 0
-        assert re.fullmatch(r"bob@localhost  sessions 0  locked until \S+Z \(\d+ s\)\n", capsys.readouterr().out)
+        assert re.fullmatch(r"bob@localhost: no live session; locked until \S+Z \(in \d+ s\) after failed logins\.\n",
+                            capsys.readouterr().out)
+        assert cli("locks") == 0
+        assert re.fullmatch(r"bob@localhost is locked until \S+Z \(in 300 s\)\.\n", capsys.readouterr().out)
         assert cli("unlock", "bob", "--domain", "localhost") == 0
         captured = capsys.readouterr()
-        assert captured.out == "unlocked bob@localhost\n"
+        assert captured.out == "Unlocked bob@localhost.\n"
+        assert cli("locks", "--domain", "localhost") == 0
+        assert capsys.readouterr().out == "No account is locked in localhost.\n"
         assert "event=account_unlocked domain=localhost origin=cli user=bob" in captured.err
         assert "was_locked=true" in captured.err
         Client(app=app, host="localhost", clock=fake_clock).login("bob", "first password")
         assert cli("unlock", "bob", "--domain", "localhost") == 0
-        assert capsys.readouterr().out == "bob@localhost was not locked; its failed logins are forgotten\n"
+        assert capsys.readouterr().out == "bob@localhost was not locked; its failed logins are forgotten.\n"
     finally:
         app.runtime.close()
 
@@ -380,12 +387,12 @@ def test_cli_unban_ends_a_ban(cli, capsys):
         assert attempt(10) == 429
         assert cli("unban", origin, "--domain", "localhost") == 0
         captured = capsys.readouterr()
-        assert captured.out == f"unbanned {origin} in localhost\n"
+        assert captured.out == f"Unbanned {origin} in localhost.\n"
         assert "event=unbanned domain=localhost origin=cli admin=" in captured.err
         assert f"banned_origin={origin} was_banned=true" in captured.err
         assert attempt(11) == 401
         assert cli("unban", f"[{origin}]", "--domain", "localhost") == 0
-        assert capsys.readouterr().out == f"{origin} was not banned in localhost; its abuse weight is forgotten\n"
+        assert capsys.readouterr().out == f"{origin} was not banned in localhost; its abuse weight is forgotten.\n"
     finally:
         app.runtime.close()
 
@@ -431,13 +438,13 @@ def test_cli_roles_shows_and_sets_a_users_roles(cli, capsys):
     assert cli("adduser", "bob", "--domain", "localhost", "--password-stdin", password="first password") == 0
     capsys.readouterr()
     assert cli("roles", "bob", "--domain", "localhost") == 0
-    assert capsys.readouterr().out == "bob@localhost: (no roles)\n"
+    assert capsys.readouterr().out == "bob@localhost has no roles.\n"
     assert cli("roles", "bob", "--domain", "LOCALHOST", "--set", "editor, admin ,editor") == 0
-    assert capsys.readouterr().out == "bob@localhost: admin, editor\n"
+    assert capsys.readouterr().out == "bob@localhost now has the roles admin, editor.\n"
     assert cli("roles", "bob", "--domain", "localhost", "--set", "admin,editor") == 0
-    assert capsys.readouterr().out == "bob@localhost: admin, editor (unchanged)\n"
+    assert capsys.readouterr().out == "bob@localhost already has the roles admin, editor: nothing changed.\n"
     assert cli("roles", "bob", "--domain", "localhost") == 0
-    assert capsys.readouterr().out == "bob@localhost: admin, editor\n"
+    assert capsys.readouterr().out == "bob@localhost has the roles admin, editor.\n"
     app = cli.app()
     try:
         with app.runtime.bind("localhost"):
@@ -445,7 +452,7 @@ def test_cli_roles_shows_and_sets_a_users_roles(cli, capsys):
     finally:
         app.runtime.close()
     assert cli("roles", "bob", "--domain", "localhost", "--set", "") == 0
-    assert capsys.readouterr().out == "bob@localhost: (no roles)\n"
+    assert capsys.readouterr().out == "bob@localhost now has no roles.\n"
 
 
 @pytest.mark.parametrize("argv, message", [

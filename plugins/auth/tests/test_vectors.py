@@ -44,11 +44,11 @@ def test_signing_reproduces_the_vector(vector):
 
 def plant_session(app, vector) -> None:
     """Store the vector's sid and key as a live session of its domain, opened at its ts."""
-    sessions = auth_of(app).sessions
+    sessions, limits = auth_of(app).sessions, auth_of(app).tenant(vector["domain"]).settings
     now = float(vector["ts"])
     sessions.save(Session(sid=vector["sid"], username="alice", domain=vector["domain"],
                           key=b64url_decode(vector["key"]), created=now,
-                          idle_expires=now + sessions.idle, absolute_expires=now + sessions.absolute), now)
+                          idle_expires=now + limits.idle_timeout, absolute_expires=now + limits.absolute_timeout), now)
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=IDS)

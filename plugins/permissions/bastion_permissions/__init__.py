@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from kernel import Config, ConfigError, Request, Runtime, hookimpl
+from kernel import Config, ConfigError, PluginSettings, Request, Runtime, hookimpl
 
 #: A role's name: 1 to 64 letters, digits or ``_.-`` (the auth plugin stores the same).
 ROLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -33,7 +33,7 @@ SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 NAME = "bastion_permissions.runtime"
 
 
-def read(config: Config) -> dict[str, frozenset[str]]:
+def read(config: PluginSettings | Config) -> dict[str, frozenset[str]]:
     """Claim ``[permissions]``: service -> the roles that may call it. ConfigError names a bad key or value."""
     rules: dict[str, frozenset[str]] = {}
     for service, value in config.raw_section("permissions").items():
@@ -55,8 +55,8 @@ def read(config: Config) -> dict[str, frozenset[str]]:
 class Permissions:
     """The ``[permissions]`` rules of one runtime, and the hooks that apply them."""
 
-    def __init__(self, config: Config, rules: dict[str, frozenset[str]]):
-        self.label = config.label
+    def __init__(self, label: str, rules: dict[str, frozenset[str]]):
+        self.label = label
         self.rules = rules
 
     @hookimpl
@@ -82,6 +82,6 @@ class Permissions:
 
 
 @hookimpl
-def bastion_configure(config: Config, runtime: Runtime) -> None:
+def bastion_configure(settings: PluginSettings, runtime: Runtime) -> None:
     """Claim ``[permissions]`` and register this runtime's :class:`Permissions`."""
-    runtime.register(Permissions(config, read(config)), name=NAME)
+    runtime.register(Permissions(settings.label, read(settings)), name=NAME)

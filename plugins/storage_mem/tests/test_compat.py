@@ -25,7 +25,7 @@ def test_it_registers_nothing():
 def test_one_plugin_answers_mem():
     """Every installed plugin loaded: only the kernel's built-in ``storage_mem`` opens ``mem://``."""
     pm = get_plugin_manager(only=None, trace=False)
-    given = {"url": StorageURL("mem://"), "config": None, "clock": FakeClock()}
+    given = {"url": StorageURL("mem://"), "settings": None, "config": None, "clock": FakeClock()}
     answering = [impl.plugin_name for impl in pm.hook.bastion_storage_driver.get_hookimpls()
                  if impl.function(**{arg: given[arg] for arg in impl.argnames}) is not None]
     assert answering == ["storage_mem"]

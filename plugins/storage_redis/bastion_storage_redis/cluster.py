@@ -81,7 +81,7 @@ class ClusterWire:
         self._make_client = make_client
         self._make_pool = make_pool
         self._label = label
-        self._wire_options = {"retries": retries, "wait_replicas": wait_replicas, "wait_timeout": wait_timeout}
+        self._wire_options: dict[str, Any] = {"retries": retries, "wait_replicas": wait_replicas, "wait_timeout": wait_timeout}
         self._client: redis.RedisCluster | None = None
         self._wires: dict[str, Wire] = {}
         self._lock = threading.Lock()
@@ -213,7 +213,10 @@ class ClusterWire:
             if masters <= chosen.keys():
                 break
         for probe, slot in chosen.values():
-            self._routed(slot, lambda wire, asking, probe=probe: wire.probe(probe, ttl_ms, asking=asking))
+            def send(wire: Wire, asking: bool, probe: str = probe) -> None:
+                wire.probe(probe, ttl_ms, asking=asking)
+
+            self._routed(slot, send)
 
     def shards(self) -> list[Wire]:
         """The wire of every master (administration scans each one)."""

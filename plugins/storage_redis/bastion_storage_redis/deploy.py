@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 from bastion_storage_redis.settings import CLUSTER_SCHEMES, SCHEMES, parse_cluster_url, scheme_of
 from kernel import Problem, StorageURL, is_loopback_host
 
 
-def problems(config) -> list[Problem]:
-    """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS."""
-    settings = config.bastion
-    urls = {"storage": settings.storage}
-    if settings.state and settings.state != settings.storage:
-        urls["state"] = settings.state
+def problems(urls: Mapping[str, str]) -> list[Problem]:
+    """A remote Redis without a password (an error: anyone who reaches it has every session key) or without TLS.
+
+    ``urls`` are the kernel's storage URLs by their ``[bastion]`` key (``PluginSettings.storage_urls``).
+    """
     found: list[Problem] = []
     for key, url in urls.items():
         scheme = scheme_of(url)

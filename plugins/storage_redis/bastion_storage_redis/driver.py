@@ -369,7 +369,7 @@ class RedisDriver:
         """
         check_json(value)
         now = self.clock()
-        keys = self._state_keys(domain, key)
+        keys: tuple[str, ...] = self._state_keys(domain, key)
         if if_live is not None:
             keys = (*keys, self.keys.state(domain, if_live))
         stored = self._wire.eval(self._add, keys, (now, dumps_text(value), now + ttl, _ttl_ms(ttl)))

@@ -61,7 +61,7 @@ def scheme_of(url: str) -> str:
     return StorageURL(url).scheme
 
 
-def make_pool(url: str, options: Mapping[str, Any]) -> redis.ConnectionPool:
+def make_pool(url: str, options: Mapping[str, Any]) -> redis.BlockingConnectionPool:
     """Build the blocking connection pool of ``url`` with the section's ``options``.
 
     A blocking pool makes a burst of threads queue for a connection instead

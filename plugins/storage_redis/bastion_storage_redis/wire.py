@@ -43,6 +43,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+_hiredis_pack: Callable[..., bytes] | None
 try:  # pragma: no cover - depends on the installed extra
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover

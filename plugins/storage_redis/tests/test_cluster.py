@@ -184,7 +184,7 @@ def test_bad_cluster_urls_stop_the_start_naming_no_password(url, message):
     from bastion_storage_redis import bastion_storage_driver
 
     with pytest.raises(ConfigError) as info:
-        bastion_storage_driver(url=url, config=Config.from_dict({}), clock=FakeClock())
+        bastion_storage_driver(url=url, settings=Config.from_dict({}), clock=FakeClock())
     assert message in str(info.value) and "redis+cluster://" in str(info.value) and "secret" not in str(info.value)
 
 

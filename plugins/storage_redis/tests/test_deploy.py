@@ -7,7 +7,7 @@ from kernel import Config
 
 def problems(storage: str, state: str = "") -> dict[str, str]:
     config = Config.from_dict({"bastion": {"storage": storage, "state": state}})
-    return {p.id: p.message for p in deploy.problems(config)}
+    return {p.id: p.message for p in deploy.problems(config.for_plugin("test").storage_urls)}
 
 
 def test_a_remote_redis_without_a_password_is_an_error_and_plain_tcp_a_warning():

@@ -14,13 +14,13 @@ from kernel.testing import FakeClock, get_plugin_manager
 def test_other_schemes_are_left_to_other_plugins():
     config = Config.from_dict({})
     for url in ("mem://", "sqlite:///var/b.sqlite3", "postgresql://db/b", "redisx://h", "unixfoo://x"):
-        assert bastion_storage_driver(url=url, config=config, clock=FakeClock()) is None
+        assert bastion_storage_driver(url=url, settings=config, clock=FakeClock()) is None
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "REDIS://127.0.0.1:1/2", "rediss://h.example:6380/0",
                                  "unix:///run/redis/redis.sock?db=1"])
 def test_redis_schemes_open_a_driver_without_connecting(url):
-    driver = bastion_storage_driver(url=url, config=Config.from_dict({}), clock=FakeClock())
+    driver = bastion_storage_driver(url=url, settings=Config.from_dict({}), clock=FakeClock())
     try:
         assert isinstance(driver, RedisDriver)
     finally:
@@ -30,8 +30,8 @@ def test_redis_schemes_open_a_driver_without_connecting(url):
 def test_section_settings_reach_the_pool():
     config = Config.from_dict({"storage_redis": {"max_connections": 7, "socket_timeout": 0.5,
                                                  "health_check_interval": 0, "key_prefix": "blue"}})
-    bastion_configure(config=config)
-    driver = bastion_storage_driver(url="redis://127.0.0.1:1/3", config=config, clock=FakeClock())
+    bastion_configure(settings=config)
+    driver = bastion_storage_driver(url="redis://127.0.0.1:1/3", settings=config, clock=FakeClock())
     try:
         pool = driver.client.connection_pool
         assert isinstance(pool, redis.BlockingConnectionPool)
@@ -52,7 +52,7 @@ def test_section_settings_reach_the_pool():
 def test_bad_settings_stop_the_start(key, value, message):
     config = Config.from_string(f"[storage_redis]\n{key} = {value}\n", path="bastion.ini")
     with pytest.raises(ConfigError) as info:
-        bastion_configure(config=config)
+        bastion_configure(settings=config)
     assert message in str(info.value) and "bastion.ini" in str(info.value)
 
 
@@ -96,5 +96,5 @@ def test_runtime_in_mixed_mode(redis_server):
 
 def test_a_malformed_url_is_a_configuration_error():
     with pytest.raises(ConfigError) as info:
-        bastion_storage_driver(url="redis://:hunter2@h:port/zero", config=Config.from_dict({}), clock=FakeClock())
+        bastion_storage_driver(url="redis://:hunter2@h:port/zero", settings=Config.from_dict({}), clock=FakeClock())
     assert "hunter2" not in str(info.value) and "Redis URL" in str(info.value)

@@ -10,35 +10,38 @@ See docs/storage-sql.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from bastion_storage_sql import cli, deploy, settings
+from bastion_storage_sql import cli, deploy
+from bastion_storage_sql import settings as options
 from bastion_storage_sql.driver import SqlDriver
 from bastion_storage_sql.engine import is_sql_url
-from kernel import hookimpl
+from kernel import PluginSettings, Problem, StorageURL, hookimpl
 
 __all__ = ["SqlDriver"]
 
 
 @hookimpl
-def bastion_configure(config):
+def bastion_configure(settings: PluginSettings) -> None:
     """Claim and check the ``[storage_sql]`` section."""
-    settings.read(config)
+    options.read(settings)
 
 
 @hookimpl
-def bastion_storage_driver(url, config, clock):
+def bastion_storage_driver(url: StorageURL, settings: PluginSettings | None,
+                           clock: Callable[[], float] | None) -> SqlDriver | None:
     """Open a :class:`SqlDriver` for sqlite and postgresql URLs, else return None."""
     if not is_sql_url(url):
         return None
-    development = config.bastion.development if config is not None else False
-    return SqlDriver(url, clock=clock or time.time, options=settings.read(config),
+    development = settings.development if settings is not None else False
+    return SqlDriver(url, clock=clock or time.time, options=options.read(settings),
                      schema="upgrade" if development else "check")
 
 
 @hookimpl
-def bastion_deploy_checks(config):
+def bastion_deploy_checks(settings: PluginSettings) -> list[Problem]:
     """SQLite with several nodes in mind, PostgreSQL over the network without a password or verified TLS."""
-    return deploy.problems(config)
+    return deploy.problems(settings.storage_urls)
 
 
 @hookimpl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -12,12 +14,11 @@ from kernel import Problem, StorageURL, is_loopback_host
 VERIFIED = ("verify-ca", "verify-full")
 
 
-def problems(config) -> list[Problem]:
-    """SQLite (one machine: warned), PostgreSQL on another host without a password or without verified TLS."""
-    settings = config.bastion
-    urls = {"storage": settings.storage}
-    if settings.state and settings.state != settings.storage:
-        urls["state"] = settings.state
+def problems(urls: Mapping[str, str]) -> list[Problem]:
+    """SQLite (one machine: warned), PostgreSQL on another host without a password or without verified TLS.
+
+    ``urls`` are the kernel's storage URLs by their ``[bastion]`` key (``PluginSettings.storage_urls``).
+    """
     found: list[Problem] = []
     sqlite_keys = []
     for key, url in urls.items():

@@ -128,9 +128,11 @@ def _enable_wal(path: str, busy: float) -> None:
 
 
 def _sqlite_engine(url: URL, settings: Mapping[str, Any], pool: dict[str, Any]) -> Engine:
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    database = url.database
+    assert database is not None  # parse_url refuses a SQLite URL without a file path
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
     busy = float(settings["sqlite_busy_timeout"])
-    _enable_wal(url.database, busy)
+    _enable_wal(database, busy)
     synchronous = settings["sqlite_synchronous"].upper()
     wal_limit = int(settings["sqlite_wal_limit"])
     # No rollback when a connection goes back to the pool: the driver ends every transaction it begins

@@ -39,8 +39,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from sqlalchemy import QueuePool
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -52,6 +53,9 @@ from bastion_storage_sql.sql import Sql
 from bastion_storage_sql.wal import Wal
 from bastion_storage_sql.watchdog import Watch, Watchdog
 from kernel import ServiceUnavailable, VersionConflict
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIModule
 
 log = logging.getLogger("bastion.storage_sql")
 
@@ -112,7 +116,7 @@ class SqlExecutor:
         dbapi = self.engine.dialect.loaded_dbapi
         #: What the DBAPI raises for a duplicate key: the stores' compare-and-set inserts catch it.
         self.integrity_error: type[Exception] = dbapi.IntegrityError
-        self._dbapi_error: type[Exception] = dbapi.Error
+        self._dbapi_error: type[DBAPIModule.Error] = dbapi.Error
         self._errors = (sa_exc.SQLAlchemyError, dbapi.Error)  # whatever the database or the pool can raise
         self._outage_errors = (dbapi.OperationalError, dbapi.InterfaceError)
         self._busy_ms = int(float(self.settings["sqlite_busy_timeout"]) * 1000)
@@ -120,13 +124,16 @@ class SqlExecutor:
         self._idle: list[Any] = []
         self._kept_connections = int(self.settings["pool_size"])
         self._closed = False
-        database = self.engine.url.database
         #: SQLite: its WAL file, checkpointed now and then after writes (None on PostgreSQL).
-        self.wal = (None if self.postgresql
-                    else Wal(database, int(self.settings["sqlite_wal_limit"]), self._busy_ms, dbapi.Error))
+        self.wal: Wal | None = None
         #: SQLite: writers take turns here rather than in SQLite's sleeping busy handler (None when off).
-        self.gate = (WriteGate(database, self._busy_ms / 1000)
-                     if not self.postgresql and self.settings["sqlite_write_gate"] else None)
+        self.gate: WriteGate | None = None
+        if not self.postgresql:
+            database = self.engine.url.database
+            assert database is not None  # parse_url refuses a SQLite URL without a file path
+            self.wal = Wal(database, int(self.settings["sqlite_wal_limit"]), self._busy_ms, dbapi.Error)
+            if self.settings["sqlite_write_gate"]:
+                self.gate = WriteGate(database, self._busy_ms / 1000)
         # PostgreSQL cancels a statement past statement_timeout; the watchdog ends a call that gets no answer at all.
         timeout = float(self.settings["statement_timeout"])
         #: PostgreSQL: cuts the connection of a call without an answer past its deadline (None without a timeout).
@@ -282,8 +289,9 @@ class SqlExecutor:
     def _checkin(self, fairy: Any) -> None:
         """Keep a valid SQLite connection for the next call while the process holds at most ``pool_size``
         (in use or kept); give anything else back to the pool, where a call waiting for one gets it."""
+        # SQLite's engine pools with a QueuePool (engine.py), which counts the connections checked out.
         if (not self.postgresql and fairy.is_valid and not self._closed
-                and self.engine.pool.checkedout() <= self._kept_connections):
+                and cast(QueuePool, self.engine.pool).checkedout() <= self._kept_connections):
             self._idle.append(fairy)
         else:
             fairy.close()
@@ -318,7 +326,7 @@ class SqlExecutor:
             return False
         return self.engine.dialect.is_disconnect(error, connection, None)
 
-    def _failure(self, error: BaseException, conflicts: bool) -> Exception:
+    def _failure(self, error: Exception, conflicts: bool) -> Exception:
         """The kernel error to raise for a backend error (or the error itself when it is a bug)."""
         if conflicts and is_transaction_conflict(error):
             return VersionConflict("record changed")

@@ -90,7 +90,8 @@ class Write:
     def __init__(self, kind: str, work: Any, conflicts: bool):
         self.kind, self.work, self.conflicts = kind, work, conflicts
         self.deadline = 0.0
-        self.done, self.ok, self.value = False, False, None
+        self.done, self.ok = False, False
+        self.value: Any = None
         self._settled: threading.Event | None = None
 
     def settle(self, ok: bool, value: Any) -> None:
@@ -135,7 +136,8 @@ class WriteGate:
     def _start(self, pid: int) -> None:
         """This process's turn lock, queue and file wait; the lock file is opened at the first turn (:meth:`enter`)."""
         self._pid, self._opened = pid, False
-        self._lock, self._queue_lock, self._queue = threading.Lock(), threading.Lock(), []
+        self._lock, self._queue_lock = threading.Lock(), threading.Lock()
+        self._queue: list[Write] = []
         #: Guards the helper's state below, and the ``wanted`` of the :class:`_FileWait` in ``_waiting``.
         self._file_lock = threading.Lock()
         self._helper_asked = threading.Condition(self._file_lock)
@@ -296,6 +298,7 @@ class WriteGate:
                 if self._closed:  # the gate left the descriptor to this thread, which was using it
                     os.close(fd)
                     return
+                assert wait is not None  # set when this thread was asked, and only this thread clears it
                 if wait.wanted:
                     wait.given = True  # the writer goes on (without the file, on an error: as without the gate)
                     wait.granted.release()

@@ -115,7 +115,8 @@ class SqlRecords:
         self._fetch_sql = compile_(sa.select(r.vsn, r.data).where(record_is))
         self._select_sql: dict[tuple[int, bool, bool], Sql] = {}
         self._domains_sql = compile_(sa.select(r.domain).where(r.model == _p("m")).distinct().order_by(r.domain))
-        values = {"domain": _p("d"), "model": _p("m"), "id": _p("id"), "vsn": sa.literal_column("1"), "data": _p("data")}
+        values: dict[str, sa.ColumnElement[Any]] = {
+            "domain": _p("d"), "model": _p("m"), "id": _p("id"), "vsn": sa.literal_column("1"), "data": _p("data")}
         if not self._postgresql:
             # SQLite has no sequences; its writers hold the database lock, so max + 1 is race-free.
             values["seq"] = (sa.select(sa.func.coalesce(sa.func.max(r.seq), 0) + 1)

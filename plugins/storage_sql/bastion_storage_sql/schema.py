@@ -24,6 +24,8 @@ Every expiry is an absolute Unix time computed from the driver's clock.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 #: Alembic's version table, named so that it never collides with an application's own.
@@ -34,8 +36,9 @@ MAX_TOKEN = 200
 
 metadata = sa.MetaData()
 
-# SQLite stores the narrow, key-only tables without a rowid: the primary key is the table.
-_WITHOUT_ROWID = {"sqlite_with_rowid": False}
+# SQLite stores the narrow, key-only tables without a rowid: the primary key is the table. Typed as Table's
+# **kw: a dict[str, bool] unpacked into Table(...) would also have to fit its typed keywords (autoload_with, ...).
+_WITHOUT_ROWID: dict[str, Any] = {"sqlite_with_rowid": False}
 
 records = sa.Table(
     "bastion_records", metadata,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kernel import Bool, Choice, Config, Float, Int, Option
+from kernel import Bool, Choice, Config, Float, Int, Option, PluginSettings
 
 SECTION = "storage_sql"
 
@@ -36,8 +36,8 @@ def defaults() -> dict[str, Any]:
     return {key: option.default for key, option in SCHEMA.items()}
 
 
-def read(config: Config | None) -> Mapping[str, Any]:
-    """Claim and return ``[storage_sql]`` of ``config`` (the defaults when there is no config)."""
-    if config is None:
+def read(settings: PluginSettings | Config | None) -> Mapping[str, Any]:
+    """Claim and return ``[storage_sql]`` (the defaults when there are no settings)."""
+    if settings is None:
         return defaults()
-    return config.section(SECTION, SCHEMA)
+    return settings.section(SECTION, SCHEMA)

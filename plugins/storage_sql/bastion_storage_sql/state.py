@@ -114,7 +114,7 @@ class SqlState:
         drop_window = windows.delete().where(window_is)
         if self._postgresql:
             # One statement: the upsert and the removal of a window of that name.
-            self._set_sql = (compile_(upsert.add_cte(drop_window.cte("dropped_window"))),)
+            self._set_sql: tuple[Sql, ...] = (compile_(upsert.add_cte(drop_window.cte("dropped_window"))),)
         else:
             self._set_sql = (compile_(upsert), compile_(drop_window))
         # Insert, or take over the row only if it has expired. RETURNING rather
@@ -151,7 +151,7 @@ class SqlState:
         if self._postgresql:
             gone_key, gone_window = delete_key.cte("gone_key"), delete_window.cte("gone_window")
             both = sa.union_all(sa.select(gone_key.c.expires), sa.select(gone_window.c.expires)).subquery()
-            self._delete_sql = (compile_(sa.select(sa.func.max(both.c.expires))),)
+            self._delete_sql: tuple[Sql, ...] = (compile_(sa.select(sa.func.max(both.c.expires))),)
         else:
             self._delete_sql = (compile_(delete_key), compile_(delete_window))
 
@@ -166,7 +166,7 @@ class SqlState:
         self._entries_sql = compile_(sa.select(w.member, w.weight, w.expires)
                                      .where(window_is, w.expires > _p("now")).order_by(w.expires, w.member))
         self._discard_sql = compile_(windows.delete().where(window_is, w.member == _p("m")).returning(w.expires))
-        self._purge_sql: dict[int, tuple[Sql, Sql]] = {}
+        self._purge_sql: dict[int, tuple[Sql, ...]] = {}
         keys = sa.select(sa.func.count()).select_from(state).where(c.domain != _p("probe")).scalar_subquery()
         members = sa.select(sa.func.count()).select_from(windows).scalar_subquery()
         self._count_sql = compile_(sa.select(keys + members))
@@ -315,7 +315,7 @@ class SqlState:
         """Delete up to ``limit`` expired rows of each state table; return how many went from each."""
         statements = self._purge_sql.get(limit)
         if statements is None:
-            statements = []
+            compiled: list[Sql] = []
             for table, key in ((state, (state.c.domain, state.c.key)),
                                (windows, (windows.c.domain, windows.c.key, windows.c.member))):
                 victims = sa.select(*key).where(table.c.expires <= _p("now")).limit(limit)
@@ -324,9 +324,9 @@ class SqlState:
                     victims = victims.with_for_update(skip_locked=True)
                 # The outer test re-checks each row, so a key refreshed since the
                 # sub-select (a new nonce under an old name) is never deleted.
-                statements.append(self._compile(
+                compiled.append(self._compile(
                     table.delete().where(table.c.expires <= _p("now"), sa.tuple_(*key).in_(victims))))
-            statements = self._purge_sql[limit] = tuple(statements)
+            statements = self._purge_sql[limit] = tuple(compiled)
         values = {"now": self.clock()}
 
         def work(connection):

@@ -7,7 +7,7 @@ from kernel import Config
 
 def problems(storage: str, state: str = "") -> dict[str, str]:
     config = Config.from_dict({"bastion": {"storage": storage, "state": state}})
-    return {p.id: p.message for p in deploy.problems(config)}
+    return {p.id: p.message for p in deploy.problems(config.for_plugin("test").storage_urls)}
 
 
 def test_sqlite_is_one_machine_a_warning_named_once():

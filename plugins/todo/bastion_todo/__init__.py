@@ -1,4 +1,4 @@
-"""The todo application: a Todo model that keeps its history, six services and a TodoMVC web UI.
+"""The todo application: a Todo model that keeps its history, seven services and a TodoMVC web UI.
 
 Written the way the Fanery tutorial writes it: a model of four classmethods,
 and services that each open one unit of work with ``with storage() as db:``.
@@ -10,11 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from bastion_todo.model import Todo
+from bastion_todo.permitted import NAME, Permitted
 from bastion_todo.services import CLEAR_CHUNK, PAGE_LIMIT, add, clear_completed, get_all, history, remove, update
-from kernel import hookimpl
+from kernel import Runtime, hookimpl
 
 #: The web UI, served at ``/`` on every allowed host.
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+#: The services of docs/protocol.md section 10 that ``permitted`` tells the caller about.
+SERVICES = [get_all, add, update, remove, clear_completed, history]
+
+
+@hookimpl
+def bastion_configure(runtime: Runtime) -> None:
+    """Register this runtime's ``permitted`` service (it asks the runtime's authorization)."""
+    runtime.register(Permitted(runtime, [fn.__name__ for fn in SERVICES]), name=NAME)
 
 
 @hookimpl
@@ -25,8 +36,8 @@ def bastion_models():
 
 @hookimpl
 def bastion_services():
-    """Register the todo services."""
-    return [get_all, add, update, remove, clear_completed, history]
+    """Register the todo services (``permitted`` is registered bound, by this runtime's :class:`Permitted`)."""
+    return list(SERVICES)
 
 
 @hookimpl

@@ -115,8 +115,8 @@ def clear_completed() -> int:
     removed = min(len(completed), CLEAR_CHUNK)
     for start in range(CLEAR_CHUNK, len(completed), CLEAR_CHUNK):
         with storage() as db:
-            chunk = [db.get(Todo, record._id) for record in completed[start:start + CLEAR_CHUNK]]
-            chunk = [record for record in chunk if record is not None and record.done]
+            fetched = [db.get(Todo, record._id) for record in completed[start:start + CLEAR_CHUNK]]
+            chunk = [record for record in fetched if record is not None and record.done]
             for record in chunk:
                 db.delete(record)
         removed += len(chunk)

@@ -130,7 +130,12 @@ def serve():
 
 
 class PageErrors:
-    """Collects every JavaScript error and console error of the pages it watches."""
+    """Collects every JavaScript error, console error and console warning of the pages it watches.
+
+    Chromium's advice on the page's markup (the ``[DOM]`` messages, such as a
+    password form without a username field) counts as a warning, whatever
+    level Chromium logs it at.
+    """
 
     # The browser logs every non-2xx fetch as a console error; the tests provoke those on purpose.
     NETWORK_LOG = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
@@ -149,12 +154,12 @@ class PageErrors:
         self.expected_statuses.update(statuses)
 
     def _console(self, page, msg):
-        if msg.type != "error":
+        if msg.type not in ("error", "warning") and not msg.text.startswith("[DOM]"):
             return
         network = self.NETWORK_LOG.match(msg.text)
         if network and int(network.group(1)) in self.expected_statuses:
             return
-        self.errors.append(f"{page.url}: console error: {msg.text}")
+        self.errors.append(f"{page.url}: console {msg.type}: {msg.text}")
 
 
 @pytest.fixture
@@ -195,24 +200,43 @@ def password_hash() -> str:
     return argon2.using(type="ID", memory_cost=64, rounds=1).hash(PASSWORD)
 
 
+def todo_sections(password_hash: str, storage="mem://", users=(), roles=None, permissions=None, **auth):
+    """The sections and the plugins of a todo server: see :func:`todo_server`."""
+    sections = {
+        "bastion": {"development": True, "storage": storage},
+        "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
+        "users": {user: password_hash for user in (*USERS, *users)},
+    }
+    plugins = ["storage_mem" if storage == "mem://" else "storage_sql", "auth", "todo"]
+    if roles:
+        sections["roles"] = roles
+    if permissions:
+        sections["permissions"] = permissions
+        plugins.append("permissions")
+    return sections, plugins
+
+
 @pytest.fixture
-def todo_server(password_hash, gunicorn_server):
-    """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)`` returns its port.
-
-    ``todo_server(storage="sqlite:///...")`` serves that database with storage_sql instead.
-
-    The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
-    """
+def todo_gunicorn(password_hash, gunicorn_server):
+    """Like :func:`todo_server`, but returns the server (its port, and its configuration file beside its log)."""
     if importlib.util.find_spec("bastion_auth") is None:
         skip_or_fail("the auth plugin is not installed")
 
-    def start(storage="mem://", **auth):
-        sections = {
-            "bastion": {"development": True, "storage": storage},
-            "auth": {"argon2_memory_cost": 64, "argon2_time_cost": 1, **auth},
-            "users": {user: password_hash for user in USERS},
-        }
-        driver = "storage_mem" if storage == "mem://" else "storage_sql"
-        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": f"{driver},auth,todo"}).port
+    def start(**settings):
+        sections, plugins = todo_sections(password_hash, **settings)
+        return gunicorn_server(sections, env={"BASTION_LOAD_PLUGINS": ",".join(plugins)})
 
     return start
+
+
+@pytest.fixture
+def todo_server(todo_gunicorn):
+    """Start gunicorn (storage_mem, auth, todo) with USERS: ``todo_server(**auth_settings)`` returns its port.
+
+    ``todo_server(storage="sqlite:///...")`` serves that database with storage_sql instead;
+    ``users=("bob@localhost",)`` adds users (with the same password), ``roles={"alice@localhost": "auditor"}``
+    gives roles, and ``permissions={"history": "auditor"}`` loads the permissions plugin with those rules.
+
+    The servers stop after the test (the ``gunicorn_server`` fixture of kernel.testing).
+    """
+    return lambda **settings: todo_gunicorn(**settings).port

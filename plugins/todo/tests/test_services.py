@@ -7,7 +7,7 @@ from bastion_todo import CLEAR_CHUNK, PAGE_LIMIT, Todo
 
 from kernel import BastionError, ServiceUnavailable, storage
 
-ALL_SERVICES = ["add", "clear_completed", "get_all", "history", "remove", "update"]
+ALL_SERVICES = ["add", "clear_completed", "get_all", "history", "permitted", "remove", "update"]
 
 
 def status(error) -> tuple[int, str]:
@@ -20,6 +20,29 @@ def status(error) -> tuple[int, str]:
 def test_the_plugin_registers_its_model_and_services(app):
     assert [info.name for info in app.runtime.models] == ["Todo"]
     assert [name for name in app.runtime.services.names() if name in ALL_SERVICES] == ALL_SERVICES
+
+
+def test_permitted_names_every_todo_service_when_no_authorization_says_otherwise(call):
+    assert call("permitted") == ["get_all", "add", "update", "remove", "clear_completed", "history"]
+
+
+def test_permitted_names_only_the_services_the_callers_roles_allow(users_app, login):
+    users_app({"alice@localhost": "alice's password", "bob@localhost": "bob's password"},
+              sections={"permissions": {"history": "auditor", "clear_completed": "admin, auditor"},
+                        "roles": {"alice@localhost": "auditor"}},
+              only=["storage_mem", "auth", "permissions", "todo"])
+    alice, bob = login("alice"), login("bob")
+    assert alice.call("permitted") == ["get_all", "add", "update", "remove", "clear_completed", "history"]
+    assert bob.call("permitted") == ["get_all", "add", "update", "remove"]
+    todo = bob.call("add", "mine")
+    assert len(alice.call("history", todo["id"])) == 1  # what permitted says is what the calls meet
+    with pytest.raises(BastionError) as refused:
+        bob.call("history", todo["id"])
+    assert status(refused.value) == (403, "Forbidden")
+
+
+def test_permitted_takes_no_argument(call):
+    assert status(call.error("permitted", "history")) == (400, "InvalidCall")
 
 
 def test_the_model_indexes_done(app):

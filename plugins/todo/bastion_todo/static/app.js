@@ -8,6 +8,13 @@
  *
  * The account panel changes the password (with the current one) and lists
  * where the user is signed in, with a button that signs out the others.
+ *
+ * The history panel shows who changed a todo, what and when, newest first,
+ * a page at a time; it is offered only to users who may call `history`
+ * (the `permitted` service says which todo services the user may call).
+ *
+ * A new todo or an edit the server refuses keeps its text in its input, with
+ * the reason beside it.
  */
 (function () {
   "use strict";
@@ -29,9 +36,20 @@
     accountTitle: $("#account-title"),
     accountClose: $(".account-close"),
     password: $("#password"),
+    passwordUsername: $("#password .password-username"),
     sessionList: $(".session-list"),
     endSessions: $(".end-sessions"),
     newTodo: $(".new-todo"),
+    newTodoError: $("#new-todo-error"),
+    historyPanel: $("#history"),
+    historyTitle: $("#history-title"),
+    historyText: $("#history .history-text"),
+    historyList: $(".history-list"),
+    historyPages: $(".history-pages"),
+    historyRange: $(".history-range"),
+    historyNewer: $(".history-newer"),
+    historyOlder: $(".history-older"),
+    historyClose: $(".history-close"),
     alert: $(".alert"),
     notice: $(".notice"),
     login: $("#login"),
@@ -51,7 +69,11 @@
   var editing = null;      // id of the todo being edited
   var queue = Promise.resolve();
   var signedIn = false;
-  var view = "todos";      // or "account": the account panel instead of the list
+  var view = "todos";      // or "account" or "history": a panel instead of the list
+  var permitted = new Set();  // the todo services this user may call (the `permitted` service)
+  // The history panel: its todo's id, its versions newest first, each with what it changed, and the page shown.
+  var shownHistory = { id: null, entries: [], page: 0 };
+  var HISTORY_PAGE = 10;
 
   // -- words ----------------------------------------------------------------
 
@@ -61,15 +83,19 @@
 
   function minutes(seconds) {
     var n = Math.max(1, Math.ceil((Number(seconds) || 60) / 60));
-    return n + " " + plural(n, "minute", "minutes");
+    return number(n) + " " + plural(n, "minute", "minutes");
   }
 
   function number(n) {
     return Number(n).toLocaleString("en-US");
   }
 
-  function when(seconds) {
-    return new Date(seconds * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  function when(seconds, timeStyle) {
+    return new Date(seconds * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: timeStyle || "short" });
+  }
+
+  function quoted(text) {
+    return "\u201c" + text + "\u201d";
   }
 
   /** A failure in plain words. */
@@ -93,7 +119,8 @@
         return "This todo was removed elsewhere — reloaded.";
       case "ValidationError":
         if (fields.text && fields.text.too_long) {
-          return "A todo can be at most 1,000 characters long; this one has " + fields.text.too_long + ".";
+          return "A todo can be at most " + number(1000) + " characters long; this one has " +
+            number(fields.text.too_long) + ".";
         }
         if (fields.text && "invalid" in fields.text) return "A todo cannot be blank.";
         return "The server refused this change.";
@@ -149,7 +176,11 @@
     signedIn = false;
     todos = [];
     editing = null;
+    permitted = new Set();
     closeAccount(false);
+    closeHistory(false);
+    fieldError(el.newTodo, el.newTodoError, "");
+    el.newTodo.value = "";
     tell("");
     el.login.hidden = false;
     el.account.hidden = true;
@@ -166,8 +197,36 @@
     el.login.elements.force.checked = false;
     el.account.hidden = false;
     el.username.textContent = user && user.username ? user.username : "";
+    el.passwordUsername.value = user && user.username ? user.username : "";
     el.newTodo.hidden = false;
     el.newTodo.focus();
+  }
+
+  /** What a signed-in tab loads: which todo services the user may call, then the list. */
+  function load() {
+    return loadPermitted().then(reload);
+  }
+
+  function loadPermitted() {
+    return Bastion.safe_call("permitted").then(function (names) {
+      permitted = new Set(names);
+    }, function (error) {
+      var exc = error && error.exc;
+      if (exc !== "Forbidden" && exc !== "NotFound") throw error;
+      permitted = new Set();  // a server that does not say: offer nothing beyond the list
+    });
+  }
+
+  function may(service) {
+    return permitted.has(service);
+  }
+
+  /** Show a field's error beside it (or none, with an empty message). */
+  function fieldError(input, error, message) {
+    error.textContent = message || "";
+    error.hidden = !message;
+    if (message) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
   }
 
   function sessionEnded(error) {
@@ -178,6 +237,7 @@
   // -- the account panel ----------------------------------------------------
 
   function openAccount() {
+    closeHistory(false);
     view = "account";
     say("");
     tell("");
@@ -274,11 +334,121 @@
     el.endSessions.disabled = true;
     Bastion.safe_call("end_sessions").then(function (ended) {
       tell(ended === 0 ? "There was no other session to sign out."
-        : "Signed out " + ended + " other " + plural(ended, "session", "sessions") + ".");
+        : "Signed out " + number(ended) + " other " + plural(ended, "session", "sessions") + ".");
       return loadSessions();
     }, accountFailed).then(function () {
       el.endSessions.disabled = false;
     });
+  }
+
+  // -- the history panel ----------------------------------------------------
+
+  function openHistory(id) {
+    var todo = find(id);
+    if (!todo || !may("history")) return;
+    view = "history";
+    say("");
+    tell("");
+    shownHistory = { id: id, entries: [], page: 0 };
+    el.historyText.textContent = quoted(todo.text);
+    el.historyList.replaceChildren();
+    el.historyList.setAttribute("aria-busy", "true");
+    el.historyPages.hidden = true;
+    el.historyPanel.hidden = false;
+    el.newTodo.hidden = true;
+    render();
+    el.historyTitle.focus();
+    // After the changes already queued, so that the history holds them.
+    enqueue(function () {
+      return Bastion.safe_call("history", id).then(function (versions) {
+        if (view !== "history" || shownHistory.id !== id) return;
+        shownHistory.entries = changes(versions).reverse();
+        renderHistory();
+      }, function (error) {
+        if (error && error.exc === "Forbidden") permitted["delete"]("history");  // the user's roles changed
+        if (view === "history" && shownHistory.id === id) closeHistory(false);
+        throw error;
+      });
+    });
+  }
+
+  function closeHistory(focus) {
+    var wasOpen = view === "history";
+    var id = shownHistory.id;
+    el.historyPanel.hidden = true;
+    el.historyList.replaceChildren();
+    shownHistory = { id: null, entries: [], page: 0 };
+    if (!wasOpen) return;
+    view = "todos";
+    if (!signedIn) return;
+    el.newTodo.hidden = false;
+    render();
+    var li = items.get(id);
+    var button = li && li.isConnected ? $(".history-open", li) : null;
+    if (focus) (button && !button.hidden ? button : el.newTodo).focus();
+    enqueue(reload);  // what others changed meanwhile
+  }
+
+  /** The versions of a todo, oldest first, each with who made it, when, and what it changed in words. */
+  function changes(versions) {
+    return versions.map(function (version, i) {
+      var before = i ? versions[i - 1].data : null;
+      return { vsn: version.vsn, at: version.at, by: version.by, what: whatChanged(version.data, before, version.vsn) };
+    });
+  }
+
+  /** What a version did, in words, from its data and the data of the version before it (null: none kept). */
+  function whatChanged(data, before, vsn) {
+    if (!data) return "removed it";
+    var state = data.done ? "completed" : "active";
+    if (!before) {
+      return vsn === 1 ? "added " + quoted(data.text) + (data.done ? ", completed" : "")
+        : "left it as " + quoted(data.text) + ", " + state;  // its earlier versions are no longer kept
+    }
+    var what = [];
+    if (data.text !== before.text) what.push("changed " + quoted(before.text) + " to " + quoted(data.text));
+    if (data.done !== before.done) what.push("marked it " + state);
+    return what.length ? what.join(" and ") : "saved it unchanged";
+  }
+
+  function renderHistory() {
+    var entries = shownHistory.entries;
+    var pages = Math.max(1, Math.ceil(entries.length / HISTORY_PAGE));
+    var page = Math.min(Math.max(shownHistory.page, 0), pages - 1);
+    shownHistory.page = page;
+    var first = page * HISTORY_PAGE;
+    var shown = entries.slice(first, first + HISTORY_PAGE);
+    el.historyList.replaceChildren.apply(el.historyList, shown.map(historyItem));
+    el.historyList.removeAttribute("aria-busy");
+    el.historyPages.hidden = pages < 2;
+    el.historyRange.textContent = "Changes " + number(first + 1) + "\u2013" + number(first + shown.length) +
+      " of " + number(entries.length);
+    el.historyNewer.disabled = page === 0;
+    el.historyOlder.disabled = page === pages - 1;
+  }
+
+  function historyItem(entry) {
+    var li = document.createElement("li");
+    li.className = "version";
+    li.dataset.vsn = entry.vsn;
+    var by = document.createElement("strong");
+    by.className = "by";
+    by.textContent = entry.by || "The server";
+    var what = document.createElement("span");
+    what.className = "what";
+    what.textContent = entry.what;
+    var at = document.createElement("time");
+    at.dateTime = new Date(entry.at * 1000).toISOString();
+    at.textContent = when(entry.at, "medium");
+    li.append(by, " ", what, at);
+    return li;
+  }
+
+  function historyPage(step) {
+    shownHistory.page += step;
+    renderHistory();
+    var button = step > 0 ? el.historyOlder : el.historyNewer;
+    (button.disabled ? el.historyTitle : button).focus();  // a disabled button would drop the focus
   }
 
   // -- server ---------------------------------------------------------------
@@ -340,23 +510,57 @@
     render();
   }
 
+  // Failures that `fail` handles for the whole list: the session ended (the sign-in form), or the todo changed or
+  // went elsewhere (the list is read again). Any other refusal of a text is the text's own, said beside it.
+  var LIST_FAILURES = new Set(["UnknownSession", "ExpiredSession", "VersionConflict", "RecordNotFound"]);
+
+  /** Hand a refusal of a text to `rejected` (when given), so that the text is kept; the rest goes on to `fail`. */
+  function refusedWith(rejected) {
+    return function (error) {
+      if (rejected && !LIST_FAILURES.has(error && error.exc)) return rejected(error);
+      throw error;
+    };
+  }
+
   function add(text) {
     enqueue(function () {
       return Bastion.safe_call("add", text).then(function (todo) {
         todos.push(todo);
         render();
-      });
+      }, refusedWith(function (error) { rejectedNew(text, error); }));
     });
   }
 
-  function change(id, fields) {
+  /** A new todo the server refused: its text back in the input (unless another was typed since), the reason beside. */
+  function rejectedNew(text, error) {
+    if (!signedIn) return;
+    if (!el.newTodo.value.trim()) el.newTodo.value = text;
+    fieldError(el.newTodo, el.newTodoError, describe(error));
+    if (view === "todos" && !editing) {
+      el.newTodo.focus();
+      el.newTodo.setSelectionRange(el.newTodo.value.length, el.newTodo.value.length);
+    }
+  }
+
+  function change(id, fields, rejected) {
     enqueue(function () {
       var todo = find(id);
       if (!todo) return;
       var kwargs = { id: todo.id, vsn: todo.vsn };
       for (var k in fields) kwargs[k] = fields[k];
-      return Bastion.safe_call("update", kwargs).then(replace);
+      return Bastion.safe_call("update", kwargs).then(replace, refusedWith(rejected));
     });
+  }
+
+  /** An edit the server refused: the todo is edited again with the refused text, the reason beside it. */
+  function rejectedEdit(id, text, error) {
+    render();
+    var li = items.get(id);
+    if (!signedIn || view !== "todos" || editing || !li || !li.isConnected || !find(id)) {
+      say(describe(error));  // nowhere to edit it again: say it in the alert
+      return;
+    }
+    startEditing(li, text, describe(error));
   }
 
   function remove(id) {
@@ -402,10 +606,7 @@
       toggle.type = "checkbox";
       var label = document.createElement("label");
       label.tabIndex = 0;
-      var destroy = document.createElement("button");
-      destroy.className = "destroy";
-      destroy.type = "button";
-      view.append(toggle, label, destroy);
+      view.append(toggle, label, button("edit-todo"), button("history-open"), button("destroy"));
       li.append(view);
       items.set(todo.id, li);
     }
@@ -414,8 +615,19 @@
     $(".toggle", li).setAttribute("aria-label", (todo.done ? "Mark as active: " : "Mark as completed: ") + todo.text);
     $("label", li).textContent = todo.text;
     $("label", li).title = "Double-click (or press Enter) to edit";
+    $(".edit-todo", li).setAttribute("aria-label", "Edit: " + todo.text);
+    $(".history-open", li).setAttribute("aria-label", "History: " + todo.text);
+    $(".history-open", li).title = "Who changed it, and when";
+    $(".history-open", li).hidden = !may("history");
     $(".destroy", li).setAttribute("aria-label", "Delete: " + todo.text);
     return li;
+  }
+
+  function button(className) {
+    var b = document.createElement("button");
+    b.className = className;
+    b.type = "button";
+    return b;
   }
 
   function render() {
@@ -444,7 +656,7 @@
     el.toggleAll.checked = any && left === 0;
     el.count.replaceChildren();
     var strong = document.createElement("strong");
-    strong.textContent = String(left);
+    strong.textContent = number(left);
     el.count.append(strong, " " + plural(left, "item", "items") + " left");
     el.clearCompleted.hidden = completed === 0;
     var current = "#/" + (filter() === "all" ? "" : filter());
@@ -458,16 +670,25 @@
 
   // -- editing --------------------------------------------------------------
 
-  function startEditing(li) {
+  /** Edit a todo: its text (or `text`, one the server refused), and `message` beside it when there is one. */
+  function startEditing(li, text, message) {
     var todo = find(li.dataset.id);
     if (!todo || editing) return;
     editing = todo.id;
     li.classList.add("editing");
     var input = document.createElement("input");
     input.className = "edit";
-    input.value = todo.text;
+    input.value = text === undefined ? todo.text : text;
     input.setAttribute("aria-label", "Edit todo");
     li.append(input);
+    if (message) {
+      var error = document.createElement("p");
+      error.className = "field-error edit-error";
+      error.id = "edit-error";
+      input.setAttribute("aria-describedby", error.id);
+      li.append(error);
+      fieldError(input, error, message);
+    }
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);
   }
@@ -480,10 +701,11 @@
     var text = input.value.trim();
     li.classList.remove("editing");
     input.remove();
+    $$(".edit-error", li).forEach(function (error) { error.remove(); });
     var todo = find(id);
     if (save && todo) {
       if (!text) remove(id);
-      else if (text !== todo.text) change(id, { text: text });
+      else if (text !== todo.text) change(id, { text: text }, function (error) { rejectedEdit(id, text, error); });
     }
     render();
     var label = $("label", li);
@@ -498,6 +720,7 @@
     if (!text) return;
     el.newTodo.value = "";
     say("");
+    fieldError(el.newTodo, el.newTodoError, "");
     add(text);
   });
 
@@ -508,9 +731,16 @@
   });
 
   el.list.addEventListener("click", function (event) {
-    if (!event.target.classList.contains("destroy")) return;
-    say("");
-    remove(event.target.closest("li").dataset.id);
+    var target = event.target;
+    var li = target.closest("li");
+    if (target.classList.contains("destroy")) {
+      say("");
+      remove(li.dataset.id);
+    } else if (target.classList.contains("edit-todo")) {
+      startEditing(li);  // the touch screen's way to edit: a tap, where a mouse double-clicks
+    } else if (target.classList.contains("history-open")) {
+      openHistory(li.dataset.id);
+    }
   });
 
   el.list.addEventListener("dblclick", function (event) {
@@ -559,7 +789,7 @@
     Bastion.login(username, form.password.value, form.force.checked).then(function (user) {
       form.password.value = "";
       showApp(user);
-      return reload();
+      return load();
     }).catch(function (error) {
       if (error && error.exc === "MaxActiveSessions") el.force.hidden = false;
       say(describe(error));
@@ -579,6 +809,13 @@
     tell("");
     closeAccount(true);
   });
+
+  el.historyClose.addEventListener("click", function () {
+    say("");
+    closeHistory(true);
+  });
+  el.historyNewer.addEventListener("click", function () { historyPage(-1); });
+  el.historyOlder.addEventListener("click", function () { historyPage(1); });
 
   el.password.addEventListener("submit", changePassword);
   el.endSessions.addEventListener("click", endOtherSessions);
@@ -604,7 +841,7 @@
   Bastion.ready.then(function () {
     if (Bastion.session()) {
       showApp(Bastion.user());
-      return reload();
+      return load();
     }
     showLogin();
   }).catch(fail);
