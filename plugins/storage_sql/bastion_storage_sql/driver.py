@@ -129,7 +129,7 @@ class SqlDriver:
 
     # -- whole tenants (kernel.core.driver.TenantStore): SqlTenants does the work ----
 
-    def tenants(self) -> list[str]:
+    def tenants(self) -> dict[str, TenantCounts]:
         return self.tenant_store.tenants()
 
     def tenant_counts(self, domain: str) -> TenantCounts:

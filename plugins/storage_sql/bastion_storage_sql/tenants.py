@@ -139,7 +139,8 @@ class SqlTenants:
 
     def _build_writes(self, compile_: Callable[[Any], Sql]) -> None:
         r = records.c
-        values = {"domain": _p("d"), "model": _p("m"), "id": _p("id"), "vsn": _p("vsn"), "data": _p("data")}
+        values: dict[str, sa.ColumnElement[Any]] = {"domain": _p("d"), "model": _p("m"), "id": _p("id"),
+                                                    "vsn": _p("vsn"), "data": _p("data")}
         if not self._postgresql:  # as SqlRecords inserts: the load holds SQLite's write lock, so max + 1 is race-free
             values["seq"] = (sa.select(sa.func.coalesce(sa.func.max(r.seq), 0) + 1)
                              .where(r.domain == _p("d"), r.model == _p("m")).scalar_subquery())
