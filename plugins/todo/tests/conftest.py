@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ import pytest
 
 from kernel import BastionError
 from kernel.testing import import_or_skip, skip_or_fail
+
+# The test modules import ui_helpers.py, beside this file (pytest imports them with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 class Caller:

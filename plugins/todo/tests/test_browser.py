@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ui_helpers import add, expect, items, login
 
 from kernel import UnknownSession
 from kernel.testing import Client, import_or_skip
@@ -125,25 +126,6 @@ def test_the_fallback_handler_is_error(client_page):
 
 PASSWORD = "correct horse battery"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "tests" / "artifacts"
-
-
-def expect(target):
-    return import_or_skip("playwright.sync_api").expect(target)
-
-
-def login(page, username="alice", password=PASSWORD):
-    page.fill("form#login input[name=username]", username)
-    page.fill("form#login input[name=password]", password)
-    page.click("form#login button[type=submit]")
-
-
-def add(page, text):
-    page.fill("input.new-todo", text)
-    page.press("input.new-todo", "Enter")
-
-
-def items(page):
-    return page.locator("ul.todo-list li")
 
 
 @pytest.fixture
