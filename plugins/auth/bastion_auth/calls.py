@@ -11,6 +11,7 @@ user's record in the records store, after the nonce, so that no refused call rea
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -117,9 +118,12 @@ class SignedCalls:
             raise error
         now = auth.clock()
         tenant = auth.tenant(request.domain)
-        if abs(now - int(credentials.ts)) > tenant.settings.skew:
+        # Whole seconds against whole seconds: a client's ts is its clock rounded down, so the server's is too,
+        # and the window is symmetric, floor(now) - skew to floor(now) + skew, both ends included.
+        offset = math.floor(now) - int(credentials.ts)
+        if abs(offset) > tenant.settings.skew:
             return self._refusal(session, StaleCall("the call's timestamp is outside the allowed skew", server_time=now),
-                                 skew=round(now - int(credentials.ts)))
+                                 skew=offset)
         nonce_key = f"nonce:{sid}:{credentials.nonce}"
         if not auth.state.add(request.domain, nonce_key, 1, tenant.nonce_ttl, if_live=auth.sessions.key(sid)):
             # Either the nonce was used, or the session ended since it was read: say which.

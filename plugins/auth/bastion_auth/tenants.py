@@ -127,8 +127,9 @@ class Tenant:
 
     @property
     def nonce_ttl(self) -> int:
-        """Seconds a call's nonce is remembered: a call can pass while ``|now - ts| <= skew``, and its ``ts``
-        may lie up to ``skew`` ahead of ``now``."""
+        """Seconds a call's nonce is remembered: a call can pass while ``|floor(now) - ts| <= skew``, and its
+        ``ts`` may lie up to ``skew`` ahead of ``floor(now)`` when it is first used, so it can pass again until
+        ``floor(now)`` is past ``ts + skew``: for ``2 * skew + 1`` seconds at most."""
         return 2 * self.settings.skew + 1
 
     def describe(self, defaults: Mapping[str, Any]) -> list[tuple[str, str, str]]:

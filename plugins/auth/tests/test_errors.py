@@ -310,6 +310,22 @@ def test_a_ts_at_the_edge_of_the_skew_passes(app, alice, fake_clock, delta):
     assert send(app, "/api/echo", b'{"args": ["x"]}', headers).status_code == 200
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.999])
+@pytest.mark.parametrize("delta, status", [(-61, 401), (-60, 200), (60, 200), (61, 401)])
+def test_the_skew_window_is_symmetric_around_the_servers_whole_second(app, alice, fake_clock, fraction, delta,
+                                                                      status):
+    """floor(now) - 60 and floor(now) + 60 pass, one second more either way is stale, whatever the fraction of
+    the server's clock: a client's ts is its clock rounded down, and the server rounds its own down too."""
+    fake_clock.set(1_767_222_100 + fraction)
+    ts = str(1_767_222_100 + delta)
+    headers, nonce = sign(alice, "/api/echo", b'{"args": ["x"]}', ts=ts)
+    result = send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    assert result.status_code == status
+    if status == 401:
+        assert_error(result, 401, "StaleCall")
+        assert is_signed(result, alice.session.key, nonce)
+
+
 def test_the_client_retries_a_stale_call_once_with_a_corrected_offset(alice, fake_clock):
     alice.offset = -300.0  # its clock is five minutes late
     sent = []
@@ -354,6 +370,17 @@ def test_a_nonce_is_remembered_as_long_as_its_ts_can_pass(app, alice, fake_clock
     assert_error(send(app, "/api/echo", b"", headers), 401, "ReplayedCall")
     fake_clock.advance(1)
     assert_error(send(app, "/api/echo", b"", headers), 401, "StaleCall")
+
+
+def test_a_nonce_is_remembered_for_the_last_fraction_of_its_last_second(app, alice, fake_clock):
+    fake_clock.set(1_767_222_100.999)
+    body = b'{"args": ["x"]}'
+    headers, _ = sign(alice, "/api/echo", body, ts=str(1_767_222_100 + 60))  # as far ahead as passes
+    assert send(app, "/api/echo", body, headers).status_code == 200
+    fake_clock.set(1_767_222_100 + 120.999)  # floor(now) is ts + 60: the ts still passes, so the nonce must count
+    assert_error(send(app, "/api/echo", body, headers), 401, "ReplayedCall")
+    fake_clock.set(1_767_222_100 + 121)
+    assert_error(send(app, "/api/echo", body, headers), 401, "StaleCall")
 
 
 def test_a_nonce_may_be_reused_by_another_session(app, alice, client_for):
