@@ -230,7 +230,7 @@ class Client:
         try:
             conn.request(method, self.prefix + path, body=body or None, headers=headers)
             raw = conn.getresponse()
-            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+            return Response(raw.status, _fields(raw.getheaders()), raw.read())
         finally:
             conn.close()
 
@@ -256,7 +256,7 @@ class Client:
         started: list[Any] = []
 
         def start_response(status: str, response_headers: list[tuple[str, str]], exc_info=None):
-            started[:] = [int(status.split(" ", 1)[0]), {k.lower(): v for k, v in response_headers}]
+            started[:] = [int(status.split(" ", 1)[0]), _fields(response_headers)]
 
         chunks = self.app(environ, start_response)
         try:
@@ -266,6 +266,17 @@ class Client:
             if close is not None:
                 close()
         return Response(started[0], started[1], data)
+
+
+def _fields(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Header fields by lower-case name; a field sent several times is one value, joined with ", " as HTTP joins
+    them (RFC 9110, section 5.3; what a browser's ``fetch`` shows too), so a repeated ``Server-Authorization`` is
+    no valid one, rather than whichever came last."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        fields[key] = f"{fields[key]}, {value}" if key in fields else value
+    return fields
 
 
 def _encode(payload: Any) -> bytes:

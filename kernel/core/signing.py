@@ -26,7 +26,7 @@ _PARAM_RULES = {
     "mac": re.compile(rf"[{_B64URL}]{{43}}"),
 }
 _PAIR = r'([a-z]+)="([^"\r\n]*)"'
-_HEADER = re.compile(r"(?i:bastion-hmac) +" + r" *, *".join([_PAIR] * 4))
+_HEADER = re.compile(r"(?ai:bastion-hmac) +" + r" *, *".join([_PAIR] * 4))
 
 
 def b64url(data: bytes) -> str:
@@ -104,11 +104,21 @@ def parse_authorization(value: str | None) -> dict[str, str] | None:
     return params
 
 
+_SERVER_HEADER = re.compile(r'[ \t]*(?ai:bastion-hmac) +mac="([A-Za-z0-9_-]{43})"[ \t]*')
+
+
 def parse_server_authorization(value: str | None) -> str | None:
-    """Return the MAC of a ``Server-Authorization`` header, or None if malformed."""
+    """Return the MAC of a ``Server-Authorization`` header, or None if malformed.
+
+    docs/protocol.md section 4: the scheme in any case, one or more spaces,
+    ``mac="`` (lower case) and 43 b64url characters in quotes, nothing else;
+    spaces and tabs around the whole value are not part of it (HTTP strips
+    them). Several fields, joined with commas as HTTP joins them, are no
+    value: the caller passes them joined, and they are refused.
+    """
     if value is None:
         return None
-    match = re.fullmatch(r'(?i:bastion-hmac) +mac="([A-Za-z0-9_-]{43})"', value.strip())
+    match = _SERVER_HEADER.fullmatch(value)
     return match.group(1) if match else None
 
 

@@ -181,10 +181,15 @@
     });
   }
 
+  // Section 4: the scheme in any case, one or more spaces, mac="<43 b64url characters>" in lower case, nothing
+  // else; spaces and tabs around the whole value are HTTP's, not the value's. fetch joins a field sent several
+  // times with ", ": such a value is refused, as the protocol wants exactly one.
+  var SERVER_AUTHORIZATION = /^[ \t]*([A-Za-z-]+) +mac="([A-Za-z0-9_-]{43})"[ \t]*$/;
+
   /** The mac of a `Server-Authorization` header value, or null when it is malformed. */
   function parseServerAuthorization(value) {
-    var match = /^\s*bastion-hmac\s+mac="([A-Za-z0-9_-]{43})"\s*$/i.exec(value || "");
-    return match ? match[1] : null;
+    var match = SERVER_AUTHORIZATION.exec(typeof value === "string" ? value : "");
+    return match && match[1].toLowerCase() === SCHEME.toLowerCase() ? match[2] : null;
   }
 
   /** Promise of true when `header` carries the valid MAC of the response (checked by crypto.subtle.verify). */
@@ -726,6 +731,7 @@
     _authorization: authorization,
     _responseMac: responseMac,
     _verifyResponse: verifyResponse,
+    _parseServerAuthorization: parseServerAuthorization,
     _callBody: function () { return callBody(Array.prototype.slice.call(arguments)); }
   };
 

@@ -68,6 +68,18 @@ def test_bastion_js_reproduces_the_protocol_vectors(client_page, vector):
     assert (got["other_status"], got["other_body"], got["other_nonce"]) == (False, False, False)
 
 
+GRAMMAR = json.loads((Path(__file__).resolve().parents[3] / "tests" / "data" / "server-authorization.json")
+                     .read_text("utf-8"))["values"]
+
+
+def test_bastion_js_reads_server_authorization_as_the_python_client_does(client_page):
+    """The table tests/test_clients_agree.py holds the Python client to: the same mac, or null, for every value."""
+    got = client_page.evaluate("(values) => values.map(Bastion._parseServerAuthorization)",
+                               [case["value"] for case in GRAMMAR])
+    assert dict(zip([case["what"] for case in GRAMMAR], got, strict=True)) == {
+        case["what"]: case["mac"] for case in GRAMMAR}
+
+
 def test_bastion_js_signs_the_exact_utf8_bytes_of_the_body(client_page):
     got = client_page.evaluate("""async () => [
         await Bastion._sha256(""),
