@@ -48,7 +48,7 @@ LOGIN_OUTCOMES: dict[type[BastionError], str] = {
 ESCAPED_CHARACTER = 12
 #: Room in a login body besides its two strings: the keys, ``force``, spaces.
 LOGIN_BODY_OVERHEAD = 1024
-#: The largest logout body: the server hashes it and reads it no further; clients send ``{}`` or nothing.
+#: The largest logout body: clients send ``{}`` or nothing (:func:`parse_logout`).
 LOGOUT_MAX_BODY = 1024
 
 
@@ -97,6 +97,21 @@ def locking(refusal: str, retry_after: float) -> AccountLocked:
     return error
 
 
+def parse_logout(body: bytes) -> None:
+    """Check a logout body: empty (or only whitespace), or a call's body without arguments (``{}``,
+    ``{"args": []}``, ``{"kwargs": {}}`` or both: a logout is signed exactly like a call, and takes none).
+    Anything else is InvalidCall."""
+    if not body.strip():
+        return
+    try:
+        payload = loads(body)
+    except ValueError:
+        raise InvalidCall("malformed JSON body") from None
+    if (not isinstance(payload, dict) or set(payload) - {"args", "kwargs"} or payload.get("args", []) != []
+            or payload.get("kwargs", {}) != {}):
+        raise InvalidCall("a logout takes no arguments: its body is empty or {}")
+
+
 class Login:
     """The login and logout of one runtime's auth plugin (its stores, clock and events are the :class:`Auth`'s)."""
 
@@ -110,8 +125,7 @@ class Login:
         its bodies need (a few hundred bytes), far below the server's: a client with no session cannot make
         the server read, hash or parse a mebibyte here."""
         routes.post(LOGIN_PATH, self.login, protected=True, max_body=self.max_body)
-        routes.post(LOGOUT_PATH, lambda request: {"result": self.logout(request.session)}, protected=True,
-                    signed=True, max_body=LOGOUT_MAX_BODY)
+        routes.post(LOGOUT_PATH, self.logout_call, protected=True, signed=True, max_body=LOGOUT_MAX_BODY)
 
     def refused(self, request: Request, error: BastionError) -> None:
         """Count a refused login in ``bastion_logins_total`` by its outcome (``in_progress``: its origin's
@@ -276,6 +290,11 @@ class Login:
         self._confirm(domain, origin, attempt, self.auth.clock())
 
     # -- the logout -------------------------------------------------------
+
+    def logout_call(self, request: Request) -> dict[str, Any]:
+        """``/auth/logout``: a body with no arguments, then the session ended (a refused body ends nothing)."""
+        parse_logout(request.body)
+        return {"result": self.logout(request.session)}
 
     def logout(self, session: Session) -> bool:
         """End the session of a signed logout call (the kernel authenticated it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
@@ -181,3 +182,36 @@ def test_the_client_rejects_a_forged_unsigned_forbidden(app, fake_clock):
 def test_the_client_accepts_a_genuine_signed_error(app, alice):
     with pytest.raises(Forbidden):
         alice.call("secret")
+
+
+# -- the logout's body ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [b"", b"  \r\n", b"{}", b" { } ", b'{"args": []}', b'{"kwargs": {}}',
+                                  b'{"args": [], "kwargs": {}}'],
+                         ids=["empty", "whitespace", "object", "object-spaced", "no-args", "no-kwargs", "neither"])
+def test_a_logout_with_no_arguments_ends_the_session(app, alice, body):
+    headers, nonce = sign(alice, "/auth/logout", body)
+    result = send(app, "/auth/logout", body, headers)
+    assert (result.status_code, result.json) == (200, {"result": True})
+    assert is_signed(result, alice.session.key, nonce)
+    headers, _ = sign(alice, "/api/echo", b'{"args": ["x"]}')
+    assert_error(send(app, "/api/echo", b'{"args": ["x"]}', headers), 401, "UnknownSession")
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'{"x":1}', b"not json", b"[]", b"null", b'"bye"', b'{"args": [1]}',
+                                  b'{"kwargs": {"all": true}}', b'{"args": {}}', b'{"a": 1, "a": 1}', b"{} {}"],
+                         ids=["array", "other-key", "not-json", "empty-array", "null", "string", "an-arg",
+                              "a-kwarg", "args-not-array", "repeated-key", "two-values"])
+def test_a_logout_with_any_other_body_is_a_signed_invalid_call_and_ends_nothing(app, alice, body):
+    headers, nonce = sign(alice, "/auth/logout", body)
+    result = send(app, "/auth/logout", body, headers)
+    assert_error(result, 400, "InvalidCall")
+    assert is_signed(result, alice.session.key, nonce)
+    assert alice.call("echo", "still here")["x"] == "still here"
+
+
+def test_both_clients_logout_bodies_are_accepted(app, alice):
+    """The Python client sends {}, bastion.js an empty body (its logout); both end the session."""
+    assert alice.logout() is True
+    source = (Path(__file__).resolve().parents[3] / "kernel" / "static" / "bastion.js").read_text("utf-8")
+    assert 'signedPost("/auth/logout", "")' in source
