@@ -476,3 +476,62 @@ def test_an_authenticator_that_reads_no_roles_may_keep_them_on_its_session_read_
     app = kernel_app(plugins=[HeaderAuth(), RolesPlugin()])
     plain = falcon.testing.TestClient(app, headers={"Host": "localhost", "X-Test-User": "carol"})
     assert plain.simulate_post("/api/my_roles").json == {"result": []}
+
+
+# -- headers an error's body implies: Retry-After equal to retry_after, WWW-Authenticate on every 401 ---------------
+
+class Refusing:
+    """Services that refuse with a retry_after, one of them whose body was changed after it was raised."""
+
+    @hookimpl
+    def bastion_services(self):
+        from kernel.core.errors import Abusive, AccountLocked, BastionError, ServiceUnavailable
+
+        @service
+        def abusive() -> None:
+            raise Abusive("slow down", retry_after=2.2)
+
+        @service
+        def locked() -> None:
+            raise AccountLocked("locked", retry_after=299.01)
+
+        @service
+        def unavailable() -> None:
+            raise ServiceUnavailable("down")
+
+        @service
+        def rewritten() -> None:
+            error = ServiceUnavailable("down", retry_after=5)
+            error.extra["retry_after"] = 9  # whatever changes the body, the header follows it
+            raise error
+
+        class Custom(BastionError):
+            status = 429
+
+        @service
+        def custom() -> None:
+            raise Custom("a plugin's own error", retry_after=4)
+
+        return [abusive, locked, unavailable, rewritten, custom]
+
+
+@pytest.mark.parametrize("name, seconds", [("abusive", 3), ("locked", 300), ("unavailable", 5), ("rewritten", 9),
+                                           ("custom", 4)])
+def test_retry_after_in_the_header_always_equals_the_bodys(kernel_app, name, seconds):
+    app = kernel_app(plugins=[HeaderAuth(), Refusing()])
+    c = falcon.testing.TestClient(app, headers={"Host": "localhost", "X-Test-User": "alice"})
+    result = c.simulate_post(f"/api/{name}")
+    assert result.json["retry_after"] == seconds
+    assert result.headers["retry-after"] == str(seconds)
+
+
+def test_an_error_without_retry_after_has_no_retry_after_header(client):
+    assert "retry-after" not in client.simulate_get("/no/such/thing").headers
+
+
+def test_every_401_names_the_scheme_in_www_authenticate(client):
+    """RFC 9110, section 11.6.1: a 401 carries a challenge; Bastion's names the scheme of section 4."""
+    result = client.simulate_post("/api/anything", json={})
+    assert result.status_code == 401
+    assert result.headers["www-authenticate"] == "Bastion-HMAC"
+    assert "www-authenticate" not in client.simulate_get("/no/such/thing").headers

@@ -53,6 +53,25 @@ class ProtocolError(BastionError):
     default_message = "unexpected answer from the server"
 
 
+class ServerFailure(BastionError):
+    """Client side: a 5xx answer to a signed call that the server did not sign and that is not ServiceUnavailable
+    (a 500 before the MAC verified, a proxy's 502 or 504, any body): the call may or may not have run.
+
+    ``status`` is the status received, ``request_id`` the answer's ``X-Request-Id`` (None without one): quote it
+    when reporting the failure. Nothing of the body is used (docs/protocol.md section 14, point 3).
+    """
+
+    status = 0
+    default_message = "the server failed to answer the call"
+
+    def __init__(self, status: int, request_id: str | None):
+        where = f"; request id {request_id}" if request_id else ""
+        super().__init__(f"HTTP {status} from the server or a proxy, not signed: the call may have run{where}",
+                         request_id=request_id)
+        self.status = status
+        self.request_id = request_id
+
+
 @dataclass
 class Response:
     """A raw answer: status, headers (lower-case names) and body bytes."""
@@ -201,22 +220,40 @@ class Client:
 
     def _result_or_raise(self, response: Response, nonce: str | None = None) -> dict[str, Any]:
         """The answer's JSON object; an answer to a signed call (the ``nonce`` it was sent with) is verified."""
+        signed = "server-authorization" in response.headers
         try:
             data = response.json()
         except (ValueError, UnicodeDecodeError):
-            raise ProtocolError(f"HTTP {response.status}: the body is not JSON") from None
+            data = None
         exc_name = data.get("exc") if isinstance(data, dict) and response.status >= 400 else None
         # Answers of steps 1 to 8 cannot be signed: act on their status, trust nothing else in them.
-        unsigned_allowed = exc_name in UNSIGNED and "server-authorization" not in response.headers
+        unsigned_allowed = (not signed and isinstance(exc_name, str) and exc_name in UNSIGNED
+                            and BY_NAME[exc_name].status == response.status)
+        if nonce is not None and not signed and not unsigned_allowed and response.status >= 500:
+            # Not the server's answer to the call, or not one it could sign: a lost answer (section 14, point 9).
+            raise ServerFailure(response.status, response.headers.get("x-request-id"))
+        if data is None and (nonce is None or not signed):
+            if response.status >= 500:
+                raise ServerFailure(response.status, response.headers.get("x-request-id"))
+            raise ProtocolError(f"HTTP {response.status}: the body is not JSON")
         if nonce is not None and not unsigned_allowed:
             self.verify(response, nonce)
+            self._slid(response)
+        if data is None:
+            raise ProtocolError(f"HTTP {response.status}: the body is not JSON")
         if exc_name is not None:
             if exc_name in ("UnknownSession", "ExpiredSession"):
                 self.session = None
-            raise _error(data)
+            raise _error(data, response.headers)
         if response.status != 200 or not isinstance(data, dict):
             raise ProtocolError(f"HTTP {response.status}: not a docs/protocol.md answer")
         return data
+
+    def _slid(self, response: Response) -> None:
+        """A verified answer that says when the session now ends (``Session-Expires``, section 4): keep it."""
+        value = response.headers.get("session-expires", "")
+        if self.session is not None and value.isascii() and value.isdigit():
+            self.session.expires = int(value)
 
     # -- transports -------------------------------------------------------
 
@@ -283,10 +320,14 @@ def _encode(payload: Any) -> bytes:
     return dumps(payload)
 
 
-def _error(data: dict[str, Any]) -> BastionError:
+def _error(data: dict[str, Any], headers: Mapping[str, str] | None = None) -> BastionError:
     cls = BY_NAME.get(data.get("exc", ""), ProtocolError)
     messages = data.get("err") or []
     extra = {k: v for k, v in data.items() if k not in ("exc", "err")}
+    # The body's retry_after is the one to wait; Retry-After only stands in for a body without it (section 2).
+    header = (headers or {}).get("retry-after", "")
+    if "retry_after" not in extra and header.isascii() and header.isdigit() and int(header) > 0:
+        extra["retry_after"] = int(header)
     error = cls.__new__(cls)
     BastionError.__init__(error, *messages, **extra)
     return error

@@ -161,13 +161,17 @@ class Authentication:
     signed too: StaleCall, ReplayedCall); ``roles`` the caller's roles, read
     as part of authenticating the call, which the kernel sets on the request
     (``Request.roles``). None: the authenticator reads none, and the kernel
-    takes the session's own ``roles`` attribute, if it has one.
+    takes the session's own ``roles`` attribute, if it has one. ``expires``:
+    when the session ends if no other call slides it, as this call left it
+    (Unix seconds); the kernel sends it as ``Session-Expires`` on the call's
+    answer. None: no such header (a refusal, a call that ended its session).
     """
 
     session: Any
     key: bytes = field(repr=False)
     refusal: BastionError | None = None
     roles: frozenset[str] | None = None
+    expires: float | None = None
 
 
 class ResponseSigner:

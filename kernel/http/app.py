@@ -34,6 +34,7 @@ from kernel.core.errors import (
     UnsupportedMediaType,
 )
 from kernel.core.runtime import Runtime
+from kernel.core.signing import SCHEME
 from kernel.http.pipeline import (
     API_CSP,
     HEALTH_PATH,
@@ -227,6 +228,21 @@ class MetricsResource:
         resp.data = self.runtime.metrics.render()
 
 
+#: The challenge of every 401 (RFC 9110, section 11.6.1): the scheme of a signed call's ``Authorization``.
+CHALLENGE = ("WWW-Authenticate", SCHEME)
+
+
+def answer_headers(status: int, body: dict) -> list[tuple[str, str]]:
+    """The headers an error's body implies, whatever raised it (docs/protocol.md section 2): ``Retry-After`` equal
+    to the body's ``retry_after``, and ``WWW-Authenticate`` on a 401."""
+    headers = []
+    if "retry_after" in body:
+        headers.append(("Retry-After", str(body["retry_after"])))
+    if status == 401:
+        headers.append(CHALLENGE)
+    return headers
+
+
 class ErrorHandler:
     """The one place where failures become docs/protocol.md section 2 answers."""
 
@@ -247,6 +263,8 @@ class ErrorHandler:
         if call is not None:
             call.error = answered  # the answer phase weighs it (bastion_refused) and writes it in the call line
         for name, value in answered.headers.items():
+            resp.set_header(name, value)
+        for name, value in answer_headers(answered.status, body):
             resp.set_header(name, value)
         answer(resp, body, answered.status)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import math
 import threading
 import time
 import urllib.parse
@@ -133,6 +134,8 @@ class Call:
     admissions: list[Any] = field(default_factory=list)
     #: Set once the MAC verified (step 8): every answer from then on is signed with it.
     signer: ResponseSigner | None = None
+    #: When the session ends as the call left it (the authenticator's ``Authentication.expires``), if it says.
+    session_expires: float | None = None
     #: The service's arguments, bound at step 13: ``(args, kwargs)``.
     bound: tuple[tuple, dict] | None = None
     #: The refusal the error handler answered, if any (the ``account`` step weighs it).
@@ -452,6 +455,7 @@ class AuthenticateStep(_PostStep):
             call.signer = ResponseSigner(result.key, credentials.nonce)
             if result.refusal is not None:
                 raise result.refusal
+            call.session_expires = result.expires
             result, roles = result.session, result.roles
         call.request._session = result
         # The roles the authenticator read with the call; one that reads none may keep them on its session.
@@ -551,7 +555,8 @@ def parse_call(body: bytes) -> tuple[list, dict]:
 class SignStep(Step):
     name = "sign"
     phase = Phase.ANSWER
-    does = "Server-Authorization on every answer once the MAC verified (section 4, signed responses)"
+    does = ("Server-Authorization on every answer once the MAC verified, and Session-Expires once the call slid "
+            "the session (section 4, signed responses)")
 
     def applies(self, call: Call) -> bool:
         return call.signer is not None and isinstance(call.resp.data, bytes)
@@ -560,6 +565,8 @@ class SignStep(Step):
         resp, signer, data = call.resp, call.signer, call.resp.data
         if signer is not None and isinstance(data, bytes):  # as applies() found
             resp.set_header("Server-Authorization", signer.header(resp.status_code, data))
+            if call.session_expires is not None:
+                resp.set_header("Session-Expires", str(math.floor(call.session_expires)))
 
 
 class HeadersStep(Step):

@@ -15,6 +15,8 @@
  * `Bastion.exc[exc]` (or `Bastion.exc.Error` when there is none for that
  * name). Failures the client itself detects use these `exc` names:
  * InsecureContext (no WebCrypto), NetworkError, InvalidResponseSignature,
+ * ServerFailure (an unsigned 5xx: a proxy's 502, a 500 before the MAC
+ * verified; with `request_id`, the answer's X-Request-Id; the call may have run),
  * UnknownSession (with `local: true`) for a call made while logged out, and
  * ExpiredSession (with `local: true`) for a call of a session whose expiry,
  * as the last answer set it, has passed: such a call is never sent. After an
@@ -562,6 +564,13 @@
             }
             throw error;
           }
+          if (status >= 500) {
+            // A 500 from before the MAC verified, or a proxy's 502/503/504: no answer of the call, which may have
+            // run (section 14). Report its status and X-Request-Id; use nothing of its body.
+            var requestId = answer.response.headers.get("X-Request-Id");
+            throw failure("ServerFailure", status, "the server failed to answer the call (HTTP " + status +
+              (requestId ? "; request id " + requestId : "") + "); it may have run", { request_id: requestId });
+          }
           throw failure("InvalidResponseSignature", status, "the server's answer is not signed");
         }
         return verifyResponse(key, nonce, status, answer.bytes, header).then(function (valid) {
@@ -572,7 +581,9 @@
             if (!retried) return signedPost(path, body, true);
           }
           var exc = status >= 400 && payload ? payload.exc : null;
-          if (!Object.prototype.hasOwnProperty.call(NOT_SLID, exc)) slideExpiry(session);
+          if (!Object.prototype.hasOwnProperty.call(NOT_SLID, exc)) {
+            slideExpiry(session, answer.response.headers.get("Session-Expires"));
+          }
           if (status >= 200 && status < 300) {
             return { status: status, payload: payload };
           }
@@ -592,16 +603,21 @@
     return session.idle > 0 && typeof session.seen === "number" && now() - session.seen >= session.idle + EXPIRY_MARGIN;
   }
 
+  /** Seconds to wait (section 2): the body's retry_after; the Retry-After header only when the body has none. */
   function retryAfter(response, payload) {
-    var seconds = parseInt(response.headers.get("Retry-After"), 10);
-    if (!(seconds > 0) && payload && typeof payload.retry_after === "number") seconds = payload.retry_after;
-    return seconds > 0 ? seconds : 1;
+    var seconds = payload && typeof payload.retry_after === "number" ? payload.retry_after : NaN;
+    if (!(seconds > 0)) {
+      var header = response.headers.get("Retry-After");
+      seconds = /^[0-9]+$/.test(header || "") ? parseInt(header, 10) : NaN;
+    }
+    return seconds > 0 ? Math.ceil(seconds) : 1;
   }
 
-  function slideExpiry(session) {
+  /** A call slid the session: note when, and its new expiry (`Session-Expires`, section 4, else estimated). */
+  function slideExpiry(session, told) {
     if (state !== session || !session.idle) return;
     session.seen = now();
-    session.expires = Math.floor(now() + clockOffset + session.idle);
+    session.expires = /^[0-9]+$/.test(told || "") ? parseInt(told, 10) : Math.floor(now() + clockOffset + session.idle);
     save();
     // Keep the key entry's expiry ahead of the session's, so no start-up purges a live tab's key.
     if (session.kid && Math.ceil(localExpiry(session)) > session.keptUntil) keepKey(session).catch(noop);
@@ -617,6 +633,14 @@
   }
 
   // -- public API -----------------------------------------------------------
+
+  /** The session's idle timeout from a login answer (section 3): its `limits`, else `expires − server_time`. */
+  function idleTimeout(body) {
+    var limits = body.limits;
+    if (limits && typeof limits.idle_timeout === "number" && limits.idle_timeout > 0) return limits.idle_timeout;
+    return typeof body.expires === "number" && typeof body.server_time === "number"
+      ? Math.max(0, body.expires - body.server_time) : 0;
+  }
 
   /** Log in; Promise of the user ({username, domain}). `force` ends the user's other sessions. */
   function login(username, password, force) {
@@ -662,8 +686,7 @@
         expires: body.expires,
         user: body.user,
         offset: clockOffset,
-        idle: typeof body.expires === "number" && typeof body.server_time === "number"
-          ? Math.max(0, body.expires - body.server_time) : 0,
+        idle: idleTimeout(body),
         seen: answer.receivedAt,
         keptUntil: 0
       };

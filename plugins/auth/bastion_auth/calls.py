@@ -138,7 +138,9 @@ class SignedCalls:
         except ServiceUnavailable as unavailable:
             return self._refusal(session, unavailable)  # signed, as a 503 of a later step is; nothing slides
         auth.sessions.touch(session, now, request.origin, changed=reread)
-        return Authentication(session, session.key, roles=roles)
+        # The answer says when the session now ends (Session-Expires), except a logout's: it ends it.
+        expires = None if request.path == LOGOUT_PATH else session.expires
+        return Authentication(session, session.key, roles=roles, expires=expires)
 
     def roles(self, request: Request, session: Session, epoch: Any = UNREAD) -> tuple[frozenset[str], bool]:
         """The caller's roles as stored with the user now, and whether they were read from the record.

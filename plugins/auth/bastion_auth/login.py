@@ -185,7 +185,15 @@ class Login:
             "expires": int(session.expires),
             "server_time": now,
             "user": {"username": username, "domain": domain},
+            "limits": self.limits(domain),
         }
+
+    def limits(self, domain: str) -> dict[str, int]:
+        """The bounds a client meets in the session it just opened (docs/protocol.md section 3), its tenant's: told
+        at login, so that no client learns them by being refused."""
+        settings = self.auth.tenant(domain).settings
+        return {"skew": settings.skew, "idle_timeout": settings.idle_timeout,
+                "absolute_timeout": settings.absolute_timeout, "max_body": self.auth.runtime.config.bastion.max_body}
 
     def _still_valid(self, username: str, password: str, hashes: set[str], passwords: Passwords) -> bool:
         """Whether the user still exists with a password this login verified (under its tenant's ``passwords``).

@@ -49,7 +49,7 @@ def test_a_query_string_is_invalid_call(app, path):
 def test_a_valid_login_is_not_invalid_call(app):
     result = send(app, "/auth/login", login_body(force=False))
     assert result.status_code == 200
-    assert set(result.json) == {"sid", "key", "expires", "server_time", "user"}
+    assert set(result.json) == {"sid", "key", "expires", "server_time", "user", "limits"}
     assert result.json["user"] == {"username": "alice", "domain": "localhost"}
     assert len(b64url_decode(result.json["key"])) == 32
 
@@ -553,3 +553,42 @@ def test_account_max_failures_zero_disables_locks(auth_app):
     app = auth_app(auth={"account_max_failures": 0})
     fail_login(app, 7, origin="10.0.0.2")
     assert send(app, "/auth/login", login_body(), remote_addr="10.0.0.3").status_code == 200
+
+
+# -- every 401 carries WWW-Authenticate -----------------------------------------------------------------------------
+
+def test_every_401_of_the_auth_plugin_carries_the_challenge(app, alice, fake_clock):
+    unauthorized = send(app, "/api/echo", b"")
+    invalid_credential = send(app, "/auth/login", login_body(password="wrong password"))
+    headers, _ = sign(alice, "/api/echo", b"", ts=str(int(fake_clock()) - 3600))
+    stale = send(app, "/api/echo", b"", headers)
+    headers, _ = sign(alice, "/api/echo", b"", sid="c2Vzc2lvbi1pZC0xMjM0")
+    unknown = send(app, "/api/echo", b"", headers)
+    answers = {"Unauthorized": unauthorized, "InvalidCredential": invalid_credential, "StaleCall": stale,
+               "UnknownSession": unknown}
+    assert {name: (r.status_code, r.json["exc"]) for name, r in answers.items()} == {
+        name: (401, name) for name in answers}
+    assert {r.headers.get("WWW-Authenticate") for r in answers.values()} == {"Bastion-HMAC"}
+    assert "WWW-Authenticate" not in send(app, "/api/whoami", b"", sign(alice, "/api/whoami", b"")[0]).headers
+
+
+# -- the trailing dot of a host ---------------------------------------------------------------------------------------
+
+def test_a_trailing_dot_names_the_same_tenant_and_is_not_signed(app, client_for):
+    dotted = client_for(host="localhost.")
+    assert dotted.domain == "localhost"
+    assert dotted.login("alice", PASSWORD) == {"username": "alice", "domain": "localhost"}
+    body = b'{"args": ["x"]}'
+    # The session made through "localhost." works through "localhost", and the other way round.
+    headers, _ = sign(dotted, "/api/echo", body)
+    assert send(app, "/api/echo", body, headers, host="localhost").json["result"]["domain"] == "localhost"
+    headers, _ = sign(dotted, "/api/echo", body)
+    assert send(app, "/api/echo", body, headers, host="localhost.:8000").status_code == 200
+    # The MAC covers the domain without the dot.
+    headers, _ = sign(dotted, "/api/echo", body, domain="localhost.")
+    assert_error(send(app, "/api/echo", body, headers, host="localhost."), 401, "InvalidSignature")
+
+
+@pytest.mark.parametrize("host", ["localhost..", ".localhost", "local..host", ".", "[::1]."])
+def test_more_than_one_trailing_dot_or_a_dot_elsewhere_is_invalid_host(app, host):
+    assert_error(send(app, "/auth/login", login_body(), host=host), 400, "InvalidHost")

@@ -163,3 +163,53 @@ def test_api_responses_carry_the_protocol_headers(app, alice):
     assert result.headers["Referrer-Policy"] == "no-referrer"
     login = send(app, "/auth/login", login_body())
     assert login.headers["Cache-Control"] == "no-store"
+
+
+# -- what a client is told of its session and the server's limits -------------------------------------------------
+
+def test_the_login_answer_tells_the_limits_a_client_meets(auth_app, client_for):
+    app = auth_app(auth={"skew": 30, "idle_timeout": 600, "absolute_timeout": 7200}, bastion={"max_body": "64KiB"})
+    answer = send(app, "/auth/login", login_body()).json
+    assert answer["limits"] == {"skew": 30, "idle_timeout": 600, "absolute_timeout": 7200, "max_body": 65536}
+    assert answer["expires"] == int(answer["server_time"]) + 600
+
+
+def test_the_default_limits_are_the_protocols(app):
+    answer = send(app, "/auth/login", login_body()).json
+    assert answer["limits"] == {"skew": 60, "idle_timeout": 1800, "absolute_timeout": 43200, "max_body": 1048576}
+
+
+def test_every_answer_of_a_call_that_slid_the_session_says_when_it_now_ends(app, alice, fake_clock):
+    fake_clock.advance(100.5)
+    headers, nonce = sign(alice, "/api/echo", b'{"args": ["x"]}')
+    result = send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    assert result.headers["Session-Expires"] == str(int(fake_clock()) + 1800)
+    forbidden = send(app, "/api/secret", b"", sign(alice, "/api/secret", b"")[0])  # refused after step 10: slid too
+    assert forbidden.status_code == 403 and forbidden.headers["Session-Expires"] == str(int(fake_clock()) + 1800)
+
+
+def test_the_session_expires_header_stops_at_the_absolute_lifetime(auth_app, client_for, fake_clock):
+    app = auth_app(auth={"idle_timeout": 600, "absolute_timeout": 1000})
+    client = client_for(target=app)
+    client.login("alice", PASSWORD)
+    login_time = fake_clock()
+    fake_clock.advance(500)
+    client.call("echo", "x")
+    assert client.session.expires == int(login_time) + 1000  # not 500 + 600: the absolute lifetime comes first
+
+
+def test_answers_that_slid_nothing_say_nothing_of_the_expiry(app, alice, fake_clock):
+    stale_headers, _ = sign(alice, "/api/echo", b"", ts=str(int(fake_clock()) - 3600))
+    assert "Session-Expires" not in send(app, "/api/echo", b"", stale_headers).headers
+    headers, _ = sign(alice, "/api/echo", b'{"args": ["x"]}')
+    send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    replayed = send(app, "/api/echo", b'{"args": ["x"]}', headers)
+    assert replayed.json["exc"] == "ReplayedCall" and "Session-Expires" not in replayed.headers
+    logout = send(app, "/auth/logout", b"", sign(alice, "/auth/logout", b"")[0])
+    assert logout.status_code == 200 and "Session-Expires" not in logout.headers
+
+
+def test_the_python_client_keeps_the_expiry_the_server_tells(alice, fake_clock):
+    fake_clock.advance(900)
+    alice.call("echo", "x")
+    assert alice.session.expires == int(fake_clock()) + 1800

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
 
-from kernel import Forbidden
-from kernel.testing import Client, InvalidResponseSignature
+from kernel import Abusive, Forbidden, ServiceUnavailable, UnknownSession
+from kernel.client import ServerFailure
+from kernel.testing import Client, InvalidResponseSignature, Session
 
 
 @pytest.fixture
@@ -177,6 +178,73 @@ def test_the_client_rejects_a_forged_unsigned_forbidden(app, fake_clock):
     client, _ = tampered_client(app, fake_clock, rewrite)
     with pytest.raises(InvalidResponseSignature):
         client.call("echo", "hello")
+
+
+@pytest.mark.parametrize("status, body, request_id", [
+    ("502 Bad Gateway", b"<h1>Bad Gateway</h1>", "proxy-7"),
+    ("504 Gateway Timeout", b"", None),
+    ("500 Internal Server Error", b'{"exc":"Error","err":["internal error"]}', "abc"),
+    ("503 Service Unavailable", b"overloaded", None),
+], ids=["proxy-502", "proxy-504-empty", "unsigned-500", "proxy-503-not-json"])
+def test_the_client_reports_an_unsigned_5xx_as_a_server_failure_and_keeps_the_session(app, fake_clock, status, body,
+                                                                                      request_id):
+    def rewrite(_status, headers, _body):
+        kept = [(k, v) for k, v in headers if k.lower() not in ("server-authorization", "x-request-id")]
+        return status, kept + ([("X-Request-Id", request_id)] if request_id else []), body
+
+    client, proxy = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(ServerFailure) as failure:
+        client.call("echo", "hello")
+    assert (failure.value.status, failure.value.request_id) == (int(status[:3]), request_id)
+    assert client.session is not None
+    proxy.active = False
+    assert client.call("echo", "again")["x"] == "again"
+
+
+def test_an_unsigned_service_unavailable_with_its_body_is_still_service_unavailable(app, fake_clock):
+    def rewrite(_status, headers, _body):
+        kept = [(k, v) for k, v in headers if k.lower() != "server-authorization"]
+        return "503 Service Unavailable", kept, b'{"exc":"ServiceUnavailable","err":["down"],"retry_after":5}'
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(ServiceUnavailable) as unavailable:
+        client.call("echo", "hello")
+    assert unavailable.value.extra["retry_after"] == 5
+
+
+def test_an_unsigned_answer_whose_status_is_not_its_excs_is_refused(app, fake_clock):
+    def rewrite(_status, headers, _body):
+        kept = [(k, v) for k, v in headers if k.lower() != "server-authorization"]
+        return "200 OK", kept, b'{"exc":"Unauthorized","err":["no"]}'
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(InvalidResponseSignature):
+        client.call("echo", "hello")
+
+
+def test_the_client_waits_the_bodys_retry_after_and_the_headers_only_without_one(app, fake_clock):
+    bodies = iter([b'{"exc":"Abusive","err":["x"],"retry_after":600}', b'{"exc":"Abusive","err":["x"]}'])
+
+    def rewrite(_status, headers, _body):
+        kept = [(k, v) for k, v in headers if k.lower() not in ("server-authorization", "retry-after")]
+        return "429 Too Many Requests", kept + [("Retry-After", "5")], next(bodies)
+
+    client, _ = tampered_client(app, fake_clock, rewrite)
+    with pytest.raises(Abusive) as first:
+        client.call("echo", "hello")
+    with pytest.raises(Abusive) as second:
+        client.call("echo", "hello")
+    assert (first.value.extra["retry_after"], second.value.extra["retry_after"]) == (600, 5)
+
+
+def test_the_python_client_retries_a_stale_logout_once_and_ends_the_session(app, alice, fake_clock):
+    alice.offset = -300.0  # five minutes late: its logout is stale once
+    sid, key = alice.session.sid, alice.session.key
+    assert alice.logout() is True
+    assert alice.session is None and alice.offset == 0.0
+    alice.session = Session(sid, key, 0, {})
+    with pytest.raises(UnknownSession):
+        alice.call("echo", "x")
 
 
 def test_the_client_accepts_a_genuine_signed_error(app, alice):

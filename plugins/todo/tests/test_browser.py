@@ -317,6 +317,72 @@ def test_bastion_js_rejects_answers_that_are_not_signed_by_the_session(server, p
     assert [t["text"] for t in got] == ["genuine"]
 
 
+def test_bastion_js_reports_an_unsigned_5xx_as_a_server_failure_with_its_request_id(server, page, page_errors):
+    page_errors.expect_statuses(500, 502, 503)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    answers = iter([
+        {"status": 502, "content_type": "text/html", "body": "<h1>Bad Gateway</h1>", "headers": {"X-Request-Id": "px-1"}},
+        {"status": 500, "content_type": "application/json", "body": '{"exc":"Error","err":["internal error"]}'},
+        {"status": 503, "content_type": "text/plain", "body": "overloaded"},
+    ])
+    page.route("**/api/get_all", lambda route: route.fulfill(**next(answers)))
+    got = [page.evaluate("() => Bastion.safe_call('get_all').then(r => r, e => [e.exc, e.status, e.request_id])")
+           for _ in range(3)]
+    assert got == [["ServerFailure", 502, "px-1"], ["ServerFailure", 500, None], ["ServerFailure", 503, None]]
+    page.unroute("**/api/get_all")
+    # The session was kept: the next call goes through.
+    assert page.evaluate("() => Bastion.safe_call('get_all')") == []
+
+
+def test_bastion_js_keeps_the_expiry_the_server_tells_and_the_limits_of_the_login(server, page, page_errors):
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    told = []
+    page.on("response", lambda response: told.append(response.headers.get("session-expires"))
+            if "/api/" in response.url else None)
+    page.evaluate("() => Bastion.safe_call('get_all')")
+    assert told and told[-1] is not None
+    assert page.evaluate("() => Bastion.session().expires") == int(told[-1])
+    assert page.evaluate("() => JSON.parse(sessionStorage.getItem('bastion.session')).idle") == 1800
+
+
+def test_bastion_js_retries_a_stale_logout_once_and_the_session_ends_on_the_server(server, page, page_errors):
+    page_errors.expect_statuses(401)
+    # A clock that jumps five minutes ahead after the login: past the skew, within the idle timeout.
+    page.add_init_script("""(() => {
+        const real = Date.now.bind(Date);
+        window.__jump = 0;
+        Date.now = () => real() + window.__jump * 1000;
+    })()""")
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    page.evaluate("() => { window.__jump = 300; }")
+    statuses = []
+    page.on("response", lambda response: statuses.append((response.url.split("/", 3)[-1], response.status)))
+    assert page.evaluate("() => Bastion.logout()") is True
+    assert statuses == [("auth/logout", 401), ("auth/logout", 200)]
+    assert page.evaluate("() => Bastion.session()") is None
+
+
+def test_bastion_js_waits_the_bodys_retry_after_over_the_headers(server, page, page_errors):
+    page_errors.expect_statuses(429)
+    page.goto(f"http://localhost:{server}/")
+    page.evaluate("(password) => Bastion.login('alice', password)", PASSWORD)
+    page.route("**/api/get_all", lambda route: route.fulfill(
+        status=429, content_type="application/json", headers={"Retry-After": "5"},
+        body='{"exc":"Abusive","err":["slow down"],"retry_after":600}'))
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(r => r, e => [e.exc, e.retry_after])")
+    assert got == ["Abusive", 600]
+    page.unroute("**/api/get_all")
+    page.route("**/api/get_all", lambda route: route.fulfill(
+        status=429, content_type="application/json", headers={"Retry-After": "5"},
+        body='{"exc":"Abusive","err":["slow down"]}'))
+    got = page.evaluate("() => Bastion.safe_call('get_all').then(r => r, e => [e.exc, e.retry_after])")
+    assert got == ["Abusive", 5]
+    page.unroute("**/api/get_all")
+
+
 def test_a_wrong_password_is_said_in_plain_words(server, page, page_errors):
     page_errors.expect_statuses(401)
     page.goto(f"http://localhost:{server}/")
