@@ -76,3 +76,37 @@ def test_the_docs_index_names_every_page_and_the_readme_links_it():
     pages = sorted(path.name for path in (ROOT / "docs").glob("*.md") if path.name != "README.md")
     assert [page for page in pages if f"]({page})" not in index] == []
     assert "(docs/README.md)" in (ROOT / "README.md").read_text()
+
+
+# -- docs/protocol.md: the examples hold ----------------------------------------------------------------------------
+
+def protocol() -> str:
+    return (ROOT / "docs" / "protocol.md").read_text("utf-8")
+
+
+def test_the_login_example_matches_the_default_settings():
+    """The example answer's expires is server_time plus the default idle timeout, and its limits are the defaults."""
+    import json
+    import math
+    import re
+
+    from bastion_auth.settings import AUTH_SCHEMA
+
+    from kernel.core.config import BASTION_SCHEMA
+
+    text = protocol()
+    block = text[text.index("**200:**"):text.index("| key | value |")]
+    example = re.sub(r'"<[^"]*>"', '"x"', " ".join(line.strip() for line in block.splitlines()[1:]))
+    answer = json.loads(example)
+    idle = AUTH_SCHEMA["idle_timeout"].default
+    assert answer["expires"] == math.floor(answer["server_time"] + idle)
+    assert answer["limits"] == {"skew": AUTH_SCHEMA["skew"].default, "idle_timeout": idle,
+                                "absolute_timeout": AUTH_SCHEMA["absolute_timeout"].default,
+                                "max_body": BASTION_SCHEMA["max_body"].default}
+
+
+def test_the_code_of_section_11_4_reproduces_its_example():
+    text = protocol()
+    start = text.index("### 11.4")
+    code = text[text.index("```python", start) + len("```python"):text.index("```", text.index("```python", start) + 9)]
+    exec(compile(code, "protocol.md 11.4", "exec"), {})  # its own assert checks the first example's mac
