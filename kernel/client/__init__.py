@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kernel.core import signing
@@ -87,12 +87,14 @@ class Response:
 
 @dataclass
 class Session:
-    """What login returned: the session id, its key, and who logged in."""
+    """What login returned: the session id, its key, who logged in, and the server's ``limits`` (an empty dict
+    from a server that does not tell them). ``expires`` follows the ``Session-Expires`` of verified answers."""
 
     sid: str
     key: bytes
     expires: float
     user: dict[str, Any]
+    limits: dict[str, Any] = field(default_factory=dict)
 
 
 class Client:
@@ -151,7 +153,9 @@ class Client:
         answer = self.request("/auth/login", _encode(payload))
         data = self._result_or_raise(answer)
         self.offset = float(data["server_time"]) - self.clock()
-        self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"])
+        limits = data.get("limits")
+        self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"],
+                               dict(limits) if isinstance(limits, dict) else {})
         return data["user"]
 
     def call(self, service: str, /, *args: Any, **kwargs: Any) -> Any:

@@ -213,3 +213,7 @@ def test_the_python_client_keeps_the_expiry_the_server_tells(alice, fake_clock):
     fake_clock.advance(900)
     alice.call("echo", "x")
     assert alice.session.expires == int(fake_clock()) + 1800
+
+
+def test_the_python_client_keeps_the_limits_of_its_login(alice):
+    assert alice.session.limits == {"skew": 60, "idle_timeout": 1800, "absolute_timeout": 43200, "max_body": 1048576}
