@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from auth_helpers import PASSWORD, assert_error, auth_of, login_body, send, sign
+from auth_helpers import ALICE_HASH, PASSWORD, assert_error, auth_of, login_body, send, sign
 
 from kernel import UnknownSession, b64url_decode
 
@@ -217,3 +217,11 @@ def test_the_python_client_keeps_the_expiry_the_server_tells(alice, fake_clock):
 
 def test_the_python_client_keeps_the_limits_of_its_login(alice):
     assert alice.session.limits == {"skew": 60, "idle_timeout": 1800, "absolute_timeout": 43200, "max_body": 1048576}
+
+
+def test_the_limits_of_the_login_answer_are_its_tenants(auth_app):
+    app = auth_app(users={"alice@alpha.localhost": ALICE_HASH}, **{"auth:alpha.localhost": {"skew": 30,
+                                                                                             "idle_timeout": 60}})
+    alpha = send(app, "/auth/login", login_body(), host="alpha.localhost").json["limits"]
+    local = send(app, "/auth/login", login_body()).json["limits"]
+    assert (alpha["skew"], alpha["idle_timeout"], local["skew"], local["idle_timeout"]) == (30, 60, 60, 1800)
