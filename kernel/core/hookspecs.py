@@ -314,7 +314,8 @@ def bastion_authenticate(request: Request, credentials: Credentials | None, serv
         runtime: The :class:`kernel.Runtime` serving the request.
 
     Returns:
-        ``Authentication(session, key)`` on success, or
+        ``Authentication(session, key)`` on success (with ``expires=``, when
+        the session now ends: the answer's ``Session-Expires``), or
         ``Authentication(session, key, refusal=error)`` to refuse with a
         signed answer (StaleCall, ReplayedCall). An authenticator that signs
         nothing may return the session itself. None from every plugin means
