@@ -24,14 +24,15 @@ def wait_until_serving(host: str, port: int, process: subprocess.Popen, timeout:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}")
+        conn = http.client.HTTPConnection(host, port, timeout=2)
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
             conn.request("GET", "/healthz", headers={"Host": "localhost"})
             conn.getresponse().read()
-            conn.close()
             return
         except OSError:
             time.sleep(0.05)  # polling a process that is starting; there is no event to wait on
+        finally:
+            conn.close()
     raise RuntimeError(f"the server did not answer within {timeout} s")
 
 
