@@ -9,8 +9,7 @@ import pytest
 from auth_helpers import PASSWORD, assert_error, is_signed, login_body, send, sign
 
 from kernel import Abusive, Forbidden, ServiceUnavailable, UnknownSession
-from kernel.client import ServerFailure
-from kernel.testing import Client, InvalidResponseSignature, Session
+from kernel.testing import Client, InvalidResponseSignature, ServerFailure, Session
 
 
 @pytest.fixture
