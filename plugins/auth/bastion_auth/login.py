@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bastion_auth import users
@@ -160,25 +161,39 @@ class Login:
             upgraded = auth.passwords.context.hash(password)
             if users.set_password(username, upgraded, expected_hash=record.password):
                 hashes.add(upgraded)
+        return self.open_session(request, username, force=force, rehashed=len(hashes) > 1,
+                                 still_valid=lambda: self._still_valid(username, password, hashes, passwords))
+
+    def open_session(self, request: Request, username: str, *, force: bool = False, rehashed: bool = False,
+                     still_valid: Callable[[], bool] = lambda: True, method: str | None = None) -> dict[str, Any]:
+        """Open a session for a user whose credentials were just verified, and return the login answer.
+
+        Every way of logging in ends here, so that each answers alike: the
+        same session, the same ``max_active_sessions``, the same events.
+        ``still_valid`` says whether the credentials the login verified still
+        hold (read again once the session is stored: see :meth:`login`);
+        ``method`` names a login other than the password's in its event.
+        """
+        auth = self.auth
+        domain, origin = request.domain, request.origin
         now = auth.clock()
         try:
             session = auth.sessions.create(domain, username, now, force=force, origin=origin)
         except MaxActiveSessions:
-            auth.event("login_failed", username, logging.WARNING, reason="max_sessions")
+            auth.event("login_failed", username, logging.WARNING, reason="max_sessions", method=method)
             raise
         # Reserve, then check: a `bastion passwd` or `deluser` that ended the user's sessions just
         # before this one existed changed or removed the user first, which this read sees.
-        if not self._still_valid(username, password, hashes, passwords):
+        if not still_valid():
             self._raced(domain, username, session.sid)
         # Last, the session itself: one that a change ended after the read above was ended after the password
         # was replaced, which a second read sees. (Ended by the user's own "sign out everywhere" or a forced
         # login, the password unchanged, it is answered: its first call learns UnknownSession, as theirs do.)
-        if auth.state.get(domain, auth.sessions.key(session.sid)) is None and not self._still_valid(
-                username, password, hashes, passwords):
+        if auth.state.get(domain, auth.sessions.key(session.sid)) is None and not still_valid():
             self._raced(domain, username, session.sid)
         auth.logins.inc("success")
         auth.event("login", username, session=sid_prefix(session.sid), forced=force or None,
-                   rehashed=len(hashes) > 1 or None)
+                   rehashed=rehashed or None, method=method)
         return {
             "sid": session.sid,
             "key": b64url(session.key),
