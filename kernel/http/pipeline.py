@@ -143,7 +143,7 @@ class Call:
     sealed: bool = False
     #: When the session ends as the call left it (the authenticator's ``Authentication.expires``), if it says.
     session_expires: float | None = None
-    #: The service's arguments, bound at step 13: ``(args, kwargs)``.
+    #: The service's arguments, bound at step 14: ``(args, kwargs)``.
     bound: tuple[tuple, dict] | None = None
     #: The refusal the error handler answered, if any (the ``account`` step weighs it).
     error: BastionError | None = None

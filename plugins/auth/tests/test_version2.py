@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from auth_helpers import PASSWORD, assert_error, auth_of, is_signed, login_body, send
+from bastion_auth.sessions import Session as StoredSession
 
 from kernel import (
     EncryptionRequired,
@@ -228,3 +230,32 @@ def test_a_sealed_call_of_a_version_1_session_is_unsupported(app, fake_clock):
 def test_the_login_is_never_sealed(app):
     assert_error(send(app, "/auth/login", b"\0" * 40, {"Content-Type": sealing.SEALED_TYPE}), 415,
                  "UnsupportedMediaType")
+
+
+# -- the server against docs/protocol-v2-vectors.json ----------------------------------------------------------------
+
+V2_VECTORS = json.loads((Path(__file__).resolve().parents[3] / "docs" / "protocol-v2-vectors.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("call", V2_VECTORS["calls"], ids=[c["path"] for c in V2_VECTORS["calls"]])
+def test_the_server_opens_the_vectors_calls_and_seals_their_answers(auth_app, fake_clock, call):
+    """A session planted with the vector's sid and keys: the server opens each vector call (its envelope, MAC and
+    associated data as the file gives them) and answers what the vector says, sealed for the vector's nonce."""
+    domain, keys = V2_VECTORS["domain"], V2_VECTORS["keys"]
+    app = auth_app(bastion={"development": True, "allowed_hosts": domain})
+    fake_clock.set(float(call["ts"]))
+    auth, now = auth_of(app), float(call["ts"])
+    limits = auth.tenant(domain).settings
+    auth.sessions.save(StoredSession(
+        sid=V2_VECTORS["sid"], username="alice", domain=domain, key=b64url_decode(keys["call-mac"]), created=now,
+        idle_expires=now + limits.idle_timeout, absolute_expires=now + limits.absolute_timeout,
+        answer_key=b64url_decode(keys["answer-mac"]), call_enc=b64url_decode(keys["call-enc"]),
+        answer_enc=b64url_decode(keys["answer-enc"])), now)
+    result = send(app, call["path"], b64url_decode(call["envelope"]),
+                  {"Authorization": call["authorization"], "Content-Type": sealing.SEALED_TYPE}, host=domain)
+    assert result.status_code == call["status"]
+    assert result.headers["content-type"] == sealing.SEALED_TYPE
+    assert is_signed(result, b64url_decode(keys["answer-mac"]), call["nonce"])
+    plain = sealing.open_envelope(b64url_decode(keys["answer-enc"]), result.content,
+                                  call["answer_aad"].encode())
+    assert plain.decode() == call["answer_plaintext"]
