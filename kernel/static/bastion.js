@@ -470,7 +470,9 @@
     var expires = Math.ceil(localExpiry(session));
     session.keptUntil = expires;
     return transact("readwrite", function (keys) {
-      return keys.put({ key: session.key, keys: session.keys, expires: expires }, session.kid);
+      var entry = { key: session.key, expires: expires };
+      if (session.keys) entry.keys = session.keys;  // version 2: the four keys (`key` is their call-mac)
+      return keys.put(entry, session.kid);
     });
   }
 
