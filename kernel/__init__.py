@@ -79,6 +79,7 @@ from kernel.core.errors import (  # noqa: E402
     ReplayedCall,
     RequestTimeout,
     RequireSSL,
+    SecondFactorRequired,
     ServiceUnavailable,
     StaleCall,
     Unauthorized,
@@ -123,6 +124,6 @@ __all__ = [
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",
     "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
-    "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession", "UnsupportedMediaType", "ValidationError",
+    "SecondFactorRequired", "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession", "UnsupportedMediaType", "ValidationError",
     "VersionConflict",
 ]

@@ -76,6 +76,13 @@ class InvalidCredential(BastionError):
     default_message = "invalid username or password"
 
 
+class SecondFactorRequired(BastionError):
+    """401: the password is right, but the user has two-step sign-in and the login gave no code."""
+
+    status = 401
+    default_message = "a code from the authenticator app (or a recovery code) is required"
+
+
 class UnknownSession(BastionError):
     """401: no such session in this domain."""
 
@@ -241,7 +248,7 @@ class ServiceUnavailable(_RetryAfter):
 BY_NAME: dict[str, type[BastionError]] = {
     cls.__name__: cls
     for cls in (
-        InvalidCall, InvalidHost, Unauthorized, InvalidCredential, UnknownSession,
+        InvalidCall, InvalidHost, Unauthorized, InvalidCredential, SecondFactorRequired, UnknownSession,
         ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
         NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,

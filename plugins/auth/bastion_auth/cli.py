@@ -1,4 +1,5 @@
-"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | locks | unlock | unban | hash-password``.
+"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | locks | unlock | unban | reset-2fa |
+hash-password``.
 
 Every command that changes something acts on the configured storage (any
 driver: the state of sessions, locks and bans lives in the state store the
@@ -179,8 +180,11 @@ def list_users(args: argparse.Namespace, console: Console) -> int:
             names = users.list_usernames()
         if not names and args.domain:
             console.say(f"No users in {domain}.")
+        with runtime.bind(domain):
+            second = {username for username in names if auth.second.active(users.find(username))}
         for username in names:
             line = f"{username}@{domain}: {count(len(auth.sessions.live(domain, username, now)), 'live session')}"
+            line += "; two-step sign-in on" if username in second else ""
             until = auth.accounts.locked_until(domain, username)
             console.say(line + (f"; {lock_end(until, now)} after failed logins." if until is not None else "."))
         for username, until in auth.accounts.locked(domain):
@@ -319,6 +323,23 @@ def unlock(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def reset_2fa(args: argparse.Namespace, console: Console) -> int:
+    """``bastion reset-2fa USER --domain D``: remove a user's second factor (TOTP secret, pending enrolment and
+    recovery codes), for a user who lost it; the password alone logs in again (or, where it is required, lets
+    the user enrol anew). The user's sessions stay."""
+    domain = _domain(args.domain)
+    with console.runtime.bind(domain):
+        record = users.find(args.username)
+        if record is None:
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+        had = console.auth.second.active(record)
+        users.set_second_factor(args.username, totp="", totp_pending="", recovery=[])
+    console.event("second_factor_reset", args.username, domain, had_second_factor=had)
+    console.say(f"Removed the two-step sign-in of {args.username}@{domain}." if had else
+                f"{args.username}@{domain} had no two-step sign-in; any enrolment in progress is dropped.")
+    return 0
+
+
 def unban(args: argparse.Namespace, console: Console) -> int:
     """``bastion unban ORIGIN --domain D``: end an origin's ban and forget its abuse weight."""
     domain, origin, abuse = _domain(args.domain), _origin(args.origin), console.auth.abuse
@@ -412,6 +433,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("end-sessions", end_sessions, "end every session of a user (log out everywhere)", user_arguments),
     Command("unlock", unlock, "end the lock of an account locked after failed logins", user_arguments),
     Command("unban", unban, "end the ban of an origin (a client address) in a domain", unban_arguments),
+    Command("reset-2fa", reset_2fa, "remove a user's two-step sign-in (TOTP and recovery codes)", user_arguments),
     Command("hash-password", hash_password, "print an argon2id hash for the [users] section", password_stdin_argument,
             opens_runtime=False),
     Command("users", list_users, "list users, with their live sessions and whether they are locked (and locked "

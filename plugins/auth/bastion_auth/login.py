@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bastion_auth import users
+from bastion_auth import totp, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, sid_prefix
 from kernel import (
@@ -24,6 +24,7 @@ from kernel import (
     InvalidCredential,
     MaxActiveSessions,
     Request,
+    SecondFactorRequired,
     Routes,
     b64url,
     loads,
@@ -42,12 +43,14 @@ LOGIN_OUTCOMES: dict[type[BastionError], str] = {
     Abusive: "banned",
     MaxActiveSessions: "max_sessions",
     InvalidCall: "invalid_call",
+    SecondFactorRequired: "second_factor_required",
 }
 
 #: The most bytes one character of a login body's strings can take: a character beyond the BMP written as
 #: two ``\\uXXXX`` escapes (a client that escapes all non-ASCII text, as ``json.dumps`` does by default).
 ESCAPED_CHARACTER = 12
-#: Room in a login body besides its two strings: the keys, ``force``, spaces.
+#: Room in a login body besides its two strings: the keys, ``force``, spaces, and a ``code`` (at most 64
+#: characters, 768 bytes escaped).
 LOGIN_BODY_OVERHEAD = 1024
 #: The largest logout body: clients send ``{}`` or nothing (:func:`parse_logout`).
 LOGOUT_MAX_BODY = 1024
@@ -60,8 +63,11 @@ def login_max_body(max_password_length: int) -> int:
     return ESCAPED_CHARACTER * (users.MAX_USERNAME + max_password_length) + LOGIN_BODY_OVERHEAD
 
 
-def parse_login(body: bytes) -> tuple[str, str, bool]:
-    """Parse ``{"username", "password", "force"?}``; InvalidCall on any other shape.
+def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
+    """Parse ``{"username", "password", "force"?, "code"?}``; InvalidCall on any other shape.
+
+    ``code`` (None when absent) is the second factor: a TOTP code or a recovery code, a string of at most
+    :data:`bastion_auth.totp.MAX_CODE_LENGTH` characters.
 
     A login body is one flat object: a body holding any other array or object
     is refused from its bytes, before the parser builds anything.
@@ -72,7 +78,7 @@ def parse_login(body: bytes) -> tuple[str, str, bool]:
         raise InvalidCall("malformed JSON body") from None
     if not isinstance(payload, dict):
         raise InvalidCall("the body must be a JSON object with username and password")
-    extra = set(payload) - {"username", "password", "force"}
+    extra = set(payload) - {"username", "password", "force", "code"}
     if extra:
         raise InvalidCall(f"unexpected key in body: {', '.join(sorted(extra))}")
     username, password, force = payload.get("username"), payload.get("password"), payload.get("force", False)
@@ -82,7 +88,8 @@ def parse_login(body: bytes) -> tuple[str, str, bool]:
         raise InvalidCall("'password' must be a string")
     if not isinstance(force, bool):
         raise InvalidCall("'force' must be a boolean")
-    return username, password, force
+    code = totp.check_code_argument(payload["code"]) if "code" in payload else None
+    return username, password, force, code
 
 
 def locking(refusal: str, retry_after: float) -> AccountLocked:
@@ -152,17 +159,22 @@ class Login:
         answers 200 with a session it can tell has ended.
         """
         auth = self.auth
-        username, password, force = parse_login(request.body)
+        username, password, force, code = parse_login(request.body)
         domain, origin = request.domain, request.origin
-        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password",
+                                               code=code, second_factor=True)
         passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:
             upgraded = auth.passwords.context.hash(password)
             if users.set_password(username, upgraded, expected_hash=record.password):
                 hashes.add(upgraded)
-        return self.open_session(request, username, force=force, rehashed=len(hashes) > 1,
-                                 still_valid=lambda: self._still_valid(username, password, hashes, passwords))
+        answer = self.open_session(request, username, force=force, rehashed=len(hashes) > 1,
+                                   still_valid=lambda: self._still_valid(username, password, hashes, passwords))
+        if auth.second.must_enrol(domain, record):
+            # [auth] second_factor = required, and the user has none yet: this session may only enrol.
+            answer["second_factor"] = "enrol"
+        return answer
 
     def open_session(self, request: Request, username: str, *, force: bool = False, rehashed: bool = False,
                      still_valid: Callable[[], bool] = lambda: True, method: str | None = None) -> dict[str, Any]:
@@ -229,7 +241,7 @@ class Login:
     # -- one password checked against the limits ---------------------------
 
     def check_password(self, domain: str, origin: str, username: str, password: str, refusal: str,
-                       attempt_of: str = "login"):
+                       attempt_of: str = "login", *, code: str | None = None, second_factor: bool = False):
         """Check a user's password as one attempt against the limits; return ``(record, outdated)``.
 
         Every login, and every ``change_password`` (its ``old``), goes through
@@ -249,9 +261,43 @@ class Login:
         is a ``login_failed`` event (with ``attempt``: ``attempt_of``, when it
         is not a login), a lock an ``account_locked`` one, a ban a ``banned``
         one.
+
+        With ``second_factor`` (a login), a user with two-step sign-in also
+        needs ``code``, checked once the password verified
+        (:mod:`bastion_auth.totp`): a wrong or used code is a failure exactly
+        like a wrong password (reason ``invalid_code``; 401 InvalidCredential,
+        "invalid or already used code"); no code at all is 401
+        SecondFactorRequired, which neither counts as a failure nor resets
+        the account's count (only the whole login does), and gives the
+        origin's place back.
         """
+        tenant = self.auth.tenant(domain)
+
+        def check(record: Any) -> tuple[bool, bool, str]:
+            valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
+            if not valid or not second_factor or not self.auth.second.active(record):
+                return valid, outdated, "invalid_credential"
+            if code is None:
+                return False, outdated, "second_factor_required"
+            used = self.auth.second.verify(domain, username, record, code)
+            return used is not None, outdated, "invalid_code"
+
+        return self._attempt(domain, origin, username, check, refusal, attempt_of)
+
+    def check_code(self, domain: str, origin: str, username: str, code: str, refusal: str, attempt_of: str):
+        """Check a code of a user with two-step sign-in (a TOTP code or a recovery code, used up) as one attempt
+        against the limits, exactly as :meth:`check_password` checks a password; return the user's record."""
+
+        def check(record: Any) -> tuple[bool, bool, str]:
+            return self.auth.second.verify(domain, username, record, code) is not None, False, "invalid_code"
+
+        return self._attempt(domain, origin, username, check, refusal, attempt_of)[0]
+
+    def _attempt(self, domain: str, origin: str, username: str, check: Callable[[Any], tuple[bool, bool, str]],
+                 refusal: str, attempt_of: str):
+        """One attempt against the limits (see :meth:`check_password`): ``check(record)`` says whether the
+        secrets verify, whether the hash is outdated, and the reason of a refusal."""
         auth = self.auth
-        tenant = auth.tenant(domain)
         shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
         extra = {} if attempt_of == "login" else {"attempt": attempt_of}
         attempt = secrets.token_hex(8)
@@ -267,31 +313,39 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
             raise
         record = users.find(username)
-        valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
+        valid, outdated, reason = check(record)
         now = auth.clock()
         try:
-            if valid:
+            if reason == "second_factor_required":
+                auth.accounts.check_open(domain, username, now)  # told only while the account is not locked
+            elif valid:
                 forgiven = auth.accounts.succeeded(domain, username, now)
             else:
                 locked_until = auth.accounts.failed(domain, username, attempt, now)
         except AccountLocked as locked:  # locked while this password was checked: its outcome is not told
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)
             raise
+        if reason == "second_factor_required":
+            auth.abuse.release(domain, origin, attempt)
+            auth.event("login_failed", shown, logging.INFO, reason=reason, **extra)
+            raise SecondFactorRequired("a code is required: the one the authenticator app shows, or a recovery code")
         if not valid:
-            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra)
+            if reason == "invalid_code":
+                refusal = "invalid or already used code"
+            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra, reason)
             raise InvalidCredential(refusal) if locked_until is None else locking(refusal, locked_until - now)
         auth.abuse.release(domain, origin, attempt)
         auth.abuse.forgive(domain, origin, forgiven)
         return record, outdated
 
     def _failed(self, domain: str, origin: str, attempt: str, shown: str, known_user: bool,
-                locked_until: float | None, now: float, extra: dict[str, Any]) -> None:
-        """A wrong password: its ``login_failed`` event (and ``account_locked`` when it locks the account), its
-        weight of 1 for the origin, and the dummy delay."""
+                locked_until: float | None, now: float, extra: dict[str, Any],
+                reason: str = "invalid_credential") -> None:
+        """A wrong password (or code): its ``login_failed`` event (and ``account_locked`` when it locks the
+        account), its weight of 1 for the origin, and the dummy delay."""
         auth = self.auth
         settings = auth.tenant(domain).settings
-        auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential", known_user=known_user,
-                   **extra)
+        auth.event("login_failed", shown, logging.WARNING, reason=reason, known_user=known_user, **extra)
         if locked_until is not None:
             auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
                        failures=settings.account_max_failures)
