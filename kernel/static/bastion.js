@@ -6,6 +6,7 @@
  * and use the global `Bastion`:
  *
  *   Bastion.login("alice", "s3cret")            // Promise of the session's user
+ *   Bastion.login("alice", "s3cret", false, "123456")  // with two-step sign-in: after a SecondFactorRequired
  *   Bastion.safe_call("add", "Play with Fanery")  // positional args
  *   Bastion.safe_call("update", {id, vsn, done: true})  // one plain object: kwargs
  *   Bastion.logout()
@@ -642,10 +643,13 @@
       ? Math.max(0, body.expires - body.server_time) : 0;
   }
 
-  /** Log in; Promise of the user ({username, domain}). `force` ends the user's other sessions. */
-  function login(username, password, force) {
+  /** Log in; Promise of the user ({username, domain}). `force` ends the user's other sessions; `code` is the
+   *  second factor (a TOTP code or a recovery code), which a user with two-step sign-in needs: without it the
+   *  login rejects with SecondFactorRequired (section 3), and the page asks for it and logs in again. */
+  function login(username, password, force, code) {
     var payload = { username: username, password: password };
     if (force) payload.force = true;
+    if (typeof code === "string" && code) payload.code = code;
     var answer;
     var body;
     return restoring.then(function () {
