@@ -124,6 +124,7 @@ __all__ = [
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",
     "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
-    "SecondFactorRequired", "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession", "UnsupportedMediaType", "ValidationError",
+    "SecondFactorRequired", "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession",
+    "UnsupportedMediaType", "ValidationError",
     "VersionConflict",
 ]

@@ -24,8 +24,8 @@ from kernel import (
     InvalidCredential,
     MaxActiveSessions,
     Request,
-    SecondFactorRequired,
     Routes,
+    SecondFactorRequired,
     b64url,
     loads,
 )

@@ -11,9 +11,9 @@ import threading
 import pyotp
 import pytest
 from auth_helpers import PASSWORD, assert_error, auth_of, login_body, send
-
 from bastion_auth import users
-from kernel import AccountLocked, Forbidden, InvalidCall, InvalidCredential, SecondFactorRequired, ValidationError
+
+from kernel import Forbidden, InvalidCall, InvalidCredential, SecondFactorRequired, ValidationError
 from kernel.testing import Client
 
 
