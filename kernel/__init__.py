@@ -64,13 +64,16 @@ from kernel.core.errors import (  # noqa: E402
     AccountLocked,
     BastionError,
     ConfigError,
+    EncryptionRequired,
     Error,
     ExpiredSession,
     Forbidden,
     InvalidCall,
+    InvalidCiphertext,
     InvalidCredential,
     InvalidHost,
     InvalidSignature,
+    KeyAgreementRequired,
     MaxActiveSessions,
     MethodNotAllowed,
     NotFound,
@@ -92,6 +95,7 @@ from kernel.core.hookspecs import hookimpl  # noqa: E402
 from kernel.core.hosts import parse_domain  # noqa: E402
 from kernel.core.jsonio import dumps, dumps_text, loads, loads_stored  # noqa: E402
 from kernel.core.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
+from kernel.core.sealing import KeyPair, Sealing, SessionKeys, derive_keys, load_public  # noqa: E402
 from kernel.core.services import json_type, service  # noqa: E402
 from kernel.core.signing import Authentication, Credentials, b64url, b64url_decode  # noqa: E402
 from kernel.core.store import Errors, Record, storage  # noqa: E402
@@ -110,7 +114,7 @@ __all__ = [
     # JSON and text
     "dumps", "dumps_text", "loads", "loads_stored", "json_type", "b64url", "b64url_decode", "parse_domain",
     # authentication
-    "Credentials", "Authentication",
+    "Credentials", "Authentication", "KeyPair", "Sealing", "SessionKeys", "derive_keys", "load_public",
     # operations: bastion check --deploy
     "Problem", "is_loopback_host",
     # storage drivers
@@ -126,5 +130,5 @@ __all__ = [
     "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
     "SecondFactorRequired", "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession",
     "UnsupportedMediaType", "ValidationError",
-    "VersionConflict",
+    "VersionConflict", "KeyAgreementRequired", "EncryptionRequired", "InvalidCiphertext",
 ]

@@ -49,7 +49,7 @@ def test_print_the_pipeline_next_to_the_protocols_list(capsys):
         for number in pipeline.Step.numbers(step):
             print(f"  {number:>2}. {listed[number][:90]}")
     assert order_problems(pipeline.ORDER) == []
-    assert len(listed) == 14
+    assert len(listed) == 15
 
 
 def test_each_numbered_step_names_what_the_protocol_refuses_there():

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.core import signing
+from kernel.core import sealing, signing
 from kernel.core.errors import BY_NAME, BastionError, StaleCall
 from kernel.core.hosts import parse_domain
 from kernel.core.jsonio import dumps
@@ -72,6 +72,15 @@ class ServerFailure(BastionError):
         self.request_id = request_id
 
 
+class DowngradeRefused(BastionError):
+    """Client side: a version-2 login answered as a version-1 one (a ``key`` in the answer, no ``public_key``):
+    something between client and server removed the key agreement. The client ends the session it was given and
+    uses none of it (docs/protocol.md section 16)."""
+
+    status = 0
+    default_message = "the login was downgraded to version 1 on its way: refused"
+
+
 @dataclass
 class Response:
     """A raw answer: status, headers (lower-case names) and body bytes."""
@@ -88,13 +97,27 @@ class Response:
 @dataclass
 class Session:
     """What login returned: the session id, its key, who logged in, and the server's ``limits`` (an empty dict
-    from a server that does not tell them). ``expires`` follows the ``Session-Expires`` of verified answers."""
+    from a server that does not tell them). ``expires`` follows the ``Session-Expires`` of verified answers.
+
+    ``key`` signs calls: the login's ``key`` (version 1) or the agreed ``call-mac`` key (version 2), which also
+    has ``keys``, all four (docs/protocol.md section 16)."""
 
     sid: str
-    key: bytes
+    key: bytes = field(repr=False)
     expires: float
     user: dict[str, Any]
     limits: dict[str, Any] = field(default_factory=dict)
+    keys: sealing.SessionKeys | None = None
+
+    @property
+    def version(self) -> int:
+        """The protocol version of the login: 2 when it agreed on keys."""
+        return 1 if self.keys is None else 2
+
+    @property
+    def answer_key(self) -> bytes:
+        """The key answers are signed with."""
+        return self.key if self.keys is None else self.keys.answer_mac
 
 
 class Client:
@@ -109,19 +132,30 @@ class Client:
     for a private CA); ``certfile`` and ``keyfile`` present a client
     certificate (a proxy that asks for one); ``ssl_context`` replaces all of
     them with an :class:`ssl.SSLContext` of your own. There is no switch that
-    turns verification off: the login answer carries the session key.
+    turns verification off: a version-1 login answer carries the session key.
+
+    ``version=2`` logs in with a key agreement (docs/protocol.md section 16:
+    no key travels); ``encrypt=True`` (which implies it) also seals every
+    call's arguments and every answer. The default, version 1, talks to
+    servers of every version.
     """
 
     def __init__(self, base_url: str | None = None, host: str | None = None, *, app=None,
                  clock: Callable[[], float] = time.time, remote_addr: str = "127.0.0.1", timeout: float = 30.0,
                  source_address: str | None = None, cafile: str | None = None, certfile: str | None = None,
-                 keyfile: str | None = None, ssl_context: ssl.SSLContext | None = None):
+                 keyfile: str | None = None, ssl_context: ssl.SSLContext | None = None, version: int | None = None,
+                 encrypt: bool = False):
         if (base_url is None) == (app is None):
             raise ValueError("give either base_url or app")
         if ssl_context is not None and (cafile or certfile or keyfile):
             raise ValueError("give ssl_context, or cafile/certfile/keyfile, not both")
         if keyfile and not certfile:
             raise ValueError("keyfile needs certfile")
+        version = version if version is not None else (2 if encrypt else 1)
+        if version not in (1, 2) or (encrypt and version != 2):
+            raise ValueError("version is 1 or 2, and encrypt needs version 2")
+        self.version = version
+        self.encrypt = encrypt
         self.app = app
         self.remote_addr = remote_addr
         self.source_address = source_address
@@ -154,13 +188,43 @@ class Client:
             payload["force"] = True
         if code is not None:
             payload["code"] = code
+        pair = sealing.KeyPair() if self.version == 2 else None
+        if pair is not None:
+            payload["public_key"] = pair.public
         answer = self.request("/auth/login", _encode(payload))
         data = self._result_or_raise(answer)
         self.offset = float(data["server_time"]) - self.clock()
         limits = data.get("limits")
-        self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"],
-                               dict(limits) if isinstance(limits, dict) else {})
+        limits = dict(limits) if isinstance(limits, dict) else {}
+        if pair is None:
+            self.session = Session(data["sid"], signing.b64url_decode(data["key"]), data["expires"], data["user"],
+                                   limits)
+            return data["user"]
+        if data.get("version") != sealing.VERSION or not isinstance(data.get("public_key"), str) or "key" in data:
+            self._refuse_downgrade(data)
+        try:
+            secret = pair.agree(data["public_key"])
+        except ValueError as exc:
+            raise ProtocolError(f"the login answer's public_key: {exc}") from None
+        keys = sealing.derive_keys(secret, data["sid"], self.domain, pair.public, data["public_key"])
+        self.session = Session(data["sid"], keys.call_mac, data["expires"], data["user"], limits, keys)
         return data["user"]
+
+    def _refuse_downgrade(self, data: dict[str, Any]) -> None:
+        """A version-2 login answered without a key agreement: end the session whose key travelled (with that
+        key: whoever else read it can then sign nothing), use nothing of it, and raise DowngradeRefused."""
+        try:
+            leaked = Session(str(data["sid"]), signing.b64url_decode(str(data["key"])), 0, {})
+        except (KeyError, ValueError):
+            raise DowngradeRefused() from None
+        self.session, encrypt, self.encrypt = leaked, self.encrypt, False
+        try:
+            self.signed("/auth/logout", b"{}")
+        except BastionError:
+            pass  # refused anyway: the session is not used
+        finally:
+            self.session, self.encrypt = None, encrypt
+        raise DowngradeRefused()
 
     def call(self, service: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call a service with positional and keyword arguments; return its result.
@@ -183,26 +247,39 @@ class Client:
             self.session = None
 
     def signed(self, path: str, body: bytes) -> dict[str, Any]:
-        """Send a signed call; verify the answer; retry once after a signed StaleCall."""
+        """Send a signed call (sealed, if the client encrypts); verify the answer; retry once after a signed
+        StaleCall."""
         for attempt in (1, 2):
             response, nonce = self.send_signed(path, body)
             try:
-                return self._result_or_raise(response, nonce=nonce)
+                return self._result_or_raise(response, nonce=nonce, sealed=self._sealing())
             except StaleCall as exc:
                 self.offset = float(exc.extra.get("server_time", self.clock())) - self.clock()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def send_signed(self, path: str, body: bytes, ts: str | None = None, nonce: str | None = None) -> tuple[Response, str]:
-        """Sign and send a call without interpreting the answer (tests use it to replay)."""
+    def _sealing(self) -> bool:
+        return self.encrypt and self.session is not None and self.session.keys is not None
+
+    def send_signed(self, path: str, body: bytes, ts: str | None = None, nonce: str | None = None,
+                    seal: bool | None = None) -> tuple[Response, str]:
+        """Sign and send a call without interpreting the answer (tests use it to replay). ``seal``: seal the body
+        (default: when the client encrypts)."""
         if self.session is None:
             raise RuntimeError("log in first")
         ts = ts or str(int(self.clock() + self.offset))
         nonce = nonce or signing.new_nonce()
         # The server verifies the path as it arrives: the base URL's path prefix included.
+        headers: dict[str, str] = {}
+        if self._sealing() if seal is None else seal:
+            if self.session.keys is None:
+                raise RuntimeError("a version-1 session has no key to seal with")
+            body = sealing.seal(self.session.keys.call_enc, body,
+                                sealing.call_aad(ts, nonce, self.prefix + path, self.domain))
+            headers["Content-Type"] = sealing.SEALED_TYPE
         mac = signing.request_mac(self.session.key, ts, nonce, self.prefix + path, self.domain, body)
-        headers = {"Authorization": signing.authorization(self.session.sid, ts, nonce, mac)}
+        headers["Authorization"] = signing.authorization(self.session.sid, ts, nonce, mac)
         return self.request(path, body, headers), nonce
 
     def request(self, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
@@ -222,12 +299,13 @@ class Client:
         if self.session is None:
             raise RuntimeError("log in first")
         mac = signing.parse_server_authorization(response.headers.get("server-authorization"))
-        expected = signing.response_mac(self.session.key, nonce, response.status, response.body)
+        expected = signing.response_mac(self.session.answer_key, nonce, response.status, response.body)
         if mac is None or not signing.macs_equal(mac, expected):
             raise InvalidResponseSignature()
 
-    def _result_or_raise(self, response: Response, nonce: str | None = None) -> dict[str, Any]:
-        """The answer's JSON object; an answer to a signed call (the ``nonce`` it was sent with) is verified."""
+    def _result_or_raise(self, response: Response, nonce: str | None = None, sealed: bool = False) -> dict[str, Any]:
+        """The answer's JSON object; an answer to a signed call (the ``nonce`` it was sent with) is verified, and
+        the answer to a sealed call opened once verified (``sealed``)."""
         signed = "server-authorization" in response.headers
         try:
             data = response.json()
@@ -247,6 +325,9 @@ class Client:
         if nonce is not None and not unsigned_allowed:
             self.verify(response, nonce)
             self._slid(response)
+            if sealed or sealing.is_sealed(response.headers.get("content-type")):
+                data = self._open(response, nonce, sealed)
+                exc_name = data.get("exc") if isinstance(data, dict) and response.status >= 400 else None
         if data is None:
             raise ProtocolError(f"HTTP {response.status}: the body is not JSON")
         if exc_name is not None:
@@ -256,6 +337,20 @@ class Client:
         if response.status != 200 or not isinstance(data, dict):
             raise ProtocolError(f"HTTP {response.status}: not a docs/protocol.md answer")
         return data
+
+    def _open(self, response: Response, nonce: str, sealed: bool) -> Any:
+        """The JSON of a verified answer to a sealed call: its envelope opened (section 16). A signed answer to a
+        sealed call must be sealed, and a sealed one answers only a sealed call."""
+        if self.session is None or self.session.keys is None or not sealed:
+            raise ProtocolError("a sealed answer to a call that was not sealed")
+        if not sealing.is_sealed(response.headers.get("content-type")):
+            raise ProtocolError(f"HTTP {response.status}: a signed answer to a sealed call that is not sealed")
+        try:
+            plain = sealing.open_envelope(self.session.keys.answer_enc, response.body,
+                                          sealing.answer_aad(nonce, response.status))
+            return json.loads(plain.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"HTTP {response.status}: the sealed answer does not open: {exc}") from None
 
     def _slid(self, response: Response) -> None:
         """A verified answer that says when the session now ends (``Session-Expires``, section 4): keep it."""

@@ -55,6 +55,27 @@ class InvalidCall(BastionError):
     default_message = "invalid call"
 
 
+class KeyAgreementRequired(BastionError):
+    """400: a version-1 login (no ``public_key``) on a tenant that requires version 2."""
+
+    status = 400
+    default_message = "this server requires a version-2 login: send a public_key (key agreement)"
+
+
+class EncryptionRequired(BastionError):
+    """400: a plain call on a tenant that requires encrypted calls (signed: its MAC verified)."""
+
+    status = 400
+    default_message = "this server requires encrypted calls"
+
+
+class InvalidCiphertext(BastionError):
+    """400: a sealed call whose MAC verified but whose envelope does not open with the session's key."""
+
+    status = 400
+    default_message = "the encrypted body does not open with this session's key"
+
+
 class InvalidHost(BastionError):
     """400: no Host header, several, or one outside the allowed hosts."""
 
@@ -248,7 +269,8 @@ class ServiceUnavailable(_RetryAfter):
 BY_NAME: dict[str, type[BastionError]] = {
     cls.__name__: cls
     for cls in (
-        InvalidCall, InvalidHost, Unauthorized, InvalidCredential, SecondFactorRequired, UnknownSession,
+        InvalidCall, KeyAgreementRequired, EncryptionRequired, InvalidCiphertext, InvalidHost, Unauthorized,
+        InvalidCredential, SecondFactorRequired, UnknownSession,
         ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
         NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,

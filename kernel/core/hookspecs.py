@@ -328,7 +328,7 @@ def bastion_authenticate(request: Request, credentials: Credentials | None, serv
 def bastion_has_permission(session: Any, service: str, request: Request) -> bool | None:
     """Say whether the session may call the service.
 
-    Called by the kernel at step 11 of docs/protocol.md section 4 for every
+    Called by the kernel at step 12 of docs/protocol.md section 4 for every
     signed call that passed steps 1 to 10. The default authorization is the
     ``permissions`` plugin (its ``[permissions]`` section: a service listed
     there is open only to the roles it names); any plugin may deny beside
@@ -336,7 +336,7 @@ def bastion_has_permission(session: Any, service: str, request: Request) -> bool
 
     Args:
         session: The authenticated session.
-        service: The service name (which may not exist: step 12 comes after).
+        service: The service name (which may not exist: step 13 comes after).
         request: The :class:`kernel.Request`, whose ``user`` and ``roles``
             say who calls.
 

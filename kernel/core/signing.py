@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from kernel.core.context import Request
     from kernel.core.errors import BastionError
+    from kernel.core.sealing import Sealing
 
 SCHEME = "Bastion-HMAC"
 REQUEST_TAG = "bastion-hmac-v1"
@@ -165,6 +166,10 @@ class Authentication:
     when the session ends if no other call slides it, as this call left it
     (Unix seconds); the kernel sends it as ``Session-Expires`` on the call's
     answer. None: no such header (a refusal, a call that ended its session).
+    ``sealing``: the session's encryption keys (a version-2 session,
+    docs/protocol.md section 16), with which the kernel opens a sealed call
+    and seals its answer, and whether its tenant refuses plain calls; None
+    for a session without them (version 1), whose sealed calls are refused.
     """
 
     session: Any
@@ -172,6 +177,7 @@ class Authentication:
     refusal: BastionError | None = None
     roles: frozenset[str] | None = None
     expires: float | None = None
+    sealing: Sealing | None = None
 
 
 class ResponseSigner:

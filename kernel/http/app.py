@@ -8,7 +8,7 @@ docs/protocol.md section 4 in order (printed by ``python -m kernel.http.pipeline
     process_request   -> the request phase   target, origin, host (1)
     process_resource  -> the route phase     transport (2), ban (3), body (4, 5), credentials (6),
                                              authenticate (7-10)
-    ApiResource       -> the call phase      authorize (11), service (12), bind (13), run (14)
+    ApiResource       -> the call phase      authorize (12), service (13), bind (14), run (15)
     process_response  -> the answer phase    sign, headers, account (the call line, bastion_refused)
 
 A refusal anywhere is an exception that the one :class:`ErrorHandler` answers; the answer phase runs after it.
@@ -141,7 +141,7 @@ class PipelineMiddleware:
 
 
 class ApiResource:
-    """``POST /api/{service}``: the ``call`` phase (steps 11 to 14; the route phase authenticated the call)."""
+    """``POST /api/{service}``: the ``call`` phase (steps 12 to 15; the route phase authenticated the call)."""
 
     protected = True
     signed = True

@@ -14,7 +14,7 @@ A step runs in one of four phases, the points where Falcon hands a request over:
 
 * ``request``: before routing, for every request (the target, the origin, step 1);
 * ``route``: once routing found what serves the request (steps 2 to 10, by what the route asks for);
-* ``call``: the responder of ``/api/{service}`` (steps 11 to 14);
+* ``call``: the responder of ``/api/{service}`` (steps 12 to 15);
 * ``answer``: once the answer is ready, whatever happened (its signature, its headers, its accounting).
 
 Plugins contribute to named steps through hooks: ``ban`` calls ``bastion_admit``, ``authenticate``
@@ -39,9 +39,11 @@ from kernel.core import context
 from kernel.core.context import bind_request_id, bind_scope, unbind_request_id, unbind_scope
 from kernel.core.errors import (
     BastionError,
+    EncryptionRequired,
     Error,
     Forbidden,
     InvalidCall,
+    InvalidCiphertext,
     InvalidHost,
     NotFound,
     PayloadTooLarge,
@@ -51,6 +53,7 @@ from kernel.core.errors import (
 )
 from kernel.core.hosts import FORWARDING_HEADERS, forwarding_headers, parse_domain
 from kernel.core.jsonio import loads
+from kernel.core.sealing import SEALED_TYPE, Sealing, answer_aad, call_aad, is_sealed, open_envelope, seal
 from kernel.core.signing import Authentication, Credentials, ResponseSigner
 from kernel.http.routes import answer
 from kernel.http.static_files import STATIC_CSP
@@ -134,9 +137,13 @@ class Call:
     admissions: list[Any] = field(default_factory=list)
     #: Set once the MAC verified (step 8): every answer from then on is signed with it.
     signer: ResponseSigner | None = None
+    #: The session's encryption keys, as the authenticator handed them (a version-2 session).
+    sealing: Sealing | None = None
+    #: Set once a sealed call's session is known (its MAC verified): every answer from then on is sealed with it.
+    sealed: bool = False
     #: When the session ends as the call left it (the authenticator's ``Authentication.expires``), if it says.
     session_expires: float | None = None
-    #: The service's arguments, bound at step 13: ``(args, kwargs)``.
+    #: The service's arguments, bound at step 14: ``(args, kwargs)``.
     bound: tuple[tuple, dict] | None = None
     #: The refusal the error handler answered, if any (the ``account`` step weighs it).
     error: BastionError | None = None
@@ -407,13 +414,16 @@ class BodyStep(_PostStep):
     name = "body"
     protocol = "5"
     phase = Phase.ROUTE
-    does = "JSON body, no query string, then the body read whole (415 UnsupportedMediaType, 400 InvalidCall)"
+    does = ("JSON body (a signed call's may be sealed), no query string, then the body read whole "
+            "(415 UnsupportedMediaType, 400 InvalidCall)")
 
     def run(self, call: Call) -> None:
         req, request = call.req, call.request
         length = req.content_length
-        if (length or request.body) and not _is_json(req.content_type):
-            raise UnsupportedMediaType("the request body must be application/json")
+        if (length or request.body) and not _is_json(req.content_type) and not (
+                call.route.signed and is_sealed(req.content_type)):
+            raise UnsupportedMediaType(f"the request body must be application/json"
+                                       f"{f' or {SEALED_TYPE}' if call.route.signed else ''}")
         if request.query is not None:
             raise InvalidCall("a query string is not accepted here")
         if length:
@@ -453,6 +463,9 @@ class AuthenticateStep(_PostStep):
             if credentials is None:  # what signs the answers is the nonce of the Bastion-HMAC credentials
                 raise TypeError("an authenticator returned an Authentication for a call without Bastion-HMAC credentials")
             call.signer = ResponseSigner(result.key, credentials.nonce)
+            # A sealed call's session is known: every answer from here on is sealed, its refusals too.
+            call.sealing = result.sealing
+            call.sealed = result.sealing is not None and is_sealed(call.req.content_type)
             if result.refusal is not None:
                 raise result.refusal
             call.session_expires = result.expires
@@ -460,6 +473,38 @@ class AuthenticateStep(_PostStep):
         call.request._session = result
         # The roles the authenticator read with the call; one that reads none may keep them on its session.
         call.request._roles = frozenset(roles if roles is not None else getattr(result, "roles", None) or ())
+
+
+class OpenStep(_PostStep):
+    """Step 11 (docs/protocol.md section 16): a sealed call is opened with its session's call key and the
+    associated data of its ts, nonce, path and domain (its answer, whatever it is, is sealed: see
+    :class:`AuthenticateStep`); a plain call to a service on a tenant that requires encryption is refused. Every
+    later step reads the plaintext as the body."""
+
+    name = "open"
+    protocol = "11"
+    phase = Phase.ROUTE
+    does = ("a sealed body opens (415 UnsupportedMediaType without session keys, 400 InvalidCiphertext); "
+            "a plain one where sealed calls are required: 400 EncryptionRequired")
+
+    def applies(self, call: Call) -> bool:
+        return call.route.signed and call.req.method == "POST" and call.credentials is not None
+
+    def run(self, call: Call) -> None:
+        sealing, request, credentials = call.sealing, call.request, call.credentials
+        if not is_sealed(call.req.content_type) or credentials is None:
+            # A logout carries nothing, and refusing it would only keep a session alive: it may be plain.
+            if sealing is not None and sealing.required and call.service is not None:
+                raise EncryptionRequired("this tenant requires encrypted calls: seal the body (a version-2 "
+                                         "session's call key)")
+            return
+        if sealing is None:
+            raise UnsupportedMediaType("a sealed body needs a session that agreed on keys (a version-2 login)")
+        aad = call_aad(credentials.ts, credentials.nonce, request.path, request.domain)
+        try:
+            request._body = open_envelope(sealing.call_key, request.body, aad)
+        except ValueError as exc:
+            raise InvalidCiphertext(str(exc)) from None
 
 
 # -- call: the responder of /api/{service} ------------------------------------------------------------------------
@@ -484,7 +529,7 @@ class _ServiceStep(Step):
 
 class AuthorizeStep(_ServiceStep):
     name = "authorize"
-    protocol = "11"
+    protocol = "12"
     hook = "bastion_has_permission"
     does = "permission (403 Forbidden): any False denies"
 
@@ -498,7 +543,7 @@ class AuthorizeStep(_ServiceStep):
 
 class LookupStep(_ServiceStep):
     name = "service"
-    protocol = "12"
+    protocol = "13"
     does = "the service exists (404 NotFound)"
 
     def run(self, call: Call) -> None:
@@ -507,7 +552,7 @@ class LookupStep(_ServiceStep):
 
 class BindStep(_ServiceStep):
     name = "bind"
-    protocol = "13"
+    protocol = "14"
     does = "the body parses and binds to the service's parameters (400 InvalidCall)"
 
     def run(self, call: Call) -> None:
@@ -517,7 +562,7 @@ class BindStep(_ServiceStep):
 
 class RunStep(_ServiceStep):
     name = "run"
-    protocol = "14"
+    protocol = "15"
     does = "the service runs; its answer is {\"result\": ...} (its own errors: 404 RecordNotFound, 409, 422, ...)"
 
     def run(self, call: Call) -> None:
@@ -550,6 +595,24 @@ def parse_call(body: bytes) -> tuple[list, dict]:
 
 
 # -- answer: once the answer is ready ------------------------------------------------------------------------------
+
+
+class SealStep(Step):
+    """The answer to a sealed call, whatever it is (a result, a refusal, a 500), sealed with the session's answer key
+    and the associated data of the call's nonce and the answer's status (docs/protocol.md section 16)."""
+
+    name = "seal"
+    phase = Phase.ANSWER
+    does = "the answer to a sealed call sealed with the session's answer key (section 16)"
+
+    def applies(self, call: Call) -> bool:
+        return call.sealed and isinstance(call.resp.data, bytes)
+
+    def run(self, call: Call) -> None:
+        resp, sealing, credentials = call.resp, call.sealing, call.credentials
+        if sealing is not None and credentials is not None and isinstance(resp.data, bytes):  # as applies() found
+            resp.data = seal(sealing.answer_key, resp.data, answer_aad(credentials.nonce, resp.status_code))
+            resp.content_type = SEALED_TYPE
 
 
 class SignStep(Step):
@@ -664,8 +727,9 @@ def _is_json(content_type: str | None) -> bool:
 ORDER: tuple[type[Step], ...] = (
     TargetStep, OriginStep, HostStep,                                       # request
     TransportStep, BanStep, BodyLimitStep, BodyStep, AuthenticateStep,      # route
+    OpenStep,
     AuthorizeStep, LookupStep, BindStep, RunStep,                           # call
-    SignStep, HeadersStep, AccountStep,                                     # answer
+    SealStep, SignStep, HeadersStep, AccountStep,                           # answer
 )
 
 

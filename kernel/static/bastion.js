@@ -1,5 +1,5 @@
 /*
- * bastion.js — the Bastion browser client (docs/protocol.md, version 1).
+ * bastion.js — the Bastion browser client (docs/protocol.md, versions 1 and 2).
  *
  * No build step, no dependency: load it with
  *   <script src="/bastion/bastion.js"></script>
@@ -29,12 +29,23 @@
  * unless its status is one the server cannot sign (steps 1-8), in which case
  * only the status is acted upon.
  *
- * The session key is imported at login as a non-extractable CryptoKey (no
- * script, this one included, can read its bytes afterwards) and kept in
- * IndexedDB under a random per-tab id; sessionStorage keeps only {sid,
- * expires, user, offset, idle, seen, kid}, so a reload of the tab stays logged in.
- * `Bastion.ready` is a Promise of the session restored at start-up. Without
- * IndexedDB the session lives in this page's memory only.
+ * By default the client logs in with protocol version 2 (section 16): an
+ * ephemeral ECDH P-256 key pair made for the login, whose private key cannot
+ * leave WebCrypto, and the session's four keys derived with HKDF straight
+ * into non-extractable CryptoKeys: no key is ever sent, and the page never
+ * holds key bytes. Every call's arguments and every answer are then sealed
+ * (AES-256-GCM). `Bastion.configure({version: 1})` logs in the version-1
+ * way (the server sends the key, imported at once as a non-extractable
+ * CryptoKey); `{encrypt: false}` keeps version 2's keys but sends plain
+ * calls. A version-2 login answered the version-1 way (something on the way
+ * removed the key agreement) is refused with DowngradeRefused, and the
+ * session whose key travelled is ended at once.
+ *
+ * The session's keys are kept in IndexedDB under a random per-tab id;
+ * sessionStorage keeps only {sid, expires, user, offset, idle, seen, kid}, so
+ * a reload of the tab stays logged in. `Bastion.ready` is a Promise of the
+ * session restored at start-up. Without IndexedDB the session lives in this
+ * page's memory only.
  */
 (function (global) {
   "use strict";
@@ -73,6 +84,13 @@
   // its idle expiry has passed too. (A wrong clock offset changes nothing here; a session that reached its
   // absolute lifetime is still asked about, and the server says so.)
   var EXPIRY_MARGIN = 2;
+
+  // Version 2 (section 16).
+  var SEALED_TYPE = "application/vnd.bastion.sealed";
+  var P256 = { name: "ECDH", namedCurve: "P-256" };
+  var IV_BYTES = 12;
+  var MIN_ENVELOPE = 28;  // an IV and a tag around an empty plaintext
+  var options = { version: 2, encrypt: true };
 
   var encoder = new TextEncoder();
   var decoder = new TextDecoder("utf-8");
@@ -205,6 +223,81 @@
     });
   }
 
+  // -- section 16: the key agreement and the envelope ------------------------
+
+  /** The HKDF info of one of the session's keys: six lines. */
+  function kdfInfo(label, sid, domain, clientPublic, serverPublic) {
+    return encoder.encode(["bastion-v2", label, sid, domain, clientPublic, serverPublic].join("\n"));
+  }
+
+  /** Promise of a new ECDH key pair whose private key cannot be exported, and its public key in b64url. */
+  function newKeyPair() {
+    return subtle().generateKey(P256, false, ["deriveKey"]).then(function (pair) {
+      return subtle().exportKey("raw", pair.publicKey).then(function (raw) {
+        return { privateKey: pair.privateKey, public: b64url(raw) };
+      });
+    });
+  }
+
+  /** Promise of the session's four keys, each a non-extractable CryptoKey: {callMac, answerMac, callEnc, answerEnc}. */
+  function deriveKeys(privateKey, clientPublic, serverPublic, sid, domain) {
+    return Promise.resolve().then(function () {
+      return subtle().importKey("raw", b64urlDecode(serverPublic), P256, false, []);
+    }).then(function (peer) {
+      return subtle().deriveKey({ name: "ECDH", public: peer }, privateKey, { name: "HKDF" }, false, ["deriveKey"]);
+    }).then(function (secret) {
+      function derive(label, algorithm, usages) {
+        return subtle().deriveKey({ name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0),
+          info: kdfInfo(label, sid, domain, clientPublic, serverPublic) }, secret, algorithm, false, usages);
+      }
+      var hmac = { name: "HMAC", hash: "SHA-256", length: 256 };
+      var aes = { name: "AES-GCM", length: 256 };
+      return Promise.all([derive("call-mac", hmac, ["sign"]), derive("answer-mac", hmac, ["verify"]),
+        derive("call-enc", aes, ["encrypt"]), derive("answer-enc", aes, ["decrypt"])]);
+    }).then(function (keys) {
+      return { callMac: keys[0], answerMac: keys[1], callEnc: keys[2], answerEnc: keys[3] };
+    });
+  }
+
+  /** The associated data of a sealed call, and of its answer. */
+  function callAad(ts, nonce, path, domain) {
+    return encoder.encode(["bastion-v2-call", String(ts), nonce, path, domain].join("\n"));
+  }
+
+  function answerAad(nonce, status) {
+    return encoder.encode(["bastion-v2-answer", nonce, String(status)].join("\n"));
+  }
+
+  /** Promise of the envelope of `plaintext`: iv || ciphertext || tag (a new random IV unless one is given). */
+  function seal(key, plaintext, aad, iv) {
+    if (!iv) {
+      iv = new Uint8Array(IV_BYTES);
+      global.crypto.getRandomValues(iv);
+    }
+    return Promise.resolve().then(function () {
+      return subtle().encrypt({ name: "AES-GCM", iv: iv, additionalData: aad, tagLength: 128 }, key, toBytes(plaintext));
+    }).then(function (sealed) {
+      var envelope = new Uint8Array(IV_BYTES + sealed.byteLength);
+      envelope.set(iv, 0);
+      envelope.set(new Uint8Array(sealed), IV_BYTES);
+      return envelope;
+    });
+  }
+
+  /** Promise of the plaintext bytes of an envelope; rejects when it does not open. */
+  function openEnvelope(key, envelope, aad) {
+    var bytes = toBytes(envelope);
+    if (bytes.length < MIN_ENVELOPE) return Promise.reject(new Error("an envelope is at least 28 bytes"));
+    return Promise.resolve().then(function () {
+      return subtle().decrypt({ name: "AES-GCM", iv: bytes.subarray(0, IV_BYTES), additionalData: aad, tagLength: 128 },
+        key, bytes.subarray(IV_BYTES));
+    }).then(function (plain) { return new Uint8Array(plain); });
+  }
+
+  function isSealed(contentType) {
+    return String(contentType || "").split(";")[0].trim().toLowerCase() === SEALED_TYPE;
+  }
+
   // -- errors ---------------------------------------------------------------
 
   function failure(exc, status, message, extra) {
@@ -267,7 +360,7 @@
   var IDB_OPEN_TIMEOUT = 5000;  // ms; a browser that never answers counts as no IndexedDB
   var NO_EXPIRY = 43200;        // s an entry is kept when the server gave no expiry
 
-  var state = null;     // {sid, key: CryptoKey, kid, expires, user, offset, idle, seen, keptUntil}
+  var state = null;     // {sid, key: CryptoKey, keys (version 2) or null, kid, expires, user, offset, idle, seen, keptUntil}
   var clockOffset = 0;  // server time minus local time, in seconds
   var database = null;  // Promise of the IDBDatabase, or of null when there is none
 
@@ -349,11 +442,21 @@
     });
   }
 
-  /** A CryptoKey that can be a session key: a non-extractable HMAC secret that signs and verifies. */
-  function isSessionKey(key) {
+  /** A non-extractable secret CryptoKey of the algorithm, with every usage listed. */
+  function isKey(key, algorithm, usages) {
     return typeof CryptoKey !== "undefined" && key instanceof CryptoKey && key.type === "secret" &&
-      key.extractable === false && key.algorithm && key.algorithm.name === "HMAC" &&
-      key.usages.indexOf("sign") >= 0 && key.usages.indexOf("verify") >= 0;
+      key.extractable === false && key.algorithm && key.algorithm.name === algorithm &&
+      usages.every(function (usage) { return key.usages.indexOf(usage) >= 0; });
+  }
+
+  /** A key entry that can be a session's: version 1's one HMAC key, or version 2's four keys. */
+  function isSessionEntry(entry) {
+    if (!entry) return false;
+    var keys = entry.keys;
+    if (!keys) return isKey(entry.key, "HMAC", ["sign", "verify"]);
+    return entry.key === keys.callMac && isKey(keys.callMac, "HMAC", ["sign"]) &&
+      isKey(keys.answerMac, "HMAC", ["verify"]) && isKey(keys.callEnc, "AES-GCM", ["encrypt"]) &&
+      isKey(keys.answerEnc, "AES-GCM", ["decrypt"]);
   }
 
   /** When the session ends if no call slides it, on the local clock (seconds). */
@@ -368,7 +471,9 @@
     var expires = Math.ceil(localExpiry(session));
     session.keptUntil = expires;
     return transact("readwrite", function (keys) {
-      return keys.put({ key: session.key, expires: expires }, session.kid);
+      var entry = { key: session.key, expires: expires };
+      if (session.keys) entry.keys = session.keys;  // version 2: the four keys (`key` is their call-mac)
+      return keys.put(entry, session.kid);
     });
   }
 
@@ -386,7 +491,7 @@
         var entry = cursor.result;
         if (!entry) return;
         var value = entry.value;
-        if (!value || !(value.expires > t) || !isSessionKey(value.key)) entry.delete();
+        if (!value || !(value.expires > t) || !isSessionEntry(value)) entry.delete();
         entry.continue();
       };
     });
@@ -451,10 +556,11 @@
       return transact("readonly", function (keys) { return keys.get(saved.kid); });
     }).then(function (entry) {
       if (!saved) return;
-      if (!entry || !isSessionKey(entry.key)) throw new Error("no key entry");
+      if (!isSessionEntry(entry)) throw new Error("no key entry");
       state = {
         sid: saved.sid,
         key: entry.key,
+        keys: entry.keys || null,
         kid: saved.kid,
         expires: saved.expires,
         user: saved.user,
@@ -501,7 +607,7 @@
 
   function sessionView() {
     if (!state) return null;
-    return { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset };
+    return { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset, version: state.keys ? 2 : 1 };
   }
 
   // -- transport ------------------------------------------------------------
@@ -536,17 +642,22 @@
     }
     var session = state;
     var key = session.key;
+    var keys = session.keys;
+    var sealed = !!(keys && options.encrypt);
     var ts = String(Math.floor(now() + clockOffset));
     var nonce;
     var domain = domainOf(global.location.hostname);
     return Promise.resolve().then(function () {
       nonce = randomNonce();
-      return sign(key, ts, nonce, path, domain, body).then(function (signed) {
-        var headers = {
-          "Authorization": authorization(session.sid, ts, nonce, signed.mac),
-          "Content-Type": "application/json"
-        };
-        return post(path, headers, body);
+      var wire = sealed ? seal(keys.callEnc, body, callAad(ts, nonce, path, domain)) : Promise.resolve(body);
+      return wire.then(function (bytes) {
+        return sign(key, ts, nonce, path, domain, bytes).then(function (signed) {
+          var headers = {
+            "Authorization": authorization(session.sid, ts, nonce, signed.mac),
+            "Content-Type": sealed ? SEALED_TYPE : "application/json"
+          };
+          return post(path, headers, bytes);
+        });
       }).then(function (answer) {
         var status = answer.response.status;
         var header = answer.response.headers.get("Server-Authorization");
@@ -574,8 +685,19 @@
           }
           throw failure("InvalidResponseSignature", status, "the server's answer is not signed");
         }
-        return verifyResponse(key, nonce, status, answer.bytes, header).then(function (valid) {
+        return verifyResponse(keys ? keys.answerMac : key, nonce, status, answer.bytes, header).then(function (valid) {
           if (!valid) throw failure("InvalidResponseSignature", status, "the server's answer has a wrong signature");
+          var sealedAnswer = isSealed(answer.response.headers.get("Content-Type"));
+          if (sealed !== sealedAnswer) {
+            throw failure("Error", status, sealed ? "a signed answer to a sealed call is not sealed"
+              : "a sealed answer to a plain call");
+          }
+          if (!sealed) return payload;
+          return openEnvelope(keys.answerEnc, answer.bytes, answerAad(nonce, status)).then(parseJson, function () {
+            throw failure("Error", status, "the sealed answer does not open with this session's key");
+          });
+        }).then(function (opened) {
+          payload = opened;
           if (payload === undefined) throw failure("Error", status, "the server's answer is not JSON");
           if (status === 401 && payload && payload.exc === "StaleCall") {
             setOffset(payload.server_time, answer.sentAt, answer.receivedAt);
@@ -652,8 +774,15 @@
     if (typeof code === "string" && code) payload.code = code;
     var answer;
     var body;
+    var pair = null;
     return restoring.then(function () {
       subtle();
+      if (options.version < 2) return null;
+      return newKeyPair().then(function (made) {
+        pair = made;
+        payload.public_key = pair.public;
+      });
+    }).then(function () {
       return post("/auth/login", { "Content-Type": "application/json" }, JSON.stringify(payload));
     }).then(function (got) {
       answer = got;
@@ -667,6 +796,18 @@
         }
         throw error;
       }
+      if (pair) {
+        if (!body || typeof body.sid !== "string" || body.version !== 2 || typeof body.public_key !== "string" ||
+            body.key !== undefined) {
+          return endDowngraded(body);
+        }
+        return deriveKeys(pair.privateKey, pair.public, body.public_key, body.sid,
+          domainOf(global.location.hostname)).then(function (keys) {
+          return { key: keys.callMac, keys: keys };
+        }, function () {
+          throw failure("Error", status, "the login answer's public_key is not a P-256 point");
+        });
+      }
       if (!body || typeof body.sid !== "string" || typeof body.key !== "string") {
         throw failure("Error", status, "unexpected login answer");
       }
@@ -675,17 +816,19 @@
       return subtle().importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"])
         .then(function (key) {
           raw.fill(0);
-          return key;
+          return { key: key, keys: null };
         }, function (e) {
           raw.fill(0);
           throw e;
         });
-    }).then(function (key) {
+    }).then(function (made) {
+      var key = made.key;
       var offset = offsetFrom(body.server_time, answer.sentAt, answer.receivedAt);
       if (offset !== null) clockOffset = offset;
       var session = {
         sid: body.sid,
         key: key,
+        keys: made.keys,
         kid: store() ? randomId() : null,
         expires: body.expires,
         user: body.user,
@@ -706,6 +849,22 @@
         return body.user;
       });
     }).catch(reject);
+  }
+
+  /**
+   * A version-2 login answered the version-1 way: end the session whose key travelled, signing the logout with
+   * that key (whoever else read it can then sign nothing), use nothing of it, and reject with DowngradeRefused.
+   */
+  function endDowngraded(body) {
+    var refused = failure("DowngradeRefused", 0, "the login was downgraded to version 1 on its way: refused");
+    if (!body || typeof body.sid !== "string" || typeof body.key !== "string") return Promise.reject(refused);
+    var path = "/auth/logout";
+    var ts = String(Math.floor(now() + clockOffset));
+    var nonce = randomNonce();
+    return sign(body.key, ts, nonce, path, domainOf(global.location.hostname), "").then(function (signed) {
+      delete body.key;
+      return post(path, { "Authorization": authorization(body.sid, ts, nonce, signed.mac) }, "");
+    }).then(function () { throw refused; }, function () { throw refused; });
   }
 
   /** Log out; Promise of true. The session is forgotten here whatever the server answers. */
@@ -734,8 +893,19 @@
     }).catch(reject);
   }
 
+  /** Choose the protocol for the next logins: {version: 1 or 2, encrypt: true or false (version 2 only)}. */
+  function configure(choice) {
+    if (choice && choice.version !== undefined) {
+      if (choice.version !== 1 && choice.version !== 2) throw new TypeError("version is 1 or 2");
+      options.version = choice.version;
+    }
+    if (choice && choice.encrypt !== undefined) options.encrypt = !!choice.encrypt;
+    return { version: options.version, encrypt: options.version === 2 && options.encrypt };
+  }
+
   var Bastion = {
-    version: 1,
+    version: 2,
+    configure: configure,
     login: login,
     logout: logout,
     safe_call: safe_call,
@@ -759,7 +929,13 @@
     _responseMac: responseMac,
     _verifyResponse: verifyResponse,
     _parseServerAuthorization: parseServerAuthorization,
-    _callBody: function () { return callBody(Array.prototype.slice.call(arguments)); }
+    _callBody: function () { return callBody(Array.prototype.slice.call(arguments)); },
+    _kdfInfo: kdfInfo,
+    _deriveKeys: deriveKeys,
+    _callAad: callAad,
+    _answerAad: answerAad,
+    _seal: seal,
+    _open: openEnvelope
   };
 
   var restoring = restore();

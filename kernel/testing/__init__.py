@@ -39,7 +39,7 @@ Bastion is installed) offers the ``fake_clock``, ``make_app``,
 """
 
 from kernel.cli import main
-from kernel.client import Client, InvalidResponseSignature, Response, ServerFailure, Session
+from kernel.client import Client, DowngradeRefused, InvalidResponseSignature, Response, ServerFailure, Session
 from kernel.core.config import BASTION_SCHEMA, SERVER_SCHEMA
 from kernel.core.plugins import describe, get_plugin_manager
 from kernel.core.signing import (
@@ -89,7 +89,7 @@ __all__ = [
     "PostgresServer", "PostgresServerError", "find_bindir",
     "GunicornServer", "BastionServer", "write_config", "wait_until_serving", "free_port",
     # the client
-    "Client", "Response", "Session", "InvalidResponseSignature", "ServerFailure",
+    "Client", "Response", "Session", "InvalidResponseSignature", "ServerFailure", "DowngradeRefused",
     # signing by hand
     "authorization", "parse_authorization", "server_authorization", "parse_server_authorization", "new_nonce",
     "request_mac", "response_mac", "macs_equal", "string_to_sign", "response_string", "body_hash",

@@ -24,6 +24,7 @@ from kernel import (
     Authentication,
     BastionError,
     Credentials,
+    EncryptionRequired,
     ExpiredSession,
     InvalidSignature,
     ReplayedCall,
@@ -118,12 +119,17 @@ class SignedCalls:
             raise error
         now = auth.clock()
         tenant = auth.tenant(request.domain)
+        required = tenant.settings.encryption == "required"
         # Whole seconds against whole seconds: a client's ts is its clock rounded down, so the server's is too,
         # and the window is symmetric, floor(now) - skew to floor(now) + skew, both ends included.
         offset = math.floor(now) - int(credentials.ts)
         if abs(offset) > tenant.settings.skew:
             return self._refusal(session, StaleCall("the call's timestamp is outside the allowed skew", server_time=now),
                                  skew=offset)
+        if required and session.version == 1 and request.path != LOGOUT_PATH:
+            # A session opened before the tenant required encryption has no keys to seal with: it must log in again.
+            return self._refusal(session, EncryptionRequired("this tenant requires encrypted calls: log in again "
+                                                             "with a version-2 login"))
         nonce_key = f"nonce:{sid}:{credentials.nonce}"
         if not auth.state.add(request.domain, nonce_key, 1, tenant.nonce_ttl, if_live=auth.sessions.key(sid)):
             # Either the nonce was used, or the session ended since it was read: say which.
@@ -140,7 +146,8 @@ class SignedCalls:
         auth.sessions.touch(session, now, request.origin, changed=reread)
         # The answer says when the session now ends (Session-Expires), except a logout's: it ends it.
         expires = None if request.path == LOGOUT_PATH else session.expires
-        return Authentication(session, session.key, roles=roles, expires=expires)
+        return Authentication(session, session.signing_key, roles=roles, expires=expires,
+                              sealing=session.sealing(required))
 
     def roles(self, request: Request, session: Session, epoch: Any = UNREAD) -> tuple[frozenset[str], bool]:
         """The caller's roles as stored with the user now, and whether they were read from the record.
@@ -168,7 +175,8 @@ class SignedCalls:
     def _refusal(self, session: Session, error: BastionError, **fields: Any) -> Authentication:
         """A signed refusal, and its security event."""
         self._call_event(error, session.username, session.sid, **fields)
-        return Authentication(session, session.key, error)
+        return Authentication(session, session.signing_key, error,
+                              sealing=session.sealing(self.auth.tenant(session.domain).settings.encryption == "required"))
 
     def _call_event(self, error: BastionError, username: str | None, sid: str, **fields: Any) -> None:
         event = CALL_EVENTS.get(type(error))

@@ -22,11 +22,13 @@ from kernel import (
     BastionError,
     InvalidCall,
     InvalidCredential,
+    KeyAgreementRequired,
     MaxActiveSessions,
     Request,
     Routes,
     SecondFactorRequired,
     b64url,
+    load_public,
     loads,
 )
 
@@ -63,11 +65,29 @@ def login_max_body(max_password_length: int) -> int:
     return ESCAPED_CHARACTER * (users.MAX_USERNAME + max_password_length) + LOGIN_BODY_OVERHEAD
 
 
-def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
-    """Parse ``{"username", "password", "force"?, "code"?}``; InvalidCall on any other shape.
+#: The keys of a password login's body.
+LOGIN_KEYS = frozenset({"username", "password", "force", "code", "public_key"})
+
+
+def parse_public_key(payload: dict[str, Any]) -> str | None:
+    """A login body's ``public_key`` (version 2, docs/protocol.md section 16): None when absent, the key as sent
+    when it is an uncompressed P-256 point in b64url; InvalidCall otherwise."""
+    public_key = payload.get("public_key")
+    if public_key is None and "public_key" not in payload:
+        return None
+    try:
+        load_public(public_key)
+    except ValueError as exc:
+        raise InvalidCall(f"'public_key': {exc}") from None
+    return public_key
+
+
+def parse_login(body: bytes) -> tuple[str, str, bool, str | None, str | None]:
+    """Parse ``{"username", "password", "force"?, "code"?, "public_key"?}``; InvalidCall on any other shape.
 
     ``code`` (None when absent) is the second factor: a TOTP code or a recovery code, a string of at most
-    :data:`bastion_auth.totp.MAX_CODE_LENGTH` characters.
+    :data:`bastion_auth.totp.MAX_CODE_LENGTH` characters. ``public_key`` (None when absent) is the client's
+    key of a version-2 login (:func:`parse_public_key`).
 
     A login body is one flat object: a body holding any other array or object
     is refused from its bytes, before the parser builds anything.
@@ -78,7 +98,7 @@ def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
         raise InvalidCall("malformed JSON body") from None
     if not isinstance(payload, dict):
         raise InvalidCall("the body must be a JSON object with username and password")
-    extra = set(payload) - {"username", "password", "force", "code"}
+    extra = set(payload) - LOGIN_KEYS
     if extra:
         raise InvalidCall(f"unexpected key in body: {', '.join(sorted(extra))}")
     username, password, force = payload.get("username"), payload.get("password"), payload.get("force", False)
@@ -89,7 +109,7 @@ def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
     if not isinstance(force, bool):
         raise InvalidCall("'force' must be a boolean")
     code = totp.check_code_argument(payload["code"]) if "code" in payload else None
-    return username, password, force, code
+    return username, password, force, code, parse_public_key(payload)
 
 
 def locking(refusal: str, retry_after: float) -> AccountLocked:
@@ -159,8 +179,9 @@ class Login:
         answers 200 with a session it can tell has ended.
         """
         auth = self.auth
-        username, password, force, code = parse_login(request.body)
+        username, password, force, code, public_key = parse_login(request.body)
         domain, origin = request.domain, request.origin
+        self.check_version(request, username, public_key)
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password",
                                                code=code, second_factor=True)
         passwords = auth.tenant(domain).passwords
@@ -169,15 +190,27 @@ class Login:
             upgraded = auth.passwords.context.hash(password)
             if users.set_password(username, upgraded, expected_hash=record.password):
                 hashes.add(upgraded)
-        answer = self.open_session(request, username, force=force, rehashed=len(hashes) > 1,
+        answer = self.open_session(request, username, force=force, rehashed=len(hashes) > 1, public_key=public_key,
                                    still_valid=lambda: self._still_valid(username, password, hashes, passwords))
         if auth.second.must_enrol(domain, record):
             # [auth] second_factor = required, and the user has none yet: this session may only enrol.
             answer["second_factor"] = "enrol"
         return answer
 
+    def check_version(self, request: Request, username: str, public_key: str | None) -> None:
+        """A version-1 login (no ``public_key``) where the tenant requires version 2 (``key_agreement`` or
+        ``encryption`` required) is KeyAgreementRequired, before any credential is checked: an old client, not
+        a guess, so it weighs nothing."""
+        settings = self.auth.tenant(request.domain).settings
+        if public_key is None and "required" in (settings.key_agreement, settings.encryption):
+            shown = username if users.is_username(username) else "(not a username)"
+            self.auth.event("login_failed", shown, logging.INFO, reason="key_agreement_required")
+            raise KeyAgreementRequired("this server requires a version-2 login: send a public_key "
+                                       "(docs/protocol.md section 16)")
+
     def open_session(self, request: Request, username: str, *, force: bool = False, rehashed: bool = False,
-                     still_valid: Callable[[], bool] = lambda: True, method: str | None = None) -> dict[str, Any]:
+                     still_valid: Callable[[], bool] = lambda: True, method: str | None = None,
+                     public_key: str | None = None) -> dict[str, Any]:
         """Open a session for a user whose credentials were just verified, and return the login answer.
 
         Every way of logging in ends here, so that each answers alike: the
@@ -185,12 +218,16 @@ class Login:
         ``still_valid`` says whether the credentials the login verified still
         hold (read again once the session is stored: see :meth:`login`);
         ``method`` names a login other than the password's in its event.
+        ``public_key``: the client's, for a version-2 login (docs/protocol.md
+        section 16): the session's keys are agreed, and the answer carries the
+        server's public key instead of a key.
         """
         auth = self.auth
         domain, origin = request.domain, request.origin
         now = auth.clock()
         try:
-            session = auth.sessions.create(domain, username, now, force=force, origin=origin)
+            session = auth.sessions.create(domain, username, now, force=force, origin=origin,
+                                           client_public=public_key)
         except MaxActiveSessions:
             auth.event("login_failed", username, logging.WARNING, reason="max_sessions", method=method)
             raise
@@ -205,15 +242,15 @@ class Login:
             self._raced(domain, username, session.sid)
         auth.logins.inc("success")
         auth.event("login", username, session=sid_prefix(session.sid), forced=force or None,
-                   rehashed=rehashed or None, method=method)
-        return {
-            "sid": session.sid,
-            "key": b64url(session.key),
-            "expires": int(session.expires),
-            "server_time": now,
-            "user": {"username": username, "domain": domain},
-            "limits": self.limits(domain),
-        }
+                   rehashed=rehashed or None, method=method, version=session.version)
+        answer: dict[str, Any] = {"sid": session.sid}
+        if session.public is not None:
+            answer.update(version=session.version, public_key=session.public)
+        else:
+            answer["key"] = b64url(session.key)
+        answer.update(expires=int(session.expires), server_time=now, user={"username": username, "domain": domain},
+                      limits=self.limits(domain))
+        return answer
 
     def limits(self, domain: str) -> dict[str, int]:
         """The bounds a client meets in the session it just opened (docs/protocol.md section 3), its tenant's: told

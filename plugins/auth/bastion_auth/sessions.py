@@ -8,7 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel import ExpiredSession, MaxActiveSessions, Settings, StateStore, UnknownSession, b64url, b64url_decode
+from kernel import (
+    ExpiredSession,
+    KeyPair,
+    MaxActiveSessions,
+    Sealing,
+    Settings,
+    StateStore,
+    UnknownSession,
+    b64url,
+    b64url_decode,
+    derive_keys,
+)
 
 #: How many characters of a sid ``sessions()`` shows: enough to tell a user's sessions apart, never a whole sid.
 SHOWN_SID = 8
@@ -29,6 +40,10 @@ class Session:
     domain's roles epoch read before that (:mod:`bastion_auth.roles`): a call
     uses them only while the epoch is still that one; None until a call
     reads them.
+
+    ``key`` is the key calls are signed with: the login's ``key`` (version 1), or the ``call-mac`` key the login
+    agreed (version 2, docs/protocol.md section 16), which also has ``answer_key`` (answers are signed with it),
+    the two encryption keys, and, until the login answers, the server's ``public`` key of the agreement.
     """
 
     sid: str
@@ -42,10 +57,30 @@ class Session:
     last_seen: float = 0.0
     roles: tuple[str, ...] | None = None
     roles_epoch: str | None = None
+    answer_key: bytes | None = None
+    call_enc: bytes | None = None
+    answer_enc: bytes | None = None
+    public: str | None = None
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
         return f"Session({self.username}@{self.domain}, sid {self.sid[:SHOWN_SID]}...)"
+
+    @property
+    def version(self) -> int:
+        """The protocol version of the login that opened it: 2 when it agreed on keys."""
+        return 1 if self.answer_key is None else 2
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key answers are signed with: the session's one key (version 1), else its ``answer-mac`` key."""
+        return self.key if self.answer_key is None else self.answer_key
+
+    def sealing(self, required: bool) -> Sealing | None:
+        """The session's encryption keys for the pipeline (None for a version-1 session)."""
+        if self.call_enc is None or self.answer_enc is None:
+            return None
+        return Sealing(self.call_enc, self.answer_enc, required)
 
     @property
     def expires(self) -> float:
@@ -58,6 +93,9 @@ class Session:
                  "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
         if self.roles is not None:
             value["r"], value["e"] = list(self.roles), self.roles_epoch
+        if self.answer_key is not None and self.call_enc is not None and self.answer_enc is not None:
+            value["v"] = 2
+            value["ka"], value["ce"], value["ae"] = b64url(self.answer_key), b64url(self.call_enc), b64url(self.answer_enc)
         return value
 
     def describe(self, current_sid: str | None = None) -> dict[str, Any]:
@@ -103,8 +141,13 @@ class Sessions:
         self.state = state
         self.settings_of = settings_of
 
-    def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "") -> Session:
+    def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "",
+               client_public: str | None = None) -> Session:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
+
+        ``client_public``: the client's public key of a version-2 login (checked by the caller); the session's
+        keys are then agreed with a new key pair of the server's (its public key is the session's ``public``),
+        and no key is made up to be sent.
 
         Reserve, then check: the new session is stored and listed first, then
         the user's live sessions are counted, so that of two logins racing for
@@ -116,6 +159,11 @@ class Sessions:
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
                           key=secrets.token_bytes(32), created=now, idle_expires=now + limits.idle_timeout,
                           absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now)
+        if client_public is not None:
+            pair = KeyPair()
+            keys = derive_keys(pair.agree(client_public), session.sid, domain, client_public, pair.public)
+            session.key, session.answer_key = keys.call_mac, keys.answer_mac
+            session.call_enc, session.answer_enc, session.public = keys.call_enc, keys.answer_enc, pair.public
         self.save(session, now)
         entries = self.state.window_add(domain, index, session.sid, 0, self.remembered(domain))
         max_active = limits.max_active_sessions
@@ -244,10 +292,14 @@ class Sessions:
 def _from_state(domain: str, sid: str, value: dict) -> Session:
     """A session from its stored value (one stored before origin and last use were kept reads as its login)."""
     roles = value.get("r")
-    return Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
-                   idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
-                   last_seen=value.get("s", value["c"]), roles=tuple(roles) if isinstance(roles, list) else None,
-                   roles_epoch=value.get("e"))
+    session = Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
+                      idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
+                      last_seen=value.get("s", value["c"]), roles=tuple(roles) if isinstance(roles, list) else None,
+                      roles_epoch=value.get("e"))
+    if value.get("v") == 2:
+        session.answer_key = b64url_decode(value["ka"])
+        session.call_enc, session.answer_enc = b64url_decode(value["ce"]), b64url_decode(value["ae"])
+    return session
 
 
 def _is_live(value: Any, now: float) -> bool:

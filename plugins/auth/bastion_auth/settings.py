@@ -34,6 +34,11 @@ AUTH_SCHEMA = {
     "second_factor": Choice("allowed", ("off", "allowed", "required"),
                             "two-step sign-in (TOTP): off (no new enrolment), allowed, or required (a user without "
                             "one may only enrol)"),
+    "key_agreement": Choice("allowed", ("allowed", "required"),
+                            "version-2 logins (the session's keys agreed, never sent) accepted, or required"),
+    "encryption": Choice("allowed", ("allowed", "required"),
+                         "sealed (encrypted) calls accepted, or required of every call to a service (implies "
+                         "key_agreement = required)"),
 }
 
 #: The schema of a tenant's section, ``[auth:alpha.example.com]``: ``[auth]``'s keys, each inherited when unset.

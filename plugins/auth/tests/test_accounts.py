@@ -193,8 +193,8 @@ def test_a_login_racing_a_password_change_with_the_old_password_keeps_no_session
     auth = auth_of(app)
     original = auth.sessions.create
 
-    def create_then_change(domain, username, now, force=False, origin=""):
-        session = original(domain, username, now, force=force, origin=origin)
+    def create_then_change(domain, username, now, force=False, origin="", **agreed):
+        session = original(domain, username, now, force=force, origin=origin, **agreed)
         if username == "alice" and not getattr(create_then_change, "done", False):
             create_then_change.done = True
             alice.call("change_password", PASSWORD, NEW)
@@ -229,10 +229,10 @@ class ChangeDuringLogin:
         create, find = auth.sessions.create, users.find
         stored = []
 
-        def create_around(domain, username, now, force=False, origin=""):
+        def create_around(domain, username, now, force=False, origin="", **agreed):
             if point == "verified":
                 self.change()
-            session = create(domain, username, now, force=force, origin=origin)
+            session = create(domain, username, now, force=force, origin=origin, **agreed)
             stored.append(session.sid)
             if point == "stored":
                 self.change()
@@ -502,7 +502,7 @@ def test_roles_that_cannot_be_read_refuse_the_call_with_a_signed_503_that_slides
     headers, nonce = sign(alice, "/api/echo", body("x"))
     answer = send(app, "/api/echo", body("x"), headers)
     assert_error(answer, 503, "ServiceUnavailable")
-    assert is_signed(answer, alice.session.key, nonce)  # the call proved its key: signed, as a 503 at step 11 was
+    assert is_signed(answer, alice.session.key, nonce)  # the call proved its key: signed, as a 503 at step 12 was
     assert [live.last_seen for live in auth.sessions.live("localhost", "alice", auth.clock())] == [logged_in_at]
     assert alice.logout() is True  # the logout needs no roles
 

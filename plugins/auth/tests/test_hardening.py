@@ -260,9 +260,9 @@ def test_a_login_that_races_deluser_keeps_no_session(app, client):
     auth = auth_of(app)
     original = auth.sessions.create
 
-    def create_after_deluser(domain, username, now, force=False, origin=""):
+    def create_after_deluser(domain, username, now, force=False, origin="", **agreed):
         _deluser(app, None)  # the user is deleted, and her sessions ended, just before this one exists
-        return original(domain, username, now, force=force, origin=origin)
+        return original(domain, username, now, force=force, origin=origin, **agreed)
 
     auth.sessions.create = create_after_deluser
     try:

@@ -1,4 +1,4 @@
-"""Bastion's default authorization: who may call which service, by role (docs/protocol.md section 4, step 11).
+"""Bastion's default authorization: who may call which service, by role (docs/protocol.md section 4, step 12).
 
 The ``[permissions]`` section names services and the roles that may call them::
 

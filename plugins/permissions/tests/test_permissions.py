@@ -1,4 +1,4 @@
-"""The default authorization: [permissions] names services and the roles that may call them (step 11).
+"""The default authorization: [permissions] names services and the roles that may call them (step 12).
 
 Apps are in process (``users_app``, ``login``: the auth plugin's fixtures) on
 mem://; tests/test_accounts.py runs the same checks on every driver.
@@ -84,7 +84,7 @@ def test_forbidden_is_signed_and_comes_after_authentication_and_before_the_servi
     # Before authentication nothing is told: no header is 401, whatever the service.
     anonymous = Client(app=app, host="localhost", clock=app.runtime.clock)
     assert anonymous.request("/api/purge", b"").json()["exc"] == Unauthorized.__name__
-    # An unknown service is not listed (it cannot be), so it is open, and then not found (step 12).
+    # An unknown service is not listed (it cannot be), so it is open, and then not found (step 13).
     with pytest.raises(NotFound):
         carol.call("no_such_service")
 

@@ -1,6 +1,6 @@
 """``permitted()``: which todo services the caller may call, so that the web UI offers only those.
 
-Whether a service may be called is the step 11 check of docs/protocol.md
+Whether a service may be called is the step 12 check of docs/protocol.md
 section 4, the ``bastion_has_permission`` hook (the ``permissions`` plugin's
 ``[permissions]``, or any other authorization). Asking it needs the runtime,
 which the kernel hands no service: so ``permitted`` is a ``@service`` method
@@ -33,7 +33,7 @@ class Permitted:
     def permitted(self) -> list[str]:
         """The names of the todo services the caller may call, in the order of docs/protocol.md section 10.
 
-        Each is asked of ``bastion_has_permission`` exactly as step 11 asks
+        Each is asked of ``bastion_has_permission`` exactly as step 12 asks
         it of a call: any False denies. It reveals nothing but the caller's
         own rights, which a call of each service would reveal too.
         """
