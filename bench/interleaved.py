@@ -23,6 +23,12 @@ same way (``--variants``): ``no-metrics`` (``[metrics] allow`` empty: nothing
 counted, no file written per sample), ``no-call-line`` (``log_level =
 warning``: no call line, no info events), ``plain-gthread`` (Bastion's app
 on plain gunicorn ``gthread``: no Bastion worker and no packaged settings).
+Two variants add instead of removing, for the lists (``get_all`` of 10 and of
+1,000 todos): ``v2`` logs in with protocol version 2 (the keys agreed; calls
+signed as before, with the agreed call key) and ``sealed`` also seals every
+call and every answer (AES-256-GCM, docs/protocol.md section 16): their
+difference with ``bastion`` is what the key agreement and the encryption
+cost a call.
 The **peers** (``--peers``): Django + DRF and FastAPI, each checked for
 correctness before it is timed.
 
@@ -65,10 +71,13 @@ PROXY_HEADER = "X-Forwarded-Proto:https"
 CASES = {"get_all-10": ("get_all", 10), "get_all-1000": ("get_all", 1000), "add": ("add", 10),
          "update": ("update", 10)}
 VARIANTS = ("bastion", "no-metrics", "no-call-line", "plain-gthread", "no-gate", "split-state", "in-process",
-            "postgresql", "redis")
+            "postgresql", "redis", "v2", "sealed")
 #: The variants measured for every case; the others (what each part of a served call costs) only for these cases.
 EVERY_CASE = ("bastion", "postgresql", "redis")
 ACCOUNTING_CASES = ("get_all-10", "add")
+#: The variants of protocol version 2, and the cases they are measured for.
+VERSION_2 = ("v2", "sealed")
+VERSION_2_CASES = ("get_all-10", "get_all-1000")
 PEERS = ("django", "fastapi")
 
 
@@ -147,9 +156,28 @@ def bastion_sections(storage: str, password_hash: str, variant: str) -> dict:
 
 def signed_lines(signer: load.Signer, op: str, bodies: Iterator[bytes], count: int) -> Iterator[str]:
     """Signed calls in replay.lua's header form, each with the proxy's header (its own nonce, a fresh ts)."""
+    if signer.sealed:
+        yield from sealed_lines(signer, op, bodies, count)
+        return
     for line in load.signed_lines(signer, f"/api/{op}", bodies, count):
         host, path, auth, body = line.split("\t", 3)
         yield f"@POST\t{host}\t{path}\tAuthorization:{auth}|{PROXY_HEADER}\t{body}"
+
+
+def sealed_lines(signer: load.Signer, op: str, bodies: Iterator[bytes], count: int) -> Iterator[str]:
+    """Sealed calls (docs/protocol.md section 16): each body sealed with its own IV and the call's associated data,
+    the MAC over the envelope, the envelope in the line as ``b64:`` text (replay.lua decodes it once, at start)."""
+    from kernel.core import sealing, signing
+
+    path, domain = f"/api/{op}", signer.domain
+    ts = str(int(time.time() + signer.offset))
+    for _ in range(count):
+        nonce = signing.new_nonce()
+        envelope = sealing.seal(signer.keys.call_enc, next(bodies), sealing.call_aad(ts, nonce, path, domain))
+        auth = signing.authorization(signer.sid, ts, nonce,
+                                     signing.request_mac(signer.key, ts, nonce, path, domain, envelope))
+        yield (f"@POST\t{signer.host}\t{path}\tAuthorization:{auth}|{PROXY_HEADER}|Content-Type:{sealing.SEALED_TYPE}"
+               f"\tb64:{signing.b64url(envelope)}\n")
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
@@ -212,7 +240,9 @@ class Interleaved:
             self.stack.callback(gunicorn.close)
             gunicorn.start()
             url, pid = gunicorn.url, gunicorn.process.pid
-        signers = {case: self.login(url, f"{tenant}.{HOST}") for case, (tenant, _) in TENANTS.items()}
+        version = 2 if variant in VERSION_2 else 1
+        signers = {case: self.login(url, f"{tenant}.{HOST}", version, sealed=variant == "sealed")
+                   for case, (tenant, _) in TENANTS.items()}
 
         def lines(op: str, count: int) -> Iterator[str]:
             return signed_lines(signers[self.current_case], op, self.bodies(op, storage), self.cap(storage, op, count))
@@ -248,8 +278,14 @@ class Interleaved:
 
         return Target("in-process", "", 0, lines, app=app, variant="in-process")
 
-    def login(self, url: str, domain: str) -> load.Signer:
-        body = json.dumps({"username": USERNAME, "password": self.password}).encode()
+    def login(self, url: str, domain: str, version: int = 1, sealed: bool = False) -> load.Signer:
+        from kernel.core import sealing
+
+        pair = sealing.KeyPair() if version == 2 else None
+        payload = {"username": USERNAME, "password": self.password}
+        if pair is not None:
+            payload["public_key"] = pair.public
+        body = json.dumps(payload).encode()
         connection = http.client.HTTPConnection(url.split("://", 1)[1], timeout=60)
         try:
             connection.request("POST", "/auth/login", body=body, headers={
@@ -262,8 +298,14 @@ class Interleaved:
             raise RuntimeError(f"the bench user's login answered {response.status}: {answer}")
         from kernel.core.signing import b64url_decode
 
-        return load.Signer(sid=answer["sid"], key=b64url_decode(answer["key"]), domain=domain, host=domain,
-                           offset=answer["server_time"] - time.time())
+        offset = answer["server_time"] - time.time()
+        if pair is None:
+            return load.Signer(sid=answer["sid"], key=b64url_decode(answer["key"]), domain=domain, host=domain,
+                               offset=offset)
+        keys = sealing.derive_keys(pair.agree(answer["public_key"]), answer["sid"], domain, pair.public,
+                                   answer["public_key"])
+        return load.Signer(sid=answer["sid"], key=keys.call_mac, domain=domain, host=domain, offset=offset, keys=keys,
+                           sealed=sealed)
 
     def peer(self, name: str) -> Target | None:
         """A peer, filled, served, logged in and checked; None (with a note) when it cannot run here."""
@@ -436,7 +478,8 @@ class Interleaved:
         print(f"  {len(targets)} targets and 2 ceilings serving after {time.monotonic() - started:.0f} s", flush=True)
         for case in args.cases:
             _, todos = CASES[case]
-            chosen = [t for t in targets if case in ACCOUNTING_CASES or not t.variant or t.variant in EVERY_CASE]
+            chosen = [t for t in targets if (t.variant in VERSION_2 and case in VERSION_2_CASES) or (
+                t.variant not in VERSION_2 and (case in ACCOUNTING_CASES or not t.variant or t.variant in EVERY_CASE))]
             self.measure(case, ceilings[1000 if todos == 1000 else 10], chosen)
         return {"commit": head(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "seconds": round(time.monotonic() - started), "args": vars(args), "notes": self.notes,

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.procs import CpuSnapshot, rss_bytes
 from kernel.core import signing
@@ -38,6 +39,9 @@ class Signer:
     domain: str
     host: str
     offset: float = 0.0  # server clock minus ours, learnt at login
+    #: A version-2 session's keys (``key`` is then their call-mac), and whether its calls are sealed.
+    keys: Any = None
+    sealed: bool = False
 
 
 def _b64(data: bytes) -> str:

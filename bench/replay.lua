@@ -8,6 +8,26 @@
 
 local threads = {}
 
+-- A body written "b64:<b64url>" is binary (a sealed call's envelope): decoded once, here, never per request.
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+local B64_INDEX = {}
+for k = 1, #B64 do B64_INDEX[B64:sub(k, k)] = k - 1 end
+
+local function b64url_decode(text)
+   local out, bits, count = {}, 0, 0
+   for k = 1, #text do
+      bits = bits * 64 + B64_INDEX[text:sub(k, k)]
+      count = count + 6
+      if count >= 8 then
+         count = count - 8
+         local byte = math.floor(bits / 2 ^ count)
+         out[#out + 1] = string.char(byte)
+         bits = bits - byte * 2 ^ count
+      end
+   end
+   return table.concat(out)
+end
+
 function setup(thread)
    table.insert(threads, thread)
    thread:set("id", #threads)
@@ -35,7 +55,7 @@ function init(args)
          elseif auth ~= "" then
             headers["Authorization"] = auth
          end
-         if body == "" then body = nil end
+         if body == "" then body = nil elseif body:sub(1, 4) == "b64:" then body = b64url_decode(body:sub(5)) end
          n = n + 1
          reqs[n] = wrk.format(method, target, headers, body)
       end

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from kernel.client import Client, Response
+from kernel.core import sealing, signing
 from kernel.core.errors import VersionConflict
 from kernel.testing import GunicornServer, PostgresServer, RedisServer, launched
 
@@ -29,6 +30,7 @@ from .e2e_support import (
     USERNAME,
     Deployment,
     Repeating,
+    SignedRequest,
     children,
     freeze_call,
     in_threads,
@@ -299,6 +301,36 @@ def test_a_call_sent_fifty_times_at_once_runs_once(deployment):
     # The MAC verified for all 50, so every answer, refusals included, is signed (docs/protocol.md 4).
     assert all(request.answer_is_signed(answer) for answer in answers)
     created = next(answer for answer in answers if answer.status == 200).json()["result"]
+    assert [todo for todo in client.call("get_all") if todo["text"] == text] == [created]
+    client.logout()
+
+
+@each(CONFIGURATIONS)
+def test_a_sealed_call_of_a_version_2_session_sent_fifty_times_at_once_runs_once(deployment):
+    """Protocol version 2 on every driver: the session's agreed keys stored and read back by 4 workers, a sealed call
+    sent 50 times at once runs once, and every answer is sealed and signed with the session's answer keys."""
+    client = Client(deployment.server.url, host=DOMAIN, encrypt=True)
+    client.login(USERNAME, PASSWORD)
+    assert client.session is not None and client.session.keys is not None
+    text = f"sealed {uuid.uuid4().hex}"
+    path, ts, nonce = "/api/add", str(int(client.clock() + client.offset)), signing.new_nonce()
+    envelope = sealing.seal(client.session.keys.call_enc, json.dumps({"args": [text]}).encode(),
+                            sealing.call_aad(ts, nonce, path, client.domain))
+    mac = signing.request_mac(client.session.key, ts, nonce, path, client.domain, envelope)
+    headers = {"Host": client.host, "Content-Type": sealing.SEALED_TYPE,
+               "Authorization": signing.authorization(client.session.sid, ts, nonce, mac)}
+    request = SignedRequest(path, envelope, headers, nonce, client.session.answer_key)
+
+    answers = send_all_at_once(deployment.server.host, deployment.server.port, request, REPLAYS)
+
+    assert Counter(answer.status for answer in answers) == {200: 1, 401: REPLAYS - 1}
+    assert all(request.answer_is_signed(answer) for answer in answers)
+    assert all(answer.headers["content-type"] == sealing.SEALED_TYPE for answer in answers)
+    assert text.encode() not in b"".join(answer.body for answer in answers)
+    opened = [json.loads(sealing.open_envelope(client.session.keys.answer_enc, answer.body,
+                                               sealing.answer_aad(nonce, answer.status))) for answer in answers]
+    assert {answer.get("exc") for answer in opened if "exc" in answer} == {"ReplayedCall"}
+    created = next(answer["result"] for answer in opened if "result" in answer)
     assert [todo for todo in client.call("get_all") if todo["text"] == text] == [created]
     client.logout()
 

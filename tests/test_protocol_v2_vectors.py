@@ -144,3 +144,11 @@ def test_the_python_client_refuses_an_answer_moved_to_another_call(vector_client
         plain = type(response)(response.status, {**response.headers, "content-type": "application/json"},
                                response.body)
         vector_client._result_or_raise(plain, nonce=first["nonce"], sealed=True)
+
+
+def test_the_protocols_version_2_login_example_uses_the_vectors_keys():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    section = text[text.index("### 16.1 The login"):text.index("### 16.2")]
+    assert f'"public_key": "{V2["client"]["public_key"]}"' in section
+    assert f'"public_key": "{V2["server"]["public_key"]}"' in section
+    assert f'"sid": "{V2["sid"]}"' in section

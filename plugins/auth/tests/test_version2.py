@@ -16,6 +16,7 @@ from kernel import (
     EncryptionRequired,
     InvalidCall,
     InvalidCiphertext,
+    InvalidSignature,
     KeyAgreementRequired,
     KeyPair,
     ReplayedCall,
@@ -23,9 +24,20 @@ from kernel import (
     UnsupportedMediaType,
     b64url_decode,
     derive_keys,
+    hookimpl,
+    service,
 )
 from kernel.core import sealing
-from kernel.testing import Client, DowngradeRefused, Response, Session, authorization, new_nonce, request_mac
+from kernel.testing import (
+    Client,
+    DowngradeRefused,
+    Response,
+    Session,
+    authorization,
+    new_nonce,
+    parse_authorization,
+    request_mac,
+)
 
 V2 = {"key_agreement": "required"}
 SEALED = {"encryption": "required"}
@@ -259,3 +271,89 @@ def test_the_server_opens_the_vectors_calls_and_seals_their_answers(auth_app, fa
     plain = sealing.open_envelope(b64url_decode(keys["answer-enc"]), result.content,
                                   call["answer_aad"].encode())
     assert plain.decode() == call["answer_plaintext"]
+
+
+# -- what a proxy log of a version-2 session gives its reader ------------------------------------------------------
+
+NOTED: list[str] = []
+
+
+@service("note")
+def note(text: str) -> int:
+    """Keep a text (the test counts what ran)."""
+    NOTED.append(text)
+    return len(NOTED)
+
+
+class NotePlugin:
+    @hookimpl
+    def bastion_services(self):
+        return [note]
+
+
+class Capture:
+    """A WSGI layer in front of the app that records every request and answer, as a body-logging proxy does."""
+
+    def __init__(self, app):
+        self.app = app
+        self.log: list[dict] = []
+
+    def __call__(self, environ, start_response):
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        entry = {"path": environ["PATH_INFO"], "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+                 "content_type": environ.get("CONTENT_TYPE", ""), "body": body}
+        self.log.append(entry)
+
+        def recording(status, headers, exc_info=None):
+            entry["status"], entry["answer_headers"] = status, dict(headers)
+            return start_response(status, headers, exc_info)
+
+        chunks = list(self.app(environ, recording))
+        entry["answer"] = b"".join(chunks)
+        return chunks
+
+
+def test_a_captured_version_2_login_and_its_calls_sign_nothing_and_replay_nothing(auth_app, fake_clock):
+    NOTED.clear()
+    app = auth_app(plugins=[NotePlugin()])
+    proxy = Capture(app)
+    client = Client(app=proxy, clock=fake_clock, encrypt=True)
+    client.login("alice", PASSWORD)
+    for text in ("first private note", "second private note"):
+        client.call("note", text)
+    assert len(NOTED) == 2
+    login, calls = proxy.log[0], proxy.log[1:]
+    answer = json.loads(login["answer"])
+    assert "key" not in answer
+    for call in calls:
+        assert b"private note" not in call["body"] and b"private note" not in call["answer"]
+
+    # What the log holds: the sid, both public keys, the calls' headers and envelopes. Every byte string in the
+    # login answer and request, tried as the key, signs nothing.
+    sent = json.loads(login["body"])
+    candidates = [b64url_decode(answer["public_key"]), b64url_decode(sent["public_key"]), answer["sid"].encode(),
+                  b64url_decode(answer["public_key"])[1:33], b64url_decode(sent["public_key"])[1:33]]
+    # (each try from an address of its own: three bad signatures from one address ban it, as they should)
+    addresses = (f"198.51.100.{n}" for n in range(1, 100))
+    for key in candidates:
+        thief = Client(app=app, clock=fake_clock, remote_addr=next(addresses))
+        thief.session = Session(answer["sid"], key, 0, {})
+        with pytest.raises(InvalidSignature):
+            thief.call("note", "forged")
+
+    # Each captured call, sent again as it was: refused, and sealed (the thief cannot read why).
+    for call in calls:
+        headers = {"Authorization": call["headers"]["HTTP_AUTHORIZATION"], "Content-Type": call["content_type"]}
+        again = send(app, call["path"], call["body"], headers, remote_addr=next(addresses))
+        assert again.status_code == 401 and again.headers["content-type"] == sealing.SEALED_TYPE
+        assert b"ReplayedCall" not in again.content
+        # ... with a fresh ts and nonce under the old MAC, or to another path: the MAC does not verify.
+        params = parse_authorization(call["headers"]["HTTP_AUTHORIZATION"])
+        moved = authorization(params["sid"], str(int(fake_clock())), new_nonce(), params["mac"])
+        assert_error(send(app, call["path"], call["body"], {"Authorization": moved, "Content-Type": call["content_type"]},
+                          remote_addr=next(addresses)), 401, "InvalidSignature")
+        assert_error(send(app, "/api/echo", call["body"], headers, remote_addr=next(addresses)), 401, "InvalidSignature")
+    assert len(NOTED) == 2  # nothing ran
+    # The session itself is untouched: its owner goes on.
+    assert client.call("note", "third private note") == 3
