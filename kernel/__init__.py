@@ -74,6 +74,7 @@ from kernel.core.errors import (  # noqa: E402
     MaxActiveSessions,
     MethodNotAllowed,
     NotFound,
+    PasskeyRequired,
     PayloadTooLarge,
     RecordNotFound,
     ReplayedCall,
@@ -122,7 +123,7 @@ __all__ = [
     # errors
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",
-    "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
+    "NotFound", "PasskeyRequired", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
     "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession", "UnsupportedMediaType", "ValidationError",
     "VersionConflict",
 ]

@@ -125,6 +125,13 @@ class RequireSSL(BastionError):
     default_message = "HTTPS required"
 
 
+class PasskeyRequired(BastionError):
+    """403: a password login of a user who has a passkey, where the tenant requires passkeys for such users."""
+
+    status = 403
+    default_message = "this account logs in with a passkey"
+
+
 class NotFound(BastionError):
     """404: no such service or route."""
 
@@ -242,7 +249,7 @@ BY_NAME: dict[str, type[BastionError]] = {
     cls.__name__: cls
     for cls in (
         InvalidCall, InvalidHost, Unauthorized, InvalidCredential, UnknownSession,
-        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
+        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL, PasskeyRequired,
         NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,
         Error, ServiceUnavailable,

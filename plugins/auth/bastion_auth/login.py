@@ -155,6 +155,7 @@ class Login:
         username, password, force = parse_login(request.body)
         domain, origin = request.domain, request.origin
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        auth.passkeys.check_password_login(domain, username)  # [auth] passkeys = required
         passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:

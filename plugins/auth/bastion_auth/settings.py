@@ -11,7 +11,7 @@ from bastion_auth.passwords import (
     MIN_PASSWORD_LENGTH,
 )
 from bastion_auth.tenants import Tenants, tenant_schema
-from kernel import Bool, Config, ConfigError, Float, Int, PluginSettings, Problem, Settings
+from kernel import Bool, Choice, Config, ConfigError, Float, Int, PluginSettings, Problem, Settings
 
 #: Keys, defaults and what they mean; sources are in docs/security.md.
 AUTH_SCHEMA = {
@@ -31,6 +31,11 @@ AUTH_SCHEMA = {
     "max_password_length": Int(MAX_PASSWORD_LENGTH, "longest password accepted (never truncated)", min=8),
     "demo_user": Bool(True, "in development mode, create demo@localhost when no user exists"),
     "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
+    "passkeys": Choice("off", ("off", "allowed", "required"),
+                       "passkeys (WebAuthn): off; allowed beside passwords; required: no password login for a user "
+                       "who has one"),
+    "passkey_user_verification": Choice("required", ("required", "preferred"),
+                                        "whether a passkey's authenticator must verify its user (PIN, biometrics)"),
 }
 
 #: The schema of a tenant's section, ``[auth:alpha.example.com]``: ``[auth]``'s keys, each inherited when unset.
