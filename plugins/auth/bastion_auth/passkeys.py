@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
-    options_to_json,
     verify_authentication_response,
     verify_registration_response,
 )
-from webauthn.helpers import parse_authentication_credential_json, parse_client_data_json
+from webauthn.helpers import options_to_json_dict, parse_authentication_credential_json, parse_client_data_json
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
@@ -215,7 +214,7 @@ class Passkeys:
             rp_id=domain, challenge=challenge, timeout=CEREMONY_TIMEOUT_MS,
             user_verification=(UserVerificationRequirement.REQUIRED if self._user_verification(domain)
                                else UserVerificationRequirement.PREFERRED))
-        return {"publicKey": loads(options_to_json(options))}
+        return {"publicKey": options_to_json_dict(options)}
 
     def login(self, request: Request) -> dict[str, Any]:
         """Verify an assertion against its challenge and its passkey; open a session as a password login does.
@@ -354,7 +353,7 @@ class Passkeys:
                                    else UserVerificationRequirement.PREFERRED)),
             exclude_credentials=[PublicKeyCredentialDescriptor(id=b64url_decode(p.credential_id))
                                  for p in existing])
-        return {"publicKey": loads(options_to_json(options))}
+        return {"publicKey": options_to_json_dict(options)}
 
     @service
     def add_passkey(self, credential: dict, name: str = "Passkey") -> dict[str, Any]:
