@@ -16,7 +16,7 @@ from bastion_auth import passkeys as passkeys_module
 from bastion_auth.testing import cheap_hash
 from passkey_helpers import SoftAuthenticator, login_options, passkey_login, post, register
 
-from kernel import InvalidCredential, b64url, NotFound, PasskeyRequired, RecordNotFound, ValidationError
+from kernel import InvalidCredential, NotFound, PasskeyRequired, RecordNotFound, ValidationError, b64url
 from kernel.testing import Client, main, write_config
 
 PASSWORD = "correct horse battery"
