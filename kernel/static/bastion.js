@@ -6,6 +6,8 @@
  * and use the global `Bastion`:
  *
  *   Bastion.login("alice", "s3cret")            // Promise of the session's user
+ *   Bastion.passkeyOptions()                    // a passkey login's options, then
+ *   Bastion.passkeyLogin(credentialJSON)        // Promise of the session's user
  *   Bastion.safe_call("add", "Play with Fanery")  // positional args
  *   Bastion.safe_call("update", {id, vsn, done: true})  // one plain object: kwargs
  *   Bastion.logout()
@@ -646,11 +648,43 @@
   function login(username, password, force) {
     var payload = { username: username, password: password };
     if (force) payload.force = true;
+    return openSession("/auth/login", payload);
+  }
+
+  /**
+   * The options of a passkey login (section 16): Promise of the `publicKey` request options, as JSON (b64url
+   * strings where WebAuthn takes bytes). With a username, the challenge serves only that user's passkey.
+   */
+  function passkeyOptions(username) {
+    return restoring.then(function () {
+      var payload = username ? { username: username } : {};
+      return post("/auth/passkey/options", { "Content-Type": "application/json" }, JSON.stringify(payload));
+    }).then(function (answer) {
+      var body = parseJson(answer.bytes);
+      if (answer.response.status !== 200) {
+        var error = errorFromBody(body, answer.response.status);
+        if (error.exc === "Abusive") error.retry_after = retryAfter(answer.response, body);
+        throw error;
+      }
+      if (!body || typeof body.publicKey !== "object") throw failure("Error", 200, "unexpected passkey options");
+      return body.publicKey;
+    }).catch(reject);
+  }
+
+  /** Log in with a passkey's assertion (its JSON form, section 16); Promise of the user, as `login`. */
+  function passkeyLogin(credential, force) {
+    var payload = { credential: credential };
+    if (force) payload.force = true;
+    return openSession("/auth/passkey/login", payload);
+  }
+
+  /** Send a login body to `path` and keep the session it opens (section 3's answer); Promise of the user. */
+  function openSession(path, payload) {
     var answer;
     var body;
     return restoring.then(function () {
       subtle();
-      return post("/auth/login", { "Content-Type": "application/json" }, JSON.stringify(payload));
+      return post(path, { "Content-Type": "application/json" }, JSON.stringify(payload));
     }).then(function (got) {
       answer = got;
       var status = answer.response.status;
@@ -733,6 +767,8 @@
   var Bastion = {
     version: 1,
     login: login,
+    passkeyOptions: passkeyOptions,
+    passkeyLogin: passkeyLogin,
     logout: logout,
     safe_call: safe_call,
     /** Handlers by exc name, called before a Promise rejects; `Error` is the fallback. */

@@ -403,6 +403,7 @@ class Passkeys:
         """The caller's passkeys, oldest first: ``{"id", "name", "created", "last_used"}`` each (never a key)."""
         request = current()
         session = _caller(request)
+        self._enabled(request.domain)
         return [passkey_store.Passkey.to_dict(record) for record in passkey_store.of_user(session.username)]
 
     @service
@@ -410,6 +411,7 @@ class Passkeys:
         """Rename one of the caller's passkeys; 404 RecordNotFound when the caller has no passkey of that id."""
         request = current()
         session = _caller(request)
+        self._enabled(request.domain)
         if not is_name(name):
             raise ValidationError({"name": {"invalid": name}}, "a passkey's name has 1 to 64 characters")
         described = passkey_store.rename(session.username, id, name)
@@ -422,6 +424,7 @@ class Passkeys:
         """Remove one of the caller's passkeys; 404 RecordNotFound when the caller has no passkey of that id."""
         request = current()
         session = _caller(request)
+        self._enabled(request.domain)
         if not passkey_store.remove(session.username, id):
             raise RecordNotFound("no such passkey")
         self.auth.event("passkey_removed", session.username, passkey=id[:8], origin=request.origin,
