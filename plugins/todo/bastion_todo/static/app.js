@@ -840,6 +840,10 @@
     describe: describe,
     when: when
   };
+  // The passkeys' part of the page, in a file of its own (same origin: the CSP's script-src 'self' allows it).
+  var passkeysScript = document.createElement("script");
+  passkeysScript.src = "/passkeys.js";
+  document.head.append(passkeysScript);
 
   // -- start ----------------------------------------------------------------
 
