@@ -399,12 +399,15 @@ class Passkeys:
         return described
 
     @service
-    def passkeys(self) -> list[dict[str, Any]]:
-        """The caller's passkeys, oldest first: ``{"id", "name", "created", "last_used"}`` each (never a key)."""
+    def passkeys(self) -> dict[str, Any]:
+        """The domain's ``[auth] passkeys`` and the caller's passkeys, oldest first: ``{"mode", "passkeys"}``,
+        each passkey ``{"id", "name", "created", "last_used"}`` (never a key). Where passkeys are off, the mode
+        says so and the list is empty: a page learns whether to offer them without being refused."""
         request = current()
         session = _caller(request)
-        self._enabled(request.domain)
-        return [passkey_store.Passkey.to_dict(record) for record in passkey_store.of_user(session.username)]
+        mode = self.mode(request.domain)
+        records = passkey_store.of_user(session.username) if mode != "off" else []
+        return {"mode": mode, "passkeys": [passkey_store.Passkey.to_dict(record) for record in records]}
 
     @service
     def rename_passkey(self, id: str, name: str) -> dict[str, Any]:

@@ -103,15 +103,15 @@ def test_register_list_rename_and_remove(app, fake_clock, caplog):
     fake_clock.advance(10)
     second = register(alice, phone, "Phone")
     assert set(first) == {"id", "name", "created", "last_used"} and first["last_used"] is None
-    listed = alice.call("passkeys")
+    listed = alice.call("passkeys")["passkeys"]
     assert [p["name"] for p in listed] == ["Laptop", "Phone"] and listed[1]["created"] == listed[0]["created"] + 10
     assert alice.call("rename_passkey", first["id"], "Work laptop")["name"] == "Work laptop"
     assert alice.call("remove_passkey", second["id"]) is True
-    assert [p["name"] for p in alice.call("passkeys")] == ["Work laptop"]
+    assert [p["name"] for p in alice.call("passkeys")["passkeys"]] == ["Work laptop"]
     with pytest.raises(RecordNotFound):
         alice.call("remove_passkey", second["id"])
     bob = logged_in(app, fake_clock, "bob")
-    assert bob.call("passkeys") == []
+    assert bob.call("passkeys")["passkeys"] == []
     with pytest.raises(RecordNotFound):  # another user's passkey is no passkey of bob's
         bob.call("rename_passkey", first["id"], "Mine")
     with pytest.raises(ValidationError):
@@ -169,7 +169,7 @@ def test_login_without_a_username_opens_a_session_like_a_password_login(app, fak
     assert status == 200, answer
     assert answer["user"] == {"username": "alice", "domain": "localhost"}
     assert set(answer) == {"sid", "key", "expires", "server_time", "user", "limits"}
-    assert fresh.call("passkeys")[0]["last_used"] == int(fake_clock())
+    assert fresh.call("passkeys")["passkeys"][0]["last_used"] == int(fake_clock())
     assert stored(app)[0]["sign_count"] == 1
     assert registered["id"]
     assert any(m.startswith("event=login ") and "method=passkey" in m for m in security_events(caplog))
@@ -350,10 +350,12 @@ def test_passkeys_off_in_a_tenant(app, fake_clock):
         status, answer = post(plain, path, body)
         assert (status, answer["exc"]) == (404, "NotFound") and "passkeys are off" in answer["err"][0]
     alice = logged_in(app, fake_clock, host="plain.localhost")
-    for name, args in (("passkey_options", ()), ("passkeys", ()), ("rename_passkey", ("x" * 43, "A")),
-                       ("remove_passkey", ("x" * 43,))):
+    for name, args in (("passkey_options", ()), ("rename_passkey", ("x" * 43, "A")), ("remove_passkey", ("x" * 43,))):
         with pytest.raises(NotFound):
             alice.call(name, *args)
+    assert alice.call("passkeys") == {"mode": "off", "passkeys": []}  # what a page asks before it offers them
+    strict = logged_in(app, fake_clock, host="strict.localhost")
+    assert strict.call("passkeys") == {"mode": "required", "passkeys": []}
 
 
 def test_a_passkey_login_on_a_tenant_where_passkeys_are_off_is_refused(app, fake_clock, alice_with_passkey):
@@ -410,4 +412,4 @@ def test_the_commands_list_and_remove_passkeys_and_export_carries_them(storage, 
     assert main(["--config", str(ini), "passkeys", "alice", "--domain", "localhost", "--remove", passkey["id"]]) == 0
     out, err = capsys.readouterr()
     assert "Removed the passkey" in out and "passkey_removed" in err
-    assert alice.call("passkeys") == []
+    assert alice.call("passkeys")["passkeys"] == []

@@ -124,7 +124,13 @@
 
   function load() {
     if (el.panel.hidden) return Promise.resolve();
-    return Bastion.safe_call("passkeys").then(render, function (error) {
+    return Bastion.safe_call("passkeys").then(function (answer) {
+      if (answer.mode === "off") {
+        el.section.hidden = true;  // off in this domain: nothing to offer
+        return;
+      }
+      render(answer.passkeys);
+    }, function (error) {
       var exc = error && error.exc;
       el.section.hidden = true;  // off in this domain, or not for this user
       if (exc !== "NotFound" && exc !== "Forbidden" && exc !== "UnknownSession" && exc !== "ExpiredSession") {
