@@ -413,3 +413,25 @@ def test_the_commands_list_and_remove_passkeys_and_export_carries_them(storage, 
     out, err = capsys.readouterr()
     assert "Removed the passkey" in out and "passkey_removed" in err
     assert alice.call("passkeys")["passkeys"] == []
+
+
+def test_a_passkey_removed_while_its_login_runs_leaves_no_session(app, fake_clock, monkeypatch):
+    from bastion_auth import passkey_store
+    from bastion_auth.plugin import get_auth
+
+    alice = logged_in(app, fake_clock)
+    laptop = authenticator()
+    passkey = register(alice, laptop)
+    sessions = get_auth(app.runtime).sessions
+    create = sessions.create
+
+    def create_then_remove(domain, username, now, force=False, origin=""):
+        session = create(domain, username, now, force=force, origin=origin)
+        passkey_store.remove("alice", passkey["id"])  # the user removes it from another tab meanwhile
+        return session
+
+    monkeypatch.setattr(sessions, "create", create_then_remove)
+    fresh = client(app, fake_clock)
+    status, answer = passkey_login(fresh, laptop.get(login_options(fresh)))
+    assert (status, answer["exc"]) == (401, "InvalidCredential")
+    assert live_sessions(app) == 1  # alice's own, no other

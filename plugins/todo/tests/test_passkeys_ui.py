@@ -140,3 +140,11 @@ def test_a_passkey_of_one_tenant_is_refused_on_another(server, page, device, pag
     page.goto(f"http://alpha.localhost:{server}/")
     page.click("form#login button.passkey-login")
     signed_in_as(page, "alice")
+
+
+def test_passkeys_js_writes_no_markup_and_no_inline_style():
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "bastion_todo" / "static" / "passkeys.js").read_text("utf-8")
+    assert "innerHTML" not in source and "insertAdjacentHTML" not in source
+    assert ".style" not in source and "eval(" not in source
