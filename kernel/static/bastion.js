@@ -652,7 +652,7 @@
   }
 
   /**
-   * The options of a passkey login (section 16): Promise of the `publicKey` request options, as JSON (b64url
+   * The options of a passkey login (section 17): Promise of the `publicKey` request options, as JSON (b64url
    * strings where WebAuthn takes bytes). With a username, the challenge serves only that user's passkey.
    */
   function passkeyOptions(username) {
@@ -671,7 +671,7 @@
     }).catch(reject);
   }
 
-  /** Log in with a passkey's assertion (its JSON form, section 16); Promise of the user, as `login`. */
+  /** Log in with a passkey's assertion (its JSON form, section 17); Promise of the user, as `login`. */
   function passkeyLogin(credential, force) {
     var payload = { credential: credential };
     if (force) payload.force = true;

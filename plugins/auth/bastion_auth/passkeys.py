@@ -1,6 +1,6 @@
 """Passkeys (WebAuthn): registered by a signed-in user, then a way to log in without a password.
 
-docs/protocol.md section 16. The WebAuthn ceremonies themselves (CBOR, COSE keys, attestation, signatures,
+docs/protocol.md section 17. The WebAuthn ceremonies themselves (CBOR, COSE keys, attestation, signatures,
 origins, RP ID hashes, counters) are the ``webauthn`` library's (py_webauthn); this module keeps the rest:
 
 * the **challenges**, one-time and short-lived, in the runtime's state store (:data:`CHALLENGE_TTL`), under a

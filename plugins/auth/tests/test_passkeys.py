@@ -1,4 +1,4 @@
-"""Passkeys (docs/protocol.md section 16): registration, login, and every refusal, on every driver.
+"""Passkeys (docs/protocol.md section 17): registration, login, and every refusal, on every driver.
 
 The server verifies with the ``webauthn`` library; the credentials come from a software authenticator
 (passkey_helpers.py) that answers as a browser's would. The storage-touching tests run on mem://, SQLite,

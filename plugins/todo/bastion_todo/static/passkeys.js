@@ -1,5 +1,5 @@
 /*
- * passkeys.js — passkeys in the todo app (docs/todo.md, "Passkeys"; docs/protocol.md section 16).
+ * passkeys.js — passkeys in the todo app (docs/todo.md, "Passkeys"; docs/protocol.md section 17).
  *
  * The sign-in form's "Sign in with a passkey" (with the username typed, only that user's passkey serves;
  * without, the browser offers the passkeys it holds for this domain), and the account panel's list of the
