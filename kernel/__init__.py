@@ -77,6 +77,7 @@ from kernel.core.errors import (  # noqa: E402
     MaxActiveSessions,
     MethodNotAllowed,
     NotFound,
+    PasskeyRequired,
     PayloadTooLarge,
     RecordNotFound,
     ReplayedCall,
@@ -127,7 +128,7 @@ __all__ = [
     # errors
     "BastionError", "ConfigError", "BY_NAME", "Abusive", "AccountLocked", "Error", "ExpiredSession", "Forbidden",
     "InvalidCall", "InvalidCredential", "InvalidHost", "InvalidSignature", "MaxActiveSessions", "MethodNotAllowed",
-    "NotFound", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
+    "NotFound", "PasskeyRequired", "PayloadTooLarge", "RecordNotFound", "ReplayedCall", "RequestTimeout", "RequireSSL",
     "SecondFactorRequired", "ServiceUnavailable", "StaleCall", "Unauthorized", "UnknownSession",
     "UnsupportedMediaType", "ValidationError",
     "VersionConflict", "KeyAgreementRequired", "EncryptionRequired", "InvalidCiphertext",

@@ -153,6 +153,13 @@ class RequireSSL(BastionError):
     default_message = "HTTPS required"
 
 
+class PasskeyRequired(BastionError):
+    """403: a password login of a user who has a passkey, where the tenant requires passkeys for such users."""
+
+    status = 403
+    default_message = "this account logs in with a passkey"
+
+
 class NotFound(BastionError):
     """404: no such service or route."""
 
@@ -271,7 +278,7 @@ BY_NAME: dict[str, type[BastionError]] = {
     for cls in (
         InvalidCall, KeyAgreementRequired, EncryptionRequired, InvalidCiphertext, InvalidHost, Unauthorized,
         InvalidCredential, SecondFactorRequired, UnknownSession,
-        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
+        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL, PasskeyRequired,
         NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,
         Error, ServiceUnavailable,

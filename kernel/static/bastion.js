@@ -7,6 +7,8 @@
  *
  *   Bastion.login("alice", "s3cret")            // Promise of the session's user
  *   Bastion.login("alice", "s3cret", false, "123456")  // with two-step sign-in: after a SecondFactorRequired
+ *   Bastion.passkeyOptions()                    // a passkey login's options, then
+ *   Bastion.passkeyLogin(credentialJSON)        // Promise of the session's user
  *   Bastion.safe_call("add", "Play with Fanery")  // positional args
  *   Bastion.safe_call("update", {id, vsn, done: true})  // one plain object: kwargs
  *   Bastion.logout()
@@ -772,6 +774,38 @@
     var payload = { username: username, password: password };
     if (force) payload.force = true;
     if (typeof code === "string" && code) payload.code = code;
+    return openSession("/auth/login", payload);
+  }
+
+  /**
+   * The options of a passkey login (section 17): Promise of the `publicKey` request options, as JSON (b64url
+   * strings where WebAuthn takes bytes). With a username, the challenge serves only that user's passkey.
+   */
+  function passkeyOptions(username) {
+    return restoring.then(function () {
+      var payload = username ? { username: username } : {};
+      return post("/auth/passkey/options", { "Content-Type": "application/json" }, JSON.stringify(payload));
+    }).then(function (answer) {
+      var body = parseJson(answer.bytes);
+      if (answer.response.status !== 200) {
+        var error = errorFromBody(body, answer.response.status);
+        if (error.exc === "Abusive") error.retry_after = retryAfter(answer.response, body);
+        throw error;
+      }
+      if (!body || typeof body.publicKey !== "object") throw failure("Error", 200, "unexpected passkey options");
+      return body.publicKey;
+    }).catch(reject);
+  }
+
+  /** Log in with a passkey's assertion (its JSON form, section 17); Promise of the user, as `login`. */
+  function passkeyLogin(credential, force) {
+    var payload = { credential: credential };
+    if (force) payload.force = true;
+    return openSession("/auth/passkey/login", payload);
+  }
+
+  /** Send a login body to `path` and keep the session it opens (section 3's answer); Promise of the user. */
+  function openSession(path, payload) {
     var answer;
     var body;
     var pair = null;
@@ -783,7 +817,7 @@
         payload.public_key = pair.public;
       });
     }).then(function () {
-      return post("/auth/login", { "Content-Type": "application/json" }, JSON.stringify(payload));
+      return post(path, { "Content-Type": "application/json" }, JSON.stringify(payload));
     }).then(function (got) {
       answer = got;
       var status = answer.response.status;
@@ -907,6 +941,8 @@
     version: 2,
     configure: configure,
     login: login,
+    passkeyOptions: passkeyOptions,
+    passkeyLogin: passkeyLogin,
     logout: logout,
     safe_call: safe_call,
     /** Handlers by exc name, called before a Promise rejects; `Error` is the fallback. */

@@ -1,4 +1,5 @@
-"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | locks | unlock | unban | reset-2fa |
+"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | passkeys | locks | unlock | unban |
+reset-2fa |
 hash-password``.
 
 Every command that changes something acts on the configured storage (any
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from bastion_auth import events, users
+from bastion_auth import events, passkey_store, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import SHOWN_SID
 from bastion_auth.settings import AUTH_SCHEMA
@@ -185,6 +186,9 @@ def list_users(args: argparse.Namespace, console: Console) -> int:
         for username in names:
             line = f"{username}@{domain}: {count(len(auth.sessions.live(domain, username, now)), 'live session')}"
             line += "; two-step sign-in on" if username in second else ""
+            with runtime.bind(domain):
+                keys = passkey_store.count_of(username)
+            line += f"; {count(keys, 'passkey')}" if keys else ""
             until = auth.accounts.locked_until(domain, username)
             console.say(line + (f"; {lock_end(until, now)} after failed logins." if until is not None else "."))
         for username, until in auth.accounts.locked(domain):
@@ -212,6 +216,37 @@ def locks(args: argparse.Namespace, console: Console) -> int:
     if not said:
         console.say(f"No account is locked in {_domain(args.domain)}." if args.domain else "No account is locked.")
     return 0
+
+
+# -- passkeys -----------------------------------------------------------------------------------------------------------
+
+
+def passkeys(args: argparse.Namespace, console: Console) -> int:
+    """``bastion passkeys USER --domain D [--remove ID]``: a user's passkeys (id, name, created, last used), or
+    remove one (the user's sessions stay: the passkey no longer opens new ones)."""
+    domain = _domain(args.domain)
+    _check_username(args.username)
+    with console.runtime.bind(domain):
+        if users.find(args.username) is None:
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+        if args.remove is not None:
+            if not passkey_store.remove(args.username, args.remove):
+                raise SystemExit(f"bastion: {args.username}@{domain} has no passkey {args.remove}")
+            console.event("passkey_removed", args.username, domain, passkey=args.remove[:8])
+            console.say(f"Removed the passkey {args.remove} of {args.username}@{domain}.")
+            return 0
+        records = passkey_store.of_user(args.username)
+    for record in records:
+        used = iso(record.last_used) if record.last_used else "never"
+        console.say(f"{record._id}  {record.name}  created {iso(record.created)}, last used {used}")
+    console.say(f"{args.username}@{domain} has {count(len(records), 'passkey')}.")
+    return 0
+
+
+def passkeys_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("username")
+    parser.add_argument("--domain", required=True, help="the tenant")
+    parser.add_argument("--remove", metavar="ID", help="remove this passkey (its id as listed)")
 
 
 # -- roles --------------------------------------------------------------------------------------------------------------
@@ -440,6 +475,7 @@ COMMANDS: tuple[Command, ...] = (
                                  "usernames that are no user)", users_arguments),
     Command("sessions", sessions, "list live sessions (created, last seen, origin; never a key)", sessions_arguments),
     Command("roles", roles, "show every user's roles, or a user's, or set them with --set", roles_arguments),
+    Command("passkeys", passkeys, "list a user's passkeys, or remove one with --remove", passkeys_arguments),
     Command("locks", locks, "list the accounts locked after failed logins, usernames that are no user included",
             locks_arguments),
 )

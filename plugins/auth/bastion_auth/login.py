@@ -184,6 +184,7 @@ class Login:
         self.check_version(request, username, public_key)
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password",
                                                code=code, second_factor=True)
+        auth.passkeys.check_password_login(domain, username)  # [auth] passkeys = required
         passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:
@@ -197,13 +198,13 @@ class Login:
             answer["second_factor"] = "enrol"
         return answer
 
-    def check_version(self, request: Request, username: str, public_key: str | None) -> None:
+    def check_version(self, request: Request, username: str | None, public_key: str | None) -> None:
         """A version-1 login (no ``public_key``) where the tenant requires version 2 (``key_agreement`` or
         ``encryption`` required) is KeyAgreementRequired, before any credential is checked: an old client, not
         a guess, so it weighs nothing."""
         settings = self.auth.tenant(request.domain).settings
         if public_key is None and "required" in (settings.key_agreement, settings.encryption):
-            shown = username if users.is_username(username) else "(not a username)"
+            shown = None if username is None else username if users.is_username(username) else "(not a username)"
             self.auth.event("login_failed", shown, logging.INFO, reason="key_agreement_required")
             raise KeyAgreementRequired("this server requires a version-2 login: send a public_key "
                                        "(docs/protocol.md section 16)")

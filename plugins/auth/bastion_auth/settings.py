@@ -39,6 +39,11 @@ AUTH_SCHEMA = {
     "encryption": Choice("allowed", ("allowed", "required"),
                          "sealed (encrypted) calls accepted, or required of every call to a service (implies "
                          "key_agreement = required)"),
+    "passkeys": Choice("off", ("off", "allowed", "required"),
+                       "passkeys (WebAuthn): off; allowed beside passwords; required: no password login for a user "
+                       "who has one"),
+    "passkey_user_verification": Choice("required", ("required", "preferred"),
+                                        "whether a passkey's authenticator must verify its user (PIN, biometrics)"),
 }
 
 #: The schema of a tenant's section, ``[auth:alpha.example.com]``: ``[auth]``'s keys, each inherited when unset.

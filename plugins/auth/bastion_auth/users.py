@@ -220,11 +220,14 @@ def set_roles(username: str, roles: list[str], epoch: RolesEpoch) -> bool | None
 
 
 def delete(username: str) -> bool:
-    """Delete a user of the current domain; return whether it existed."""
+    """Delete a user of the current domain, with its passkeys (in one unit of work); return whether it existed."""
+    from bastion_auth.passkey_store import delete_all
+
     with storage() as db:
         record = db.get(User, username)
         if record is None:
             return False
+        delete_all(db, username)
         db.delete(record)
     return True
 

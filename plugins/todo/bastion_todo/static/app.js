@@ -841,6 +841,24 @@
     }).then(showLogin);
   });
 
+  // What passkeys.js (its own file) needs of this page: sign a user in as the form does, and speak.
+  window.TodoApp = {
+    signedIn: function (user) {
+      el.login.elements.password.value = "";
+      showApp(user);
+      return load();
+    },
+    isSignedIn: function () { return signedIn; },
+    say: say,
+    tell: tell,
+    describe: describe,
+    when: when
+  };
+  // The passkeys' part of the page, in a file of its own (same origin: the CSP's script-src 'self' allows it).
+  var passkeysScript = document.createElement("script");
+  passkeysScript.src = "/passkeys.js";
+  document.head.append(passkeysScript);
+
   // -- start ----------------------------------------------------------------
 
   Bastion.exc.UnknownSession = sessionEnded;
