@@ -28,7 +28,9 @@ Two variants add instead of removing, for the lists (``get_all`` of 10 and of
 signed as before, with the agreed call key) and ``sealed`` also seals every
 call and every answer (AES-256-GCM, docs/protocol.md section 16): their
 difference with ``bastion`` is what the key agreement and the encryption
-cost a call.
+cost a call; ``in-process-v2`` and ``in-process-sealed`` measure the same
+in this process, with no HTTP, beside ``in-process``: the app's own cost,
+without the noise of a served call.
 The **peers** (``--peers``): Django + DRF and FastAPI, each checked for
 correctness before it is timed.
 
@@ -71,12 +73,12 @@ PROXY_HEADER = "X-Forwarded-Proto:https"
 CASES = {"get_all-10": ("get_all", 10), "get_all-1000": ("get_all", 1000), "add": ("add", 10),
          "update": ("update", 10)}
 VARIANTS = ("bastion", "no-metrics", "no-call-line", "plain-gthread", "no-gate", "split-state", "in-process",
-            "postgresql", "redis", "v2", "sealed")
+            "postgresql", "redis", "v2", "sealed", "in-process-v2", "in-process-sealed")
 #: The variants measured for every case; the others (what each part of a served call costs) only for these cases.
 EVERY_CASE = ("bastion", "postgresql", "redis")
 ACCOUNTING_CASES = ("get_all-10", "add")
 #: The variants of protocol version 2, and the cases they are measured for.
-VERSION_2 = ("v2", "sealed")
+VERSION_2 = ("v2", "sealed", "in-process-v2", "in-process-sealed")
 VERSION_2_CASES = ("get_all-10", "get_all-1000")
 PEERS = ("django", "fastapi")
 
@@ -223,8 +225,8 @@ class Interleaved:
         sections = bastion_sections(storage, self.hash, variant)
         if variant == "split-state":
             self.create_schema(sections)
-        if variant == "in-process":
-            return self.in_process(sections, storage)
+        if variant.startswith("in-process"):
+            return self.in_process(sections, storage, variant)
         if variant == "plain-gthread":
             directory = tempfile.mkdtemp(dir=self.tmp)
             config = write_config(sections, directory)
@@ -250,7 +252,7 @@ class Interleaved:
         name = variant if before is None else "before" + ("" if variant == "bastion" else f"-{variant}")
         return Target(name, url, pid, lines, backend_pids=backend_pids, variant=variant)
 
-    def in_process(self, sections: dict, storage: str) -> Target:
+    def in_process(self, sections: dict, storage: str, variant: str = "in-process") -> Target:
         """Bastion's app in this process, its calls made one at a time with no HTTP: the app's own cost."""
         from kernel.client import Client
         from kernel.core.config import load_config
@@ -268,15 +270,17 @@ class Interleaved:
 
         signers = {}
         for case, (tenant, _) in TENANTS.items():
-            client = Client(app=app, host=f"{tenant}.{HOST}")
+            client = Client(app=app, host=f"{tenant}.{HOST}", version=2 if variant in VERSION_2 else 1)
             client.login(USERNAME, self.password)
+            assert client.session is not None
             signers[case] = load.Signer(sid=client.session.sid, key=client.session.key, domain=client.domain,
-                                        host=client.domain, offset=client.offset)
+                                        host=client.domain, offset=client.offset, keys=client.session.keys,
+                                        sealed=variant.endswith("sealed"))
 
         def lines(op: str, count: int) -> Iterator[str]:
             return signed_lines(signers[self.current_case], op, self.bodies(op, storage), self.cap(storage, op, count))
 
-        return Target("in-process", "", 0, lines, app=app, variant="in-process")
+        return Target(variant, "", 0, lines, app=app, variant=variant)
 
     def login(self, url: str, domain: str, version: int = 1, sealed: bool = False) -> load.Signer:
         from kernel.core import sealing
@@ -479,7 +483,8 @@ class Interleaved:
         for case in args.cases:
             _, todos = CASES[case]
             chosen = [t for t in targets if (t.variant in VERSION_2 and case in VERSION_2_CASES) or (
-                t.variant not in VERSION_2 and (case in ACCOUNTING_CASES or not t.variant or t.variant in EVERY_CASE))]
+                t.variant not in VERSION_2 and (case in ACCOUNTING_CASES or not t.variant or t.variant in EVERY_CASE))
+                or (t.variant == "in-process" and case in VERSION_2_CASES)]
             self.measure(case, ceilings[1000 if todos == 1000 else 10], chosen)
         return {"commit": head(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "seconds": round(time.monotonic() - started), "args": vars(args), "notes": self.notes,
@@ -531,7 +536,9 @@ def _environ(line: str) -> dict:
     import io
 
     _, host, path, headers, body = line.rstrip("\n").split("\t", 4)
-    data = body.encode()
+    from kernel.core.signing import b64url_decode
+
+    data = b64url_decode(body[4:]) if body.startswith("b64:") else body.encode()
     environ = {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "", "RAW_URI": path,
                "SERVER_NAME": host, "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
                "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(data),
@@ -540,7 +547,8 @@ def _environ(line: str) -> dict:
                "CONTENT_LENGTH": str(len(data))}
     for header in headers.split("|"):
         name, _, value = header.partition(":")
-        environ["HTTP_" + name.upper().replace("-", "_")] = value
+        key = name.upper().replace("-", "_")
+        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
     return environ
 
 
