@@ -21,7 +21,7 @@ import pytest
 from kernel.client import Client
 from kernel.testing import GunicornServer
 
-from .e2e_support import DOMAIN, PASSWORD, cheap_hash, post_all_at_once, sections
+from .e2e_support import DOMAIN, PASSWORD, cheap_hash, post_all_at_once, sections, storage_of
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,7 @@ USERS = ("rita", "rob", "lou")
 def served(request, tmp_path_factory) -> Iterator[GunicornServer]:
     """4 workers × 4 threads, the default limits (bans at weight 10, locks after 5 failures), three users."""
     name = request.param
-    if name == "sqlite":
-        storage = f"sqlite:///{tmp_path_factory.mktemp('totp')}/bastion.sqlite3"
-    elif name == "postgresql":
-        storage = request.getfixturevalue("postgres_server").create_database(f"totp_{uuid.uuid4().hex[:12]}")
-    else:
-        storage = request.getfixturevalue("redis_server").url.rsplit("/", 1)[0] + "/7"
+    storage = storage_of(request, name, tmp_path_factory, "totp", 7)
     config = sections(storage, auth={"abuse_max": 10, "account_max_failures": 5})
     config["users"].update({f"{user}@{DOMAIN}": cheap_hash() for user in USERS})
     if name == "redis":

@@ -446,25 +446,26 @@ def refusal(reason: str, message: str, user: str | None = None) -> InvalidCreden
     return error
 
 
+#: What the library's refusal names (any of the words, in its message), the reason for the event, and the answer's
+#: message; tried in this order.
+WHY: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("origin",), "origin", "the assertion was made for another origin"),
+    (("rp id",), "rp_id", "the assertion was made for another domain (RP ID)"),
+    (("sign count",), "counter", "the passkey's signature counter went backwards: it may have been cloned or replayed"),
+    (("user verification", "user was not verified"), "user_verification", "the authenticator did not verify its user"),
+    (("user was not present",), "user_presence", "the authenticator did not check its user's presence"),
+    (("signature",), "signature", "the passkey's signature does not verify"),
+    (("challenge",), "challenge", "the challenge is not this one"),
+    (("type",), "type", "the client data is of another ceremony"),
+)
+
+
 def _why(message: str) -> tuple[str, str]:
     """The reason (for the event) and the message (for the answer) of the library's refusal."""
     lowered = message.lower()
-    if "origin" in lowered:
-        return "origin", "the assertion was made for another origin"
-    if "rp id" in lowered:
-        return "rp_id", "the assertion was made for another domain (RP ID)"
-    if "sign count" in lowered:
-        return "counter", "the passkey's signature counter went backwards: it may have been cloned or replayed"
-    if "user verification" in lowered or "user was not verified" in lowered:
-        return "user_verification", "the authenticator did not verify its user"
-    if "user was not present" in lowered:
-        return "user_presence", "the authenticator did not check its user's presence"
-    if "signature" in lowered:
-        return "signature", "the passkey's signature does not verify"
-    if "challenge" in lowered:
-        return "challenge", "the challenge is not this one"
-    if "type" in lowered:
-        return "type", "the client data is of another ceremony"
+    for words, reason, answer in WHY:
+        if any(word in lowered for word in words):
+            return reason, answer
     return "malformed", "the credential is not a valid WebAuthn response"
 
 
