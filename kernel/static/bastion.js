@@ -609,7 +609,10 @@
 
   function sessionView() {
     if (!state) return null;
-    return { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset, version: state.keys ? 2 : 1 };
+    var view = { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset,
+      version: state.keys ? 2 : 1 };
+    if (state.secondFactor) view.second_factor = state.secondFactor;
+    return view;
   }
 
   // -- transport ------------------------------------------------------------
@@ -869,7 +872,9 @@
         offset: clockOffset,
         idle: idleTimeout(body),
         seen: answer.receivedAt,
-        keptUntil: 0
+        keptUntil: 0,
+        // "enrol": the tenant requires two-step sign-in and the user has none yet (section 3); not saved
+        secondFactor: body.second_factor === "enrol" ? "enrol" : null
       };
       var kept = session.kid ? keepKey(session).then(function () { return true; }, function () { return false; })
         : Promise.resolve(false);

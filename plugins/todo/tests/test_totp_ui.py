@@ -67,3 +67,23 @@ def test_a_user_turns_on_two_step_sign_in_and_signs_in_with_a_code(todo_server, 
     expect(page.locator("input.new-todo")).to_be_visible()
     page.click("button.account-open")
     expect(page.locator(".two-step-state")).to_contain_text("9 recovery codes left")
+
+
+def test_where_two_step_sign_in_is_required_a_user_without_it_is_taken_to_enrol(todo_server, page, page_errors):
+    """[auth] second_factor = required: the login answers "second_factor": "enrol", and the page opens the account
+    panel and says why instead of loading a list the server would refuse; once enrolled, the todos load."""
+    port = todo_server(second_factor="required")
+    page.goto(f"http://localhost:{port}/")
+    login(page)
+    expect(page.locator(".two-step-state")).to_contain_text("Off")
+    expect(page.get_by_role("alert")).to_have_text("This site asks you to turn on two-step sign-in before anything else.")
+    assert page.evaluate("() => Bastion.session().second_factor") == "enrol"
+    page.click("button.two-step-begin")
+    expect(page.locator("img.two-step-qr")).to_be_visible()
+    secret = page.locator(".two-step-secret").inner_text().strip()
+    page.fill("#two-step-code", pyotp.TOTP(secret).at(time.time()))
+    page.click(".two-step-enrol button[type=submit]")
+    expect(page.locator(".two-step-code-list li")).to_have_count(10)
+    with page.expect_response("**/api/get_all"):
+        page.click("button.account-close")
+    expect(page.locator("input.new-todo")).to_be_visible()

@@ -797,6 +797,13 @@
     Bastion.login(username, form.password.value, form.force.checked, code).then(function (user) {
       form.password.value = "";
       showApp(user);
+      var session = Bastion.session();
+      if (session && session.second_factor === "enrol") {
+        // [auth] second_factor = required, and this user has none yet: the session may only enrol.
+        openAccount();
+        say("This site asks you to turn on two-step sign-in before anything else.");
+        return null;
+      }
       return load();
     }).catch(function (error) {
       if (error && error.exc === "MaxActiveSessions") el.force.hidden = false;
