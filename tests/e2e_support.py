@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -325,3 +326,13 @@ def send_on(connection: http.client.HTTPConnection, request: SignedRequest) -> R
     connection.request("POST", request.path, body=request.body, headers=request.headers)
     answer = connection.getresponse()
     return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+
+
+def storage_of(request, name: str, tmp_path_factory, label: str, redis_db: int) -> str:
+    """The storage URL of a module's deployment on ``name`` (``sqlite``, ``postgresql`` or ``redis``): a SQLite file,
+    a PostgreSQL database (the ``postgres_server`` fixture) or a Redis DB number (``redis_server``) of its own."""
+    if name == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp(label)}/bastion.sqlite3"
+    if name == "postgresql":
+        return request.getfixturevalue("postgres_server").create_database(f"{label}_{uuid.uuid4().hex[:12]}")
+    return request.getfixturevalue("redis_server").url.rsplit("/", 1)[0] + f"/{redis_db}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +19,7 @@ from kernel.client import Client
 from kernel.core.errors import ExpiredSession, MaxActiveSessions
 from kernel.testing import GunicornServer
 
-from .e2e_support import PASSWORD, cheap_hash, post_all_at_once, raw_request, sections
+from .e2e_support import PASSWORD, cheap_hash, post_all_at_once, raw_request, sections, storage_of
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,7 @@ REDIS_DB = 7
 def tenants_server(request, tmp_path_factory) -> Iterator[GunicornServer]:
     """Bastion on 4 gunicorn workers × 4 threads over the storage named by the parameter, with the tenants."""
     name = request.param
-    if name == "sqlite":
-        storage = f"sqlite:///{tmp_path_factory.mktemp('tenants')}/bastion.sqlite3"
-    elif name == "postgresql":
-        storage = request.getfixturevalue("postgres_server").create_database(f"tenants_{uuid.uuid4().hex[:12]}")
-    else:
-        storage = request.getfixturevalue("redis_server").url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    storage = storage_of(request, name, tmp_path_factory, "tenants", REDIS_DB)
     config = sections(storage, users={f"{user}@{host}": cheap_hash() for user in USERS for host in LIMITS})
     config["auth:*.localhost"] = dict(LIMITS[BETA])
     config["auth:alpha.localhost"] = dict(LIMITS[ALPHA])

@@ -179,11 +179,15 @@ class Client:
 
     # -- public API -------------------------------------------------------
 
-    def login(self, username: str, password: str, force: bool = False) -> dict[str, Any]:
-        """Log in; return the ``user`` object. Raises InvalidCredential, AccountLocked, Abusive, ..."""
+    def login(self, username: str, password: str, force: bool = False, code: str | None = None) -> dict[str, Any]:
+        """Log in; return the ``user`` object. Raises InvalidCredential, AccountLocked, Abusive, ...; and
+        SecondFactorRequired when the user has two-step sign-in and no ``code`` was given (log in again with
+        the password and the code: docs/protocol.md section 3)."""
         payload: dict[str, Any] = {"username": username, "password": password}
         if force:
             payload["force"] = True
+        if code is not None:
+            payload["code"] = code
         pair = sealing.KeyPair() if self.version == 2 else None
         if pair is not None:
             payload["public_key"] = pair.public

@@ -97,6 +97,13 @@ class InvalidCredential(BastionError):
     default_message = "invalid username or password"
 
 
+class SecondFactorRequired(BastionError):
+    """401: the password is right, but the user has two-step sign-in and the login gave no code."""
+
+    status = 401
+    default_message = "a code from the authenticator app (or a recovery code) is required"
+
+
 class UnknownSession(BastionError):
     """401: no such session in this domain."""
 
@@ -144,6 +151,13 @@ class RequireSSL(BastionError):
 
     status = 403
     default_message = "HTTPS required"
+
+
+class PasskeyRequired(BastionError):
+    """403: a password login of a user who has a passkey, where the tenant requires passkeys for such users."""
+
+    status = 403
+    default_message = "this account logs in with a passkey"
 
 
 class NotFound(BastionError):
@@ -263,8 +277,8 @@ BY_NAME: dict[str, type[BastionError]] = {
     cls.__name__: cls
     for cls in (
         InvalidCall, KeyAgreementRequired, EncryptionRequired, InvalidCiphertext, InvalidHost, Unauthorized,
-        InvalidCredential, UnknownSession,
-        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL,
+        InvalidCredential, SecondFactorRequired, UnknownSession,
+        ExpiredSession, InvalidSignature, StaleCall, ReplayedCall, Forbidden, RequireSSL, PasskeyRequired,
         NotFound, RecordNotFound, MethodNotAllowed, RequestTimeout, MaxActiveSessions, VersionConflict,
         PayloadTooLarge, UnsupportedMediaType, ValidationError, Abusive, AccountLocked,
         Error, ServiceUnavailable,

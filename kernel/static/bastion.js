@@ -6,6 +6,9 @@
  * and use the global `Bastion`:
  *
  *   Bastion.login("alice", "s3cret")            // Promise of the session's user
+ *   Bastion.login("alice", "s3cret", false, "123456")  // with two-step sign-in: after a SecondFactorRequired
+ *   Bastion.passkeyOptions()                    // a passkey login's options, then
+ *   Bastion.passkeyLogin(credentialJSON)        // Promise of the session's user
  *   Bastion.safe_call("add", "Play with Fanery")  // positional args
  *   Bastion.safe_call("update", {id, vsn, done: true})  // one plain object: kwargs
  *   Bastion.logout()
@@ -606,7 +609,10 @@
 
   function sessionView() {
     if (!state) return null;
-    return { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset, version: state.keys ? 2 : 1 };
+    var view = { sid: state.sid, expires: state.expires, user: state.user, offset: state.offset,
+      version: state.keys ? 2 : 1 };
+    if (state.secondFactor) view.second_factor = state.secondFactor;
+    return view;
   }
 
   // -- transport ------------------------------------------------------------
@@ -764,10 +770,45 @@
       ? Math.max(0, body.expires - body.server_time) : 0;
   }
 
-  /** Log in; Promise of the user ({username, domain}). `force` ends the user's other sessions. */
-  function login(username, password, force) {
+  /** Log in; Promise of the user ({username, domain}). `force` ends the user's other sessions; `code` is the
+   *  second factor (a TOTP code or a recovery code), which a user with two-step sign-in needs: without it the
+   *  login rejects with SecondFactorRequired (section 3), and the page asks for it and logs in again. */
+  function login(username, password, force, code) {
     var payload = { username: username, password: password };
     if (force) payload.force = true;
+    if (typeof code === "string" && code) payload.code = code;
+    return openSession("/auth/login", payload);
+  }
+
+  /**
+   * The options of a passkey login (section 17): Promise of the `publicKey` request options, as JSON (b64url
+   * strings where WebAuthn takes bytes). With a username, the challenge serves only that user's passkey.
+   */
+  function passkeyOptions(username) {
+    return restoring.then(function () {
+      var payload = username ? { username: username } : {};
+      return post("/auth/passkey/options", { "Content-Type": "application/json" }, JSON.stringify(payload));
+    }).then(function (answer) {
+      var body = parseJson(answer.bytes);
+      if (answer.response.status !== 200) {
+        var error = errorFromBody(body, answer.response.status);
+        if (error.exc === "Abusive") error.retry_after = retryAfter(answer.response, body);
+        throw error;
+      }
+      if (!body || typeof body.publicKey !== "object") throw failure("Error", 200, "unexpected passkey options");
+      return body.publicKey;
+    }).catch(reject);
+  }
+
+  /** Log in with a passkey's assertion (its JSON form, section 17); Promise of the user, as `login`. */
+  function passkeyLogin(credential, force) {
+    var payload = { credential: credential };
+    if (force) payload.force = true;
+    return openSession("/auth/passkey/login", payload);
+  }
+
+  /** Send a login body to `path` and keep the session it opens (section 3's answer); Promise of the user. */
+  function openSession(path, payload) {
     var answer;
     var body;
     var pair = null;
@@ -779,7 +820,7 @@
         payload.public_key = pair.public;
       });
     }).then(function () {
-      return post("/auth/login", { "Content-Type": "application/json" }, JSON.stringify(payload));
+      return post(path, { "Content-Type": "application/json" }, JSON.stringify(payload));
     }).then(function (got) {
       answer = got;
       var status = answer.response.status;
@@ -831,7 +872,9 @@
         offset: clockOffset,
         idle: idleTimeout(body),
         seen: answer.receivedAt,
-        keptUntil: 0
+        keptUntil: 0,
+        // "enrol": the tenant requires two-step sign-in and the user has none yet (section 3); not saved
+        secondFactor: body.second_factor === "enrol" ? "enrol" : null
       };
       var kept = session.kid ? keepKey(session).then(function () { return true; }, function () { return false; })
         : Promise.resolve(false);
@@ -903,6 +946,8 @@
     version: 2,
     configure: configure,
     login: login,
+    passkeyOptions: passkeyOptions,
+    passkeyLogin: passkeyLogin,
     logout: logout,
     safe_call: safe_call,
     /** Handlers by exc name, called before a Promise rejects; `Error` is the fallback. */

@@ -306,6 +306,20 @@ class Accounts:
             self.state.window_discard(domain, key, member)
         return failures
 
+    def check_open(self, domain: str, username: str, now: float) -> None:
+        """AccountLocked, as :meth:`succeeded` would answer, without resetting anything: a right password
+        whose login still needs its second factor is told only while the account is not locked (or being
+        locked), and resets the count only once the code verified too."""
+        settings = self.settings_of(domain)
+        limit = settings.account_max_failures
+        if not limit:
+            return
+        entries = self.state.window_entries(domain, account_key("failures", username))
+        lock = [e for e in entries if e.member == LOCK]
+        failures = [e for e in entries if e.member != LOCK and e.weight]
+        if lock or len(failures) >= limit:
+            raise _locked(lock[0].expires - now if lock else settings.account_lock)
+
     def locked_until(self, domain: str, username: str) -> float | None:
         """When the account's lock ends, or None when it is not locked."""
         entries = self.state.window_entries(domain, account_key("failures", username))

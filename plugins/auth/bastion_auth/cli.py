@@ -1,4 +1,6 @@
-"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | locks | unlock | unban | hash-password``.
+"""``bastion adduser | passwd | deluser | users | roles | sessions | end-sessions | passkeys | locks | unlock | unban |
+reset-2fa |
+hash-password``.
 
 Every command that changes something acts on the configured storage (any
 driver: the state of sessions, locks and bans lives in the state store the
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from bastion_auth import events, users
+from bastion_auth import events, passkey_store, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import SHOWN_SID
 from bastion_auth.settings import AUTH_SCHEMA
@@ -179,8 +181,14 @@ def list_users(args: argparse.Namespace, console: Console) -> int:
             names = users.list_usernames()
         if not names and args.domain:
             console.say(f"No users in {domain}.")
+        with runtime.bind(domain):
+            second = {username for username in names if auth.second.active(users.find(username))}
         for username in names:
             line = f"{username}@{domain}: {count(len(auth.sessions.live(domain, username, now)), 'live session')}"
+            line += "; two-step sign-in on" if username in second else ""
+            with runtime.bind(domain):
+                keys = passkey_store.count_of(username)
+            line += f"; {count(keys, 'passkey')}" if keys else ""
             until = auth.accounts.locked_until(domain, username)
             console.say(line + (f"; {lock_end(until, now)} after failed logins." if until is not None else "."))
         for username, until in auth.accounts.locked(domain):
@@ -208,6 +216,37 @@ def locks(args: argparse.Namespace, console: Console) -> int:
     if not said:
         console.say(f"No account is locked in {_domain(args.domain)}." if args.domain else "No account is locked.")
     return 0
+
+
+# -- passkeys -----------------------------------------------------------------------------------------------------------
+
+
+def passkeys(args: argparse.Namespace, console: Console) -> int:
+    """``bastion passkeys USER --domain D [--remove ID]``: a user's passkeys (id, name, created, last used), or
+    remove one (the user's sessions stay: the passkey no longer opens new ones)."""
+    domain = _domain(args.domain)
+    _check_username(args.username)
+    with console.runtime.bind(domain):
+        if users.find(args.username) is None:
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+        if args.remove is not None:
+            if not passkey_store.remove(args.username, args.remove):
+                raise SystemExit(f"bastion: {args.username}@{domain} has no passkey {args.remove}")
+            console.event("passkey_removed", args.username, domain, passkey=args.remove[:8])
+            console.say(f"Removed the passkey {args.remove} of {args.username}@{domain}.")
+            return 0
+        records = passkey_store.of_user(args.username)
+    for record in records:
+        used = iso(record.last_used) if record.last_used else "never"
+        console.say(f"{record._id}  {record.name}  created {iso(record.created)}, last used {used}")
+    console.say(f"{args.username}@{domain} has {count(len(records), 'passkey')}.")
+    return 0
+
+
+def passkeys_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("username")
+    parser.add_argument("--domain", required=True, help="the tenant")
+    parser.add_argument("--remove", metavar="ID", help="remove this passkey (its id as listed)")
 
 
 # -- roles --------------------------------------------------------------------------------------------------------------
@@ -319,6 +358,23 @@ def unlock(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def reset_2fa(args: argparse.Namespace, console: Console) -> int:
+    """``bastion reset-2fa USER --domain D``: remove a user's second factor (TOTP secret, pending enrolment and
+    recovery codes), for a user who lost it; the password alone logs in again (or, where it is required, lets
+    the user enrol anew). The user's sessions stay."""
+    domain = _domain(args.domain)
+    with console.runtime.bind(domain):
+        record = users.find(args.username)
+        if record is None:
+            raise SystemExit(f"bastion: no user {args.username}@{domain}")
+        had = console.auth.second.active(record)
+        users.set_second_factor(args.username, totp="", totp_pending="", recovery=[])
+    console.event("second_factor_reset", args.username, domain, had_second_factor=had)
+    console.say(f"Removed the two-step sign-in of {args.username}@{domain}." if had else
+                f"{args.username}@{domain} had no two-step sign-in; any enrolment in progress is dropped.")
+    return 0
+
+
 def unban(args: argparse.Namespace, console: Console) -> int:
     """``bastion unban ORIGIN --domain D``: end an origin's ban and forget its abuse weight."""
     domain, origin, abuse = _domain(args.domain), _origin(args.origin), console.auth.abuse
@@ -412,12 +468,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("end-sessions", end_sessions, "end every session of a user (log out everywhere)", user_arguments),
     Command("unlock", unlock, "end the lock of an account locked after failed logins", user_arguments),
     Command("unban", unban, "end the ban of an origin (a client address) in a domain", unban_arguments),
+    Command("reset-2fa", reset_2fa, "remove a user's two-step sign-in (TOTP and recovery codes)", user_arguments),
     Command("hash-password", hash_password, "print an argon2id hash for the [users] section", password_stdin_argument,
             opens_runtime=False),
     Command("users", list_users, "list users, with their live sessions and whether they are locked (and locked "
                                  "usernames that are no user)", users_arguments),
     Command("sessions", sessions, "list live sessions (created, last seen, origin; never a key)", sessions_arguments),
     Command("roles", roles, "show every user's roles, or a user's, or set them with --set", roles_arguments),
+    Command("passkeys", passkeys, "list a user's passkeys, or remove one with --remove", passkeys_arguments),
     Command("locks", locks, "list the accounts locked after failed logins, usernames that are no user included",
             locks_arguments),
 )

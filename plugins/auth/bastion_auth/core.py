@@ -4,6 +4,7 @@
 * :mod:`bastion_auth.calls`: signed calls (``bastion_admit``, ``bastion_authenticate``): the ban with the
   session, the MAC, the skew, the nonce, and the caller's roles;
 * :mod:`bastion_auth.services`: the account services, ``change_password``, ``sessions``, ``end_sessions``;
+* :mod:`bastion_auth.totp`: two-step sign-in, the code check of logins and the ``totp_*`` services;
 * :mod:`bastion_auth.bootstrap`: the ``[users]`` and ``[roles]`` accounts, the demo user and its banner.
 
 :class:`Auth` holds what they share: the settings, every tenant's (:mod:`bastion_auth.tenants`), the password
@@ -21,11 +22,13 @@ from bastion_auth import bootstrap, users
 from bastion_auth.abuse import Abuse, Accounts
 from bastion_auth.calls import SessionRead, SignedCalls
 from bastion_auth.login import Login
+from bastion_auth.passkeys import Passkeys
 from bastion_auth.passwords import Passwords
 from bastion_auth.roles import RolesEpoch
 from bastion_auth.services import AccountServices
 from bastion_auth.sessions import Sessions
 from bastion_auth.tenants import Tenant, Tenants
+from bastion_auth.totp import SecondFactor
 from kernel import (
     Authentication,
     BastionError,
@@ -67,6 +70,8 @@ class Auth:
         self.login = Login(self)
         self.calls = SignedCalls(self)
         self.account = AccountServices(self)
+        self.second = SecondFactor(self)
+        self.passkeys = Passkeys(self)
 
     def tenant(self, domain: str) -> Tenant:
         """The settings of ``domain``'s tenant: its ``[auth:...]`` section's, else ``[auth]``'s."""
@@ -157,13 +162,21 @@ class Auth:
 
     @hookimpl
     def bastion_routes(self, routes: Routes) -> None:
-        """``/auth/login`` and ``/auth/logout`` (:meth:`Login.routes`)."""
+        """``/auth/login`` and ``/auth/logout`` (:meth:`Login.routes`); the passkey login's two routes
+        (:meth:`Passkeys.routes`)."""
         self.login.routes(routes)
+        self.passkeys.routes(routes)
 
     @hookimpl
     def bastion_services(self) -> list:
-        """The account services (docs/protocol.md section 5): ``change_password``, ``sessions``, ``end_sessions``."""
-        return self.account.all()
+        """The account services (docs/protocol.md section 5): ``change_password``, ``sessions``, ``end_sessions``,
+        the two-step sign-in's ``totp_*`` and the passkeys' services."""
+        return [*self.account.all(), *self.second.all(), *self.passkeys.services()]
+
+    @hookimpl
+    def bastion_has_permission(self, session: Any, service: str, request: Request) -> bool | None:
+        """Step 12 under ``[auth] second_factor = required``: a user without a second factor may only enrol."""
+        return self.second.allows(request, service)
 
     @hookimpl
     def bastion_admit(self, request: Request, credentials: Credentials | None) -> SessionRead | None:
@@ -180,6 +193,7 @@ class Auth:
     def bastion_refused(self, request: Request, error: BastionError) -> None:
         """Count a refused login; weigh the refusal against the origin (a ban is a security event)."""
         self.login.refused(request, error)
+        self.passkeys.refused(request, error)
         if request.domain:
             banned = self.abuse.weigh(request.domain, request.origin, error, self.clock())
             if banned is not None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bastion_auth import users
+from bastion_auth import totp, users
 from bastion_auth.passwords import Passwords
 from bastion_auth.sessions import Session, sid_prefix
 from kernel import (
@@ -26,6 +26,7 @@ from kernel import (
     MaxActiveSessions,
     Request,
     Routes,
+    SecondFactorRequired,
     b64url,
     load_public,
     loads,
@@ -44,12 +45,14 @@ LOGIN_OUTCOMES: dict[type[BastionError], str] = {
     Abusive: "banned",
     MaxActiveSessions: "max_sessions",
     InvalidCall: "invalid_call",
+    SecondFactorRequired: "second_factor_required",
 }
 
 #: The most bytes one character of a login body's strings can take: a character beyond the BMP written as
 #: two ``\\uXXXX`` escapes (a client that escapes all non-ASCII text, as ``json.dumps`` does by default).
 ESCAPED_CHARACTER = 12
-#: Room in a login body besides its two strings: the keys, ``force``, spaces.
+#: Room in a login body besides its two strings: the keys, ``force``, spaces, and a ``code`` (at most 64
+#: characters, 768 bytes escaped).
 LOGIN_BODY_OVERHEAD = 1024
 #: The largest logout body: clients send ``{}`` or nothing (:func:`parse_logout`).
 LOGOUT_MAX_BODY = 1024
@@ -63,7 +66,7 @@ def login_max_body(max_password_length: int) -> int:
 
 
 #: The keys of a password login's body.
-LOGIN_KEYS = frozenset({"username", "password", "force", "public_key"})
+LOGIN_KEYS = frozenset({"username", "password", "force", "code", "public_key"})
 
 
 def parse_public_key(payload: dict[str, Any]) -> str | None:
@@ -79,8 +82,12 @@ def parse_public_key(payload: dict[str, Any]) -> str | None:
     return public_key
 
 
-def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
-    """Parse ``{"username", "password", "force"?, "public_key"?}``; InvalidCall on any other shape.
+def parse_login(body: bytes) -> tuple[str, str, bool, str | None, str | None]:
+    """Parse ``{"username", "password", "force"?, "code"?, "public_key"?}``; InvalidCall on any other shape.
+
+    ``code`` (None when absent) is the second factor: a TOTP code or a recovery code, a string of at most
+    :data:`bastion_auth.totp.MAX_CODE_LENGTH` characters. ``public_key`` (None when absent) is the client's
+    key of a version-2 login (:func:`parse_public_key`).
 
     A login body is one flat object: a body holding any other array or object
     is refused from its bytes, before the parser builds anything.
@@ -101,7 +108,8 @@ def parse_login(body: bytes) -> tuple[str, str, bool, str | None]:
         raise InvalidCall("'password' must be a string")
     if not isinstance(force, bool):
         raise InvalidCall("'force' must be a boolean")
-    return username, password, force, parse_public_key(payload)
+    code = totp.check_code_argument(payload["code"]) if "code" in payload else None
+    return username, password, force, code, parse_public_key(payload)
 
 
 def locking(refusal: str, retry_after: float) -> AccountLocked:
@@ -171,26 +179,32 @@ class Login:
         answers 200 with a session it can tell has ended.
         """
         auth = self.auth
-        username, password, force, public_key = parse_login(request.body)
+        username, password, force, code, public_key = parse_login(request.body)
         domain, origin = request.domain, request.origin
         self.check_version(request, username, public_key)
-        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password")
+        record, outdated = self.check_password(domain, origin, username, password, "invalid username or password",
+                                               code=code, second_factor=True)
+        auth.passkeys.check_password_login(domain, username)  # [auth] passkeys = required
         passwords = auth.tenant(domain).passwords
         hashes = {record.password}
         if outdated:
             upgraded = auth.passwords.context.hash(password)
             if users.set_password(username, upgraded, expected_hash=record.password):
                 hashes.add(upgraded)
-        return self.open_session(request, username, force=force, rehashed=len(hashes) > 1, public_key=public_key,
-                                 still_valid=lambda: self._still_valid(username, password, hashes, passwords))
+        answer = self.open_session(request, username, force=force, rehashed=len(hashes) > 1, public_key=public_key,
+                                   still_valid=lambda: self._still_valid(username, password, hashes, passwords))
+        if auth.second.must_enrol(domain, record):
+            # [auth] second_factor = required, and the user has none yet: this session may only enrol.
+            answer["second_factor"] = "enrol"
+        return answer
 
-    def check_version(self, request: Request, username: str, public_key: str | None) -> None:
+    def check_version(self, request: Request, username: str | None, public_key: str | None) -> None:
         """A version-1 login (no ``public_key``) where the tenant requires version 2 (``key_agreement`` or
         ``encryption`` required) is KeyAgreementRequired, before any credential is checked: an old client, not
         a guess, so it weighs nothing."""
         settings = self.auth.tenant(request.domain).settings
         if public_key is None and "required" in (settings.key_agreement, settings.encryption):
-            shown = username if users.is_username(username) else "(not a username)"
+            shown = None if username is None else username if users.is_username(username) else "(not a username)"
             self.auth.event("login_failed", shown, logging.INFO, reason="key_agreement_required")
             raise KeyAgreementRequired("this server requires a version-2 login: send a public_key "
                                        "(docs/protocol.md section 16)")
@@ -265,7 +279,7 @@ class Login:
     # -- one password checked against the limits ---------------------------
 
     def check_password(self, domain: str, origin: str, username: str, password: str, refusal: str,
-                       attempt_of: str = "login"):
+                       attempt_of: str = "login", *, code: str | None = None, second_factor: bool = False):
         """Check a user's password as one attempt against the limits; return ``(record, outdated)``.
 
         Every login, and every ``change_password`` (its ``old``), goes through
@@ -285,9 +299,43 @@ class Login:
         is a ``login_failed`` event (with ``attempt``: ``attempt_of``, when it
         is not a login), a lock an ``account_locked`` one, a ban a ``banned``
         one.
+
+        With ``second_factor`` (a login), a user with two-step sign-in also
+        needs ``code``, checked once the password verified
+        (:mod:`bastion_auth.totp`): a wrong or used code is a failure exactly
+        like a wrong password (reason ``invalid_code``; 401 InvalidCredential,
+        "invalid or already used code"); no code at all is 401
+        SecondFactorRequired, which neither counts as a failure nor resets
+        the account's count (only the whole login does), and gives the
+        origin's place back.
         """
+        tenant = self.auth.tenant(domain)
+
+        def check(record: Any) -> tuple[bool, bool, str]:
+            valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
+            if not valid or not second_factor or not self.auth.second.active(record):
+                return valid, outdated, "invalid_credential"
+            if code is None:
+                return False, outdated, "second_factor_required"
+            used = self.auth.second.verify(domain, username, record, code)
+            return used is not None, outdated, "invalid_code"
+
+        return self._attempt(domain, origin, username, check, refusal, attempt_of)
+
+    def check_code(self, domain: str, origin: str, username: str, code: str, refusal: str, attempt_of: str):
+        """Check a code of a user with two-step sign-in (a TOTP code or a recovery code, used up) as one attempt
+        against the limits, exactly as :meth:`check_password` checks a password; return the user's record."""
+
+        def check(record: Any) -> tuple[bool, bool, str]:
+            return self.auth.second.verify(domain, username, record, code) is not None, False, "invalid_code"
+
+        return self._attempt(domain, origin, username, check, refusal, attempt_of)[0]
+
+    def _attempt(self, domain: str, origin: str, username: str, check: Callable[[Any], tuple[bool, bool, str]],
+                 refusal: str, attempt_of: str):
+        """One attempt against the limits (see :meth:`check_password`): ``check(record)`` says whether the
+        secrets verify, whether the hash is outdated, and the reason of a refusal."""
         auth = self.auth
-        tenant = auth.tenant(domain)
         shown = username if users.is_username(username) else "(not a username)"  # the log never shows free text
         extra = {} if attempt_of == "login" else {"attempt": attempt_of}
         attempt = secrets.token_hex(8)
@@ -303,31 +351,39 @@ class Login:
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)  # it weighs 1
             raise
         record = users.find(username)
-        valid, outdated = tenant.passwords.verify(password, record.password if record is not None else None)
+        valid, outdated, reason = check(record)
         now = auth.clock()
         try:
-            if valid:
+            if reason == "second_factor_required":
+                auth.accounts.check_open(domain, username, now)  # told only while the account is not locked
+            elif valid:
                 forgiven = auth.accounts.succeeded(domain, username, now)
             else:
                 locked_until = auth.accounts.failed(domain, username, attempt, now)
         except AccountLocked as locked:  # locked while this password was checked: its outcome is not told
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)
             raise
+        if reason == "second_factor_required":
+            auth.abuse.release(domain, origin, attempt)
+            auth.event("login_failed", shown, logging.INFO, reason=reason, **extra)
+            raise SecondFactorRequired("a code is required: the one the authenticator app shows, or a recovery code")
         if not valid:
-            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra)
+            if reason == "invalid_code":
+                refusal = "invalid or already used code"
+            self._failed(domain, origin, attempt, shown, record is not None, locked_until, now, extra, reason)
             raise InvalidCredential(refusal) if locked_until is None else locking(refusal, locked_until - now)
         auth.abuse.release(domain, origin, attempt)
         auth.abuse.forgive(domain, origin, forgiven)
         return record, outdated
 
     def _failed(self, domain: str, origin: str, attempt: str, shown: str, known_user: bool,
-                locked_until: float | None, now: float, extra: dict[str, Any]) -> None:
-        """A wrong password: its ``login_failed`` event (and ``account_locked`` when it locks the account), its
-        weight of 1 for the origin, and the dummy delay."""
+                locked_until: float | None, now: float, extra: dict[str, Any],
+                reason: str = "invalid_credential") -> None:
+        """A wrong password (or code): its ``login_failed`` event (and ``account_locked`` when it locks the
+        account), its weight of 1 for the origin, and the dummy delay."""
         auth = self.auth
         settings = auth.tenant(domain).settings
-        auth.event("login_failed", shown, logging.WARNING, reason="invalid_credential", known_user=known_user,
-                   **extra)
+        auth.event("login_failed", shown, logging.WARNING, reason=reason, known_user=known_user, **extra)
         if locked_until is not None:
             auth.event("account_locked", shown, logging.WARNING, retry_after=max(1, round(locked_until - now)),
                        failures=settings.account_max_failures)

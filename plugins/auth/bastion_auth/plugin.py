@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bastion_auth import users
+from bastion_auth import passkey_store, users
 from bastion_auth.core import Auth
 from bastion_auth.settings import deploy_problems, read, read_tenants
 from kernel import PluginSettings, Problem, Runtime, hookimpl
@@ -29,8 +29,8 @@ def bastion_configure(settings: PluginSettings, runtime: Runtime) -> None:
 
 @hookimpl
 def bastion_models():
-    """The User model."""
-    return [users.User]
+    """The User model, and the Passkey model of its passkeys."""
+    return [users.User, passkey_store.Passkey]
 
 
 @hookimpl

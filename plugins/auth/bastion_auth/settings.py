@@ -31,11 +31,19 @@ AUTH_SCHEMA = {
     "max_password_length": Int(MAX_PASSWORD_LENGTH, "longest password accepted (never truncated)", min=8),
     "demo_user": Bool(True, "in development mode, create demo@localhost when no user exists"),
     "dummy_delay": Float(0.0, "extra seconds added to every failed login", min=0.0),
+    "second_factor": Choice("allowed", ("off", "allowed", "required"),
+                            "two-step sign-in (TOTP): off (no new enrolment), allowed, or required (a user without "
+                            "one may only enrol)"),
     "key_agreement": Choice("allowed", ("allowed", "required"),
                             "version-2 logins (the session's keys agreed, never sent) accepted, or required"),
     "encryption": Choice("allowed", ("allowed", "required"),
                          "sealed (encrypted) calls accepted, or required of every call to a service (implies "
                          "key_agreement = required)"),
+    "passkeys": Choice("off", ("off", "allowed", "required"),
+                       "passkeys (WebAuthn): off; allowed beside passwords; required: no password login for a user "
+                       "who has one"),
+    "passkey_user_verification": Choice("required", ("required", "preferred"),
+                                        "whether a passkey's authenticator must verify its user (PIN, biometrics)"),
 }
 
 #: The schema of a tenant's section, ``[auth:alpha.example.com]``: ``[auth]``'s keys, each inherited when unset.

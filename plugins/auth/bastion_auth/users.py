@@ -17,6 +17,12 @@ USERNAME = re.compile(rf"[A-Za-z0-9_.@+-]{{1,{MAX_USERNAME}}}")
 ROLE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The most roles one user holds.
 MAX_ROLES = 64
+#: A TOTP secret as stored (base32, at most 128 characters), or nothing.
+BASE32 = re.compile(r"[A-Z2-7]{0,128}")
+#: A recovery code's hash as stored.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: The most recovery codes one user holds.
+MAX_RECOVERY = 16
 
 
 def is_username(value: Any) -> bool:
@@ -33,14 +39,16 @@ class User:
     """A user of one domain; the record id is the username (a natural key).
 
     ``roles`` (added after the first release: older records read it as ``[]``)
-    is a sorted list of role names.
+    is a sorted list of role names. The second factor (:mod:`bastion_auth.totp`; older records read
+    them as none): ``totp``, the active TOTP secret (base32, ``""`` when off); ``totp_pending``, the
+    secret of an enrolment not yet confirmed; ``recovery``, the hashes of the unused recovery codes.
     """
 
     __model__ = "User"
 
     @classmethod
     def initialize(cls, record):
-        record.merge(username="", password="", created=0, roles=[])
+        record.merge(username="", password="", created=0, roles=[], totp="", totp_pending="", recovery=[])
 
     @classmethod
     def validate(cls, record):
@@ -52,6 +60,13 @@ class User:
         roles = record.roles
         if not isinstance(roles, list) or len(roles) > MAX_ROLES or not all(is_role(role) for role in roles):
             errors.roles.invalid = f"at most {MAX_ROLES} names of 1 to 64 letters, digits or _.-"
+        for name in ("totp", "totp_pending"):
+            if not isinstance(record.get(name), str) or not BASE32.fullmatch(record.get(name)):
+                errors[name].invalid = "a base32 secret, or empty"
+        recovery = record.get("recovery")
+        if not isinstance(recovery, list) or len(recovery) > MAX_RECOVERY or not all(
+                isinstance(h, str) and SHA256_HEX.fullmatch(h) for h in recovery):
+            errors.recovery.invalid = f"at most {MAX_RECOVERY} SHA-256 hashes"
         return errors
 
     @classmethod
@@ -131,6 +146,47 @@ def set_password(username: str, password_hash: str, expected_hash: str | None = 
     return True
 
 
+def set_second_factor(username: str, *, expected_pending: str | None = None, require_active: bool = False,
+                      **fields: Any) -> bool:
+    """Set second-factor fields (``totp``, ``totp_pending``, ``recovery``) of a user of the current domain; return
+    whether the user exists (and, with ``expected_pending``, still has that pending secret; with
+    ``require_active``, an active factor). A concurrent write of the user is retried, never lost."""
+    for _ in range(10):
+        try:
+            with storage() as db:
+                record = db.get(User, username) if is_username(username) else None
+                if record is None:
+                    return False
+                if expected_pending is not None and record.totp_pending != expected_pending:
+                    return False
+                if require_active and not record.totp:
+                    return False
+                record.merge(**fields)
+            return True
+        except VersionConflict:
+            continue  # another worker wrote the user meanwhile: read it again
+    raise VersionConflict(f"user {username} kept changing; second factor not set")
+
+
+def use_recovery_code(username: str, code_hash: str) -> bool:
+    """Use up one recovery code of a user of the current domain: remove its hash; return whether it was there.
+
+    Atomic on every driver: the record is written only at the version read, so of two logins with one code,
+    the one that loses the race reads the record again and no longer finds the code.
+    """
+    for _ in range(10):
+        try:
+            with storage() as db:
+                record = db.get(User, username) if is_username(username) else None
+                if record is None or not record.totp or code_hash not in (record.recovery or []):
+                    return False
+                record.recovery = [h for h in record.recovery if h != code_hash]
+            return True
+        except VersionConflict:
+            continue
+    return False
+
+
 def roles_of(username: str) -> tuple[str, ...]:
     """The roles of a user of the current domain, as stored; none for a user that does not exist."""
     record = find(username)
@@ -164,11 +220,14 @@ def set_roles(username: str, roles: list[str], epoch: RolesEpoch) -> bool | None
 
 
 def delete(username: str) -> bool:
-    """Delete a user of the current domain; return whether it existed."""
+    """Delete a user of the current domain, with its passkeys (in one unit of work); return whether it existed."""
+    from bastion_auth.passkey_store import delete_all
+
     with storage() as db:
         record = db.get(User, username)
         if record is None:
             return False
+        delete_all(db, username)
         db.delete(record)
     return True
 

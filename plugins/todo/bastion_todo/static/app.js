@@ -54,6 +54,7 @@
     notice: $(".notice"),
     login: $("#login"),
     force: $("#login .force"),
+    loginCode: $("#login .login-code"),
     main: $(".main"),
     toggleAll: $(".toggle-all"),
     list: $(".todo-list"),
@@ -103,7 +104,9 @@
     var fields = (error && error.fields) || {};
     switch (error && error.exc) {
       case "InvalidCredential":
-        return "Wrong username or password.";
+        return el.loginCode.hidden ? "Wrong username or password." : "Wrong username, password or code.";
+      case "SecondFactorRequired":
+        return "Enter the code your authenticator app shows (or a recovery code).";
       case "AccountLocked":
         return "Too many failed sign-ins for this account: it is locked for " + minutes(error.retry_after) + ".";
       case "Abusive":
@@ -195,6 +198,8 @@
     el.login.hidden = true;
     el.force.hidden = true;
     el.login.elements.force.checked = false;
+    el.loginCode.hidden = true;
+    el.login.elements.code.value = "";
     el.account.hidden = false;
     el.username.textContent = user && user.username ? user.username : "";
     el.passwordUsername.value = user && user.username ? user.username : "";
@@ -247,6 +252,7 @@
     render();
     el.accountTitle.focus();
     loadSessions();
+    if (window.TodoTwoStep) window.TodoTwoStep.open();
   }
 
   function closeAccount(focus) {
@@ -255,6 +261,7 @@
     el.accountPanel.hidden = true;
     el.accountOpen.setAttribute("aria-expanded", "false");
     el.password.reset();
+    if (window.TodoTwoStep) window.TodoTwoStep.close();
     el.sessionList.replaceChildren();
     el.endSessions.hidden = true;
     if (!wasOpen || !signedIn) return;
@@ -786,14 +793,28 @@
     say("");
     var button = $("button[type=submit]", el.login);
     button.disabled = true;
-    Bastion.login(username, form.password.value, form.force.checked).then(function (user) {
+    var code = el.loginCode.hidden ? "" : form.code.value.trim();
+    Bastion.login(username, form.password.value, form.force.checked, code).then(function (user) {
       form.password.value = "";
       showApp(user);
+      var session = Bastion.session();
+      if (session && session.second_factor === "enrol") {
+        // [auth] second_factor = required, and this user has none yet: the session may only enrol.
+        openAccount();
+        say("This site asks you to turn on two-step sign-in before anything else.");
+        return null;
+      }
       return load();
     }).catch(function (error) {
       if (error && error.exc === "MaxActiveSessions") el.force.hidden = false;
       say(describe(error));
-      if (!signedIn) form.password.select();
+      if (error && error.exc === "SecondFactorRequired") {
+        el.loginCode.hidden = false;  // the password was right: ask for the code, and sign in again with both
+        form.code.focus();
+      } else if (!signedIn) {
+        if (!el.loginCode.hidden) form.code.value = "";
+        form.password.select();
+      }
     }).then(function () {
       button.disabled = false;
     });
@@ -826,6 +847,24 @@
       // The session is forgotten locally whatever the server said.
     }).then(showLogin);
   });
+
+  // What passkeys.js (its own file) needs of this page: sign a user in as the form does, and speak.
+  window.TodoApp = {
+    signedIn: function (user) {
+      el.login.elements.password.value = "";
+      showApp(user);
+      return load();
+    },
+    isSignedIn: function () { return signedIn; },
+    say: say,
+    tell: tell,
+    describe: describe,
+    when: when
+  };
+  // The passkeys' part of the page, in a file of its own (same origin: the CSP's script-src 'self' allows it).
+  var passkeysScript = document.createElement("script");
+  passkeysScript.src = "/passkeys.js";
+  document.head.append(passkeysScript);
 
   // -- start ----------------------------------------------------------------
 
