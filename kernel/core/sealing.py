@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.core.signing import b64url, b64url_decode
+from kernel.core.signing import Sealing, b64url, b64url_decode
 
 #: The media type of a sealed body, request or answer.
 SEALED_TYPE = "application/vnd.bastion.sealed"
@@ -154,16 +154,6 @@ def open_envelope(key: bytes, envelope: bytes, aad: bytes) -> bytes:
 def is_sealed(content_type: str | None) -> bool:
     """Whether a ``Content-Type`` names a sealed body (matched case-insensitively, parameters ignored)."""
     return (content_type or "").split(";", 1)[0].strip().lower() == SEALED_TYPE
-
-
-@dataclass(frozen=True, slots=True)
-class Sealing:
-    """What the pipeline needs to open a call and seal its answer: the session's two encryption keys, and whether
-    the tenant refuses plain calls."""
-
-    call_key: bytes = field(repr=False)
-    answer_key: bytes = field(repr=False)
-    required: bool = False
 
 
 __all__ = ["SEALED_TYPE", "VERSION", "KeyPair", "Sealing", "SessionKeys", "answer_aad", "call_aad", "derive_keys",

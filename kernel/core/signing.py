@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from kernel.core.context import Request
     from kernel.core.errors import BastionError
-    from kernel.core.sealing import Sealing
 
 SCHEME = "Bastion-HMAC"
 REQUEST_TAG = "bastion-hmac-v1"
@@ -150,6 +149,16 @@ class Credentials:
     def verify(self, key: bytes, request: Request) -> bool:
         """Whether the MAC is the one ``key`` gives for this request, compared in constant time."""
         return macs_equal(self.mac, request_mac(key, self.ts, self.nonce, request.path, request.domain, request.body))
+
+
+@dataclass(frozen=True, slots=True)
+class Sealing:
+    """What the pipeline needs to open a sealed call and seal its answer (docs/protocol.md section 16, made by
+    :mod:`kernel.core.sealing`): the session's two encryption keys, and whether the tenant refuses plain calls."""
+
+    call_key: bytes = field(repr=False)
+    answer_key: bytes = field(repr=False)
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from kernel.cli import main
 from kernel.client import Client, DowngradeRefused, InvalidResponseSignature, Response, ServerFailure, Session
 from kernel.core.config import BASTION_SCHEMA, SERVER_SCHEMA
 from kernel.core.plugins import describe, get_plugin_manager
+from kernel.core.sealing import SEALED_TYPE, answer_aad, call_aad, open_envelope, seal
 from kernel.core.signing import (
     authorization,
     body_hash,
@@ -93,6 +94,8 @@ __all__ = [
     # signing by hand
     "authorization", "parse_authorization", "server_authorization", "parse_server_authorization", "new_nonce",
     "request_mac", "response_mac", "macs_equal", "string_to_sign", "response_string", "body_hash",
+    # sealing by hand (protocol version 2)
+    "SEALED_TYPE", "seal", "open_envelope", "call_aad", "answer_aad",
     # the kernel's entry points, and the configuration schemas tests read
     "create_app", "get_plugin_manager", "describe", "main", "BASTION_SCHEMA", "SERVER_SCHEMA",
 ]

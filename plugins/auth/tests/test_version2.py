@@ -27,16 +27,19 @@ from kernel import (
     hookimpl,
     service,
 )
-from kernel.core import sealing
 from kernel.testing import (
+    SEALED_TYPE,
     Client,
     DowngradeRefused,
     Response,
     Session,
     authorization,
+    call_aad,
     new_nonce,
+    open_envelope,
     parse_authorization,
     request_mac,
+    seal,
 )
 
 V2 = {"key_agreement": "required"}
@@ -150,7 +153,7 @@ def test_a_sealed_call_and_its_sealed_answer(app, fake_clock):
     secret = "a very private note"
     response, nonce = client.send_signed("/api/echo", json.dumps({"args": [secret]}).encode())
     assert response.status == 200
-    assert response.headers["content-type"] == sealing.SEALED_TYPE
+    assert response.headers["content-type"] == SEALED_TYPE
     assert secret.encode() not in response.body
     assert is_signed(_as_result(response), client.session.answer_key, nonce)
     assert client.call("echo", secret, n=2)["x"] == secret
@@ -173,11 +176,11 @@ def test_the_sealed_call_is_what_the_mac_covers(app, fake_clock):
     client = v2_client(app, fake_clock, encrypt=True)
     client.login("alice", PASSWORD)
     ts, nonce = str(int(fake_clock())), new_nonce()
-    envelope = sealing.seal(client.session.keys.call_enc, b'{"args": ["x"]}',
-                            sealing.call_aad(ts, nonce, "/api/echo", "localhost"))
+    envelope = seal(client.session.keys.call_enc, b'{"args": ["x"]}',
+                            call_aad(ts, nonce, "/api/echo", "localhost"))
     mac = request_mac(client.session.key, ts, nonce, "/api/echo", "localhost", envelope)
     headers = {"Authorization": authorization(client.session.sid, ts, nonce, mac),
-               "Content-Type": sealing.SEALED_TYPE}
+               "Content-Type": SEALED_TYPE}
     flipped = bytearray(envelope)
     flipped[20] ^= 1
     assert_error(send(app, "/api/echo", bytes(flipped), headers), 401, "InvalidSignature")
@@ -185,7 +188,7 @@ def test_the_sealed_call_is_what_the_mac_covers(app, fake_clock):
     ok = send(app, "/api/echo", envelope, headers)
     assert ok.status_code == 200
     replayed = send(app, "/api/echo", envelope, headers)
-    assert replayed.status_code == 401 and replayed.headers["content-type"] == sealing.SEALED_TYPE
+    assert replayed.status_code == 401 and replayed.headers["content-type"] == SEALED_TYPE
     with pytest.raises(ReplayedCall):
         client._result_or_raise(_response(replayed), nonce=nonce, sealed=True)
 
@@ -206,9 +209,9 @@ def test_an_envelope_sealed_for_another_call_or_key_does_not_open(app, fake_cloc
         aad[wrong] = {"path": "/api/whoami", "ts": str(int(ts) - 1), "nonce": new_nonce(),
                       "domain": "other.localhost"}[wrong]
     key = client.session.keys.answer_enc if wrong == "key" else client.session.keys.call_enc
-    envelope = sealing.seal(key, b'{"args": ["x"]}', sealing.call_aad(**aad))
+    envelope = seal(key, b'{"args": ["x"]}', call_aad(**aad))
     mac = request_mac(client.session.key, ts, nonce, "/api/echo", "localhost", envelope)
-    headers = {"Authorization": authorization(client.session.sid, ts, nonce, mac), "Content-Type": sealing.SEALED_TYPE}
+    headers = {"Authorization": authorization(client.session.sid, ts, nonce, mac), "Content-Type": SEALED_TYPE}
     result = send(app, "/api/echo", envelope, headers)
     assert result.status_code == 400
     with pytest.raises(InvalidCiphertext):
@@ -233,14 +236,14 @@ def test_a_sealed_call_of_a_version_1_session_is_unsupported(app, fake_clock):
     ts, nonce = str(int(fake_clock())), new_nonce()
     body = b"\0" * 40
     mac = request_mac(client.session.key, ts, nonce, "/api/echo", "localhost", body)
-    headers = {"Authorization": authorization(client.session.sid, ts, nonce, mac), "Content-Type": sealing.SEALED_TYPE}
+    headers = {"Authorization": authorization(client.session.sid, ts, nonce, mac), "Content-Type": SEALED_TYPE}
     result = send(app, "/api/echo", body, headers)
     with pytest.raises(UnsupportedMediaType):
         client._result_or_raise(_response(result), nonce=nonce)
 
 
 def test_the_login_is_never_sealed(app):
-    assert_error(send(app, "/auth/login", b"\0" * 40, {"Content-Type": sealing.SEALED_TYPE}), 415,
+    assert_error(send(app, "/auth/login", b"\0" * 40, {"Content-Type": SEALED_TYPE}), 415,
                  "UnsupportedMediaType")
 
 
@@ -264,11 +267,11 @@ def test_the_server_opens_the_vectors_calls_and_seals_their_answers(auth_app, fa
         answer_key=b64url_decode(keys["answer-mac"]), call_enc=b64url_decode(keys["call-enc"]),
         answer_enc=b64url_decode(keys["answer-enc"])), now)
     result = send(app, call["path"], b64url_decode(call["envelope"]),
-                  {"Authorization": call["authorization"], "Content-Type": sealing.SEALED_TYPE}, host=domain)
+                  {"Authorization": call["authorization"], "Content-Type": SEALED_TYPE}, host=domain)
     assert result.status_code == call["status"]
-    assert result.headers["content-type"] == sealing.SEALED_TYPE
+    assert result.headers["content-type"] == SEALED_TYPE
     assert is_signed(result, b64url_decode(keys["answer-mac"]), call["nonce"])
-    plain = sealing.open_envelope(b64url_decode(keys["answer-enc"]), result.content,
+    plain = open_envelope(b64url_decode(keys["answer-enc"]), result.content,
                                   call["answer_aad"].encode())
     assert plain.decode() == call["answer_plaintext"]
 
@@ -346,7 +349,7 @@ def test_a_captured_version_2_login_and_its_calls_sign_nothing_and_replay_nothin
     for call in calls:
         headers = {"Authorization": call["headers"]["HTTP_AUTHORIZATION"], "Content-Type": call["content_type"]}
         again = send(app, call["path"], call["body"], headers, remote_addr=next(addresses))
-        assert again.status_code == 401 and again.headers["content-type"] == sealing.SEALED_TYPE
+        assert again.status_code == 401 and again.headers["content-type"] == SEALED_TYPE
         assert b"ReplayedCall" not in again.content
         # ... with a fresh ts and nonce under the old MAC, or to another path: the MAC does not verify.
         params = parse_authorization(call["headers"]["HTTP_AUTHORIZATION"])
