@@ -11,6 +11,7 @@ public key verifies signatures and makes none.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from kernel import Errors, VersionConflict, b64url, is_text, storage
@@ -121,35 +122,44 @@ def used(passkey_id: str, expected_count: int, new_count: int, now: float) -> bo
     return True
 
 
-def rename(username: str, passkey_id: str, name: str) -> dict[str, Any] | None:
-    """Rename a passkey of ``username``; return its description, or None when it has no such passkey."""
-    for _ in range(5):
+#: How many times a change of a user's passkey is tried again when a login's counter write raced it.
+ATTEMPTS = 5
+
+
+def _change(username: str, passkey_id: str, change: Callable[[Any, Any], Any], missing: Any) -> Any:
+    """Apply ``change(db, record)`` to a passkey of ``username`` in one unit of work and return what it returns, or
+    ``missing`` when the user has no such passkey; tried again when a login wrote its counter meanwhile."""
+    for _ in range(ATTEMPTS):
         try:
             with storage() as db:
                 record = db.get(Passkey, passkey_id) if isinstance(passkey_id, str) else None
                 if record is None or record.username != username:
-                    return None
-                record.name = name
-                described = Passkey.to_dict(record)
-            return described
+                    return missing
+                result = change(db, record)
+            return result
         except VersionConflict:
             continue  # a login wrote its counter meanwhile
     raise VersionConflict("the passkey kept changing; try again")
 
 
+def rename(username: str, passkey_id: str, name: str) -> dict[str, Any] | None:
+    """Rename a passkey of ``username``; return its description, or None when it has no such passkey."""
+
+    def renamed(db: Any, record: Any) -> dict[str, Any]:
+        record.name = name
+        return Passkey.to_dict(record)
+
+    return _change(username, passkey_id, renamed, None)
+
+
 def remove(username: str, passkey_id: str) -> bool:
     """Remove a passkey of ``username``; return whether it existed."""
-    for _ in range(5):
-        try:
-            with storage() as db:
-                record = db.get(Passkey, passkey_id) if isinstance(passkey_id, str) else None
-                if record is None or record.username != username:
-                    return False
-                db.delete(record)
-            return True
-        except VersionConflict:
-            continue
-    raise VersionConflict("the passkey kept changing; try again")
+
+    def removed(db: Any, record: Any) -> bool:
+        db.delete(record)
+        return True
+
+    return bool(_change(username, passkey_id, removed, False))
 
 
 def delete_all(db, username: str) -> int:

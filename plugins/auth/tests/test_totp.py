@@ -110,20 +110,25 @@ def test_parallel_logins_with_one_code_open_one_session(unlimited, client_for, f
     alice.login("alice", PASSWORD)
     secret, _ = enrol(alice, fake_clock)
     now = code(secret, fake_clock)
+    outcomes = at_once(8, lambda: send(app, "/auth/login", login_body(code=now)).json.get("exc", "ok"))
+    assert outcomes == ["InvalidCredential"] * 7 + ["ok"]
+
+
+def at_once(count: int, attempt) -> list[str]:
+    """Run ``attempt()`` in ``count`` threads released together; return what each returned, sorted."""
     outcomes: list[str] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(count)
 
     def one() -> None:
         barrier.wait()
-        answer = send(app, "/auth/login", login_body(code=now))
-        outcomes.append(answer.json.get("exc", "ok"))
+        outcomes.append(attempt())
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(outcomes) == ["InvalidCredential"] * 7 + ["ok"]
+    return sorted(outcomes)
 
 
 def test_recovery_codes_work_once_each(app, client_for, fake_clock, enrolled):
@@ -149,19 +154,8 @@ def test_parallel_logins_with_one_recovery_code_open_one_session(unlimited, clie
     alice = client_for(target=app)
     alice.login("alice", PASSWORD)
     _, recovery = enrol(alice, fake_clock)
-    outcomes: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def one() -> None:
-        barrier.wait()
-        outcomes.append(send(app, "/auth/login", login_body(code=recovery[0])).json.get("exc", "ok"))
-
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcomes) == ["InvalidCredential"] * 7 + ["ok"]
+    outcomes = at_once(8, lambda: send(app, "/auth/login", login_body(code=recovery[0])).json.get("exc", "ok"))
+    assert outcomes == ["InvalidCredential"] * 7 + ["ok"]
 
 
 def wrong_code(secret: str, clock) -> str:
