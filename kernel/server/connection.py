@@ -19,7 +19,7 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn
 
 from kernel.core.errors import PayloadTooLarge, RequestTimeout
-from kernel.server.framing import ChunkedEnd, body_consumed
+from kernel.server.framing import ChunkedEnd, Head, body_consumed
 
 
 class BastionUnreader(SocketUnreader):
@@ -134,7 +134,7 @@ class BastionConn(TConn):
 
     def reset(self) -> None:
         """Forget what was known of the previous request (a kept-alive connection gathers the next one)."""
-        self.look: Request | None = None  # the head as parsed in the loop, to follow its body
+        self.look: Request | Head | None = None  # the head as read in the loop, to follow its body
         self.body_start = 0  # where the body starts in ``buf``
         self.body_end: int | None = None  # where a Content-Length body ends in ``buf``
         self.chunks: ChunkedEnd | None = None  # where a chunked body is

@@ -9,6 +9,8 @@ than gunicorn's parser, a thread would read the socket, or a request would wait 
 from __future__ import annotations
 
 import re
+import urllib.parse
+from typing import NamedTuple
 
 from gunicorn.http.body import CHUNK_EXT_RE, ChunkedReader, LengthReader
 
@@ -31,6 +33,61 @@ def head_complete(head: bytearray, start: int = 0) -> bool:
     if head.find(b"\r\n\r\n", max(0, start - 3)) >= 0:
         return True
     return len(head) > HEADER_CAP or head.count(b"\n") != head.count(b"\r\n")
+
+
+#: A header field's name (RFC 9110's token), as gunicorn's parser accepts it.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: The longest head :func:`length_framing` reads; a longer one goes to gunicorn's parser (its own limits).
+SIMPLE_HEAD = 8192
+#: A request line gunicorn's parser accepts without a doubt: an upper-case method, a target without spaces or
+#: controls, HTTP/1.0 or 1.1 (anything else goes to the parser, which may refuse it at once).
+_REQUEST_LINE = re.compile(rb"[A-Z]{3,20} [!-~]{1,4000} HTTP/1\.[01]")
+#: Controls a field value may not hold (the parser refuses them).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: gunicorn's default ``limit_request_fields``.
+_MAX_FIELDS = 100
+
+
+class Head(NamedTuple):
+    """What the log line of a request the worker answers itself says of it (as gunicorn's parsed request)."""
+
+    method: str
+    path: str
+
+
+def length_framing(head: bytes | bytearray) -> tuple[int, int, Head] | None:
+    """Where the head ends, the ``Content-Length`` it declares and its method and path, for the common head of a
+    call; None for any other (the caller then asks gunicorn's parser).
+
+    Common means: complete and at most :data:`SIMPLE_HEAD` bytes, a plain request line, at most 100 field
+    lines, each ``token:value`` (no folded line, no space before the colon, no control in the value), exactly
+    one ``Content-Length`` of decimal digits (spaces and tabs around it are gunicorn's optional whitespace), and
+    no ``Transfer-Encoding`` and no ``Expect``. Such a head has only that framing in gunicorn's parser too, and
+    nothing the parser refuses before reading a body; anything else goes to the parser in the loop, as before.
+    """
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or end + 4 > SIMPLE_HEAD:
+        return None
+    lines = bytes(head[:end]).split(b"\r\n")
+    if len(lines) > _MAX_FIELDS + 1 or not _REQUEST_LINE.fullmatch(lines[0]):
+        return None
+    length = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+            return None
+        lowered = name.lower()
+        if lowered in (b"transfer-encoding", b"expect"):
+            return None
+        if lowered == b"content-length":
+            digits = value.strip(b" \t")
+            if length is not None or not digits.isdigit():
+                return None
+            length = int(digits)
+    if length is None:
+        return None
+    method, target, _ = lines[0].decode("ascii").split(" ")
+    return end + 4, length, Head(method, urllib.parse.urlsplit(target).path or target)
 
 
 def chunk_size(line: bytes) -> int | None:
@@ -112,4 +169,4 @@ def body_consumed(req) -> bool:
     return False
 
 
-__all__ = ["HEADER_CAP", "BODY_FIELDS", "head_complete", "chunk_size", "ChunkedEnd", "body_consumed"]
+__all__ = ["HEADER_CAP", "BODY_FIELDS", "head_complete", "Head", "length_framing", "chunk_size", "ChunkedEnd", "body_consumed"]

@@ -40,7 +40,7 @@ from kernel.core.config import BASTION_SCHEMA, SERVER_SCHEMA
 from kernel.core.errors import BastionError, RequestTimeout
 from kernel.ops.logs import new_request_id
 from kernel.server.connection import BastionConn
-from kernel.server.framing import BODY_FIELDS, HEADER_CAP, ChunkedEnd, head_complete
+from kernel.server.framing import BODY_FIELDS, HEADER_CAP, ChunkedEnd, head_complete, length_framing
 from kernel.server.refusals import error_response, log_refusal
 from kernel.server.room import Room
 
@@ -122,6 +122,15 @@ class Gathering(Room):
 
     def head_arrived(self, conn: BastionConn) -> None:
         """The head is complete (the connection in no selector): hand it over, or gather its body first."""
+        framing = length_framing(conn.buf) if BODY_FIELDS.search(conn.buf) else None
+        if framing is not None:  # the common head of a call: its framing read without a parse
+            head_end, length, head = framing
+            if not 0 < length <= self.max_body:
+                self.hand_over(conn, over=length > self.max_body)
+                return
+            conn.look, conn.body_end, conn.body_start, conn.continued = head, head_end + length, head_end, False
+            self.follow_body(conn)
+            return
         look = self.look(conn)
         if look is None:
             self.hand_over(conn)
@@ -151,6 +160,10 @@ class Gathering(Room):
                 conn.close()
                 return
         conn.continued = look._expected_100_continue
+        self.follow_body(conn)
+
+    def follow_body(self, conn: BastionConn) -> None:
+        """Hand over a request whose body has arrived, or follow the body in the selector until it has."""
         if self.body_ready(conn):
             self.hand_over_body(conn)
             return
@@ -166,7 +179,9 @@ class Gathering(Room):
     def look(self, conn: BastionConn) -> Request | None:
         """The head parsed by gunicorn's parser, to learn its body's framing; None if it has no body or is refused.
 
-        The parse is thrown away: the thread parses the same bytes again, and answers what is refused.
+        The parse is thrown away: the thread parses the same bytes again, and answers what is refused. The
+        common head of a call (one ``Content-Length``, nothing else about framing: :func:`length_framing`) is
+        not parsed here at all.
         """
         if not BODY_FIELDS.search(conn.buf):
             return None
