@@ -16,9 +16,11 @@ thread as with many. What it changes in gunicorn 27's ``ThreadWorker`` (``gunico
     connection began waiting for it is answered 408 RequestTimeout and closed. A head cut at
     :data:`HEADER_CAP` bytes without its end is handed over too: the parser may not read the socket while
     parsing a head, so it answers its limit error instead of waiting for more.
-  - then the body. The head is parsed once in the loop by gunicorn's own parser, only to learn its
-    framing (a malformed head goes to the pool at once, which answers the parser's error; a head without
-    ``Content-Length`` or ``Transfer-Encoding`` has no body and is handed over without that parse). A
+  - then the body. The common head of a call (one ``Content-Length``, a plain request line, nothing else
+    about framing: :func:`~kernel.server.framing.length_framing`) tells its framing without a parse; any other
+    is parsed once in the loop by gunicorn's own parser, only to learn its framing (a malformed head goes to
+    the pool at once, which answers the parser's error; a head without ``Content-Length`` or
+    ``Transfer-Encoding`` has no body and is handed over without that parse). A
     ``Content-Length`` body up to ``[bastion] max_body`` is gathered to its last byte; a declared length
     over it is handed over without reading, for the application's 413. A chunked body is followed chunk
     by chunk (:class:`~kernel.server.framing.ChunkedEnd`, mirroring gunicorn's chunk rules) until its last chunk
