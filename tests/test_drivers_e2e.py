@@ -548,12 +548,8 @@ def limited(request, tmp_path_factory) -> Iterator[GunicornServer]:
                                      "argon2_memory_cost": 4096})
     if name == "cluster":
         config["storage_redis"] = {**CLUSTER, "key_prefix": "limits"}
-    server = GunicornServer(config, workers=4, threads=4)
-    server.start()
-    try:
+    with GunicornServer(config, workers=4, threads=4) as server:
         yield server
-    finally:
-        server.close()
 
 
 def _login(username: str, password: str) -> tuple[str, bytes, dict[str, str]]:

@@ -45,12 +45,8 @@ def tenants_server(request, tmp_path_factory) -> Iterator[GunicornServer]:
     config = sections(storage, users={f"{user}@{host}": cheap_hash() for user in USERS for host in LIMITS})
     config["auth:*.localhost"] = dict(LIMITS[BETA])
     config["auth:alpha.localhost"] = dict(LIMITS[ALPHA])
-    server = GunicornServer(config, workers=4, threads=4)
-    server.start()
-    try:
+    with GunicornServer(config, workers=4, threads=4) as server:
         yield server
-    finally:
-        server.close()
 
 
 def each():

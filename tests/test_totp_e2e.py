@@ -38,12 +38,8 @@ def served(request, tmp_path_factory) -> Iterator[GunicornServer]:
     config["users"].update({f"{user}@{DOMAIN}": cheap_hash() for user in USERS})
     if name == "redis":
         config["storage_redis"] = {"key_prefix": f"totp{uuid.uuid4().hex[:8]}"}
-    server = GunicornServer(config, workers=4, threads=4)
-    server.start()
-    try:
+    with GunicornServer(config, workers=4, threads=4) as server:
         yield server
-    finally:
-        server.close()
 
 
 def enrol(server: GunicornServer, username: str) -> tuple[str, list[str]]:
