@@ -396,7 +396,9 @@ class Interleaved:
         path = load.write_lines(target.lines(op, count), self.tmp)
         switches = procs.context_switches(target.pid)
         try:
-            result = load.run_wrk(target.url, path, seconds, connections=self.args.connections, threads=2,
+            # wrk needs a connection per thread: one connection (calls one after another) runs one thread.
+            result = load.run_wrk(target.url, path, seconds, connections=self.args.connections,
+                                  threads=min(2, self.args.connections),
                                   cycle=target.cycle, server_pid=target.pid,
                                   worker_pids=lambda: procs.children(target.pid), backend_pids=target.backend_pids,
                                   ok=target.ok(op))

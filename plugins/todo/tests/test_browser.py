@@ -607,6 +607,45 @@ def test_two_tenants_see_only_their_own_todos(server, context, page_errors):
     expect(items(alpha).locator("label")).to_have_text(["alpha's secret"])
 
 
+#: A page whose first get_all answer is held back until an add was answered (or 1.5 s passed), and which records when
+#: each call was sent and when that answer was let through.
+HOLD_THE_FIRST_LIST = """(() => {
+  const real = window.fetch.bind(window);
+  window.__events = [];
+  let added;
+  const addAnswered = new Promise((resolve) => { added = resolve; });
+  window.fetch = async (url, init) => {
+    const name = String(url).split("/").pop();
+    window.__events.push("sent " + name);
+    const response = await real(url, init);
+    if (name === "add") added();
+    if (name === "get_all" && !window.__held) {
+      window.__held = true;
+      await Promise.race([addAnswered, new Promise((resolve) => setTimeout(resolve, 1500))]);
+      window.__events.push("answered get_all");
+    }
+    return response;
+  };
+})()"""
+
+
+def test_a_todo_typed_while_the_list_loads_is_sent_after_it_and_never_lost(server, page):
+    """A todo typed at once after signing in waits for the list: an older list read before the todo was stored never
+    replaces the list that holds it."""
+    page.add_init_script(HOLD_THE_FIRST_LIST)
+    page.goto(f"http://localhost:{server}/")
+    login(page)
+    page.wait_for_function("() => window.__held === true")  # the list was read, its answer is on its way
+    add(page, "typed at once")
+    page.wait_for_function("() => window.__events.includes('sent add')")
+    events = page.evaluate("() => window.__events")
+    assert events.index("sent add") > events.index("answered get_all"), events
+    add(page, "and another")
+    expect(items(page).locator("label")).to_have_text(["typed at once", "and another"])
+    page.reload()
+    expect(items(page).locator("label")).to_have_text(["typed at once", "and another"])
+
+
 def test_a_change_from_another_tab_is_a_conflict_that_reloads(server, context, page_errors):
     page_errors.expect_statuses(409)
     first = context.new_page()

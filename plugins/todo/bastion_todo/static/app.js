@@ -207,9 +207,10 @@
     el.newTodo.focus();
   }
 
-  /** What a signed-in tab loads: which todo services the user may call, then the list. */
+  /** What a signed-in tab loads: which todo services the user may call, then the list. Through the queue like every
+   * change, so that a todo added meanwhile is sent after the list was read, never overwritten by an older list. */
   function load() {
-    return loadPermitted().then(reload);
+    return enqueue(function () { return loadPermitted().then(reload); });
   }
 
   function loadPermitted() {
