@@ -183,7 +183,7 @@ class Login:
         domain, origin = request.domain, request.origin
         self.check_version(request, username, public_key)
         record, outdated = self.check_password(domain, origin, username, password, "invalid username or password",
-                                               code=code, second_factor=True)
+                                               code=code, second_factor=True, force=force)
         auth.passkeys.check_password_login(domain, username)  # [auth] passkeys = required
         passwords = auth.tenant(domain).passwords
         hashes = {record.password}
@@ -279,7 +279,8 @@ class Login:
     # -- one password checked against the limits ---------------------------
 
     def check_password(self, domain: str, origin: str, username: str, password: str, refusal: str,
-                       attempt_of: str = "login", *, code: str | None = None, second_factor: bool = False):
+                       attempt_of: str = "login", *, code: str | None = None, second_factor: bool = False,
+                       force: bool = False):
         """Check a user's password as one attempt against the limits; return ``(record, outdated)``.
 
         Every login, and every ``change_password`` (its ``old``), goes through
@@ -307,7 +308,13 @@ class Login:
         "invalid or already used code"); no code at all is 401
         SecondFactorRequired, which neither counts as a failure nor resets
         the account's count (only the whole login does), and gives the
-        origin's place back.
+        origin's place back. A user at ``max_active_sessions`` (and no
+        ``force``) is told 409 MaxActiveSessions once the password verified
+        and before the code is checked, which counts and resets nothing
+        either: a code is used up only by a login that goes on to open its
+        session, so the same code signs in again with ``force``. (The
+        session's own reserve-then-check still decides: a login that passed
+        this read is refused if another took the last place meanwhile.)
         """
         tenant = self.auth.tenant(domain)
 
@@ -317,6 +324,8 @@ class Login:
                 return valid, outdated, "invalid_credential"
             if code is None:
                 return False, outdated, "second_factor_required"
+            if not force and self.auth.sessions.at_limit(domain, username, self.auth.clock()) is not None:
+                return False, outdated, "max_sessions"
             used = self.auth.second.verify(domain, username, record, code)
             return used is not None, outdated, "invalid_code"
 
@@ -354,7 +363,7 @@ class Login:
         valid, outdated, reason = check(record)
         now = auth.clock()
         try:
-            if reason == "second_factor_required":
+            if reason in ("second_factor_required", "max_sessions"):
                 auth.accounts.check_open(domain, username, now)  # told only while the account is not locked
             elif valid:
                 forgiven = auth.accounts.succeeded(domain, username, now)
@@ -367,6 +376,11 @@ class Login:
             auth.abuse.release(domain, origin, attempt)
             auth.event("login_failed", shown, logging.INFO, reason=reason, **extra)
             raise SecondFactorRequired("a code is required: the one the authenticator app shows, or a recovery code")
+        if reason == "max_sessions":
+            auth.abuse.release(domain, origin, attempt)
+            auth.event("login_failed", shown, logging.WARNING, reason=reason, **extra)
+            raise MaxActiveSessions("already the most active sessions allowed; log in with force to end them "
+                                    "(the code was not used: it signs in again)")
         if not valid:
             if reason == "invalid_code":
                 refusal = "invalid or already used code"

@@ -249,6 +249,16 @@ class Sessions:
                  if _is_live(value, now) and value.get("u") == username]
         return sorted(found, key=lambda session: (session.created, session.sid))
 
+    def at_limit(self, domain: str, username: str, now: float) -> int | None:
+        """How many live sessions the user has, when that is ``max_active_sessions`` or more; None below it or
+        without a limit. A read, not the reservation :meth:`create` makes: for a login that must not use up a
+        one-time code on a session it will not get (see ``Login.check_password``)."""
+        max_active = self.settings_of(domain).max_active_sessions
+        if not max_active:
+            return None
+        live = len(self.live(domain, username, now))
+        return live if live >= max_active else None
+
     def end_others(self, domain: str, username: str, keep_sid: str, now: float) -> int:
         """End every session of the user but ``keep_sid``; return how many of them were live.
 

@@ -13,7 +13,7 @@ import pytest
 from auth_helpers import PASSWORD, assert_error, auth_of, login_body, send
 from bastion_auth import users
 
-from kernel import Forbidden, InvalidCall, InvalidCredential, SecondFactorRequired, ValidationError
+from kernel import Forbidden, InvalidCall, InvalidCredential, SecondFactorRequired, UnknownSession, ValidationError
 from kernel.testing import Client
 
 
@@ -197,6 +197,34 @@ def test_a_missing_code_neither_counts_nor_resets_the_count(auth_app, client_for
     assert_error(send(app, "/auth/login", login_body(code=wrong_code(secret, fake_clock))), 429, "AccountLocked")
     # While locked, the right password alone is not told right either.
     assert_error(send(app, "/auth/login", login_body()), 429, "AccountLocked")
+
+
+def test_at_the_session_limit_the_code_is_not_used_up_and_signs_in_with_force(auth_app, client_for, fake_clock,
+                                                                             caplog):
+    """max_active_sessions: the password and a right code of a user at the limit answer 409 MaxActiveSessions
+    before the code is checked: the code stays unused (a TOTP step and a recovery code alike), nothing counts
+    against the account or the origin, and the same code signs in with force."""
+    app = auth_app(auth={"max_active_sessions": 1, "account_max_failures": 2, "abuse_max": 2})
+    alice = client_for(target=app)
+    alice.login("alice", PASSWORD)
+    secret, recovery = enrol(alice, fake_clock)  # alice's one session stays open
+    now = code(secret, fake_clock)
+    caplog.set_level(logging.WARNING, logger="bastion.security")
+    for proof in (now, recovery[0]) * 3:  # more often than the lock and the ban allow failures
+        answer = send(app, "/auth/login", login_body(code=proof), remote_addr="10.0.0.7")
+        assert_error(answer, 409, "MaxActiveSessions")
+        assert "sid" not in answer.json
+    assert sum("reason=max_sessions" in r.getMessage() for r in caplog.records) == 6
+    # A wrong code is answered the same: no code is checked there, so none is learned and none counts.
+    assert_error(send(app, "/auth/login", login_body(code=wrong_code(secret, fake_clock))), 409, "MaxActiveSessions")
+    assert alice.call("totp_status")["recovery_codes"] == 10
+    # With force, the same code signs in (once), and alice's other session ends.
+    client_for(target=app).login("alice", PASSWORD, code=now, force=True)
+    with pytest.raises(InvalidCredential):
+        client_for(target=app).login("alice", PASSWORD, code=now, force=True)
+    client_for(target=app).login("alice", PASSWORD, code=recovery[0], force=True)
+    with pytest.raises(UnknownSession):
+        alice.call("totp_status")
 
 
 def test_wrong_codes_weigh_against_the_origin(auth_app, client_for, fake_clock):

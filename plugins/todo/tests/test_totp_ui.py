@@ -12,7 +12,9 @@ import time
 
 import pyotp
 import pytest
-from ui_helpers import expect, login
+from ui_helpers import PASSWORD, expect, login
+
+from kernel import UnknownSession
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +89,33 @@ def test_where_two_step_sign_in_is_required_a_user_without_it_is_taken_to_enrol(
     with page.expect_response("**/api/get_all"):
         page.click("button.account-close")
     expect(page.locator("input.new-todo")).to_be_visible()
+
+
+def test_a_user_at_the_session_limit_signs_in_with_force_and_the_same_code(todo_gunicorn, page, page_errors):
+    """max_active_sessions = 1, a user with two-step sign-in signed in elsewhere: the password and a code answer
+    409 MaxActiveSessions without using the code up, the page keeps both and offers "Sign out my other sessions",
+    and ticking it signs in with the same code; the other session has ended."""
+    from kernel.client import Client
+
+    server = todo_gunicorn(max_active_sessions=1)
+    page_errors.expected_statuses = {401, 409}
+    elsewhere = Client(server.url, host="localhost")
+    elsewhere.login("alice", PASSWORD)
+    secret = elsewhere.call("totp_begin")["secret"]
+    elsewhere.call("totp_confirm", pyotp.TOTP(secret).at(time.time()))  # alice's one session stays open
+
+    page.goto(f"http://localhost:{server.port}/")
+    login(page)
+    expect(page.locator("#login .login-code")).to_be_visible()
+    page.fill("#login-code", pyotp.TOTP(secret).at(time.time() + 30))
+    page.click("form#login button[type=submit]")
+    expect(page.get_by_role("alert")).to_have_text(
+        "You are already signed in on too many devices. Tick “Sign out my other sessions” to sign in here.")
+    expect(page.locator("#login-force")).to_be_focused()
+    expect(page.locator("#login-code")).not_to_have_value("")
+    page.check("#login-force")
+    with page.expect_response("**/api/get_all"):
+        page.click("form#login button[type=submit]")
+    expect(page.locator("input.new-todo")).to_be_visible()
+    with pytest.raises(UnknownSession):
+        elsewhere.call("totp_status")

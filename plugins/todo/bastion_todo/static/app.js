@@ -812,6 +812,8 @@
       if (error && error.exc === "SecondFactorRequired") {
         el.loginCode.hidden = false;  // the password was right: ask for the code, and sign in again with both
         form.code.focus();
+      } else if (error && error.exc === "MaxActiveSessions") {
+        form.force.focus();  // the password and a code (the server did not use it up) stay: tick, sign in again
       } else if (!signedIn) {
         if (!el.loginCode.hidden) form.code.value = "";
         form.password.select();
