@@ -141,6 +141,9 @@ class Tenant:
                 source += " (one value for every tenant)"
             elif source == "[auth]" and value == defaults.get(key):
                 source += " (the default)"
+            if key == "key_agreement" and value != "required" and self.settings.get("encryption") == "required":
+                # What a login meets: encryption = required refuses version-1 logins (docs/protocol.md 16.6).
+                value, source = "required", f"encryption = required ({self.sources['encryption']})"
             rows.append((key, _written(value), source))
         return rows
 

@@ -206,6 +206,22 @@ def test_check_tenant_prints_each_value_and_the_section_it_comes_from(tmp_path, 
     assert capsys.readouterr().err.startswith("bastion: --tenant 'no host!': malformed Host header; accepted: ")
 
 
+def test_check_tenant_shows_the_key_agreement_that_encryption_required_implies(tmp_path, capsys):
+    from kernel.testing import main
+
+    ini = tmp_path / "bastion.ini"
+    ini.write_text("[bastion]\ndevelopment = true\nallowed_hosts = localhost, *.example.com\n"
+                   "[auth:sealed.example.com]\nencryption = required\n")
+    assert main(["--config", str(ini), "check", "--tenant", "sealed.example.com"]) == 0
+    lines = {line.split(" = ")[0].strip(): line for line in capsys.readouterr().out.splitlines() if " = " in line}
+    assert lines["encryption"].split() == ["encryption", "=", "required", "from", "[auth:sealed.example.com]"]
+    assert lines["key_agreement"].split() == ["key_agreement", "=", "required", "from", "encryption", "=",
+                                              "required", "([auth:sealed.example.com])"]
+    assert main(["--config", str(ini), "check", "--tenant", "other.example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "key_agreement = allowed" in out and "encryption = allowed" in out
+
+
 # -- acceptance: two tenants of one server behave differently ---------------------------------------------------------
 
 #: alpha: short idle time, one session per user, a ban at weight 3; *.example.com (beta): the defaults but a longer
