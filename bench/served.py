@@ -5,8 +5,11 @@ threads), loaded with signed ``get_all`` calls of 10 todos by wrk for ``--second
 --gil`` samples each worker: only the samples of a thread holding the GIL count, so a thread waiting on a lock,
 the socket or the selector counts nothing, and the shares are of the Python work the workers did. Each line is a
 function's inclusive share (its callees included) or self share (its own code), over both workers' samples.
-Needs ``py-spy`` (``pip install py-spy``; the bench extra installs it) and wrk. The listing goes to stdout and
-to ``bench/results/served-<time>.txt``.
+The first line also says how much of the workers' CPU per request the samples account for: the rest is spent
+outside Python's bytecode with the GIL (the kernel's sockets, ``epoll`` and wake-ups, SQLite's own work with the
+GIL released). ``--variant plain-gthread`` serves Bastion's app on plain gunicorn ``gthread`` instead, and
+``--connections 1`` loads it with one call at a time. Needs ``py-spy`` (``pip install py-spy``; the bench extra
+installs it) and wrk. The listing goes to stdout and to ``bench/results/served-<time>.txt``.
 """
 
 from __future__ import annotations
@@ -48,18 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.served", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy's samples per second")
+    parser.add_argument("--variant", choices=["bastion", "plain-gthread"], default="bastion")
+    parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("bench.served: py-spy is needed (pip install py-spy)", file=sys.stderr)
         return 1
-    options = argparse.Namespace(workers=2, threads=4, connections=16, update_budget=100, passes=1, seconds=1,
-                                 ceiling_seconds=1, warm=1, cases=["get_all-10"], variants=["bastion"], peers=[],
+    options = argparse.Namespace(workers=2, threads=4, connections=args.connections, update_budget=100, passes=1, seconds=1,
+                                 ceiling_seconds=1, warm=1, cases=["get_all-10"], variants=[args.variant], peers=[],
                                  before="")
     bench = Interleaved(options)
     out = Path(tempfile.mkdtemp(prefix="bastion-served-"))
     try:
-        target = bench.bastion("bastion")
+        target = bench.bastion(args.variant)
         bench.current_case = "get_all-10"
         bench.run_once(target, "get_all", 2)  # warm
         workers = subprocess.run(["pgrep", "-P", str(target.pid)], capture_output=True, text=True).stdout.split()
@@ -84,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             own[frames[-1]] += n
             for frame in set(frames):
                 inclusive[frame] += n
-    lines = [f"served signed get_all of 10 todos: {result.rps} req/s, {result.server_cpu_us_per_req} µs of server CPU "
-             f"per request; {total} samples holding the GIL in {len(workers)} workers", "",
+    # Outside the wrk run the workers are idle, and idle threads hold no GIL: the samples are the run's.
+    sampled = total / args.rate * 1e6 / max(result.requests, 1)
+    lines = [f"{args.variant}, {args.connections} connection{'s' * (args.connections != 1)}: served signed get_all "
+             f"of 10 todos: {result.rps} req/s, {result.server_cpu_us_per_req} µs of server CPU per request; "
+             f"{total} samples holding the GIL in {len(workers)} workers, {sampled:.0f} µs per request "
+             f"({sampled / max(result.server_cpu_us_per_req, 1):.0%} of the CPU)", "",
              "inclusive share of the samples:"]
     for key, what in WATCHED:
         share = sum(n for frame, n in inclusive.items() if frame.startswith(key) or key in frame) / max(total, 1)
