@@ -15,6 +15,7 @@ import pytest
 from ui_helpers import PASSWORD, expect, login
 
 from kernel import UnknownSession
+from kernel.testing import Client
 
 pytestmark = pytest.mark.slow
 
@@ -95,8 +96,6 @@ def test_a_user_at_the_session_limit_signs_in_with_force_and_the_same_code(todo_
     """max_active_sessions = 1, a user with two-step sign-in signed in elsewhere: the password and a code answer
     409 MaxActiveSessions without using the code up, the page keeps both and offers "Sign out my other sessions",
     and ticking it signs in with the same code; the other session has ended."""
-    from kernel.client import Client
-
     server = todo_gunicorn(max_active_sessions=1)
     page_errors.expected_statuses = {401, 409}
     elsewhere = Client(server.url, host="localhost")
