@@ -222,31 +222,37 @@ def locks(args: argparse.Namespace, console: Console) -> int:
 
 
 def passkeys(args: argparse.Namespace, console: Console) -> int:
-    """``bastion passkeys USER --domain D [--remove ID]``: a user's passkeys (id, name, created, last used), or
-    remove one (the user's sessions stay: the passkey no longer opens new ones)."""
+    """``bastion passkeys USER --domain D [--remove=ID]``: a user's passkeys (id, name, created, last used), or
+    remove one, and end the sessions it opened. (An id may begin with ``-``, which argparse takes for an option
+    unless it is written ``--remove=ID``: the listing says so.)"""
     domain = _domain(args.domain)
     _check_username(args.username)
     with console.runtime.bind(domain):
         if users.find(args.username) is None:
             raise SystemExit(f"bastion: no user {args.username}@{domain}")
-        if args.remove is not None:
-            if not passkey_store.remove(args.username, args.remove):
-                raise SystemExit(f"bastion: {args.username}@{domain} has no passkey {args.remove}")
-            console.event("passkey_removed", args.username, domain, passkey=args.remove[:8])
-            console.say(f"Removed the passkey {args.remove} of {args.username}@{domain}.")
-            return 0
-        records = passkey_store.of_user(args.username)
+        if args.remove is None:
+            records = passkey_store.of_user(args.username)
+        elif not passkey_store.remove(args.username, args.remove):
+            raise SystemExit(f"bastion: {args.username}@{domain} has no passkey {args.remove}")
+    if args.remove is not None:
+        ended = console.auth.sessions.end_opened_with(domain, args.username, args.remove, console.runtime.clock())
+        console.event("passkey_removed", args.username, domain, passkey=args.remove[:8], sessions_ended=ended)
+        console.say(f"Removed the passkey {args.remove} of {args.username}@{domain}; {ended_sessions(ended)}.")
+        return 0
     for record in records:
         used = iso(record.last_used) if record.last_used else "never"
         console.say(f"{record._id}  {record.name}  created {iso(record.created)}, last used {used}")
     console.say(f"{args.username}@{domain} has {count(len(records), 'passkey')}.")
+    if records:
+        console.say(f"Remove one with: bastion passkeys {args.username} --domain {domain} --remove=ID")
     return 0
 
 
 def passkeys_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("username")
     parser.add_argument("--domain", required=True, help="the tenant")
-    parser.add_argument("--remove", metavar="ID", help="remove this passkey (its id as listed)")
+    parser.add_argument("--remove", metavar="ID", help="remove this passkey and end the sessions it opened (its id "
+                        "as listed; write --remove=ID: an id may begin with -)")
 
 
 # -- roles --------------------------------------------------------------------------------------------------------------

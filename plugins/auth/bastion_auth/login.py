@@ -211,7 +211,7 @@ class Login:
 
     def open_session(self, request: Request, username: str, *, force: bool = False, rehashed: bool = False,
                      still_valid: Callable[[], bool] = lambda: True, method: str | None = None,
-                     public_key: str | None = None) -> dict[str, Any]:
+                     public_key: str | None = None, passkey: str | None = None) -> dict[str, Any]:
         """Open a session for a user whose credentials were just verified, and return the login answer.
 
         Every way of logging in ends here, so that each answers alike: the
@@ -221,14 +221,15 @@ class Login:
         ``method`` names a login other than the password's in its event.
         ``public_key``: the client's, for a version-2 login (docs/protocol.md
         section 16): the session's keys are agreed, and the answer carries the
-        server's public key instead of a key.
+        server's public key instead of a key. ``passkey``: the id of the passkey of a passkey login (removing it
+        ends the session).
         """
         auth = self.auth
         domain, origin = request.domain, request.origin
         now = auth.clock()
         try:
             session = auth.sessions.create(domain, username, now, force=force, origin=origin,
-                                           client_public=public_key)
+                                           client_public=public_key, passkey=passkey)
         except MaxActiveSessions:
             auth.event("login_failed", username, logging.WARNING, reason="max_sessions", method=method)
             raise

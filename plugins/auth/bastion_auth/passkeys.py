@@ -257,7 +257,7 @@ class Passkeys:
             return users.find(username) is not None and passkey_store.find_by_id(username, passkey_id) is not None
 
         return auth.login.open_session(request, username, method="passkey", still_valid=still_valid,
-                                       **session_options)
+                                       passkey=passkey_id, **session_options)
 
     def _verify(self, request: Request, credential: dict[str, Any], challenge: bytes) -> tuple[str, str]:
         """The username and passkey id of a verified assertion; InvalidCredential (with ``reason`` and
@@ -427,14 +427,17 @@ class Passkeys:
 
     @service
     def remove_passkey(self, id: str) -> bool:
-        """Remove one of the caller's passkeys; 404 RecordNotFound when the caller has no passkey of that id."""
+        """Remove one of the caller's passkeys, and end the other sessions it opened (a passkey is removed because
+        its device may be lost); 404 RecordNotFound when the caller has no passkey of that id."""
         request = current()
         session = _caller(request)
         self._enabled(request.domain)
         if not passkey_store.remove(session.username, id):
             raise RecordNotFound("no such passkey")
+        ended = self.auth.sessions.end_opened_with(request.domain, session.username, id, self.auth.clock(),
+                                                   keep_sid=session.sid)
         self.auth.event("passkey_removed", session.username, passkey=id[:8], origin=request.origin,
-                        by="remove_passkey")
+                        by="remove_passkey", sessions_ended=ended)
         return True
 
 

@@ -44,6 +44,9 @@ class Session:
     ``key`` is the key calls are signed with: the login's ``key`` (version 1), or the ``call-mac`` key the login
     agreed (version 2, docs/protocol.md section 16), which also has ``answer_key`` (answers are signed with it),
     the two encryption keys, and, until the login answers, the server's ``public`` key of the agreement.
+
+    ``passkey``: the id of the passkey whose login opened it (None for any other login): removing that passkey
+    ends it (:meth:`Sessions.end_opened_with`).
     """
 
     sid: str
@@ -61,6 +64,7 @@ class Session:
     call_enc: bytes | None = None
     answer_enc: bytes | None = None
     public: str | None = None
+    passkey: str | None = None
 
     def __repr__(self) -> str:
         # Never the key nor the whole sid: reprs end up in logs (BASTION_TRACE_PLUGINS).
@@ -93,6 +97,8 @@ class Session:
                  "i": self.idle_expires, "a": self.absolute_expires, "o": self.origin, "s": self.last_seen}
         if self.roles is not None:
             value["r"], value["e"] = list(self.roles), self.roles_epoch
+        if self.passkey is not None:
+            value["p"] = self.passkey
         if self.answer_key is not None and self.call_enc is not None and self.answer_enc is not None:
             value["v"] = 2
             value["ka"], value["ce"], value["ae"] = b64url(self.answer_key), b64url(self.call_enc), b64url(self.answer_enc)
@@ -142,12 +148,12 @@ class Sessions:
         self.settings_of = settings_of
 
     def create(self, domain: str, username: str, now: float, force: bool = False, origin: str = "",
-               client_public: str | None = None) -> Session:
+               client_public: str | None = None, passkey: str | None = None) -> Session:
         """Open a session; MaxActiveSessions when the user is at the maximum and ``force`` is false.
 
         ``client_public``: the client's public key of a version-2 login (checked by the caller); the session's
         keys are then agreed with a new key pair of the server's (its public key is the session's ``public``),
-        and no key is made up to be sent.
+        and no key is made up to be sent. ``passkey``: the id of the passkey whose login opens it.
 
         Reserve, then check: the new session is stored and listed first, then
         the user's live sessions are counted, so that of two logins racing for
@@ -158,7 +164,8 @@ class Sessions:
         index = account_key("user-sessions", username)
         session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
                           key=secrets.token_bytes(32), created=now, idle_expires=now + limits.idle_timeout,
-                          absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now)
+                          absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now,
+                          passkey=passkey)
         if client_public is not None:
             pair = KeyPair()
             keys = derive_keys(pair.agree(client_public), session.sid, domain, client_public, pair.public)
@@ -274,6 +281,24 @@ class Sessions:
             self.end(domain, sid, username)
         return sum(_is_live(value, now) for value in values)
 
+    def end_opened_with(self, domain: str, username: str, passkey: str, now: float, keep_sid: str | None = None) -> int:
+        """End every session of the user that the passkey ``passkey`` opened, but ``keep_sid``; return how many of
+        them were live.
+
+        Called once the passkey is removed: a passkey login that verified it
+        meanwhile stores its session first and looks for the passkey after
+        (its ``still_valid``), so either it finds the passkey gone and ends
+        its session itself, or this read lists that session.
+        """
+        index = account_key("user-sessions", username)
+        sids = [entry.member for entry in self.state.window_entries(domain, index) if entry.member != keep_sid]
+        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
+        opened = [(sid, value) for sid, value in zip(sids, values, strict=True)
+                  if isinstance(value, dict) and value.get("p") == passkey and value.get("u") == username]
+        for sid, _ in opened:
+            self.end(domain, sid, username)
+        return sum(_is_live(value, now) for _, value in opened)
+
     def end(self, domain: str, sid: str, username: str, mark: bool = True) -> None:
         """Forget one session: every later use of its sid is UnknownSession.
 
@@ -305,7 +330,7 @@ def _from_state(domain: str, sid: str, value: dict) -> Session:
     session = Session(sid=sid, username=value["u"], domain=domain, key=b64url_decode(value["k"]), created=value["c"],
                       idle_expires=value["i"], absolute_expires=value["a"], origin=value.get("o", ""),
                       last_seen=value.get("s", value["c"]), roles=tuple(roles) if isinstance(roles, list) else None,
-                      roles_epoch=value.get("e"))
+                      roles_epoch=value.get("e"), passkey=value.get("p"))
     if value.get("v") == 2:
         session.answer_key = b64url_decode(value["ka"])
         session.call_enc, session.answer_enc = b64url_decode(value["ce"]), b64url_decode(value["ae"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -16,7 +17,7 @@ from bastion_auth import passkeys as passkeys_module
 from bastion_auth.testing import cheap_hash
 from passkey_helpers import SoftAuthenticator, login_options, passkey_login, post, register
 
-from kernel import InvalidCredential, NotFound, PasskeyRequired, RecordNotFound, ValidationError, b64url
+from kernel import InvalidCredential, NotFound, PasskeyRequired, RecordNotFound, UnknownSession, ValidationError, b64url
 from kernel.testing import Client, Session, main, write_config
 
 PASSWORD = "correct horse battery"
@@ -332,6 +333,36 @@ def test_an_assertion_of_a_removed_passkey_is_refused(app, fake_clock):
     refused(app, fake_clock, laptop.get(options), "no such passkey")
 
 
+def signed_in_with(app, fake_clock, passkey: SoftAuthenticator) -> Client:
+    fresh = client(app, fake_clock)
+    status, answer = passkey_login(fresh, passkey.get(login_options(fresh)))
+    assert status == 200, answer
+    return fresh
+
+
+def test_removing_a_passkey_ends_the_other_sessions_it_opened(app, fake_clock, caplog):
+    """A passkey is removed because its device may be lost: the sessions its logins opened end with it (the
+    caller's own stays, as change_password keeps it); the password's and another passkey's go on."""
+    caplog.set_level(logging.INFO, logger="bastion.security")
+    alice = logged_in(app, fake_clock)
+    laptop, phone = authenticator(), authenticator()
+    laptops = register(alice, laptop, "Laptop")
+    register(alice, phone, "Phone")
+    on_laptop = [signed_in_with(app, fake_clock, laptop) for _ in range(3)]
+    on_phone = signed_in_with(app, fake_clock, phone)
+    assert live_sessions(app) == 5
+    # Removed from one of its own sessions: that one stays, its two others end.
+    assert on_laptop[0].call("remove_passkey", laptops["id"]) is True
+    for ended in on_laptop[1:]:
+        with pytest.raises(UnknownSession):
+            ended.call("passkeys")
+    assert [p["name"] for p in on_laptop[0].call("passkeys")["passkeys"]] == ["Phone"]
+    assert alice.call("passkeys")["passkeys"] and on_phone.call("passkeys")["passkeys"]
+    assert live_sessions(app) == 3
+    assert [m for m in security_events(caplog) if m.startswith("event=passkey_removed ")][0].count(
+        "sessions_ended=2") == 1
+
+
 def test_a_deleted_users_passkeys_go_with_it(app, fake_clock):
     from bastion_auth import users
 
@@ -422,22 +453,26 @@ def test_the_commands_list_and_remove_passkeys_and_export_carries_them(storage, 
     merged = {"bastion": {"development": True, **sections["bastion"]}, "auth": {**CHEAP, "passkeys": "allowed"},
               "users": {"alice@localhost": cheap_hash(PASSWORD)},
               **{key: value for key, value in sections.items() if key != "bastion"}}
-    app = make_app(merged, only=[*only, "auth"])
+    app = make_app(merged, only=[*only, "auth"], clock=time.time)  # the commands' clock: they see its sessions live
     alice = logged_in(app, fake_clock)
-    passkey = register(alice, authenticator(), "Laptop")
+    laptop = authenticator()
+    passkey = register(alice, laptop, "Laptop")
     ini = write_config(merged, tmp_path)
     assert main(["--config", str(ini), "passkeys", "alice", "--domain", "localhost"]) == 0
     out = capsys.readouterr().out
-    assert f"{passkey['id']}  Laptop" in out and "1 passkey." in out
+    assert f"{passkey['id']}  Laptop" in out and "1 passkey." in out and "--remove=ID" in out
     assert main(["--config", str(ini), "users", "--domain", "localhost"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("session; 1 passkey.")  # the fake clock is not the command's
+    assert capsys.readouterr().out.rstrip().endswith("1 live session; 1 passkey.")
     exported = tmp_path / "export.jsonl"
     assert main(["--config", str(ini), "export", "--tenant", "localhost", "-o", str(exported)]) == 0
     assert '"Passkey"' in exported.read_text()
-    assert main(["--config", str(ini), "passkeys", "alice", "--domain", "localhost", "--remove", passkey["id"]]) == 0
+    on_laptop = signed_in_with(app, fake_clock, laptop)
+    assert main(["--config", str(ini), "passkeys", "alice", "--domain", "localhost", f"--remove={passkey['id']}"]) == 0
     out, err = capsys.readouterr()
-    assert "Removed the passkey" in out and "passkey_removed" in err
-    assert alice.call("passkeys")["passkeys"] == []
+    assert "Removed the passkey" in out and "ended its 1 live session" in out and "sessions_ended=1" in err
+    assert alice.call("passkeys")["passkeys"] == []  # the password's session goes on; the passkey's ended
+    with pytest.raises(UnknownSession):
+        on_laptop.call("passkeys")
 
 
 def test_a_passkey_removed_while_its_login_runs_leaves_no_session(app, fake_clock, monkeypatch):
