@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kernel import Errors, InvalidHost, VersionConflict, current, parse_domain, storage
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from bastion_auth.roles import RolesEpoch
@@ -146,26 +149,42 @@ def set_password(username: str, password_hash: str, expected_hash: str | None = 
     return True
 
 
+#: How many times a change of a user is read and tried again when another writer wrote the user meanwhile.
+ATTEMPTS = 10
+
+
+def _change(username: str, change: Callable[[Any], T], undone: str) -> T:
+    """Apply ``change(record)`` (None for no such user) to a user of the current domain in one unit of work and
+    return what it returns, once its write is committed at the version it read; read again and tried again when
+    another worker or command wrote the user meanwhile, at most :data:`ATTEMPTS` times, then VersionConflict
+    (``undone`` says what was not done)."""
+    for _ in range(ATTEMPTS):
+        try:
+            with storage() as db:
+                result = change(db.get(User, username) if is_username(username) else None)
+            return result
+        except VersionConflict:
+            continue  # another worker or command wrote the user meanwhile: read it again
+    raise VersionConflict(f"user {username} kept changing; {undone}")
+
+
 def set_second_factor(username: str, *, expected_pending: str | None = None, require_active: bool = False,
                       **fields: Any) -> bool:
     """Set second-factor fields (``totp``, ``totp_pending``, ``recovery``) of a user of the current domain; return
     whether the user exists (and, with ``expected_pending``, still has that pending secret; with
     ``require_active``, an active factor). A concurrent write of the user is retried, never lost."""
-    for _ in range(10):
-        try:
-            with storage() as db:
-                record = db.get(User, username) if is_username(username) else None
-                if record is None:
-                    return False
-                if expected_pending is not None and record.totp_pending != expected_pending:
-                    return False
-                if require_active and not record.totp:
-                    return False
-                record.merge(**fields)
-            return True
-        except VersionConflict:
-            continue  # another worker wrote the user meanwhile: read it again
-    raise VersionConflict(f"user {username} kept changing; second factor not set")
+
+    def change(record: Any) -> bool:
+        if record is None:
+            return False
+        if expected_pending is not None and record.totp_pending != expected_pending:
+            return False
+        if require_active and not record.totp:
+            return False
+        record.merge(**fields)
+        return True
+
+    return _change(username, change, "second factor not set")
 
 
 def use_recovery_code(username: str, code_hash: str) -> bool:
@@ -174,17 +193,17 @@ def use_recovery_code(username: str, code_hash: str) -> bool:
     Atomic on every driver: the record is written only at the version read, so of two logins with one code,
     the one that loses the race reads the record again and no longer finds the code.
     """
-    for _ in range(10):
-        try:
-            with storage() as db:
-                record = db.get(User, username) if is_username(username) else None
-                if record is None or not record.totp or code_hash not in (record.recovery or []):
-                    return False
-                record.recovery = [h for h in record.recovery if h != code_hash]
-            return True
-        except VersionConflict:
-            continue
-    return False
+
+    def change(record: Any) -> bool:
+        if record is None or not record.totp or code_hash not in (record.recovery or []):
+            return False
+        record.recovery = [h for h in record.recovery if h != code_hash]
+        return True
+
+    try:
+        return _change(username, change, "recovery code not used")
+    except VersionConflict:
+        return False
 
 
 def roles_of(username: str) -> tuple[str, ...]:
@@ -203,20 +222,19 @@ def set_roles(username: str, roles: list[str], epoch: RolesEpoch) -> bool | None
     they carry (:mod:`bastion_auth.roles`) and the user's next call has the new ones.
     """
     wanted = sorted(set(roles))
-    for _ in range(10):
-        try:
-            with storage() as db:
-                record = db.get(User, username) if is_username(username) else None
-                if record is None:
-                    return None
-                if record.roles == wanted:
-                    return False
-                record.roles = wanted
-            epoch.changed(current().domain)
-            return True
-        except VersionConflict:
-            continue  # another worker or command wrote the user meanwhile: read it again
-    raise VersionConflict(f"user {username} kept changing; roles not set")
+
+    def change(record: Any) -> bool | None:
+        if record is None:
+            return None
+        if record.roles == wanted:
+            return False
+        record.roles = wanted
+        return True
+
+    changed = _change(username, change, "roles not set")
+    if changed:
+        epoch.changed(current().domain)
+    return changed
 
 
 def delete(username: str) -> bool:
