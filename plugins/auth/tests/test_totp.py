@@ -33,6 +33,13 @@ def enrol(client: Client, clock) -> tuple[str, list[str]]:
     return secret, recovery
 
 
+def signed_in_and_enrolled(app, client_for, fake_clock) -> tuple[Client, str, list[str]]:
+    """alice signed in on ``app`` and enrolled (see :func:`enrol`): her client, the secret, the recovery codes."""
+    alice = client_for(target=app)
+    alice.login("alice", PASSWORD)
+    return alice, *enrol(alice, fake_clock)
+
+
 @pytest.fixture
 def unlimited(auth_app):
     """An app without locks or bans: parallel replays are refused as wrong codes, and would lock the account."""
@@ -106,9 +113,7 @@ def test_a_code_works_once(app, client_for, fake_clock, enrolled):
 
 def test_parallel_logins_with_one_code_open_one_session(unlimited, client_for, fake_clock):
     app = unlimited
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    secret, _ = enrol(alice, fake_clock)
+    alice, secret, _ = signed_in_and_enrolled(app, client_for, fake_clock)
     now = code(secret, fake_clock)
     outcomes = at_once(8, lambda: send(app, "/auth/login", login_body(code=now)).json.get("exc", "ok"))
     assert outcomes == ["InvalidCredential"] * 7 + ["ok"]
@@ -151,9 +156,7 @@ def test_recovery_codes_work_once_each(app, client_for, fake_clock, enrolled):
 
 def test_parallel_logins_with_one_recovery_code_open_one_session(unlimited, client_for, fake_clock):
     app = unlimited
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    _, recovery = enrol(alice, fake_clock)
+    alice, _, recovery = signed_in_and_enrolled(app, client_for, fake_clock)
     outcomes = at_once(8, lambda: send(app, "/auth/login", login_body(code=recovery[0])).json.get("exc", "ok"))
     assert outcomes == ["InvalidCredential"] * 7 + ["ok"]
 
@@ -165,9 +168,7 @@ def wrong_code(secret: str, clock) -> str:
 
 def test_a_wrong_code_counts_like_a_wrong_password(auth_app, client_for, fake_clock, caplog):
     app = auth_app(auth={"account_max_failures": 3, "account_lock": 120, "abuse_max": 0})
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    secret, _ = enrol(alice, fake_clock)
+    alice, secret, _ = signed_in_and_enrolled(app, client_for, fake_clock)
     caplog.set_level(logging.INFO, logger="bastion.security")
     assert_error(send(app, "/auth/login", login_body(code=wrong_code(secret, fake_clock))), 401, "InvalidCredential")
     assert any("reason=invalid_code" in r.getMessage() for r in caplog.records if "login_failed" in r.getMessage())
@@ -184,9 +185,7 @@ def test_a_wrong_code_counts_like_a_wrong_password(auth_app, client_for, fake_cl
 
 def test_a_missing_code_neither_counts_nor_resets_the_count(auth_app, client_for, fake_clock):
     app = auth_app(auth={"account_max_failures": 3, "abuse_max": 0})
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    secret, _ = enrol(alice, fake_clock)
+    alice, secret, _ = signed_in_and_enrolled(app, client_for, fake_clock)
     for _ in range(2):
         assert_error(send(app, "/auth/login", login_body(code=wrong_code(secret, fake_clock))), 401,
                      "InvalidCredential")
@@ -205,9 +204,7 @@ def test_at_the_session_limit_the_code_is_not_used_up_and_signs_in_with_force(au
     before the code is checked: the code stays unused (a TOTP step and a recovery code alike), nothing counts
     against the account or the origin, and the same code signs in with force."""
     app = auth_app(auth={"max_active_sessions": 1, "account_max_failures": 2, "abuse_max": 2})
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    secret, recovery = enrol(alice, fake_clock)  # alice's one session stays open
+    alice, secret, recovery = signed_in_and_enrolled(app, client_for, fake_clock)  # alice's one session stays open
     now = code(secret, fake_clock)
     caplog.set_level(logging.WARNING, logger="bastion.security")
     for proof in (now, recovery[0]) * 3:  # more often than the lock and the ban allow failures
@@ -229,9 +226,7 @@ def test_at_the_session_limit_the_code_is_not_used_up_and_signs_in_with_force(au
 
 def test_wrong_codes_weigh_against_the_origin(auth_app, client_for, fake_clock):
     app = auth_app(auth={"abuse_max": 3, "account_max_failures": 0})
-    alice = client_for(target=app)
-    alice.login("alice", PASSWORD)
-    secret, _ = enrol(alice, fake_clock)
+    alice, secret, _ = signed_in_and_enrolled(app, client_for, fake_clock)
     for _ in range(3):
         assert_error(send(app, "/auth/login", login_body(code=wrong_code(secret, fake_clock)),
                           remote_addr="10.0.0.9"), 401, "InvalidCredential")
