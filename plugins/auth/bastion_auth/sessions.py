@@ -162,13 +162,15 @@ class Sessions:
         """
         limits = self.settings_of(domain)
         index = account_key("user-sessions", username)
-        session = Session(sid=b64url(secrets.token_bytes(24)), username=username, domain=domain,
-                          key=secrets.token_bytes(32), created=now, idle_expires=now + limits.idle_timeout,
-                          absolute_expires=now + limits.absolute_timeout, origin=origin, last_seen=now,
-                          passkey=passkey)
-        if client_public is not None:
+        sid = b64url(secrets.token_bytes(24))
+        session = Session(sid=sid, username=username, domain=domain, key=b"", created=now,
+                          idle_expires=now + limits.idle_timeout, absolute_expires=now + limits.absolute_timeout,
+                          origin=origin, last_seen=now, passkey=passkey)
+        if client_public is None:
+            session.key = secrets.token_bytes(32)  # sent in the login's answer
+        else:  # agreed: no key is made up, none is sent
             pair = KeyPair()
-            keys = derive_keys(pair.agree(client_public), session.sid, domain, client_public, pair.public)
+            keys = derive_keys(pair.agree(client_public), sid, domain, client_public, pair.public)
             session.key, session.answer_key = keys.call_mac, keys.answer_mac
             session.call_enc, session.answer_enc, session.public = keys.call_enc, keys.answer_enc, pair.public
         self.save(session, now)
