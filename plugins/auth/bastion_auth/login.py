@@ -65,6 +65,16 @@ def login_max_body(max_password_length: int) -> int:
     return ESCAPED_CHARACTER * (users.MAX_USERNAME + max_password_length) + LOGIN_BODY_OVERHEAD
 
 
+#: The refusals of an attempt whose password verified that count nothing and reset nothing (see
+#: ``Login.check_password``), by the reason ``check`` gives: the level of their ``login_failed`` event, their error.
+UNCOUNTED: dict[str, tuple[int, Callable[[], Exception]]] = {
+    "second_factor_required": (logging.INFO, lambda: SecondFactorRequired(
+        "a code is required: the one the authenticator app shows, or a recovery code")),
+    "max_sessions": (logging.WARNING, lambda: MaxActiveSessions(
+        "already the most active sessions allowed; log in with force to end them (the code was not used: it "
+        "signs in again)")),
+}
+
 #: The keys of a password login's body.
 LOGIN_KEYS = frozenset({"username", "password", "force", "code", "public_key"})
 
@@ -364,7 +374,7 @@ class Login:
         valid, outdated, reason = check(record)
         now = auth.clock()
         try:
-            if reason in ("second_factor_required", "max_sessions"):
+            if reason in UNCOUNTED:
                 auth.accounts.check_open(domain, username, now)  # told only while the account is not locked
             elif valid:
                 forgiven = auth.accounts.succeeded(domain, username, now)
@@ -373,15 +383,11 @@ class Login:
         except AccountLocked as locked:  # locked while this password was checked: its outcome is not told
             self._locked_attempt(domain, origin, attempt, shown, locked, extra)
             raise
-        if reason == "second_factor_required":
+        if reason in UNCOUNTED:
+            level, error_of = UNCOUNTED[reason]
             auth.abuse.release(domain, origin, attempt)
-            auth.event("login_failed", shown, logging.INFO, reason=reason, **extra)
-            raise SecondFactorRequired("a code is required: the one the authenticator app shows, or a recovery code")
-        if reason == "max_sessions":
-            auth.abuse.release(domain, origin, attempt)
-            auth.event("login_failed", shown, logging.WARNING, reason=reason, **extra)
-            raise MaxActiveSessions("already the most active sessions allowed; log in with force to end them "
-                                    "(the code was not used: it signs in again)")
+            auth.event("login_failed", shown, level, reason=reason, **extra)
+            raise error_of()
         if not valid:
             if reason == "invalid_code":
                 refusal = "invalid or already used code"
