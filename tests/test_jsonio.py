@@ -125,8 +125,8 @@ def test_the_nesting_read_from_the_bytes_is_the_parsed_values():
 def test_a_body_nested_too_deep_is_refused_before_any_object_is_built(monkeypatch):
     """The reader refuses it from its bytes: the parser never runs (what it costs is a few passes in C)."""
     parsed = []
-    real = json.loads
-    monkeypatch.setattr(json, "loads", lambda *args, **kwargs: parsed.append(1) or real(*args, **kwargs))
+    real = jsonio._STRICT.decode
+    monkeypatch.setattr(jsonio._STRICT, "decode", lambda *args, **kwargs: parsed.append(1) or real(*args, **kwargs))
     deep = b'{"args": [' + b"[" * 64 + b"]" * 64 + b"]}"
     review = b'{"username": [' + b",".join([b"[]"] * 5000) + b'], "password": "x"}'  # docs/security.md
     for body, limit in ((deep, jsonio.MAX_DEPTH), (b"[" * 100_000 + b"]" * 100_000, jsonio.MAX_DEPTH),

@@ -145,6 +145,10 @@ class Settings(Mapping[str, Any]):
     def __init__(self, name: str, values: dict[str, Any]):
         self._name = name
         self._values = values
+        # Read on every call (a tenant's skew, its limits): an attribute of the instance is found without
+        # __getattr__. A key the class itself has (``get``, ``items``) stays the method's, as it always was.
+        self.__dict__.update((key, value) for key, value in values.items()
+                             if key.isidentifier() and not hasattr(type(self), key) and not key.startswith("_"))
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -115,7 +115,7 @@ def loads(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
     if not nesting_within(body, max_depth):
         raise ValueError(f"nested deeper than {max_depth} level{'s' if max_depth != 1 else ''}")
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)
+        value = _STRICT.decode(text)
     except RecursionError:  # not reached once the nesting was read; kept so that no body can ever be a 500
         raise ValueError(f"nested deeper than {max_depth} levels") from None
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) and "\\u" in _NOT_LONE.sub("", text):
@@ -173,3 +173,7 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:20]} is too large")
     return value
+
+
+#: The strict decoder of :func:`loads`: made once (``json.loads`` with hooks makes a decoder per call).
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)

@@ -27,6 +27,7 @@ _PARAM_RULES = {
 }
 _PAIR = r'([a-z]+)="([^"\r\n]*)"'
 _HEADER = re.compile(r"(?ai:bastion-hmac) +" + r" *, *".join([_PAIR] * 4))
+_B64URL_TEXT = re.compile(rf"[{_B64URL}]*")
 
 
 def b64url(data: bytes) -> str:
@@ -36,7 +37,7 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     """Decode unpadded base64url; raise ValueError on anything else."""
-    if not re.fullmatch(rf"[{_B64URL}]*", text):
+    if not _B64URL_TEXT.fullmatch(text):
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -53,7 +54,7 @@ def string_to_sign(ts: str, nonce: str, path: str, domain: str, body: bytes) -> 
 
 def request_mac(key: bytes, ts: str, nonce: str, path: str, domain: str, body: bytes) -> str:
     """Return the MAC of a call."""
-    return b64url(hmac.new(key, string_to_sign(ts, nonce, path, domain, body), hashlib.sha256).digest())
+    return b64url(hmac.digest(key, string_to_sign(ts, nonce, path, domain, body), "sha256"))
 
 
 def response_string(nonce: str, status: int, body: bytes) -> bytes:
@@ -63,7 +64,7 @@ def response_string(nonce: str, status: int, body: bytes) -> bytes:
 
 def response_mac(key: bytes, nonce: str, status: int, body: bytes) -> str:
     """Return the MAC of a response."""
-    return b64url(hmac.new(key, response_string(nonce, status, body), hashlib.sha256).digest())
+    return b64url(hmac.digest(key, response_string(nonce, status, body), "sha256"))
 
 
 def macs_equal(a: str, b: str) -> bool:

@@ -39,9 +39,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import QueuePool
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -287,11 +286,15 @@ class SqlExecutor:
         return self.engine.raw_connection()
 
     def _checkin(self, fairy: Any) -> None:
-        """Keep a valid SQLite connection for the next call while the process holds at most ``pool_size``
-        (in use or kept); give anything else back to the pool, where a call waiting for one gets it."""
-        # SQLite's engine pools with a QueuePool (engine.py), which counts the connections checked out.
-        if (not self.postgresql and fairy.is_valid and not self._closed
-                and cast(QueuePool, self.engine.pool).checkedout() <= self._kept_connections):
+        """Keep a valid SQLite connection for the next call while fewer than ``pool_size`` are kept; give
+        anything else back to the pool, where a call waiting for one gets it.
+
+        A call takes a kept connection before it asks the pool, so the pool is asked only when none is kept:
+        then every connection it counts out is in use, and its limits and its wait (``pool_timeout``) hold as
+        they would without the kept ones. Counting the kept ones costs no look at the pool's queue (and its
+        lock) at every call.
+        """
+        if not self.postgresql and len(self._idle) < self._kept_connections and fairy.is_valid and not self._closed:
             self._idle.append(fairy)
         else:
             fairy.close()
