@@ -92,11 +92,19 @@ class Origins:
 
     def __init__(self, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]):
         self.trusted = tuple(trusted)
+        #: The answers of :meth:`is_trusted` (asked two or three times of every request's peer), at most 1,024.
+        self._trusted: dict[str, bool] = {}
 
     def is_trusted(self, address: str) -> bool:
         """Whether an address belongs to a trusted proxy."""
-        ip = _address(address)
-        return ip is not None and any(ip in net for net in self.trusted)
+        known = self._trusted.get(address)
+        if known is None:
+            ip = _address(address)
+            known = ip is not None and any(ip in net for net in self.trusted)
+            if len(self._trusted) >= 1024:
+                self._trusted.clear()  # a flood of distinct peers costs a parse each, never memory
+            self._trusted[address] = known
+        return known
 
     def resolve(self, environ: Mapping[str, str]) -> tuple[str, str]:
         """Return ``(origin, scheme)`` for a WSGI environ."""

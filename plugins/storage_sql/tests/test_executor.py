@@ -134,6 +134,30 @@ def test_sqlite_keeps_at_most_pool_size_connections_between_calls(sqlite_url, ex
     assert executor.engine.pool.checkedout() == 0
 
 
+def test_a_sqlite_read_on_a_kept_connection_that_broke_runs_again_on_a_fresh_one(sqlite_url, executors):
+    """A read takes a kept connection without an attempt's bookkeeping; when that connection is of no use any more
+    (closed under it), the read ends as any failed attempt does: the connection is dropped and the read runs once
+    more, on a fresh one."""
+    executor = executors(sqlite_url, pool_size=1)
+    executor.run(STATEMENT, lambda c: c.execute("INSERT INTO t VALUES ('a', 1)"))
+    kept = executor.run(READ, lambda c: c)
+    kept.close()  # the kept connection breaks between two calls
+    connections: list = []
+
+    def read(connection):
+        connections.append(connection)
+        return connection.execute("SELECT v FROM t WHERE k = 'a'").fetchone()[0]
+
+    assert executor.run(READ, read) == 1
+    assert connections[0] is kept and connections[-1] is not kept and len(connections) == 2
+    assert executor.run(READ, lambda c: c) is connections[-1]  # the fresh one is kept; the broken one is gone
+
+    with pytest.raises(ZeroDivisionError):  # an error of the caller's own is the caller's, the connection kept
+        executor.run(READ, lambda c: 1 / 0)
+    assert executor.run(READ, lambda c: c) is connections[-1]
+    assert _rows(executor) == [("a", 1)]
+
+
 # -- retries: once, on a fresh connection, when nothing can have been applied ------------------
 
 
