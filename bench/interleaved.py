@@ -571,8 +571,20 @@ def summarize(samples: list[dict]) -> list[dict]:
                          s["result"].get("voluntary_switches_per_req", 0) for s in mine), 2),
                      "preempted_per_req": round(statistics.median(
                          s["result"].get("involuntary_switches_per_req", 0) for s in mine), 2),
-                     "valid": all(s["result"]["valid"] for s in mine)})
+                     "valid": all(s["result"]["valid"] for s in mine), "problems": _problems(mine)})
     return rows
+
+
+def _problems(samples: list[dict]) -> list[str]:
+    """What made a target's runs not all valid, in words (an empty list when every run was)."""
+    problems = []
+    if any(s["result"]["non200"] for s in samples):
+        problems.append("some answers were not 200")
+    if any(any(s["result"]["socket_errors"].values()) for s in samples):
+        problems.append("socket errors")
+    if any(s["result"]["exhausted"] for s in samples):
+        problems.append("the signed requests ran out before the run's end in a pass")
+    return problems
 
 
 def table(summary: list[dict]) -> str:
@@ -585,7 +597,7 @@ def table(summary: list[dict]) -> str:
                    f"({row['cpu_min']:.0f}–{row['cpu_max']:.0f}) | {row['ratio']:.0%} ({row['ratio_min']:.0%}–"
                    f"{row['ratio_max']:.0%}) | {row['rps']:.0f} | {row['p99_ms']:.1f} | {row['switches_per_req']:.1f} / "
                    f"{row['preempted_per_req']:.1f} |"
-                   + ("" if row["valid"] else " (some answers were not 200)"))
+                   + ("" if row["valid"] else f" ({'; '.join(row.get('problems') or ['not every run valid'])})"))
     return "\n".join(out)
 
 
