@@ -546,14 +546,14 @@ def test_the_malformed_login_of_the_review_is_refused_before_it_is_parsed(app, m
     """``{"username": [[],[],...], "password": "x"}``: any array or object inside a login body is refused from
     its bytes, so the parser never builds the arrays; and the body is as large as a login may be at most."""
     parsed = []
-    real = json.loads
+    real = json.JSONDecoder.decode
 
-    def strict_reads(*args, **kwargs):
-        if "object_pairs_hook" in kwargs:  # the strict reader of bodies, not the drivers' reads
-            parsed.append(args[0][:20])
-        return real(*args, **kwargs)
+    def strict_reads(decoder, text, *args, **kwargs):
+        if decoder.object_pairs_hook is not None:  # the strict reader of bodies, not the drivers' reads
+            parsed.append(text[:20])
+        return real(decoder, text, *args, **kwargs)
 
-    monkeypatch.setattr(json, "loads", strict_reads)
+    monkeypatch.setattr(json.JSONDecoder, "decode", strict_reads)
     body = b'{"username": [' + b",".join([b"[]"] * 5000) + b'], "password": "x"}'  # 15,032 bytes
     for _ in range(20):
         assert_error(send(app, "/auth/login", body, remote_addr="192.0.2.50"), 400, "InvalidCall")
