@@ -249,12 +249,17 @@ class Sessions:
         ttl = max(session.expires + idle - now, 1)
         self.state.replace(session.domain, self.key(session.sid), session.to_state(), ttl)
 
-    def live(self, domain: str, username: str, now: float) -> list[Session]:
-        """The user's live sessions in the domain, oldest first: one window read and one ``get_many``."""
-        entries = self.state.window_entries(domain, account_key("user-sessions", username))
-        sids = [entry.member for entry in entries]
+    def _listed(self, domain: str, username: str, keep_sid: str | None = None) -> list[tuple[str, Any]]:
+        """The sessions listed for the user (but ``keep_sid``), each with its stored value (None once gone): one
+        window read and one ``get_many``."""
+        index = account_key("user-sessions", username)
+        sids = [entry.member for entry in self.state.window_entries(domain, index) if entry.member != keep_sid]
         values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
-        found = [_from_state(domain, sid, value) for sid, value in zip(sids, values, strict=True)
+        return list(zip(sids, values, strict=True))
+
+    def live(self, domain: str, username: str, now: float) -> list[Session]:
+        """The user's live sessions in the domain, oldest first."""
+        found = [_from_state(domain, sid, value) for sid, value in self._listed(domain, username)
                  if _is_live(value, now) and value.get("u") == username]
         return sorted(found, key=lambda session: (session.created, session.sid))
 
@@ -276,12 +281,10 @@ class Sessions:
         either way). A login that lists its session while this runs may lose
         it as well: the safe side.
         """
-        index = account_key("user-sessions", username)
-        sids = [entry.member for entry in self.state.window_entries(domain, index) if entry.member != keep_sid]
-        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
-        for sid in sids:
+        listed = self._listed(domain, username, keep_sid)
+        for sid, _ in listed:
             self.end(domain, sid, username)
-        return sum(_is_live(value, now) for value in values)
+        return sum(_is_live(value, now) for _, value in listed)
 
     def end_opened_with(self, domain: str, username: str, passkey: str, now: float, keep_sid: str | None = None) -> int:
         """End every session of the user that the passkey ``passkey`` opened, but ``keep_sid``; return how many of
@@ -292,10 +295,7 @@ class Sessions:
         (its ``still_valid``), so either it finds the passkey gone and ends
         its session itself, or this read lists that session.
         """
-        index = account_key("user-sessions", username)
-        sids = [entry.member for entry in self.state.window_entries(domain, index) if entry.member != keep_sid]
-        values = self.state.get_many(domain, [self.key(sid) for sid in sids]) if sids else []
-        opened = [(sid, value) for sid, value in zip(sids, values, strict=True)
+        opened = [(sid, value) for sid, value in self._listed(domain, username, keep_sid)
                   if isinstance(value, dict) and value.get("p") == passkey and value.get("u") == username]
         for sid, _ in opened:
             self.end(domain, sid, username)
