@@ -154,36 +154,10 @@ class SqlExecutor:
         A SQLite write waits for its turn at the write gate first (:mod:`.gate`),
         at most ``wait`` seconds (default ``sqlite_busy_timeout``).
         """
-        if kind == READ and not self.postgresql:
-            return self._sqlite_read(work)
         gate = self.gate
         if gate is None or kind == READ:
             return self._call(kind, work, conflicts)
         return self._gated(gate, Write(kind, work, conflicts), wait)
-
-    def _sqlite_read(self, work: Callable[[Any], T]) -> T:
-        """A SQLite READ, the commonest call (two of a signed get_all's three statements), on a kept connection
-        without the steps of an attempt that a read in autocommit mode never needs (a deadline is PostgreSQL's
-        alone). Without a kept connection it goes the common way (:meth:`_call`), and a failed read ends as a
-        failed attempt does: the same recovery, and the same one try again on a fresh connection."""
-        try:
-            fairy = self._idle.pop()
-        except IndexError:
-            return self._call(READ, work, False)
-        attempt = _Attempt(fairy, None)
-        try:
-            result = work(attempt.connection)
-        except self._errors as error:
-            again = self._recover(attempt, error)
-            self._finish(attempt)
-            if again:
-                return self._attempt(READ, work, False, last=True)
-            raise self._failure(error, False) from None
-        except BaseException:
-            self._finish(attempt)
-            raise
-        self._finish(attempt)
-        return result
 
     def ping(self, work: Callable[[Any], Any]) -> None:
         """Run the write that tells whether the database accepts writes; raise ServiceUnavailable if it fails.

@@ -135,9 +135,8 @@ def test_sqlite_keeps_at_most_pool_size_connections_between_calls(sqlite_url, ex
 
 
 def test_a_sqlite_read_on_a_kept_connection_that_broke_runs_again_on_a_fresh_one(sqlite_url, executors):
-    """A read takes a kept connection without an attempt's bookkeeping; when that connection is of no use any more
-    (closed under it), the read ends as any failed attempt does: the connection is dropped and the read runs once
-    more, on a fresh one."""
+    """A read takes a kept connection; when that connection is of no use any more (closed under it), the read ends
+    as any failed attempt does: the connection is dropped and the read runs once more, on a fresh one."""
     executor = executors(sqlite_url, pool_size=1)
     executor.run(STATEMENT, lambda c: c.execute("INSERT INTO t VALUES ('a', 1)"))
     kept = executor.run(READ, lambda c: c)
