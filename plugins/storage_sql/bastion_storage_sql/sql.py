@@ -9,7 +9,8 @@ compiled or cache-keyed per call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 class Sql:
     """A statement compiled once for one dialect: its text and the order of its parameters."""
 
-    __slots__ = ("text", "names", "constants")
+    __slots__ = ("text", "names", "constants", "_pick")
 
     def __init__(self, statement: Any, dialect: sa.engine.Dialect):
         compiled = statement.compile(dialect=dialect)
@@ -28,15 +29,26 @@ class Sql:
         # Parameters the statement carries its own value for (a LIMIT, a literal).
         self.constants = {compiled.bind_names[bind]: bind.value for bind in compiled.binds.values()
                           if bind.value is not None or not bind.required}
+        self._pick = _picker(self.names)
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """The DBAPI parameters of ``values``."""
         if self.constants:
             values = {**self.constants, **values}
-        return values if self.names is None else tuple(values[name] for name in self.names)
+        pick = self._pick
+        return values if pick is None else pick(values)
 
     def __repr__(self) -> str:
         return f"Sql({self.text!r})"
+
+
+def _picker(names: tuple[str, ...] | None) -> Callable[[Mapping[str, Any]], tuple] | None:
+    """What takes a statement's positional parameters out of a mapping, in order, as a tuple (one C call)."""
+    if names is None:
+        return None
+    if len(names) > 1:
+        return itemgetter(*names)
+    return lambda values: tuple(values[name] for name in names)  # itemgetter of one name returns the value alone
 
 
 def first_row(connection: Any, sql: Sql, values: Mapping[str, Any]) -> Any:

@@ -117,10 +117,12 @@ class SqlState:
             self._set_sql: tuple[Sql, ...] = (compile_(upsert.add_cte(drop_window.cte("dropped_window"))),)
         else:
             self._set_sql = (compile_(upsert), compile_(drop_window))
-        # Insert, or take over the row only if it has expired. RETURNING rather
-        # than rowcount: drivers disagree on an upsert's rowcount.
+        # Insert, or take over the row only if it has expired. Whether it was stored is the statement's
+        # rowcount: sqlite3 and psycopg both count the row an upsert inserted or took over (1), and none when
+        # the conflict's WHERE kept the live row (0). Not RETURNING: on SQLite it makes the statement gather its
+        # rows in a temporary table first, which more than doubled the cost of every call's nonce.
         self._add_sql = compile_(insert.on_conflict_do_update(
-            index_elements=[c.domain, c.key], set_=overwrite, where=c.expires <= _p("now")).returning(c.expires))
+            index_elements=[c.domain, c.key], set_=overwrite, where=c.expires <= _p("now")))
         # The same, only while the guard key is live: one INSERT ... SELECT ... WHERE EXISTS,
         # so that the guard is read and the row written in one atomic statement. (The
         # WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.)
@@ -132,7 +134,7 @@ class SqlState:
         self._add_if_live_sql = compile_(guarded.on_conflict_do_update(
             index_elements=[c.domain, c.key],
             set_={"value": guarded.excluded.value, "n": guarded.excluded.n, "expires": guarded.excluded.expires},
-            where=c.expires <= _p("now")).returning(c.expires))
+            where=c.expires <= _p("now")))
         # Set-if-live in one statement: a concurrent delete wins (the row is gone).
         self._replace_sql = compile_(state.update().where(key_is, c.expires > _p("now"))
                                      .values(value=_p("v"), n=_p("n"), expires=_p("e")))
@@ -244,7 +246,7 @@ class SqlState:
         if if_live is not None:
             values["g"] = if_live
             sql = self._add_if_live_sql
-        stored = self._run(STATEMENT, lambda connection: first_row(connection, sql, values)) is not None
+        stored = self._run(STATEMENT, lambda connection: row_count(connection, sql, values)) == 1
         self._purge_if_due(now)
         return stored
 
