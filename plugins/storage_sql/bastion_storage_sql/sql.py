@@ -19,17 +19,16 @@ import sqlalchemy as sa
 class Sql:
     """A statement compiled once for one dialect: its text and the order of its parameters."""
 
-    __slots__ = ("text", "names", "constants", "_pick")
+    __slots__ = ("text", "constants", "_pick")
 
     def __init__(self, statement: Any, dialect: sa.engine.Dialect):
         compiled = statement.compile(dialect=dialect)
         self.text: str = compiled.string
-        # qmark (sqlite3) takes a tuple in order; pyformat (psycopg) takes the dict.
-        self.names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
         # Parameters the statement carries its own value for (a LIMIT, a literal).
         self.constants = {compiled.bind_names[bind]: bind.value for bind in compiled.binds.values()
                           if bind.value is not None or not bind.required}
-        self._pick = _picker(self.names)
+        # qmark (sqlite3) takes a tuple in order; pyformat (psycopg) takes the dict.
+        self._pick = _picker(tuple(compiled.positiontup)) if compiled.positional else None
 
     def params(self, values: Mapping[str, Any]) -> Any:
         """The DBAPI parameters of ``values``."""
@@ -42,10 +41,8 @@ class Sql:
         return f"Sql({self.text!r})"
 
 
-def _picker(names: tuple[str, ...] | None) -> Callable[[Mapping[str, Any]], tuple] | None:
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple]:
     """What takes a statement's positional parameters out of a mapping, in order, as a tuple (one C call)."""
-    if names is None:
-        return None
     if len(names) > 1:
         return itemgetter(*names)
     return lambda values: tuple(values[name] for name in names)  # itemgetter of one name returns the value alone
