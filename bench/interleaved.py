@@ -577,14 +577,7 @@ def summarize(samples: list[dict]) -> list[dict]:
 
 def _problems(samples: list[dict]) -> list[str]:
     """What made a target's runs not all valid, in words (an empty list when every run was)."""
-    problems = []
-    if any(s["result"]["non200"] for s in samples):
-        problems.append("some answers were not 200")
-    if any(any(s["result"]["socket_errors"].values()) for s in samples):
-        problems.append("socket errors")
-    if any(s["result"]["exhausted"] for s in samples):
-        problems.append("the signed requests ran out before the run's end in a pass")
-    return problems
+    return list(dict.fromkeys(problem for s in samples for problem in s["result"]["problems"]))
 
 
 def table(summary: list[dict]) -> str:

@@ -109,13 +109,26 @@ class RunResult:
     involuntary_switches_per_req: float = 0.0
 
     @property
+    def problems(self) -> list[str]:
+        """What makes the run not valid, in words: an answer that was not 200, a socket error, the generator
+        running out (an empty list for a valid run)."""
+        problems = []
+        if self.non200:
+            problems.append("some answers were not 200")
+        if any(self.socket_errors.values()):
+            problems.append("socket errors")
+        if self.exhausted:
+            problems.append("the signed requests ran out before the run's end in a pass")
+        return problems
+
+    @property
     def valid(self) -> bool:
         """Every answer was 200, no socket error, and the generator never ran out."""
-        return self.non200 == 0 and self.exhausted == 0 and not any(self.socket_errors.values())
+        return not self.problems
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["valid"] = self.valid
+        out["valid"], out["problems"] = self.valid, self.problems
         return out
 
 
