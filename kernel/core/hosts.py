@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from kernel.core.errors import InvalidHost
 
@@ -92,19 +92,14 @@ class Origins:
 
     def __init__(self, trusted: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]):
         self.trusted = tuple(trusted)
-        #: The answers of :meth:`is_trusted` (asked two or three times of every request's peer), at most 1,024.
-        self._trusted: dict[str, bool] = {}
+        #: Whether an address belongs to a trusted proxy: asked two or three times of every request's peer, so
+        #: the answers for the last 1,024 addresses are remembered (a flood of distinct peers costs a parse each,
+        #: never memory).
+        self.is_trusted: Callable[[str], bool] = functools.lru_cache(maxsize=1024)(self._is_trusted)
 
-    def is_trusted(self, address: str) -> bool:
-        """Whether an address belongs to a trusted proxy."""
-        known = self._trusted.get(address)
-        if known is None:
-            ip = _address(address)
-            known = ip is not None and any(ip in net for net in self.trusted)
-            if len(self._trusted) >= 1024:
-                self._trusted.clear()  # a flood of distinct peers costs a parse each, never memory
-            self._trusted[address] = known
-        return known
+    def _is_trusted(self, address: str) -> bool:
+        ip = _address(address)
+        return ip is not None and any(ip in net for net in self.trusted)
 
     def resolve(self, environ: Mapping[str, str]) -> tuple[str, str]:
         """Return ``(origin, scheme)`` for a WSGI environ."""
