@@ -77,6 +77,9 @@ VARIANTS = ("bastion", "no-metrics", "no-call-line", "plain-gthread", "no-gate",
 #: The variants measured for every case; the others (what each part of a served call costs) only for these cases.
 EVERY_CASE = ("bastion", "postgresql", "redis")
 ACCOUNTING_CASES = ("get_all-10", "add")
+#: The variants ``--before``'s code is served as too: every case's, and its app on plain ``gthread`` (which of the two
+#: codes' workers makes a difference).
+BEFORE_VARIANTS = (*EVERY_CASE, "plain-gthread")
 #: The variants of protocol version 2, and the cases they are measured for.
 VERSION_2 = ("v2", "sealed", "in-process-v2", "in-process-sealed")
 VERSION_2_CASES = ("get_all-10", "get_all-1000")
@@ -156,6 +159,14 @@ def bastion_sections(storage: str, password_hash: str, variant: str) -> dict:
     return sections
 
 
+def settings_module(checkout: Path) -> str:
+    """gunicorn's settings module of a checkout: ``kernel.server.gunicorn_conf``, or ``kernel.gunicorn_conf`` in a
+    checkout from before the kernel's layers (round 2's code, for ``--before``)."""
+    if (checkout / "kernel" / "server" / "gunicorn_conf.py").is_file():
+        return "python:kernel.server.gunicorn_conf"
+    return "python:kernel.gunicorn_conf"
+
+
 def signed_lines(signer: load.Signer, op: str, bodies: Iterator[bytes], count: int) -> Iterator[str]:
     """Signed calls in replay.lua's header form, each with the proxy's header (its own nonce, a fresh ts)."""
     if signer.sealed:
@@ -221,24 +232,26 @@ class Interleaved:
 
     def bastion(self, variant: str, before: Path | None = None) -> Target:
         """Bastion as ``variant`` serves it; with ``before``, the code of that checkout instead, as ``before``."""
-        storage, backend_pids = self.store(variant)
+        storage, backend_pids = self.store(variant, before)
         sections = bastion_sections(storage, self.hash, variant)
         if variant == "split-state":
             self.create_schema(sections)
         if variant.startswith("in-process"):
             return self.in_process(sections, storage, variant)
+        # The earlier code comes first on the path: its kernel and plugins, the installed distributions' rest.
+        roots = [before, *sorted(before.glob("plugins/*"))] if before is not None else [REPO_ROOT]
         if variant == "plain-gthread":
             directory = tempfile.mkdtemp(dir=self.tmp)
             config = write_config(sections, directory)
             server = PlainGunicorn("kernel.wsgi:app", self.args.workers, self.args.threads,
-                                   {"BASTION_CONFIG": str(config)}, directory)
+                                   {"BASTION_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(map(str, roots))},
+                                   directory)
             self.stack.callback(server.close)
             url, pid = server.url, server.pid
         else:
-            # The earlier code comes first on the path: its kernel and plugins, the installed distributions' rest.
-            roots = [before, *sorted(before.glob("plugins/*"))] if before is not None else [REPO_ROOT]
             gunicorn = GunicornServer(sections, workers=self.args.workers, threads=self.args.threads,
-                                      env={"PYTHONPATH": os.pathsep.join(map(str, roots))}, startup_timeout=300)
+                                      env={"PYTHONPATH": os.pathsep.join(map(str, roots))}, startup_timeout=300,
+                                      settings=settings_module(before or REPO_ROOT))
             self.stack.callback(gunicorn.close)
             gunicorn.start()
             url, pid = gunicorn.url, gunicorn.process.pid
@@ -479,7 +492,7 @@ class Interleaved:
         targets = [self.bastion(variant) for variant in args.variants]
         if args.before:
             checkout = self.checkout(args.before)
-            targets += [self.bastion(variant, checkout) for variant in args.variants if variant in EVERY_CASE]
+            targets += [self.bastion(variant, checkout) for variant in args.variants if variant in BEFORE_VARIANTS]
         targets += [t for t in (self.peer(name) for name in args.peers) if t is not None]
         print(f"  {len(targets)} targets and 2 ceilings serving after {time.monotonic() - started:.0f} s", flush=True)
         for case in args.cases:
@@ -500,37 +513,59 @@ class Interleaved:
         development = {**sections, "bastion": {**sections["bastion"], "development": True}}
         Runtime(load_config(write_config(development, tempfile.mkdtemp(dir=self.tmp)))).close()
 
-    def store(self, variant: str) -> tuple[str, list[int]]:
+    def store(self, variant: str, before: Path | None = None) -> tuple[str, list[int]]:
         """The storage URL a variant serves, filled with a tenant per case (``TENANTS``), and its backend's pids.
 
         Every SQLite variant serves one file (filled once); ``postgresql`` and ``redis`` start a server of their
-        own (``bench/backends.py``), filled the same way.
+        own (``bench/backends.py``), filled the same way. The code of ``--before`` serves stores of its own (a
+        file, a server), its schema made and its todos filled by that code: an earlier revision may keep an
+        older schema, which this code's stores would have upgraded past.
         """
         name = variant if variant in ("postgresql", "redis") else "sqlite"
-        if name in self.stores:
-            return self.stores[name]
+        key = name if before is None else f"before-{name}"
+        if key in self.stores:
+            return self.stores[key]
         from bench.backends import Backend
-        from kernel.core.config import load_config
-        from kernel.core.runtime import Runtime
 
         if name == "sqlite":
-            storage, pids = f"sqlite:///{Path(self.tmp) / 'bastion.sqlite3'}", []
+            storage, pids = f"sqlite:///{Path(self.tmp) / (key + '.sqlite3')}", []
         else:
             store = Backend(name, name, True).start()
             self.stack.callback(store.stop)
             storage, pids = store.storage, list(store.backend_pids)
         sections = bastion_sections(storage, self.hash, "bastion")
         sections["bastion"]["development"] = True  # creates the schema (production checks it)
-        runtime = Runtime(load_config(write_config(sections, tempfile.mkdtemp(dir=self.tmp))))
-        try:
-            for tenant, todos in TENANTS.values():
-                fill.fill(runtime.records, f"{tenant}.{HOST}", todos or self.args.update_budget, "t" if todos else "u")
-        finally:
-            runtime.close()
+        config = write_config(sections, tempfile.mkdtemp(dir=self.tmp))
+        plan = [(f"{tenant}.{HOST}", todos or self.args.update_budget, "t" if todos else "u")
+                for tenant, todos in TENANTS.values()]
+        checkout = before or REPO_ROOT  # its kernel first on the path, and its bench.fill
+        roots = [checkout, *sorted(checkout.glob("plugins/*"))]
+        subprocess.run([sys.executable, "-c", FILL_SCRIPT, str(config), json.dumps(plan)], cwd=checkout, check=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots))})
         self.update_ids[storage] = (fill.todo_id("u", i) for i in range(self.args.update_budget))
         self.update_left[storage] = self.args.update_budget
-        self.stores[name] = storage, pids
+        self.stores[key] = storage, pids
         return storage, pids
+
+
+#: Run by a checkout's own code (``python -c FILL_SCRIPT config plan``): open the runtime of the INI file (in
+#: development mode, so the schema is made) and fill its records by the plan. An earlier revision's modules may sit
+#: where round 2 kept them (``kernel.config``, ``kernel.runtime``) rather than in ``kernel.core``.
+FILL_SCRIPT = """
+import json, sys
+try:
+    from kernel.core.config import load_config
+    from kernel.core.runtime import Runtime
+except ImportError:
+    from kernel.config import load_config
+    from kernel.runtime import Runtime
+from bench import fill
+runtime = Runtime(load_config(sys.argv[1]))
+try:
+    fill.fill_plan(runtime.records, [tuple(step) for step in json.loads(sys.argv[2])])
+finally:
+    runtime.close()
+"""
 
 
 def _environ(line: str) -> dict:

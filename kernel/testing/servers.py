@@ -62,7 +62,7 @@ class GunicornServer:
 
     def __init__(self, sections: Mapping[str, Mapping[str, object]], workers: int = 1, threads: int = 4,
                  env: Mapping[str, str] | None = None, host: str = "127.0.0.1", app: str = "kernel.wsgi:app",
-                 startup_timeout: float = 60.0):
+                 startup_timeout: float = 60.0, settings: str = SETTINGS):
         self.sections = {name: dict(values) for name, values in sections.items()}
         self.workers = workers
         self.threads = threads
@@ -71,6 +71,8 @@ class GunicornServer:
         self.port = free_port(host)
         self.app = app
         self.startup_timeout = startup_timeout
+        #: gunicorn's settings module (``-c``): the packaged one, or an earlier checkout's (``bench.interleaved``).
+        self.settings = settings
         self.process: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="bastion-gunicorn-")
         self.log_path = Path(self._tmp.name) / "server.log"
@@ -103,7 +105,7 @@ class GunicornServer:
 
     def command(self) -> list[str]:
         """The server's command line."""
-        return [sys.executable, "-m", "gunicorn", "-c", SETTINGS, self.app]
+        return [sys.executable, "-m", "gunicorn", "-c", self.settings, self.app]
 
     def _wait_ready(self, process: subprocess.Popen) -> None:
         try:
