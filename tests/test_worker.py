@@ -623,6 +623,51 @@ def test_a_connection_closed_to_make_room_gets_no_event_of_the_same_wait(loop_wo
         new.sock.close()
 
 
+def kept_alive(worker, client_data: bytes = b""):
+    """A connection of ``worker`` kept alive after an answer, as ``finish_request`` leaves it, whose client has
+    then sent ``client_data``; and the client's end."""
+    from functools import partial
+
+    conn, client = worker.new_conn()
+    worker._stop_gathering(conn)
+    worker.poller.register(conn.sock, selectors.EVENT_READ, partial(worker.on_client_socket_readable, conn))
+    worker.keepalived_conns.append(conn)
+    if client_data:
+        client.sendall(client_data)
+    return conn, client
+
+
+def test_a_kept_alive_connections_whole_next_request_is_handed_over_in_the_turn_that_saw_it(loop_worker):
+    """The selector said the socket is readable: it is read at once, not registered to be seen again."""
+    worker = loop_worker
+    conn, _ = kept_alive(worker, b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+    worker.wait_for_and_dispatch_events(5.0)
+    assert worker.handed == [conn] and not worker.keepalived_conns and not worker.gathering_conns
+    assert conn.sock not in worker.poller.get_map().values() and worker.nr_conns == 1
+    assert bytes(conn.parser.unreader.buf.getvalue()).endswith(b"\r\n\r\n{}")  # every byte given to the parser
+
+
+def test_a_kept_alive_connections_partial_next_head_waits_with_its_deadline(loop_worker):
+    worker = loop_worker
+    conn, client = kept_alive(worker, b"POST /x HTTP/1.1\r\nHost: loc")
+    began = time.monotonic()
+    worker.wait_for_and_dispatch_events(5.0)
+    assert not worker.handed and list(worker.gathering_conns) == [conn] and bytes(conn.buf).endswith(b"Host: loc")
+    assert began <= conn.head_deadline - worker.header_timeout <= time.monotonic()
+    client.sendall(b"alhost\r\n\r\n")
+    read_until_waiting(worker, conn)
+    assert worker.handed == [conn] and not worker.gathering_conns
+
+
+def test_a_kept_alive_connection_its_client_closed_is_closed_and_uncounted(loop_worker):
+    worker = loop_worker
+    conn, client = kept_alive(worker)
+    client.close()
+    worker.wait_for_and_dispatch_events(5.0)
+    assert conn.sock.fileno() < 0 and worker.nr_conns == 0 and not worker.handed
+    assert not worker.keepalived_conns and not worker.gathering_conns
+
+
 def test_bodies_past_the_body_buffer_wait_unread_and_small_ones_do_not(loop_worker):
     from kernel.server.worker import BODY_ALLOWANCE
 

@@ -82,33 +82,45 @@ class Gathering(Room):
 
     # -- a head ---------------------------------------------------------------
 
-    def gather(self, conn: BastionConn, head: bytes = b"") -> None:
-        """Wait in the selector for the rest of the head that starts with ``head``."""
+    def gather(self, conn: BastionConn, head: bytes = b"", readable: bool = False) -> None:
+        """Wait in the selector for the rest of the head that starts with ``head``.
+
+        ``readable``: the selector has just said that the socket has bytes (a kept-alive connection's next
+        request), so they are read at once, and a head that arrived whole goes on without waiting in the
+        selector (a registration, a turn of the loop and an unregistration fewer).
+        """
         conn.reset()
         conn.buf = bytearray(head)
-        complete = bool(head) and head_complete(conn.buf)
         try:
             conn.sock.setblocking(False)  # after a thread too: the body and 100 Continue are read and sent here
-            if not complete:
-                self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             self.nr_conns -= 1
             conn.close()
             return
-        if complete:
+        if readable:
+            data = self._receive(conn)
+            if data == b"":  # closed or reset before a head began: nobody to answer
+                self.nr_conns -= 1
+                conn.close()
+                return
+            conn.buf += data or b""
+        if conn.buf and head_complete(conn.buf):
             self.head_arrived(conn)
+            return
+        try:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self.nr_conns -= 1
+            conn.close()
             return
         conn.head_deadline = time.monotonic() + self.header_timeout
         self.gathering_conns.append(conn)
 
     def on_head_readable(self, conn: BastionConn, _sock) -> None:
         """Read what arrived of a head; follow its body once the head is complete."""
-        try:
-            data = conn.sock.recv(min(RECV_SIZE, HEADER_CAP + 1 - len(conn.buf)))
-        except (BlockingIOError, InterruptedError):
+        data = self._receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # closed or reset before the head was complete: nobody to answer
             self._stop_gathering(conn)
             self.nr_conns -= 1
@@ -119,6 +131,17 @@ class Gathering(Room):
         if head_complete(conn.buf, start):
             self._stop_gathering(conn)
             self.head_arrived(conn)
+
+    @staticmethod
+    def _receive(conn: BastionConn) -> bytes | None:
+        """What has arrived of a head, up to its cap: ``b""`` when the client closed or reset the connection,
+        None when nothing is there yet."""
+        try:
+            return conn.sock.recv(min(RECV_SIZE, HEADER_CAP + 1 - len(conn.buf)))
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
 
     def head_arrived(self, conn: BastionConn) -> None:
         """The head is complete (the connection in no selector): hand it over, or gather its body first."""
@@ -260,7 +283,7 @@ class Gathering(Room):
             return super().on_client_socket_readable(conn, client)
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self.gather(conn)
+        self.gather(conn, readable=True)
 
     def finish_request(self, conn, fs):
         """A request is done (in the main loop): keep the connection alive, gather what follows, or close it."""
