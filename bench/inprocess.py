@@ -4,8 +4,10 @@ What a change to the pipeline saves is a few per cent of a call, less than two s
 on a shared machine; in process, with no HTTP and nothing else in the way, it can be seen, if the two codes are
 timed under the same load. Each round starts two processes: one runs this checkout's code, the other the code of
 ``--before`` (checked out in a temporary worktree, first on ``PYTHONPATH``). Each builds Bastion's app as
-``bench.interleaved``'s ``in-process`` variant does (SQLite, production settings behind a proxy) and logs in; then
-they take turns, one *slice* at a time: ``--calls`` signed calls of the case, timed by the thread's own CPU
+``bench.interleaved``'s ``in-process`` variant does (SQLite, production settings behind a proxy), fills its tenant
+and logs in, with no more of the measured checkout than its kernel, its plugins and its ``bench/fill.py``, so that
+any revision since round 2 (``163da6a``, with the kernel's modules where they were then) can be the one compared
+with; then they take turns, one *slice* at a time: ``--calls`` signed calls of the case, timed by the thread's own CPU
 (``time.thread_time()``), after as many calls of the bare ceiling's app (the same code in both). The other process
 waits on its pipe meanwhile, so the two never run at once, and which goes first alternates. A slice of one code and
 the next slice of the other ran within a fraction of a second of each other, under the same load: the figure
@@ -31,32 +33,118 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The call shapes (op, todos in the tenant) and the bench user, as ``bench.interleaved`` has them.
+CASES = {"get_all-10": ("get_all", 10), "get_all-1000": ("get_all", 1000), "add": ("add", 10),
+         "update": ("update", 10)}
+HOST = "inprocess.bench.localhost"
+USERNAME = "bench"
+#: Todos filled for the updates of a case (each update names one of its own, at version 1).
+UPDATE_BUDGET = 100_000
+
+
 def child(case: str) -> None:
-    """The measured process: build the app, then time a slice of ``N`` calls for each ``N`` read on stdin."""
-    from bench import ceiling
-    from bench.interleaved import CASES, Interleaved, _environ
+    """The measured process: build the app, then time a slice of ``N`` calls for each ``N`` read on stdin.
+
+    It runs with the measured checkout first on the path, and imports of it only what every revision since
+    round 2 has: the kernel (its modules in ``kernel.core`` and ``kernel.http``, or where round 2 kept them),
+    ``kernel.client``, ``kernel.testing.write_config`` and ``bench.fill``. The ceiling's app and the signing of
+    the calls are this file's and ``bench/ceiling.py``'s, the same in both processes. Bastion is configured as
+    ``bench.interleaved``'s ``in-process`` variant: SQLite, production settings behind a proxy.
+    """
+    import base64
+    import hashlib
+    import hmac
+    import importlib.util
+    import io
+    import secrets
+
+    try:
+        from kernel.core.config import load_config
+        from kernel.core.runtime import Runtime
+        from kernel.http.app import create_app
+    except ImportError:  # the layout before the kernel's layers (round 2)
+        from kernel.app import create_app  # type: ignore[no-redef]
+        from kernel.config import load_config  # type: ignore[no-redef]
+        from kernel.runtime import Runtime  # type: ignore[no-redef]
+    from passlib.hash import argon2
+
+    from bench import fill
+    from kernel.client import Client
+    from kernel.testing import write_config
+
+    spec = importlib.util.spec_from_file_location("bench_ceiling", Path(__file__).with_name("ceiling.py"))
+    assert spec is not None and spec.loader is not None
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
 
     op, todos = CASES[case]
-    bench = Interleaved(argparse.Namespace(workers=2, threads=4, connections=1, update_budget=10))
+    folder = tempfile.mkdtemp(prefix="bastion-inprocess-child-")
+    password = secrets.token_urlsafe(12)
+    sections = {"bastion": {"development": True, "storage": f"sqlite:///{folder}/bastion.sqlite3",
+                            "allowed_hosts": HOST, "trusted_proxies": "127.0.0.1/32"},
+                "auth": {"demo_user": False},
+                "users": {f"{USERNAME}@{HOST}": argon2.using(rounds=1, memory_cost=1024, parallelism=1).hash(password)}}
+    runtime = Runtime(load_config(write_config(sections, tempfile.mkdtemp(dir=folder))))
+    try:  # the schema made as development mode makes it, then the tenant's todos
+        fill.fill(runtime.records, HOST, UPDATE_BUDGET if op == "update" else todos, "u" if op == "update" else "t")
+    finally:
+        runtime.close()
+    sections["bastion"]["development"] = False
+    runtime = Runtime(load_config(write_config(sections, tempfile.mkdtemp(dir=folder)))).start()
+    inner = create_app(runtime)
+
+    def bastion(environ, start_response):  # behind the proxy, as the served targets are
+        environ["HTTP_X_FORWARDED_PROTO"] = "https"
+        return inner(environ, start_response)
+
+    client = Client(app=bastion, host=HOST)
+    client.login(USERNAME, password)
+    assert client.session is not None
+    sid, key, offset = client.session.sid, client.session.key, client.offset or 0
+    updates = (fill.todo_id("u", i) for i in range(UPDATE_BUDGET))
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def body() -> bytes:
+        if op == "get_all":
+            return b"{}"
+        if op == "add":
+            return b'{"args":["buy oat milk"]}'
+        return json.dumps({"args": [next(updates), 1], "kwargs": {"done": True}}, separators=(",", ":")).encode()
+
+    def environs(calls: int) -> list[dict]:
+        """Signed calls (protocol version 1), each with its own nonce and the current ts, as WSGI environs."""
+        ts, path, made = str(int(time.time() + offset)), f"/api/{op}", []
+        for _ in range(calls):
+            data, nonce = body(), b64(secrets.token_bytes(16))
+            text = "\n".join(("bastion-hmac-v1", ts, nonce, "POST", path, HOST, b64(hashlib.sha256(data).digest())))
+            mac = b64(hmac.new(key, text.encode(), hashlib.sha256).digest())
+            made.append({"REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+                         "RAW_URI": path, "SERVER_NAME": HOST, "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+                         "REMOTE_ADDR": "127.0.0.1", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+                         "wsgi.input": io.BytesIO(data), "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+                         "wsgi.multiprocess": False, "wsgi.run_once": False, "HTTP_HOST": HOST,
+                         "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(data)),
+                         "HTTP_AUTHORIZATION": f'Bastion-HMAC sid="{sid}", ts="{ts}", nonce="{nonce}", mac="{mac}"'})
+        return made
+
     statuses: list[str] = []
 
     def start_response(status, headers, exc_info=None):
         statuses.append(status)
 
     try:
-        bastion = bench.bastion("in-process")
-        bench.current_case = case
-        assert bastion.app is not None  # the in-process variant's target is an app, not a URL
-        apps: dict[str, Callable] = {"ceiling": ceiling.create_app(todos), "bastion": bastion.app}
+        apps: dict[str, Callable] = {"ceiling": ceiling.create_app(todos), "bastion": bastion}
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
             calls = int(line)
             figures = {}
             for name, app in apps.items():
-                environs = [_environ(signed) for signed in bastion.lines(op, calls)]
+                made = environs(calls)
                 statuses.clear()
                 started = time.thread_time()
-                for environ in environs:
+                for environ in made:
                     b"".join(app(environ, start_response))
                 cost = (time.thread_time() - started) / calls * 1e6
                 refused = [status for status in statuses if not status.startswith("200")]
@@ -65,7 +153,7 @@ def child(case: str) -> None:
                 figures[name] = round(cost, 1)
             print(json.dumps(figures), flush=True)
     finally:
-        bench.close()
+        runtime.close()
 
 
 class Measured:
