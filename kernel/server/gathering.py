@@ -107,11 +107,7 @@ class Gathering(Room):
         if conn.buf and head_complete(conn.buf):
             self.head_arrived(conn)
             return
-        try:
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_head_readable, conn))
-        except (OSError, ValueError, KeyError):
-            self.nr_conns -= 1
-            conn.close()
+        if not self._follow(conn, self.on_head_readable):
             return
         conn.head_deadline = time.monotonic() + self.header_timeout
         self.gathering_conns.append(conn)
@@ -190,11 +186,7 @@ class Gathering(Room):
         if self.body_ready(conn):
             self.hand_over_body(conn)
             return
-        try:
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_body_readable, conn))
-        except (OSError, ValueError, KeyError):
-            self.nr_conns -= 1
-            conn.close()
+        if not self._follow(conn, self.on_body_readable):
             return
         conn.body_deadline = time.monotonic() + self.body_timeout
         self.body_conns.append(conn)
@@ -422,6 +414,17 @@ class Gathering(Room):
                 paused.paused = False
                 self.poller.register(paused.sock, selectors.EVENT_READ, partial(self.on_body_readable, paused))
             self.paused_conns.clear()
+
+    def _follow(self, conn: BastionConn, on_readable) -> bool:
+        """Wait in the selector for ``conn`` to be readable, then call ``on_readable(conn, sock)``; False when it
+        cannot be registered (the connection is closed and uncounted)."""
+        try:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(on_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self.nr_conns -= 1
+            conn.close()
+            return False
+        return True
 
     def _unregister(self, conn: BastionConn) -> None:
         try:
