@@ -120,7 +120,7 @@ class SqlState:
         # Insert, or take over the row only if it has expired. Whether it was stored is the statement's
         # rowcount: sqlite3 and psycopg both count the row an upsert inserted or took over (1), and none when
         # the conflict's WHERE kept the live row (0). Not RETURNING: on SQLite it makes the statement gather its
-        # rows in a temporary table first (~15 µs of every call's nonce; docs/benchmarks.md, "Where it stands").
+        # rows in a temporary table first (~15 µs of every call's nonce; docs/benchmarks.md, "the run of 2026-12-07 23:30").
         self._add_sql = compile_(insert.on_conflict_do_update(
             index_elements=[c.domain, c.key], set_=overwrite, where=c.expires <= _p("now")))
         # The same, only while the guard key is live: one INSERT ... SELECT ... WHERE EXISTS,
