@@ -517,7 +517,19 @@ def test_a_node_killed_mid_load_loses_no_acknowledged_write(deployment):
 
     def writer(index: int) -> None:
         client = deployment.client()
-        client.login("alice", PASSWORD)
+        while True:  # a login refused while the shared deployment settles is tried again, not a writer lost
+            try:
+                client.login("alice", PASSWORD)
+                break
+            except (ServiceUnavailable, ServerFailure, OSError, http.client.HTTPException) as exc:
+                with lock:
+                    failures.append(f"login {index}: {type(exc).__name__}")
+                if stop.wait(0.1):
+                    return
+            except Exception as exc:  # anything else ends this writer, and the test says what it was
+                with lock:
+                    unexpected.append(f"login {index}: {exc!r}")
+                return
         n = 0
         while not stop.is_set():
             text = f"load {index}-{n}"
