@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,8 +43,9 @@ USERNAME = "bench"
 UPDATE_BUDGET = 100_000
 
 
-def child(case: str) -> None:
-    """The measured process: build the app, then time a slice of ``N`` calls for each ``N`` read on stdin.
+def child(case: str, folder: str) -> None:
+    """The measured process: build the app in ``folder`` (its stores and configuration files), then time a slice
+    of ``N`` calls for each ``N`` read on stdin.
 
     It runs with the measured checkout first on the path, and imports of it only what every revision since
     round 2 has: the kernel (its modules in ``kernel.core`` and ``kernel.http``, or where round 2 kept them),
@@ -78,7 +80,6 @@ def child(case: str) -> None:
     spec.loader.exec_module(ceiling)
 
     op, todos = CASES[case]
-    folder = tempfile.mkdtemp(prefix="bastion-inprocess-child-")
     password = secrets.token_urlsafe(12)
     sections = {"bastion": {"development": True, "storage": f"sqlite:///{folder}/bastion.sqlite3",
                             "allowed_hosts": HOST, "trusted_proxies": "127.0.0.1/32"},
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=300, help="calls per slice")
     args = parser.parse_args(argv)
 
-    folder = Path(tempfile.mkdtemp(prefix="bastion-inprocess-")) / "before"
+    around = tempfile.mkdtemp(prefix="bastion-inprocess-")
+    folder = Path(around) / "before"
     subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(folder), args.before],
                    check=True)
     samples: list[dict] = []
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"slice pairs)", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(folder)], check=False)
+        shutil.rmtree(around, ignore_errors=True)
 
     print(f"\nin process, slices of {args.calls} calls, {args.slices} slice pairs in each of {args.rounds} rounds "
           f"(before = {args.before})\n")
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         sys.path[0] = os.getcwd()  # the measured checkout (the script's own folder is not a package root)
-        child(sys.argv[2])
+        with tempfile.TemporaryDirectory(prefix="bastion-inprocess-child-") as place:
+            child(sys.argv[2], place)
         sys.exit(0)
     sys.exit(main())
