@@ -11,7 +11,7 @@ import pytest
 
 import kernel
 from kernel import hookimpl
-from kernel.core.plugins import describe, get_plugin_manager
+from kernel.core.plugins import DirectHook, describe, get_plugin_manager
 
 
 def names(pm):
@@ -61,6 +61,92 @@ def test_trace_from_environment(monkeypatch, caplog):
     with caplog.at_level(logging.DEBUG, logger="bastion.plugins"):
         pm.hook.bastion_models()
     assert "bastion_models" in caplog.text
+
+
+class Verdict:
+    """A plugin answering ``bastion_has_permission`` and ``bastion_authenticate`` with what it was made with."""
+
+    def __init__(self, verdict, name="plain"):
+        self.verdict, self.name, self.calls = verdict, name, []
+
+    @hookimpl
+    def bastion_has_permission(self, session, service, request):
+        self.calls.append((session, service, request))
+        return self.verdict
+
+    @hookimpl
+    def bastion_authenticate(self, credentials, service):
+        return None if self.verdict is None else (self.name, credentials, service)
+
+
+class First(Verdict):
+    @hookimpl(tryfirst=True)
+    def bastion_has_permission(self, session, service, request):
+        return super().bastion_has_permission(session, service, request)
+
+
+def _both(pm, name, **kwargs):
+    """What pluggy's own call answers, and what the DirectHook's does."""
+    return getattr(pm.hook, name)(**kwargs), DirectHook(pm, name)(**kwargs)
+
+
+def test_direct_hook_answers_as_pluggy_does():
+    pm = get_plugin_manager(only=[])
+    plugins = [Verdict(True, "a"), First(False, "b"), Verdict(None, "c"), Verdict("maybe", "d")]
+    for plugin in plugins:
+        pm.register(plugin)
+    kwargs = {"session": "s", "service": "get_all", "request": "r"}
+    direct = DirectHook(pm, "bastion_has_permission")
+    assert direct(**kwargs) == pm.hook.bastion_has_permission(**kwargs) == [False, "maybe", True]  # tryfirst first
+    assert plugins[0].calls[-1] == ("s", "get_all", "r")  # arguments by name, in the implementation's order
+    # firstresult: the first answer that is not None, in the same order (c says None, d answers)
+    kwargs = {"request": "r", "credentials": "cr", "service": "add", "admissions": [], "runtime": None}
+    assert _both(pm, "bastion_authenticate", **kwargs) == (("d", "cr", "add"), ("d", "cr", "add"))
+    for plugin in plugins:
+        pm.unregister(plugin)
+    assert _both(pm, "bastion_authenticate", **kwargs) == (None, None)
+
+
+def test_direct_hook_sees_a_plugin_registered_or_unregistered_after_its_first_call():
+    pm = get_plugin_manager(only=[])
+    direct = DirectHook(pm, "bastion_has_permission")
+    kwargs = {"session": "s", "service": "x", "request": "r"}
+    assert direct(**kwargs) == []
+    late = Verdict(False)
+    pm.register(late)
+    assert direct(**kwargs) == [False]
+    pm.unregister(late)
+    assert direct(**kwargs) == []
+
+
+def test_direct_hook_leaves_wrappers_and_traced_calls_to_pluggy(caplog):
+    seen = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def bastion_has_permission(self, session, service, request):
+            seen.append(service)
+            verdicts = yield
+            return [*verdicts, "wrapped"]
+
+    pm = get_plugin_manager(only=[])
+    pm.register(Verdict(True))
+    pm.register(Wrapper())
+    assert DirectHook(pm, "bastion_has_permission")(session=None, service="add", request=None) == [True, "wrapped"]
+    assert seen == ["add"]
+
+    traced = get_plugin_manager(only=[], trace=True)
+    traced.register(Verdict(True))
+    with caplog.at_level(logging.DEBUG, logger="bastion.plugins"):
+        assert DirectHook(traced, "bastion_has_permission")(session=None, service="add", request=None) == [True]
+    assert "call bastion_has_permission" in caplog.text and "done bastion_has_permission" in caplog.text
+
+
+def test_direct_hook_refuses_a_call_without_an_argument_as_pluggy_does():
+    pm = get_plugin_manager(only=[])
+    pm.register(Verdict(True))
+    with pytest.raises(pluggy.HookCallError, match="'request'"):
+        DirectHook(pm, "bastion_has_permission")(session=None, service="add")
 
 
 def test_describe_lists_distribution_version_and_hooks():

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -29,6 +30,10 @@ DEFAULT_PLUGINS = (("kernel.defaults", "kernel.defaults"), ("storage_mem", "kern
 #: The name under which a runtime takes its seat on its plugin manager (an object without hooks): one runtime per
 #: manager, seen by pluggy's own ``get_plugin``; not a plugin, so :func:`describe` leaves it out.
 SEAT = "bastion.runtime"
+
+#: The plugin managers whose hook calls are traced (``trace``): a :class:`DirectHook` of theirs leaves every call
+#: to pluggy, whose monitoring writes the trace.
+_TRACED: weakref.WeakSet[pluggy.PluginManager] = weakref.WeakSet()
 
 
 def get_plugin_manager(
@@ -60,6 +65,7 @@ def get_plugin_manager(
     if trace:
         log.setLevel(logging.DEBUG)
         pm.add_hookcall_monitoring(_trace_before, _trace_after)
+        _TRACED.add(pm)
     return pm
 
 
@@ -180,3 +186,56 @@ def call_per_plugin(pm: pluggy.PluginManager, name: str, settings_of: Callable[[
             continue
         results.extend(r for r in result if r is not None)
     return results
+
+
+class DirectHook:
+    """Calls one hook's implementations as pluggy's own call does, without its general machinery, for the hooks
+    every signed call makes (the pipeline's steps ``ban``, ``authenticate`` and ``authorize``).
+
+    pluggy's call checks its arguments against the spec, copies the list of implementations and runs each through
+    a loop that also serves wrappers; for a hook whose implementations are plain functions that is most of what a
+    call costs. This caller asks pluggy for the hook's implementations at every call (so a plugin registered or
+    unregistered later counts at once) and, while they are the ones it last saw, calls each in pluggy's order
+    (last registered first, ``tryfirst``/``trylast`` as pluggy sorted them) with its arguments taken from the
+    call's keywords by name, collecting the results that are not None (the first for a ``firstresult`` hook).
+    Anything else goes through pluggy itself: an implementation that is a wrapper or has an argument with a
+    default (pluggy passes those by keyword), and every call while hook calls are traced
+    (``BASTION_TRACE_PLUGINS``), so that the trace misses none.
+    """
+
+    __slots__ = ("name", "_caller", "_first", "_traced", "_seen", "_plan")
+
+    def __init__(self, pm: pluggy.PluginManager, name: str):
+        self.name = name
+        self._caller = getattr(pm.hook, name)
+        spec = self._caller.spec
+        self._first = bool(spec is not None and spec.opts.get("firstresult"))
+        self._traced = pm in _TRACED
+        self._seen: list[HookImpl] | None = None
+        #: ``(function, argnames)`` per implementation, in calling order; None: pluggy calls them.
+        self._plan: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None = None
+
+    def __call__(self, **kwargs: Any) -> Any:
+        impls = self._caller.get_hookimpls()
+        if impls != self._seen:
+            self._seen, self._plan = impls, self._planned(impls)
+        plan = self._plan
+        if plan is None:
+            return self._caller(**kwargs)
+        results = []
+        for function, argnames in plan:
+            try:
+                args = [kwargs[name] for name in argnames]
+            except KeyError as missing:  # as pluggy says it
+                raise pluggy.HookCallError(f"hook call must provide argument {missing.args[0]!r}") from missing
+            result = function(*args)
+            if result is not None:
+                if self._first:
+                    return result
+                results.append(result)
+        return None if self._first else results
+
+    def _planned(self, impls: list[HookImpl]) -> tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None:
+        if self._traced or any(impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls):
+            return None
+        return tuple((impl.function, tuple(impl.argnames)) for impl in reversed(impls))

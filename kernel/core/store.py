@@ -433,12 +433,16 @@ class UnitOfWork:
         cost no record object: the way to answer a list.
         """
         info = self.models.info(model)
-        name, loaded, shaped = info.name, self._loaded, info.shaped
+        name, loaded, shaped, fields = info.name, self._loaded, info.shaped, info.fields
         out = []
         for stored in self._select(info, where, after, limit):
             record = loaded.get((name, stored.id)) if loaded else None
             if record is None:
-                out.append({"id": stored.id, "vsn": stored.vsn, **shaped(stored.data)})
+                data = stored.data
+                # A stored record has its model's fields as a rule: it is shaped only when it has not (as
+                # ``shaped`` would find, without a call per record).
+                out.append({"id": stored.id, "vsn": stored.vsn,
+                            **(data if fields is None or fields == data.keys() else shaped(data))})
             else:
                 out.append({"id": record._id, "vsn": record._vsn, **shaped(record.fields())})
         return out

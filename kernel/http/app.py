@@ -112,6 +112,17 @@ class PipelineMiddleware:
     def __init__(self, pipeline: Pipeline, http: HttpSettings):
         self.pipeline = pipeline
         self.http = http
+        #: Each resource's :class:`Route`, read once (resources and sinks are made with the app and live as long).
+        self._routes: dict[int, tuple[object, Route]] = {}
+
+    def route_of(self, resource: object) -> Route:
+        """The :class:`Route` of a resource, from its class attributes the first time it is asked for."""
+        known = self._routes.get(id(resource))
+        if known is not None and known[0] is resource:
+            return known[1]
+        route = Route.of(resource)
+        self._routes[id(resource)] = (resource, route)  # the resource held: its id is never another's
+        return route
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A new :class:`Call`, its context bound, then the ``request`` phase (target, origin, host)."""
@@ -123,7 +134,7 @@ class PipelineMiddleware:
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         """The ``route`` phase (steps 2 to 10), for what the matched resource asks."""
         call: Call = req.context.call
-        call.route = Route.of(resource)
+        call.route = self.route_of(resource)
         if "service" in params:
             call.service = params["service"]
         call.request._protected = call.route.protected

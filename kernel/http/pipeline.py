@@ -53,6 +53,7 @@ from kernel.core.errors import (
 )
 from kernel.core.hosts import FORWARDING_HEADERS, forwarding_headers, parse_domain
 from kernel.core.jsonio import loads
+from kernel.core.plugins import DirectHook
 from kernel.core.sealing import SEALED_TYPE, Sealing, answer_aad, call_aad, is_sealed, open_envelope, seal
 from kernel.core.signing import Authentication, Credentials, ResponseSigner
 from kernel.http.routes import answer
@@ -94,10 +95,14 @@ class Phase(enum.Enum):
     CALL = "call"
     ANSWER = "answer"
 
+    # A member is its own only instance: hashed by identity, in C, instead of by Enum's hash of its name in Python
+    # (the pipeline looks a phase up four times a request).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True)
 class Route:
-    """What the resource a request matched asks of the pipeline (its class attributes, read once per request)."""
+    """What the resource a request matched asks of the pipeline (its class attributes, read once per resource)."""
 
     protected: bool = False
     signed: bool = False
@@ -116,7 +121,7 @@ class Route:
 UNROUTED = Route()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     """Everything the pipeline knows about one request: made when it arrives, read by every step after."""
 
@@ -188,16 +193,23 @@ class Pipeline:
         names = [step.name for step in self.steps]
         if len(set(names)) != len(names):
             raise ValueError(f"two steps have one name: {names}")
-        self._by_phase = {phase: tuple(s for s in self.steps if s.phase is phase) for phase in Phase}
+        # Each phase's steps, each with its ``applies`` (None for a step that concerns every request: nothing to ask).
+        self._plans = {phase: tuple((step, None if type(step).applies is Step.applies else step.applies)
+                                    for step in self.steps if step.phase is phase) for phase in Phase}
 
     def run(self, phase: Phase, call: Call) -> None:
         """Run the phase's steps that apply, in order, until one raises or (before the answer phase) completes the
         answer itself (a redirect)."""
-        answering = phase is Phase.ANSWER
-        for step in self._by_phase[phase]:
-            if call.resp.complete and not answering:
+        if phase is Phase.ANSWER:
+            for step, applies in self._plans[phase]:
+                if applies is None or applies(call):
+                    step.run(call)
+            return
+        resp = call.resp
+        for step, applies in self._plans[phase]:
+            if resp.complete:
                 return
-            if step.applies(call):
+            if applies is None or applies(call):
                 step.run(call)
 
     def begin(self, call: Call) -> None:
@@ -367,6 +379,7 @@ class BanStep(Step):
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self._admit = DirectHook(runtime.pm, "bastion_admit")
 
     def applies(self, call: Call) -> bool:
         return call.route.protected
@@ -375,7 +388,7 @@ class BanStep(Step):
         if call.route.signed and call.req.method == "POST":
             # The authenticator may read what it needs with the ban (one round trip) and find it at step 7.
             call.credentials = credentials_of(call)
-        results = self.runtime.hook.bastion_admit(request=call.request, credentials=call.credentials,
+        results = self._admit(request=call.request, credentials=call.credentials,
                                                   runtime=self.runtime)
         call.admissions = [r for r in results if r is not None]
 
@@ -447,13 +460,14 @@ class AuthenticateStep(_PostStep):
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self._authenticate = DirectHook(runtime.pm, "bastion_authenticate")
 
     def applies(self, call: Call) -> bool:
         return call.route.signed and call.req.method == "POST"
 
     def run(self, call: Call) -> None:
         credentials = call.credentials = credentials_of(call)
-        result = self.runtime.hook.bastion_authenticate(request=call.request, credentials=credentials,
+        result = self._authenticate(request=call.request, credentials=credentials,
                                                         service=call.service, admissions=call.admissions,
                                                         runtime=self.runtime)
         if result is None:
@@ -533,9 +547,13 @@ class AuthorizeStep(_ServiceStep):
     hook = "bastion_has_permission"
     does = "permission (403 Forbidden): any False denies"
 
+    def __init__(self, runtime: Runtime):
+        super().__init__(runtime)
+        self._has_permission = DirectHook(runtime.pm, "bastion_has_permission")
+
     def run(self, call: Call) -> None:
         request = call.request
-        verdicts = self.runtime.hook.bastion_has_permission(session=request.session, service=call.service,
+        verdicts = self._has_permission(session=request.session, service=call.service,
                                                            request=request)
         if any(allowed is False for allowed in verdicts):
             raise Forbidden(f"you may not call {call.service}")
@@ -639,20 +657,18 @@ class HeadersStep(Step):
 
     def __init__(self, http: HttpSettings):
         self.http = http
+        common = [("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                  ("Referrer-Policy", "no-referrer")]
+        if not http.development:
+            common.append(("Strict-Transport-Security", HSTS))
+        # The headers every answer gets besides its request id, set in one call: a static file's, any other's.
+        self._static = (*common, ("Content-Security-Policy", STATIC_CSP))
+        self._other = (*common, ("Cache-Control", "no-store"), ("Content-Security-Policy", API_CSP))
 
     def run(self, call: Call) -> None:
         resp = call.resp
         resp.set_header("X-Request-Id", call.request_id)
-        resp.set_header("X-Content-Type-Options", "nosniff")
-        resp.set_header("X-Frame-Options", "DENY")
-        resp.set_header("Referrer-Policy", "no-referrer")
-        if not self.http.development:
-            resp.set_header("Strict-Transport-Security", HSTS)
-        if call.static:
-            resp.set_header("Content-Security-Policy", STATIC_CSP)
-        else:
-            resp.set_header("Cache-Control", "no-store")
-            resp.set_header("Content-Security-Policy", API_CSP)
+        resp.set_headers(self._static if call.static else self._other)
 
 
 class AccountStep(Step):

@@ -197,7 +197,7 @@ class SqlExecutor:
         except self._errors as error:
             # The pool timed out, or no new connection could be made: nothing was sent.
             raise self._failure(error, conflicts) from None
-        return _Attempt(fairy, self._watch(fairy))
+        return _Attempt(fairy, None if self.watchdog is None else self._watch(fairy))
 
     def _recover(self, attempt: _Attempt, error: BaseException) -> bool:
         """After a database error: end the attempt's deadline, end what SQLite may keep open, discard a broken
@@ -213,7 +213,7 @@ class SqlExecutor:
 
     def _finish(self, attempt: _Attempt) -> None:
         """End an attempt: its deadline, a transaction SQLite may keep open, and its connection's loan."""
-        if self._release(attempt):
+        if attempt.watch is not None and self._release(attempt):
             attempt.fairy.invalidate()  # cut just as the answer came: the connection is no use now
         elif not self.postgresql:
             self._rollback(attempt.connection)  # if a transaction is open (the pool does not reset SQLite connections)
@@ -294,7 +294,9 @@ class SqlExecutor:
         they would without the kept ones. Counting the kept ones costs no look at the pool's queue (and its
         lock) at every call.
         """
-        if not self.postgresql and len(self._idle) < self._kept_connections and fairy.is_valid and not self._closed:
+        # (``dbapi_connection`` is what the fairy's ``is_valid`` looks at, without the property's call.)
+        if not self.postgresql and len(self._idle) < self._kept_connections and fairy.dbapi_connection is not None \
+                and not self._closed:
             self._idle.append(fairy)
         else:
             fairy.close()
