@@ -94,7 +94,7 @@ from kernel.core.errors import (  # noqa: E402
 )
 from kernel.core.hookspecs import hookimpl  # noqa: E402
 from kernel.core.hosts import parse_domain  # noqa: E402
-from kernel.core.jsonio import dumps, dumps_text, loads, loads_stored  # noqa: E402
+from kernel.core.jsonio import dumps, dumps_text, loads, loads_stored, loads_stored_all  # noqa: E402
 from kernel.core.runtime import PROCESS_LOCAL, Runtime  # noqa: E402
 from kernel.core.sealing import KeyPair, Sealing, SessionKeys, derive_keys, load_public  # noqa: E402
 from kernel.core.services import json_type, service  # noqa: E402
@@ -113,7 +113,8 @@ __all__ = [
     "Config", "load_config", "PluginSettings",
     "Settings", "Option", "Bool", "Choice", "Float", "Int", "List", "Networks", "Size", "Str",
     # JSON and text
-    "dumps", "dumps_text", "loads", "loads_stored", "json_type", "b64url", "b64url_decode", "parse_domain",
+    "dumps", "dumps_text", "loads", "loads_stored", "loads_stored_all", "json_type", "b64url", "b64url_decode",
+    "parse_domain",
     # authentication
     "Credentials", "Authentication", "KeyPair", "Sealing", "SessionKeys", "derive_keys", "load_public",
     # operations: bastion check --deploy

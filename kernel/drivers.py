@@ -26,7 +26,7 @@ a driver included (``hookimpl``, configuration sections, ``Problem`` for
   :func:`redact` (a URL with its password hidden, for messages).
 * What a driver raises: :class:`VersionConflict`, :class:`RecordNotFound`,
   :class:`ServiceUnavailable` (with ``backend=``), :class:`ConfigError`; and
-  how it keeps JSON as text: :func:`dumps_text`, :func:`loads_stored`.
+  how it keeps JSON as text: :func:`dumps_text`, :func:`loads_stored` (:func:`loads_stored_all` for a select's rows).
 * :class:`MemoryDriver`: the kernel's own ``mem://`` driver, the reference
   to read, wrap or subclass.
 * The conformance suite, from :mod:`kernel.testing`: :class:`DriverSuite`
@@ -79,7 +79,7 @@ from kernel.core.driver import (
     state_kind,
 )
 from kernel.core.errors import ConfigError, RecordNotFound, ServiceUnavailable, VersionConflict
-from kernel.core.jsonio import dumps_text, loads_stored
+from kernel.core.jsonio import dumps_text, loads_stored, loads_stored_all
 from kernel.core.runtime import PROCESS_LOCAL
 from kernel.core.urls import StorageURL, redact
 from kernel.storage_mem import MemoryDriver
@@ -102,6 +102,7 @@ __all__ = [
     "StorageURL", "redact", "PluginSettings",
     # what a driver raises, and JSON kept as text
     "VersionConflict", "RecordNotFound", "ServiceUnavailable", "ConfigError", "dumps_text", "loads_stored",
+    "loads_stored_all",
     # the reference driver
     "MemoryDriver",
     # the conformance suite (lazily, from kernel.testing)

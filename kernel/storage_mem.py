@@ -56,7 +56,7 @@ from kernel.core.driver import (
 )
 from kernel.core.errors import RecordNotFound, VersionConflict
 from kernel.core.hookspecs import hookimpl
-from kernel.core.jsonio import dumps_text, loads_stored
+from kernel.core.jsonio import dumps_text, loads_stored, loads_stored_all
 from kernel.core.runtime import PROCESS_LOCAL
 from kernel.core.urls import StorageURL
 
@@ -134,7 +134,8 @@ class MemoryDriver:
                 picked = rows.items()
             # Only the page's rows are decoded, outside the lock (rows are replaced, never changed in place).
             picked = list(picked if limit is None else itertools.islice(picked, limit))
-        return [StoredRecord(model, i, row.vsn, loads_stored(row.data)) for i, row in picked]
+        datas = loads_stored_all([row.data for _, row in picked])
+        return [StoredRecord(model, i, row.vsn, data) for (i, row), data in zip(picked, datas, strict=True)]
 
     def _places_of(self, domain: str, model: str, rows: dict[str, _Row]) -> tuple[list[str], dict[str, int]]:
         """A model's ids in creation order, and each one's place in them (under the lock; kept until a commit

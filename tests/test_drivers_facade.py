@@ -25,6 +25,7 @@ PROMISED = {
     "is_text", "MAX_ID_LENGTH", "PROBE_DOMAIN", "REMOVED_HISTORY_STEP", "DEFAULT_HISTORY_KEEP_REMOVED",
     "StorageURL", "redact", "PluginSettings",
     "VersionConflict", "RecordNotFound", "ServiceUnavailable", "ConfigError", "dumps_text", "loads_stored",
+    "loads_stored_all",
     "MemoryDriver",
     "DriverSuite", "RecordsSuite", "UnitOfWorkSuite", "HistorySuite", "StateSuite", "HealthSuite", "SuiteBase",
     "TenantsSuite", "requires",

@@ -3,7 +3,8 @@
 pluggy calls every implementation with the keyword arguments it was given: an unknown keyword is silently
 dropped (an implementation never sees it), a missing one fails only when the hook is called with an
 implementation that takes it, and a positional argument is refused at call time. So every call site in the
-kernel and the plugins (``<anything>.hook.bastion_x(...)``, or ``hook.bastion_x(...)``) is read here, and must
+kernel and the plugins (``<anything>.hook.bastion_x(...)``, or ``hook.bastion_x(...)``, and ``hooks`` for the pipeline's
+direct callers) is read here, and must
 pass by keyword exactly the names of the spec's parameters.
 """
 
@@ -38,7 +39,8 @@ def _per_plugin_hook(node: ast.AST) -> str | None:
 
 
 def _hook_called(node: ast.AST) -> str | None:
-    """The hook a node calls, if it is ``<anything>.hook.bastion_x(...)``, ``hook.bastion_x(...)`` or a per-plugin call."""
+    """The hook a node calls, if it is ``<anything>.hook.bastion_x(...)``, ``hook.bastion_x(...)`` (or ``hooks``) or a
+    per-plugin call."""
     per_plugin = _per_plugin_hook(node)
     if per_plugin is not None:
         return per_plugin
@@ -46,7 +48,9 @@ def _hook_called(node: ast.AST) -> str | None:
             and node.func.attr.startswith("bastion_")):
         return None
     owner = node.func.value
-    if (isinstance(owner, ast.Name) and owner.id == "hook") or (isinstance(owner, ast.Attribute) and owner.attr == "hook"):
+    # ``hooks``: the pipeline's DirectHooks (kernel/core/plugins.py), called as pluggy's relay is.
+    if (isinstance(owner, ast.Name) and owner.id in ("hook", "hooks")) or (
+            isinstance(owner, ast.Attribute) and owner.attr in ("hook", "hooks")):
         return node.func.attr
     return None
 

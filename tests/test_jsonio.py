@@ -150,3 +150,11 @@ def test_a_lone_surrogate_is_found_in_the_escapes_without_writing_the_value_agai
             jsonio.loads(text.encode())
     else:
         assert jsonio.loads(text.encode()) == __import__("json").JSONDecoder().decode(text)
+
+
+def test_loads_stored_all_reads_each_text_as_loads_stored_does(writer):
+    texts = [jsonio.dumps_text(value) for value in VALUES]
+    assert jsonio.loads_stored_all(texts) == [jsonio.loads_stored(text) for text in texts] == list(VALUES)
+    big = jsonio.dumps_text({"n": 2 ** 70})  # one text orjson cannot read: the whole list is read one by one
+    assert jsonio.loads_stored_all(iter([texts[0], big])) == [VALUES[0], {"n": 2 ** 70}]
+    assert jsonio.loads_stored_all([]) == []

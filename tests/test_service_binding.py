@@ -47,3 +47,39 @@ def test_arguments_are_still_checked_when_there_are_some():
         service(["ten"], {})
     with pytest.raises(InvalidCall, match="unexpected argument 'page'"):
         service([], {"page": 2})
+
+
+def test_plain_parameters_bind_as_inspect_binds_them():
+    """Services whose parameters are all plain bind by position without inspect's binding: the same call, the same
+    checks and the same refusal, for every shape of arguments tried."""
+
+    def update(id: str, vsn: int, done: bool = False, title: str | None = None):
+        return id, vsn, done, title
+
+    def one(text: str):
+        return text
+
+    def untyped(a, b=2):
+        return a, b
+
+    shapes = [([], {}), (["x"], {}), (["x", 1], {}), (["x", 1, True], {}), (["x", 1, True, "t"], {}),
+              (["x", 1, True, "t", 5], {}), (["x"], {"vsn": 1}), ([], {"id": "x", "vsn": 1}),
+              (["x", 1], {"done": True}), (["x", 1], {"title": "t", "done": False}), (["x", 1], {"id": "y"}),
+              (["x", 1], {"page": 2}), (["x", "1"], {}), ([1, 1], {}), (["x", 1], {"done": "yes"}),
+              (["x", True], {"title": 3}), ([], {"vsn": 1}), (["x"], {"title": None}), ([None], {}), ([[]], {}),
+              ([], {"text": "t"}), (["t"], {"text": "t"}), ([1], {"b": 3}), ([1, 2], {"b": 3})]
+    for fn in (update, one, untyped):
+        service = Service(fn.__name__, fn)
+        for args, kwargs in shapes:
+            try:
+                bound = service.bind(list(args), dict(kwargs))
+                expected: object = fn(*bound.args, **bound.kwargs)
+            except InvalidCall as refused:
+                expected = str(refused)
+            try:
+                got: object = service(list(args), dict(kwargs))
+            except InvalidCall as refused:
+                got = str(refused)
+            assert got == expected, (fn.__name__, args, kwargs)
+    assert Service("update", update)._plain == ("id", "vsn", "done", "title")
+    assert Service("listing", lambda limit=10, *, done=None: 0)._plain is None  # a keyword-only: inspect binds

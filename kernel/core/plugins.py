@@ -239,3 +239,16 @@ class DirectHook:
         if self._traced or any(impl.hookwrapper or impl.wrapper or impl.kwargnames for impl in impls):
             return None
         return tuple((impl.function, tuple(impl.argnames)) for impl in reversed(impls))
+
+
+class DirectHooks:
+    """:class:`DirectHook` callers of the hooks named, as attributes of their names: held as ``self.hooks``, they are
+    called as pluggy's relay is (``self.hooks.bastion_admit(request=..., ...)``), where tests/test_hookspecs.py
+    finds every call and checks its arguments against the hook's spec."""
+
+    def __init__(self, pm: pluggy.PluginManager, *names: str):
+        for name in names:
+            setattr(self, name, DirectHook(pm, name))
+
+    def __getattr__(self, name: str) -> DirectHook:  # pragma: no cover - for type checkers: every name was set
+        raise AttributeError(f"no direct caller of {name}: name it when the DirectHooks are made")

@@ -66,6 +66,12 @@ class Service:
         #: Whether a call without arguments binds (no parameter needs a value): it then skips the binding.
         self.takes_nothing = all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                                  for p in params)
+        #: The names of the parameters, in order, when every one is a plain one (positional or keyword, no
+        #: ``*args``, ``**kwargs`` or keyword-only): a call then binds by their positions (see :meth:`arguments`).
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        self._plain: tuple[str, ...] | None = tuple(self.signature.parameters) if plain else None
+        #: Of those, the ones without a default.
+        self._required = frozenset(p.name for p in params if p.default is p.empty)
 
     def bind(self, args: list, kwargs: dict) -> inspect.BoundArguments:
         """Bind JSON arguments to the signature; raise InvalidCall naming what does not bind."""
@@ -87,6 +93,28 @@ class Service:
         """The positional and keyword arguments of a call, bound and checked (InvalidCall otherwise)."""
         if not args and not kwargs and self.takes_nothing:
             return (), {}  # what binding nothing gives: every parameter keeps its default
+        names = self._plain
+        if names is not None and len(args) <= len(names):
+            # Plain parameters: the first len(args) are given by position, the others by keyword or their default.
+            # When that binds, it is what inspect's binding finds, with the same checks, in a loop over the
+            # arguments; anything else (too many, a name twice, one missing or unknown) is left to it, for its error.
+            given = names[:len(args)]
+            if all(name not in given and name in names for name in kwargs) and \
+                    all(name in kwargs for name in self._required.difference(given)):
+                checks = self.checks
+                for index, name in enumerate(names):  # in the signature's order, as inspect's binding has them
+                    check = checks.get(name)
+                    if check is None:
+                        continue
+                    if index < len(args):
+                        value = args[index]
+                    elif name in kwargs:
+                        value = kwargs[name]
+                    else:
+                        continue
+                    if not check(value):
+                        raise InvalidCall(f"{self.name}: argument {name!r} has the wrong type ({json_type(value)})")
+                return tuple(args), kwargs
         bound = self.bind(args, kwargs)
         return bound.args, bound.kwargs
 

@@ -36,7 +36,7 @@ that a domain holds the history of at most that many removed records.
 from __future__ import annotations
 
 import copy
-import uuid
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -157,7 +157,7 @@ class Record:
 
     def fields(self) -> dict[str, Any]:
         """Return a copy of the data fields."""
-        return copy.deepcopy(self._data)
+        return copied(self._data)
 
     def __repr__(self) -> str:
         # The field names, never their values: a record may hold a password hash, and reprs end up in logs.
@@ -223,7 +223,7 @@ class ModelInfo:
         """Give ``data`` (read from a driver, owned by the caller) the default of each field it lacks."""
         if self.fields is not None and not self.fields.issubset(data):
             for name in self.fields - data.keys():
-                data[name] = copy.deepcopy(self.defaults[name])  # type: ignore[index]
+                data[name] = copied_value(self.defaults[name])  # type: ignore[index]
         return data
 
     def shaped(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -515,7 +515,7 @@ class UnitOfWork:
         """Create a record (id: a random UUID unless named), initialized then given ``fields``."""
         info = self.models.info(model)
         if id is None:
-            id = str(uuid.uuid4())
+            id = new_record_id()
         else:
             check_record_id(id)
         key = (info.name, id)
@@ -646,3 +646,26 @@ def storage() -> UnitOfWork:
     request = context.get()
     return UnitOfWork(scope.driver, scope.domain, scope.models, scope.validator,
                       request.user if request is not None else None)
+
+
+#: The types of the JSON values a copy can share: immutable (``copy.deepcopy`` gives the value itself back).
+_SHARED = frozenset({str, int, float, bool, type(None)})
+
+
+def copied_value(value: Any) -> Any:
+    """A deep copy of a value of record data: a scalar as it is, anything else through ``copy.deepcopy``."""
+    return value if type(value) in _SHARED else copy.deepcopy(value)
+
+
+def copied(data: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of record data (what ``copy.deepcopy`` gives, without a call per scalar field)."""
+    return {name: value if type(value) in _SHARED else copy.deepcopy(value) for name, value in data.items()}
+
+
+def new_record_id() -> str:
+    """A random record id, as ``str(uuid.uuid4())`` writes one (version 4, RFC 4122 variant), without the UUID."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

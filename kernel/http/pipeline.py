@@ -53,7 +53,7 @@ from kernel.core.errors import (
 )
 from kernel.core.hosts import FORWARDING_HEADERS, forwarding_headers, parse_domain
 from kernel.core.jsonio import loads
-from kernel.core.plugins import DirectHook
+from kernel.core.plugins import DirectHooks
 from kernel.core.sealing import SEALED_TYPE, Sealing, answer_aad, call_aad, is_sealed, open_envelope, seal
 from kernel.core.signing import Authentication, Credentials, ResponseSigner
 from kernel.http.routes import answer
@@ -379,7 +379,7 @@ class BanStep(Step):
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self._admit = DirectHook(runtime.pm, "bastion_admit")
+        self.hooks = DirectHooks(runtime.pm, "bastion_admit")
 
     def applies(self, call: Call) -> bool:
         return call.route.protected
@@ -388,7 +388,7 @@ class BanStep(Step):
         if call.route.signed and call.req.method == "POST":
             # The authenticator may read what it needs with the ban (one round trip) and find it at step 7.
             call.credentials = credentials_of(call)
-        results = self._admit(request=call.request, credentials=call.credentials,
+        results = self.hooks.bastion_admit(request=call.request, credentials=call.credentials,
                                                   runtime=self.runtime)
         call.admissions = [r for r in results if r is not None]
 
@@ -460,14 +460,14 @@ class AuthenticateStep(_PostStep):
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self._authenticate = DirectHook(runtime.pm, "bastion_authenticate")
+        self.hooks = DirectHooks(runtime.pm, "bastion_authenticate")
 
     def applies(self, call: Call) -> bool:
         return call.route.signed and call.req.method == "POST"
 
     def run(self, call: Call) -> None:
         credentials = call.credentials = credentials_of(call)
-        result = self._authenticate(request=call.request, credentials=credentials,
+        result = self.hooks.bastion_authenticate(request=call.request, credentials=credentials,
                                                         service=call.service, admissions=call.admissions,
                                                         runtime=self.runtime)
         if result is None:
@@ -549,11 +549,11 @@ class AuthorizeStep(_ServiceStep):
 
     def __init__(self, runtime: Runtime):
         super().__init__(runtime)
-        self._has_permission = DirectHook(runtime.pm, "bastion_has_permission")
+        self.hooks = DirectHooks(runtime.pm, "bastion_has_permission")
 
     def run(self, call: Call) -> None:
         request = call.request
-        verdicts = self._has_permission(session=request.session, service=call.service,
+        verdicts = self.hooks.bastion_has_permission(session=request.session, service=call.service,
                                                            request=request)
         if any(allowed is False for allowed in verdicts):
             raise Forbidden(f"you may not call {call.service}")

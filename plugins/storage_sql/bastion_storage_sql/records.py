@@ -44,6 +44,7 @@ from kernel import (
     index_token,
     is_record_id,
     loads_stored,
+    loads_stored_all,
 )
 
 
@@ -189,7 +190,8 @@ class SqlRecords:
         rows = self._run(READ, lambda connection: all_rows(connection, sql, values))
         if after is not None and not rows and self.fetch(domain, model, after) is None:
             raise RecordNotFound(f"no {model} with id {after!r}")  # an empty page, or no such record: asked apart
-        return [StoredRecord(model, id, vsn, loads_stored(data)) for id, vsn, data in rows]
+        datas = loads_stored_all([row[2] for row in rows])
+        return [StoredRecord(model, id, vsn, data) for (id, vsn, _), data in zip(rows, datas, strict=True)]
 
     def _select_query(self, domain: str, model: str, where: Mapping[str, Scalar] | None,
                       after: str | None = None, limit: int | None = None) -> tuple[Sql, dict]:
