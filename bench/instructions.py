@@ -13,13 +13,13 @@ For each case and each code (this checkout, and ``--before`` in a temporary work
 ``bench.inprocess``'s measured process twice under callgrind, each time with the same set-up and a warm slice of
 ``--warm`` Bastion calls, then:
 
-* **calls**: a slice of ``--calls`` signed calls of the case, sent to Bastion's app;
-* **lines**: the signed lines of as many calls, made and not sent.
+* **calls**: ``--calls`` signed calls of the case, sent to Bastion's app;
+* **lines**: the signed lines of as many calls, made and not sent;
 
-The difference of the two counts over ``--calls`` is what one call of Bastion executes, without the client's
-work of signing it. ``PYTHONHASHSEED`` is fixed, so that two runs of one code walk their sets and dicts alike:
-two measurements of one code then agree to about 0.01 %. Both runs of a code go at once (one per core), under
-any load. The counts are kept in ``bench/results/instructions-<time>.json``. valgrind is installed (Debian,
+each in slices of 50. The difference of the two counts over ``--calls`` is what one call of Bastion executes,
+without the client's work of signing it. ``PYTHONHASHSEED`` is fixed, so that two runs of one code walk their
+sets and dicts alike: two measurements of one code then agree to about 0.01 %. Both runs of a code go at once
+(one per core), under any load. The counts are kept in ``bench/results/instructions-<time>.json``. valgrind is installed (Debian,
 as root) when it is missing.
 """
 
@@ -71,13 +71,20 @@ def count(valgrind: str, root: Path, case: str, lines: str, budget: int) -> int:
     return int(found.group(1))
 
 
+#: Calls per slice: under callgrind a call takes some 15 ms, and a slice's signed lines, made when it starts,
+#: must still pass the skew when its last call is made.
+SLICE = 50
+
+
 def per_call(valgrind: str, root: Path, case: str, warm: int, calls: int) -> float:
     """What one call of the case executes in Bastion's app, on the code of ``root``."""
-    budget = warm + calls + 10
+    budget = warm + calls + 2 * SLICE
+    slices = -(-calls // SLICE)
+    warming = f"{SLICE} bastion\n" * -(-warm // SLICE)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sent = pool.submit(count, valgrind, root, case, f"{warm} bastion\n{calls} bastion\n", budget)
-        made = pool.submit(count, valgrind, root, case, f"{warm} bastion\n{calls} none\n", budget)
-        return (sent.result() - made.result()) / calls
+        sent = pool.submit(count, valgrind, root, case, warming + f"{SLICE} bastion\n" * slices, budget)
+        made = pool.submit(count, valgrind, root, case, warming + f"{SLICE} none\n" * slices, budget)
+        return (sent.result() - made.result()) / (slices * SLICE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", metavar="REVISION", required=True, help="the git revision to compare with")
     parser.add_argument("--cases", nargs="*", default=["get_all-10", "add"], choices=CASES)
     parser.add_argument("--warm", type=int, default=100, help="Bastion calls before the counted ones")
-    parser.add_argument("--calls", type=int, default=1000, help="calls counted")
+    parser.add_argument("--calls", type=int, default=1000, help="calls counted (rounded up to slices of 50)")
     args = parser.parse_args(argv)
     valgrind = ensure_valgrind()
 
