@@ -226,7 +226,9 @@ def deployment(postgres_server, redis_with_password, tmp_path_factory) -> Iterat
     database = f"deploy_{uuid.uuid4().hex[:10]}"
     postgres_server.create_database(database)
     env = {"BASTION_DB_PASSWORD": postgres_server.password, "BASTION_REDIS_PASSWORD": redis_with_password.password}
-    nodes = [BastionServer({}, workers=2, env=env, startup_timeout=90) for _ in range(2)]
+    # Each node's metrics in a folder of the test's: a node the test kills with SIGKILL cannot remove its own.
+    nodes = [BastionServer({}, workers=2, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(folder / f"metrics-{number}")},
+                           startup_timeout=90) for number in range(2)]
 
     def ini(node: BastionServer) -> str:
         return render(DEPLOY / "bastion.ini", {
