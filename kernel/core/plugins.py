@@ -203,7 +203,7 @@ class DirectHook:
     (``BASTION_TRACE_PLUGINS``), so that the trace misses none.
     """
 
-    __slots__ = ("name", "_caller", "_first", "_traced", "_seen", "_plan")
+    __slots__ = ("name", "_caller", "_first", "_traced", "_known")
 
     def __init__(self, pm: pluggy.PluginManager, name: str):
         self.name = name
@@ -211,15 +211,18 @@ class DirectHook:
         spec = self._caller.spec
         self._first = bool(spec is not None and spec.opts.get("firstresult"))
         self._traced = pm in _TRACED
-        self._seen: list[HookImpl] | None = None
-        #: ``(function, argnames)`` per implementation, in calling order; None: pluggy calls them.
-        self._plan: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None = None
+        #: The implementations last seen, and the plan made of them: ``(function, argnames)`` per implementation,
+        #: in calling order, or None when pluggy calls them. One attribute, replaced whole: a thread never reads
+        #: the plan of other implementations than those it compared.
+        self._known: tuple[list[HookImpl] | None, tuple[tuple[Callable[..., Any], tuple[str, ...]], ...] | None] = (
+            None, None)
 
     def __call__(self, **kwargs: Any) -> Any:
         impls = self._caller.get_hookimpls()
-        if impls != self._seen:
-            self._seen, self._plan = impls, self._planned(impls)
-        plan = self._plan
+        seen, plan = self._known
+        if impls != seen:
+            plan = self._planned(impls)
+            self._known = (impls, plan)
         if plan is None:
             return self._caller(**kwargs)
         results = []
