@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from bench.run import Bench, Plan, install_signal_handlers
+from bench.procs import install_signal_handlers
+from bench.run import Bench, Plan
 
 
 def main(argv: list[str] | None = None) -> int:

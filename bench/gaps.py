@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.procs import install_signal_handlers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaps", type=float, nargs="*", default=[0.2, 1.0, 3.0], help="pauses, in milliseconds")
     parser.add_argument("--case", choices=["get_all-10", "add"], default="get_all-10")
     args = parser.parse_args(argv)
+    install_signal_handlers()
 
     from bench import ceiling
     from bench.interleaved import CASES, Interleaved, _environ

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=20, help="slices of each code per round, taking turns")
     parser.add_argument("--calls", type=int, default=300, help="calls per slice")
     args = parser.parse_args(argv)
+    from bench.procs import install_signal_handlers  # here: a measured process may see an older bench package
+
+    install_signal_handlers()
 
     around = tempfile.mkdtemp(prefix="bastion-inprocess-")
     folder = Path(around) / "before"

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.inprocess import REPO_ROOT
+from bench.procs import install_signal_handlers
 
 #: The cases counted (an update names a todo of its own: the measured process fills as many as it updates).
 CASES = ("get_all-10", "get_all-1000", "add", "update")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=100, help="Bastion calls before the counted ones")
     parser.add_argument("--calls", type=int, default=1000, help="calls counted (rounded up to slices of 50)")
     args = parser.parse_args(argv)
+    install_signal_handlers()
     valgrind = ensure_valgrind()
 
     around = tempfile.mkdtemp(prefix="bastion-instructions-")

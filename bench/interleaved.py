@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import fill, load, procs
+from bench.procs import install_signal_handlers
 from bench.report import head
 from kernel.testing import free_port
 from kernel.testing.servers import GunicornServer, wait_until_serving, write_config
@@ -648,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-budget", type=int, default=150_000,
                         help="todos filled for updates (each update names a new one; every target draws on them)")
     args = parser.parse_args(argv)
+    install_signal_handlers()
     bench = Interleaved(args)
     try:
         outcome = bench.run()

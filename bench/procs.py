@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -104,3 +105,12 @@ def context_switches(root: int | None) -> tuple[int, int]:
             except OSError:
                 continue
     return voluntary, involuntary
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM stops a bench like Ctrl-C does: its ``finally`` blocks run, so every server, worktree and folder it
+    made is stopped or removed on the way out (the default action of SIGTERM would end it at once, leaving them)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)

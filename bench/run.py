@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-import signal
 import tempfile
 import time
 from contextlib import ExitStack
@@ -440,9 +439,3 @@ class Bench:
                 self.out.notes.append(f"logging cost on {backend.label} failed: {str(exc).splitlines()[0][:200]}")
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM stops the run like Ctrl-C does, so every server is stopped on the way out."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.interleaved import Interleaved
+from bench.procs import install_signal_handlers
 
 #: The functions whose inclusive share is listed (a substring of py-spy's frame name), in the call's order.
 WATCHED = (
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=["bastion", "plain-gthread"], default="bastion")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
+    install_signal_handlers()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("bench.served: py-spy is needed (pip install py-spy)", file=sys.stderr)
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         result = bench.run_once(target, "get_all", args.seconds - 1)
         for sampler in samplers:
             sampler.wait()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         bench.close()
     inclusive: collections.Counter[str] = collections.Counter()
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             own[frames[-1]] += n
             for frame in set(frames):
                 inclusive[frame] += n
+    shutil.rmtree(out, ignore_errors=True)  # the samples are read: the listing below is what is kept
     # Outside the wrk run the workers are idle, and idle threads hold no GIL: the samples are the run's.
     sampled = total / args.rate * 1e6 / max(result.requests, 1)
     lines = [f"{args.variant}, {args.connections} connection{'s' * (args.connections != 1)}: served signed get_all "
