@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -166,12 +165,17 @@ def child(case: str, folder: str) -> None:
         runtime.close()
 
 
+def measured_environment(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a measured process running the code of ``root``: it and its plugins first on the path."""
+    roots = [root, *sorted(root.glob("plugins/*"))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots)), **extra}
+
+
 class Measured:
     """One measured process running the code of ``root``, timing a slice when asked."""
 
     def __init__(self, root: Path, case: str):
-        roots = [root, *sorted(root.glob("plugins/*"))]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots))}
+        env = measured_environment(root)
         self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", case], env=env,
                                         cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._answer()  # built and logged in
@@ -219,17 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=20, help="slices of each code per round, taking turns")
     parser.add_argument("--calls", type=int, default=300, help="calls per slice")
     args = parser.parse_args(argv)
-    from bench.procs import install_signal_handlers  # here: a measured process may see an older bench package
+    from bench.procs import install_signal_handlers, worktree  # here: a measured process may see an older bench
 
     install_signal_handlers()
 
-    around = tempfile.mkdtemp(prefix="bastion-inprocess-")
-    folder = Path(around) / "before"
-    subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(folder), args.before],
-                   check=True)
     samples: list[dict] = []
     started = time.time()
-    try:
+    with worktree(REPO_ROOT, args.before) as folder:
         for case in args.cases:
             for number in range(1, args.rounds + 1):
                 codes = {"after": Measured(REPO_ROOT, case), "before": Measured(folder, case)}
@@ -252,9 +252,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{statistics.median(s['before']['bastion'] for s in mine):7.1f} µs, after / before "
                       f"{statistics.median(s['after_over_before'] for s in mine):.3f} (median of {len(mine)} "
                       f"slice pairs)", flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(folder)], check=False)
-        shutil.rmtree(around, ignore_errors=True)
 
     print(f"\nin process, slices of {args.calls} calls, {args.slices} slice pairs in each of {args.rounds} rounds "
           f"(before = {args.before})\n")

@@ -37,8 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.inprocess import REPO_ROOT
-from bench.procs import install_signal_handlers
+from bench.inprocess import REPO_ROOT, measured_environment
+from bench.procs import install_signal_handlers, worktree
 
 #: The cases counted (an update names a todo of its own: the measured process fills as many as it updates).
 CASES = ("get_all-10", "get_all-1000", "add", "update")
@@ -58,9 +58,7 @@ def ensure_valgrind() -> str:
 
 def count(valgrind: str, root: Path, case: str, lines: str, budget: int) -> int:
     """The instructions one measured process executes, running the code of ``root`` and reading ``lines``."""
-    roots = [root, *sorted(root.glob("plugins/*"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots)), "PYTHONHASHSEED": "0",
-           "BENCH_UPDATE_BUDGET": str(budget)}
+    env = measured_environment(root, PYTHONHASHSEED="0", BENCH_UPDATE_BUDGET=str(budget))
     with tempfile.TemporaryDirectory(prefix="bastion-instructions-") as folder:
         done = subprocess.run([valgrind, "--tool=callgrind", f"--callgrind-out-file={folder}/callgrind.out",
                                sys.executable, str(Path(__file__).with_name("inprocess.py")), "--child", case],
@@ -98,12 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     valgrind = ensure_valgrind()
 
-    around = tempfile.mkdtemp(prefix="bastion-instructions-")
-    folder = Path(around) / "before"
-    subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(folder), args.before],
-                   check=True)
     started, rows = time.time(), []
-    try:
+    with worktree(REPO_ROOT, args.before) as folder:
         for case in args.cases:
             after = per_call(valgrind, REPO_ROOT, case, args.warm, args.calls)
             before = per_call(valgrind, folder, case, args.warm, args.calls)
@@ -111,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                          "after_over_before": round(after / before, 4)})
             print(f"{case:12s} before {before:12,.0f}  after {after:12,.0f}  after / before {after / before:.4f}",
                   flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(folder)], check=False)
-        shutil.rmtree(around, ignore_errors=True)
 
     print(f"\ninstructions per signed call in process (callgrind; {args.calls} calls after {args.warm}; "
           f"before = {args.before})\n")

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import fill, load, procs
-from bench.procs import install_signal_handlers
+from bench.procs import install_signal_handlers, worktree
 from bench.report import head
 from kernel.testing import free_port
 from kernel.testing.servers import GunicornServer, wait_until_serving, write_config
@@ -378,12 +378,7 @@ class Interleaved:
 
     def checkout(self, revision: str) -> Path:
         """The code of ``revision``, checked out in a folder of this run (removed with it)."""
-        folder = Path(self.tmp) / "before"
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", "--quiet", str(folder), revision],
-                       check=True)
-        self.stack.callback(subprocess.run, ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force",
-                                             str(folder)], check=False)
-        return folder
+        return self.stack.enter_context(worktree(REPO_ROOT, revision, Path(self.tmp) / "before"))
 
     def cap(self, storage: str, op: str, count: int) -> int:
         """No more updates than todos left to name in ``storage`` (each update names a todo of its own)."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -114,3 +120,18 @@ def install_signal_handlers() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def worktree(repo: Path, revision: str, folder: Path | None = None) -> Iterator[Path]:
+    """The code of ``revision`` checked out (detached) in a git worktree of ``repo``: in ``folder``, or in a
+    temporary folder of its own; the worktree, and that temporary folder, are removed on the way out."""
+    around = None if folder is not None else tempfile.mkdtemp(prefix="bastion-worktree-")
+    path = folder if folder is not None else Path(around) / "before"  # type: ignore[arg-type]
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "--quiet", str(path), revision], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)], check=False)
+        if around is not None:
+            shutil.rmtree(around, ignore_errors=True)
