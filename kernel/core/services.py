@@ -84,10 +84,14 @@ class Service:
         except TypeError as exc:
             raise InvalidCall(f"{self.name}: {exc}") from None
         for param, value in bound.arguments.items():
-            check = self.checks.get(param)
-            if check is not None and not check(value):
-                raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({json_type(value)})")
+            self._check(param, value)
         return bound
+
+    def _check(self, param: str, value: Any) -> None:
+        """InvalidCall unless ``value`` has the JSON type the parameter's annotation asks for (if it asks)."""
+        check = self.checks.get(param)
+        if check is not None and not check(value):
+            raise InvalidCall(f"{self.name}: argument {param!r} has the wrong type ({json_type(value)})")
 
     def arguments(self, args: list, kwargs: dict) -> tuple[tuple, dict]:
         """The positional and keyword arguments of a call, bound and checked (InvalidCall otherwise)."""
@@ -101,19 +105,11 @@ class Service:
             given = names[:len(args)]
             if all(name not in given and name in names for name in kwargs) and \
                     all(name in kwargs for name in self._required.difference(given)):
-                checks = self.checks
                 for index, name in enumerate(names):  # in the signature's order, as inspect's binding has them
-                    check = checks.get(name)
-                    if check is None:
-                        continue
                     if index < len(args):
-                        value = args[index]
+                        self._check(name, args[index])
                     elif name in kwargs:
-                        value = kwargs[name]
-                    else:
-                        continue
-                    if not check(value):
-                        raise InvalidCall(f"{self.name}: argument {name!r} has the wrong type ({json_type(value)})")
+                        self._check(name, kwargs[name])
                 return tuple(args), kwargs
         bound = self.bind(args, kwargs)
         return bound.args, bound.kwargs
